@@ -1,0 +1,7 @@
+// pyneg._core: the compiled kernels of pyneg. One register_<area>() per file.
+#include "bindings/common.h"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pyneg's C++ kernels (alias sampling, Huffman trees, memory banks)";
+  pyneg::bindings::register_alias(m);
+}

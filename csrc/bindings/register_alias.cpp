@@ -1,0 +1,123 @@
+// Bindings of the alias table and its samplers (csrc/cpu/alias_*.h).
+#include <thread>
+
+#include "bindings/common.h"
+#include "cpu/alias_sample.h"
+#include "cpu/alias_table.h"
+
+namespace pyneg::bindings {
+
+namespace {
+
+ExcludeLists exclude_lists(const input_array<int64_t>& exclude, int64_t rows) {
+  if (exclude.ndim() != 2) throw std::invalid_argument("exclude must be 2-D (rows, width)");
+  ExcludeLists ex;
+  ex.ids = exclude.data();
+  ex.num_lists = exclude.shape(0);
+  ex.width = exclude.shape(1);
+  if (ex.num_lists <= 0 || rows % ex.num_lists != 0) {
+    throw std::invalid_argument("exclude has " + std::to_string(ex.num_lists) +
+                                " rows, which does not divide the " + std::to_string(rows) +
+                                " sample rows");
+  }
+  ex.rows_per_list = rows / ex.num_lists;
+  return ex;
+}
+
+int64_t checked_rows(output_array<int64_t>& out, int64_t k) {
+  if (k <= 0 || out.size() % k != 0) {
+    throw std::invalid_argument("out must hold a whole number of rows of k ids");
+  }
+  return out.size() / k;
+}
+
+}  // namespace
+
+void register_alias(py::module_& m) {
+  py::class_<AliasTable>(m, "AliasTable",
+                         "Walker/Vose alias table with exact integer bucket masses.")
+      .def(py::init([](const input_array<double>& weights, const std::string& name,
+                       py::object probs_out) {
+             require_ndim(weights, 1, name.c_str());
+             double* probs = nullptr;
+             if (!probs_out.is_none()) {
+               auto p = probs_out.cast<output_array<double>>();
+               if (p.size() != weights.size() || !p.writeable())
+                 throw std::invalid_argument("probs_out must be a writeable float64 array of V");
+               probs = p.mutable_data();
+             }
+             const double* w = weights.data();
+             const int64_t n = weights.size();
+             py::gil_scoped_release release;
+             return build_alias_table(w, n, name.c_str(), probs);
+           }),
+           py::arg("weights"), py::arg("name") = "weights", py::arg("probs_out") = py::none())
+      .def_property_readonly("num_classes", &AliasTable::size)
+      .def_property_readonly("num_positive",
+                             [](const AliasTable& t) { return t.num_positive; })
+      .def_property_readonly(
+          "entries",
+          [](py::object self) {
+            const auto& t = self.cast<const AliasTable&>();
+            // A read-only view that keeps the table alive.
+            py::array_t<uint64_t> a({t.size()}, {sizeof(uint64_t)}, t.entries.data(), self);
+            a.attr("setflags")(false);
+            return a;
+          },
+          "Packed (alias << 32) | threshold words, one per bucket (read-only view).")
+      .def_property_readonly(
+          "mass",
+          [](py::object self) {
+            const auto& t = self.cast<const AliasTable&>();
+            py::array_t<uint64_t> a({t.size()}, {sizeof(uint64_t)}, t.mass.data(), self);
+            a.attr("setflags")(false);
+            return a;
+          },
+          "Integer mass of every class; masses sum to V * 2**32 (read-only view).")
+      .def(
+          "sample",
+          [](const AliasTable& t, uint64_t seed, uint64_t offset, output_array<int64_t> out,
+             int num_threads) {
+            int64_t* dst = writable_data(out, "out");
+            const int64_t n = out.size();
+            py::gil_scoped_release release;
+            alias_sample(t, seed, offset, dst, n, num_threads);
+          },
+          py::arg("seed"), py::arg("offset"), py::arg("out").noconvert(),
+          py::arg("num_threads") = 1, "Fill out with independent draws.")
+      .def(
+          "sample_excluding",
+          [](const AliasTable& t, uint64_t seed, uint64_t offset,
+             const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
+             int num_threads) {
+            int64_t* dst = writable_data(out, "out");
+            const int64_t rows = checked_rows(out, k);
+            const ExcludeLists ex = exclude_lists(exclude, rows);
+            py::gil_scoped_release release;
+            alias_sample_excluding(t, seed, offset, ex, rows, k, dst, num_threads);
+          },
+          py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
+          py::arg("out").noconvert(), py::arg("num_threads") = 1,
+          "Fill out (rows x k) with draws that avoid each row's exclusion list.")
+      .def(
+          "sample_unique",
+          [](const AliasTable& t, uint64_t seed, uint64_t offset,
+             const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
+             output_array<int64_t> tries, int num_threads) {
+            int64_t* dst = writable_data(out, "out");
+            int64_t* tr = writable_data(tries, "tries");
+            const int64_t rows = checked_rows(out, k);
+            if (tries.size() != rows) throw std::invalid_argument("tries must hold one value per row");
+            const ExcludeLists ex = exclude_lists(exclude, rows);
+            py::gil_scoped_release release;
+            alias_sample_unique(t, seed, offset, ex, rows, k, dst, tr, num_threads);
+          },
+          py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
+          py::arg("out").noconvert(), py::arg("tries").noconvert(), py::arg("num_threads") = 1,
+          "Fill out (rows x k) with ids distinct within each row; tries gets the "
+          "candidate draws each row used.");
+  m.attr("MAX_CLASSES") = kMaxClasses;
+  m.def("hardware_threads", [] { return static_cast<int>(std::thread::hardware_concurrency()); });
+}
+
+}  // namespace pyneg::bindings

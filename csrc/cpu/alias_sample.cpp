@@ -1,0 +1,325 @@
+#include "cpu/alias_sample.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cpu/parallel.h"
+#include "cpu/philox.h"
+
+namespace pyneg {
+
+namespace {
+
+constexpr int64_t kGrain = int64_t{1} << 15;  // draws per thread chunk, at least
+constexpr int kBlock = 256;                   // draws resolved together
+// Tables above this many bytes live in DRAM: prefetch a block's entries first.
+constexpr size_t kPrefetchBytes = size_t{1} << 20;
+// Fewer allowed ids than 1/16 of the mass: sample the row from its exact CDF
+// instead of redrawing (which would take > 16 draws per id on average).
+constexpr int kRejectionMassShift = 4;
+constexpr uint32_t kMaxRedraws = 1024;
+
+// r[0, count) = the random numbers of plain draw positions [pos, pos + count).
+inline void fill_draw_randoms(uint64_t seed, uint64_t pos, int count, uint64_t* r) {
+  int i = 0;
+  if (pos & 1) r[i++] = draw_random64(seed, pos);
+  for (; i + 2 <= count; i += 2) {
+    const uint64_t block = (pos + static_cast<uint64_t>(i)) >> 1;
+    const Philox4x32 b = philox4x32_10(static_cast<uint32_t>(block),
+                                       static_cast<uint32_t>(block >> 32), 0u, kTagDraw,
+                                       static_cast<uint32_t>(seed),
+                                       static_cast<uint32_t>(seed >> 32));
+    r[i] = (static_cast<uint64_t>(b.v[1]) << 32) | b.v[0];
+    r[i + 1] = (static_cast<uint64_t>(b.v[3]) << 32) | b.v[2];
+  }
+  if (i < count) r[i] = draw_random64(seed, pos + static_cast<uint64_t>(i));
+}
+
+inline uint64_t mulhi64(uint64_t a, uint64_t b) {
+  return static_cast<uint64_t>((static_cast<unsigned __int128>(a) * b) >> 64);
+}
+
+// The exclusion lists, each sorted and deduplicated, with what remains
+// drawable once its ids are removed.
+struct PreparedLists {
+  std::vector<int64_t> offsets;  // CSR offsets into ids, num_lists + 1
+  std::vector<int64_t> ids;
+  std::vector<uint64_t> allowed_mass;
+  std::vector<int64_t> allowed_positive;
+
+  const int64_t* begin(int64_t l) const { return ids.data() + offsets[l]; }
+  const int64_t* end(int64_t l) const { return ids.data() + offsets[l + 1]; }
+  bool contains(int64_t l, int64_t id) const {
+    const int64_t* b = begin(l);
+    const int64_t* e = end(l);
+    if (e - b <= 8) return std::find(b, e, id) != e;
+    return std::binary_search(b, e, id);
+  }
+};
+
+PreparedLists prepare_lists(const AliasTable& table, const ExcludeLists& ex) {
+  PreparedLists p;
+  const int64_t n = table.size();
+  p.offsets.assign(static_cast<size_t>(ex.num_lists + 1), 0);
+  p.ids.reserve(static_cast<size_t>(ex.num_lists * ex.width));
+  p.allowed_mass.resize(static_cast<size_t>(ex.num_lists));
+  p.allowed_positive.resize(static_cast<size_t>(ex.num_lists));
+  for (int64_t l = 0; l < ex.num_lists; ++l) {
+    const size_t start = p.ids.size();
+    for (int64_t j = 0; j < ex.width; ++j) {
+      const int64_t id = ex.ids[l * ex.width + j];
+      if (id == -1) continue;
+      if (id < 0 || id >= n) {
+        throw std::invalid_argument("exclude holds id " + std::to_string(id) +
+                                    " outside [0, " + std::to_string(n) +
+                                    ") (use -1 for padding)");
+      }
+      p.ids.push_back(id);
+    }
+    std::sort(p.ids.begin() + static_cast<std::ptrdiff_t>(start), p.ids.end());
+    p.ids.erase(std::unique(p.ids.begin() + static_cast<std::ptrdiff_t>(start), p.ids.end()),
+                p.ids.end());
+    uint64_t excluded = 0;
+    int64_t excluded_positive = 0;
+    for (size_t j = start; j < p.ids.size(); ++j) {
+      const uint64_t m = table.mass[static_cast<size_t>(p.ids[j])];
+      excluded += m;
+      excluded_positive += m > 0;
+    }
+    p.allowed_mass[static_cast<size_t>(l)] = table.total_mass() - excluded;
+    p.allowed_positive[static_cast<size_t>(l)] = table.num_positive - excluded_positive;
+    if (p.allowed_mass[static_cast<size_t>(l)] == 0) {
+      throw std::invalid_argument("exclude row " + std::to_string(l) +
+                                  " leaves no id with positive weight to draw");
+    }
+    p.offsets[static_cast<size_t>(l + 1)] = static_cast<int64_t>(p.ids.size());
+  }
+  return p;
+}
+
+// Exact sampling of one row from the cumulative allowed masses, for rows whose
+// exclusion list removes nearly all of the mass.
+struct RowCdf {
+  std::vector<uint64_t> cum;
+  int64_t list = -1;
+
+  void build(const AliasTable& table, const PreparedLists& lists, int64_t l) {
+    if (list == l) return;
+    const size_t n = table.mass.size();
+    cum.resize(n);
+    uint64_t acc = 0;
+    const int64_t* ex = lists.begin(l);
+    const int64_t* ex_end = lists.end(l);
+    for (size_t i = 0; i < n; ++i) {
+      if (ex != ex_end && *ex == static_cast<int64_t>(i)) {
+        ++ex;
+      } else {
+        acc += table.mass[i];
+      }
+      cum[i] = acc;
+    }
+    list = l;
+  }
+  int64_t pick(uint64_t u) const {
+    const uint64_t target = mulhi64(u, cum.back());  // in [0, total allowed mass)
+    return std::upper_bound(cum.begin(), cum.end(), target) - cum.begin();
+  }
+};
+
+}  // namespace
+
+void alias_sample(const AliasTable& table, uint64_t seed, uint64_t offset, int64_t* out,
+                  int64_t n, int num_threads) {
+  const uint64_t* entries = table.entries.data();
+  const uint64_t v = static_cast<uint64_t>(table.size());
+  const bool prefetch = table.entries.size() * sizeof(uint64_t) > kPrefetchBytes;
+  parallel_for(n, num_threads, kGrain, [&](int64_t b, int64_t e) {
+    uint64_t r[kBlock];
+    for (int64_t j = b; j < e; j += kBlock) {
+      const int m = static_cast<int>(std::min<int64_t>(kBlock, e - j));
+      fill_draw_randoms(seed, offset + static_cast<uint64_t>(j), m, r);
+      if (prefetch) {
+        for (int i = 0; i < m; ++i) __builtin_prefetch(entries + mulhi64(r[i], v));
+      }
+      for (int i = 0; i < m; ++i) out[j + i] = alias_pick(entries, v, r[i]);
+    }
+  });
+}
+
+void alias_sample_excluding(const AliasTable& table, uint64_t seed, uint64_t offset,
+                            const ExcludeLists& exclude, int64_t rows, int64_t k,
+                            int64_t* out, int num_threads) {
+  const PreparedLists lists = prepare_lists(table, exclude);
+  const uint64_t* entries = table.entries.data();
+  const uint64_t v = static_cast<uint64_t>(table.size());
+  const uint64_t total = table.total_mass();
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(k, 1));
+  parallel_for(rows, num_threads, grain, [&](int64_t rb, int64_t re) {
+    RowCdf cdf;
+    std::vector<uint64_t> r(static_cast<size_t>(std::min<int64_t>(k, kBlock)));
+    for (int64_t row = rb; row < re; ++row) {
+      const int64_t l = row / exclude.rows_per_list;
+      const bool use_cdf =
+          lists.allowed_mass[static_cast<size_t>(l)] < (total >> kRejectionMassShift);
+      int64_t* dst = out + row * k;
+      const uint64_t base = offset + static_cast<uint64_t>(row * k);
+      if (use_cdf) cdf.build(table, lists, l);
+      for (int64_t j = 0; j < k; j += kBlock) {
+        const int m = static_cast<int>(std::min<int64_t>(kBlock, k - j));
+        fill_draw_randoms(seed, base + static_cast<uint64_t>(j), m, r.data());
+        for (int i = 0; i < m; ++i) {
+          const uint64_t pos = base + static_cast<uint64_t>(j + i);
+          if (use_cdf) {
+            dst[j + i] = cdf.pick(random64(seed, pos, 0u, kTagRedraw));
+            continue;
+          }
+          int64_t id = alias_pick(entries, v, r[static_cast<size_t>(i)]);
+          uint32_t attempt = 1;
+          while (lists.contains(l, id) && attempt <= kMaxRedraws) {
+            id = alias_pick(entries, v, random64(seed, pos, attempt++, kTagRedraw));
+          }
+          if (lists.contains(l, id)) {  // astronomically rare: finish exactly
+            cdf.build(table, lists, l);
+            id = cdf.pick(random64(seed, pos, 0u, kTagRedraw));
+          }
+          dst[j + i] = id;
+        }
+      }
+    }
+  });
+}
+
+namespace {
+
+// Open-addressing set of ids for one row (ids are >= 0, -1 marks empty).
+class RowSet {
+ public:
+  void reset(size_t expected) {
+    size_t cap = 16;
+    while (cap < 2 * expected) cap <<= 1;
+    if (slots_.size() != cap) {
+      slots_.assign(cap, -1);
+    } else {
+      for (size_t s : used_) slots_[s] = -1;
+    }
+    used_.clear();
+    mask_ = cap - 1;
+  }
+  // Inserts id; returns false if it was present.
+  bool insert(int64_t id) {
+    size_t s = hash(id);
+    while (slots_[s] != -1) {
+      if (slots_[s] == id) return false;
+      s = (s + 1) & mask_;
+    }
+    slots_[s] = id;
+    used_.push_back(s);
+    return true;
+  }
+  bool contains(int64_t id) const {
+    size_t s = hash(id);
+    while (slots_[s] != -1) {
+      if (slots_[s] == id) return true;
+      s = (s + 1) & mask_;
+    }
+    return false;
+  }
+
+ private:
+  size_t hash(int64_t id) const {
+    return static_cast<size_t>((static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ull) >> 20) & mask_;
+  }
+  std::vector<int64_t> slots_;
+  std::vector<size_t> used_;
+  size_t mask_ = 0;
+};
+
+// Expected number of draws with replacement after which `k` distinct allowed
+// ids have been seen: solves sum_i 1 - (1 - p_i)^t = k for t by bisection.
+int64_t expected_tries(const AliasTable& table, const RowSet& excluded, int64_t k) {
+  const double total = static_cast<double>(table.total_mass());
+  std::vector<double> log1m;  // log(1 - p_i) of the allowed ids
+  for (size_t i = 0; i < table.mass.size(); ++i) {
+    if (table.mass[i] == 0 || excluded.contains(static_cast<int64_t>(i))) continue;
+    log1m.push_back(std::log1p(-static_cast<double>(table.mass[i]) / total));
+  }
+  auto distinct = [&](double t) {
+    double s = 0.0;
+    for (double l : log1m) s -= std::expm1(t * l);
+    return s;
+  };
+  double lo = static_cast<double>(k), hi = lo;
+  while (distinct(hi) < static_cast<double>(k) - 0.5 && hi < 1e18) hi *= 2.0;
+  for (int it = 0; it < 48 && hi - lo > 0.5; ++it) {
+    const double mid = 0.5 * (lo + hi);
+    (distinct(mid) < static_cast<double>(k) - 0.5 ? lo : hi) = mid;
+  }
+  return static_cast<int64_t>(std::ceil(hi));
+}
+
+}  // namespace
+
+void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset,
+                         const ExcludeLists& exclude, int64_t rows, int64_t k,
+                         int64_t* out, int64_t* tries_out, int num_threads) {
+  const PreparedLists lists = prepare_lists(table, exclude);
+  for (int64_t l = 0; l < exclude.num_lists; ++l) {
+    if (lists.allowed_positive[static_cast<size_t>(l)] < k) {
+      throw std::invalid_argument(
+          "size asks for " + std::to_string(k) + " distinct ids per row, but row " +
+          std::to_string(l) + " has only " +
+          std::to_string(lists.allowed_positive[static_cast<size_t>(l)]) +
+          " allowed ids with positive weight");
+    }
+  }
+  const uint64_t* entries = table.entries.data();
+  const uint64_t v = static_cast<uint64_t>(table.size());
+  // Beyond this many candidate draws a row finishes with the exponential race.
+  const uint64_t max_tries = 8 * static_cast<uint64_t>(k) + 1024;
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(4 * k, 1));
+  parallel_for(rows, num_threads, grain, [&](int64_t rb, int64_t re) {
+    RowSet seen;
+    std::vector<std::pair<double, int64_t>> keys;
+    for (int64_t row = rb; row < re; ++row) {
+      const int64_t l = row / exclude.rows_per_list;
+      const uint64_t base = offset + static_cast<uint64_t>(row * k);
+      int64_t* dst = out + row * k;
+      seen.reset(static_cast<size_t>(k + (lists.end(l) - lists.begin(l))));
+      for (const int64_t* p = lists.begin(l); p != lists.end(l); ++p) seen.insert(*p);
+      int64_t got = 0;
+      uint64_t t = 0;
+      for (; got < k && t < max_tries; ++t) {
+        const int64_t id = alias_pick(entries, v, random64(seed, base, static_cast<uint32_t>(t),
+                                                           kTagUnique));
+        if (seen.insert(id)) dst[got++] = id;
+      }
+      int64_t tries = static_cast<int64_t>(t);
+      if (got < k) {
+        // Successive sampling is memoryless: the rest of the row is the race
+        // key_i = E_i / m_i over the ids not yet seen, smallest keys first.
+        keys.clear();
+        for (size_t i = 0; i < table.mass.size(); ++i) {
+          const uint64_t m = table.mass[i];
+          if (m == 0 || seen.contains(static_cast<int64_t>(i))) continue;
+          const double u = uniform_open0(random64(seed, base, static_cast<uint32_t>(i), kTagRace));
+          keys.emplace_back(-std::log(u) / static_cast<double>(m), static_cast<int64_t>(i));
+        }
+        const auto need = static_cast<std::ptrdiff_t>(k - got);
+        std::nth_element(keys.begin(), keys.begin() + need - 1, keys.end());
+        std::sort(keys.begin(), keys.begin() + need);
+        for (std::ptrdiff_t i = 0; i < need; ++i) dst[got++] = keys[static_cast<size_t>(i)].second;
+        RowSet excluded;
+        excluded.reset(static_cast<size_t>(lists.end(l) - lists.begin(l)));
+        for (const int64_t* p = lists.begin(l); p != lists.end(l); ++p) excluded.insert(*p);
+        tries = std::max(tries, expected_tries(table, excluded, k));
+      }
+      if (tries_out) tries_out[row] = tries;
+    }
+  });
+}
+
+}  // namespace pyneg

@@ -1,0 +1,49 @@
+// Walker/Vose alias table with exact integer masses.
+//
+// Each class i owns an integer mass m_i = round(p_i * V * 2^32), adjusted so that
+// sum(m) == V * 2^32 exactly. Vose's pairing then runs on integers, so no
+// bucket is left over by rounding and a zero-weight class can never be drawn.
+// The probability of drawing i differs from the normalised weight p_i by at most
+// 2^-32 (in practice about 2^-33 / V); see DESIGN.md.
+//
+// An entry packs threshold (low 32 bits) and alias (high 32 bits) into one
+// 8-byte word, so a draw reads one cache line: bucket i is kept when the coin is
+// below its threshold, else its alias is returned. Full buckets alias themselves.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace pyneg {
+
+constexpr uint64_t kBucketMass = uint64_t{1} << 32;
+// Alias indices are 32-bit and V * 2^32 must fit in 63 bits.
+constexpr int64_t kMaxClasses = (int64_t{1} << 31) - 1;
+
+struct AliasTable {
+  std::vector<uint64_t> entries;  // (alias << 32) | threshold, one per bucket
+  std::vector<uint64_t> mass;     // integer mass of every class, sums to V * 2^32
+  int64_t num_positive = 0;       // classes with mass > 0 (drawable)
+
+  int64_t size() const { return static_cast<int64_t>(entries.size()); }
+  uint64_t total_mass() const { return static_cast<uint64_t>(size()) * kBucketMass; }
+};
+
+// Builds the table from n weights. Throws std::invalid_argument, naming
+// `name`, for NaN, infinite or negative weights, an all-zero vector, n == 0 or
+// n > kMaxClasses. When probs_out is not null it receives weights / sum(weights).
+AliasTable build_alias_table(const double* weights, int64_t n, const char* name,
+                             double* probs_out);
+
+// Branch-free pick from one 64-bit random number: the high half of u * V picks
+// the bucket, the next 32 bits of the product are the coin.
+inline int64_t alias_pick(const uint64_t* entries, uint64_t n, uint64_t u) {
+  const unsigned __int128 prod = static_cast<unsigned __int128>(u) * n;
+  const uint64_t bucket = static_cast<uint64_t>(prod >> 64);
+  const uint32_t coin = static_cast<uint32_t>(static_cast<uint64_t>(prod) >> 32);
+  const uint64_t e = entries[bucket];
+  const uint64_t alias = e >> 32;
+  return static_cast<int64_t>(coin < static_cast<uint32_t>(e) ? bucket : alias);
+}
+
+}  // namespace pyneg
