@@ -37,21 +37,30 @@ void register_alias(py::module_& m) {
   py::class_<AliasTable>(m, "AliasTable",
                          "Walker/Vose alias table with exact integer bucket masses.")
       .def(py::init([](const input_array<double>& weights, const std::string& name,
-                       py::object probs_out) {
+                       output_array<double> probs_out) {
              require_ndim(weights, 1, name.c_str());
-             double* probs = nullptr;
-             if (!probs_out.is_none()) {
-               auto p = probs_out.cast<output_array<double>>();
-               if (p.size() != weights.size() || !p.writeable())
-                 throw std::invalid_argument("probs_out must be a writeable float64 array of V");
-               probs = p.mutable_data();
-             }
+             if (probs_out.size() != weights.size())
+               throw std::invalid_argument("probs_out must have as many entries as " + name);
+             double* probs = writable_data(probs_out, "probs_out");
              const double* w = weights.data();
              const int64_t n = weights.size();
              py::gil_scoped_release release;
-             return build_alias_table(w, n, name.c_str(), probs);
+             normalize_weights(w, n, name.c_str(), probs);
+             return build_alias_table(probs, n, name.c_str());
            }),
-           py::arg("weights"), py::arg("name") = "weights", py::arg("probs_out") = py::none())
+           py::arg("weights"), py::arg("name"), py::arg("probs_out").noconvert(),
+           "Normalise weights into probs_out and build the table from them.")
+      .def_static(
+          "from_probs",
+          [](const input_array<double>& probs, const std::string& name) {
+            require_ndim(probs, 1, name.c_str());
+            const double* p = probs.data();
+            const int64_t n = probs.size();
+            py::gil_scoped_release release;
+            return build_alias_table(p, n, name.c_str());
+          },
+          py::arg("probs"), py::arg("name") = "probs",
+          "Build the table from normalised probabilities (a pure function of them).")
       .def_property_readonly("num_classes", &AliasTable::size)
       .def_property_readonly("num_positive",
                              [](const AliasTable& t) { return t.num_positive; })

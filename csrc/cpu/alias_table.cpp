@@ -7,56 +7,67 @@
 namespace pyneg {
 
 namespace {
+
 [[noreturn]] void fail(const char* name, const std::string& what) {
   throw std::invalid_argument(std::string(name) + " " + what);
 }
-}  // namespace
 
-AliasTable build_alias_table(const double* weights, int64_t n, const char* name,
-                             double* probs_out) {
+// Checks finiteness and sign, and returns the largest value.
+double checked_max(const double* w, int64_t n, const char* name) {
   if (n <= 0) fail(name, "must not be empty");
   if (n > kMaxClasses) fail(name, "has more than 2^31 - 1 classes");
-
-  // Pass 1: validate and find the largest weight, so that the sum below is
-  // taken over w / max and cannot overflow for huge finite weights.
   double wmax = 0.0;
   for (int64_t i = 0; i < n; ++i) {
-    const double w = weights[i];
-    if (!(w >= 0.0) || !std::isfinite(w)) {
+    const double x = w[i];
+    if (!(x >= 0.0) || !std::isfinite(x)) {
       fail(name, "must be finite and non-negative (entry " + std::to_string(i) + " is " +
-                     std::to_string(w) + ")");
+                     std::to_string(x) + ")");
     }
-    wmax = w > wmax ? w : wmax;
+    wmax = x > wmax ? x : wmax;
   }
-  if (wmax == 0.0) fail(name, "must have a positive sum (all weights are zero)");
+  if (wmax == 0.0) fail(name, "must have a positive sum (all entries are zero)");
+  return wmax;
+}
 
-  // Pass 2: sum of w / wmax with four accumulators (ILP and a smaller error).
-  const double inv_max = 1.0 / wmax;
+// sum(w) * scale with four accumulators (instruction-level parallelism and a
+// smaller rounding error than one running sum).
+double scaled_sum(const double* w, int64_t n, double scale) {
   double acc[4] = {0.0, 0.0, 0.0, 0.0};
   int64_t i = 0;
   for (; i + 4 <= n; i += 4)
-    for (int j = 0; j < 4; ++j) acc[j] += weights[i + j] * inv_max;
-  for (; i < n; ++i) acc[0] += weights[i] * inv_max;
-  const double sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
+    for (int j = 0; j < 4; ++j) acc[j] += w[i + j] * scale;
+  for (; i < n; ++i) acc[0] += w[i] * scale;
+  return (acc[0] + acc[1]) + (acc[2] + acc[3]);
+}
+
+}  // namespace
+
+void normalize_weights(const double* weights, int64_t n, const char* name, double* probs_out) {
+  const double inv_max = 1.0 / checked_max(weights, n, name);
+  const double inv_sum = 1.0 / scaled_sum(weights, n, inv_max);
+  for (int64_t i = 0; i < n; ++i) probs_out[i] = weights[i] * inv_max * inv_sum;
+}
+
+AliasTable build_alias_table(const double* probs, int64_t n, const char* name) {
+  checked_max(probs, n, name);
+  if (std::fabs(scaled_sum(probs, n, 1.0) - 1.0) > 1e-6) fail(name, "must sum to 1");
 
   AliasTable t;
   t.mass.resize(static_cast<size_t>(n));
   t.entries.resize(static_cast<size_t>(n));
   uint64_t* mass = t.mass.data();
 
-  // Pass 3: integer masses m_i = round(p_i * V * 2^32); track their sum and the
-  // largest class, which absorbs the rounding residual.
+  // Integer masses m_i = round(p_i * V * 2^32); the largest class absorbs the
+  // rounding residual so that they sum to V * 2^32 exactly.
   const double scale = static_cast<double>(n) * static_cast<double>(kBucketMass);
-  const double inv_sum = 1.0 / sum;
   unsigned __int128 total = 0;
   int64_t argmax = 0;
   int64_t positive = 0;
   for (int64_t k = 0; k < n; ++k) {
-    const double p = weights[k] * inv_max * inv_sum;
-    if (probs_out) probs_out[k] = p;
-    const uint64_t m = static_cast<uint64_t>(std::nearbyint(p * scale));
+    const uint64_t m = static_cast<uint64_t>(std::nearbyint(probs[k] * scale));
     mass[k] = m;
     total += m;
+    positive += m > 0;
     argmax = m > mass[argmax] ? k : argmax;
   }
   const unsigned __int128 target = static_cast<unsigned __int128>(t.total_mass());
@@ -65,38 +76,38 @@ AliasTable build_alias_table(const double* weights, int64_t n, const char* name,
   } else {
     mass[argmax] += static_cast<uint64_t>(target - total);
   }
-  for (int64_t k = 0; k < n; ++k) positive += mass[k] > 0;
   t.num_positive = positive;
 
-  // Pass 4: Vose's pairing on integers. `work` holds small buckets growing from
-  // the front and large ones growing from the back; `rest` is the remaining
-  // mass of each bucket's class.
+  // Vose's pairing on integers. `work` holds the small buckets growing from the
+  // front and the large ones growing from the back; the remaining mass of a
+  // class is kept in its entry's word until the bucket is finished.
   std::vector<uint32_t> work(static_cast<size_t>(n));
-  std::vector<uint64_t> rest(mass, mass + n);
+  uint64_t* rest = t.entries.data();
   int64_t ns = 0, nl = n;
   for (int64_t k = 0; k < n; ++k) {
-    if (rest[k] < kBucketMass) {
-      work[ns++] = static_cast<uint32_t>(k);
+    rest[k] = mass[k];
+    if (mass[k] < kBucketMass) {
+      work[static_cast<size_t>(ns++)] = static_cast<uint32_t>(k);
     } else {
-      work[--nl] = static_cast<uint32_t>(k);
+      work[static_cast<size_t>(--nl)] = static_cast<uint32_t>(k);
     }
   }
-  uint64_t* entries = t.entries.data();
   // Invariant: small stack work[0, ns), large stack work[nl, n).
   while (ns > 0 && nl < n) {
-    const uint32_t s = work[--ns];
-    const uint32_t l = work[nl];
-    entries[s] = (static_cast<uint64_t>(l) << 32) | rest[s];
-    rest[l] -= kBucketMass - rest[s];
+    const uint32_t s = work[static_cast<size_t>(--ns)];
+    const uint32_t l = work[static_cast<size_t>(nl)];
+    const uint64_t keep = rest[s];
+    rest[s] = (static_cast<uint64_t>(l) << 32) | keep;  // finished: alias l, threshold keep
+    rest[l] -= kBucketMass - keep;
     if (rest[l] < kBucketMass) {
       ++nl;
-      work[ns++] = l;
+      work[static_cast<size_t>(ns++)] = l;
     }
   }
   // Exact integer masses leave only full buckets: each keeps itself.
   for (int64_t k = nl; k < n; ++k) {
-    const uint64_t l = work[k];
-    entries[l] = (l << 32) | 0xFFFFFFFFull;
+    const uint64_t l = work[static_cast<size_t>(k)];
+    rest[l] = (l << 32) | 0xFFFFFFFFull;
   }
   if (ns != 0) throw std::logic_error("alias table: unpaired small bucket (bug)");
   return t;

@@ -29,11 +29,17 @@ struct AliasTable {
   uint64_t total_mass() const { return static_cast<uint64_t>(size()) * kBucketMass; }
 };
 
-// Builds the table from n weights. Throws std::invalid_argument, naming
-// `name`, for NaN, infinite or negative weights, an all-zero vector, n == 0 or
-// n > kMaxClasses. When probs_out is not null it receives weights / sum(weights).
-AliasTable build_alias_table(const double* weights, int64_t n, const char* name,
-                             double* probs_out);
+// probs_out[i] = weights[i] / sum(weights). Throws std::invalid_argument,
+// naming `name`, for NaN, infinite or negative weights, an all-zero vector,
+// n == 0 or n > kMaxClasses. The sum is taken over weights / max(weights), so
+// huge finite weights cannot overflow it.
+void normalize_weights(const double* weights, int64_t n, const char* name, double* probs_out);
+
+// Builds the table from normalised probabilities (as normalize_weights gives):
+// the table is a pure function of probs, so a sampler rebuilt from its saved
+// probs draws exactly the same samples. Throws std::invalid_argument, naming
+// `name`, for invalid probs or a sum further than 1e-6 from 1.
+AliasTable build_alias_table(const double* probs, int64_t n, const char* name);
 
 // Branch-free pick from one 64-bit random number: the high half of u * V picks
 // the bucket, the next 32 bits of the product are the coin.

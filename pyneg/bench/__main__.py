@@ -1,0 +1,168 @@
+"""Command line: ``python -m pyneg.bench [--quick] [--filter TEXT] [--out DIR]``.
+
+Runs every workload of :mod:`pyneg.bench.registry` (pyneg and its baselines in
+the same process, one after the other), checks that they agree, prints a table
+of median times, throughputs and ratios, and writes ``results.json`` and
+``results.png`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Dict, List
+
+import torch
+
+from pyneg.bench.registry import all_workloads
+from pyneg.bench.timing import median, time_calls
+
+
+def machine_description() -> Dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def run(quick: bool, name_filter: str, progress: bool = True) -> List[Dict[str, Any]]:
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bench extra is optional for the library itself
+        tqdm = None
+    workloads = [w for w in all_workloads() if name_filter in w.name or name_filter in w.group]
+    rows: List[Dict[str, Any]] = []
+    bar = tqdm(total=len(workloads), desc="pyneg.bench", unit="workload", disable=not progress) if tqdm else None
+    repeat, min_time = (3, 0.02) if quick else (9, 0.1)
+    for w in workloads:
+        if bar is not None:
+            bar.set_postfix_str(w.name)
+        state = w.setup(quick)
+        w.verify(state)
+        items = w.num_items(state)
+        pyneg_s = median(time_calls(w.run, state, repeat=repeat, min_time=min_time))
+        base_s = {
+            name: median(time_calls(fn, state, repeat=repeat, min_time=min_time))
+            for name, fn in w.baselines.items()
+        }
+        targets = [
+            {"target": t.describe(), "met": t.met(pyneg_s, base_s, items)} for t in w.targets
+        ]
+        rows.append(
+            {
+                "name": w.name,
+                "group": w.group,
+                "description": w.description,
+                "items": items,
+                "pyneg_s": pyneg_s,
+                "baselines_s": base_s,
+                "ratios": {name: s / pyneg_s for name, s in base_s.items()},
+                "targets": targets,
+            }
+        )
+        del state
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return rows
+
+
+def format_table(rows: List[Dict[str, Any]]) -> str:
+    header = f"{'workload':<30} {'impl':<28} {'median':>11} {'throughput':>14} {'ratio':>9}  target"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        def line(impl: str, s: float, ratio: str, target: str) -> str:
+            return (f"{r['name']:<30} {impl:<28} {_fmt_time(s):>11} "
+                    f"{_fmt_rate(r['items'] / s):>14} {ratio:>9}  {target}")
+        tgt = "; ".join(
+            f"{t['target']} {'ok' if t['met'] else ('MISSED' if t['met'] is False else '?')}"
+            for t in r["targets"]
+        )
+        lines.append(line("pyneg", r["pyneg_s"], "1.0x", tgt))
+        for name, s in r["baselines_s"].items():
+            lines.append(line(name, s, f"{r['ratios'][name]:.1f}x", ""))
+    return "\n".join(lines)
+
+
+def _fmt_time(s: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if s >= scale:
+            return f"{s / scale:.2f} {unit}"
+    return f"{s / 1e-9:.0f} ns"
+
+
+def _fmt_rate(r: float) -> str:
+    for unit, scale in (("G/s", 1e9), ("M/s", 1e6), ("k/s", 1e3)):
+        if r >= scale:
+            return f"{r / scale:.1f} {unit}"
+    return f"{r:.1f} /s"
+
+
+def plot(rows: List[Dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r["name"] for r in rows]
+    best = [max(r["ratios"].values()) if r["ratios"] else 1.0 for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.5))
+    ax.barh(names, best, color="tab:blue")
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    ax.set_xlabel("speed-up of pyneg over its slowest baseline (median time ratio, log scale)")
+    ax.invert_yaxis()
+    for y, (r, b) in enumerate(zip(rows, best)):
+        ax.text(b, y, f" {b:.1f}x", va="center", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: List[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyneg.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 1 minute)")
+    parser.add_argument("--filter", default="", help="only workloads whose name or group contains TEXT")
+    parser.add_argument("--out", default="bench_results", help="folder for results.json and results.png")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
+    args = parser.parse_args(argv)
+
+    t0 = time.perf_counter()
+    rows = run(args.quick, args.filter, progress=sys.stderr.isatty() or True)
+    elapsed = time.perf_counter() - t0
+    machine = machine_description()
+    print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
+          f"({machine['torch_threads']} threads); {'quick' if args.quick else 'full'} run, {elapsed:.0f} s")
+    print(format_table(rows))
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump({"machine": machine, "quick": args.quick, "results": rows}, f, indent=2)
+    if not args.no_plot:
+        try:
+            plot(rows, os.path.join(args.out, "results.png"))
+        except ImportError:
+            print("matplotlib is not installed (pip install 'pyneg[bench]'): no plot written")
+    print(f"wrote {os.path.join(args.out, 'results.json')}"
+          + ("" if args.no_plot else f" and {os.path.join(args.out, 'results.png')}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
