@@ -9,6 +9,7 @@
 
 #include "cpu/parallel.h"
 #include "cpu/philox.h"
+#include "cpu/philox_batch.h"
 
 namespace pyneg {
 
@@ -22,22 +23,6 @@ constexpr size_t kPrefetchBytes = size_t{1} << 20;
 // instead of redrawing (which would take > 16 draws per id on average).
 constexpr int kRejectionMassShift = 4;
 constexpr uint32_t kMaxRedraws = 1024;
-
-// r[0, count) = the random numbers of plain draw positions [pos, pos + count).
-inline void fill_draw_randoms(uint64_t seed, uint64_t pos, int count, uint64_t* r) {
-  int i = 0;
-  if (pos & 1) r[i++] = draw_random64(seed, pos);
-  for (; i + 2 <= count; i += 2) {
-    const uint64_t block = (pos + static_cast<uint64_t>(i)) >> 1;
-    const Philox4x32 b = philox4x32_10(static_cast<uint32_t>(block),
-                                       static_cast<uint32_t>(block >> 32), 0u, kTagDraw,
-                                       static_cast<uint32_t>(seed),
-                                       static_cast<uint32_t>(seed >> 32));
-    r[i] = (static_cast<uint64_t>(b.v[1]) << 32) | b.v[0];
-    r[i + 1] = (static_cast<uint64_t>(b.v[3]) << 32) | b.v[2];
-  }
-  if (i < count) r[i] = draw_random64(seed, pos + static_cast<uint64_t>(i));
-}
 
 inline uint64_t mulhi64(uint64_t a, uint64_t b) {
   return static_cast<uint64_t>((static_cast<unsigned __int128>(a) * b) >> 64);

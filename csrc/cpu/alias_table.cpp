@@ -53,8 +53,8 @@ AliasTable build_alias_table(const double* probs, int64_t n, const char* name) {
   if (std::fabs(scaled_sum(probs, n, 1.0) - 1.0) > 1e-6) fail(name, "must sum to 1");
 
   AliasTable t;
-  t.mass.resize(static_cast<size_t>(n));
-  t.entries.resize(static_cast<size_t>(n));
+  t.mass = HugeBuffer<uint64_t>(static_cast<size_t>(n));
+  t.entries = HugeBuffer<uint64_t>(static_cast<size_t>(n));
   uint64_t* mass = t.mass.data();
 
   // Integer masses m_i = round(p_i * V * 2^32); the largest class absorbs the
@@ -62,13 +62,16 @@ AliasTable build_alias_table(const double* probs, int64_t n, const char* name) {
   const double scale = static_cast<double>(n) * static_cast<double>(kBucketMass);
   unsigned __int128 total = 0;
   int64_t argmax = 0;
+  uint64_t max_mass = 0;
   int64_t positive = 0;
   for (int64_t k = 0; k < n; ++k) {
     const uint64_t m = static_cast<uint64_t>(std::nearbyint(probs[k] * scale));
     mass[k] = m;
     total += m;
     positive += m > 0;
-    argmax = m > mass[argmax] ? k : argmax;
+    const bool larger = m > max_mass;
+    max_mass = larger ? m : max_mass;
+    argmax = larger ? k : argmax;
   }
   const unsigned __int128 target = static_cast<unsigned __int128>(t.total_mass());
   if (total > target) {
@@ -81,16 +84,19 @@ AliasTable build_alias_table(const double* probs, int64_t n, const char* name) {
   // Vose's pairing on integers. `work` holds the small buckets growing from the
   // front and the large ones growing from the back; the remaining mass of a
   // class is kept in its entry's word until the bucket is finished.
-  std::vector<uint32_t> work(static_cast<size_t>(n));
+  HugeBuffer<uint32_t> work(static_cast<size_t>(n));
   uint64_t* rest = t.entries.data();
   int64_t ns = 0, nl = n;
   for (int64_t k = 0; k < n; ++k) {
+    // Branch-free: write k to both stacks' next slots, advance only one. The
+    // stray write lands in a slot that the other stack overwrites later or
+    // that lies between the two stacks.
     rest[k] = mass[k];
-    if (mass[k] < kBucketMass) {
-      work[static_cast<size_t>(ns++)] = static_cast<uint32_t>(k);
-    } else {
-      work[static_cast<size_t>(--nl)] = static_cast<uint32_t>(k);
-    }
+    const bool small = mass[k] < kBucketMass;
+    work[static_cast<size_t>(ns)] = static_cast<uint32_t>(k);
+    work[static_cast<size_t>(nl - 1)] = static_cast<uint32_t>(k);
+    ns += small;
+    nl -= !small;
   }
   // Invariant: small stack work[0, ns), large stack work[nl, n).
   while (ns > 0 && nl < n) {

@@ -14,6 +14,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/huge_buffer.h"
+
 namespace pyneg {
 
 constexpr uint64_t kBucketMass = uint64_t{1} << 32;
@@ -21,8 +23,8 @@ constexpr uint64_t kBucketMass = uint64_t{1} << 32;
 constexpr int64_t kMaxClasses = (int64_t{1} << 31) - 1;
 
 struct AliasTable {
-  std::vector<uint64_t> entries;  // (alias << 32) | threshold, one per bucket
-  std::vector<uint64_t> mass;     // integer mass of every class, sums to V * 2^32
+  HugeBuffer<uint64_t> entries;   // (alias << 32) | threshold, one per bucket
+  HugeBuffer<uint64_t> mass;      // integer mass of every class, sums to V * 2^32
   int64_t num_positive = 0;       // classes with mass > 0 (drawable)
 
   int64_t size() const { return static_cast<int64_t>(entries.size()); }

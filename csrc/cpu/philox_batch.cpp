@@ -1,0 +1,122 @@
+#include "cpu/philox_batch.h"
+
+#include "cpu/philox.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PYNEG_HAVE_AVX2_PATH 1
+#include <immintrin.h>
+#endif
+
+namespace pyneg {
+
+namespace {
+
+// Blocks [first, first + n) (two draws each) into r[0, 2n), one at a time.
+void blocks_scalar(uint64_t seed, uint64_t first, int64_t n, uint64_t* r) {
+  const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint64_t b = first + static_cast<uint64_t>(i);
+    const Philox4x32 x = philox4x32_10(static_cast<uint32_t>(b), static_cast<uint32_t>(b >> 32),
+                                       0u, kTagDraw, k0, k1);
+    r[2 * i] = (static_cast<uint64_t>(x.v[1]) << 32) | x.v[0];
+    r[2 * i + 1] = (static_cast<uint64_t>(x.v[3]) << 32) | x.v[2];
+  }
+}
+
+#ifdef PYNEG_HAVE_AVX2_PATH
+// 32x32 -> 64-bit products of every 32-bit lane of a with the constant m,
+// split into high and low halves (pmuludq handles the even lanes; the odd
+// lanes are shifted down first).
+__attribute__((target("avx2"))) inline void mulhilo8(__m256i a, __m256i m, __m256i& hi,
+                                                     __m256i& lo) {
+  const __m256i even = _mm256_mul_epu32(a, m);
+  const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+}
+
+// Eight blocks per iteration; the tail goes through blocks_scalar.
+__attribute__((target("avx2"))) void blocks_avx2(uint64_t seed, uint64_t first, int64_t n,
+                                                 uint64_t* r) {
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(detail::kPhiloxM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(detail::kPhiloxM1));
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const uint64_t b = first + static_cast<uint64_t>(i);
+    // Counter low words b + lane; the carry into the high word is per lane.
+    const __m256i lo_base = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b)));
+    __m256i c0 = _mm256_add_epi32(lo_base, lane);
+    const __m256i carry = _mm256_cmpgt_epi32(
+        _mm256_xor_si256(lo_base, _mm256_set1_epi32(INT32_MIN)),
+        _mm256_xor_si256(c0, _mm256_set1_epi32(INT32_MIN)));  // unsigned c0 < lo_base
+    __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b >> 32))),
+                                  carry);
+    __m256i c2 = _mm256_setzero_si256();
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(kTagDraw));
+    uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+    for (int round = 0; round < 10; ++round) {
+      __m256i hi0, lo0, hi1, lo1;
+      mulhilo8(c0, m0, hi0, lo0);
+      mulhilo8(c2, m1, hi1, lo1);
+      const __m256i key0 = _mm256_set1_epi32(static_cast<int>(k0));
+      const __m256i key1 = _mm256_set1_epi32(static_cast<int>(k1));
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), key0);
+      c1 = lo1;
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), key1);
+      c3 = lo0;
+      k0 += detail::kPhiloxW0;
+      k1 += detail::kPhiloxW1;
+    }
+    // Interleave into 64-bit words: block j gives (c1:c0) then (c3:c2).
+    const __m256i w01_lo = _mm256_unpacklo_epi32(c0, c1);  // blocks 0,1 | 4,5 word 0
+    const __m256i w01_hi = _mm256_unpackhi_epi32(c0, c1);  // blocks 2,3 | 6,7 word 0
+    const __m256i w23_lo = _mm256_unpacklo_epi32(c2, c3);  // blocks 0,1 | 4,5 word 1
+    const __m256i w23_hi = _mm256_unpackhi_epi32(c2, c3);  // blocks 2,3 | 6,7 word 1
+    // Pair word 0 and word 1 of each block: (b0w0, b0w1, b1w0, b1w1) ...
+    const __m256i p0 = _mm256_unpacklo_epi64(w01_lo, w23_lo);  // b0w0 b0w1 | b4w0 b4w1
+    const __m256i p1 = _mm256_unpackhi_epi64(w01_lo, w23_lo);  // b1 | b5
+    const __m256i p2 = _mm256_unpacklo_epi64(w01_hi, w23_hi);  // b2 | b6
+    const __m256i p3 = _mm256_unpackhi_epi64(w01_hi, w23_hi);  // b3 | b7
+    __m256i* out = reinterpret_cast<__m256i*>(r + 2 * i);
+    _mm256_storeu_si256(out + 0, _mm256_permute2x128_si256(p0, p1, 0x20));  // b0 b1
+    _mm256_storeu_si256(out + 1, _mm256_permute2x128_si256(p2, p3, 0x20));  // b2 b3
+    _mm256_storeu_si256(out + 2, _mm256_permute2x128_si256(p0, p1, 0x31));  // b4 b5
+    _mm256_storeu_si256(out + 3, _mm256_permute2x128_si256(p2, p3, 0x31));  // b6 b7
+  }
+  blocks_scalar(seed, first + static_cast<uint64_t>(i), n - i, r + 2 * i);
+}
+
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2");
+  return has;
+}
+#endif
+
+void blocks(uint64_t seed, uint64_t first, int64_t n, uint64_t* r) {
+#ifdef PYNEG_HAVE_AVX2_PATH
+  if (cpu_has_avx2()) return blocks_avx2(seed, first, n, r);
+#endif
+  blocks_scalar(seed, first, n, r);
+}
+
+}  // namespace
+
+void fill_draw_randoms(uint64_t seed, uint64_t pos, int64_t count, uint64_t* r) {
+  if (count <= 0) return;
+  int64_t i = 0;
+  if (pos & 1) r[i++] = draw_random64(seed, pos);
+  const int64_t nblocks = (count - i) / 2;
+  blocks(seed, (pos + static_cast<uint64_t>(i)) >> 1, nblocks, r + i);
+  i += 2 * nblocks;
+  if (i < count) r[i] = draw_random64(seed, pos + static_cast<uint64_t>(i));
+}
+
+const char* philox_batch_isa() {
+#ifdef PYNEG_HAVE_AVX2_PATH
+  if (cpu_has_avx2()) return "avx2";
+#endif
+  return "scalar";
+}
+
+}  // namespace pyneg

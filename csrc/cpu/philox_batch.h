@@ -1,0 +1,17 @@
+// Random numbers of consecutive plain-draw positions, many Philox blocks at a
+// time. Bit-identical to draw_random64() in philox.h; on x86-64 CPUs with AVX2
+// (checked at run time, the default build targets baseline x86-64) eight
+// blocks run in the lanes of one vector register.
+#pragma once
+
+#include <cstdint>
+
+namespace pyneg {
+
+// r[i] = draw_random64(seed, pos + i) for i in [0, count).
+void fill_draw_randoms(uint64_t seed, uint64_t pos, int64_t count, uint64_t* r);
+
+// Which implementation fill_draw_randoms uses on this CPU: "avx2" or "scalar".
+const char* philox_batch_isa();
+
+}  // namespace pyneg
