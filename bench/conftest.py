@@ -12,9 +12,6 @@ from typing import Any, Dict
 
 import pytest
 
-from pyneg.bench.registry import all_workloads
-
-WORKLOADS = all_workloads()
 _STATES: Dict[str, Any] = {}
 
 

@@ -29,7 +29,9 @@ def as_tensor(data: ArrayLike, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a tensor, array or sequence of numbers: {exc}") from None
     if arr.dtype == object or arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(arr))
+    if not arr.flags.c_contiguous:  # np.ascontiguousarray would turn 0-d into 1-d
+        arr = arr.copy(order="C")
+    return torch.from_numpy(arr)
 
 
 def as_float64_numpy(data: ArrayLike, name: str, *, ndim: int = 1) -> np.ndarray:

@@ -4,6 +4,7 @@
 #include "bindings/common.h"
 #include "cpu/alias_sample.h"
 #include "cpu/alias_table.h"
+#include "cpu/philox_batch.h"
 
 namespace pyneg::bindings {
 
@@ -126,6 +127,17 @@ void register_alias(py::module_& m) {
           "Fill out (rows x k) with ids distinct within each row; tries gets the "
           "candidate draws each row used.");
   m.attr("MAX_CLASSES") = kMaxClasses;
+  m.def(
+      "draw_randoms",
+      [](uint64_t seed, uint64_t offset, output_array<uint64_t> out) {
+        uint64_t* dst = writable_data(out, "out");
+        const int64_t n = out.size();
+        py::gil_scoped_release release;
+        fill_draw_randoms(seed, offset, n, dst);
+      },
+      py::arg("seed"), py::arg("offset"), py::arg("out").noconvert(),
+      "The 64-bit Philox4x32-10 numbers behind plain draws offset, offset + 1, ...");
+  m.def("philox_isa", &philox_batch_isa, "Instruction set of the batched Philox generator.");
   m.def("hardware_threads", [] { return static_cast<int>(std::thread::hardware_concurrency()); });
 }
 
