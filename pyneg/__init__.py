@@ -3,7 +3,6 @@
 Alias-table samplers (C++ with the GIL released), hierarchical softmax, memory
 banks, streaming frequency estimation and bias-corrected softmax losses.
 """
-import glob as _glob
 import os as _os
 import sys as _sys
 
@@ -16,12 +15,17 @@ def _use_installed_core() -> None:
     on ``sys.path``. When ``pip install .`` has put a build elsewhere on the
     path, extend this package's search path with it so ``pyneg._core`` resolves.
     """
+    from importlib.machinery import EXTENSION_SUFFIXES
+
+    def has_core(folder: str) -> bool:
+        return any(_os.path.exists(_os.path.join(folder, "_core" + sfx)) for sfx in EXTENSION_SUFFIXES)
+
     here = _os.path.dirname(_os.path.abspath(__file__))
-    if _glob.glob(_os.path.join(here, "_core*")):
+    if has_core(here):
         return
     for entry in _sys.path:
         candidate = _os.path.join(_os.path.abspath(entry or "."), "pyneg")
-        if candidate != here and _glob.glob(_os.path.join(candidate, "_core*")):
+        if candidate != here and has_core(candidate):
             __path__.append(candidate)
             return
 
