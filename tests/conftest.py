@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hypothesis import settings
+
 import pyneg
+
+# Property tests explore the same examples on every run (CI must not be flaky)
+# and leave no example database behind.
+settings.register_profile("pyneg", derandomize=True, database=None)
+settings.load_profile("pyneg")
 
 # Every kernel test runs on each of these (CUDA only where a GPU is present).
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

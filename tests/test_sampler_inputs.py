@@ -125,9 +125,17 @@ def _valid_samples(out: torch.Tensor, probs: torch.Tensor, size, unique: bool, e
         assert out.min() >= 0 and out.max() < probs.numel()
         assert (probs[out] > 0).all()
     if unique and out.numel() and len(shape) >= 1:
+        # Rows are the last dimension; a 1-D size with an exclusion list has
+        # one row per element (nothing to keep distinct).
+        if len(shape) == 1 and exclude is not None:
+            return _check_excluded(out, shape, exclude)
         rows = out.reshape(-1, shape[-1]) if len(shape) >= 2 else out.reshape(1, -1)
         srt = rows.sort(dim=1).values
         assert (srt[:, 1:] != srt[:, :-1]).all()
+    _check_excluded(out, shape, exclude)
+
+
+def _check_excluded(out: torch.Tensor, shape, exclude) -> None:
     if exclude is not None and out.numel():
         ex = torch.as_tensor(exclude)
         ex = ex.reshape(ex.shape[0], -1)
