@@ -32,7 +32,7 @@ def _use_installed_core() -> None:
 
 _use_installed_core()
 
-from pyneg import functional  # noqa: E402
+from pyneg import distributed, functional  # noqa: E402
 from pyneg.data import NegativeSamplingCollator  # noqa: E402
 from pyneg.samplers import (  # noqa: E402
     AliasSampler,
@@ -50,5 +50,6 @@ __all__ = [
     "CandidateSample",
     "NegativeSamplingCollator",
     "functional",
+    "distributed",
 ]
 __version__ = "0.1.0"
