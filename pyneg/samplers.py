@@ -25,7 +25,6 @@ from pyneg._validation import (
     SizeLike,
     as_float64_numpy,
     as_index_tensor,
-    as_tensor,
     check_device,
     check_int,
     check_seed,
@@ -250,8 +249,6 @@ class AliasSampler:
                 raise ValueError(f"out is on {out.device} but device is {dev}")
         dev = dev or torch.device("cpu")
         seed = draw_seed(generator) if seed is None else check_seed(seed)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
 
         # Rows: the last dimension is a row of negatives; a 1-D size with an
         # exclusion list has one row per element.

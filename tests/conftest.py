@@ -5,8 +5,6 @@ import torch
 
 from hypothesis import settings
 
-import pyneg
-
 # Property tests explore the same examples on every run (CI must not be flaky)
 # and leave no example database behind.
 settings.register_profile("pyneg", derandomize=True, database=None)
