@@ -1,0 +1,31 @@
+"""`python -m pyneg.bench` writes its table, JSON and plot."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pyneg.bench.__main__ import main
+from pyneg.bench.registry import all_workloads
+
+
+def test_cli_quick_run_writes_json_and_png(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert main(["--quick", "--filter", "raw_draws_V1e4", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "raw_draws_V1e4" in printed and "torch.randint" in printed
+    data = json.loads((tmp_path / "results.json").read_text())
+    (row,) = data["results"]
+    assert row["name"] == "raw_draws_V1e4" and row["pyneg_s"] > 0
+    assert set(row["ratios"]) == {"torch.randint (uniform)"}
+    assert (tmp_path / "results.png").stat().st_size > 1000
+
+
+def test_workloads_are_well_formed():
+    names = [w.name for w in all_workloads()]
+    assert len(names) == len(set(names))
+    for w in all_workloads():
+        for t in w.targets:
+            assert t.kind in ("ratio", "items_per_s", "ns_per_item")
+            if t.kind == "ratio":
+                assert t.baseline in w.baselines, (w.name, t.baseline)
