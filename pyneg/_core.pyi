@@ -37,7 +37,7 @@ class AliasTable:
         exclude: npt.ArrayLike,
         k: int,
         out: npt.NDArray[np.int64],
-        tries: npt.NDArray[np.int64],
+        tries: npt.NDArray[np.int64] | None = None,
         num_threads: int = 1,
     ) -> None: ...
 

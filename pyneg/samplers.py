@@ -198,7 +198,7 @@ class AliasSampler:
             out: int64 tensor of shape ``size`` to write into (reusing it saves
                 the page faults of a fresh allocation).
         """
-        return self._sample(size, exclude, unique, generator, seed, offset, device, out)[0]
+        return self._sample(size, exclude, unique, generator, seed, offset, device, out, want_tries=False)[0]
 
     def sample_candidates(
         self,
@@ -235,6 +235,7 @@ class AliasSampler:
         offset: int,
         device: Any,
         out: Optional[torch.Tensor],
+        want_tries: bool = True,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         shape = check_size(size)
         if not isinstance(unique, bool):
@@ -285,7 +286,7 @@ class AliasSampler:
             result = out
         else:
             result = torch.empty(shape, dtype=torch.int64)
-        tries = torch.empty(rows, dtype=torch.int64) if unique else None
+        tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
         if numel == 0:
             pass
         elif not on_cpu and lists is None and not unique:
@@ -300,7 +301,8 @@ class AliasSampler:
             threads = torch.get_num_threads()
             if unique:
                 self._table.sample_unique(
-                    seed, offset, _NO_EXCLUDE if lists is None else lists, k, flat, tries.numpy(), threads
+                    seed, offset, _NO_EXCLUDE if lists is None else lists, k, flat,
+                    None if tries is None else tries.numpy(), threads,
                 )
             elif lists is not None:
                 self._table.sample_excluding(seed, offset, lists, k, flat, threads)

@@ -1,5 +1,8 @@
 // Bindings of the alias table and its samplers (csrc/cpu/alias_*.h).
+#include <optional>
 #include <thread>
+
+#include <pybind11/stl.h>
 
 #include "bindings/common.h"
 #include "cpu/alias_sample.h"
@@ -113,17 +116,21 @@ void register_alias(py::module_& m) {
           "sample_unique",
           [](const AliasTable& t, uint64_t seed, uint64_t offset,
              const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
-             output_array<int64_t> tries, int num_threads) {
+             std::optional<output_array<int64_t>> tries, int num_threads) {
             int64_t* dst = writable_data(out, "out");
-            int64_t* tr = writable_data(tries, "tries");
             const int64_t rows = checked_rows(out, k);
-            if (tries.size() != rows) throw std::invalid_argument("tries must hold one value per row");
+            int64_t* tr = nullptr;
+            if (tries) {
+              tr = writable_data(*tries, "tries");
+              if (tries->size() != rows) throw std::invalid_argument("tries must hold one value per row");
+            }
             const ExcludeLists ex = exclude_lists(exclude, rows);
             py::gil_scoped_release release;
             alias_sample_unique(t, seed, offset, ex, rows, k, dst, tr, num_threads);
           },
           py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
-          py::arg("out").noconvert(), py::arg("tries").noconvert(), py::arg("num_threads") = 1,
+          py::arg("out").noconvert(), py::arg("tries").noconvert() = py::none(),
+          py::arg("num_threads") = 1,
           "Fill out (rows x k) with ids distinct within each row; tries gets the "
           "candidate draws each row used.");
   m.attr("MAX_CLASSES") = kMaxClasses;

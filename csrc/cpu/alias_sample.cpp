@@ -297,10 +297,12 @@ void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset
         std::nth_element(keys.begin(), keys.begin() + need - 1, keys.end());
         std::sort(keys.begin(), keys.begin() + need);
         for (std::ptrdiff_t i = 0; i < need; ++i) dst[got++] = keys[static_cast<size_t>(i)].second;
-        RowSet excluded;
-        excluded.reset(static_cast<size_t>(lists.end(l) - lists.begin(l)));
-        for (const int64_t* p = lists.begin(l); p != lists.end(l); ++p) excluded.insert(*p);
-        tries = std::max(tries, expected_tries(table, excluded, k));
+        if (tries_out) {  // O(V) per bisection step: only when asked for
+          RowSet excluded;
+          excluded.reset(static_cast<size_t>(lists.end(l) - lists.begin(l)));
+          for (const int64_t* p = lists.begin(l); p != lists.end(l); ++p) excluded.insert(*p);
+          tries = std::max(tries, expected_tries(table, excluded, k));
+        }
       }
       if (tries_out) tries_out[row] = tries;
     }
