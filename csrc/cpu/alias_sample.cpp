@@ -17,6 +17,7 @@ namespace {
 
 constexpr int64_t kGrain = int64_t{1} << 15;  // draws per thread chunk, at least
 constexpr int kBlock = 256;                   // draws resolved together
+constexpr int kPrefetchBlock = 32;            // draws in flight per stage (DRAM tables)
 // Tables above this many bytes live in DRAM: prefetch a block's entries first.
 constexpr size_t kPrefetchBytes = size_t{1} << 20;
 // Fewer allowed ids than 1/16 of the mass: sample the row from its exact CDF
@@ -123,14 +124,30 @@ void alias_sample(const AliasTable& table, uint64_t seed, uint64_t offset, int64
   const uint64_t v = static_cast<uint64_t>(table.size());
   const bool prefetch = table.entries.size() * sizeof(uint64_t) > kPrefetchBytes;
   parallel_for(n, num_threads, kGrain, [&](int64_t b, int64_t e) {
-    uint64_t r[kBlock];
-    for (int64_t j = b; j < e; j += kBlock) {
-      const int m = static_cast<int>(std::min<int64_t>(kBlock, e - j));
-      fill_draw_randoms(seed, offset + static_cast<uint64_t>(j), m, r);
-      if (prefetch) {
-        for (int i = 0; i < m; ++i) __builtin_prefetch(entries + mulhi64(r[i], v));
+    if (!prefetch) {
+      uint64_t r[kBlock];
+      for (int64_t j = b; j < e; j += kBlock) {
+        const int m = static_cast<int>(std::min<int64_t>(kBlock, e - j));
+        fill_draw_randoms(seed, offset + static_cast<uint64_t>(j), m, r);
+        for (int i = 0; i < m; ++i) out[j + i] = alias_pick(entries, v, r[i]);
       }
-      for (int i = 0; i < m; ++i) out[j + i] = alias_pick(entries, v, r[i]);
+      return;
+    }
+    // DRAM-resident table: software pipeline. While block t is resolved, the
+    // entries of block t + 1 are already on their way (prefetched), so cache
+    // misses overlap with the random-number generation and the picks.
+    uint64_t r[2][kPrefetchBlock];
+    auto stage = [&](int64_t j, uint64_t* buf) {
+      const int m = static_cast<int>(std::min<int64_t>(kPrefetchBlock, e - j));
+      fill_draw_randoms(seed, offset + static_cast<uint64_t>(j), m, buf);
+      for (int i = 0; i < m; ++i) __builtin_prefetch(entries + mulhi64(buf[i], v));
+    };
+    stage(b, r[0]);
+    int cur = 0;
+    for (int64_t j = b; j < e; j += kPrefetchBlock, cur ^= 1) {
+      if (j + kPrefetchBlock < e) stage(j + kPrefetchBlock, r[cur ^ 1]);
+      const int m = static_cast<int>(std::min<int64_t>(kPrefetchBlock, e - j));
+      for (int i = 0; i < m; ++i) out[j + i] = alias_pick(entries, v, r[cur][i]);
     }
   });
 }
