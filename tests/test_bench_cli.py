@@ -29,3 +29,18 @@ def test_workloads_are_well_formed():
             assert t.kind in ("ratio", "items_per_s", "ns_per_item")
             if t.kind == "ratio":
                 assert t.baseline in w.baselines, (w.name, t.baseline)
+
+
+def test_peak_memory_counts_what_a_call_touches():
+    import sys
+
+    import torch
+
+    from pyneg.bench.timing import peak_memory_bytes
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("peak memory is read from /proc")
+    mib = 2**20
+    peak = peak_memory_bytes(lambda n: torch.ones(n, dtype=torch.uint8).sum(), 64 * mib)
+    assert peak is not None and 60 * mib <= peak <= 100 * mib
+    assert peak_memory_bytes(lambda n: n + 1, 1) < 8 * mib

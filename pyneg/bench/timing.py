@@ -1,12 +1,11 @@
 """Timing and memory measurement shared by the CLI and the pytest-benchmark suite."""
 from __future__ import annotations
 
+import ctypes
 import gc
-import os
-import resource
 import statistics
 import time
-from typing import Any, Callable, List
+from typing import Any, Callable, List, Optional
 
 
 def time_calls(fn: Callable[[Any], Any], state: Any, *, repeat: int = 7, min_time: float = 0.05,
@@ -43,30 +42,38 @@ def median(samples: List[float]) -> float:
     return statistics.median(samples)
 
 
-def peak_memory_bytes(fn: Callable[[Any], Any], state: Any) -> int:
+def peak_memory_bytes(fn: Callable[[Any], Any], state: Any) -> Optional[int]:
     """Peak resident memory that one call of ``fn(state)`` adds, in bytes.
 
-    The call runs in a forked child, whose peak RSS (ru_maxrss) minus its RSS at
-    the fork is what the call allocated and touched. CPU only; Linux only.
+    Runs the call in this process: frees what the allocator holds
+    (``malloc_trim``), resets the kernel's peak-RSS counter (``VmHWM``, through
+    ``/proc/self/clear_refs``), runs the call, and returns the new peak minus the
+    resident size before the call. No fork, so it is safe after torch has
+    started its thread pools. CPU memory only; returns ``None`` where the
+    counter cannot be reset (not Linux, or a kernel older than 4.0).
     """
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child
-        try:
-            os.close(r)
-            before = _current_rss_bytes()
-            fn(state)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-            os.write(w, str(max(0, peak - before)).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r) as f:
-        data = f.read()
-    os.waitpid(pid, 0)
-    return int(data or 0)
+    gc.collect()
+    _malloc_trim()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return None
+    before = _status_bytes("VmRSS")
+    fn(state)
+    return max(0, _status_bytes("VmHWM") - before)
 
 
-def _current_rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{field} not in /proc/self/status")
+
+
+def _malloc_trim() -> None:
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
