@@ -103,6 +103,23 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(rows: List[Dict[str, Any]]) -> str:
+    """The table as GitHub markdown, one row per implementation (for the README)."""
+    lines = ["| workload | implementation | median | throughput | speed-up of pyneg | target |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        tgt = "; ".join(
+            f"{t['target']}: {'met' if t['met'] else ('**missed**' if t['met'] is False else '?')}"
+            for t in r["targets"]
+        )
+        lines.append(f"| `{r['name']}` | **pyneg** | {_fmt_time(r['pyneg_s'])} | "
+                     f"{_fmt_rate(r['items'] / r['pyneg_s'])} | | {tgt} |")
+        for name, s in r["baselines_s"].items():
+            lines.append(f"| | {name} | {_fmt_time(s)} | {_fmt_rate(r['items'] / s)} | "
+                         f"{r['ratios'][name]:.1f}x | |")
+    return "\n".join(lines)
+
+
 def _fmt_time(s: float) -> str:
     for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
         if s >= scale:
@@ -177,12 +194,14 @@ def main(argv: List[str] | None = None) -> int:
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump({"machine": machine, "quick": args.quick, "results": rows}, f, indent=2)
+    with open(os.path.join(args.out, "results.md"), "w") as f:
+        f.write(format_markdown(rows) + "\n")
     if not args.no_plot:
         try:
             plot(rows, os.path.join(args.out, "results.png"))
         except ImportError:
             print("matplotlib is not installed (pip install 'pyneg[bench]'): no plot written")
-    print(f"wrote {os.path.join(args.out, 'results.json')}"
+    print(f"wrote {os.path.join(args.out, 'results.json')}, results.md"
           + ("" if args.no_plot else f" and {os.path.join(args.out, 'results.png')}"))
     return 0
 
