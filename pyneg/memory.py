@@ -5,6 +5,13 @@ probability ``p`` that an item id lands in a step's batch: the ``log q`` that
 in-batch (and queue) negatives subtract from their logits (Yi et al., RecSys
 2019). Its hot path is C++ (``csrc/cpu/frequency_estimator.cpp``).
 
+:class:`MemoryBank` is a FIFO queue of the most recent item embeddings (MoCo
+queues, cross-batch negatives of Wang et al., SIGIR 2021) with their ids,
+``log q`` and the step that wrote them. Batches are written in place through a
+ring pointer (never concatenated or shifted); a C++ ring index
+(``csrc/cpu/ring_index.cpp``) keeps the pointer, the per-slot steps and an
+id -> slots lookup that finds accidental hits in O(batch + hits).
+
 Both classes can keep every rank identical under ``torch.distributed``: with
 ``sync=True`` (and an initialised process group of world size > 1) each
 ``update``/``enqueue`` gathers the step's inputs from all ranks, in rank order,
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -24,9 +31,9 @@ import torch.distributed as dist
 
 from pyneg import _core
 from pyneg import distributed as _dist
-from pyneg._validation import ArrayLike, as_tensor, check_int
+from pyneg._validation import ArrayLike, as_tensor, check_device, check_int
 
-__all__ = ["FrequencyEstimator"]
+__all__ = ["FrequencyEstimator", "MemoryBank", "BankNegatives"]
 
 
 # ------------------------------------------------------------------ helpers
@@ -254,3 +261,353 @@ class FrequencyEstimator:
         self._state[..., 0] = last.to(torch.float64)
         self._state[..., 1] = gap
         self._step = step
+
+
+# ----------------------------------------------------------------- memory bank
+class BankNegatives(NamedTuple):
+    """What :meth:`MemoryBank.negatives` returns: aligned columns of negatives.
+
+    ``hit_mask`` is ``None`` unless positive ids were given; then it is (B, N),
+    True where the entry's id equals row b's positive id (an accidental hit,
+    to be masked out of the logits, never treated as a negative).
+    """
+
+    embeddings: torch.Tensor
+    ids: torch.Tensor
+    log_q: torch.Tensor
+    hit_mask: Optional[torch.Tensor]
+
+
+Segments = List[Tuple[int, int]]
+
+
+class MemoryBank:
+    """FIFO queue of the ``capacity`` most recent (detached) embeddings, with ids and log q.
+
+    Each :meth:`enqueue` writes its rows in place after the newest entry,
+    wrapping around and overwriting the oldest: no concatenation, no shift, no
+    allocation. A batch larger than ``capacity`` keeps its last ``capacity``
+    rows. Every entry remembers the step (1 for the first enqueue, 2 for the
+    second, ...) that wrote it; its age is ``bank.step - entry step`` (0 for the
+    latest batch).
+
+    Reading:
+
+    * ``embeddings``, ``ids``, ``log_q``, ``steps``, ``ages``, :meth:`valid_mask`
+      and :meth:`hit_mask` list all entries **oldest first**, as new tensors
+      (copies): they stay valid after later enqueues.
+    * :meth:`negatives` is what a training step uses: the entries young enough
+      (age <= ``max_age``), and nothing until the bank is :attr:`ready`, with
+      their hit mask. It returns **views** into the bank whenever the young
+      entries are contiguous in storage (always once the bank is full when
+      ``max_age`` is None), so it costs nothing, but the columns come in
+      storage order (all tensors it returns are aligned with each other), and
+      the next ``enqueue`` overwrites them: call ``enqueue`` after
+      ``loss.backward()``. (Autograd notices the violation: backward raises
+      "modified by an inplace operation" instead of computing a wrong gradient.)
+
+    Args:
+        capacity: number of entries kept (M).
+        dim: embedding size.
+        dtype: floating dtype of the stored embeddings (inputs are cast).
+        device: where the embeddings, ids and log q live (default CPU); inputs
+            must be there too. The ring index itself is on the CPU.
+        max_age: entries older than this many steps are left out of
+            :meth:`negatives` (None: never).
+        warmup: :meth:`negatives` returns no entries until this many enqueues
+            have happened (:attr:`ready`); early embeddings come from an
+            untrained model and make poor negatives.
+        sync: when torch.distributed is initialised with world size > 1, make
+            ``enqueue`` gather embeddings, ids and log q of all ranks (rank
+            order) first, so every rank holds the same bank.
+        process_group: the group to gather over (default: the world).
+
+    Example:
+        >>> import torch, pyneg
+        >>> bank = pyneg.MemoryBank(4, 2)
+        >>> bank.enqueue(torch.ones(3, 2), torch.tensor([7, 8, 9]))
+        >>> bank.enqueue(torch.zeros(2, 2), torch.tensor([1, 2]), log_q=torch.tensor([-1.0, -2.0]))
+        >>> bank.ids
+        tensor([8, 9, 1, 2])
+        >>> bank.log_q
+        tensor([nan, nan, -1., -2.])
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        dim: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: Union[None, str, torch.device] = None,
+        max_age: Optional[int] = None,
+        warmup: int = 0,
+        sync: bool = False,
+        process_group: Optional[Any] = None,
+    ) -> None:
+        capacity = check_int(capacity, "capacity", minimum=1)
+        if capacity > _core.MAX_RING_CAPACITY:
+            raise ValueError(f"capacity must be <= {_core.MAX_RING_CAPACITY}, got {capacity}")
+        dim = check_int(dim, "dim", minimum=1)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        dev = check_device(device) or torch.device("cpu")
+        self._max_age = None if max_age is None else check_int(max_age, "max_age", minimum=0)
+        self._warmup = check_int(warmup, "warmup", minimum=0)
+        self._sync = _check_bool(sync, "sync")
+        self._group = process_group
+        self._index = _core.RingIndex(capacity)
+        self._emb = torch.empty((capacity, dim), dtype=dtype, device=dev)
+        self._ids = torch.empty(capacity, dtype=torch.int64, device=dev)
+        self._log_q = torch.empty(capacity, dtype=torch.float32, device=dev)
+        self._step = 0
+
+    # ------------------------------------------------------------ properties
+    @property
+    def capacity(self) -> int:
+        return int(self._emb.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self._emb.shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._emb.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._emb.device
+
+    @property
+    def max_age(self) -> Optional[int]:
+        return self._max_age
+
+    @property
+    def warmup(self) -> int:
+        return self._warmup
+
+    @property
+    def step(self) -> int:
+        """Number of enqueues so far (the step of the newest entries)."""
+        return self._step
+
+    @property
+    def ready(self) -> bool:
+        """True once ``warmup`` enqueues have happened: :meth:`negatives` then returns entries."""
+        return self._step >= self._warmup
+
+    def __len__(self) -> int:
+        return int(self._index.size)
+
+    def __repr__(self) -> str:
+        return (f"MemoryBank(capacity={self.capacity}, dim={self.dim}, dtype={self.dtype}, device={self.device}, "
+                f"len={len(self)}, step={self._step}, max_age={self._max_age}, warmup={self._warmup})")
+
+    # ---------------------------------------------------------------- writing
+    def enqueue(self, embeddings: torch.Tensor, ids: ArrayLike, log_q: Optional[ArrayLike] = None) -> None:
+        """Appends a batch: ``embeddings`` (B, dim) (stored detached), ``ids`` (B,) >= 0,
+        ``log_q`` (B,) or None (stored as NaN).
+
+        Everything is checked before anything is written, so a bad call leaves
+        the bank as it was. With ``sync=True`` under torch.distributed every rank
+        must call ``enqueue`` once per step (a rank may pass zero rows).
+        """
+        if not isinstance(embeddings, torch.Tensor):
+            raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+        if not embeddings.is_floating_point():
+            raise TypeError(f"embeddings must be floating point, got {embeddings.dtype}")
+        if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(f"embeddings must have shape (B, {self.dim}), got {tuple(embeddings.shape)}")
+        if embeddings.device != self._emb.device:
+            raise ValueError(f"embeddings are on {embeddings.device} but the bank is on {self._emb.device}")
+        n = embeddings.shape[0]
+        id_arr = _id_array(ids, "ids")
+        if id_arr.shape[0] != n:
+            raise ValueError(f"ids has {id_arr.shape[0]} entries but embeddings has {n} rows")
+        lq = None
+        if log_q is not None:
+            lq = as_tensor(log_q, "log_q")
+            if not lq.is_floating_point():
+                raise TypeError(f"log_q must be floating point, got {lq.dtype}")
+            if tuple(lq.shape) != (n,):
+                raise ValueError(f"log_q must have shape ({n},), got {tuple(lq.shape)}")
+        src = embeddings.detach()
+        group = _sync_group(self._sync, self._group)
+        if group is not None:
+            if lq is None:
+                lq = torch.full((n,), math.nan, dtype=torch.float32)
+            src = _gather_rows(src, group)
+            id_arr = _gather_rows(torch.from_numpy(id_arr), group).numpy()
+            lq = _gather_rows(lq.detach().to(device=src.device, dtype=torch.float32), group)
+        if id_arr.shape[0] == 0:  # checked after the gather, so every rank agrees
+            raise ValueError("embeddings must not be empty")
+        # The index checks the ids before it changes anything; after it, the
+        # copies below cannot fail (shapes, devices and dtypes are checked).
+        write = self._index.push(id_arr, self._step + 1)
+        self._step += 1
+        dev = self._emb.device
+        _copy_rows(self._emb, src, write)
+        _copy_rows(self._ids, torch.from_numpy(id_arr).to(dev, non_blocking=True), write)
+        if lq is None:
+            _, dst, first, second = write
+            self._log_q[dst:dst + first].fill_(math.nan)
+            self._log_q[:second].fill_(math.nan)
+        else:
+            _copy_rows(self._log_q, lq.detach(), write)
+
+    # ------------------------------------------------------ oldest-first views
+    def _fifo(self, count: int) -> Segments:
+        """Storage slices holding the newest ``count`` entries, oldest first."""
+        if count == 0:
+            return [(0, 0)]
+        cap, head = self.capacity, int(self._index.head)
+        start = (head - count) % cap
+        if start + count <= cap:
+            return [(start, start + count)]
+        return [(start, cap), (0, head)]
+
+    @property
+    def embeddings(self) -> torch.Tensor:
+        """(len(bank), dim) stored embeddings, oldest first (a copy)."""
+        return _take(self._emb, self._fifo(len(self)), copy=True)
+
+    @property
+    def ids(self) -> torch.Tensor:
+        """(len(bank),) int64 ids, oldest first (a copy)."""
+        return _take(self._ids, self._fifo(len(self)), copy=True)
+
+    @property
+    def log_q(self) -> torch.Tensor:
+        """(len(bank),) float32 log q, NaN where none was given, oldest first (a copy)."""
+        return _take(self._log_q, self._fifo(len(self)), copy=True)
+
+    @property
+    def steps(self) -> torch.Tensor:
+        """(len(bank),) int64 step that wrote each entry, oldest first (a copy)."""
+        view = self._index.slot_steps  # read-only NumPy view of the index
+        return torch.from_numpy(np.concatenate([view[a:b] for a, b in self._fifo(len(self))])).to(self.device)
+
+    @property
+    def ages(self) -> torch.Tensor:
+        """(len(bank),) int64 ``step - steps``: 0 for the latest batch, oldest first."""
+        return self._step - self.steps
+
+    def _min_step(self) -> int:
+        return 0 if self._max_age is None else self._step - self._max_age
+
+    def valid_mask(self) -> torch.Tensor:
+        """(len(bank),) bool, oldest first: True for entries no older than ``max_age``."""
+        n = len(self)
+        young = int(self._index.count_since(self._min_step()))
+        return torch.arange(n, device=self.device) >= n - young
+
+    def hit_mask(self, positive_ids: ArrayLike) -> torch.Tensor:
+        """(B, len(bank)) bool, columns oldest first: entry id == row b's positive id.
+
+        Covers every stored entry whatever its age; combine with
+        :meth:`valid_mask` (or use :meth:`negatives`, which leaves old entries
+        out) to drop entries older than ``max_age``.
+        """
+        return self._hits(positive_ids, 0, self._fifo(len(self)))
+
+    def _hits(self, positive_ids: ArrayLike, min_step: int, segments: Segments) -> torch.Tensor:
+        pos = _id_array(positive_ids, "positive_ids")
+        width = sum(b - a for a, b in segments)
+        mask = torch.zeros((pos.shape[0], width), dtype=torch.bool, device=self.device)
+        rows, slots = self._index.find_hits(pos, min_step)
+        if rows.size and width:
+            (a1, b1) = segments[0]
+            cols = np.where((slots >= a1) & (slots < b1), slots - a1, slots - segments[-1][0] + (b1 - a1))
+            mask[torch.from_numpy(rows).to(self.device), torch.from_numpy(cols).to(self.device)] = True
+        return mask
+
+    # -------------------------------------------------------------- training
+    def negatives(self, positive_ids: Optional[ArrayLike] = None) -> BankNegatives:
+        """The entries a training step uses as negatives, aligned column by column.
+
+        Leaves out entries older than ``max_age`` and returns nothing (N = 0)
+        until the bank is :attr:`ready`. Views into the bank when the entries
+        are contiguous in storage (see the class docstring: enqueue after
+        backward). With ``positive_ids`` (B,), also the (B, N) hit mask.
+        """
+        if not self.ready:
+            segments: Segments = [(0, 0)]
+        else:
+            young = int(self._index.count_since(self._min_step()))
+            # A full bank of young entries is the whole buffer: one view, storage order.
+            segments = [(0, self.capacity)] if young == self.capacity else self._fifo(young)
+        mask = None if positive_ids is None else self._hits(positive_ids, self._min_step(), segments)
+        return BankNegatives(_take(self._emb, segments, copy=False), _take(self._ids, segments, copy=False),
+                             _take(self._log_q, segments, copy=False), mask)
+
+    # ------------------------------------------------------------ state dict
+    def state_dict(self) -> Dict[str, Any]:
+        """A copy of the contents: entries oldest first, their steps, and the write pointer."""
+        return {
+            "capacity": self.capacity,
+            "dim": self.dim,
+            "step": self._step,
+            "head": int(self._index.head),
+            "embeddings": self.embeddings,
+            "ids": self.ids,
+            "log_q": self.log_q,
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`'s output into the same slots, so the bank
+        continues exactly as the saved one would. ValueError for another
+        capacity or dim; everything is checked before anything is written."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
+        for key, mine in (("capacity", self.capacity), ("dim", self.dim)):
+            if _state_value(state_dict, key) != mine:
+                raise ValueError(f"state_dict has {key}={state_dict[key]!r} but this bank has {mine!r}")
+        step = check_int(_state_value(state_dict, "step"), "state_dict['step']", minimum=0)
+        head = check_int(_state_value(state_dict, "head"), "state_dict['head']", minimum=0)
+        ids = _state_value(state_dict, "ids")
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 1:
+            raise ValueError("state_dict['ids'] must be a 1-D tensor")
+        n = ids.shape[0]
+        emb = _state_value(state_dict, "embeddings")
+        if not isinstance(emb, torch.Tensor) or not emb.is_floating_point():
+            raise TypeError("state_dict['embeddings'] must be a floating-point tensor")
+        if tuple(emb.shape) != (n, self.dim):
+            raise ValueError(f"state_dict['embeddings'] has shape {tuple(emb.shape)}, expected {(n, self.dim)}")
+        ids = _state_tensor(state_dict, "ids", (n,), torch.int64).cpu()
+        log_q = _state_tensor(state_dict, "log_q", (n,), torch.float32)
+        steps = _state_tensor(state_dict, "steps", (n,), torch.int64).cpu()
+        if n and (int(steps.min()) < 1 or int(steps.max()) > step):
+            raise ValueError("state_dict['steps'] must lie in [1, step]")
+        self._index.restore(ids.contiguous().numpy(), steps.contiguous().numpy(), head)
+        self._step = step
+        (start, stop) = self._fifo(n)[0]  # a wrapped second segment starts at slot 0
+        write = (0, start, stop - start, n - (stop - start))
+        _copy_rows(self._emb, emb.to(self.device), write)
+        _copy_rows(self._ids, ids.to(self.device), write)
+        _copy_rows(self._log_q, log_q.to(self.device), write)
+
+    def to(self, device: Union[str, torch.device]) -> "MemoryBank":
+        """Moves the stored tensors to ``device`` (in place); returns the bank."""
+        dev = check_device(device)
+        self._emb = self._emb.to(dev)
+        self._ids = self._ids.to(dev)
+        self._log_q = self._log_q.to(dev)
+        return self
+
+
+def _copy_rows(dst: torch.Tensor, src: torch.Tensor, write: Tuple[int, int, int, int]) -> None:
+    """Copies rows as the ring index planned: ``src[s:s+f] -> dst[d:d+f]``, then the wrap."""
+    s, d, first, second = write
+    dst[d:d + first].copy_(src[s:s + first])
+    if second:
+        dst[:second].copy_(src[s + first:s + first + second])
+
+
+def _take(t: torch.Tensor, segments: Segments, *, copy: bool) -> torch.Tensor:
+    """The rows of ``segments`` in order: a view of one segment (unless ``copy``), else a new tensor."""
+    if len(segments) == 1:
+        a, b = segments[0]
+        return t[a:b].clone() if copy else t[a:b]
+    return torch.cat([t[a:b] for a, b in segments])
