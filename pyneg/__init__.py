@@ -34,6 +34,8 @@ _use_installed_core()
 
 from pyneg import distributed, functional  # noqa: E402
 from pyneg.data import NegativeSamplingCollator  # noqa: E402
+from pyneg import losses  # noqa: E402
+from pyneg.functional import NegativeSource  # noqa: E402
 from pyneg.samplers import (  # noqa: E402
     AliasSampler,
     CandidateSample,
@@ -51,5 +53,7 @@ __all__ = [
     "NegativeSamplingCollator",
     "functional",
     "distributed",
+    "losses",
+    "NegativeSource",
 ]
 __version__ = "0.1.0"
