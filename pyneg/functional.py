@@ -94,6 +94,9 @@ def negative_sampling_loss(
 # --------------------------------------------------------------------------
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Above this fraction of masked entries a block is masked with a dense (B, n)
+# comparison instead of a list of (row, column) hits (16 bytes per hit).
+_DENSE_MASK_FRACTION = 1 / 16
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -200,26 +203,68 @@ class _Block:
     diag: Optional[int] = None        # column diag + i is row i's own positive: masked
 
 
-def _block_scores(query: torch.Tensor, emb: torch.Tensor, log_q: Optional[torch.Tensor],
-                  ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int],
-                  temperature: float, start: int) -> torch.Tensor:
+def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int],
+               b: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(rows, columns) of the masked entries of a block, or None when there are none to mask.
+
+    Accidental hits are few (an id recurs in a handful of columns), so they are
+    found by sorting the block's ids and binary-searching each row's id:
+    O((N + B) log N + hits) instead of a dense (B, N) comparison.
+    """
+    dev = row_ids.device if row_ids is not None else None
+    rows, cols = [], []
+    if ids is not None and row_ids is not None and ids.numel():
+        sorted_ids, perm = torch.sort(ids)
+        lo = torch.searchsorted(sorted_ids, row_ids, right=False)
+        counts = torch.searchsorted(sorted_ids, row_ids, right=True) - lo
+        total = int(counts.sum())
+        if total:
+            rows.append(torch.repeat_interleave(torch.arange(b, device=dev), counts))
+            first = torch.repeat_interleave(lo - (counts.cumsum(0) - counts), counts)
+            cols.append(perm[first + torch.arange(total, device=dev)])
+    if diag is not None:
+        r = torch.arange(b, device=dev if dev is not None else "cpu")
+        rows.append(r)
+        cols.append(r + diag)
+    if not rows:
+        return None
+    return torch.cat(rows), torch.cat(cols)
+
+
+def _block_scores(qs: torch.Tensor, emb: torch.Tensor, neg_log_q: Optional[torch.Tensor],
+                  hits: Optional[Tuple[torch.Tensor, torch.Tensor]], start: int) -> torch.Tensor:
     """Corrected, masked logits of the columns ``start..start+len(emb)`` of a shared block.
 
-    Works in place on one fresh (B, n) buffer: the intermediate tensors of the
-    naive formula (dot products, scaled, corrected, masked) never coexist.
+    ``qs`` is query / temperature, so scaling costs O(B d), not O(B N); the
+    correction is the matmul's bias (one pass over the (B, n) output).
     """
-    s = (query @ emb.t()).to(_acc_dtype(query.dtype))
-    s.div_(temperature)
-    if log_q is not None:
-        s.sub_(log_q)
-    if ids is not None and row_ids is not None:
-        s.masked_fill_(ids.unsqueeze(0) == row_ids.unsqueeze(1), -math.inf)
-    if diag is not None:
-        rows = torch.arange(query.shape[0], device=query.device)
-        cols = rows + (diag - start)
-        ok = (cols >= 0) & (cols < emb.shape[0])
-        s[rows[ok], cols[ok]] = -math.inf
+    acc = _acc_dtype(qs.dtype)
+    if neg_log_q is None:
+        s = (qs @ emb.t()).to(acc)
+    elif acc == qs.dtype:
+        s = torch.addmm(neg_log_q.unsqueeze(0), qs, emb.t())
+    else:  # 16-bit: add log q in float32, not in the inputs' precision
+        s = (qs @ emb.t()).to(acc).add_(neg_log_q)
+    if hits is not None:
+        rows, cols = hits
+        if start or emb.shape[0] < int(cols.max()) + 1:
+            keep = (cols >= start) & (cols < start + emb.shape[0])
+            rows, cols = rows[keep], cols[keep] - start
+        s[rows, cols] = -math.inf
     return s
+
+
+def _exp_normalise_(s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """In place: s ← exp(s − rowmax). Returns (logsumexp of the rows, their sums of exp).
+
+    Four passes over s and no extra (B, n) buffer; rows that are all −inf get
+    logsumexp −inf and a sum of 0.
+    """
+    m = s.amax(1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s.sub_(m).exp_()
+    z = s.sum(1, keepdim=True)
+    return (z.log() + m).squeeze(1), z
 
 
 class _BlockLogSumExp(torch.autograd.Function):
@@ -228,37 +273,49 @@ class _BlockLogSumExp(torch.autograd.Function):
     Forward keeps a running log-sum-exp over chunks of ``chunk_size`` columns,
     so at most (B, chunk_size) logits exist at a time; backward recomputes each
     chunk's logits (one extra matmul) to form the softmax weights. With a single
-    chunk the weights are kept from the forward instead, which costs what
-    autograd would store anyway and saves the recomputation. Rows whose columns
-    are all masked have logsumexp −inf and get zero gradient (autograd's
-    logsumexp would give NaN there).
+    chunk the softmax is kept from the forward instead (the memory autograd
+    would hold anyway) and nothing is recomputed. Rows whose columns are all
+    masked have logsumexp −inf and get zero gradient (autograd's logsumexp
+    would give NaN there).
     """
 
     @staticmethod
     def forward(ctx, query, emb, log_q, ids, row_ids, diag, temperature, chunk_size):  # type: ignore[override]
-        n = emb.shape[0]
-        args = (log_q, ids, row_ids, diag, temperature)
+        n, b = emb.shape[0], query.shape[0]
+        qs = query / temperature
+        neg_lq = None if log_q is None else -log_q
+        hits = _hit_pairs(ids, row_ids, diag, b)
+        # Few distinct ids (a tiny catalogue): a dense (B, n) mask is smaller than the hit list.
+        dense = hits is not None and hits[0].numel() > _DENSE_MASK_FRACTION * b * n
+        if dense:
+            hits = None
+        ctx.dense = dense
+        probs = None
         if chunk_size >= n:
-            s = _block_scores(query, emb, *_sliced(args, 0, n), 0)
-            lse = torch.logsumexp(s, 1)
-            probs = s.sub_(_finite_or_zero(lse).unsqueeze(1)).exp_()  # reuse the logits' buffer
-            ctx.save_for_backward(query, emb, lse, probs, *_tensors(args))
+            s = _block_scores(qs, emb, neg_lq, hits, 0)
+            if dense:
+                _dense_mask_(s, ids, row_ids, diag, 0)
+            lse, z = _exp_normalise_(s)
+            probs = s.div_(z.clamp_min(torch.finfo(z.dtype).tiny))  # the softmax, in the logits' buffer
         else:
             lse = None
             for start in range(0, n, chunk_size):
-                stop = min(start + chunk_size, n)
-                s = _block_scores(query, emb[start:stop], *_sliced(args, start, stop), start)
-                part = torch.logsumexp(s, 1)
+                s = _block_scores(qs, emb[start:start + chunk_size], _rows(neg_lq, start, chunk_size), hits, start)
+                if dense:
+                    _dense_mask_(s, ids, row_ids, diag, start)
+                part, _ = _exp_normalise_(s)
                 lse = part if lse is None else torch.logaddexp(lse, part)
-            ctx.save_for_backward(query, emb, lse, None, *_tensors(args))
+        hr, hc = hits if hits is not None else (None, None)
+        ctx.save_for_backward(query, emb, lse, probs, neg_lq, ids, row_ids, hr, hc)
         ctx.args = (diag, temperature, chunk_size)
         return lse
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):  # type: ignore[override]
-        query, emb, lse, probs, log_q, ids, row_ids = ctx.saved_tensors
+        query, emb, lse, probs, neg_lq, ids, row_ids, hr, hc = ctx.saved_tensors
         diag, temperature, chunk_size = ctx.args
+        hits = None if hr is None else (hr, hc)
         need_q, need_e = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         # d lse_i / d s_ij = softmax_ij; rows with lse = −inf have no column to weigh.
         w = (torch.where(torch.isfinite(lse), grad, torch.zeros_like(grad)) / temperature).unsqueeze(1)
@@ -267,14 +324,16 @@ class _BlockLogSumExp(torch.autograd.Function):
         grad_q = torch.zeros_like(query) if need_q else None
         grad_e = torch.empty_like(emb) if need_e else None
         n = emb.shape[0]
-        args = (log_q, ids, row_ids, diag, temperature)
+        qs = query / temperature if probs is None else None
         step = n if probs is not None else chunk_size
         for start in range(0, n, step):
             stop = min(start + step, n)
             if probs is not None:  # left intact: backward may run again with retain_graph
                 p = probs
             else:
-                s = _block_scores(query, emb[start:stop], *_sliced(args, start, stop), start)
+                s = _block_scores(qs, emb[start:stop], _rows(neg_lq, start, step), hits, start)
+                if ctx.dense:
+                    _dense_mask_(s, ids, row_ids, diag, start)
                 p = s.sub_(_finite_or_zero(lse).unsqueeze(1)).exp_()
             p = p.to(query.dtype)
             if need_q:
@@ -284,19 +343,24 @@ class _BlockLogSumExp(torch.autograd.Function):
         return grad_q, grad_e, None, None, None, None, None, None
 
 
+def _dense_mask_(s: torch.Tensor, ids, row_ids, diag: Optional[int], start: int) -> None:
+    """The (B, n) comparison mask, for blocks whose ids repeat so much that hit lists would be larger."""
+    n = s.shape[1]
+    if ids is not None and row_ids is not None:
+        s.masked_fill_(ids[start:start + n].unsqueeze(0) == row_ids.unsqueeze(1), -math.inf)
+    if diag is not None:
+        r = torch.arange(s.shape[0], device=s.device)
+        c = r + (diag - start)
+        ok = (c >= 0) & (c < n)
+        s[r[ok], c[ok]] = -math.inf
+
+
+def _rows(t: Optional[torch.Tensor], start: int, size: int) -> Optional[torch.Tensor]:
+    return None if t is None else t[start:start + size]
+
+
 def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
-
-
-def _sliced(args, start: int, stop: int):
-    log_q, ids, row_ids, diag, temperature = args
-    return (None if log_q is None else log_q[start:stop], None if ids is None else ids[start:stop],
-            row_ids, diag, temperature)
-
-
-def _tensors(args):
-    log_q, ids, row_ids, _, _ = args
-    return log_q, ids, row_ids
 
 
 def _per_row_scores(query: torch.Tensor, block: _Block, row_ids: Optional[torch.Tensor],

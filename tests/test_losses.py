@@ -97,6 +97,13 @@ def tf_sampled_softmax_loss(weights, labels, inputs, sampled, true_expected_coun
     return -(out_labels * log_softmax).sum(1)
 
 
+@pytest.fixture(params=["sparse", "dense"])
+def mask_mode(request, monkeypatch):
+    """Masks are lists of hits, or dense comparisons when ids repeat a lot: test both."""
+    monkeypatch.setattr(PF, "_DENSE_MASK_FRACTION", 2.0 if request.param == "sparse" else 0.0)
+    return request.param
+
+
 # ------------------------------------------------------------------- data
 def gen(seed=0):
     return torch.Generator().manual_seed(seed)
@@ -125,7 +132,7 @@ def bank_like(n=11, d=5, seed=3, num_ids=4, dtype=torch.float64):
 @pytest.mark.parametrize("use_log_q", [False, True])
 @pytest.mark.parametrize("use_ids", [False, True])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_in_batch_matches_formula(temperature, use_log_q, use_ids, reduction):
+def test_in_batch_matches_formula(mask_mode, temperature, use_log_q, use_ids, reduction):
     q, c, log_q, ids = batch()
     lq, i = (log_q if use_log_q else None), (ids if use_ids else None)
     got = PF.in_batch_softmax_loss(q, c, log_q=lq, candidate_ids=i, temperature=temperature,
@@ -135,7 +142,7 @@ def test_in_batch_matches_formula(temperature, use_log_q, use_ids, reduction):
 
 
 @pytest.mark.parametrize("chunk_size", [1, 2, 3, 7, 100])
-def test_in_batch_chunks_match_formula_and_gradients(chunk_size):
+def test_in_batch_chunks_match_formula_and_gradients(mask_mode, chunk_size):
     q, c, log_q, ids = batch(b=9)
     q.requires_grad_(True)
     c.requires_grad_(True)
@@ -174,7 +181,7 @@ def test_gather_without_process_group_is_world_size_one():
 @pytest.mark.parametrize("per_row", [False, True])
 @pytest.mark.parametrize("chunk_size", [None, 4])
 @pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
-def test_sampled_matches_formula(per_row, chunk_size, reduction):
+def test_sampled_matches_formula(mask_mode, per_row, chunk_size, reduction):
     g = gen(1)
     b, n, d = 6, 10, 5
     q, p = torch.randn(b, d, generator=g, dtype=torch.float64), torch.randn(b, d, generator=g, dtype=torch.float64)
@@ -194,7 +201,7 @@ def test_sampled_matches_formula(per_row, chunk_size, reduction):
 
 
 @pytest.mark.parametrize("unique", [True, False])
-def test_sampled_matches_tensorflow_definition(unique):
+def test_sampled_matches_tensorflow_definition(mask_mode, unique):
     """pyneg's sampler + sampled_softmax_loss reproduce TensorFlow's sampled softmax."""
     g = gen(2)
     v, d, b, k = 50, 8, 16, 12
@@ -228,7 +235,7 @@ def three_sources(b=7, d=5, dtype=torch.float64):
 
 
 @pytest.mark.parametrize("chunk_size", [None, 1, 4])
-def test_mixed_matches_row_by_row_reference(chunk_size):
+def test_mixed_matches_row_by_row_reference(mask_mode, chunk_size):
     q, p, log_q, ids, sources, _ = three_sources()
     got = PF.mixed_negatives_loss(q, p, sources, positive_ids=ids, positive_log_q=log_q, temperature=0.4,
                                   reduction="none", chunk_size=chunk_size)
@@ -320,7 +327,7 @@ def test_gradcheck_sampled(per_row):
         assert torch.autograd.gradcheck(fn, tuple(t.requires_grad_() for t in (q, p, neg)))
 
 
-def test_gradcheck_mixed():
+def test_gradcheck_mixed(mask_mode):
     q, p, log_q, ids, sources, _ = three_sources(b=4, d=3)
     sampled = sources[2]
     emb = sampled.embeddings.clone().requires_grad_()
@@ -333,7 +340,7 @@ def test_gradcheck_mixed():
     assert torch.autograd.gradcheck(fn, (q.requires_grad_(), p.requires_grad_(), emb))
 
 
-def test_fully_masked_rows_have_zero_loss_and_finite_gradients():
+def test_fully_masked_rows_have_zero_loss_and_finite_gradients(mask_mode):
     q, c, _, _ = batch(b=3)
     q.requires_grad_(True)
     c.requires_grad_(True)
