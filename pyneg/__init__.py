@@ -35,6 +35,8 @@ _use_installed_core()
 from pyneg import distributed, functional  # noqa: E402
 from pyneg.data import NegativeSamplingCollator  # noqa: E402
 from pyneg.memory import FrequencyEstimator, MemoryBank  # noqa: E402
+from pyneg import losses  # noqa: E402
+from pyneg.functional import NegativeSource  # noqa: E402
 from pyneg.samplers import (  # noqa: E402
     AliasSampler,
     CandidateSample,
@@ -54,5 +56,7 @@ __all__ = [
     "MemoryBank",
     "functional",
     "distributed",
+    "losses",
+    "NegativeSource",
 ]
 __version__ = "0.1.0"

@@ -6,10 +6,25 @@ Functions here take plain tensors; :mod:`pyneg.losses` wraps them as
 """
 from __future__ import annotations
 
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
+
 import torch
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
-__all__ = ["negative_sampling_loss"]
+from pyneg._validation import ArrayLike, as_tensor
+from pyneg.distributed import all_gather, all_gather_with_grad, rank_offset
+
+__all__ = [
+    "negative_sampling_loss",
+    "in_batch_softmax_loss",
+    "sampled_softmax_loss",
+    "mixed_negatives_loss",
+    "NegativeSource",
+]
 
 _REDUCTIONS = ("none", "mean", "sum")
 
@@ -63,3 +78,607 @@ def negative_sampling_loss(
     neg = torch.bmm(negative, input.unsqueeze(-1)).squeeze(-1)
     loss = -F.logsigmoid(pos) - F.logsigmoid(-neg).sum(-1)
     return _reduce(loss, reduction)
+
+
+# --------------------------------------------------------------------------
+# Softmax losses: in-batch, sampled and mixed negatives.
+#
+# Every softmax loss here is one formula. Row i has a positive logit
+#     s⁺_i = q_i·p_i / T − log q⁺_i
+# and negative logits from one or more blocks of candidates,
+#     s_ij = q_i·e_j / T − log q_j        (−inf when column j is masked)
+# and the loss is  logsumexp(s⁺_i, s_i·) − s⁺_i,  i.e. softmax cross-entropy
+# with the positive in column 0. A column is masked when it is row i's own
+# positive (the diagonal of an in-batch block) or an accidental hit (its id
+# equals row i's positive id). log q is a constant: it never gets a gradient.
+# --------------------------------------------------------------------------
+
+_LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Above this fraction of masked entries a block is masked with a dense (B, n)
+# comparison instead of a list of (row, column) hits (16 bytes per hit).
+_DENSE_MASK_FRACTION = 1 / 16
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Where log-sum-exp runs: 16-bit inputs accumulate in float32."""
+    return torch.float32 if dtype in _LOW_PRECISION else dtype
+
+
+def _check_temperature(temperature: Any) -> float:
+    if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):
+        raise TypeError(
+            f"temperature must be a positive float, got {type(temperature).__name__} "
+            "(for a learned temperature, scale query instead)"
+        )
+    t = float(temperature)
+    if not math.isfinite(t) or t <= 0:
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    return t
+
+
+def _check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:
+    if chunk_size is None:
+        return None
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
+        raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    return int(chunk_size)
+
+
+def _check_query(query: torch.Tensor) -> None:
+    _check_float(query, "query")
+    if query.dim() != 2:
+        raise ValueError(f"query must be (B, d), got shape {tuple(query.shape)}")
+    if query.shape[0] == 0:
+        raise ValueError("query must have at least one row")
+
+
+def _check_embeddings(t: Any, name: str, query: torch.Tensor, *, rows: Optional[int] = None,
+                      per_row_ok: bool = False) -> torch.Tensor:
+    """(N, d) (or (B, N, d) when per_row_ok) with query's d, dtype and device."""
+    _check_float(t, name)
+    d = query.shape[1]
+    if t.dim() == 2 and t.shape[1] == d and (rows is None or t.shape[0] == rows):
+        pass
+    elif per_row_ok and t.dim() == 3 and t.shape[0] == query.shape[0] and t.shape[2] == d:
+        pass
+    else:
+        want = f"({rows if rows is not None else 'N'}, {d})"
+        if per_row_ok:
+            want += f" or ({query.shape[0]}, N, {d})"
+        raise ValueError(f"{name} must be {want}, got shape {tuple(t.shape)}")
+    if t.dtype != query.dtype:
+        raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
+    if t.device != query.device:
+        raise ValueError(f"{name} is on {t.device} but query is on {query.device}")
+    return t
+
+
+def _as_data(x: Any, name: str, device: torch.device) -> torch.Tensor:
+    """Tensors stay where they are (a wrong device is an error); arrays go to ``device``."""
+    if isinstance(x, torch.Tensor):
+        if x.device != device:
+            raise ValueError(f"{name} is on {x.device} but query is on {device}")
+        return x
+    return as_tensor(x, name).to(device)
+
+
+def _check_ids(ids: Any, name: str, shape: Tuple[int, ...], device: torch.device) -> Optional[torch.Tensor]:
+    """None, or an integer tensor of ``shape`` on ``device`` holding ids >= 0."""
+    if ids is None:
+        return None
+    t = _as_data(ids, name, device)
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer ids, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.numel() and bool((t < 0).any()):
+        raise ValueError(f"{name} holds a negative id ({int(t.min())}); ids must be >= 0")
+    return t.detach()
+
+
+def _check_log_q(log_q: Any, name: str, shape: Tuple[int, ...], device: torch.device,
+                 dtype: torch.dtype) -> Optional[torch.Tensor]:
+    """None, or a finite float tensor of ``shape``, detached, in the logits' dtype."""
+    if log_q is None:
+        return None
+    t = _as_data(log_q, name, device)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} must be finite (log-probabilities of items that can be drawn)")
+    return t.detach().to(dtype)
+
+
+@dataclass
+class _Block:
+    """One block of negative columns, validated, for :func:`_softmax_loss`."""
+
+    emb: torch.Tensor                 # (N, d), or (B, N, d) for per-row negatives
+    log_q: Optional[torch.Tensor]     # (N,) / (B, N), acc dtype, detached
+    ids: Optional[torch.Tensor]       # (N,) / (B, N), compared with the rows' positive ids
+    diag: Optional[int] = None        # column diag + i is row i's own positive: masked
+
+
+def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int],
+               b: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(rows, columns) of the masked entries of a block, or None when there are none to mask.
+
+    Accidental hits are few (an id recurs in a handful of columns), so they are
+    found by sorting the block's ids and binary-searching each row's id:
+    O((N + B) log N + hits) instead of a dense (B, N) comparison.
+    """
+    dev = row_ids.device if row_ids is not None else None
+    rows, cols = [], []
+    if ids is not None and row_ids is not None and ids.numel():
+        sorted_ids, perm = torch.sort(ids)
+        lo = torch.searchsorted(sorted_ids, row_ids, right=False)
+        counts = torch.searchsorted(sorted_ids, row_ids, right=True) - lo
+        total = int(counts.sum())
+        if total:
+            rows.append(torch.repeat_interleave(torch.arange(b, device=dev), counts))
+            first = torch.repeat_interleave(lo - (counts.cumsum(0) - counts), counts)
+            cols.append(perm[first + torch.arange(total, device=dev)])
+    if diag is not None:
+        r = torch.arange(b, device=dev if dev is not None else "cpu")
+        rows.append(r)
+        cols.append(r + diag)
+    if not rows:
+        return None
+    return torch.cat(rows), torch.cat(cols)
+
+
+def _block_scores(qs: torch.Tensor, emb: torch.Tensor, neg_log_q: Optional[torch.Tensor],
+                  hits: Optional[Tuple[torch.Tensor, torch.Tensor]], start: int) -> torch.Tensor:
+    """Corrected, masked logits of the columns ``start..start+len(emb)`` of a shared block.
+
+    ``qs`` is query / temperature, so scaling costs O(B d), not O(B N); the
+    correction is the matmul's bias (one pass over the (B, n) output).
+    """
+    acc = _acc_dtype(qs.dtype)
+    if neg_log_q is None:
+        s = (qs @ emb.t()).to(acc)
+    elif acc == qs.dtype:
+        s = torch.addmm(neg_log_q.unsqueeze(0), qs, emb.t())
+    else:  # 16-bit: add log q in float32, not in the inputs' precision
+        s = (qs @ emb.t()).to(acc).add_(neg_log_q)
+    if hits is not None:
+        rows, cols = hits
+        if start or emb.shape[0] < int(cols.max()) + 1:
+            keep = (cols >= start) & (cols < start + emb.shape[0])
+            rows, cols = rows[keep], cols[keep] - start
+        s[rows, cols] = -math.inf
+    return s
+
+
+def _exp_normalise_(s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """In place: s ← exp(s − rowmax). Returns (logsumexp of the rows, their sums of exp).
+
+    Four passes over s and no extra (B, n) buffer; rows that are all −inf get
+    logsumexp −inf and a sum of 0.
+    """
+    m = s.amax(1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    s.sub_(m).exp_()
+    z = s.sum(1, keepdim=True)
+    return (z.log() + m).squeeze(1), z
+
+
+class _BlockLogSumExp(torch.autograd.Function):
+    """logsumexp over the columns of a shared block of negatives, by column chunks.
+
+    Forward keeps a running log-sum-exp over chunks of ``chunk_size`` columns,
+    so at most (B, chunk_size) logits exist at a time; backward recomputes each
+    chunk's logits (one extra matmul) to form the softmax weights. With a single
+    chunk the softmax is kept from the forward instead (the memory autograd
+    would hold anyway) and nothing is recomputed. Rows whose columns are all
+    masked have logsumexp −inf and get zero gradient (autograd's logsumexp
+    would give NaN there).
+    """
+
+    @staticmethod
+    def forward(ctx, query, emb, log_q, ids, row_ids, diag, temperature, chunk_size):  # type: ignore[override]
+        n, b = emb.shape[0], query.shape[0]
+        qs = query / temperature
+        neg_lq = None if log_q is None else -log_q
+        hits = _hit_pairs(ids, row_ids, diag, b)
+        # Few distinct ids (a tiny catalogue): a dense (B, n) mask is smaller than the hit list.
+        dense = hits is not None and hits[0].numel() > _DENSE_MASK_FRACTION * b * n
+        if dense:
+            hits = None
+        ctx.dense = dense
+        probs = None
+        if chunk_size >= n:
+            s = _block_scores(qs, emb, neg_lq, hits, 0)
+            if dense:
+                _dense_mask_(s, ids, row_ids, diag, 0)
+            lse, z = _exp_normalise_(s)
+            probs = s.div_(z.clamp_min(torch.finfo(z.dtype).tiny))  # the softmax, in the logits' buffer
+        else:
+            lse = None
+            for start in range(0, n, chunk_size):
+                s = _block_scores(qs, emb[start:start + chunk_size], _rows(neg_lq, start, chunk_size), hits, start)
+                if dense:
+                    _dense_mask_(s, ids, row_ids, diag, start)
+                part, _ = _exp_normalise_(s)
+                lse = part if lse is None else torch.logaddexp(lse, part)
+        hr, hc = hits if hits is not None else (None, None)
+        ctx.save_for_backward(query, emb, lse, probs, neg_lq, ids, row_ids, hr, hc)
+        ctx.args = (diag, temperature, chunk_size)
+        return lse
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        query, emb, lse, probs, neg_lq, ids, row_ids, hr, hc = ctx.saved_tensors
+        diag, temperature, chunk_size = ctx.args
+        hits = None if hr is None else (hr, hc)
+        need_q, need_e = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        # d lse_i / d s_ij = softmax_ij; rows with lse = −inf have no column to weigh.
+        w = (torch.where(torch.isfinite(lse), grad, torch.zeros_like(grad)) / temperature).unsqueeze(1)
+        w = w.to(query.dtype)
+        wq = query * w if need_e else None
+        grad_q = torch.zeros_like(query) if need_q else None
+        grad_e = torch.empty_like(emb) if need_e else None
+        n = emb.shape[0]
+        qs = query / temperature if probs is None else None
+        step = n if probs is not None else chunk_size
+        for start in range(0, n, step):
+            stop = min(start + step, n)
+            if probs is not None:  # left intact: backward may run again with retain_graph
+                p = probs
+            else:
+                s = _block_scores(qs, emb[start:stop], _rows(neg_lq, start, step), hits, start)
+                if ctx.dense:
+                    _dense_mask_(s, ids, row_ids, diag, start)
+                p = s.sub_(_finite_or_zero(lse).unsqueeze(1)).exp_()
+            p = p.to(query.dtype)
+            if need_q:
+                grad_q.add_((p @ emb[start:stop]).mul_(w))
+            if need_e:
+                torch.mm(p.t(), wq, out=grad_e[start:stop])
+        return grad_q, grad_e, None, None, None, None, None, None
+
+
+def _dense_mask_(s: torch.Tensor, ids, row_ids, diag: Optional[int], start: int) -> None:
+    """The (B, n) comparison mask, for blocks whose ids repeat so much that hit lists would be larger."""
+    n = s.shape[1]
+    if ids is not None and row_ids is not None:
+        s.masked_fill_(ids[start:start + n].unsqueeze(0) == row_ids.unsqueeze(1), -math.inf)
+    if diag is not None:
+        r = torch.arange(s.shape[0], device=s.device)
+        c = r + (diag - start)
+        ok = (c >= 0) & (c < n)
+        s[r[ok], c[ok]] = -math.inf
+
+
+def _rows(t: Optional[torch.Tensor], start: int, size: int) -> Optional[torch.Tensor]:
+    return None if t is None else t[start:start + size]
+
+
+def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
+    return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
+
+
+def _per_row_scores(query: torch.Tensor, block: _Block, row_ids: Optional[torch.Tensor],
+                    temperature: float) -> torch.Tensor:
+    """(B, N) corrected, masked logits of per-row negatives (B, N, d) (plain autograd)."""
+    s = torch.bmm(block.emb, query.unsqueeze(-1)).squeeze(-1).to(_acc_dtype(query.dtype)) / temperature
+    if block.log_q is not None:
+        s = s - block.log_q
+    if block.ids is not None and row_ids is not None:
+        s = s.masked_fill(block.ids == row_ids.unsqueeze(1), -math.inf)
+    return s
+
+
+def _softmax_loss(query: torch.Tensor, positive: torch.Tensor, positive_log_q: Optional[torch.Tensor],
+                  blocks: Sequence[_Block], row_ids: Optional[torch.Tensor], temperature: float,
+                  chunk_size: Optional[int], reduction: str) -> torch.Tensor:
+    """Softmax cross-entropy with the positive at column 0 and ``blocks`` as the negatives."""
+    acc = _acc_dtype(query.dtype)
+    pos = (query.to(acc) * positive.to(acc)).sum(-1) / temperature
+    if positive_log_q is not None:
+        pos = pos - positive_log_q
+    # Each shared block collapses to its own logsumexp column: the final
+    # logsumexp over [pos, lse_1, ..., per-row logits] is the full softmax.
+    columns = [pos.unsqueeze(1)]
+    for b in blocks:
+        if b.emb.shape[-2] == 0:
+            continue
+        if b.emb.dim() == 3:
+            columns.append(_per_row_scores(query, b, row_ids, temperature))
+        else:
+            lse = _BlockLogSumExp.apply(query, b.emb, b.log_q, b.ids, row_ids, b.diag, temperature,
+                                        chunk_size or b.emb.shape[0])
+            columns.append(lse.unsqueeze(1))
+    logits = torch.cat(columns, 1)
+    loss = torch.logsumexp(logits, 1) - pos  # pos is finite, so no row is all −inf
+    return _reduce(loss.to(query.dtype), reduction)
+
+
+def _gather_batch(candidate: torch.Tensor, ids: Optional[torch.Tensor], log_q: Optional[torch.Tensor],
+                  group) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], int]:
+    """The global batch: every rank's candidates (with gradient), ids and log q, and our row offset."""
+    offset = rank_offset(candidate.shape[0], group, device=candidate.device)
+    candidate = all_gather_with_grad(candidate, group)
+    ids = None if ids is None else all_gather(ids, group)
+    log_q = None if log_q is None else all_gather(log_q, group)
+    return candidate, ids, log_q, offset
+
+
+def in_batch_softmax_loss(
+    query: torch.Tensor,
+    candidate: torch.Tensor,
+    *,
+    log_q: Optional[ArrayLike] = None,
+    candidate_ids: Optional[ArrayLike] = None,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    gather: bool = False,
+    group: Optional[Any] = None,
+    chunk_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Softmax loss with in-batch negatives and the logQ correction (Yi et al., 2019).
+
+    Row ``i``'s positive is ``candidate[i]``; every other row's candidate is a
+    negative. The logit of column ``j`` is ``query[i]·candidate[j] / temperature
+    − log_q[j]`` (the correction applies to the positive too), and a column
+    ``j != i`` whose id equals row ``i``'s id is an accidental hit: it is masked
+    out (logit −inf), never treated as a negative.
+
+    Args:
+        query: (B, d) query embeddings.
+        candidate: (B, d) candidate embeddings, same dtype and device.
+        log_q: (B,) log-probability that each candidate lands in a batch (e.g.
+            :meth:`pyneg.FrequencyEstimator.log_prob`); treated as a constant.
+        candidate_ids: (B,) integer ids >= 0 for accidental-hit masking.
+        temperature: logits are dot products divided by it (> 0).
+        reduction: "none" (B,), "mean" or "sum".
+        gather: score each rank's queries against the candidates of every rank
+            (the global batch) when ``torch.distributed`` is initialised; log q
+            and ids are gathered too. Each rank's loss is the mean over its own
+            rows; ``DistributedDataParallel`` averages gradients over ranks, so
+            with equal per-rank batches training follows the mean over the
+            global batch exactly (with unequal batches weight rank ``r``'s mean
+            by ``b_r · world_size / B``). Without a process group: world size 1.
+        group: the process group to gather over (default: the world).
+        chunk_size: score at most this many candidate columns at a time (see
+            :func:`sampled_softmax_loss`); None scores them all at once.
+
+    Returns:
+        The loss, in query's dtype.
+
+    Example:
+        >>> import torch, pyneg.functional as PF
+        >>> q, c = torch.randn(4, 8), torch.randn(4, 8)
+        >>> PF.in_batch_softmax_loss(q, c, candidate_ids=torch.tensor([3, 5, 3, 9])).shape
+        torch.Size([])
+    """
+    _check_reduction(reduction)
+    _check_query(query)
+    temperature = _check_temperature(temperature)
+    chunk_size = _check_chunk_size(chunk_size)
+    b = query.shape[0]
+    _check_embeddings(candidate, "candidate", query, rows=b)
+    log_q = _check_log_q(log_q, "log_q", (b,), query.device, _acc_dtype(query.dtype))
+    ids = _check_ids(candidate_ids, "candidate_ids", (b,), query.device)
+    row_ids, own_log_q = ids, log_q
+    columns, diag = candidate, 0
+    if _check_bool(gather, "gather"):
+        columns, ids, log_q, diag = _gather_batch(candidate, ids, log_q, group)
+    return _softmax_loss(query, candidate, own_log_q, [_Block(columns, log_q, ids, diag)], row_ids,
+                         temperature, chunk_size, reduction)
+
+
+def sampled_softmax_loss(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    *,
+    positive_log_q: Optional[ArrayLike] = None,
+    negative_log_q: Optional[ArrayLike] = None,
+    positive_ids: Optional[ArrayLike] = None,
+    negative_ids: Optional[ArrayLike] = None,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    chunk_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Sampled softmax: the positive against sampled negatives, each logit corrected by log Q.
+
+    Logits are ``query·e / temperature − log_q``: the positive's with
+    ``positive_log_q``, the negatives' with ``negative_log_q``. For negatives
+    drawn by a pyneg sampler, log Q is the log expected count
+    (:meth:`pyneg.AliasSampler.log_expected_count`, TensorFlow's
+    ``subtract_log_q``). A negative whose id equals the row's positive id is an
+    accidental hit and is masked out (TensorFlow's ``remove_accidental_hits``).
+
+    Args:
+        query: (B, d).
+        positive: (B, d), row ``i``'s positive.
+        negative: (N, d) shared by all rows, or (B, N, d) per row.
+        positive_log_q: (B,) log Q of the positives.
+        negative_log_q: (N,) for shared negatives, (B, N) for per-row ones.
+        positive_ids, negative_ids: integer ids >= 0, (B,) and (N,) or (B, N);
+            give both to mask accidental hits.
+        temperature: logits are dot products divided by it (> 0).
+        reduction: "none" (B,), "mean" or "sum".
+        chunk_size: for shared negatives, score at most this many columns at a
+            time: peak memory O(B · chunk_size) instead of O(B · N), for one
+            extra matmul in the backward pass. None scores all at once.
+
+    Returns:
+        The loss, in query's dtype.
+    """
+    _check_reduction(reduction)
+    _check_query(query)
+    temperature = _check_temperature(temperature)
+    chunk_size = _check_chunk_size(chunk_size)
+    b, dev, acc = query.shape[0], query.device, _acc_dtype(query.dtype)
+    _check_embeddings(positive, "positive", query, rows=b)
+    _check_embeddings(negative, "negative", query, per_row_ok=True)
+    cols = tuple(negative.shape[:-1])
+    pos_lq = _check_log_q(positive_log_q, "positive_log_q", (b,), dev, acc)
+    neg_lq = _check_log_q(negative_log_q, "negative_log_q", cols, dev, acc)
+    pos_ids = _check_ids(positive_ids, "positive_ids", (b,), dev)
+    neg_ids = _check_ids(negative_ids, "negative_ids", cols, dev)
+    if (pos_ids is None) != (neg_ids is None):
+        raise ValueError("positive_ids and negative_ids must be given together (to mask accidental hits)")
+    return _softmax_loss(query, positive, pos_lq, [_Block(negative, neg_lq, neg_ids)], pos_ids,
+                         temperature, chunk_size, reduction)
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True)
+class NegativeSource:
+    """One source of negatives for :func:`mixed_negatives_loss`.
+
+    Attributes:
+        embeddings: (N, d) negative embeddings. For an ``in_batch`` source,
+            None means the loss's ``positive`` (the batch's own positives).
+        ids: (N,) integer ids >= 0: an entry whose id equals a row's positive
+            id is an accidental hit and is masked for that row. For an
+            ``in_batch`` source, None means the loss's ``positive_ids``.
+        log_q: (N,) the log-probability with which *this source* yields each
+            entry (its log Q: batch-inclusion probability for in-batch and
+            queued negatives, the log expected count for sampled ones);
+            subtracted from the entry's logits. None: no correction.
+        in_batch: the entries are the batch's positives, row-aligned with the
+            queries: entry ``i`` is row ``i``'s own positive, so it is left out
+            of row ``i``'s negatives (the loss scores it once, as the
+            positive). With ``gather=True`` these entries, ids and log q are
+            gathered over ranks into the global batch.
+    """
+
+    embeddings: Optional[torch.Tensor] = None
+    ids: Optional[ArrayLike] = None
+    log_q: Optional[ArrayLike] = None
+    in_batch: bool = False
+
+    @classmethod
+    def batch(cls, log_q: Optional[ArrayLike] = None, *, ids: Optional[ArrayLike] = None,
+              embeddings: Optional[torch.Tensor] = None) -> "NegativeSource":
+        """The batch's own positives as negatives (in-batch), with their log q."""
+        return cls(embeddings, ids, log_q, in_batch=True)
+
+    @classmethod
+    def from_bank(cls, bank: Any) -> "NegativeSource":
+        """A memory bank's entries (detached) with their ids and log q.
+
+        Reads only ``bank.embeddings``, ``bank.ids`` and ``bank.log_q``; entries
+        enqueued without a log q (NaN) get no correction.
+        """
+        log_q = bank.log_q
+        if log_q is not None:
+            missing = torch.isnan(log_q)
+            if bool(missing.all()):
+                log_q = None
+            elif bool(missing.any()):
+                log_q = torch.where(missing, torch.zeros_like(log_q), log_q)
+        return cls(bank.embeddings.detach(), bank.ids, log_q)
+
+    @classmethod
+    def from_sampler(cls, embeddings: torch.Tensor, ids: ArrayLike, sampler: Any, *,
+                     num_tries: Optional[int] = None) -> "NegativeSource":
+        """Negatives drawn by a pyneg sampler: ``ids`` (N,) and their ``embeddings`` (N, d).
+
+        log Q is the sampler's log expected count of each id among the N draws
+        (``num_tries`` for draws with ``unique=True``, as ``sample_candidates`` reports it).
+        """
+        ids_t = ids if isinstance(ids, torch.Tensor) else as_tensor(ids, "ids")
+        log_q = sampler.log_expected_count(ids_t, max(int(ids_t.numel()), 1), num_tries=num_tries)
+        return cls(embeddings, ids_t.to(embeddings.device), log_q.to(embeddings.device))
+
+
+def mixed_negatives_loss(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    sources: Sequence[NegativeSource],
+    *,
+    positive_ids: Optional[ArrayLike] = None,
+    positive_log_q: Optional[ArrayLike] = None,
+    temperature: float = 1.0,
+    reduction: str = "mean",
+    gather: bool = False,
+    group: Optional[Any] = None,
+    chunk_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Softmax loss over negatives from several sources, each corrected by its own log q.
+
+    Row ``i``'s logits are its positive, ``query[i]·positive[i] / temperature −
+    positive_log_q[i]``, and every entry ``e`` of every source,
+    ``query[i]·e / temperature − log_q_source(e)``: in-batch negatives, sampled
+    negatives and a memory bank can be mixed (Yang et al., 2020, mixed negative
+    sampling), and each logit is corrected for the distribution of the source
+    it came from. Entries whose id equals ``positive_ids[i]`` are accidental
+    hits in whichever source they sit: masked out.
+
+    With one in-batch source and ``positive_log_q`` equal to its log q this is
+    :func:`in_batch_softmax_loss`; with one sampled source it is
+    :func:`sampled_softmax_loss`.
+
+    Args:
+        query: (B, d).
+        positive: (B, d), row ``i``'s positive.
+        sources: :class:`NegativeSource` s; e.g. ``[NegativeSource.batch(lq),
+            NegativeSource.from_bank(bank), NegativeSource.from_sampler(e, ids,
+            sampler)]``. A source may be empty (a bank before warm-up).
+        positive_ids: (B,) integer ids >= 0; needed when a source has ids.
+        positive_log_q: (B,) the positive's correction (for in-batch training,
+            the batch-inclusion log-probability of the positive).
+        temperature: logits are dot products divided by it (> 0).
+        reduction: "none" (B,), "mean" or "sum".
+        gather: in-batch sources span the global batch across ranks, as in
+            :func:`in_batch_softmax_loss` (same reduction semantics); other
+            sources are used as each rank gives them (share them across ranks,
+            e.g. with :func:`pyneg.distributed.sampler_seed`, for results equal
+            to one process).
+        group: the process group to gather over.
+        chunk_size: score at most this many columns of a source at a time
+            (memory O(B · chunk_size) instead of O(B · N) for a large bank).
+
+    Returns:
+        The loss, in query's dtype.
+    """
+    _check_reduction(reduction)
+    _check_query(query)
+    temperature = _check_temperature(temperature)
+    chunk_size = _check_chunk_size(chunk_size)
+    gather = _check_bool(gather, "gather")
+    b, dev, acc = query.shape[0], query.device, _acc_dtype(query.dtype)
+    _check_embeddings(positive, "positive", query, rows=b)
+    pos_lq = _check_log_q(positive_log_q, "positive_log_q", (b,), dev, acc)
+    pos_ids = _check_ids(positive_ids, "positive_ids", (b,), dev)
+    if isinstance(sources, NegativeSource) or not isinstance(sources, (list, tuple)):
+        raise TypeError(f"sources must be a list of NegativeSource, got {type(sources).__name__}")
+    blocks = []
+    for k, src in enumerate(sources):
+        name = f"sources[{k}]"
+        if not isinstance(src, NegativeSource):
+            raise TypeError(f"{name} must be a NegativeSource, got {type(src).__name__}")
+        emb = src.embeddings
+        if src.in_batch and emb is None:
+            emb = positive
+        elif emb is None:
+            raise ValueError(f"{name}.embeddings is None (only an in_batch source may omit them)")
+        _check_embeddings(emb, f"{name}.embeddings", query, rows=b if src.in_batch else None)
+        n = emb.shape[0]
+        ids = src.ids if src.ids is not None or not src.in_batch else pos_ids
+        ids = _check_ids(ids, f"{name}.ids", (n,), dev)
+        if ids is not None and pos_ids is None:
+            raise ValueError(f"{name} has ids but positive_ids is None: accidental hits cannot be masked")
+        log_q = _check_log_q(src.log_q, f"{name}.log_q", (n,), dev, acc)
+        diag = None
+        if src.in_batch:
+            diag = 0
+            if gather:
+                emb, ids, log_q, diag = _gather_batch(emb, ids, log_q, group)
+        blocks.append(_Block(emb, log_q, ids, diag))
+    return _softmax_loss(query, positive, pos_lq, blocks, pos_ids, temperature, chunk_size, reduction)

@@ -7,12 +7,12 @@ from pyneg.bench.workload import Workload
 
 
 def all_workloads() -> List[Workload]:
-    from pyneg.bench import sampling
-    from pyneg.bench import memory
+    from pyneg.bench import losses, memory, sampling
 
     workloads: List[Workload] = []
     workloads += sampling.WORKLOADS
     workloads += memory.WORKLOADS
+    workloads += losses.WORKLOADS
     names = [w.name for w in workloads]
     assert len(names) == len(set(names)), "benchmark workload names must be unique"
     return workloads

@@ -1,0 +1,167 @@
+"""Loss workloads: pyneg's softmax losses against a naive implementation.
+
+The naive baseline is what a training script would write by hand: concatenate
+every candidate, materialise the full (B, B + M) logit matrix, subtract log q,
+mask with ``masked_fill`` and call ``F.cross_entropy``; autograd keeps each
+intermediate for the backward pass. Each call is one forward and backward pass;
+``check`` asserts that the losses and gradients agree.
+
+``python -m pyneg.bench.losses [--quick]`` also measures the peak memory of
+every variant (:func:`pyneg.bench.timing.peak_memory_bytes`) and prints both.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from types import SimpleNamespace
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+import pyneg.functional as PF
+from pyneg.bench.timing import median, peak_memory_bytes, time_calls
+from pyneg.bench.workload import Workload
+
+TEMPERATURE = 0.05
+CHUNK = 8192
+
+
+def _setup(batch: int, bank: int, dim: int, quick_sizes: Tuple[int, int, int]):
+    def setup(quick: bool) -> SimpleNamespace:
+        b, m, d = quick_sizes if quick else (batch, bank, dim)
+        g = torch.Generator().manual_seed(0)
+        num_items = 4 * (b + m)
+        # Zipf-like item ids: frequent items recur, so accidental hits happen.
+        item_p = 1.0 / torch.arange(1, num_items + 1, dtype=torch.float64)
+        item_p /= item_p.sum()
+        ids = torch.multinomial(item_p, b + m, replacement=True, generator=g)
+        log_q = torch.log(item_p[ids] * b).float()
+        st = SimpleNamespace(
+            b=b, m=m, d=d,
+            query=F.normalize(torch.randn(b, d, generator=g), dim=1).requires_grad_(),
+            cand=F.normalize(torch.randn(b, d, generator=g), dim=1).requires_grad_(),
+            bank=F.normalize(torch.randn(m, d, generator=g), dim=1),  # detached, as a memory bank holds it
+            ids=ids[:b], bank_ids=ids[b:], log_q=log_q[:b], bank_log_q=log_q[b:],
+        )
+        return st
+    return setup
+
+
+def _fwd_bwd(loss_fn: Callable[[SimpleNamespace], torch.Tensor]) -> Callable[[SimpleNamespace], Any]:
+    """One training step's loss work: forward, backward, and the gradients it produced."""
+    def run(st: SimpleNamespace):
+        st.query.grad = st.cand.grad = None
+        loss = loss_fn(st)
+        loss.backward()
+        return loss.detach(), st.query.grad, st.cand.grad
+    return run
+
+
+def _pyneg_mixed(chunk_size: Optional[int]):
+    def loss(st: SimpleNamespace) -> torch.Tensor:
+        sources = [PF.NegativeSource.batch(st.log_q),
+                   PF.NegativeSource(st.bank, st.bank_ids, st.bank_log_q)]
+        return PF.mixed_negatives_loss(st.query, st.cand, sources, positive_ids=st.ids, positive_log_q=st.log_q,
+                                       temperature=TEMPERATURE, chunk_size=chunk_size)
+    return loss
+
+
+def _naive_mixed(st: SimpleNamespace) -> torch.Tensor:
+    """Batch + bank as one logit matrix, label i: the textbook cross-batch loss."""
+    cols = torch.cat([st.cand, st.bank])
+    logits = st.query @ cols.t() / TEMPERATURE - torch.cat([st.log_q, st.bank_log_q])
+    col_ids = torch.cat([st.ids, st.bank_ids])
+    hit = st.ids.unsqueeze(1) == col_ids.unsqueeze(0)
+    hit[:, :st.b].fill_diagonal_(False)
+    return F.cross_entropy(logits.masked_fill(hit, float("-inf")), torch.arange(st.b))
+
+
+def _pyneg_in_batch(chunk_size: Optional[int]):
+    def loss(st: SimpleNamespace) -> torch.Tensor:
+        return PF.in_batch_softmax_loss(st.query, st.cand, log_q=st.log_q, candidate_ids=st.ids,
+                                        temperature=TEMPERATURE, chunk_size=chunk_size)
+    return loss
+
+
+def _naive_in_batch(st: SimpleNamespace) -> torch.Tensor:
+    logits = st.query @ st.cand.t() / TEMPERATURE - st.log_q
+    hit = st.ids.unsqueeze(1) == st.ids.unsqueeze(0)
+    hit.fill_diagonal_(False)
+    return F.cross_entropy(logits.masked_fill(hit, float("-inf")), torch.arange(st.b))
+
+
+def _check(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
+    for name, other in baselines.items():
+        for what, a, b in zip(("loss", "query grad", "candidate grad"), result, other):
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-6 * float(b.abs().max()) + 1e-9), (
+                f"pyneg and {name} disagree on the {what}: max diff {float((a - b).abs().max()):.3g}")
+
+
+NAIVE = "naive (full logits + cross_entropy)"
+WORKLOADS: List[Workload] = [
+    Workload(
+        name="mixed_bank_B4096_M65536",
+        group="losses",
+        description="in-batch + 65,536-entry bank, logQ + hit masking, fwd+bwd (d=128)",
+        setup=_setup(4096, 65536, 128, (512, 4096, 64)),
+        run=_fwd_bwd(_pyneg_mixed(None)),
+        baselines={NAIVE: _fwd_bwd(_naive_mixed)},
+        check=_check,
+        items=lambda st: st.b,
+    ),
+    Workload(
+        name="mixed_bank_B4096_M65536_chunked",
+        group="losses",
+        description=f"same, chunk_size={CHUNK} (bank scored {CHUNK} columns at a time)",
+        setup=_setup(4096, 65536, 128, (512, 4096, 64)),
+        run=_fwd_bwd(_pyneg_mixed(CHUNK)),
+        baselines={NAIVE: _fwd_bwd(_naive_mixed)},
+        check=_check,
+        items=lambda st: st.b,
+    ),
+    Workload(
+        name="in_batch_B4096",
+        group="losses",
+        description="in-batch softmax, logQ + hit masking, fwd+bwd (d=128)",
+        setup=_setup(4096, 0, 128, (512, 0, 64)),
+        run=_fwd_bwd(_pyneg_in_batch(None)),
+        baselines={NAIVE: _fwd_bwd(_naive_in_batch)},
+        check=_check,
+        items=lambda st: st.b,
+    ),
+]
+
+
+def measure(quick: bool = False, name_filter: str = "") -> List[Dict[str, Any]]:
+    """Median time and peak memory of pyneg and every baseline, workload by workload."""
+    rows = []
+    repeat, min_time = (3, 0.02) if quick else (7, 0.1)
+    for w in WORKLOADS:
+        if name_filter not in w.name:
+            continue
+        state = w.setup(quick)
+        w.verify(state)
+        for impl, fn in [("pyneg", w.run)] + list(w.baselines.items()):
+            peak = peak_memory_bytes(fn, state)
+            secs = median(time_calls(fn, state, repeat=repeat, min_time=min_time))
+            rows.append({"workload": w.name, "impl": impl, "median_s": secs, "peak_bytes": peak})
+        del state
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyneg.bench.losses",
+                                     description="median time and peak memory of the loss workloads")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--filter", default="")
+    args = parser.parse_args(argv)
+    print(f"{'workload':<34} {'impl':<38} {'median':>9} {'peak memory':>12}")
+    for r in measure(args.quick, args.filter):
+        peak = "n/a" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.0f} MiB"
+        print(f"{r['workload']:<34} {r['impl']:<38} {r['median_s'] * 1e3:>7.1f} ms {peak:>12}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""``nn.Module`` wrappers of the losses in :mod:`pyneg.functional`.
+
+The modules hold the settings (temperature, reduction, gathering, chunking) so a
+training script configures the loss once; ``forward`` takes the tensors and
+per-batch data (ids, log q) exactly as the functional form does.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from pyneg import functional as PF
+from pyneg.functional import NegativeSource
+
+__all__ = [
+    "InBatchSoftmaxLoss",
+    "SampledSoftmaxLoss",
+    "MixedNegativesLoss",
+    "NegativeSamplingLoss",
+    "NegativeSource",
+]
+
+
+class _SoftmaxLoss(nn.Module):
+    def __init__(self, *, temperature: float = 1.0, reduction: str = "mean",
+                 chunk_size: Optional[int] = None) -> None:
+        super().__init__()
+        # Validate now so a bad setting fails where the module is built.
+        self.temperature = PF._check_temperature(temperature)
+        PF._check_reduction(reduction)
+        self.reduction = reduction
+        self.chunk_size = PF._check_chunk_size(chunk_size)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, reduction={self.reduction!r}, chunk_size={self.chunk_size}"
+
+
+class _GatheringLoss(_SoftmaxLoss):
+    def __init__(self, *, temperature: float = 1.0, reduction: str = "mean", gather: bool = False,
+                 group: Optional[Any] = None, chunk_size: Optional[int] = None) -> None:
+        super().__init__(temperature=temperature, reduction=reduction, chunk_size=chunk_size)
+        self.gather = PF._check_bool(gather, "gather")
+        self.group = group
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", gather={self.gather}"
+
+
+class InBatchSoftmaxLoss(_GatheringLoss):
+    """:func:`pyneg.functional.in_batch_softmax_loss` as a module.
+
+    Example:
+        >>> import torch, pyneg
+        >>> loss_fn = pyneg.losses.InBatchSoftmaxLoss(temperature=0.1)
+        >>> q, c = torch.randn(8, 16), torch.randn(8, 16)
+        >>> loss_fn(q, c, log_q=torch.full((8,), -3.0)).dim()
+        0
+    """
+
+    def forward(self, query: torch.Tensor, candidate: torch.Tensor, *, log_q=None,
+                candidate_ids=None) -> torch.Tensor:
+        return PF.in_batch_softmax_loss(
+            query, candidate, log_q=log_q, candidate_ids=candidate_ids, temperature=self.temperature,
+            reduction=self.reduction, gather=self.gather, group=self.group, chunk_size=self.chunk_size,
+        )
+
+
+class SampledSoftmaxLoss(_SoftmaxLoss):
+    """:func:`pyneg.functional.sampled_softmax_loss` as a module."""
+
+    def forward(self, query: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *,
+                positive_log_q=None, negative_log_q=None, positive_ids=None,
+                negative_ids=None) -> torch.Tensor:
+        return PF.sampled_softmax_loss(
+            query, positive, negative, positive_log_q=positive_log_q, negative_log_q=negative_log_q,
+            positive_ids=positive_ids, negative_ids=negative_ids, temperature=self.temperature,
+            reduction=self.reduction, chunk_size=self.chunk_size,
+        )
+
+
+class MixedNegativesLoss(_GatheringLoss):
+    """:func:`pyneg.functional.mixed_negatives_loss` as a module."""
+
+    def forward(self, query: torch.Tensor, positive: torch.Tensor, sources: Sequence[NegativeSource], *,
+                positive_ids=None, positive_log_q=None) -> torch.Tensor:
+        return PF.mixed_negatives_loss(
+            query, positive, sources, positive_ids=positive_ids, positive_log_q=positive_log_q,
+            temperature=self.temperature, reduction=self.reduction, gather=self.gather, group=self.group,
+            chunk_size=self.chunk_size,
+        )
+
+
+class NegativeSamplingLoss(nn.Module):
+    """:func:`pyneg.functional.negative_sampling_loss` (word2vec's SGNS) as a module."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        PF._check_reduction(reduction)
+        self.reduction = reduction
+
+    def forward(self, input: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+        return PF.negative_sampling_loss(input, positive, negative, reduction=self.reduction)
