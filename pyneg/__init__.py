@@ -34,6 +34,7 @@ _use_installed_core()
 
 from pyneg import distributed, functional  # noqa: E402
 from pyneg.data import NegativeSamplingCollator  # noqa: E402
+from pyneg.hsoftmax import HierarchicalSoftmax, HuffmanTree  # noqa: E402
 from pyneg.samplers import (  # noqa: E402
     AliasSampler,
     CandidateSample,
@@ -49,6 +50,8 @@ __all__ = [
     "LogUniformSampler",
     "CandidateSample",
     "NegativeSamplingCollator",
+    "HuffmanTree",
+    "HierarchicalSoftmax",
     "functional",
     "distributed",
 ]
