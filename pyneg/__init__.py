@@ -37,6 +37,7 @@ from pyneg.data import NegativeSamplingCollator  # noqa: E402
 from pyneg.memory import FrequencyEstimator, MemoryBank  # noqa: E402
 from pyneg import losses  # noqa: E402
 from pyneg.functional import NegativeSource  # noqa: E402
+from pyneg.hsoftmax import HierarchicalSoftmax, HuffmanTree  # noqa: E402
 from pyneg.samplers import (  # noqa: E402
     AliasSampler,
     CandidateSample,
@@ -54,6 +55,8 @@ __all__ = [
     "NegativeSamplingCollator",
     "FrequencyEstimator",
     "MemoryBank",
+    "HuffmanTree",
+    "HierarchicalSoftmax",
     "functional",
     "distributed",
     "losses",

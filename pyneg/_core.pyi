@@ -79,3 +79,55 @@ class RingIndex:
     def find_hits(
         self, positive_ids: npt.ArrayLike, min_step: int = 0
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+# ------------------------------------------------------------- register_hsoftmax
+class HuffmanTree:
+    @staticmethod
+    def from_counts(counts: npt.ArrayLike, name: str = "counts") -> HuffmanTree: ...
+    @property
+    def num_classes(self) -> int: ...
+    @property
+    def max_depth(self) -> int: ...
+    @property
+    def path_offsets(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def path_nodes(self) -> npt.NDArray[np.int32]: ...
+    @property
+    def path_codes(self) -> npt.NDArray[np.uint8]: ...
+    @property
+    def depths(self) -> npt.NDArray[np.int64]: ...
+    @property
+    def children(self) -> npt.NDArray[np.int32]: ...
+    def batch_path_length(self, target: npt.ArrayLike, name: str = "target") -> int: ...
+
+# Each kernel is bound for float32 and float64 arrays (outputs exactly that dtype).
+def hs_forward(
+    tree: HuffmanTree,
+    input: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    bias: npt.ArrayLike | None,
+    loss: npt.NDArray[Any],
+    dz: npt.NDArray[Any],
+    num_threads: int = 1,
+) -> None: ...
+def hs_backward(
+    tree: HuffmanTree,
+    input: npt.ArrayLike,
+    target: npt.ArrayLike,
+    weight: npt.ArrayLike,
+    dz: npt.ArrayLike,
+    grad_loss: npt.ArrayLike,
+    grad_input: npt.NDArray[Any] | None = None,
+    grad_weight: npt.NDArray[Any] | None = None,
+    grad_bias: npt.NDArray[Any] | None = None,
+    touched: npt.NDArray[np.int64] | None = None,
+    num_threads: int = 1,
+) -> int: ...
+def hs_log_prob(tree: HuffmanTree, logits: npt.ArrayLike, out: npt.NDArray[Any], num_threads: int = 1) -> None: ...
+def hs_log_prob_backward(
+    tree: HuffmanTree,
+    logits: npt.ArrayLike,
+    grad_out: npt.ArrayLike,
+    grad_logits: npt.NDArray[Any],
+    num_threads: int = 1,
+) -> None: ...

@@ -1,0 +1,237 @@
+// Bindings of the Huffman tree and the hierarchical-softmax kernels
+// (csrc/cpu/huffman.h, csrc/cpu/hsoftmax.h). Each kernel is bound for float32
+// and float64; outputs must have exactly the kernel's dtype (no silent copies).
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <pybind11/stl.h>
+
+#include "bindings/common.h"
+#include "cpu/hsoftmax.h"
+#include "cpu/huffman.h"
+
+namespace pyneg::bindings {
+
+namespace {
+
+// A read-only NumPy view of one of the tree's arrays that keeps the tree alive.
+template <class V>
+py::array tree_view(py::object self, const V& vec) {
+  using T = typename V::value_type;
+  py::array_t<T> a({static_cast<py::ssize_t>(vec.size())}, {static_cast<py::ssize_t>(sizeof(T))},
+                   vec.data(), self);
+  a.attr("setflags")(false);
+  return a;
+}
+
+void require_shape(const py::array& a, std::initializer_list<py::ssize_t> shape, const char* name) {
+  bool ok = a.ndim() == static_cast<py::ssize_t>(shape.size());
+  py::ssize_t i = 0;
+  for (auto s : shape) ok = ok && a.shape(i++) == s;
+  if (!ok) {
+    std::string want = "(", got = "(";
+    i = 0;
+    for (auto s : shape) want += (i++ ? ", " : "") + std::to_string(s);
+    for (py::ssize_t k = 0; k < a.ndim(); ++k) got += (k ? ", " : "") + std::to_string(a.shape(k));
+    throw std::invalid_argument(std::string(name) + " must have shape " + want + "), got " + got + ")");
+  }
+}
+
+// Validated views of one batch; row_offsets is filled by the caller after the
+// GIL is released (it is pure C++ work).
+template <class T>
+struct BoundBatch {
+  HSBatch<T> batch;
+  std::vector<int64_t> row_offsets;
+};
+
+template <class T>
+BoundBatch<T> bind_batch(const HuffmanTree& tree, const input_array<T>& input,
+                         const input_array<int64_t>& target, const input_array<T>& weight,
+                         const std::optional<input_array<T>>& bias) {
+  require_ndim(input, 2, "input");
+  const py::ssize_t batch = input.shape(0), dim = input.shape(1);
+  require_shape(target, {batch}, "target");
+  require_shape(weight, {tree.num_inner(), dim}, "weight");
+  if (bias) require_shape(*bias, {tree.num_inner()}, "bias");
+  BoundBatch<T> out;
+  out.batch.tree = &tree;
+  out.batch.input = input.data();
+  out.batch.target = target.data();
+  out.batch.weight = weight.data();
+  out.batch.bias = bias ? bias->data() : nullptr;
+  out.batch.batch = batch;
+  out.batch.dim = dim;
+  out.row_offsets.resize(static_cast<size_t>(batch) + 1);
+  return out;
+}
+
+template <class T>
+void bind_kernels(py::module_& m) {
+  m.def(
+      "hs_forward",
+      [](const HuffmanTree& tree, const input_array<T>& input, const input_array<int64_t>& target,
+         const input_array<T>& weight, const std::optional<input_array<T>>& bias,
+         output_array<T> loss, output_array<T> dz, int num_threads) {
+        BoundBatch<T> bb = bind_batch<T>(tree, input, target, weight, bias);
+        require_shape(loss, {bb.batch.batch}, "loss");
+        require_ndim(dz, 1, "dz");
+        T* loss_p = writable_data(loss, "loss");
+        T* dz_p = writable_data(dz, "dz");
+        const int64_t dz_size = dz.size();
+        py::gil_scoped_release release;
+        const int64_t steps = huffman_batch_offsets(tree, bb.batch.target, bb.batch.batch, "target",
+                                                    bb.row_offsets.data());
+        if (steps != dz_size) {
+          throw std::invalid_argument("dz must hold " + std::to_string(steps) +
+                                      " values (the batch's path steps), got " + std::to_string(dz_size));
+        }
+        bb.batch.row_offsets = bb.row_offsets.data();
+        hs_forward(bb.batch, loss_p, dz_p, num_threads);
+      },
+      py::arg("tree"), py::arg("input"), py::arg("target"), py::arg("weight"), py::arg("bias"),
+      py::arg("loss").noconvert(), py::arg("dz").noconvert(), py::arg("num_threads") = 1,
+      "Per-example NLL into loss; the path steps' dNLL/dscore into dz (for hs_backward).");
+  m.def(
+      "hs_backward",
+      [](const HuffmanTree& tree, const input_array<T>& input, const input_array<int64_t>& target,
+         const input_array<T>& weight, const input_array<T>& dz, const input_array<T>& grad_loss,
+         std::optional<output_array<T>> grad_input, std::optional<output_array<T>> grad_weight,
+         std::optional<output_array<T>> grad_bias, std::optional<output_array<int64_t>> touched,
+         int num_threads) {
+        BoundBatch<T> bb = bind_batch<T>(tree, input, target, weight, std::nullopt);
+        const int64_t batch = bb.batch.batch, dim = bb.batch.dim, inner = tree.num_inner();
+        require_shape(grad_loss, {batch}, "grad_loss");
+        require_ndim(dz, 1, "dz");
+        T* gi = nullptr;
+        T* gw = nullptr;
+        T* gb = nullptr;
+        int64_t* tp = nullptr;
+        if (grad_input) {
+          require_shape(*grad_input, {batch, dim}, "grad_input");
+          gi = writable_data(*grad_input, "grad_input");
+        }
+        // Dense node gradients have V - 1 rows; compact ones one row per slot of touched.
+        int64_t rows = inner;
+        if (touched) {
+          require_ndim(*touched, 1, "touched");
+          rows = touched->shape(0);
+          tp = writable_data(*touched, "touched");
+        }
+        if (grad_weight) {
+          require_shape(*grad_weight, {rows, dim}, "grad_weight");
+          gw = writable_data(*grad_weight, "grad_weight");
+        }
+        if (grad_bias) {
+          require_shape(*grad_bias, {rows}, "grad_bias");
+          gb = writable_data(*grad_bias, "grad_bias");
+        }
+        const int64_t dz_size = dz.size();
+        const T* dz_p = dz.data();
+        const T* gl = grad_loss.data();
+        py::gil_scoped_release release;
+        const int64_t steps = huffman_batch_offsets(tree, bb.batch.target, batch, "target",
+                                                    bb.row_offsets.data());
+        if (steps != dz_size) {
+          throw std::invalid_argument("dz must hold " + std::to_string(steps) +
+                                      " values (the batch's path steps), got " + std::to_string(dz_size));
+        }
+        if (tp != nullptr && rows < std::min(steps, inner)) {
+          throw std::invalid_argument("touched must have room for min(path steps, V - 1) = " +
+                                      std::to_string(std::min(steps, inner)) + " nodes");
+        }
+        bb.batch.row_offsets = bb.row_offsets.data();
+        return hs_backward(bb.batch, dz_p, gl, gi, gw, gb, tp, num_threads);
+      },
+      py::arg("tree"), py::arg("input"), py::arg("target"), py::arg("weight"), py::arg("dz"),
+      py::arg("grad_loss"), py::arg("grad_input").noconvert() = py::none(),
+      py::arg("grad_weight").noconvert() = py::none(), py::arg("grad_bias").noconvert() = py::none(),
+      py::arg("touched").noconvert() = py::none(), py::arg("num_threads") = 1,
+      "Gradients of sum(grad_loss * loss). Node rows are written densely (rows of V - 1), or "
+      "compactly when touched is given (row u is node touched[u]); returns the number of distinct "
+      "nodes.");
+  m.def(
+      "hs_log_prob",
+      [](const HuffmanTree& tree, const input_array<T>& logits, output_array<T> out, int num_threads) {
+        require_ndim(logits, 2, "logits");
+        const int64_t batch = logits.shape(0);
+        require_shape(logits, {batch, tree.num_inner()}, "logits");
+        require_shape(out, {batch, tree.num_classes}, "out");
+        T* o = writable_data(out, "out");
+        const T* x = logits.data();
+        py::gil_scoped_release release;
+        hs_log_prob(tree, x, batch, o, num_threads);
+      },
+      py::arg("tree"), py::arg("logits"), py::arg("out").noconvert(), py::arg("num_threads") = 1,
+      "log P(c | input) of every class from the inner-node scores logits (B, V - 1).");
+  m.def(
+      "hs_log_prob_backward",
+      [](const HuffmanTree& tree, const input_array<T>& logits, const input_array<T>& grad_out,
+         output_array<T> grad_logits, int num_threads) {
+        require_ndim(logits, 2, "logits");
+        const int64_t batch = logits.shape(0);
+        require_shape(logits, {batch, tree.num_inner()}, "logits");
+        require_shape(grad_out, {batch, tree.num_classes}, "grad_out");
+        require_shape(grad_logits, {batch, tree.num_inner()}, "grad_logits");
+        T* gx = writable_data(grad_logits, "grad_logits");
+        const T* x = logits.data();
+        const T* g = grad_out.data();
+        py::gil_scoped_release release;
+        hs_log_prob_backward(tree, x, g, batch, gx, num_threads);
+      },
+      py::arg("tree"), py::arg("logits"), py::arg("grad_out"), py::arg("grad_logits").noconvert(),
+      py::arg("num_threads") = 1, "Gradient of hs_log_prob with respect to logits.");
+}
+
+}  // namespace
+
+void register_hsoftmax(py::module_& m) {
+  py::class_<HuffmanTree>(m, "HuffmanTree",
+                          "Huffman tree over V classes with flat root-to-leaf paths.")
+      .def_static(
+          "from_counts",
+          [](const input_array<double>& counts, const std::string& name) {
+            require_ndim(counts, 1, name.c_str());
+            const double* c = counts.data();
+            const int64_t n = counts.size();
+            py::gil_scoped_release release;
+            return build_huffman_tree(c, n, name.c_str());
+          },
+          py::arg("counts"), py::arg("name") = "counts",
+          "Build the tree (sort, then the two-queue merge); ties are broken by class id.")
+      .def_property_readonly("num_classes", [](const HuffmanTree& t) { return t.num_classes; })
+      .def_property_readonly("max_depth", [](const HuffmanTree& t) { return t.max_depth; })
+      .def_property_readonly(
+          "path_offsets", [](py::object self) { return tree_view(self, self.cast<const HuffmanTree&>().offsets); },
+          "int64 (V + 1): class c's path is path_nodes[path_offsets[c]:path_offsets[c + 1]] (read-only view).")
+      .def_property_readonly(
+          "path_nodes", [](py::object self) { return tree_view(self, self.cast<const HuffmanTree&>().nodes); },
+          "int32 inner-node indices of every path, root first (read-only view).")
+      .def_property_readonly(
+          "path_codes", [](py::object self) { return tree_view(self, self.cast<const HuffmanTree&>().codes); },
+          "uint8 code bits of every path step (read-only view).")
+      .def_property_readonly(
+          "depths", [](py::object self) { return tree_view(self, self.cast<const HuffmanTree&>().depths); },
+          "int64 path length of every class (read-only view).")
+      .def_property_readonly(
+          "children", [](py::object self) { return tree_view(self, self.cast<const HuffmanTree&>().children); },
+          "int32 (2 (V - 1)): children[2 n + b] is the branch-b child of inner node n; "
+          ">= 0 an inner node, < 0 the leaf of class ~value (read-only view).")
+      .def(
+          "batch_path_length",
+          [](const HuffmanTree& t, const input_array<int64_t>& target, const std::string& name) {
+            require_ndim(target, 1, name.c_str());
+            const int64_t* p = target.data();
+            const int64_t n = target.size();
+            py::gil_scoped_release release;
+            std::vector<int64_t> offs(static_cast<size_t>(n) + 1);
+            return huffman_batch_offsets(t, p, n, name.c_str(), offs.data());
+          },
+          py::arg("target"), py::arg("name") = "target",
+          "Sum of the path lengths of the target classes; raises ValueError for ids outside [0, V).");
+  bind_kernels<float>(m);
+  bind_kernels<double>(m);
+}
+
+}  // namespace pyneg::bindings

@@ -1,0 +1,175 @@
+#include "cpu/huffman.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+namespace pyneg {
+
+namespace {
+
+// Order-preserving integer key of a non-negative double: for x, y >= 0,
+// x < y exactly when bits(x) < bits(y). -0.0 is mapped to +0.0 first.
+inline uint64_t count_key(double x) {
+  if (x == 0.0) x = 0.0;
+  uint64_t k;
+  std::memcpy(&k, &x, sizeof k);
+  return k;
+}
+
+// Class ids sorted by ascending count, ties by ascending id: an LSD radix sort
+// on the 64-bit keys (stable, so equal keys keep id order). Passes whose digit
+// is the same for every key (the sign and most exponent bits of typical
+// counts) are skipped.
+std::vector<int32_t> sorted_ids(const double* counts, int64_t n) {
+  constexpr int kBits = 11;
+  constexpr uint64_t kMask = (uint64_t{1} << kBits) - 1;
+  std::vector<uint64_t> keys(static_cast<size_t>(n)), keys2(static_cast<size_t>(n));
+  std::vector<int32_t> ids(static_cast<size_t>(n)), ids2(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    keys[i] = count_key(counts[i]);
+    ids[i] = static_cast<int32_t>(i);
+  }
+  std::vector<int64_t> hist(kMask + 1);
+  for (int shift = 0; shift < 64; shift += kBits) {
+    std::fill(hist.begin(), hist.end(), 0);
+    for (int64_t i = 0; i < n; ++i) ++hist[(keys[i] >> shift) & kMask];
+    if (hist[(keys[0] >> shift) & kMask] == n) continue;  // one digit value: nothing moves
+    int64_t sum = 0;
+    for (auto& h : hist) {
+      const int64_t c = h;
+      h = sum;
+      sum += c;
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t dst = hist[(keys[i] >> shift) & kMask]++;
+      keys2[dst] = keys[i];
+      ids2[dst] = ids[i];
+    }
+    keys.swap(keys2);
+    ids.swap(ids2);
+  }
+  return ids;
+}
+
+void check_counts(const double* counts, int64_t n, const char* name, double& max_count) {
+  if (n <= 0) throw std::invalid_argument(std::string(name) + " must not be empty");
+  if (n > kMaxHuffmanClasses) {
+    throw std::invalid_argument(std::string(name) + " has " + std::to_string(n) +
+                                " classes, more than the " + std::to_string(kMaxHuffmanClasses) +
+                                " a Huffman tree supports");
+  }
+  max_count = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double c = counts[i];
+    if (!std::isfinite(c)) {
+      throw std::invalid_argument(std::string(name) + " must be finite, got " + std::to_string(c) +
+                                  " at index " + std::to_string(i));
+    }
+    if (c < 0) {
+      throw std::invalid_argument(std::string(name) + " must be non-negative, got " +
+                                  std::to_string(c) + " at index " + std::to_string(i));
+    }
+    max_count = std::max(max_count, c);
+  }
+}
+
+}  // namespace
+
+HuffmanTree build_huffman_tree(const double* counts, int64_t n, const char* name) {
+  double max_count = 0.0;
+  check_counts(counts, n, name, max_count);
+
+  HuffmanTree t;
+  t.num_classes = n;
+  const int64_t inner = n - 1;
+  const std::vector<int32_t> order = sorted_ids(counts, n);
+
+  // Merged weights could overflow to inf for counts near DBL_MAX; scaling by a
+  // power of two is exact (short of underflow) and keeps the optimal tree.
+  double scale = 1.0;
+  if (max_count > 0 && max_count * static_cast<double>(n) > 1e300) {
+    scale = std::ldexp(1.0, -std::ilogb(max_count));
+  }
+
+  // Nodes are numbered 0 .. n-1 for leaves in sorted order and n + k for the
+  // k-th merge. parent/bit of every node; weights of merged nodes.
+  std::vector<int64_t> parent(static_cast<size_t>(2 * n - 1), -1);
+  std::vector<uint8_t> bit(static_cast<size_t>(2 * n - 1), 0);
+  std::vector<double> merged(static_cast<size_t>(std::max<int64_t>(inner, 0)));
+  int64_t leaf = 0, next_inner = 0;
+  auto weight_of_leaf = [&](int64_t i) { return counts[order[i]] * scale; };
+  auto pop = [&](int64_t k) -> int64_t {  // the lighter front; ties to the leaf queue
+    if (leaf < n && (next_inner >= k || weight_of_leaf(leaf) <= merged[next_inner])) return leaf++;
+    return n + next_inner++;
+  };
+  auto weight = [&](int64_t node) { return node < n ? weight_of_leaf(node) : merged[node - n]; };
+  for (int64_t k = 0; k < inner; ++k) {
+    const int64_t a = pop(k);
+    const int64_t b = pop(k);
+    merged[k] = weight(a) + weight(b);
+    parent[a] = n + k;
+    parent[b] = n + k;
+    bit[b] = 1;
+  }
+
+  // Public inner index: the root (last merge) is 0 and parents precede their
+  // children. Depths top-down over merges in reverse creation order.
+  auto inner_id = [&](int64_t node) { return static_cast<int32_t>(inner - 1 - (node - n)); };
+  std::vector<int64_t> inner_depth(static_cast<size_t>(std::max<int64_t>(inner, 0)), 0);
+  for (int64_t k = inner - 2; k >= 0; --k) inner_depth[k] = inner_depth[parent[n + k] - n] + 1;
+
+  t.depths.assign(static_cast<size_t>(n), 0);
+  t.children.assign(static_cast<size_t>(2 * inner), 0);
+  for (int64_t s = 0; s < n; ++s) {
+    const int64_t c = order[s];
+    if (inner > 0) {
+      t.depths[c] = inner_depth[parent[s] - n] + 1;
+      t.children[2 * static_cast<int64_t>(inner_id(parent[s])) + bit[s]] = ~static_cast<int32_t>(c);
+    }
+  }
+  for (int64_t k = 0; k + 1 < inner; ++k) {
+    t.children[2 * static_cast<int64_t>(inner_id(parent[n + k])) + bit[n + k]] = inner_id(n + k);
+  }
+
+  t.offsets.assign(static_cast<size_t>(n + 1), 0);
+  for (int64_t c = 0; c < n; ++c) {
+    t.offsets[c + 1] = t.offsets[c] + t.depths[c];
+    t.max_depth = std::max(t.max_depth, t.depths[c]);
+  }
+  const int64_t total = t.offsets[n];
+  t.nodes.resize(static_cast<size_t>(total));
+  t.codes.resize(static_cast<size_t>(total));
+  // Each leaf's path, written leaf to root from its end backwards.
+  for (int64_t s = 0; s < n; ++s) {
+    const int64_t c = order[s];
+    int64_t pos = t.offsets[c + 1];
+    int64_t node = s;
+    while (parent[node] >= 0) {
+      --pos;
+      t.nodes[pos] = inner_id(parent[node]);
+      t.codes[pos] = bit[node];
+      node = parent[node];
+    }
+  }
+  return t;
+}
+
+int64_t huffman_batch_offsets(const HuffmanTree& tree, const int64_t* target, int64_t batch,
+                              const char* name, int64_t* out) {
+  const int64_t v = tree.num_classes;
+  out[0] = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t c = target[b];
+    if (c < 0 || c >= v) {
+      throw std::invalid_argument(std::string(name) + " holds id " + std::to_string(c) +
+                                  " outside [0, " + std::to_string(v) + ")");
+    }
+    out[b + 1] = out[b] + tree.depths[c];
+  }
+  return out[batch];
+}
+
+}  // namespace pyneg

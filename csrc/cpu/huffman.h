@@ -1,0 +1,58 @@
+// Huffman tree over V classes for hierarchical softmax.
+//
+// Built in O(V log V) for the sort plus O(V) for the merge: classes sorted by
+// count feed one queue, merged inner nodes (whose weights come out in
+// non-decreasing order) feed a second, and each step merges the two smallest
+// fronts (word2vec's CreateBinaryTree). Ties go to the leaf queue and, within
+// it, to the smaller class id, so the tree is a pure function of the counts;
+// preferring leaves on ties also gives the code of least depth variance among
+// the optimal ones.
+//
+// Flat layout (shared with the CUDA kernels, do not change):
+//   offsets  int64 (V + 1): class c's path is positions offsets[c] .. offsets[c+1]-1,
+//            root first;
+//   nodes    int32: inner-node index in [0, V - 2], i.e. a row of the (V - 1, dim)
+//            weight; the root is inner node 0 and every parent has a smaller
+//            index than its children, so ascending order is top-down;
+//   codes    uint8 in {0, 1}: the branch taken at that node. With sign
+//            s = 1 - 2 * code,  log P(c | v) = sum_j log sigmoid(s_j * (u_{n_j} . v + b_{n_j})).
+// The first of the two nodes merged at a step (the lighter one) is the code-0
+// child.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace pyneg {
+
+// Inner-node indices are int32, so V - 1 must fit in 31 bits.
+constexpr int64_t kMaxHuffmanClasses = (int64_t{1} << 31) - 1;
+
+struct HuffmanTree {
+  int64_t num_classes = 0;
+  int64_t max_depth = 0;
+  std::vector<int64_t> offsets;   // (V + 1)
+  std::vector<int32_t> nodes;     // (offsets[V],)
+  std::vector<uint8_t> codes;     // (offsets[V],)
+  std::vector<int64_t> depths;    // (V,) path length of every class
+  // children[2 n + b]: the child of inner node n on branch b. A value >= 0 is
+  // an inner node; a value < 0 is the leaf of class ~value (= -value - 1).
+  std::vector<int32_t> children;  // (2 (V - 1),)
+
+  int64_t num_inner() const { return num_classes > 0 ? num_classes - 1 : 0; }
+  int64_t total_path_length() const { return offsets.empty() ? 0 : offsets.back(); }
+};
+
+// Builds the tree from per-class counts (any non-negative finite numbers; zeros
+// allowed, also all of them). Throws std::invalid_argument, naming `name`, for
+// NaN, infinite or negative counts, n == 0 or n > kMaxHuffmanClasses. V = 1
+// gives a single leaf with an empty path (log P = 0); V = 2 one inner node.
+HuffmanTree build_huffman_tree(const double* counts, int64_t n, const char* name);
+
+// out[b] = sum of the path lengths of target[0 .. b), b in [0, batch]: where each
+// example's slice of a flat per-path-step buffer starts. Returns out[batch].
+// Throws std::invalid_argument, naming `name`, for a target outside [0, V).
+int64_t huffman_batch_offsets(const HuffmanTree& tree, const int64_t* target, int64_t batch,
+                              const char* name, int64_t* out);
+
+}  // namespace pyneg
