@@ -33,6 +33,7 @@ def _use_installed_core() -> None:
 _use_installed_core()
 
 from pyneg import distributed, functional  # noqa: E402
+from pyneg.cuda import cuda_available  # noqa: E402
 from pyneg.data import NegativeSamplingCollator  # noqa: E402
 from pyneg.samplers import (  # noqa: E402
     AliasSampler,
@@ -51,5 +52,6 @@ __all__ = [
     "NegativeSamplingCollator",
     "functional",
     "distributed",
+    "cuda_available",
 ]
 __version__ = "0.1.0"

@@ -7,10 +7,13 @@ from pyneg.bench.workload import Workload
 
 
 def all_workloads() -> List[Workload]:
-    from pyneg.bench import sampling
+    from pyneg.bench import cuda as cuda_bench, sampling
+    from pyneg.cuda import cuda_available
 
     workloads: List[Workload] = []
     workloads += sampling.WORKLOADS
+    if cuda_available():
+        workloads += cuda_bench.WORKLOADS
     names = [w.name for w in workloads]
     assert len(names) == len(set(names)), "benchmark workload names must be unique"
     return workloads
