@@ -33,6 +33,7 @@ def _use_installed_core() -> None:
 _use_installed_core()
 
 from pyneg import distributed, functional  # noqa: E402
+from pyneg.cuda import cuda_available  # noqa: E402
 from pyneg.data import NegativeSamplingCollator  # noqa: E402
 from pyneg.memory import FrequencyEstimator, MemoryBank  # noqa: E402
 from pyneg import losses  # noqa: E402
@@ -61,5 +62,6 @@ __all__ = [
     "distributed",
     "losses",
     "NegativeSource",
+    "cuda_available",
 ]
 __version__ = "0.1.0"

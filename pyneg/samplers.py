@@ -19,7 +19,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from pyneg import _core
+from pyneg import _core, cuda
 from pyneg._validation import (
     ArrayLike,
     SizeLike,
@@ -94,7 +94,9 @@ class AliasSampler:
         self._table = _core.AliasTable(w, _name, probs)
         self._probs = torch.from_numpy(probs)
         self._log_probs: Optional[torch.Tensor] = None
-        self._device_entries: Dict[torch.device, torch.Tensor] = {}
+        # Per-device copies of the table (entries; cumulative masses for the CUDA
+        # exclusion kernels), uploaded on first use.
+        self._device_entries: Dict[Any, torch.Tensor] = {}
 
     # ------------------------------------------------------------------ basics
     @property
@@ -195,6 +197,8 @@ class AliasSampler:
                 one call with ``offset=0`` equal those of two calls split at
                 ``n`` with offsets 0 and ``n``.
             device: where the result lives (default: ``out``'s device, else CPU).
+                On a CUDA device pyneg's CUDA kernels draw there, bit-identical
+                to the CPU for the same seed (when ``pyneg.cuda_available()``).
             out: int64 tensor of shape ``size`` to write into (reusing it saves
                 the page faults of a fresh allocation).
         """
@@ -281,6 +285,15 @@ class AliasSampler:
                 "have positive weight"
             )
 
+        if dev.type == "cuda" and cuda.cuda_available():
+            # pyneg's CUDA kernels: the same draws as the CPU's, made on the device.
+            result = out if out is not None else torch.empty(shape, dtype=torch.int64, device=dev)
+            tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
+            if numel:
+                tries = cuda.sample_into(self._table, self._device_entries, result, rows, k, lists, unique,
+                                         seed, offset, unique and want_tries)
+            return result, tries
+
         on_cpu = dev.type == "cpu"
         if on_cpu and out is not None:
             result = out
@@ -290,7 +303,7 @@ class AliasSampler:
         if numel == 0:
             pass
         elif not on_cpu and lists is None and not unique:
-            # No CUDA kernels yet: draw with torch ops on the device's table copy.
+            # pyneg._cuda not built: draw with torch ops on the device's table copy.
             drawn = self._sample_torch_ops(shape, seed, dev)
             if out is not None:
                 out.copy_(drawn)
@@ -316,7 +329,7 @@ class AliasSampler:
         return result, tries
 
     def _sample_torch_ops(self, shape: Tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
-        """Alias draws with plain torch ops on ``device`` (the fallback without CUDA kernels).
+        """Alias draws with plain torch ops on ``device`` (the fallback when pyneg._cuda is not built).
 
         Uses the same table as the C++ kernels but torch's generator for the
         device, so its samples follow the same distribution without being

@@ -1,5 +1,7 @@
 // Bindings of the alias table and its samplers (csrc/cpu/alias_*.h).
+#include <algorithm>
 #include <optional>
+#include <vector>
 #include <thread>
 
 #include <pybind11/stl.h>
@@ -28,6 +30,13 @@ ExcludeLists exclude_lists(const input_array<int64_t>& exclude, int64_t rows) {
   return ex;
 }
 
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+  py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
 int64_t checked_rows(output_array<int64_t>& out, int64_t k) {
   if (k <= 0 || out.size() % k != 0) {
     throw std::invalid_argument("out must hold a whole number of rows of k ids");
@@ -38,9 +47,9 @@ int64_t checked_rows(output_array<int64_t>& out, int64_t k) {
 }  // namespace
 
 void register_alias(py::module_& m) {
-  py::class_<AliasTable>(m, "AliasTable",
-                         "Walker/Vose alias table with exact integer bucket masses.")
-      .def(py::init([](const input_array<double>& weights, const std::string& name,
+  py::class_<AliasTable> cls(m, "AliasTable",
+                         "Walker/Vose alias table with exact integer bucket masses.");
+  cls.def(py::init([](const input_array<double>& weights, const std::string& name,
                        output_array<double> probs_out) {
              require_ndim(weights, 1, name.c_str());
              if (probs_out.size() != weights.size())
@@ -133,6 +142,36 @@ void register_alias(py::module_& m) {
           py::arg("num_threads") = 1,
           "Fill out (rows x k) with ids distinct within each row; tries gets the "
           "candidate draws each row used.");
+  // For the CUDA path: the same preparation as the CPU kernels, as arrays to upload.
+  cls.def(
+      "prepare_exclude",
+      [](const AliasTable& t, const input_array<int64_t>& exclude, int64_t rows, int64_t unique_k) {
+        const ExcludeLists ex = exclude_lists(exclude, rows);
+        PreparedExclude p;
+        {
+          py::gil_scoped_release release;
+          p = prepare_exclude_lists(t, ex, unique_k);
+        }
+        int64_t longest = 0;
+        for (size_t l = 0; l + 1 < p.offsets.size(); ++l)
+          longest = std::max(longest, p.offsets[l + 1] - p.offsets[l]);
+        return py::make_tuple(to_array(p.offsets), to_array(p.ids), to_array(p.cum),
+                              to_array(p.allowed_mass), ex.rows_per_list, longest);
+      },
+      py::arg("exclude"), py::arg("rows"), py::arg("unique_k") = 0,
+      "Sorted, deduplicated exclusion lists as the kernels use them: (offsets, ids, cum, "
+      "allowed_mass, rows_per_list, longest list).");
+  cls.def(
+      "cumulative_mass",
+      [](const AliasTable& t) {
+        std::vector<uint64_t> cum;
+        {
+          py::gil_scoped_release release;
+          cum = cumulative_mass(t);
+        }
+        return to_array(cum);
+      },
+      "Running sum of the class masses (the exact-CDF fallback of excluded rows).");
   m.attr("MAX_CLASSES") = kMaxClasses;
   m.def(
       "draw_randoms",

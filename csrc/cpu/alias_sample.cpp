@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -20,35 +21,28 @@ constexpr int kBlock = 256;                   // draws resolved together
 constexpr int kPrefetchBlock = 32;            // draws in flight per stage (DRAM tables)
 // Tables above this many bytes live in DRAM: prefetch a block's entries first.
 constexpr size_t kPrefetchBytes = size_t{1} << 20;
-// Fewer allowed ids than 1/16 of the mass: sample the row from its exact CDF
-// instead of redrawing (which would take > 16 draws per id on average).
-constexpr int kRejectionMassShift = 4;
-constexpr uint32_t kMaxRedraws = 1024;
 
-inline uint64_t mulhi64(uint64_t a, uint64_t b) {
-  return static_cast<uint64_t>((static_cast<unsigned __int128>(a) * b) >> 64);
-}
-
-// The exclusion lists, each sorted and deduplicated, with what remains
-// drawable once its ids are removed.
-struct PreparedLists {
-  std::vector<int64_t> offsets;  // CSR offsets into ids, num_lists + 1
-  std::vector<int64_t> ids;
-  std::vector<uint64_t> allowed_mass;
-  std::vector<int64_t> allowed_positive;
-
-  const int64_t* begin(int64_t l) const { return ids.data() + offsets[l]; }
-  const int64_t* end(int64_t l) const { return ids.data() + offsets[l + 1]; }
-  bool contains(int64_t l, int64_t id) const {
-    const int64_t* b = begin(l);
-    const int64_t* e = end(l);
-    if (e - b <= 8) return std::find(b, e, id) != e;
-    return std::binary_search(b, e, id);
+// The table's cumulative masses, built on first use by whichever thread needs
+// them (rows drawn from their exact CDF are rare and may never occur).
+class LazyCumulative {
+ public:
+  explicit LazyCumulative(const AliasTable& table) : table_(table) {}
+  const uint64_t* get() {
+    std::call_once(once_, [this] { cum_ = cumulative_mass(table_); });
+    return cum_.data();
   }
+
+ private:
+  const AliasTable& table_;
+  std::once_flag once_;
+  std::vector<uint64_t> cum_;
 };
 
-PreparedLists prepare_lists(const AliasTable& table, const ExcludeLists& ex) {
-  PreparedLists p;
+}  // namespace
+
+PreparedExclude prepare_exclude_lists(const AliasTable& table, const ExcludeLists& ex,
+                                      int64_t unique_k) {
+  PreparedExclude p;
   const int64_t n = table.size();
   p.offsets.assign(static_cast<size_t>(ex.num_lists + 1), 0);
   p.ids.reserve(static_cast<size_t>(ex.num_lists * ex.width));
@@ -75,6 +69,7 @@ PreparedLists prepare_lists(const AliasTable& table, const ExcludeLists& ex) {
       const uint64_t m = table.mass[static_cast<size_t>(p.ids[j])];
       excluded += m;
       excluded_positive += m > 0;
+      p.cum.push_back(excluded);
     }
     p.allowed_mass[static_cast<size_t>(l)] = table.total_mass() - excluded;
     p.allowed_positive[static_cast<size_t>(l)] = table.num_positive - excluded_positive;
@@ -82,41 +77,24 @@ PreparedLists prepare_lists(const AliasTable& table, const ExcludeLists& ex) {
       throw std::invalid_argument("exclude row " + std::to_string(l) +
                                   " leaves no id with positive weight to draw");
     }
+    if (p.allowed_positive[static_cast<size_t>(l)] < unique_k) {
+      throw std::invalid_argument(
+          "size asks for " + std::to_string(unique_k) + " distinct ids per row, but row " +
+          std::to_string(l) + " has only " +
+          std::to_string(p.allowed_positive[static_cast<size_t>(l)]) +
+          " allowed ids with positive weight");
+    }
     p.offsets[static_cast<size_t>(l + 1)] = static_cast<int64_t>(p.ids.size());
   }
   return p;
 }
 
-// Exact sampling of one row from the cumulative allowed masses, for rows whose
-// exclusion list removes nearly all of the mass.
-struct RowCdf {
-  std::vector<uint64_t> cum;
-  int64_t list = -1;
-
-  void build(const AliasTable& table, const PreparedLists& lists, int64_t l) {
-    if (list == l) return;
-    const size_t n = table.mass.size();
-    cum.resize(n);
-    uint64_t acc = 0;
-    const int64_t* ex = lists.begin(l);
-    const int64_t* ex_end = lists.end(l);
-    for (size_t i = 0; i < n; ++i) {
-      if (ex != ex_end && *ex == static_cast<int64_t>(i)) {
-        ++ex;
-      } else {
-        acc += table.mass[i];
-      }
-      cum[i] = acc;
-    }
-    list = l;
-  }
-  int64_t pick(uint64_t u) const {
-    const uint64_t target = mulhi64(u, cum.back());  // in [0, total allowed mass)
-    return std::upper_bound(cum.begin(), cum.end(), target) - cum.begin();
-  }
-};
-
-}  // namespace
+std::vector<uint64_t> cumulative_mass(const AliasTable& table) {
+  std::vector<uint64_t> cum(table.mass.size());
+  uint64_t acc = 0;
+  for (size_t i = 0; i < cum.size(); ++i) cum[i] = acc += table.mass[i];
+  return cum;
+}
 
 void alias_sample(const AliasTable& table, uint64_t seed, uint64_t offset, int64_t* out,
                   int64_t n, int num_threads) {
@@ -155,40 +133,28 @@ void alias_sample(const AliasTable& table, uint64_t seed, uint64_t offset, int64
 void alias_sample_excluding(const AliasTable& table, uint64_t seed, uint64_t offset,
                             const ExcludeLists& exclude, int64_t rows, int64_t k,
                             int64_t* out, int num_threads) {
-  const PreparedLists lists = prepare_lists(table, exclude);
+  const PreparedExclude lists = prepare_exclude_lists(table, exclude);
+  LazyCumulative table_cum(table);
   const uint64_t* entries = table.entries.data();
   const uint64_t v = static_cast<uint64_t>(table.size());
   const uint64_t total = table.total_mass();
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(k, 1));
   parallel_for(rows, num_threads, grain, [&](int64_t rb, int64_t re) {
-    RowCdf cdf;
     std::vector<uint64_t> r(static_cast<size_t>(std::min<int64_t>(k, kBlock)));
     for (int64_t row = rb; row < re; ++row) {
       const int64_t l = row / exclude.rows_per_list;
-      const bool use_cdf =
-          lists.allowed_mass[static_cast<size_t>(l)] < (total >> kRejectionMassShift);
+      const ExcludedIds ex = lists.list(l);
+      const uint64_t allowed = lists.allowed_mass[static_cast<size_t>(l)];
+      const bool use_cdf = row_uses_cdf(allowed, total);
       int64_t* dst = out + row * k;
       const uint64_t base = offset + static_cast<uint64_t>(row * k);
-      if (use_cdf) cdf.build(table, lists, l);
       for (int64_t j = 0; j < k; j += kBlock) {
         const int m = static_cast<int>(std::min<int64_t>(kBlock, k - j));
         fill_draw_randoms(seed, base + static_cast<uint64_t>(j), m, r.data());
         for (int i = 0; i < m; ++i) {
           const uint64_t pos = base + static_cast<uint64_t>(j + i);
-          if (use_cdf) {
-            dst[j + i] = cdf.pick(random64(seed, pos, 0u, kTagRedraw));
-            continue;
-          }
-          int64_t id = alias_pick(entries, v, r[static_cast<size_t>(i)]);
-          uint32_t attempt = 1;
-          while (lists.contains(l, id) && attempt <= kMaxRedraws) {
-            id = alias_pick(entries, v, random64(seed, pos, attempt++, kTagRedraw));
-          }
-          if (lists.contains(l, id)) {  // astronomically rare: finish exactly
-            cdf.build(table, lists, l);
-            id = cdf.pick(random64(seed, pos, 0u, kTagRedraw));
-          }
-          dst[j + i] = id;
+          dst[j + i] = draw_excluding(entries, v, [&] { return table_cum.get(); }, ex, allowed,
+                                      use_cdf, seed, pos, r[static_cast<size_t>(i)]);
         }
       }
     }
@@ -197,52 +163,38 @@ void alias_sample_excluding(const AliasTable& table, uint64_t seed, uint64_t off
 
 namespace {
 
-// Open-addressing set of ids for one row (ids are >= 0, -1 marks empty).
+// The hash set of one row (IdSetView over owned slots) that remembers which
+// slots it filled, so resetting it for the next row costs what the row used.
 class RowSet {
  public:
   void reset(size_t expected) {
-    size_t cap = 16;
-    while (cap < 2 * expected) cap <<= 1;
+    const size_t cap = static_cast<size_t>(id_set_capacity(expected));
     if (slots_.size() != cap) {
       slots_.assign(cap, -1);
     } else {
-      for (size_t s : used_) slots_[s] = -1;
+      for (int64_t s : used_) slots_[static_cast<size_t>(s)] = -1;
     }
     used_.clear();
-    mask_ = cap - 1;
+    view_ = IdSetView{slots_.data(), cap - 1};
   }
   // Inserts id; returns false if it was present.
   bool insert(int64_t id) {
-    size_t s = hash(id);
-    while (slots_[s] != -1) {
-      if (slots_[s] == id) return false;
-      s = (s + 1) & mask_;
-    }
-    slots_[s] = id;
+    const int64_t s = view_.insert_slot(id);
+    if (s < 0) return false;
     used_.push_back(s);
     return true;
   }
-  bool contains(int64_t id) const {
-    size_t s = hash(id);
-    while (slots_[s] != -1) {
-      if (slots_[s] == id) return true;
-      s = (s + 1) & mask_;
-    }
-    return false;
-  }
+  bool contains(int64_t id) const { return view_.contains(id); }
 
  private:
-  size_t hash(int64_t id) const {
-    return static_cast<size_t>((static_cast<uint64_t>(id) * 0x9E3779B97F4A7C15ull) >> 20) & mask_;
-  }
   std::vector<int64_t> slots_;
-  std::vector<size_t> used_;
-  size_t mask_ = 0;
+  std::vector<int64_t> used_;
+  IdSetView view_{nullptr, 0};
 };
 
 // Expected number of draws with replacement after which `k` distinct allowed
 // ids have been seen: solves sum_i 1 - (1 - p_i)^t = k for t by bisection.
-int64_t expected_tries(const AliasTable& table, const RowSet& excluded, int64_t k) {
+int64_t expected_tries(const AliasTable& table, const ExcludedIds& excluded, int64_t k) {
   const double total = static_cast<double>(table.total_mass());
   std::vector<double> log1m;  // log(1 - p_i) of the allowed ids
   for (size_t i = 0; i < table.mass.size(); ++i) {
@@ -268,20 +220,9 @@ int64_t expected_tries(const AliasTable& table, const RowSet& excluded, int64_t 
 void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset,
                          const ExcludeLists& exclude, int64_t rows, int64_t k,
                          int64_t* out, int64_t* tries_out, int num_threads) {
-  const PreparedLists lists = prepare_lists(table, exclude);
-  for (int64_t l = 0; l < exclude.num_lists; ++l) {
-    if (lists.allowed_positive[static_cast<size_t>(l)] < k) {
-      throw std::invalid_argument(
-          "size asks for " + std::to_string(k) + " distinct ids per row, but row " +
-          std::to_string(l) + " has only " +
-          std::to_string(lists.allowed_positive[static_cast<size_t>(l)]) +
-          " allowed ids with positive weight");
-    }
-  }
+  const PreparedExclude lists = prepare_exclude_lists(table, exclude, k);
   const uint64_t* entries = table.entries.data();
   const uint64_t v = static_cast<uint64_t>(table.size());
-  // Beyond this many candidate draws a row finishes with the exponential race.
-  const uint64_t max_tries = 8 * static_cast<uint64_t>(k) + 1024;
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(4 * k, 1));
   parallel_for(rows, num_threads, grain, [&](int64_t rb, int64_t re) {
     RowSet seen;
@@ -290,15 +231,11 @@ void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset
       const int64_t l = row / exclude.rows_per_list;
       const uint64_t base = offset + static_cast<uint64_t>(row * k);
       int64_t* dst = out + row * k;
-      seen.reset(static_cast<size_t>(k + (lists.end(l) - lists.begin(l))));
-      for (const int64_t* p = lists.begin(l); p != lists.end(l); ++p) seen.insert(*p);
-      int64_t got = 0;
+      const ExcludedIds ex = lists.list(l);
+      seen.reset(static_cast<size_t>(k + (ex.end - ex.begin)));
+      for (const int64_t* p = ex.begin; p != ex.end; ++p) seen.insert(*p);
       uint64_t t = 0;
-      for (; got < k && t < max_tries; ++t) {
-        const int64_t id = alias_pick(entries, v, random64(seed, base, static_cast<uint32_t>(t),
-                                                           kTagUnique));
-        if (seen.insert(id)) dst[got++] = id;
-      }
+      int64_t got = unique_row_rejection(entries, v, seed, base, k, seen, dst, &t);
       int64_t tries = static_cast<int64_t>(t);
       if (got < k) {
         // Successive sampling is memoryless: the rest of the row is the race
@@ -315,10 +252,7 @@ void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset
         std::sort(keys.begin(), keys.begin() + need);
         for (std::ptrdiff_t i = 0; i < need; ++i) dst[got++] = keys[static_cast<size_t>(i)].second;
         if (tries_out) {  // O(V) per bisection step: only when asked for
-          RowSet excluded;
-          excluded.reset(static_cast<size_t>(lists.end(l) - lists.begin(l)));
-          for (const int64_t* p = lists.begin(l); p != lists.end(l); ++p) excluded.insert(*p);
-          tries = std::max(tries, expected_tries(table, excluded, k));
+          tries = std::max(tries, expected_tries(table, ex, k));
         }
       }
       if (tries_out) tries_out[row] = tries;

@@ -5,7 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
+#include "cpu/alias_draw.h"
 #include "cpu/alias_table.h"
 
 namespace pyneg {
@@ -18,6 +20,34 @@ struct ExcludeLists {
   int64_t width = 0;
   int64_t rows_per_list = 1;
 };
+
+// The exclusion lists, each sorted and deduplicated (CSR), with the running
+// mass of their ids and what remains drawable once they are removed. The CPU
+// kernels build it per call; the CUDA path builds it with the same function
+// and uploads it.
+struct PreparedExclude {
+  std::vector<int64_t> offsets;          // num_lists + 1
+  std::vector<int64_t> ids;              // list l: ids[offsets[l], offsets[l + 1])
+  std::vector<uint64_t> cum;             // running mass of each list's ids
+  std::vector<uint64_t> allowed_mass;    // total mass minus the list's mass
+  std::vector<int64_t> allowed_positive; // drawable classes not in the list
+
+  ExcludedIds list(int64_t l) const {
+    const auto b = static_cast<size_t>(offsets[static_cast<size_t>(l)]);
+    const auto e = static_cast<size_t>(offsets[static_cast<size_t>(l) + 1]);
+    return ExcludedIds{ids.data() + b, ids.data() + e, cum.data() + b};
+  }
+};
+
+// Validates and prepares exclusion lists. Throws std::invalid_argument for an
+// id outside [-1, V), a list that leaves no id of positive mass or, when
+// unique_k > 0, fewer than unique_k drawable ids (draws without replacement).
+PreparedExclude prepare_exclude_lists(const AliasTable& table, const ExcludeLists& exclude,
+                                      int64_t unique_k = 0);
+
+// Running sum of the table's masses (V entries): the exact-CDF fallback of
+// heavily excluded rows (see allowed_cdf_pick in alias_draw.h).
+std::vector<uint64_t> cumulative_mass(const AliasTable& table);
 
 // out[j] for j in [0, n): independent draws from the table.
 void alias_sample(const AliasTable& table, uint64_t seed, uint64_t offset, int64_t* out,

@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/alias_draw.h"  // alias_pick: the draw from a table
 #include "cpu/huge_buffer.h"
 
 namespace pyneg {
@@ -42,16 +43,5 @@ void normalize_weights(const double* weights, int64_t n, const char* name, doubl
 // probs draws exactly the same samples. Throws std::invalid_argument, naming
 // `name`, for invalid probs or a sum further than 1e-6 from 1.
 AliasTable build_alias_table(const double* probs, int64_t n, const char* name);
-
-// Branch-free pick from one 64-bit random number: the high half of u * V picks
-// the bucket, the next 32 bits of the product are the coin.
-inline int64_t alias_pick(const uint64_t* entries, uint64_t n, uint64_t u) {
-  const unsigned __int128 prod = static_cast<unsigned __int128>(u) * n;
-  const uint64_t bucket = static_cast<uint64_t>(prod >> 64);
-  const uint32_t coin = static_cast<uint32_t>(static_cast<uint64_t>(prod) >> 32);
-  const uint64_t e = entries[bucket];
-  const uint64_t alias = e >> 32;
-  return static_cast<int64_t>(coin < static_cast<uint32_t>(e) ? bucket : alias);
-}
 
 }  // namespace pyneg

@@ -38,7 +38,7 @@ PYNEG_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
 PYNEG_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3,
                                   uint32_t k0, uint32_t k1) {
   using namespace detail;
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
@@ -75,16 +75,22 @@ PYNEG_HD uint64_t random64(uint64_t seed, uint64_t position, uint32_t word, uint
   return (static_cast<uint64_t>(r.v[1]) << 32) | r.v[0];
 }
 
+// The Philox block behind plain draws 2 * block and 2 * block + 1.
+PYNEG_HD Philox4x32 draw_block(uint64_t seed, uint64_t block) {
+  return philox4x32_10(static_cast<uint32_t>(block), static_cast<uint32_t>(block >> 32), 0u,
+                       kTagDraw, static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+}
+
+// The 64-bit random number of half `half` (0 or 1) of a draw block.
+PYNEG_HD uint64_t block_half(const Philox4x32& r, unsigned half) {
+  return half ? ((static_cast<uint64_t>(r.v[3]) << 32) | r.v[2])
+              : ((static_cast<uint64_t>(r.v[1]) << 32) | r.v[0]);
+}
+
 // The random number of plain draw `position`: two consecutive positions share
 // one Philox block, so a sequential pass costs one block per two draws.
 PYNEG_HD uint64_t draw_random64(uint64_t seed, uint64_t position) {
-  const uint64_t block = position >> 1;
-  const Philox4x32 r = philox4x32_10(static_cast<uint32_t>(block),
-                                     static_cast<uint32_t>(block >> 32), 0u, kTagDraw,
-                                     static_cast<uint32_t>(seed),
-                                     static_cast<uint32_t>(seed >> 32));
-  return (position & 1) ? ((static_cast<uint64_t>(r.v[3]) << 32) | r.v[2])
-                        : ((static_cast<uint64_t>(r.v[1]) << 32) | r.v[0]);
+  return block_half(draw_block(seed, position >> 1), static_cast<unsigned>(position & 1));
 }
 
 // A double in (0, 1] from 53 random bits: never 0, so -log(u) is finite.

@@ -13,13 +13,10 @@ namespace {
 
 // Blocks [first, first + n) (two draws each) into r[0, 2n), one at a time.
 void blocks_scalar(uint64_t seed, uint64_t first, int64_t n, uint64_t* r) {
-  const uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
   for (int64_t i = 0; i < n; ++i) {
-    const uint64_t b = first + static_cast<uint64_t>(i);
-    const Philox4x32 x = philox4x32_10(static_cast<uint32_t>(b), static_cast<uint32_t>(b >> 32),
-                                       0u, kTagDraw, k0, k1);
-    r[2 * i] = (static_cast<uint64_t>(x.v[1]) << 32) | x.v[0];
-    r[2 * i + 1] = (static_cast<uint64_t>(x.v[3]) << 32) | x.v[2];
+    const Philox4x32 x = draw_block(seed, first + static_cast<uint64_t>(i));
+    r[2 * i] = block_half(x, 0);
+    r[2 * i + 1] = block_half(x, 1);
   }
 }
 

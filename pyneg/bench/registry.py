@@ -7,12 +7,16 @@ from pyneg.bench.workload import Workload
 
 
 def all_workloads() -> List[Workload]:
+    from pyneg.bench import cuda as cuda_bench
     from pyneg.bench import losses, memory, sampling
+    from pyneg.cuda import cuda_available
 
     workloads: List[Workload] = []
     workloads += sampling.WORKLOADS
     workloads += memory.WORKLOADS
     workloads += losses.WORKLOADS
+    if cuda_available():
+        workloads += cuda_bench.WORKLOADS
     names = [w.name for w in workloads]
     assert len(names) == len(set(names)), "benchmark workload names must be unique"
     return workloads

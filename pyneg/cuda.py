@@ -1,0 +1,231 @@
+"""pyneg's CUDA kernels (the optional extension module ``pyneg._cuda``).
+
+``pyneg._cuda`` is built when ``nvcc`` is found at install time (see README,
+"CUDA"). It takes integer device pointers and the current CUDA stream, so it
+works with any torch build and never links libtorch; this module turns torch
+tensors into those arguments. Output tensors are allocated by torch on the
+caller's device, and kernels run on ``torch.cuda.current_stream()``.
+
+Alias draws on the GPU are bit-identical to the CPU's for the same seed: both
+run the same per-draw functions (``csrc/cpu/alias_draw.h``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+try:
+    from pyneg import _cuda
+except ImportError:  # built without nvcc: the CPU kernels and torch fallbacks remain
+    _cuda = None
+
+__all__ = ["cuda_available", "is_built", "hs_forward", "hs_backward"]
+
+_NO_EXCLUDE = np.full((1, 1), -1, dtype=np.int64)
+
+
+def is_built() -> bool:
+    """Whether this installation of pyneg includes the CUDA module ``pyneg._cuda``."""
+    return _cuda is not None
+
+
+def cuda_available() -> bool:
+    """True when ``pyneg._cuda`` was built and torch can use a CUDA device.
+
+    Both are needed: pyneg's kernels take torch's device pointers and stream.
+    """
+    return _cuda is not None and torch.cuda.is_available() and _cuda.device_count() > 0
+
+
+def _require() -> None:
+    if _cuda is None:
+        raise RuntimeError("pyneg was built without CUDA (pyneg._cuda is missing); reinstall with nvcc on PATH")
+    if not cuda_available():
+        raise RuntimeError("pyneg._cuda is built but no CUDA device is usable by torch")
+
+
+def normalize_device(device: torch.device) -> torch.device:
+    """``device`` with its index filled in (``cuda`` means the current device)."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
+def _stream(device: torch.device) -> int:
+    return int(torch.cuda.current_stream(device).cuda_stream)
+
+
+def _upload(arr: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host array (int64 or uint64, viewed as int64) copied to ``device``; never empty,
+    so its data pointer is never null (the kernels only read what offsets point at)."""
+    if arr.size == 0:
+        arr = np.zeros(1, dtype=arr.dtype)
+    return torch.from_numpy(np.ascontiguousarray(arr).view(np.int64)).to(device)
+
+
+# ------------------------------------------------------------------ sampling
+def table_tensors(table: Any, cache: Dict[Any, torch.Tensor], device: torch.device, *,
+                  cumulative: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The alias table's entries (and, when asked, its cumulative masses) on ``device``.
+
+    Uploaded once per device and kept in ``cache`` (a sampler's per-device dict).
+    """
+    entries = cache.get(device)
+    if entries is None:
+        entries = torch.from_numpy(table.entries.view(np.int64).copy()).to(device)
+        cache[device] = entries
+    cum = None
+    if cumulative:
+        key = ("cumulative_mass", device)
+        cum = cache.get(key)
+        if cum is None:
+            cum = _upload(table.cumulative_mass(), device)
+            cache[key] = cum
+    return entries, cum
+
+
+def sample_into(table: Any, cache: Dict[Any, torch.Tensor], out: torch.Tensor, rows: int, k: int,
+                lists: Optional[np.ndarray], unique: bool, seed: int, offset: int,
+                want_tries: bool) -> Optional[torch.Tensor]:
+    """Fills the contiguous int64 CUDA tensor ``out`` (rows x k draws) with pyneg's kernels.
+
+    The same draws as the CPU kernels give for ``(seed, offset)``. Exclusion
+    lists are validated and prepared on the host (by the CPU code) and
+    uploaded. Rows drawn without replacement that exhaust their candidate
+    budget are finished by the CPU kernel (it reads every class), which needs
+    one synchronisation; returns the per-row tries (CPU) when ``want_tries``.
+    """
+    _require()
+    device = normalize_device(out.device)
+    idx, stream = device.index, _stream(device)
+    v = int(table.num_classes)
+    n = out.numel()
+    if lists is None and not unique:
+        entries, _ = table_tensors(table, cache, device)
+        _cuda.alias_sample(idx, stream, entries.data_ptr(), v, seed, offset, out.data_ptr(), n)
+        return None
+    ex = _NO_EXCLUDE if lists is None else lists
+    offsets, ids, cum, allowed, rows_per_list, longest = table.prepare_exclude(ex, rows, k if unique else 0)
+    d_offsets, d_ids, d_cum, d_allowed = (_upload(a, device) for a in (offsets, ids, cum, allowed))
+    list_ptrs = (d_offsets.data_ptr(), d_ids.data_ptr(), d_cum.data_ptr(), d_allowed.data_ptr(), rows_per_list)
+    if not unique:
+        entries, table_cum = table_tensors(table, cache, device, cumulative=True)
+        _cuda.alias_sample_excluding(idx, stream, entries.data_ptr(), v, table_cum.data_ptr(), *list_ptrs,
+                                     seed, offset, rows, k, out.data_ptr())
+        return None
+    entries, _ = table_tensors(table, cache, device)
+    capacity = _cuda.id_set_capacity(k + longest)
+    slots = torch.empty(rows * capacity, dtype=torch.int64, device=device)
+    tries = torch.empty(rows, dtype=torch.int64, device=device)
+    _cuda.alias_sample_unique(idx, stream, entries.data_ptr(), v, *list_ptrs, seed, offset, rows, k,
+                              slots.data_ptr(), capacity, tries.data_ptr(), out.data_ptr())
+    host_tries = tries.cpu()
+    grid = out.view(rows, k)
+    for row in (host_tries < 0).nonzero().flatten().tolist():
+        # The exponential race reads all V classes: the CPU kernel finishes the
+        # row (the same code, so the same ids as a CPU call would give).
+        lst = ex[row // rows_per_list: row // rows_per_list + 1] if lists is not None else _NO_EXCLUDE
+        buf = np.empty((1, k), dtype=np.int64)
+        tr = np.empty(1, dtype=np.int64)
+        table.sample_unique(seed, offset + row * k, lst, k, buf, tr if want_tries else None, 1)
+        grid[row].copy_(torch.from_numpy(buf[0]))
+        host_tries[row] = int(tr[0]) if want_tries else -1
+    return host_tries if want_tries else None
+
+
+# ----------------------------------------------------- hierarchical softmax
+_FLOATS = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def _check_hs(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], target: torch.Tensor,
+              offsets: torch.Tensor, nodes: torch.Tensor, codes: torch.Tensor) -> str:
+    _require()
+    for name, t in (("input", input), ("weight", weight), ("target", target), ("offsets", offsets),
+                    ("nodes", nodes), ("codes", codes)) + ((("bias", bias),) if bias is not None else ()):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.device != input.device or t.device.type != "cuda":
+            raise ValueError(f"{name} must be on input's CUDA device, got {t.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name} must be contiguous")
+    if input.dtype not in _FLOATS:
+        raise TypeError(f"input must be float32 or float64, got {input.dtype}")
+    if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
+        raise TypeError("weight (and bias) must have input's dtype")
+    for name, t, dt in (("target", target, torch.int64), ("offsets", offsets, torch.int64),
+                        ("nodes", nodes, torch.int32), ("codes", codes, torch.uint8)):
+        if t.dtype != dt:
+            raise TypeError(f"{name} must be {dt}, got {t.dtype}")
+    if input.dim() != 2 or weight.dim() != 2 or weight.shape[1] != input.shape[1]:
+        raise ValueError(f"input (B, d) and weight (V-1, d) disagree: {tuple(input.shape)}, {tuple(weight.shape)}")
+    if offsets.dim() != 1 or offsets.numel() != weight.shape[0] + 2:
+        raise ValueError(f"offsets must have V + 1 = {weight.shape[0] + 2} entries, got {tuple(offsets.shape)}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    if target.dim() != 1 or target.numel() != input.shape[0]:
+        raise ValueError(f"target must have shape ({input.shape[0]},), got {tuple(target.shape)}")
+    if target.numel():
+        lo, hi = torch.aminmax(target)
+        if int(lo) < 0 or int(hi) >= offsets.numel() - 1:  # one synchronisation
+            raise ValueError(f"target holds ids outside [0, {offsets.numel() - 1})")
+    return _FLOATS[input.dtype]
+
+
+def _ptr(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.data_ptr()
+
+
+def hs_forward(input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, offsets: torch.Tensor,
+               nodes: torch.Tensor, codes: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-example hierarchical-softmax NLL (B,) on the GPU.
+
+    Class ``c``'s path is ``nodes[offsets[c]:offsets[c+1]]`` (int32 rows of
+    ``weight``, root first) with bits ``codes`` (uint8); with sign
+    ``s = 1 - 2 code``, ``nll[b] = -sum_j log sigmoid(s_j (weight[n_j] . input[b] + bias[n_j]))``.
+    """
+    dtype = _check_hs(input, weight, bias, target, offsets, nodes, codes)
+    device = normalize_device(input.device)
+    nll = torch.empty(input.shape[0], dtype=input.dtype, device=device)
+    _cuda.hs_forward(dtype, device.index, _stream(device), input.data_ptr(), weight.data_ptr(), _ptr(bias),
+                     target.data_ptr(), offsets.data_ptr(), nodes.data_ptr(), codes.data_ptr(),
+                     input.shape[0], input.shape[1], nll.data_ptr())
+    return nll
+
+
+def hs_backward(grad_nll: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
+                offsets: torch.Tensor, nodes: torch.Tensor, codes: torch.Tensor,
+                bias: Optional[torch.Tensor] = None, grad_weight: Optional[torch.Tensor] = None,
+                grad_bias: Optional[torch.Tensor] = None
+                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Gradients of ``hs_forward`` given ``grad_nll`` (B,).
+
+    Returns ``(grad_input, grad_weight, grad_bias)``; gradients are added into
+    ``grad_weight`` / ``grad_bias`` when given (zeros otherwise), with atomics
+    since the root lies on every path. ``grad_bias`` is None without ``bias``.
+    """
+    dtype = _check_hs(input, weight, bias, target, offsets, nodes, codes)
+    device = normalize_device(input.device)
+    grad_nll = grad_nll.to(device=device, dtype=input.dtype).contiguous()
+    if grad_nll.shape != (input.shape[0],):
+        raise ValueError(f"grad_nll must have shape ({input.shape[0]},), got {tuple(grad_nll.shape)}")
+    if grad_weight is None:
+        grad_weight = torch.zeros_like(weight)
+    elif grad_weight.shape != weight.shape or grad_weight.dtype != weight.dtype or not grad_weight.is_contiguous() \
+            or grad_weight.device != weight.device:
+        raise ValueError("grad_weight must be a contiguous tensor like weight")
+    if bias is not None:
+        if grad_bias is None:
+            grad_bias = torch.zeros_like(bias)
+        elif grad_bias.shape != bias.shape or grad_bias.dtype != bias.dtype or not grad_bias.is_contiguous() \
+                or grad_bias.device != bias.device:
+            raise ValueError("grad_bias must be a contiguous tensor like bias")
+    else:
+        grad_bias = None
+    grad_input = torch.empty_like(input)
+    _cuda.hs_backward(dtype, device.index, _stream(device), input.data_ptr(), weight.data_ptr(), _ptr(bias),
+                      target.data_ptr(), offsets.data_ptr(), nodes.data_ptr(), codes.data_ptr(),
+                      input.shape[0], input.shape[1], grad_nll.data_ptr(), grad_input.data_ptr(),
+                      grad_weight.data_ptr(), _ptr(grad_bias))
+    return grad_input, grad_weight, grad_bias
