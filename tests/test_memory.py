@@ -160,6 +160,11 @@ def test_dtypes(dtype):
     bank.enqueue(x, np.arange(4, dtype=np.int32), log_q=np.zeros(4, dtype=np.float64))
     assert bank.embeddings.dtype == dtype and torch.equal(bank.embeddings, x[1:].to(dtype))
     assert bank.log_q.dtype == torch.float32 and bank.ids.dtype == torch.int64
+    # Same dtype (a raw row copy) and non-contiguous input (torch's copy) agree.
+    y = torch.randn(2, 4)[:, ::2].to(dtype)
+    bank.enqueue(y.contiguous(), [5, 6])
+    bank.enqueue(y, [7, 8])
+    assert torch.equal(bank.embeddings, torch.cat([y[1:], y]))
 
 
 def test_state_dict_round_trip_continues_identically():
