@@ -269,3 +269,17 @@ def test_to_device(device):
     assert bank.embeddings.device.type == device and bank.hit_mask([1]).device.type == device
     bank.enqueue(torch.zeros(2, 2, device=device), torch.tensor([3, 1], device=device))
     assert bank.ids.tolist() == [2, 3, 1] and bank.hit_mask([1]).tolist() == [[False, False, True]]
+
+
+def test_lookup_survives_heavy_churn():
+    # Many ids, long chains and constant eviction exercise the id -> slots
+    # table's deletions; every hit list must still match brute force.
+    rng = np.random.default_rng(11)
+    bank = pyneg.MemoryBank(500, 1, max_age=6)
+    for _ in range(40):
+        n = int(rng.integers(1, 300))
+        ids = torch.from_numpy(np.where(rng.random(n) < 0.5, rng.integers(0, 40, n), rng.integers(0, 10**12, n)))
+        bank.enqueue(torch.zeros(n, 1), ids)
+        pos = torch.cat([ids[:50], torch.from_numpy(rng.integers(0, 40, 20))])
+        assert torch.equal(bank.hit_mask(pos), pos.unsqueeze(1) == bank.ids.unsqueeze(0))
+        assert_negatives_consistent(bank, pos)
