@@ -8,9 +8,11 @@ from pyneg.bench.workload import Workload
 
 def all_workloads() -> List[Workload]:
     from pyneg.bench import sampling
+    from pyneg.bench import hsoftmax
 
     workloads: List[Workload] = []
     workloads += sampling.WORKLOADS
+    workloads += hsoftmax.WORKLOADS
     names = [w.name for w in workloads]
     assert len(names) == len(set(names)), "benchmark workload names must be unique"
     return workloads
