@@ -16,11 +16,10 @@ namespace pyneg::bindings {
 namespace {
 
 // A read-only NumPy view of one of the tree's arrays that keeps the tree alive.
-template <class V>
-py::array tree_view(py::object self, const V& vec) {
-  using T = typename V::value_type;
-  py::array_t<T> a({static_cast<py::ssize_t>(vec.size())}, {static_cast<py::ssize_t>(sizeof(T))},
-                   vec.data(), self);
+template <class T>
+py::array tree_view(py::object self, const HugeBuffer<T>& buf) {
+  py::array_t<T> a({static_cast<py::ssize_t>(buf.size())}, {static_cast<py::ssize_t>(sizeof(T))},
+                   buf.data(), self);
   a.attr("setflags")(false);
   return a;
 }

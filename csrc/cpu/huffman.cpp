@@ -5,6 +5,8 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 namespace pyneg {
 
@@ -23,11 +25,11 @@ inline uint64_t count_key(double x) {
 // on the 64-bit keys (stable, so equal keys keep id order). Passes whose digit
 // is the same for every key (the sign and most exponent bits of typical
 // counts) are skipped.
-std::vector<int32_t> sorted_ids(const double* counts, int64_t n) {
+HugeBuffer<int32_t> sorted_ids(const double* counts, int64_t n) {
   constexpr int kBits = 11;
   constexpr uint64_t kMask = (uint64_t{1} << kBits) - 1;
-  std::vector<uint64_t> keys(static_cast<size_t>(n)), keys2(static_cast<size_t>(n));
-  std::vector<int32_t> ids(static_cast<size_t>(n)), ids2(static_cast<size_t>(n));
+  HugeBuffer<uint64_t> keys(static_cast<size_t>(n)), keys2(static_cast<size_t>(n));
+  HugeBuffer<int32_t> ids(static_cast<size_t>(n)), ids2(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) {
     keys[i] = count_key(counts[i]);
     ids[i] = static_cast<int32_t>(i);
@@ -48,8 +50,8 @@ std::vector<int32_t> sorted_ids(const double* counts, int64_t n) {
       keys2[dst] = keys[i];
       ids2[dst] = ids[i];
     }
-    keys.swap(keys2);
-    ids.swap(ids2);
+    std::swap(keys, keys2);
+    std::swap(ids, ids2);
   }
   return ids;
 }
@@ -85,7 +87,7 @@ HuffmanTree build_huffman_tree(const double* counts, int64_t n, const char* name
   HuffmanTree t;
   t.num_classes = n;
   const int64_t inner = n - 1;
-  const std::vector<int32_t> order = sorted_ids(counts, n);
+  const HugeBuffer<int32_t> order = sorted_ids(counts, n);
 
   // Merged weights could overflow to inf for counts near DBL_MAX; scaling by a
   // power of two is exact (short of underflow) and keeps the optimal tree.
@@ -94,11 +96,10 @@ HuffmanTree build_huffman_tree(const double* counts, int64_t n, const char* name
     scale = std::ldexp(1.0, -std::ilogb(max_count));
   }
 
-  // Nodes are numbered 0 .. n-1 for leaves in sorted order and n + k for the
-  // k-th merge. parent/bit of every node; weights of merged nodes.
-  std::vector<int64_t> parent(static_cast<size_t>(2 * n - 1), -1);
-  std::vector<uint8_t> bit(static_cast<size_t>(2 * n - 1), 0);
-  std::vector<double> merged(static_cast<size_t>(std::max<int64_t>(inner, 0)));
+  // The merge. Nodes are numbered 0 .. n-1 for leaves in sorted order and
+  // n + k for the k-th merge; merge k takes the lighter front first (branch 0).
+  HugeBuffer<int64_t> kids(static_cast<size_t>(2 * inner));
+  HugeBuffer<double> merged(static_cast<size_t>(inner));
   int64_t leaf = 0, next_inner = 0;
   auto weight_of_leaf = [&](int64_t i) { return counts[order[i]] * scale; };
   auto pop = [&](int64_t k) -> int64_t {  // the lighter front; ties to the leaf queue
@@ -110,48 +111,73 @@ HuffmanTree build_huffman_tree(const double* counts, int64_t n, const char* name
     const int64_t a = pop(k);
     const int64_t b = pop(k);
     merged[k] = weight(a) + weight(b);
-    parent[a] = n + k;
-    parent[b] = n + k;
-    bit[b] = 1;
+    kids[2 * k] = a;
+    kids[2 * k + 1] = b;
   }
 
-  // Public inner index: the root (last merge) is 0 and parents precede their
-  // children. Depths top-down over merges in reverse creation order.
-  auto inner_id = [&](int64_t node) { return static_cast<int32_t>(inner - 1 - (node - n)); };
-  std::vector<int64_t> inner_depth(static_cast<size_t>(std::max<int64_t>(inner, 0)), 0);
-  for (int64_t k = inner - 2; k >= 0; --k) inner_depth[k] = inner_depth[parent[n + k] - n] + 1;
-
-  t.depths.assign(static_cast<size_t>(n), 0);
-  t.children.assign(static_cast<size_t>(2 * inner), 0);
-  for (int64_t s = 0; s < n; ++s) {
-    const int64_t c = order[s];
-    if (inner > 0) {
-      t.depths[c] = inner_depth[parent[s] - n] + 1;
-      t.children[2 * static_cast<int64_t>(inner_id(parent[s])) + bit[s]] = ~static_cast<int32_t>(c);
+  // Public numbering: merge k is inner node inner - 1 - k, so the root (the
+  // last merge) is 0 and parents precede their children.
+  t.children = HugeBuffer<int32_t>(static_cast<size_t>(2 * inner));
+  for (int64_t k = 0; k < inner; ++k) {
+    const int64_t id = inner - 1 - k;
+    for (int b = 0; b < 2; ++b) {
+      const int64_t node = kids[2 * k + b];
+      t.children[2 * id + b] = node < n ? ~order[node] : static_cast<int32_t>(inner - 1 - (node - n));
     }
   }
-  for (int64_t k = 0; k + 1 < inner; ++k) {
-    t.children[2 * static_cast<int64_t>(inner_id(parent[n + k])) + bit[n + k]] = inner_id(n + k);
-  }
 
-  t.offsets.assign(static_cast<size_t>(n + 1), 0);
+  // Depths top-down (ascending inner index), then path offsets.
+  t.depths = HugeBuffer<int64_t>(static_cast<size_t>(n));
+  if (inner == 0) t.depths[0] = 0;
+  HugeBuffer<int64_t> inner_depth(static_cast<size_t>(inner));
+  if (inner > 0) inner_depth[0] = 0;
+  for (int64_t id = 0; id < inner; ++id) {
+    for (int b = 0; b < 2; ++b) {
+      const int32_t ch = t.children[2 * id + b];
+      if (ch >= 0) {
+        inner_depth[ch] = inner_depth[id] + 1;
+      } else {
+        t.depths[~ch] = inner_depth[id] + 1;
+      }
+    }
+  }
+  t.offsets = HugeBuffer<int64_t>(static_cast<size_t>(n + 1));
+  t.offsets[0] = 0;
   for (int64_t c = 0; c < n; ++c) {
     t.offsets[c + 1] = t.offsets[c] + t.depths[c];
     t.max_depth = std::max(t.max_depth, t.depths[c]);
   }
   const int64_t total = t.offsets[n];
-  t.nodes.resize(static_cast<size_t>(total));
-  t.codes.resize(static_cast<size_t>(total));
-  // Each leaf's path, written leaf to root from its end backwards.
-  for (int64_t s = 0; s < n; ++s) {
-    const int64_t c = order[s];
-    int64_t pos = t.offsets[c + 1];
-    int64_t node = s;
-    while (parent[node] >= 0) {
-      --pos;
-      t.nodes[pos] = inner_id(parent[node]);
-      t.codes[pos] = bit[node];
-      node = parent[node];
+  t.nodes = HugeBuffer<int32_t>(static_cast<size_t>(total));
+  t.codes = HugeBuffer<uint8_t>(static_cast<size_t>(total));
+
+  // Paths by a depth-first walk that keeps the current root-to-node prefix in
+  // a small buffer and copies it out at each leaf: sequential reads instead of
+  // a dependent parent-pointer chase per path step.
+  std::vector<int32_t> prefix_nodes(static_cast<size_t>(t.max_depth) + 1);
+  std::vector<uint8_t> prefix_codes(static_cast<size_t>(t.max_depth) + 1);
+  struct Entry {
+    int32_t node;
+    int32_t depth;
+    uint8_t code;  // branch taken from the parent
+  };
+  std::vector<Entry> stack;
+  if (inner > 0) stack.push_back({0, 0, 0});
+  while (!stack.empty()) {
+    const Entry e = stack.back();
+    stack.pop_back();
+    if (e.depth > 0) prefix_codes[e.depth - 1] = e.code;
+    prefix_nodes[e.depth] = e.node;
+    for (int b = 1; b >= 0; --b) {
+      const int32_t ch = t.children[2 * static_cast<int64_t>(e.node) + b];
+      if (ch >= 0) {
+        stack.push_back({ch, e.depth + 1, static_cast<uint8_t>(b)});
+      } else {
+        prefix_codes[e.depth] = static_cast<uint8_t>(b);
+        const int64_t at = t.offsets[~ch];
+        std::memcpy(&t.nodes[at], prefix_nodes.data(), sizeof(int32_t) * (e.depth + 1));
+        std::memcpy(&t.codes[at], prefix_codes.data(), e.depth + 1);
+      }
     }
   }
   return t;

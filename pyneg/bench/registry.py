@@ -8,11 +8,12 @@ from pyneg.bench.workload import Workload
 
 def all_workloads() -> List[Workload]:
     from pyneg.bench import cuda as cuda_bench
-    from pyneg.bench import losses, memory, sampling
+    from pyneg.bench import hsoftmax, losses, memory, sampling
     from pyneg.cuda import cuda_available
 
     workloads: List[Workload] = []
     workloads += sampling.WORKLOADS
+    workloads += hsoftmax.WORKLOADS
     workloads += memory.WORKLOADS
     workloads += losses.WORKLOADS
     if cuda_available():

@@ -1,0 +1,212 @@
+"""Hierarchical-softmax workloads: pyneg's Huffman tree and HS kernels against
+what users would otherwise write.
+
+Baselines (defined once, in :mod:`pyneg._hsoftmax_reference`): a textbook
+``heapq`` Huffman builder; hierarchical softmax in pure PyTorch over padded
+paths (``F.embedding`` gather, ``bmm``, ``logsigmoid``); and the full softmax
+(``F.cross_entropy`` over all V logits) that hierarchical softmax replaces.
+
+``python -m pyneg.bench.hsoftmax [--quick]`` also prints the peak memory of
+one forward + backward step of pyneg and of the gather baseline.
+"""
+from __future__ import annotations
+
+import argparse
+from types import SimpleNamespace
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import pyneg
+from pyneg._hsoftmax_reference import gather_nll, heapq_huffman_depths
+from pyneg.bench.sampling import zipf_counts
+from pyneg.bench.timing import median, peak_memory_bytes, time_calls
+from pyneg.bench.workload import Target, Workload
+
+
+# ---------------------------------------------------------------- tree build
+def _build_setup(quick: bool) -> SimpleNamespace:
+    v = 10**6 if not quick else 10**5
+    return SimpleNamespace(counts=zipf_counts(v), v=v)
+
+
+def _pyneg_build(st: SimpleNamespace) -> pyneg.HuffmanTree:
+    return pyneg.HuffmanTree.from_counts(st.counts)
+
+
+def _heapq_build(st: SimpleNamespace) -> np.ndarray:
+    return heapq_huffman_depths(st.counts)
+
+
+def _check_build(st: SimpleNamespace, tree: pyneg.HuffmanTree, baselines: Dict[str, Any]) -> None:
+    ours = float((st.counts * tree.depths.numpy()).sum())
+    theirs = float((st.counts * baselines["heapq builder"]).sum())
+    assert ours == theirs, f"weighted path length {ours} != heapq's {theirs}"
+    assert tree.num_classes == st.v and int(tree.path_offsets[-1]) == int(tree.depths.sum())
+
+
+# ------------------------------------------------------ forward + backward
+def _hs_setup(v: int, batch: int, dim: int, *, sparse: bool):
+    def setup(quick: bool) -> SimpleNamespace:
+        vv, b = (v, batch) if not quick else (min(v, 10**4), min(batch, 1024))
+        counts = zipf_counts(vv)
+        gen = torch.Generator().manual_seed(0)
+        hs = pyneg.HierarchicalSoftmax(counts, dim, sparse=sparse)
+        with torch.no_grad():
+            hs.weight.normal_(0, 0.1, generator=gen)
+        rng = np.random.default_rng(1)
+        # Targets drawn from the counts, as a training batch's would be.
+        target = torch.from_numpy(rng.choice(vv, size=b, p=counts / counts.sum()))
+        x = torch.randn(b, dim, generator=gen).requires_grad_()
+        return SimpleNamespace(hs=hs, paths=hs.tree.padded_paths(torch.float32), x=x, target=target,
+                               weight=hs.weight, sparse=sparse, batch=b, v=vv)
+    return setup
+
+
+def _pyneg_fwd_bwd(st: SimpleNamespace):
+    loss = st.hs(st.x, st.target, reduction="sum")
+    return (loss,) + torch.autograd.grad(loss, [st.x, st.weight])
+
+
+def _gather_fwd_bwd(st: SimpleNamespace):
+    loss = gather_nll(st.x, st.target, st.weight, None, st.paths, sparse=st.sparse).sum()
+    return (loss,) + torch.autograd.grad(loss, [st.x, st.weight])
+
+
+def _check_fwd_bwd(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
+    loss, gx, gw = result
+    bloss, bgx, bgw = baselines["PyTorch gather (padded paths)"]
+    assert torch.allclose(loss, bloss, rtol=1e-4), (float(loss), float(bloss))
+    assert torch.allclose(gx, bgx, rtol=1e-3, atol=1e-5)
+    if st.sparse:
+        assert gw.is_sparse
+        gw, bgw = gw.to_dense(), bgw.coalesce().to_dense()
+    assert torch.allclose(gw, bgw, rtol=1e-3, atol=1e-5)
+
+
+# --------------------------------------------------- versus a full softmax
+def _softmax_setup(v: int, batch: int, dim: int):
+    # HS with sparse gradients, as one trains it at this scale: only the rows
+    # on the batch's paths change, while a full softmax's gradient is dense.
+    def setup(quick: bool) -> SimpleNamespace:
+        vv = v if not quick else v // 10
+        st = _hs_setup(vv, batch, dim, sparse=True)(False)
+        gen = torch.Generator().manual_seed(2)
+        st.full_weight = (torch.randn(vv, dim, generator=gen) * 0.1).requires_grad_()
+        return st
+    return setup
+
+
+def _full_softmax(st: SimpleNamespace):
+    loss = F.cross_entropy(st.x @ st.full_weight.T, st.target, reduction="sum")
+    return (loss,) + torch.autograd.grad(loss, [st.x, st.full_weight])
+
+
+def _check_vs_softmax(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
+    # Two different models: check each against its own definition on a slice.
+    loss, gx, gw = result
+    ref = gather_nll(st.x, st.target, st.weight, None, st.paths).sum()
+    assert torch.allclose(loss, ref, rtol=1e-4)
+    assert gx.shape == st.x.shape and gw.shape == st.weight.shape and gw.is_sparse
+    floss = baselines["full softmax (F.cross_entropy)"][0]
+    logits = st.x.detach() @ st.full_weight.detach().T
+    manual = (torch.logsumexp(logits, 1) - logits.gather(1, st.target[:, None]).squeeze(1)).sum()
+    assert torch.allclose(floss, manual, rtol=1e-4)
+    probs = st.hs.log_prob(st.x[:4].detach()).exp().sum(1)
+    assert torch.allclose(probs, torch.ones(4), atol=1e-3)
+
+
+WORKLOADS = [
+    Workload(
+        name="huffman_build_V1e6",
+        group="hsoftmax",
+        description="Huffman tree from 10^6 unsorted Zipfian counts",
+        setup=_build_setup,
+        run=_pyneg_build,
+        baselines={"heapq builder": _heapq_build},
+        check=_check_build,
+        items=lambda st: st.v,
+        targets=(Target("ratio", 20, "heapq builder"),),
+    ),
+    Workload(
+        name="hsoftmax_fwd_bwd_V1e5",
+        group="hsoftmax",
+        description="HS loss forward + backward, B = 4096, d = 128, V = 10^5 (dense grads)",
+        setup=_hs_setup(10**5, 4096, 128, sparse=False),
+        run=_pyneg_fwd_bwd,
+        baselines={"PyTorch gather (padded paths)": _gather_fwd_bwd},
+        check=_check_fwd_bwd,
+        items=lambda st: st.batch,
+        targets=(Target("ratio", 2, "PyTorch gather (padded paths)"),),
+    ),
+    Workload(
+        name="hsoftmax_fwd_bwd_sparse_V1e5",
+        group="hsoftmax",
+        description="HS loss forward + backward, B = 4096, d = 128, V = 10^5 (sparse grads)",
+        setup=_hs_setup(10**5, 4096, 128, sparse=True),
+        run=_pyneg_fwd_bwd,
+        baselines={"PyTorch gather (padded paths)": _gather_fwd_bwd},
+        check=_check_fwd_bwd,
+        items=lambda st: st.batch,
+    ),
+    Workload(
+        name="hsoftmax_vs_softmax_V1e5",
+        group="hsoftmax",
+        description="sparse HS vs full softmax fwd + bwd, B = 512, d = 128, V = 10^5",
+        setup=_softmax_setup(10**5, 512, 128),
+        run=_pyneg_fwd_bwd,
+        baselines={"full softmax (F.cross_entropy)": _full_softmax},
+        check=_check_vs_softmax,
+        items=lambda st: st.batch,
+    ),
+    Workload(
+        name="hsoftmax_vs_softmax_V1e6",
+        group="hsoftmax",
+        description="sparse HS vs full softmax fwd + bwd, B = 128, d = 128, V = 10^6",
+        setup=_softmax_setup(10**6, 128, 128),
+        run=_pyneg_fwd_bwd,
+        baselines={"full softmax (F.cross_entropy)": _full_softmax},
+        check=_check_vs_softmax,
+        items=lambda st: st.batch,
+    ),
+]
+
+
+def memory_report(quick: bool = False) -> List[Dict[str, Any]]:
+    """Median time and peak resident memory of one step, pyneg and every baseline.
+
+    The CLI table has no memory column, so this reports it for the HS
+    forward + backward workloads (CPU memory, via
+    :func:`pyneg.bench.timing.peak_memory_bytes`).
+    """
+    rows = []
+    for w in WORKLOADS:
+        if w.name == "huffman_build_V1e6":
+            continue
+        st = w.setup(quick)
+        w.verify(st)
+        for impl, fn in [("pyneg", w.run)] + list(w.baselines.items()):
+            fn(st)  # warm-up, so the peak is the step's own memory
+            peak = peak_memory_bytes(fn, st)
+            s = median(time_calls(fn, st, repeat=5 if quick else 7, min_time=0.02))
+            rows.append({"workload": w.name, "impl": impl, "median_s": s, "peak_bytes": peak})
+        del st
+    return rows
+
+
+def main(argv: Any = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyneg.bench.hsoftmax",
+                                     description="Time and peak memory of hierarchical softmax steps")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    print(f"{'workload':<30} {'impl':<32} {'median':>10} {'peak memory':>12}")
+    for r in memory_report(args.quick):
+        peak = "n/a" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.0f} MiB"
+        print(f"{r['workload']:<30} {r['impl']:<32} {r['median_s'] * 1e3:>8.2f} ms {peak:>12}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
