@@ -79,13 +79,48 @@ def test_bindings_validate_before_touching_the_device():
         _cuda.alias_sample_unique(0, 0, 1, 10, 1, 1, 1, 1, 1, 0, 0, 1, 20, 1, 24, 1, 1)
 
 
-# ------------------------------------------------------------- on a GPU only
 def _zipf(v, s=1.1):
     return 1.0 / np.arange(1, v + 1) ** s
 
 
 def _sampler(v):
     return pyneg.AliasSampler(np.random.default_rng(v).random(v) * _zipf(v))
+
+
+def test_prepared_exclusion_lists_as_uploaded():
+    # What the CUDA path uploads: sorted, deduplicated lists with running masses.
+    s = _sampler(50)
+    mass = s._table.mass.astype(object)
+    ex = np.array([[7, 3, 7, -1], [-1, -1, -1, -1], [49, 0, 1, 2]], dtype=np.int64)
+    offsets, ids, cum, allowed, rows_per_list, longest = s._table.prepare_exclude(ex, 6, 0)
+    assert offsets.tolist() == [0, 2, 2, 6] and ids.tolist() == [3, 7, 0, 1, 2, 49]
+    assert rows_per_list == 2 and longest == 4
+    assert cum.tolist() == [mass[3], mass[3] + mass[7], mass[0], mass[0] + mass[1], mass[0] + mass[1] + mass[2],
+                            mass[0] + mass[1] + mass[2] + mass[49]]
+    total = 50 * 2**32
+    assert allowed.tolist() == [total - cum[1], total, total - cum[5]]
+    assert s._table.cumulative_mass().astype(object)[-1] == total
+    with pytest.raises(ValueError, match="distinct"):
+        s._table.prepare_exclude(ex, 6, 48)
+
+
+def test_a_unique_row_drawn_alone_equals_its_row_in_a_call():
+    # The CUDA path finishes rows that exhaust their candidates with the CPU
+    # kernel, one row at a time at position offset + row * k: that must give
+    # the row of a whole call (here rows taking the exponential race).
+    s = pyneg.AliasSampler(_zipf(300, 2.0))
+    ex = np.array([[0, 1, 2, -1], [3, -1, -1, -1]], dtype=np.int64)
+    whole = np.empty((4, 280), np.int64)
+    tries = np.empty(4, np.int64)
+    s._table.sample_unique(32, 7, ex, 280, whole, tries, 2)
+    for row in range(4):
+        one = np.empty((1, 280), np.int64)
+        tr = np.empty(1, np.int64)
+        s._table.sample_unique(32, 7 + row * 280, ex[row // 2: row // 2 + 1], 280, one, tr, 1)
+        assert np.array_equal(one[0], whole[row]) and tr[0] == tries[row]
+
+
+# ------------------------------------------------------------- on a GPU only
 
 
 @pytest.mark.cuda
