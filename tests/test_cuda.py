@@ -53,6 +53,40 @@ def test_cuda_available_needs_module_and_device():
 
 
 @needs_module
+def test_python_layer_calls_the_bindings_with_their_argument_names():
+    # pyneg/cuda.py calls pyneg._cuda by keyword only; every call must name
+    # exactly the binding's arguments (checked here, without a GPU, against
+    # the signatures pybind11 records in the docstrings).
+    import re
+
+    from pyneg import _cuda
+
+    tree = ast.parse(Path(cuda.__file__).read_text())
+    dicts = {}  # keyword dicts built once and passed with ** (common, _hs_pointers)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+            dicts[node.lineno] = {k.arg for k in node.keywords}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and isinstance(n.func.value, ast.Name) and n.func.value.id == "_cuda"]
+    checked = set()
+    for call in calls:
+        name = call.func.attr
+        sig = re.match(rf"{name}\((.*?)\) ->", getattr(_cuda, name).__doc__)
+        params = {p.split(":")[0].strip() for p in sig.group(1).split(",") if p.strip()}
+        if call.args:
+            assert len(call.args) == len(params) == 1, f"{name} takes positional arguments"
+            continue
+        names = {k.arg for k in call.keywords if k.arg}
+        if any(k.arg is None for k in call.keywords):  # **common / **_hs_pointers(...)
+            extra = params - names
+            assert any(extra == d for d in dicts.values()), f"{name}: no keyword set supplies {sorted(extra)}"
+        else:
+            assert names == params, name
+        checked.add(name)
+    assert {"alias_sample", "alias_sample_excluding", "alias_sample_unique", "hs_forward", "hs_backward"} <= checked
+
+
+@needs_module
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a device")
 def test_kernels_raise_clearly_without_a_device():
     from pyneg import _cuda
