@@ -154,6 +154,56 @@ def test_a_unique_row_drawn_alone_equals_its_row_in_a_call():
         assert np.array_equal(one[0], whole[row]) and tr[0] == tries[row]
 
 
+def _emulate(s, mode, seed, offset, exclude, rows, k):
+    out = np.full((rows, k), -7, np.int64)
+    tries = np.full(rows, -7, np.int64)
+    ex = np.full((1, 1), -1, np.int64) if exclude is None else np.asarray(exclude, np.int64).reshape(len(exclude), -1)
+    s._table._emulate_device(mode, seed, offset, ex, k, out, tries)
+    return torch.from_numpy(out), torch.from_numpy(tries)
+
+
+@pytest.mark.parametrize("v", [1, 7, 1000, 300_000])
+@pytest.mark.parametrize("offset", [0, 1, 2**33 + 5])
+def test_gpu_thread_schedule_emulated_on_cpu_matches_cpu_kernels(v, offset):
+    # The CUDA kernels are grid-stride loops over cpu/alias_threads.h; running
+    # those per-thread functions serially checks which thread draws what.
+    s = _sampler(v)
+    for rows, k in ((1, 1), (1, 2), (1, 1001), (40, 25)):
+        got, _ = _emulate(s, 0, 0xDEADBEEF, offset, None, rows, k)
+        assert torch.equal(got, s.sample((rows, k), seed=0xDEADBEEF, offset=offset))
+    if v > 1:
+        positives = torch.arange(300) * 7 % v
+        got, _ = _emulate(s, 1, 11, offset, positives.reshape(-1, 1), 300, 37)
+        assert torch.equal(got, s.sample((300, 37), exclude=positives, seed=11, offset=offset))
+    if v >= 20:
+        lists = np.random.default_rng(1).integers(-1, 20, (60, 9))
+        got, _ = _emulate(s, 1, 12, offset, lists, 120, 13)
+        assert torch.equal(got, s.sample((120, 13), exclude=torch.from_numpy(lists).repeat_interleave(2, 0), seed=12,
+                                         offset=offset))
+    if v >= 1000:
+        got, tries = _emulate(s, 2, 13, offset, None, 200, 50)
+        want, want_tries = s._sample((200, 50), None, True, None, 13, offset, None, None)
+        assert torch.equal(got, want) and torch.equal(tries, want_tries)
+
+
+def test_gpu_thread_schedule_emulated_for_cdf_and_race_rows():
+    w = np.ones(2000)
+    w[5], w[9] = 1e6, 1e5
+    s = pyneg.AliasSampler(w)
+    ex = np.array([[5, 9], [5, -1], [9, -1], [-1, -1]])
+    got, _ = _emulate(s, 1, 21, 0, ex, 4, 500)
+    assert torch.equal(got, s.sample((4, 500), exclude=torch.from_numpy(ex), seed=21))
+    # Rows that exhaust their candidates are flagged (-1) for the CPU to finish;
+    # the others match the CPU kernel.
+    s = pyneg.AliasSampler(_zipf(300, 1.5))
+    got, tries = _emulate(s, 2, 32, 3, None, 64, 150)
+    want, want_tries = s._sample((64, 150), None, True, None, 32, 3, None, None)
+    done = tries >= 0
+    assert bool(done.any()) and bool((~done).any()), "want both kinds of rows"
+    assert torch.equal(got[done], want[done]) and torch.equal(tries[done], want_tries[done])
+    assert bool((want_tries[~done] > 8 * 150 + 1024).all())
+
+
 # ------------------------------------------------------------- on a GPU only
 
 
