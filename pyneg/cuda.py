@@ -24,6 +24,8 @@ except ImportError:  # built without nvcc: the CPU kernels and torch fallbacks r
 __all__ = ["cuda_available", "is_built", "hs_forward", "hs_backward"]
 
 _NO_EXCLUDE = np.full((1, 1), -1, dtype=np.int64)
+# Scratch for the hash sets of unique rows on the GPU, at most.
+_UNIQUE_SCRATCH_BYTES = 64 << 20
 
 
 def is_built() -> bool:
@@ -112,17 +114,23 @@ def sample_into(table: Any, cache: Dict[Any, torch.Tensor], out: torch.Tensor, r
     d_offsets, d_ids, d_cum, d_allowed = (_upload(a, device) for a in (offsets, ids, cum, allowed))
     common = dict(device=idx, stream=stream, num_classes=v, list_offsets=d_offsets.data_ptr(),
                   list_ids=d_ids.data_ptr(), list_cum=d_cum.data_ptr(), allowed_mass=d_allowed.data_ptr(),
-                  rows_per_list=rows_per_list, seed=seed, offset=offset, rows=rows, k=k, out=out.data_ptr())
+                  rows_per_list=rows_per_list, seed=seed, offset=offset, k=k, out=out.data_ptr())
     if not unique:
         entries, table_cum = table_tensors(table, cache, device, cumulative=True)
-        _cuda.alias_sample_excluding(entries=entries.data_ptr(), table_cum=table_cum.data_ptr(), **common)
+        _cuda.alias_sample_excluding(entries=entries.data_ptr(), table_cum=table_cum.data_ptr(), rows=rows,
+                                     **common)
         return None
     entries, _ = table_tensors(table, cache, device)
     capacity = _cuda.id_set_capacity(k + longest)
-    slots = torch.empty(rows * capacity, dtype=torch.int64, device=device)
+    # Each row's hash set lives in scratch memory: bound it by running the rows
+    # in chunks (launches on one stream run in order, so chunks reuse it).
+    chunk = max(1, min(rows, _UNIQUE_SCRATCH_BYTES // (8 * capacity)))
+    slots = torch.empty(chunk * capacity, dtype=torch.int64, device=device)
     tries = torch.empty(rows, dtype=torch.int64, device=device)
-    _cuda.alias_sample_unique(entries=entries.data_ptr(), slots=slots.data_ptr(), capacity=capacity,
-                              tries=tries.data_ptr(), **common)
+    for first in range(0, rows, chunk):
+        _cuda.alias_sample_unique(entries=entries.data_ptr(), slots=slots.data_ptr(), capacity=capacity,
+                                  tries=tries.data_ptr(), first_row=first, rows=min(chunk, rows - first),
+                                  **common)
     host_tries = tries.cpu()
     grid = out.view(rows, k)
     for row in (host_tries < 0).nonzero().flatten().tolist():

@@ -110,7 +110,7 @@ def test_bindings_validate_before_touching_the_device():
     with pytest.raises(ValueError, match="null"):
         _cuda.alias_sample(0, 0, 0, 10, 1, 0, 1, 5)
     with pytest.raises(ValueError, match="capacity"):
-        _cuda.alias_sample_unique(0, 0, 1, 10, 1, 1, 1, 1, 1, 0, 0, 1, 20, 1, 24, 1, 1)
+        _cuda.alias_sample_unique(0, 0, 1, 10, 1, 1, 1, 1, 1, 0, 0, 0, 1, 20, 1, 24, 1, 1)
 
 
 def _zipf(v, s=1.1):
@@ -253,8 +253,11 @@ def test_heavily_excluded_rows_use_the_same_exact_cdf():
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("v", [1000, 300_000])
-def test_unique_draws_match_cpu_bit_for_bit(v):
+def test_unique_draws_match_cpu_bit_for_bit(v, monkeypatch):
     s = _sampler(v)
+    assert torch.equal(s.sample((200, 50), unique=True, seed=13, offset=2, device="cuda").cpu(),
+                       s.sample((200, 50), unique=True, seed=13, offset=2))
+    monkeypatch.setattr(cuda, "_UNIQUE_SCRATCH_BYTES", 7 * 128 * 8)  # chunks of 7 rows
     assert torch.equal(s.sample((200, 50), unique=True, seed=13, offset=2, device="cuda").cpu(),
                        s.sample((200, 50), unique=True, seed=13, offset=2))
     lists = torch.from_numpy(np.random.default_rng(1).integers(-1, 20, (60, 9)))

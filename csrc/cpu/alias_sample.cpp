@@ -287,7 +287,8 @@ void emulate_device_sampling(const AliasTable& table, int mode, uint64_t seed, u
   const auto capacity = static_cast<int64_t>(id_set_capacity(static_cast<uint64_t>(k + longest)));
   std::vector<int64_t> slots(static_cast<size_t>(rows * capacity));
   for (int64_t row = 0; row < rows; ++row)
-    unique_row_thread(row, entries, v, arrays, seed, offset, k, slots.data(), capacity, tries, out);
+    unique_row_thread(row, entries, v, arrays, seed, offset, k, slots.data() + row * capacity,
+                      capacity, tries, out);
 }
 
 }  // namespace pyneg

@@ -63,13 +63,14 @@ PYNEG_HD void excluding_thread(uint64_t j, const uint64_t* entries, uint64_t v,
                           row_uses_cdf(allowed, v << 32), seed, pos, draw_random64(seed, pos));
 }
 
-// Thread `row` of the unique kernel: the row's rejection phase in its own
-// hash set (capacity slots of `slots`). tries[row] = the candidates used, or
-// -1 when the row needs the exponential race (finished on the CPU).
+// The thread of row `row` in the unique kernel: the row's rejection phase in
+// its own hash set (the `capacity` slots at row_slots). tries[row] = the
+// candidates used, or -1 when the row needs the exponential race (finished on
+// the CPU).
 PYNEG_HD void unique_row_thread(int64_t row, const uint64_t* entries, uint64_t v,
                                 const ExcludeArrays& ex, uint64_t seed, uint64_t offset, int64_t k,
-                                int64_t* slots, int64_t capacity, int64_t* tries, int64_t* out) {
-  IdSetView seen{slots + row * capacity, static_cast<uint64_t>(capacity - 1)};
+                                int64_t* row_slots, int64_t capacity, int64_t* tries, int64_t* out) {
+  IdSetView seen{row_slots, static_cast<uint64_t>(capacity - 1)};
   for (int64_t s = 0; s < capacity; ++s) seen.slots[s] = -1;
   const ExcludedIds list = ex.list(row / ex.rows_per_list);
   for (const int64_t* p = list.begin; p != list.end; ++p) seen.insert(*p);

@@ -40,13 +40,14 @@ __global__ void alias_sample_excluding_kernel(const uint64_t* __restrict__ entri
 
 __global__ void alias_sample_unique_kernel(const uint64_t* __restrict__ entries, uint64_t v,
                                            ExcludeArrays ex, uint64_t seed, uint64_t offset,
-                                           int64_t rows, int64_t k, int64_t* __restrict__ slots,
-                                           int64_t capacity, int64_t* __restrict__ tries,
-                                           int64_t* __restrict__ out) {
+                                           int64_t first_row, int64_t rows, int64_t k,
+                                           int64_t* __restrict__ slots, int64_t capacity,
+                                           int64_t* __restrict__ tries, int64_t* __restrict__ out) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
-       row += stride) {
-    unique_row_thread(row, entries, v, ex, seed, offset, k, slots, capacity, tries, out);
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows;
+       i += stride) {
+    unique_row_thread(first_row + i, entries, v, ex, seed, offset, k, slots + i * capacity,
+                      capacity, tries, out);
   }
 }
 
@@ -118,12 +119,13 @@ void alias_sample_excluding(int device, uintptr_t stream, const uint64_t* entrie
 }
 
 void alias_sample_unique(int device, uintptr_t stream, const uint64_t* entries, int64_t v,
-                         const ExcludeArrays& ex, uint64_t seed, uint64_t offset, int64_t rows,
-                         int64_t k, int64_t* slots, int64_t capacity, int64_t* tries,
-                         int64_t* out) {
+                         const ExcludeArrays& ex, uint64_t seed, uint64_t offset,
+                         int64_t first_row, int64_t rows, int64_t k, int64_t* slots,
+                         int64_t capacity, int64_t* tries, int64_t* out) {
   check_table(entries, v);
   check_exclude(ex);
-  if (rows < 0 || k < 0) throw std::invalid_argument("rows and k must be >= 0");
+  if (first_row < 0 || rows < 0 || k < 0)
+    throw std::invalid_argument("first_row, rows and k must be >= 0");
   if (capacity < 16 || (capacity & (capacity - 1)) != 0 || capacity < 2 * k)
     throw std::invalid_argument("capacity must be a power of two >= max(16, 2k)");
   if (!slots || !tries) throw std::invalid_argument("slots and tries must not be null");
@@ -132,7 +134,8 @@ void alias_sample_unique(int device, uintptr_t stream, const uint64_t* entries, 
   // Small blocks: one thread per row, and rows are few.
   constexpr int threads = 64;
   alias_sample_unique_kernel<<<grid_for(rows, threads), threads, 0, as_stream(stream)>>>(
-      entries, static_cast<uint64_t>(v), ex, seed, offset, rows, k, slots, capacity, tries, out);
+      entries, static_cast<uint64_t>(v), ex, seed, offset, first_row, rows, k, slots, capacity, tries,
+      out);
   check_launch("alias_sample_unique_kernel");
 }
 

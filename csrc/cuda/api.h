@@ -32,16 +32,18 @@ void alias_sample_excluding(int device, uintptr_t stream, const uint64_t* entrie
                             const uint64_t* table_cum, const ExcludeArrays& ex, uint64_t seed,
                             uint64_t offset, int64_t rows, int64_t k, int64_t* out);
 
-// rows x k ids distinct within each row: the rejection phase of the CPU's
-// alias_sample_unique, one thread per row. slots: rows * capacity int64
-// scratch (capacity from id_set_capacity(k + longest list)). tries[r] gets the
+// Rows [first_row, first_row + rows) of k ids distinct within each row: the
+// rejection phase of the CPU's alias_sample_unique, one thread per row. out,
+// tries and the lists are indexed by absolute row; slots: rows * capacity
+// int64 scratch for this launch (capacity from id_set_capacity(k + longest
+// list)), so a large request runs in chunks of rows. tries[r] gets the
 // candidates row r used, or -1 when the row reached unique_max_tries(k)
 // before k distinct ids: such rows must be finished on the CPU (the
 // exponential race reads every class), which gives the CPU's result exactly.
 void alias_sample_unique(int device, uintptr_t stream, const uint64_t* entries, int64_t v,
-                         const ExcludeArrays& ex, uint64_t seed, uint64_t offset, int64_t rows,
-                         int64_t k, int64_t* slots, int64_t capacity, int64_t* tries,
-                         int64_t* out);
+                         const ExcludeArrays& ex, uint64_t seed, uint64_t offset,
+                         int64_t first_row, int64_t rows, int64_t k, int64_t* slots,
+                         int64_t capacity, int64_t* tries, int64_t* out);
 
 // Hierarchical softmax over a flat tree layout: class c's path is positions
 // offsets[c] .. offsets[c + 1] - 1 (root first) of nodes (inner-node rows of
