@@ -36,6 +36,7 @@ def alias_sample_unique(
     rows_per_list: int,
     seed: int,
     offset: int,
+    first_row: int,
     rows: int,
     k: int,
     slots: int,

@@ -24,6 +24,8 @@ except ImportError:  # built without nvcc: the CPU kernels and torch fallbacks r
 __all__ = ["cuda_available", "is_built", "hs_forward", "hs_backward"]
 
 _NO_EXCLUDE = np.full((1, 1), -1, dtype=np.int64)
+# Scratch for the hash sets of unique rows on the GPU, at most.
+_UNIQUE_SCRATCH_BYTES = 64 << 20
 
 
 def is_built() -> bool:
@@ -104,23 +106,31 @@ def sample_into(table: Any, cache: Dict[Any, torch.Tensor], out: torch.Tensor, r
     n = out.numel()
     if lists is None and not unique:
         entries, _ = table_tensors(table, cache, device)
-        _cuda.alias_sample(idx, stream, entries.data_ptr(), v, seed, offset, out.data_ptr(), n)
+        _cuda.alias_sample(device=idx, stream=stream, entries=entries.data_ptr(), num_classes=v, seed=seed,
+                           offset=offset, out=out.data_ptr(), n=n)
         return None
     ex = _NO_EXCLUDE if lists is None else lists
     offsets, ids, cum, allowed, rows_per_list, longest = table.prepare_exclude(ex, rows, k if unique else 0)
     d_offsets, d_ids, d_cum, d_allowed = (_upload(a, device) for a in (offsets, ids, cum, allowed))
-    list_ptrs = (d_offsets.data_ptr(), d_ids.data_ptr(), d_cum.data_ptr(), d_allowed.data_ptr(), rows_per_list)
+    common = dict(device=idx, stream=stream, num_classes=v, list_offsets=d_offsets.data_ptr(),
+                  list_ids=d_ids.data_ptr(), list_cum=d_cum.data_ptr(), allowed_mass=d_allowed.data_ptr(),
+                  rows_per_list=rows_per_list, seed=seed, offset=offset, k=k, out=out.data_ptr())
     if not unique:
         entries, table_cum = table_tensors(table, cache, device, cumulative=True)
-        _cuda.alias_sample_excluding(idx, stream, entries.data_ptr(), v, table_cum.data_ptr(), *list_ptrs,
-                                     seed, offset, rows, k, out.data_ptr())
+        _cuda.alias_sample_excluding(entries=entries.data_ptr(), table_cum=table_cum.data_ptr(), rows=rows,
+                                     **common)
         return None
     entries, _ = table_tensors(table, cache, device)
     capacity = _cuda.id_set_capacity(k + longest)
-    slots = torch.empty(rows * capacity, dtype=torch.int64, device=device)
+    # Each row's hash set lives in scratch memory: bound it by running the rows
+    # in chunks (launches on one stream run in order, so chunks reuse it).
+    chunk = max(1, min(rows, _UNIQUE_SCRATCH_BYTES // (8 * capacity)))
+    slots = torch.empty(chunk * capacity, dtype=torch.int64, device=device)
     tries = torch.empty(rows, dtype=torch.int64, device=device)
-    _cuda.alias_sample_unique(idx, stream, entries.data_ptr(), v, *list_ptrs, seed, offset, rows, k,
-                              slots.data_ptr(), capacity, tries.data_ptr(), out.data_ptr())
+    for first in range(0, rows, chunk):
+        _cuda.alias_sample_unique(entries=entries.data_ptr(), slots=slots.data_ptr(), capacity=capacity,
+                                  tries=tries.data_ptr(), first_row=first, rows=min(chunk, rows - first),
+                                  **common)
     host_tries = tries.cpu()
     grid = out.view(rows, k)
     for row in (host_tries < 0).nonzero().flatten().tolist():
@@ -177,6 +187,15 @@ def _ptr(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
+def _hs_pointers(dtype: str, device: torch.device, input: torch.Tensor, weight: torch.Tensor,
+                 bias: Optional[torch.Tensor], target: torch.Tensor, offsets: torch.Tensor, nodes: torch.Tensor,
+                 codes: torch.Tensor) -> Dict[str, Any]:
+    """The arguments hs_forward and hs_backward of pyneg._cuda share (by name)."""
+    return dict(dtype=dtype, device=device.index, stream=_stream(device), input=input.data_ptr(),
+                weight=weight.data_ptr(), bias=_ptr(bias), target=target.data_ptr(), offsets=offsets.data_ptr(),
+                nodes=nodes.data_ptr(), codes=codes.data_ptr(), batch=input.shape[0], dim=input.shape[1])
+
+
 def hs_forward(input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, offsets: torch.Tensor,
                nodes: torch.Tensor, codes: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Per-example hierarchical-softmax NLL (B,) on the GPU.
@@ -188,9 +207,8 @@ def hs_forward(input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, 
     dtype = _check_hs(input, weight, bias, target, offsets, nodes, codes)
     device = normalize_device(input.device)
     nll = torch.empty(input.shape[0], dtype=input.dtype, device=device)
-    _cuda.hs_forward(dtype, device.index, _stream(device), input.data_ptr(), weight.data_ptr(), _ptr(bias),
-                     target.data_ptr(), offsets.data_ptr(), nodes.data_ptr(), codes.data_ptr(),
-                     input.shape[0], input.shape[1], nll.data_ptr())
+    _cuda.hs_forward(nll=nll.data_ptr(), **_hs_pointers(dtype, device, input, weight, bias, target, offsets,
+                                                        nodes, codes))
     return nll
 
 
@@ -224,8 +242,7 @@ def hs_backward(grad_nll: torch.Tensor, input: torch.Tensor, weight: torch.Tenso
     else:
         grad_bias = None
     grad_input = torch.empty_like(input)
-    _cuda.hs_backward(dtype, device.index, _stream(device), input.data_ptr(), weight.data_ptr(), _ptr(bias),
-                      target.data_ptr(), offsets.data_ptr(), nodes.data_ptr(), codes.data_ptr(),
-                      input.shape[0], input.shape[1], grad_nll.data_ptr(), grad_input.data_ptr(),
-                      grad_weight.data_ptr(), _ptr(grad_bias))
+    _cuda.hs_backward(grad_nll=grad_nll.data_ptr(), grad_input=grad_input.data_ptr(),
+                      grad_weight=grad_weight.data_ptr(), grad_bias=_ptr(grad_bias),
+                      **_hs_pointers(dtype, device, input, weight, bias, target, offsets, nodes, codes))
     return grad_input, grad_weight, grad_bias

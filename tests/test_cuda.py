@@ -53,6 +53,40 @@ def test_cuda_available_needs_module_and_device():
 
 
 @needs_module
+def test_python_layer_calls_the_bindings_with_their_argument_names():
+    # pyneg/cuda.py calls pyneg._cuda by keyword only; every call must name
+    # exactly the binding's arguments (checked here, without a GPU, against
+    # the signatures pybind11 records in the docstrings).
+    import re
+
+    from pyneg import _cuda
+
+    tree = ast.parse(Path(cuda.__file__).read_text())
+    dicts = {}  # keyword dicts built once and passed with ** (common, _hs_pointers)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+            dicts[node.lineno] = {k.arg for k in node.keywords}
+    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+             and isinstance(n.func.value, ast.Name) and n.func.value.id == "_cuda"]
+    checked = set()
+    for call in calls:
+        name = call.func.attr
+        sig = re.match(rf"{name}\((.*?)\) ->", getattr(_cuda, name).__doc__)
+        params = {p.split(":")[0].strip() for p in sig.group(1).split(",") if p.strip()}
+        if call.args:
+            assert len(call.args) == len(params) == 1, f"{name} takes positional arguments"
+            continue
+        names = {k.arg for k in call.keywords if k.arg}
+        if any(k.arg is None for k in call.keywords):  # **common / **_hs_pointers(...)
+            extra = params - names
+            assert any(extra == d for d in dicts.values()), f"{name}: no keyword set supplies {sorted(extra)}"
+        else:
+            assert names == params, name
+        checked.add(name)
+    assert {"alias_sample", "alias_sample_excluding", "alias_sample_unique", "hs_forward", "hs_backward"} <= checked
+
+
+@needs_module
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without a device")
 def test_kernels_raise_clearly_without_a_device():
     from pyneg import _cuda
@@ -76,16 +110,101 @@ def test_bindings_validate_before_touching_the_device():
     with pytest.raises(ValueError, match="null"):
         _cuda.alias_sample(0, 0, 0, 10, 1, 0, 1, 5)
     with pytest.raises(ValueError, match="capacity"):
-        _cuda.alias_sample_unique(0, 0, 1, 10, 1, 1, 1, 1, 1, 0, 0, 1, 20, 1, 24, 1, 1)
+        _cuda.alias_sample_unique(0, 0, 1, 10, 1, 1, 1, 1, 1, 0, 0, 0, 1, 20, 1, 24, 1, 1)
 
 
-# ------------------------------------------------------------- on a GPU only
 def _zipf(v, s=1.1):
     return 1.0 / np.arange(1, v + 1) ** s
 
 
 def _sampler(v):
     return pyneg.AliasSampler(np.random.default_rng(v).random(v) * _zipf(v))
+
+
+def test_prepared_exclusion_lists_as_uploaded():
+    # What the CUDA path uploads: sorted, deduplicated lists with running masses.
+    s = _sampler(50)
+    mass = s._table.mass.astype(object)
+    ex = np.array([[7, 3, 7, -1], [-1, -1, -1, -1], [49, 0, 1, 2]], dtype=np.int64)
+    offsets, ids, cum, allowed, rows_per_list, longest = s._table.prepare_exclude(ex, 6, 0)
+    assert offsets.tolist() == [0, 2, 2, 6] and ids.tolist() == [3, 7, 0, 1, 2, 49]
+    assert rows_per_list == 2 and longest == 4
+    assert cum.tolist() == [mass[3], mass[3] + mass[7], mass[0], mass[0] + mass[1], mass[0] + mass[1] + mass[2],
+                            mass[0] + mass[1] + mass[2] + mass[49]]
+    total = 50 * 2**32
+    assert allowed.tolist() == [total - cum[1], total, total - cum[5]]
+    assert s._table.cumulative_mass().astype(object)[-1] == total
+    with pytest.raises(ValueError, match="distinct"):
+        s._table.prepare_exclude(ex, 6, 48)
+
+
+def test_a_unique_row_drawn_alone_equals_its_row_in_a_call():
+    # The CUDA path finishes rows that exhaust their candidates with the CPU
+    # kernel, one row at a time at position offset + row * k: that must give
+    # the row of a whole call (here rows taking the exponential race).
+    s = pyneg.AliasSampler(_zipf(300, 2.0))
+    ex = np.array([[0, 1, 2, -1], [3, -1, -1, -1]], dtype=np.int64)
+    whole = np.empty((4, 280), np.int64)
+    tries = np.empty(4, np.int64)
+    s._table.sample_unique(32, 7, ex, 280, whole, tries, 2)
+    for row in range(4):
+        one = np.empty((1, 280), np.int64)
+        tr = np.empty(1, np.int64)
+        s._table.sample_unique(32, 7 + row * 280, ex[row // 2: row // 2 + 1], 280, one, tr, 1)
+        assert np.array_equal(one[0], whole[row]) and tr[0] == tries[row]
+
+
+def _emulate(s, mode, seed, offset, exclude, rows, k):
+    out = np.full((rows, k), -7, np.int64)
+    tries = np.full(rows, -7, np.int64)
+    ex = np.full((1, 1), -1, np.int64) if exclude is None else np.asarray(exclude, np.int64).reshape(len(exclude), -1)
+    s._table._emulate_device(mode, seed, offset, ex, k, out, tries)
+    return torch.from_numpy(out), torch.from_numpy(tries)
+
+
+@pytest.mark.parametrize("v", [1, 7, 1000, 300_000])
+@pytest.mark.parametrize("offset", [0, 1, 2**33 + 5])
+def test_gpu_thread_schedule_emulated_on_cpu_matches_cpu_kernels(v, offset):
+    # The CUDA kernels are grid-stride loops over cpu/alias_threads.h; running
+    # those per-thread functions serially checks which thread draws what.
+    s = _sampler(v)
+    for rows, k in ((1, 1), (1, 2), (1, 1001), (40, 25)):
+        got, _ = _emulate(s, 0, 0xDEADBEEF, offset, None, rows, k)
+        assert torch.equal(got, s.sample((rows, k), seed=0xDEADBEEF, offset=offset))
+    if v > 1:
+        positives = torch.arange(300) * 7 % v
+        got, _ = _emulate(s, 1, 11, offset, positives.reshape(-1, 1), 300, 37)
+        assert torch.equal(got, s.sample((300, 37), exclude=positives, seed=11, offset=offset))
+    if v >= 20:
+        lists = np.random.default_rng(1).integers(-1, 20, (60, 9))
+        got, _ = _emulate(s, 1, 12, offset, lists, 120, 13)
+        assert torch.equal(got, s.sample((120, 13), exclude=torch.from_numpy(lists).repeat_interleave(2, 0), seed=12,
+                                         offset=offset))
+    if v >= 1000:
+        got, tries = _emulate(s, 2, 13, offset, None, 200, 50)
+        want, want_tries = s._sample((200, 50), None, True, None, 13, offset, None, None)
+        assert torch.equal(got, want) and torch.equal(tries, want_tries)
+
+
+def test_gpu_thread_schedule_emulated_for_cdf_and_race_rows():
+    w = np.ones(2000)
+    w[5], w[9] = 1e6, 1e5
+    s = pyneg.AliasSampler(w)
+    ex = np.array([[5, 9], [5, -1], [9, -1], [-1, -1]])
+    got, _ = _emulate(s, 1, 21, 0, ex, 4, 500)
+    assert torch.equal(got, s.sample((4, 500), exclude=torch.from_numpy(ex), seed=21))
+    # Rows that exhaust their candidates are flagged (-1) for the CPU to finish;
+    # the others match the CPU kernel.
+    s = pyneg.AliasSampler(_zipf(300, 1.5))
+    got, tries = _emulate(s, 2, 32, 3, None, 64, 150)
+    want, want_tries = s._sample((64, 150), None, True, None, 32, 3, None, None)
+    done = tries >= 0
+    assert bool(done.any()) and bool((~done).any()), "want both kinds of rows"
+    assert torch.equal(got[done], want[done]) and torch.equal(tries[done], want_tries[done])
+    assert bool((want_tries[~done] > 8 * 150 + 1024).all())
+
+
+# ------------------------------------------------------------- on a GPU only
 
 
 @pytest.mark.cuda
@@ -134,8 +253,11 @@ def test_heavily_excluded_rows_use_the_same_exact_cdf():
 @pytest.mark.cuda
 @needs_gpu
 @pytest.mark.parametrize("v", [1000, 300_000])
-def test_unique_draws_match_cpu_bit_for_bit(v):
+def test_unique_draws_match_cpu_bit_for_bit(v, monkeypatch):
     s = _sampler(v)
+    assert torch.equal(s.sample((200, 50), unique=True, seed=13, offset=2, device="cuda").cpu(),
+                       s.sample((200, 50), unique=True, seed=13, offset=2))
+    monkeypatch.setattr(cuda, "_UNIQUE_SCRATCH_BYTES", 7 * 128 * 8)  # chunks of 7 rows
     assert torch.equal(s.sample((200, 50), unique=True, seed=13, offset=2, device="cuda").cpu(),
                        s.sample((200, 50), unique=True, seed=13, offset=2))
     lists = torch.from_numpy(np.random.default_rng(1).integers(-1, 20, (60, 9)))

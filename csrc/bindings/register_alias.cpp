@@ -172,6 +172,22 @@ void register_alias(py::module_& m) {
         return to_array(cum);
       },
       "Running sum of the class masses (the exact-CDF fallback of excluded rows).");
+  cls.def(
+      "_emulate_device",
+      [](const AliasTable& t, int mode, uint64_t seed, uint64_t offset,
+         const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
+         output_array<int64_t> tries) {
+        int64_t* dst = writable_data(out, "out");
+        const int64_t rows = checked_rows(out, k);
+        int64_t* tr = writable_data(tries, "tries");
+        if (tries.size() != rows) throw std::invalid_argument("tries must hold one value per row");
+        const ExcludeLists ex = exclude_lists(exclude, rows);
+        py::gil_scoped_release release;
+        emulate_device_sampling(t, mode, seed, offset, ex, rows, k, dst, tr);
+      },
+      py::arg("mode"), py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
+      py::arg("out").noconvert(), py::arg("tries").noconvert(),
+      "Tests only: the CUDA kernels' per-thread work run serially on the CPU.");
   m.attr("MAX_CLASSES") = kMaxClasses;
   m.def(
       "draw_randoms",

@@ -97,11 +97,28 @@ PYNEG_HD int64_t allowed_cdf_pick(const uint64_t* table_cum, int64_t v, const Ex
   return lo;
 }
 
+// The rare part of draw_excluding: redraws of an excluded id with
+// (pos, attempt) randoms, attempts 1..kMaxRedraws, then (probability
+// < (15/16)^1024) or for CDF rows the exact CDF. Kept out of line so the hot
+// loop of the CPU stays short and keeps many table reads in flight.
+template <class CumFn>
+PYNEG_HD_COLD int64_t redraw_excluded(const uint64_t* entries, uint64_t v, CumFn&& table_cum,
+                                      const ExcludedIds& ex, uint64_t allowed_mass, bool use_cdf,
+                                      uint64_t seed, uint64_t pos) {
+  if (!use_cdf) {
+    for (uint32_t attempt = 1; attempt <= kMaxRedraws; ++attempt) {
+      const int64_t id = alias_pick(entries, v, random64(seed, pos, attempt, kTagRedraw));
+      if (!ex.contains(id)) return id;
+    }
+  }
+  return allowed_cdf_pick(table_cum(), static_cast<int64_t>(v), ex, allowed_mass,
+                          random64(seed, pos, 0u, kTagRedraw));
+}
+
 // Plain draw `pos` of a row with exclusion list `ex`, whose random number
 // draw_random64(seed, pos) is `first` (the CPU computes those in batches).
-// Rows with little allowed mass go straight to the exact CDF; otherwise an
-// excluded id is redrawn with (pos, attempt) randoms, and after kMaxRedraws
-// failures (probability < (15/16)^1024) the CDF finishes the draw.
+// Rows with little allowed mass (use_cdf, see row_uses_cdf) are drawn from
+// their exact CDF; otherwise an excluded id is redrawn (redraw_excluded).
 // table_cum() returns the table's cumulative masses; it is called only when
 // the CDF is used, so the CPU can build them lazily.
 template <class CumFn>
@@ -109,15 +126,10 @@ PYNEG_HD int64_t draw_excluding(const uint64_t* entries, uint64_t v, CumFn&& tab
                                 const ExcludedIds& ex, uint64_t allowed_mass, bool use_cdf,
                                 uint64_t seed, uint64_t pos, uint64_t first) {
   if (!use_cdf) {
-    int64_t id = alias_pick(entries, v, first);
-    uint32_t attempt = 1;
-    while (ex.contains(id) && attempt <= kMaxRedraws) {
-      id = alias_pick(entries, v, random64(seed, pos, attempt++, kTagRedraw));
-    }
+    const int64_t id = alias_pick(entries, v, first);
     if (!ex.contains(id)) return id;
   }
-  return allowed_cdf_pick(table_cum(), static_cast<int64_t>(v), ex, allowed_mass,
-                          random64(seed, pos, 0u, kTagRedraw));
+  return redraw_excluded(entries, v, table_cum, ex, allowed_mass, use_cdf, seed, pos);
 }
 
 // Whether a row with this allowed mass is drawn from its exact CDF.

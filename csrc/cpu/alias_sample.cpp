@@ -260,4 +260,35 @@ void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset
   });
 }
 
+void emulate_device_sampling(const AliasTable& table, int mode, uint64_t seed, uint64_t offset,
+                             const ExcludeLists& exclude, int64_t rows, int64_t k, int64_t* out,
+                             int64_t* tries) {
+  const uint64_t* entries = table.entries.data();
+  const uint64_t v = static_cast<uint64_t>(table.size());
+  const uint64_t n = static_cast<uint64_t>(rows * k);
+  if (mode == 0) {
+    for (uint64_t i = 0; i < plain_thread_count(offset, n); ++i)
+      plain_thread(i, entries, v, seed, offset, out, n);
+    return;
+  }
+  if (mode != 1 && mode != 2) throw std::invalid_argument("mode must be 0, 1 or 2");
+  const PreparedExclude p = prepare_exclude_lists(table, exclude, mode == 2 ? k : 0);
+  const ExcludeArrays arrays{p.offsets.data(), p.ids.data(), p.cum.data(), p.allowed_mass.data(),
+                             exclude.rows_per_list};
+  if (mode == 1) {
+    const std::vector<uint64_t> cum = cumulative_mass(table);
+    for (uint64_t j = 0; j < n; ++j)
+      excluding_thread(j, entries, v, cum.data(), arrays, seed, offset, k, out);
+    return;
+  }
+  int64_t longest = 0;
+  for (size_t l = 0; l + 1 < p.offsets.size(); ++l)
+    longest = std::max(longest, p.offsets[l + 1] - p.offsets[l]);
+  const auto capacity = static_cast<int64_t>(id_set_capacity(static_cast<uint64_t>(k + longest)));
+  std::vector<int64_t> slots(static_cast<size_t>(rows * capacity));
+  for (int64_t row = 0; row < rows; ++row)
+    unique_row_thread(row, entries, v, arrays, seed, offset, k, slots.data() + row * capacity,
+                      capacity, tries, out);
+}
+
 }  // namespace pyneg

@@ -9,6 +9,7 @@
 
 #include "cpu/alias_draw.h"
 #include "cpu/alias_table.h"
+#include "cpu/alias_threads.h"
 
 namespace pyneg {
 
@@ -70,5 +71,15 @@ void alias_sample_excluding(const AliasTable& table, uint64_t seed, uint64_t off
 void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset,
                          const ExcludeLists& exclude, int64_t rows, int64_t k,
                          int64_t* out, int64_t* tries_out, int num_threads);
+
+// The CUDA kernels' per-thread work (alias_threads.h) run serially on the
+// CPU, on the arrays the CUDA path uploads: lets tests check the GPU's
+// scheduling against the kernels above without a GPU. mode 0: plain draws
+// (out holds rows * k), 1: with exclusions, 2: unique (tries gets what the
+// device writes: -1 for rows left to the exponential race, whose ids are
+// then incomplete).
+void emulate_device_sampling(const AliasTable& table, int mode, uint64_t seed, uint64_t offset,
+                             const ExcludeLists& exclude, int64_t rows, int64_t k, int64_t* out,
+                             int64_t* tries);
 
 }  // namespace pyneg

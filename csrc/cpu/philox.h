@@ -11,8 +11,11 @@
 
 #if defined(__CUDACC__)
 #define PYNEG_HD __host__ __device__ __forceinline__
+#define PYNEG_HD_COLD __host__ __device__ __noinline__
 #else
 #define PYNEG_HD inline
+// Rare paths: out of line, so the hot loops around them stay small.
+#define PYNEG_HD_COLD __attribute__((noinline, cold)) inline
 #endif
 
 namespace pyneg {

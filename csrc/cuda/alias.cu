@@ -2,10 +2,11 @@
 // compiled here as __host__ __device__), so a seed gives bit-identical samples
 // on both devices; only the scheduling differs: one thread per Philox block
 // for plain draws, one per draw with exclusions, one per row without
-// replacement.
+// replacement. What one thread does is in cpu/alias_threads.h, which the CPU
+// tests also run.
 #include <string>
 
-#include "cpu/alias_draw.h"
+#include "cpu/alias_threads.h"
 #include "cuda/api.h"
 #include "cuda/check.cuh"
 
@@ -15,69 +16,38 @@ namespace {
 
 constexpr int kThreads = 256;
 
-// Plain draws: thread i resolves Philox block first_block + i, i.e. positions
-// 2b and 2b + 1, writing those inside [offset, offset + n).
+// Grid-stride loops over the per-thread work of cpu/alias_threads.h.
 __global__ void alias_sample_kernel(const uint64_t* __restrict__ entries, uint64_t v, uint64_t seed,
                                     uint64_t offset, int64_t* __restrict__ out, uint64_t n) {
-  const uint64_t first_block = offset >> 1;
-  const uint64_t blocks = ((offset + n - 1) >> 1) - first_block + 1;
+  const uint64_t threads = plain_thread_count(offset, n);
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
-  for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < blocks;
+  for (uint64_t i = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < threads;
        i += stride) {
-    const uint64_t b = first_block + i;
-    const Philox4x32 r = draw_block(seed, b);
-    for (unsigned half = 0; half < 2; ++half) {
-      const uint64_t pos = 2 * b + half;
-      if (pos >= offset && pos - offset < n) {
-        out[pos - offset] = alias_pick(entries, v, block_half(r, half));
-      }
-    }
+    plain_thread(i, entries, v, seed, offset, out, n);
   }
-}
-
-struct TableCum {
-  const uint64_t* p;
-  __device__ const uint64_t* operator()() const { return p; }
-};
-
-__device__ ExcludedIds list_of(const DeviceExclude& ex, int64_t l) {
-  const int64_t b = ex.offsets[l], e = ex.offsets[l + 1];
-  return ExcludedIds{ex.ids + b, ex.ids + e, ex.cum + b};
 }
 
 __global__ void alias_sample_excluding_kernel(const uint64_t* __restrict__ entries, uint64_t v,
                                               const uint64_t* __restrict__ table_cum,
-                                              DeviceExclude ex, uint64_t seed, uint64_t offset,
+                                              ExcludeArrays ex, uint64_t seed, uint64_t offset,
                                               int64_t k, int64_t* __restrict__ out, uint64_t n) {
-  const uint64_t total = v << 32;  // V * 2^32, the table's total mass
   const uint64_t stride = static_cast<uint64_t>(gridDim.x) * blockDim.x;
   for (uint64_t j = static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < n;
        j += stride) {
-    const int64_t row = static_cast<int64_t>(j) / k;
-    const int64_t l = row / ex.rows_per_list;
-    const uint64_t allowed = ex.allowed_mass[l];
-    const uint64_t pos = offset + j;  // = offset + row * k + column, as on the CPU
-    out[j] = draw_excluding(entries, v, TableCum{table_cum}, list_of(ex, l), allowed,
-                            row_uses_cdf(allowed, total), seed, pos, draw_random64(seed, pos));
+    excluding_thread(j, entries, v, table_cum, ex, seed, offset, k, out);
   }
 }
 
 __global__ void alias_sample_unique_kernel(const uint64_t* __restrict__ entries, uint64_t v,
-                                           DeviceExclude ex, uint64_t seed, uint64_t offset,
-                                           int64_t rows, int64_t k, int64_t* __restrict__ slots,
-                                           int64_t capacity, int64_t* __restrict__ tries,
-                                           int64_t* __restrict__ out) {
+                                           ExcludeArrays ex, uint64_t seed, uint64_t offset,
+                                           int64_t first_row, int64_t rows, int64_t k,
+                                           int64_t* __restrict__ slots, int64_t capacity,
+                                           int64_t* __restrict__ tries, int64_t* __restrict__ out) {
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; row < rows;
-       row += stride) {
-    IdSetView seen{slots + row * capacity, static_cast<uint64_t>(capacity - 1)};
-    for (int64_t s = 0; s < capacity; ++s) seen.slots[s] = -1;
-    const ExcludedIds list = list_of(ex, row / ex.rows_per_list);
-    for (const int64_t* p = list.begin; p != list.end; ++p) seen.insert(*p);
-    uint64_t t = 0;
-    const int64_t got = unique_row_rejection(entries, v, seed, offset + static_cast<uint64_t>(row * k),
-                                             k, seen, out + row * k, &t);
-    tries[row] = got == k ? static_cast<int64_t>(t) : -1;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < rows;
+       i += stride) {
+    unique_row_thread(first_row + i, entries, v, ex, seed, offset, k, slots + i * capacity,
+                      capacity, tries, out);
   }
 }
 
@@ -88,7 +58,7 @@ void check_table(const uint64_t* entries, int64_t v) {
   }
 }
 
-void check_exclude(const DeviceExclude& ex) {
+void check_exclude(const ExcludeArrays& ex) {
   if (!ex.offsets || !ex.ids || !ex.cum || !ex.allowed_mass)
     throw std::invalid_argument("exclusion list pointers must not be null");
   if (ex.rows_per_list <= 0) throw std::invalid_argument("rows_per_list must be positive");
@@ -125,15 +95,15 @@ void alias_sample(int device, uintptr_t stream, const uint64_t* entries, int64_t
   if (n < 0) throw std::invalid_argument("n must be >= 0");
   if (n == 0) return;
   require_device(device);
-  const uint64_t blocks = ((offset + static_cast<uint64_t>(n) - 1) >> 1) - (offset >> 1) + 1;
-  alias_sample_kernel<<<grid_for(static_cast<int64_t>(blocks), kThreads), kThreads, 0,
+  const uint64_t threads = plain_thread_count(offset, static_cast<uint64_t>(n));
+  alias_sample_kernel<<<grid_for(static_cast<int64_t>(threads), kThreads), kThreads, 0,
                         as_stream(stream)>>>(entries, static_cast<uint64_t>(v), seed, offset, out,
                                              static_cast<uint64_t>(n));
   check_launch("alias_sample_kernel");
 }
 
 void alias_sample_excluding(int device, uintptr_t stream, const uint64_t* entries, int64_t v,
-                            const uint64_t* table_cum, const DeviceExclude& ex, uint64_t seed,
+                            const uint64_t* table_cum, const ExcludeArrays& ex, uint64_t seed,
                             uint64_t offset, int64_t rows, int64_t k, int64_t* out) {
   check_table(entries, v);
   check_exclude(ex);
@@ -149,12 +119,13 @@ void alias_sample_excluding(int device, uintptr_t stream, const uint64_t* entrie
 }
 
 void alias_sample_unique(int device, uintptr_t stream, const uint64_t* entries, int64_t v,
-                         const DeviceExclude& ex, uint64_t seed, uint64_t offset, int64_t rows,
-                         int64_t k, int64_t* slots, int64_t capacity, int64_t* tries,
-                         int64_t* out) {
+                         const ExcludeArrays& ex, uint64_t seed, uint64_t offset,
+                         int64_t first_row, int64_t rows, int64_t k, int64_t* slots,
+                         int64_t capacity, int64_t* tries, int64_t* out) {
   check_table(entries, v);
   check_exclude(ex);
-  if (rows < 0 || k < 0) throw std::invalid_argument("rows and k must be >= 0");
+  if (first_row < 0 || rows < 0 || k < 0)
+    throw std::invalid_argument("first_row, rows and k must be >= 0");
   if (capacity < 16 || (capacity & (capacity - 1)) != 0 || capacity < 2 * k)
     throw std::invalid_argument("capacity must be a power of two >= max(16, 2k)");
   if (!slots || !tries) throw std::invalid_argument("slots and tries must not be null");
@@ -163,7 +134,8 @@ void alias_sample_unique(int device, uintptr_t stream, const uint64_t* entries, 
   // Small blocks: one thread per row, and rows are few.
   constexpr int threads = 64;
   alias_sample_unique_kernel<<<grid_for(rows, threads), threads, 0, as_stream(stream)>>>(
-      entries, static_cast<uint64_t>(v), ex, seed, offset, rows, k, slots, capacity, tries, out);
+      entries, static_cast<uint64_t>(v), ex, seed, offset, first_row, rows, k, slots, capacity, tries,
+      out);
   check_launch("alias_sample_unique_kernel");
 }
 

@@ -8,7 +8,11 @@
 
 #include <cstdint>
 
+#include "cpu/alias_threads.h"  // ExcludeArrays
+
 namespace pyneg::cuda {
+
+using pyneg::ExcludeArrays;  // prepared exclusion lists, uploaded to the device
 
 // Devices the CUDA runtime sees; 0 when there is none or no usable driver.
 int device_count();
@@ -21,33 +25,25 @@ void require_device(int device);
 void alias_sample(int device, uintptr_t stream, const uint64_t* entries, int64_t v,
                   uint64_t seed, uint64_t offset, int64_t* out, int64_t n);
 
-// Prepared exclusion lists on the device (PreparedExclude of
-// cpu/alias_sample.h, uploaded): row r uses list r / rows_per_list.
-struct DeviceExclude {
-  const int64_t* offsets = nullptr;        // num_lists + 1
-  const int64_t* ids = nullptr;            // sorted, deduplicated per list
-  const uint64_t* cum = nullptr;           // running mass of each list's ids
-  const uint64_t* allowed_mass = nullptr;  // num_lists
-  int64_t rows_per_list = 1;
-};
-
 // rows x k draws avoiding each row's list; table_cum is the table's running
 // mass (V entries), read by rows drawn from their exact CDF. Bit-identical to
 // the CPU's alias_sample_excluding.
 void alias_sample_excluding(int device, uintptr_t stream, const uint64_t* entries, int64_t v,
-                            const uint64_t* table_cum, const DeviceExclude& ex, uint64_t seed,
+                            const uint64_t* table_cum, const ExcludeArrays& ex, uint64_t seed,
                             uint64_t offset, int64_t rows, int64_t k, int64_t* out);
 
-// rows x k ids distinct within each row: the rejection phase of the CPU's
-// alias_sample_unique, one thread per row. slots: rows * capacity int64
-// scratch (capacity from id_set_capacity(k + longest list)). tries[r] gets the
+// Rows [first_row, first_row + rows) of k ids distinct within each row: the
+// rejection phase of the CPU's alias_sample_unique, one thread per row. out,
+// tries and the lists are indexed by absolute row; slots: rows * capacity
+// int64 scratch for this launch (capacity from id_set_capacity(k + longest
+// list)), so a large request runs in chunks of rows. tries[r] gets the
 // candidates row r used, or -1 when the row reached unique_max_tries(k)
 // before k distinct ids: such rows must be finished on the CPU (the
 // exponential race reads every class), which gives the CPU's result exactly.
 void alias_sample_unique(int device, uintptr_t stream, const uint64_t* entries, int64_t v,
-                         const DeviceExclude& ex, uint64_t seed, uint64_t offset, int64_t rows,
-                         int64_t k, int64_t* slots, int64_t capacity, int64_t* tries,
-                         int64_t* out);
+                         const ExcludeArrays& ex, uint64_t seed, uint64_t offset,
+                         int64_t first_row, int64_t rows, int64_t k, int64_t* slots,
+                         int64_t capacity, int64_t* tries, int64_t* out);
 
 // Hierarchical softmax over a flat tree layout: class c's path is positions
 // offsets[c] .. offsets[c + 1] - 1 (root first) of nodes (inner-node rows of

@@ -24,9 +24,9 @@ T* ptr(uintptr_t p) {
   return reinterpret_cast<T*>(p);
 }
 
-DeviceExclude exclude_of(uintptr_t offsets, uintptr_t ids, uintptr_t cum, uintptr_t allowed_mass,
+ExcludeArrays exclude_of(uintptr_t offsets, uintptr_t ids, uintptr_t cum, uintptr_t allowed_mass,
                          int64_t rows_per_list) {
-  DeviceExclude ex;
+  ExcludeArrays ex{};
   ex.offsets = ptr<const int64_t>(offsets);
   ex.ids = ptr<const int64_t>(ids);
   ex.cum = ptr<const uint64_t>(cum);
@@ -92,7 +92,7 @@ PYBIND11_MODULE(_cuda, m) {
          uintptr_t offsets, uintptr_t ids, uintptr_t cum, uintptr_t allowed_mass,
          int64_t rows_per_list, uint64_t seed, uint64_t offset, int64_t rows, int64_t k,
          uintptr_t out) {
-        const DeviceExclude ex = exclude_of(offsets, ids, cum, allowed_mass, rows_per_list);
+        const ExcludeArrays ex = exclude_of(offsets, ids, cum, allowed_mass, rows_per_list);
         py::gil_scoped_release release;
         alias_sample_excluding(device, stream, ptr<const uint64_t>(entries), v,
                                ptr<const uint64_t>(table_cum), ex, seed, offset, rows, k,
@@ -108,19 +108,21 @@ PYBIND11_MODULE(_cuda, m) {
       "alias_sample_unique",
       [](int device, uintptr_t stream, uintptr_t entries, int64_t v, uintptr_t offsets,
          uintptr_t ids, uintptr_t cum, uintptr_t allowed_mass, int64_t rows_per_list,
-         uint64_t seed, uint64_t offset, int64_t rows, int64_t k, uintptr_t slots,
-         int64_t capacity, uintptr_t tries, uintptr_t out) {
-        const DeviceExclude ex = exclude_of(offsets, ids, cum, allowed_mass, rows_per_list);
+         uint64_t seed, uint64_t offset, int64_t first_row, int64_t rows, int64_t k,
+         uintptr_t slots, int64_t capacity, uintptr_t tries, uintptr_t out) {
+        const ExcludeArrays ex = exclude_of(offsets, ids, cum, allowed_mass, rows_per_list);
         py::gil_scoped_release release;
         alias_sample_unique(device, stream, ptr<const uint64_t>(entries), v, ex, seed, offset,
-                            rows, k, ptr<int64_t>(slots), capacity, ptr<int64_t>(tries),
-                            ptr<int64_t>(out));
+                            first_row, rows, k, ptr<int64_t>(slots), capacity,
+                            ptr<int64_t>(tries), ptr<int64_t>(out));
       },
       py::arg("device"), py::arg("stream"), py::arg("entries"), py::arg("num_classes"),
       py::arg("list_offsets"), py::arg("list_ids"), py::arg("list_cum"), py::arg("allowed_mass"),
-      py::arg("rows_per_list"), py::arg("seed"), py::arg("offset"), py::arg("rows"), py::arg("k"),
-      py::arg("slots"), py::arg("capacity"), py::arg("tries"), py::arg("out"),
-      "rows x k distinct ids per row (rejection phase); tries[r] = -1 marks rows to finish on the CPU.");
+      py::arg("rows_per_list"), py::arg("seed"), py::arg("offset"), py::arg("first_row"),
+      py::arg("rows"), py::arg("k"), py::arg("slots"), py::arg("capacity"), py::arg("tries"),
+      py::arg("out"),
+      "Rows [first_row, first_row + rows) of k distinct ids (rejection phase; slots: rows x "
+      "capacity scratch); tries[r] = -1 marks rows to finish on the CPU.");
 
   m.def(
       "hs_forward",
