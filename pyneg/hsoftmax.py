@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from pyneg import _core
+from pyneg import cuda as pyneg_cuda
 from pyneg._hsoftmax_reference import PaddedPaths, gather_log_prob, gather_nll, padded_paths
 from pyneg._validation import ArrayLike, as_float64_numpy, as_index_tensor, check_int
 from pyneg.functional import _check_reduction, _reduce
@@ -215,6 +216,27 @@ class _HSLoss(torch.autograd.Function):
         return gi, gw, gb, None, None, None
 
 
+class _HSLossCUDA(torch.autograd.Function):
+    """Per-example NLL through pyneg's CUDA kernels (dense gradients, float32 / float64)."""
+
+    @staticmethod
+    def forward(ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                target: torch.Tensor, flat: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        input, weight = input.detach().contiguous(), weight.detach().contiguous()
+        bias = None if bias is None else bias.detach().contiguous()
+        loss = pyneg_cuda.hs_forward(input, weight, target, *flat, bias=bias)
+        ctx.save_for_backward(input, weight, target, *(() if bias is None else (bias,)))
+        ctx.flat = flat
+        return loss
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor):
+        input, weight, target, *bias = ctx.saved_tensors
+        gi, gw, gb = pyneg_cuda.hs_backward(grad_loss, input, weight, target, *ctx.flat,
+                                            bias=bias[0] if bias else None)
+        return gi, gw, gb, None, None
+
+
 def _sparse(indices: torch.Tensor, values: torch.Tensor, size: Tuple[int, ...]) -> torch.Tensor:
     # Indices come out sorted and distinct: the tensor is coalesced by construction.
     return torch.sparse_coo_tensor(indices, values, size, is_coalesced=True, check_invariants=False)
@@ -293,6 +315,7 @@ class HierarchicalSoftmax(nn.Module):
         else:
             self.register_parameter("bias", None)
         self._padded: Dict[Tuple[torch.device, torch.dtype], PaddedPaths] = {}
+        self._flat: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -321,6 +344,18 @@ class HierarchicalSoftmax(nn.Module):
     def _on_kernels(self, input: torch.Tensor) -> bool:
         return input.device.type == "cpu" and input.dtype in _KERNEL_DTYPES
 
+    def _on_cuda_kernels(self, input: torch.Tensor) -> bool:
+        # Sparse gradients stay on the gather path: the CUDA backward writes dense rows.
+        return (input.device.type == "cuda" and input.dtype in _KERNEL_DTYPES and not self.sparse
+                and pyneg_cuda.cuda_available())
+
+    def _flat_paths(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The tree's flat path arrays on ``device`` (uploaded once per device)."""
+        if device not in self._flat:
+            self._flat[device] = tuple(t.to(device) for t in (  # type: ignore[assignment]
+                self.tree.path_offsets, self.tree.path_nodes, self.tree.path_codes))
+        return self._flat[device]
+
     def _paths(self, input: torch.Tensor) -> PaddedPaths:
         key = (input.device, input.dtype)
         if key not in self._padded:
@@ -343,6 +378,9 @@ class HierarchicalSoftmax(nn.Module):
             raise ValueError(f"target must be ({input.shape[0]},) to match input, got shape {tuple(tgt.shape)}")
         if self._on_kernels(input):
             loss = _HSLoss.apply(input, self.weight, self.bias, tgt, self.tree, self.sparse)
+        elif self._on_cuda_kernels(input):
+            loss = _HSLossCUDA.apply(input, self.weight, self.bias, tgt.to(input.device),
+                                     self._flat_paths(input.device))
         else:
             loss = gather_nll(input, tgt.to(input.device), self.weight, self.bias, self._paths(input),
                               sparse=self.sparse)

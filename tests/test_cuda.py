@@ -341,3 +341,30 @@ def test_hsoftmax_validates_inputs():
         cuda.hs_forward(x, w, torch.tensor([0, 1, 1], device=dev), offsets, nodes.long(), codes)
     with pytest.raises(ValueError, match="device"):
         cuda.hs_forward(x, w.cpu(), torch.tensor([0, 1, 1], device=dev), offsets, nodes, codes)
+
+
+@pytest.mark.cuda
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_hierarchical_softmax_module_on_gpu_matches_cpu(dtype, bias):
+    counts = torch.from_numpy(_zipf(500, 1.1) * 1e4).round() + 1
+    torch.manual_seed(0)
+    cpu = pyneg.HierarchicalSoftmax(counts, 16, bias=bias, dtype=dtype)
+    with torch.no_grad():
+        cpu.weight.normal_(0, 0.3)
+        if bias:
+            cpu.bias.normal_(0, 0.3)
+    gpu = pyneg.HierarchicalSoftmax(counts, 16, bias=bias, dtype=dtype, device="cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    x = torch.randn(64, 16, dtype=dtype, requires_grad=True)
+    xg = x.detach().cuda().requires_grad_()
+    target = torch.randint(0, 500, (64,))
+    cpu(x, target, reduction="sum").backward()
+    loss = gpu(xg, target.cuda(), reduction="sum")
+    loss.backward()
+    assert torch.allclose(loss.cpu(), cpu(x, target, reduction="sum").detach(), rtol=1e-5, atol=1e-5)
+    assert torch.allclose(xg.grad.cpu(), x.grad, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(gpu.weight.grad.cpu(), cpu.weight.grad, rtol=1e-5, atol=1e-5)
+    if bias:
+        assert torch.allclose(gpu.bias.grad.cpu(), cpu.bias.grad, rtol=1e-5, atol=1e-5)
