@@ -36,6 +36,7 @@ from pyneg import distributed, functional  # noqa: E402
 from pyneg.data import NegativeSamplingCollator  # noqa: E402
 from pyneg import losses  # noqa: E402
 from pyneg.functional import NegativeSource  # noqa: E402
+from pyneg.memory import FrequencyEstimator, MemoryBank  # noqa: E402
 from pyneg.samplers import (  # noqa: E402
     AliasSampler,
     CandidateSample,
@@ -51,6 +52,8 @@ __all__ = [
     "LogUniformSampler",
     "CandidateSample",
     "NegativeSamplingCollator",
+    "FrequencyEstimator",
+    "MemoryBank",
     "functional",
     "distributed",
     "losses",

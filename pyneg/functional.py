@@ -572,17 +572,22 @@ class NegativeSource:
     def from_bank(cls, bank: Any) -> "NegativeSource":
         """A memory bank's entries (detached) with their ids and log q.
 
-        Reads only ``bank.embeddings``, ``bank.ids`` and ``bank.log_q``; entries
+        With a :class:`pyneg.MemoryBank` this takes :meth:`~pyneg.MemoryBank.negatives`:
+        no entries before warm-up, none older than ``max_age``, and views into
+        the bank rather than copies (so enqueue after ``loss.backward()``). Any
+        other object only needs ``embeddings``, ``ids`` and ``log_q``. Entries
         enqueued without a log q (NaN) get no correction.
         """
-        log_q = bank.log_q
+        negatives = getattr(bank, "negatives", None)
+        entries = negatives() if callable(negatives) else bank
+        log_q = entries.log_q
         if log_q is not None:
             missing = torch.isnan(log_q)
             if bool(missing.all()):
                 log_q = None
             elif bool(missing.any()):
                 log_q = torch.where(missing, torch.zeros_like(log_q), log_q)
-        return cls(bank.embeddings.detach(), bank.ids, log_q)
+        return cls(entries.embeddings.detach(), entries.ids, log_q)
 
     @classmethod
     def from_sampler(cls, embeddings: torch.Tensor, ids: ArrayLike, sampler: Any, *,

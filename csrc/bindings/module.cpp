@@ -4,4 +4,5 @@
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyneg's C++ kernels (alias sampling, Huffman trees, memory banks)";
   pyneg::bindings::register_alias(m);
+  pyneg::bindings::register_memory(m);
 }

@@ -1,0 +1,137 @@
+// Bindings of the memory-bank kernels: the streaming frequency estimator
+// (csrc/cpu/frequency_estimator.h) and the ring index (csrc/cpu/ring_index.h).
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bindings/common.h"
+#include "cpu/frequency_estimator.h"
+#include "cpu/ring_index.h"
+
+namespace pyneg::bindings {
+
+namespace {
+
+// The estimator's state is a float64 (num_hashes, num_buckets, 2) array owned
+// by the Python layer and updated in place.
+FrequencyTable frequency_table(output_array<double>& cells, bool write) {
+  require_ndim(cells, 3, "state");
+  if (cells.shape(2) != 2) throw std::invalid_argument("state must have shape (num_hashes, num_buckets, 2)");
+  FrequencyTable t;
+  t.cells = write ? writable_data(cells, "state") : const_cast<double*>(cells.data());
+  t.num_hashes = cells.shape(0);
+  t.num_buckets = cells.shape(1);
+  return t;
+}
+
+// A read-only NumPy view of n int64s owned by the RingIndex `self` (kept alive by the view).
+py::array_t<int64_t> ring_view(py::object self, const int64_t* data, int64_t n) {
+  py::array_t<int64_t> a({n}, {static_cast<py::ssize_t>(sizeof(int64_t))}, data, self);
+  a.attr("setflags")(false);
+  return a;
+}
+
+py::array_t<int64_t> to_array(const std::vector<int64_t>& v) {
+  return py::array_t<int64_t>(static_cast<py::ssize_t>(v.size()), v.data());
+}
+
+}  // namespace
+
+void register_memory(py::module_& m) {
+  m.attr("MAX_FREQUENCY_BUCKETS") = kMaxFrequencyBuckets;
+  m.def(
+      "frequency_update",
+      [](output_array<double> state, const input_array<int64_t>& ids, int64_t step, double alpha,
+         int num_threads) {
+        const FrequencyTable t = frequency_table(state, true);
+        require_ndim(ids, 1, "ids");
+        const int64_t* p = ids.data();
+        const int64_t n = ids.size();
+        py::gil_scoped_release release;
+        frequency_update(t, alpha, step, p, n, num_threads);
+      },
+      py::arg("state").noconvert(), py::arg("ids"), py::arg("step"), py::arg("alpha"),
+      py::arg("num_threads") = 1,
+      "Record step `step`'s ids in the (num_hashes, num_buckets, 2) state, in place.");
+  m.def(
+      "frequency_estimate",
+      [](output_array<double> state, const input_array<int64_t>& ids, int64_t step, bool log,
+         output_array<float> out) {
+        const FrequencyTable t = frequency_table(state, false);
+        require_ndim(ids, 1, "ids");
+        if (out.size() != ids.size()) throw std::invalid_argument("out must have one entry per id");
+        float* dst = writable_data(out, "out");
+        const int64_t* p = ids.data();
+        const int64_t n = ids.size();
+        py::gil_scoped_release release;
+        frequency_estimate(t, step, p, n, log, dst);
+      },
+      py::arg("state").noconvert(), py::arg("ids"), py::arg("step"), py::arg("log"),
+      py::arg("out").noconvert(),
+      "Estimated probability (or its log) that each id is in a step's batch.");
+  m.def("frequency_bucket", &frequency_bucket, py::arg("id"), py::arg("k"), py::arg("num_buckets"),
+        "Bucket of `id` under hash function k (for tests and debugging).");
+
+  // The index is mutable and its lookups follow its hash chains: every method
+  // keeps the GIL, so one Python thread's push can never race another's lookup.
+  // (Each call is O(batch), microseconds.)
+  m.attr("MAX_RING_CAPACITY") = kMaxRingCapacity;
+  py::class_<RingIndex>(m, "RingIndex",
+                        "Write pointer, per-slot ids and steps, and id -> slots lookup of a FIFO memory bank.")
+      .def(py::init<int64_t>(), py::arg("capacity"))
+      .def_property_readonly("capacity", &RingIndex::capacity)
+      .def_property_readonly("size", &RingIndex::size)
+      .def_property_readonly("head", &RingIndex::head, "Slot the next entry goes to.")
+      .def_property_readonly("oldest", &RingIndex::oldest, "Slot of the oldest entry.")
+      .def_property_readonly(
+          "slot_ids",
+          [](py::object self) {
+            const auto& r = self.cast<const RingIndex&>();
+            return ring_view(self, r.slot_ids(), r.capacity());
+          },
+          "Id of every slot (read-only view; meaningless beyond size while not full).")
+      .def_property_readonly(
+          "slot_steps",
+          [](py::object self) {
+            const auto& r = self.cast<const RingIndex&>();
+            return ring_view(self, r.slot_steps(), r.capacity());
+          },
+          "Step that wrote every slot (read-only view).")
+      .def(
+          "push",
+          [](RingIndex& r, const input_array<int64_t>& ids, int64_t step) {
+            require_ndim(ids, 1, "ids");
+            const RingWrite w = r.push(ids.data(), ids.size(), step);
+            return py::make_tuple(w.src_begin, w.dst_begin, w.first, w.second);
+          },
+          py::arg("ids"), py::arg("step"),
+          "Record a batch written at `step`; returns (src_begin, dst_begin, first, second): rows "
+          "[src_begin, src_begin + first) go to slots [dst_begin, ...), the next `second` rows to "
+          "slots [0, second).")
+      .def(
+          "restore",
+          [](RingIndex& r, const input_array<int64_t>& ids, const input_array<int64_t>& steps,
+             int64_t head) {
+            require_ndim(ids, 1, "ids");
+            require_ndim(steps, 1, "steps");
+            if (steps.size() != ids.size()) throw std::invalid_argument("steps must have one entry per id");
+            r.restore(ids.data(), steps.data(), ids.size(), head);
+          },
+          py::arg("ids"), py::arg("steps"), py::arg("head"),
+          "Replace the contents with entries given oldest first; the next entry goes to slot `head`.")
+      .def("clear", &RingIndex::clear)
+      .def("count_since", &RingIndex::count_since, py::arg("min_step"),
+           "Number of entries written at a step >= min_step (the newest ones).")
+      .def(
+          "find_hits",
+          [](const RingIndex& r, const input_array<int64_t>& positive_ids, int64_t min_step) {
+            require_ndim(positive_ids, 1, "positive_ids");
+            std::vector<int64_t> rows, slots;
+            r.find_hits(positive_ids.data(), positive_ids.size(), min_step, &rows, &slots);
+            return py::make_tuple(to_array(rows), to_array(slots));
+          },
+          py::arg("positive_ids"), py::arg("min_step") = 0,
+          "(rows, slots) of the entries whose id equals row's positive id and whose step >= min_step.");
+}
+
+}  // namespace pyneg::bindings

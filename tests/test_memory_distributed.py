@@ -1,0 +1,85 @@
+"""MemoryBank and FrequencyEstimator with sync=True: two gloo ranks (spawned here,
+CPU, loopback only) hold identical state, equal to one process fed the
+concatenated batches."""
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import pyneg
+
+DIM, CAPACITY, BUCKETS = 4, 16, 97
+# Rows per rank at each step: unequal, and rank 1 has nothing at step 2.
+SIZES = [(5, 3), (2, 0), (7, 6), (1, 4), (9, 9)]
+
+
+def _step_data(step: int, rank: int):
+    n = SIZES[step][rank]
+    rng = np.random.default_rng(100 * step + rank)
+    emb = torch.from_numpy(rng.standard_normal((n, DIM)).astype(np.float32))
+    ids = torch.from_numpy(rng.integers(0, 30, n))
+    log_q = torch.from_numpy(-rng.random(n).astype(np.float32)) if rank == 0 else None  # rank 1 gives none
+    return emb, ids, log_q
+
+
+def _make(sync: bool):
+    return (pyneg.MemoryBank(CAPACITY, DIM, sync=sync, max_age=3),
+            pyneg.FrequencyEstimator(BUCKETS, alpha=0.2, sync=sync))
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        bank, est = _make(sync=True)
+        for step in range(len(SIZES)):
+            emb, ids, log_q = _step_data(step, rank)
+            bank.enqueue(emb, ids, log_q)
+            est.update(ids)
+        torch.save({"bank": bank.state_dict(), "est": est.state_dict()}, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        if a.is_floating_point():
+            return torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()])
+        return torch.equal(a, b)
+    return a == b
+
+
+def test_two_gloo_ranks_hold_the_state_of_one_process():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        results = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(2)]
+
+    bank, est = _make(sync=False)  # one process, the concatenated batches
+    for step in range(len(SIZES)):
+        parts = [_step_data(step, r) for r in range(2)]
+        emb = torch.cat([p[0] for p in parts])
+        ids = torch.cat([p[1] for p in parts])
+        log_q = torch.cat([p[2] if p[2] is not None else torch.full((len(p[1]),), float("nan")) for p in parts])
+        bank.enqueue(emb, ids, log_q)
+        est.update(ids)
+    expected = {"bank": bank.state_dict(), "est": est.state_dict()}
+    assert len(bank) == CAPACITY and expected["est"]["step"] == len(SIZES)
+    for res in results:
+        for part in ("bank", "est"):
+            for key, value in expected[part].items():
+                assert _same(res[part][key], value), (part, key)
+
+
+def test_sync_without_a_process_group_is_world_size_one():
+    synced, plain = _make(sync=True), _make(sync=False)
+    for step in range(len(SIZES)):
+        emb, ids, log_q = _step_data(step, 0)
+        for bank, est in (synced, plain):
+            bank.enqueue(emb, ids, log_q)
+            est.update(ids)
+    assert _same(synced[0].embeddings, plain[0].embeddings) and _same(synced[0].log_q, plain[0].log_q)
+    assert torch.equal(synced[1].state_dict()["gap"], plain[1].state_dict()["gap"])
