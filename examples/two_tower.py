@@ -158,6 +158,8 @@ def train(method: str, split: Split, args: argparse.Namespace, seed: int) -> Tup
     for _ in range(args.epochs):
         order = torch.randperm(n, generator=shuffle)
         for start in range(0, n, args.batch_size):
+            if args.max_steps is not None and step >= args.max_steps:
+                break
             rows = order[start:start + args.batch_size]
             # This rank's shard of the global batch (all of it in one process).
             bounds = np.linspace(0, len(rows), world + 1).astype(int)
@@ -207,22 +209,24 @@ def evaluate(model: TwoTower, split: Split, ks=(10, 50)) -> Dict[str, float]:
 def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=None, help="u.data, ml-100k.inter, or a folder with one of them")
-    p.add_argument("--epochs", type=int, default=5)
-    p.add_argument("--batch-size", type=int, default=512, help="the global batch (split across ranks)")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=1024, help="the global batch (split across ranks)")
     p.add_argument("--dim", type=int, default=32)
     p.add_argument("--lr", type=float, default=0.02)
     p.add_argument("--temperature", type=float, default=0.1)
     p.add_argument("--bank-size", type=int, default=2048)
-    p.add_argument("--warmup", type=int, default=50, help="steps before the bank is used")
-    p.add_argument("--num-sampled", type=int, default=512, help="UnigramSampler negatives per step (mixed)")
+    p.add_argument("--warmup", type=int, default=20, help="steps before the bank is used")
+    p.add_argument("--num-sampled", type=int, default=256, help="UnigramSampler negatives per step (mixed)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop each run after this many steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    p.add_argument("--quick", action="store_true", help="1 epoch, 1 seed, a smaller bank: a smoke run")
+    p.add_argument("--quick", action="store_true", help="1 seed, 30 steps, warm-up 5: a smoke run")
     p.add_argument("--json", default=None, help="also write the results here (rank 0)")
     args = p.parse_args(argv)
     if args.quick:
-        args.epochs, args.seeds, args.warmup = 1, args.seeds[:1], 10
+        args.seeds, args.warmup = args.seeds[:1], 5
+        args.max_steps = args.max_steps or 30
     return args
 
 
