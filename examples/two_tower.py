@@ -222,6 +222,7 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--quick", action="store_true", help="1 seed, 30 steps, warm-up 5: a smoke run")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--json", default=None, help="also write the results here (rank 0)")
     args = p.parse_args(argv)
     if args.quick:
@@ -235,7 +236,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
         dist.init_process_group("gloo")  # torchrun sets RANK, WORLD_SIZE, MASTER_ADDR/PORT
     rank, world = pd.rank_and_world_size()
-    torch.set_num_threads(max(1, torch.get_num_threads() // world))
+    # The matrices are small (B x B, B x bank): one thread per process avoids
+    # thread-pool overhead, which dominates on a shared or oversubscribed machine.
+    torch.set_num_threads(args.threads)
     inter, source = load(args.data)
     split = Split(inter)
     say = print if rank == 0 else (lambda *a, **k: None)
