@@ -254,17 +254,27 @@ def _block_scores(qs: torch.Tensor, emb: torch.Tensor, neg_log_q: Optional[torch
     return s
 
 
-def _exp_normalise_(s: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """In place: s ← exp(s − rowmax). Returns (logsumexp of the rows, their sums of exp).
+def _exp_normalise_(s: torch.Tensor, normalise: bool = False) -> torch.Tensor:
+    """In place: s ← exp(s − rowmax), or the row softmax when ``normalise``. Returns each row's logsumexp.
 
-    Four passes over s and no extra (B, n) buffer; rows that are all −inf get
-    logsumexp −inf and a sum of 0.
+    Works through blocks of rows of about 1 MiB so that the max, exp, sum and
+    division passes run in cache rather than streaming the whole (B, n) matrix
+    from memory four times. Rows that are all −inf get logsumexp −inf (and
+    zeros instead of a softmax).
     """
-    m = s.amax(1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
-    s.sub_(m).exp_()
-    z = s.sum(1, keepdim=True)
-    return (z.log() + m).squeeze(1), z
+    b, n = s.shape
+    lse = s.new_empty(b)
+    step = max(1, (1 << 18) // max(n, 1))
+    for r in range(0, b, step):
+        t = s[r:r + step]
+        m = t.amax(1, keepdim=True)
+        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        t.sub_(m).exp_()
+        z = t.sum(1, keepdim=True)
+        if normalise:
+            t.div_(z.clamp_min(torch.finfo(z.dtype).tiny))
+        torch.add(z.log(), m, out=lse[r:r + step].unsqueeze(1))
+    return lse
 
 
 class _BlockLogSumExp(torch.autograd.Function):
@@ -295,15 +305,15 @@ class _BlockLogSumExp(torch.autograd.Function):
             s = _block_scores(qs, emb, neg_lq, hits, 0)
             if dense:
                 _dense_mask_(s, ids, row_ids, diag, 0)
-            lse, z = _exp_normalise_(s)
-            probs = s.div_(z.clamp_min(torch.finfo(z.dtype).tiny))  # the softmax, in the logits' buffer
+            lse = _exp_normalise_(s, normalise=True)
+            probs = s  # the softmax, in the logits' buffer
         else:
             lse = None
             for start in range(0, n, chunk_size):
                 s = _block_scores(qs, emb[start:start + chunk_size], _rows(neg_lq, start, chunk_size), hits, start)
                 if dense:
                     _dense_mask_(s, ids, row_ids, diag, start)
-                part, _ = _exp_normalise_(s)
+                part = _exp_normalise_(s)
                 lse = part if lse is None else torch.logaddexp(lse, part)
         hr, hc = hits if hits is not None else (None, None)
         ctx.save_for_backward(query, emb, lse, probs, neg_lq, ids, row_ids, hr, hc)
