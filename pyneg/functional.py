@@ -94,6 +94,11 @@ def negative_sampling_loss(
 # --------------------------------------------------------------------------
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Columns of a block scored at a time. Measured on the 2-core reference machine
+# (B = 4,096, 65,536 bank entries, d = 128, fwd+bwd): as fast as scoring all
+# columns at once and a third of its peak memory; blocks of up to this many
+# columns (any in-batch block of a normal batch) are scored in one go.
+DEFAULT_CHUNK_SIZE = 8192
 # Above this fraction of masked entries a block is masked with a dense (B, n)
 # comparison instead of a list of (row, column) hits (16 bytes per hit).
 _DENSE_MASK_FRACTION = 1 / 16
@@ -429,7 +434,7 @@ def in_batch_softmax_loss(
     reduction: str = "mean",
     gather: bool = False,
     group: Optional[Any] = None,
-    chunk_size: Optional[int] = None,
+    chunk_size: Optional[int] = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """Softmax loss with in-batch negatives and the logQ correction (Yi et al., 2019).
 
@@ -456,7 +461,7 @@ def in_batch_softmax_loss(
             by ``b_r · world_size / B``). Without a process group: world size 1.
         group: the process group to gather over (default: the world).
         chunk_size: score at most this many candidate columns at a time (see
-            :func:`sampled_softmax_loss`); None scores them all at once.
+            :func:`sampled_softmax_loss`).
 
     Returns:
         The loss, in query's dtype.
@@ -494,7 +499,7 @@ def sampled_softmax_loss(
     negative_ids: Optional[ArrayLike] = None,
     temperature: float = 1.0,
     reduction: str = "mean",
-    chunk_size: Optional[int] = None,
+    chunk_size: Optional[int] = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """Sampled softmax: the positive against sampled negatives, each logit corrected by log Q.
 
@@ -517,7 +522,9 @@ def sampled_softmax_loss(
         reduction: "none" (B,), "mean" or "sum".
         chunk_size: for shared negatives, score at most this many columns at a
             time: peak memory O(B · chunk_size) instead of O(B · N), for one
-            extra matmul in the backward pass. None scores all at once.
+            extra matmul in the backward pass (which the smaller working set
+            pays back on CPU). None scores all columns at once and keeps their
+            softmax for the backward pass.
 
     Returns:
         The loss, in query's dtype.
@@ -623,7 +630,7 @@ def mixed_negatives_loss(
     reduction: str = "mean",
     gather: bool = False,
     group: Optional[Any] = None,
-    chunk_size: Optional[int] = None,
+    chunk_size: Optional[int] = DEFAULT_CHUNK_SIZE,
 ) -> torch.Tensor:
     """Softmax loss over negatives from several sources, each corrected by its own log q.
 
@@ -657,7 +664,8 @@ def mixed_negatives_loss(
             to one process).
         group: the process group to gather over.
         chunk_size: score at most this many columns of a source at a time
-            (memory O(B · chunk_size) instead of O(B · N) for a large bank).
+            (memory O(B · chunk_size) instead of O(B · N) for a large bank);
+            None: all at once.
 
     Returns:
         The loss, in query's dtype.

@@ -24,7 +24,7 @@ from pyneg.bench.timing import median, peak_memory_bytes, time_calls
 from pyneg.bench.workload import Workload
 
 TEMPERATURE = 0.05
-CHUNK = 8192
+CHUNK = PF.DEFAULT_CHUNK_SIZE
 
 
 def _setup(batch: int, bank: int, dim: int, quick_sizes: Tuple[int, int, int]):
@@ -103,9 +103,9 @@ WORKLOADS: List[Workload] = [
     Workload(
         name="mixed_bank_B4096_M65536",
         group="losses",
-        description="in-batch + 65,536-entry bank, logQ + hit masking, fwd+bwd (d=128)",
+        description="in-batch + 65,536-entry bank, logQ + hit masking, fwd+bwd (d=128), chunk_size=None",
         setup=_setup(4096, 65536, 128, (512, 4096, 64)),
-        run=_fwd_bwd(_pyneg_mixed(None)),
+        run=_fwd_bwd(_pyneg_mixed(None)),  # chunk_size=None: every column at once
         baselines={NAIVE: _fwd_bwd(_naive_mixed)},
         check=_check,
         items=lambda st: st.b,
@@ -113,7 +113,7 @@ WORKLOADS: List[Workload] = [
     Workload(
         name="mixed_bank_B4096_M65536_chunked",
         group="losses",
-        description=f"same, chunk_size={CHUNK} (bank scored {CHUNK} columns at a time)",
+        description=f"same, chunk_size={CHUNK} (the default: bank scored {CHUNK} columns at a time)",
         setup=_setup(4096, 65536, 128, (512, 4096, 64)),
         run=_fwd_bwd(_pyneg_mixed(CHUNK)),
         baselines={NAIVE: _fwd_bwd(_naive_mixed)},
