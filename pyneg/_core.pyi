@@ -79,3 +79,7 @@ class RingIndex:
     def find_hits(
         self, positive_ids: npt.ArrayLike, min_step: int = 0
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+
+def ring_copy_rows(
+    dst: npt.NDArray[np.uint8], src: npt.ArrayLike, write: tuple[int, int, int, int]
+) -> None: ...

@@ -357,10 +357,15 @@ class MemoryBank:
         self._sync = _check_bool(sync, "sync")
         self._group = process_group
         self._index = _core.RingIndex(capacity)
-        self._emb = torch.empty((capacity, dim), dtype=dtype, device=dev)
+        self._set_storage(torch.empty((capacity, dim), dtype=dtype, device=dev))
         self._ids = torch.empty(capacity, dtype=torch.int64, device=dev)
         self._log_q = torch.empty(capacity, dtype=torch.float32, device=dev)
         self._step = 0
+
+    def _set_storage(self, emb: torch.Tensor) -> None:
+        self._emb = emb
+        # The same memory as (capacity, row bytes) uint8, as the C++ row copy takes it.
+        self._emb_bytes = emb.view(torch.uint8).numpy() if emb.device.type == "cpu" else None
 
     # ------------------------------------------------------------ properties
     @property
@@ -447,7 +452,14 @@ class MemoryBank:
         write = self._index.push(id_arr, self._step + 1)
         self._step += 1
         dev = self._emb.device
-        _copy_rows(self._emb, src, write)
+        if dev.type == "cpu" and src.dtype == self._emb.dtype and src.is_contiguous():
+            # Bytes straight into the ring, single-threaded with the GIL released.
+            _core.ring_copy_rows(self._emb_bytes, src.view(torch.uint8).numpy(), write)
+            # Written behind torch's back: bump the version counter as an in-place
+            # op would, so autograd still catches views used before this enqueue.
+            torch.autograd.graph.increment_version(self._emb)
+        else:
+            _copy_rows(self._emb, src, write)
         _copy_rows(self._ids, torch.from_numpy(id_arr).to(dev, non_blocking=True), write)
         if lq is None:
             _, dst, first, second = write
@@ -591,7 +603,7 @@ class MemoryBank:
     def to(self, device: Union[str, torch.device]) -> "MemoryBank":
         """Moves the stored tensors to ``device`` (in place); returns the bank."""
         dev = check_device(device)
-        self._emb = self._emb.to(dev)
+        self._set_storage(self._emb.to(dev))
         self._ids = self._ids.to(dev)
         self._log_q = self._log_q.to(dev)
         return self

@@ -160,6 +160,11 @@ def test_dtypes(dtype):
     bank.enqueue(x, np.arange(4, dtype=np.int32), log_q=np.zeros(4, dtype=np.float64))
     assert bank.embeddings.dtype == dtype and torch.equal(bank.embeddings, x[1:].to(dtype))
     assert bank.log_q.dtype == torch.float32 and bank.ids.dtype == torch.int64
+    # Same dtype (a raw row copy) and non-contiguous input (torch's copy) agree.
+    y = torch.randn(2, 4)[:, ::2].to(dtype)
+    bank.enqueue(y.contiguous(), [5, 6])
+    bank.enqueue(y, [7, 8])
+    assert torch.equal(bank.embeddings, torch.cat([y[1:], y]))
 
 
 def test_state_dict_round_trip_continues_identically():
@@ -264,3 +269,17 @@ def test_to_device(device):
     assert bank.embeddings.device.type == device and bank.hit_mask([1]).device.type == device
     bank.enqueue(torch.zeros(2, 2, device=device), torch.tensor([3, 1], device=device))
     assert bank.ids.tolist() == [2, 3, 1] and bank.hit_mask([1]).tolist() == [[False, False, True]]
+
+
+def test_lookup_survives_heavy_churn():
+    # Many ids, long chains and constant eviction exercise the id -> slots
+    # table's deletions; every hit list must still match brute force.
+    rng = np.random.default_rng(11)
+    bank = pyneg.MemoryBank(500, 1, max_age=6)
+    for _ in range(40):
+        n = int(rng.integers(1, 300))
+        ids = torch.from_numpy(np.where(rng.random(n) < 0.5, rng.integers(0, 40, n), rng.integers(0, 10**12, n)))
+        bank.enqueue(torch.zeros(n, 1), ids)
+        pos = torch.cat([ids[:50], torch.from_numpy(rng.integers(0, 40, 20))])
+        assert torch.equal(bank.hit_mask(pos), pos.unsqueeze(1) == bank.ids.unsqueeze(0))
+        assert_negatives_consistent(bank, pos)

@@ -76,6 +76,28 @@ void register_memory(py::module_& m) {
   // keeps the GIL, so one Python thread's push can never race another's lookup.
   // (Each call is O(batch), microseconds.)
   m.attr("MAX_RING_CAPACITY") = kMaxRingCapacity;
+  m.def(
+      "ring_copy_rows",
+      [](output_array<uint8_t> dst, const input_array<uint8_t>& src, const py::tuple& write) {
+        require_ndim(dst, 2, "dst");
+        require_ndim(src, 2, "src");
+        if (write.size() != 4) throw std::invalid_argument("write must be (src_begin, dst_begin, first, second)");
+        RingWrite w{write[0].cast<int64_t>(), write[1].cast<int64_t>(), write[2].cast<int64_t>(),
+                    write[3].cast<int64_t>()};
+        const int64_t cap = dst.shape(0), n = src.shape(0);
+        if (src.shape(1) != dst.shape(1)) throw std::invalid_argument("src and dst rows differ in size");
+        if (w.src_begin < 0 || w.first < 0 || w.second < 0 || w.dst_begin < 0 ||
+            w.src_begin + w.first + w.second > n || w.dst_begin + w.first > cap || w.second > w.dst_begin) {
+          throw std::invalid_argument("write does not fit src and dst");
+        }
+        unsigned char* d = writable_data(dst, "dst");
+        const unsigned char* s = src.data();
+        const int64_t row_bytes = dst.shape(1);
+        py::gil_scoped_release release;
+        copy_ring_rows(d, s, row_bytes, w);
+      },
+      py::arg("dst").noconvert(), py::arg("src"), py::arg("write"),
+      "Copy the rows of src (bytes) into the bank storage dst as RingIndex.push planned.");
   py::class_<RingIndex>(m, "RingIndex",
                         "Write pointer, per-slot ids and steps, and id -> slots lookup of a FIFO memory bank.")
       .def(py::init<int64_t>(), py::arg("capacity"))

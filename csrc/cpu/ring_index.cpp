@@ -1,6 +1,7 @@
 #include "cpu/ring_index.h"
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
@@ -8,6 +9,12 @@
 #include "cpu/ids.h"
 
 namespace pyneg {
+
+void copy_ring_rows(unsigned char* dst, const unsigned char* src, int64_t row_bytes, const RingWrite& w) {
+  const auto bytes = [row_bytes](int64_t rows) { return static_cast<size_t>(rows * row_bytes); };
+  std::memcpy(dst + bytes(w.dst_begin), src + bytes(w.src_begin), bytes(w.first));
+  if (w.second > 0) std::memcpy(dst, src + bytes(w.src_begin + w.first), bytes(w.second));
+}
 
 RingIndex::RingIndex(int64_t capacity) : capacity_(capacity) {
   if (capacity <= 0 || capacity > kMaxRingCapacity) {

@@ -30,6 +30,12 @@ struct RingWrite {
   int64_t second = 0;
 };
 
+// Copies the rows a push() planned from src (rows of row_bytes bytes) into the
+// bank's storage dst: one memcpy per contiguous run, single-threaded (a few
+// hundred KB per step is bound by memory bandwidth, and a thread team would
+// only add a barrier that a busy machine can stall for a scheduler tick).
+void copy_ring_rows(unsigned char* dst, const unsigned char* src, int64_t row_bytes, const RingWrite& w);
+
 class RingIndex {
  public:
   // Throws std::invalid_argument unless 1 <= capacity <= kMaxRingCapacity.
