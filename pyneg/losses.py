@@ -25,7 +25,7 @@ __all__ = [
 
 class _SoftmaxLoss(nn.Module):
     def __init__(self, *, temperature: float = 1.0, reduction: str = "mean",
-                 chunk_size: Optional[int] = None) -> None:
+                 chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE) -> None:
         super().__init__()
         # Validate now so a bad setting fails where the module is built.
         self.temperature = PF._check_temperature(temperature)
@@ -39,7 +39,7 @@ class _SoftmaxLoss(nn.Module):
 
 class _GatheringLoss(_SoftmaxLoss):
     def __init__(self, *, temperature: float = 1.0, reduction: str = "mean", gather: bool = False,
-                 group: Optional[Any] = None, chunk_size: Optional[int] = None) -> None:
+                 group: Optional[Any] = None, chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE) -> None:
         super().__init__(temperature=temperature, reduction=reduction, chunk_size=chunk_size)
         self.gather = PF._check_bool(gather, "gather")
         self.group = group

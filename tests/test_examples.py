@@ -1,0 +1,37 @@
+"""examples/two_tower.py: two gloo processes (torchrun, CPU) with the global-batch
+losses report the metrics of one process that sees the same global batches."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two_tower.py"
+# float64 so that one and two processes agree to rounding; every method, so every
+# global-batch loss (in-batch, + logQ, bank, sampled) is exercised.
+QUICK = ["--quick", "--dtype", "float64", "--batch-size", "256", "--bank-size", "512"]
+
+
+def _run(cmd, tmp_path: Path, name: str) -> dict:
+    out = tmp_path / f"{name}.json"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd + ["--json", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    one = _run([sys.executable, str(EXAMPLE)] + QUICK, tmp_path, "one")
+    two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                str(EXAMPLE)] + QUICK, tmp_path, "two")
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert set(one["results"]) == {"in-batch", "+ logQ", "+ bank", "mixed"}
+    for method, metrics in one["results"].items():
+        for name in ("Recall@10", "Recall@50", "NDCG@10"):
+            assert two["results"][method][name] == pytest.approx(metrics[name], abs=1e-9), (method, name)
