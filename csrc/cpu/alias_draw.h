@@ -45,7 +45,10 @@ PYNEG_HD int64_t alias_pick(const uint64_t* entries, uint64_t n, uint64_t u) {
   const uint32_t coin = static_cast<uint32_t>(low >> 32);
   const uint64_t e = entries[bucket];
   const uint64_t alias = e >> 32;
-  return static_cast<int64_t>(coin < static_cast<uint32_t>(e) ? bucket : alias);
+  // Select with a mask, not `?:`: compilers turn the ternary into a branch,
+  // and a coin against a threshold is unpredictable (a mispredict per few draws).
+  const uint64_t take_alias = 0 - static_cast<uint64_t>(coin >= static_cast<uint32_t>(e));
+  return static_cast<int64_t>(bucket ^ ((bucket ^ alias) & take_alias));
 }
 
 // A sorted, deduplicated exclusion list [begin, end) with the running sum of

@@ -101,7 +101,9 @@ void alias_sample(const AliasTable& table, uint64_t seed, uint64_t offset, int64
   const uint64_t* entries = table.entries.data();
   const uint64_t v = static_cast<uint64_t>(table.size());
   const bool prefetch = table.entries.size() * sizeof(uint64_t) > kPrefetchBytes;
-  parallel_for(n, num_threads, kGrain, [&](int64_t b, int64_t e) {
+  parallel_for(n, num_threads, kGrain, [&, entries, v](int64_t b, int64_t e) {
+    // entries and v are copied into the closure: as locals, the compiler knows
+    // the stores to out cannot change them and keeps them in registers.
     if (!prefetch) {
       uint64_t r[kBlock];
       for (int64_t j = b; j < e; j += kBlock) {
