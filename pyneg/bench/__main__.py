@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 import torch
 
 from pyneg.bench.registry import all_workloads
-from pyneg.bench.timing import median, time_calls
+from pyneg.bench.timing import median, peak_memory_bytes, time_calls
 
 
 def machine_description() -> Dict[str, Any]:
@@ -61,6 +61,10 @@ def run(quick: bool, name_filter: str, progress: bool = True) -> List[Dict[str, 
             name: median(time_calls(fn, state, repeat=repeat, min_time=min_time))
             for name, fn in w.baselines.items()
         }
+        peaks: Dict[str, Any] = {}
+        if w.measure_memory:
+            peaks = {name: peak_memory_bytes(fn, state)
+                     for name, fn in [("pyneg", w.run)] + list(w.baselines.items())}
         targets = [
             {"target": t.describe(), "kind": t.kind, "baseline": t.baseline, "value": t.value,
              "met": t.met(pyneg_s, base_s, items)}
@@ -76,6 +80,7 @@ def run(quick: bool, name_filter: str, progress: bool = True) -> List[Dict[str, 
                 "baselines_s": base_s,
                 "ratios": {name: s / pyneg_s for name, s in base_s.items()},
                 "targets": targets,
+                "peak_bytes": peaks,
             }
         )
         del state
@@ -87,12 +92,13 @@ def run(quick: bool, name_filter: str, progress: bool = True) -> List[Dict[str, 
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
-    header = f"{'workload':<30} {'impl':<28} {'median':>11} {'throughput':>14} {'ratio':>9}  target"
+    header = (f"{'workload':<30} {'impl':<28} {'median':>11} {'throughput':>14} {'ratio':>9} "
+              f"{'peak mem':>9}  target")
     lines = [header, "-" * len(header)]
     for r in rows:
         def line(impl: str, s: float, ratio: str, target: str) -> str:
             return (f"{r['name']:<30} {impl:<28} {_fmt_time(s):>11} "
-                    f"{_fmt_rate(r['items'] / s):>14} {ratio:>9}  {target}")
+                    f"{_fmt_rate(r['items'] / s):>14} {ratio:>9} {_fmt_peak(r, impl):>9}  {target}")
         tgt = "; ".join(
             f"{t['target']} {'ok' if t['met'] else ('MISSED' if t['met'] is False else '?')}"
             for t in r["targets"]
@@ -105,18 +111,18 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
 
 def format_markdown(rows: List[Dict[str, Any]]) -> str:
     """The table as GitHub markdown, one row per implementation (for the README)."""
-    lines = ["| workload | implementation | median | throughput | speed-up of pyneg | target |",
-             "| --- | --- | ---: | ---: | ---: | --- |"]
+    lines = ["| workload | implementation | median | throughput | speed-up of pyneg | peak memory | target |",
+             "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         tgt = "; ".join(
             f"{t['target']}: {'met' if t['met'] else ('**missed**' if t['met'] is False else '?')}"
             for t in r["targets"]
         )
         lines.append(f"| `{r['name']}` | **pyneg** | {_fmt_time(r['pyneg_s'])} | "
-                     f"{_fmt_rate(r['items'] / r['pyneg_s'])} | | {tgt} |")
+                     f"{_fmt_rate(r['items'] / r['pyneg_s'])} | | {_fmt_peak(r, 'pyneg')} | {tgt} |")
         for name, s in r["baselines_s"].items():
             lines.append(f"| | {name} | {_fmt_time(s)} | {_fmt_rate(r['items'] / s)} | "
-                         f"{r['ratios'][name]:.1f}x | |")
+                         f"{r['ratios'][name]:.1f}x | {_fmt_peak(r, name)} | |")
     return "\n".join(lines)
 
 
@@ -125,6 +131,11 @@ def _fmt_time(s: float) -> str:
         if s >= scale:
             return f"{s / scale:.2f} {unit}"
     return f"{s / 1e-9:.0f} ns"
+
+
+def _fmt_peak(row: Dict[str, Any], impl: str) -> str:
+    peak = row.get("peak_bytes", {}).get(impl)
+    return "" if peak is None else f"{peak / 2**20:.0f} MiB"
 
 
 def _fmt_rate(r: float) -> str:

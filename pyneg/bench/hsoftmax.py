@@ -6,14 +6,13 @@ Baselines (defined once, in :mod:`pyneg._hsoftmax_reference`): a textbook
 paths (``F.embedding`` gather, ``bmm``, ``logsigmoid``); and the full softmax
 (``F.cross_entropy`` over all V logits) that hierarchical softmax replaces.
 
-``python -m pyneg.bench.hsoftmax [--quick]`` also prints the peak memory of
-one forward + backward step of pyneg and of the gather baseline.
+The forward + backward workloads also report peak memory in the
+``python -m pyneg.bench`` table (``measure_memory``).
 """
 from __future__ import annotations
 
-import argparse
 from types import SimpleNamespace
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import numpy as np
 import torch
@@ -22,7 +21,6 @@ import torch.nn.functional as F
 import pyneg
 from pyneg._hsoftmax_reference import gather_nll, heapq_huffman_depths
 from pyneg.bench.sampling import zipf_counts
-from pyneg.bench.timing import median, peak_memory_bytes, time_calls
 from pyneg.bench.workload import Target, Workload
 
 
@@ -140,6 +138,7 @@ WORKLOADS = [
         check=_check_fwd_bwd,
         items=lambda st: st.batch,
         targets=(Target("ratio", 2, "PyTorch gather (padded paths)"),),
+        measure_memory=True,
     ),
     Workload(
         name="hsoftmax_fwd_bwd_sparse_V1e5",
@@ -150,6 +149,7 @@ WORKLOADS = [
         baselines={"PyTorch gather (padded paths)": _gather_fwd_bwd},
         check=_check_fwd_bwd,
         items=lambda st: st.batch,
+        measure_memory=True,
     ),
     Workload(
         name="hsoftmax_vs_softmax_V1e5",
@@ -160,6 +160,7 @@ WORKLOADS = [
         baselines={"full softmax (F.cross_entropy)": _full_softmax},
         check=_check_vs_softmax,
         items=lambda st: st.batch,
+        measure_memory=True,
     ),
     Workload(
         name="hsoftmax_vs_softmax_V1e6",
@@ -170,43 +171,6 @@ WORKLOADS = [
         baselines={"full softmax (F.cross_entropy)": _full_softmax},
         check=_check_vs_softmax,
         items=lambda st: st.batch,
+        measure_memory=True,
     ),
 ]
-
-
-def memory_report(quick: bool = False) -> List[Dict[str, Any]]:
-    """Median time and peak resident memory of one step, pyneg and every baseline.
-
-    The CLI table has no memory column, so this reports it for the HS
-    forward + backward workloads (CPU memory, via
-    :func:`pyneg.bench.timing.peak_memory_bytes`).
-    """
-    rows = []
-    for w in WORKLOADS:
-        if w.name == "huffman_build_V1e6":
-            continue
-        st = w.setup(quick)
-        w.verify(st)
-        for impl, fn in [("pyneg", w.run)] + list(w.baselines.items()):
-            fn(st)  # warm-up, so the peak is the step's own memory
-            peak = peak_memory_bytes(fn, st)
-            s = median(time_calls(fn, st, repeat=5 if quick else 7, min_time=0.02))
-            rows.append({"workload": w.name, "impl": impl, "median_s": s, "peak_bytes": peak})
-        del st
-    return rows
-
-
-def main(argv: Any = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyneg.bench.hsoftmax",
-                                     description="Time and peak memory of hierarchical softmax steps")
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    print(f"{'workload':<30} {'impl':<32} {'median':>10} {'peak memory':>12}")
-    for r in memory_report(args.quick):
-        peak = "n/a" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.0f} MiB"
-        print(f"{r['workload']:<30} {r['impl']:<32} {r['median_s'] * 1e3:>8.2f} ms {peak:>12}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -6,21 +6,18 @@ mask with ``masked_fill`` and call ``F.cross_entropy``; autograd keeps each
 intermediate for the backward pass. Each call is one forward and backward pass;
 ``check`` asserts that the losses and gradients agree.
 
-``python -m pyneg.bench.losses [--quick]`` also measures the peak memory of
-every variant (:func:`pyneg.bench.timing.peak_memory_bytes`) and prints both.
+Every loss workload also reports peak memory in the ``python -m pyneg.bench``
+table (``measure_memory``).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from types import SimpleNamespace
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 import pyneg.functional as PF
-from pyneg.bench.timing import median, peak_memory_bytes, time_calls
 from pyneg.bench.workload import Workload
 
 TEMPERATURE = 0.05
@@ -109,6 +106,7 @@ WORKLOADS: List[Workload] = [
         baselines={NAIVE: _fwd_bwd(_naive_mixed)},
         check=_check,
         items=lambda st: st.b,
+        measure_memory=True,
     ),
     Workload(
         name="mixed_bank_B4096_M65536_chunked",
@@ -119,6 +117,7 @@ WORKLOADS: List[Workload] = [
         baselines={NAIVE: _fwd_bwd(_naive_mixed)},
         check=_check,
         items=lambda st: st.b,
+        measure_memory=True,
     ),
     Workload(
         name="in_batch_B4096",
@@ -129,38 +128,6 @@ WORKLOADS: List[Workload] = [
         baselines={NAIVE: _fwd_bwd(_naive_in_batch)},
         check=_check,
         items=lambda st: st.b,
+        measure_memory=True,
     ),
 ]
-
-
-def measure(quick: bool = False, name_filter: str = "") -> Iterator[Dict[str, Any]]:
-    """Median time and peak memory of pyneg and every baseline, workload by workload (as measured)."""
-    # Full-size calls take seconds each: a few samples of one call suffice.
-    repeat, min_time = (3, 0.02) if quick else (5, 0.0)
-    for w in WORKLOADS:
-        if name_filter not in w.name:
-            continue
-        state = w.setup(quick)
-        w.verify(state)
-        for impl, fn in [("pyneg", w.run)] + list(w.baselines.items()):
-            peak = peak_memory_bytes(fn, state)
-            secs = median(time_calls(fn, state, repeat=repeat, min_time=min_time))
-            yield {"workload": w.name, "impl": impl, "median_s": secs, "peak_bytes": peak}
-        del state
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pyneg.bench.losses",
-                                     description="median time and peak memory of the loss workloads")
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--filter", default="")
-    args = parser.parse_args(argv)
-    print(f"{'workload':<34} {'impl':<38} {'median':>9} {'peak memory':>12}")
-    for r in measure(args.quick, args.filter):
-        peak = "n/a" if r["peak_bytes"] is None else f"{r['peak_bytes'] / 2**20:.0f} MiB"
-        print(f"{r['workload']:<34} {r['impl']:<38} {r['median_s'] * 1e3:>7.1f} ms {peak:>12}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -62,6 +62,9 @@ class Workload:
         items: items one call processes (draws, ids, examples), for throughput;
             an int or ``items(state) -> int``.
         targets: the DESIGN.md targets this workload is measured against.
+        measure_memory: also report the peak resident memory one call of
+            pyneg and of each baseline adds (CPU workloads whose memory is part
+            of the claim, e.g. losses that avoid materialising logits).
     """
 
     name: str
@@ -73,6 +76,7 @@ class Workload:
     check: Optional[Callable[[Any, Any, Dict[str, Any]], None]] = None
     items: Any = 1
     targets: tuple = ()
+    measure_memory: bool = False
 
     def num_items(self, state: Any) -> int:
         return int(self.items(state) if callable(self.items) else self.items)
