@@ -420,6 +420,8 @@ class MemoryBank:
         """
         if not isinstance(embeddings, torch.Tensor):
             raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+        if embeddings.layout != torch.strided or embeddings.is_nested:
+            raise TypeError(f"embeddings must be a dense (strided) tensor, got layout {embeddings.layout}")
         if not embeddings.is_floating_point():
             raise TypeError(f"embeddings must be floating point, got {embeddings.dtype}")
         if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
@@ -433,10 +435,15 @@ class MemoryBank:
         lq = None
         if log_q is not None:
             lq = as_tensor(log_q, "log_q")
+            if lq.layout != torch.strided or lq.is_nested:
+                raise TypeError(f"log_q must be a dense (strided) tensor, got layout {lq.layout}")
             if not lq.is_floating_point():
                 raise TypeError(f"log_q must be floating point, got {lq.dtype}")
             if tuple(lq.shape) != (n,):
                 raise ValueError(f"log_q must have shape ({n},), got {tuple(lq.shape)}")
+            if lq.device.type == "meta":
+                raise ValueError("log_q is on meta (a tensor without data)")
+            lq = lq.detach()
         src = embeddings.detach()
         group = _sync_group(self._sync, self._group)
         if group is not None:
@@ -444,17 +451,22 @@ class MemoryBank:
                 lq = torch.full((n,), math.nan, dtype=torch.float32)
             src = _gather_rows(src, group)
             id_arr = _gather_rows(torch.from_numpy(id_arr), group).numpy()
-            lq = _gather_rows(lq.detach().to(device=src.device, dtype=torch.float32), group)
+            lq = _gather_rows(lq.to(device=src.device, dtype=torch.float32), group)
         if id_arr.shape[0] == 0:  # checked after the gather, so every rank agrees
             raise ValueError("embeddings must not be empty")
+        dev = self._emb.device
+        if lq is not None:
+            lq = lq.to(device=dev, dtype=torch.float32)  # before the index moves: this copy can fail
+        # The byte view too: a tensor with the negative bit set has none.
+        fast = dev.type == "cpu" and src.dtype == self._emb.dtype and src.is_contiguous() and not src.is_neg()
+        src_bytes = src.view(torch.uint8).numpy() if fast else None
         # The index checks the ids before it changes anything; after it, the
         # copies below cannot fail (shapes, devices and dtypes are checked).
         write = self._index.push(id_arr, self._step + 1)
         self._step += 1
-        dev = self._emb.device
-        if dev.type == "cpu" and src.dtype == self._emb.dtype and src.is_contiguous():
+        if src_bytes is not None:
             # Bytes straight into the ring, single-threaded with the GIL released.
-            _core.ring_copy_rows(self._emb_bytes, src.view(torch.uint8).numpy(), write)
+            _core.ring_copy_rows(self._emb_bytes, src_bytes, write)
             # Written behind torch's back: bump the version counter as an in-place
             # op would, so autograd still catches views used before this enqueue.
             torch.autograd.graph.increment_version(self._emb)
@@ -466,7 +478,7 @@ class MemoryBank:
             self._log_q[dst:dst + first].fill_(math.nan)
             self._log_q[:second].fill_(math.nan)
         else:
-            _copy_rows(self._log_q, lq.detach(), write)
+            _copy_rows(self._log_q, lq, write)
 
     # ------------------------------------------------------ oldest-first views
     def _fifo(self, count: int) -> Segments:

@@ -216,6 +216,10 @@ BAD_ENQUEUES = [
     (lambda: (torch.ones(2, 2), [1, 2], torch.zeros(3)), ValueError, "log_q"),
     (lambda: (torch.ones(2, 2), [1, 2], torch.zeros(2, dtype=torch.int64)), TypeError, "log_q"),
     (lambda: (torch.ones(2, 2, device="meta"), [1, 2], None), ValueError, "embeddings are on meta"),
+    # Inputs torch can only reject once copying: all must be caught before the index moves.
+    (lambda: (torch.ones(2, 2).to_sparse(), [1, 2], None), TypeError, "embeddings"),
+    (lambda: (torch.ones(2, 2), [1, 2], torch.zeros(2).to_sparse()), TypeError, "log_q"),
+    (lambda: (torch.ones(2, 2), [1, 2], torch.zeros(2, device="meta")), ValueError, "log_q"),
 ]
 
 
@@ -230,6 +234,17 @@ def test_bad_enqueue_leaves_the_bank_unchanged(make, error, match):
     for key, value in before.items():
         assert same(after[key], value), key
     assert len(bank) == 2
+
+
+def test_negative_bit_embeddings_are_stored_by_value():
+    # A contiguous view with the negative bit set cannot take the raw byte copy;
+    # it used to fail only after the index had recorded the batch.
+    bank = pyneg.MemoryBank(3, 2)
+    bank.enqueue(torch.arange(4.0).reshape(2, 2), [10, 11], [-1.0, -2.0])
+    x = torch.tensor([[1.0, 2.0]])
+    bank.enqueue(torch._neg_view(x), [12], [-3.0])
+    assert bank.ids.tolist() == [10, 11, 12] and bank.log_q.tolist() == [-1.0, -2.0, -3.0]
+    assert torch.equal(bank.embeddings[-1], -x[0])
 
 
 @pytest.mark.parametrize(
