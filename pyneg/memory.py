@@ -457,6 +457,13 @@ class MemoryBank:
         dev = self._emb.device
         if lq is not None:
             lq = lq.to(device=dev, dtype=torch.float32)  # before the index moves: this copy can fail
+        # Inputs that are views of this bank (what negatives() returned) are
+        # copied first: the writes below would overwrite rows they still read.
+        src = _unaliased(src, self._emb)
+        if dev.type == "cpu" and _shares_memory(torch.from_numpy(id_arr), self._ids):
+            id_arr = id_arr.copy()
+        if lq is not None:
+            lq = _unaliased(lq, self._log_q)
         # The byte view too: a tensor with the negative bit set has none.
         fast = dev.type == "cpu" and src.dtype == self._emb.dtype and src.is_contiguous() and not src.is_neg()
         src_bytes = src.view(torch.uint8).numpy() if fast else None
@@ -619,6 +626,20 @@ class MemoryBank:
         self._ids = self._ids.to(dev)
         self._log_q = self._log_q.to(dev)
         return self
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the storages of ``a`` and ``b`` overlap (conservative: whole storages)."""
+    if a.device != b.device:
+        return False
+    sa, sb = a.untyped_storage(), b.untyped_storage()
+    a0, b0 = sa.data_ptr(), sb.data_ptr()
+    return a0 < b0 + sb.nbytes() and b0 < a0 + sa.nbytes()
+
+
+def _unaliased(t: torch.Tensor, bank_tensor: torch.Tensor) -> torch.Tensor:
+    """``t``, or a copy of it when it shares memory with ``bank_tensor``."""
+    return t.clone() if _shares_memory(t, bank_tensor) else t
 
 
 def _copy_rows(dst: torch.Tensor, src: torch.Tensor, write: Tuple[int, int, int, int]) -> None:

@@ -247,6 +247,26 @@ def test_negative_bit_embeddings_are_stored_by_value():
     assert torch.equal(bank.embeddings[-1], -x[0])
 
 
+@pytest.mark.parametrize("rows", [slice(0, 3), slice(1, 3), slice(0, 4)])
+def test_enqueue_of_the_banks_own_entries(rows):
+    # Re-enqueueing what negatives() returned (views of the bank's storage)
+    # must copy the values as they were, not read rows the same call has
+    # already overwritten, and not fail halfway through the write.
+    bank = pyneg.MemoryBank(4, 2)
+    bank.enqueue(torch.arange(8.0).reshape(4, 2), [1, 2, 3, 4], [-1.0, -2.0, -3.0, -4.0])
+    bank.enqueue(torch.full((1, 2), 9.0), [5], [-5.0])  # head moves to slot 1
+    neg = bank.negatives()
+    emb, ids, log_q = neg.embeddings[rows].clone(), neg.ids[rows].clone(), neg.log_q[rows].clone()
+    ref = pyneg.MemoryBank(4, 2)
+    ref.load_state_dict(bank.state_dict())
+    ref.enqueue(emb, ids, log_q)
+    bank.enqueue(neg.embeddings[rows], neg.ids[rows], neg.log_q[rows])
+    for key, value in ref.state_dict().items():
+        assert same(bank.state_dict()[key], value), key
+    positives = torch.tensor([1, 2, 3, 4, 5])
+    assert torch.equal(bank.hit_mask(positives), positives.unsqueeze(1) == bank.ids.unsqueeze(0))
+
+
 @pytest.mark.parametrize(
     "kwargs,error,name",
     [
