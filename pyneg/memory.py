@@ -73,12 +73,21 @@ def _gather_rows(t: torch.Tensor, group: Any) -> torch.Tensor:
     return _dist.all_gather(t.to(dev), group).to(t.device)
 
 
+def _check_dense(t: torch.Tensor, key: str) -> None:
+    """A tensor with data that copies into the state: strided (not sparse or nested), not meta."""
+    if t.layout != torch.strided or t.is_nested:
+        raise TypeError(f"state_dict[{key!r}] must be a dense (strided) tensor, got layout {t.layout}")
+    if t.device.type == "meta":
+        raise ValueError(f"state_dict[{key!r}] is on meta (a tensor without data)")
+
+
 def _state_tensor(sd: Dict[str, Any], key: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     if key not in sd:
         raise ValueError(f"state_dict has no {key!r}")
     t = sd[key]
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"state_dict[{key!r}] must be a tensor, got {type(t).__name__}")
+    _check_dense(t, key)
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"state_dict[{key!r}] has shape {tuple(t.shape)}, expected {tuple(shape)}")
     if t.dtype != dtype:
@@ -279,6 +288,8 @@ class BankNegatives(NamedTuple):
 
 
 Segments = List[Tuple[int, int]]
+
+_MAX_BANK_STEP = 2**63 - 2  # steps are int64 in the ring index; the next enqueue writes step + 1
 
 
 class MemoryBank:
@@ -596,6 +607,8 @@ class MemoryBank:
             if _state_value(state_dict, key) != mine:
                 raise ValueError(f"state_dict has {key}={state_dict[key]!r} but this bank has {mine!r}")
         step = check_int(_state_value(state_dict, "step"), "state_dict['step']", minimum=0)
+        if step > _MAX_BANK_STEP:  # the next enqueue's step must fit in int64
+            raise ValueError(f"state_dict['step'] must be <= {_MAX_BANK_STEP}, got {step}")
         head = check_int(_state_value(state_dict, "head"), "state_dict['head']", minimum=0)
         ids = _state_value(state_dict, "ids")
         if not isinstance(ids, torch.Tensor) or ids.dim() != 1:
@@ -604,6 +617,7 @@ class MemoryBank:
         emb = _state_value(state_dict, "embeddings")
         if not isinstance(emb, torch.Tensor) or not emb.is_floating_point():
             raise TypeError("state_dict['embeddings'] must be a floating-point tensor")
+        _check_dense(emb, "embeddings")
         if tuple(emb.shape) != (n, self.dim):
             raise ValueError(f"state_dict['embeddings'] has shape {tuple(emb.shape)}, expected {(n, self.dim)}")
         ids = _state_tensor(state_dict, "ids", (n,), torch.int64).cpu()
@@ -611,13 +625,16 @@ class MemoryBank:
         steps = _state_tensor(state_dict, "steps", (n,), torch.int64).cpu()
         if n and (int(steps.min()) < 1 or int(steps.max()) > step):
             raise ValueError("state_dict['steps'] must lie in [1, step]")
+        # Converted (detached: the bank never holds a graph) before anything is written.
+        emb = emb.detach().to(device=self.device, dtype=self.dtype)
+        log_q = log_q.detach().to(self.device)
         self._index.restore(ids.contiguous().numpy(), steps.contiguous().numpy(), head)
         self._step = step
         (start, stop) = self._fifo(n)[0]  # a wrapped second segment starts at slot 0
         write = (0, start, stop - start, n - (stop - start))
-        _copy_rows(self._emb, emb.to(self.device), write)
+        _copy_rows(self._emb, emb, write)
         _copy_rows(self._ids, ids.to(self.device), write)
-        _copy_rows(self._log_q, log_q.to(self.device), write)
+        _copy_rows(self._log_q, log_q, write)
 
     def to(self, device: Union[str, torch.device]) -> "MemoryBank":
         """Moves the stored tensors to ``device`` (in place); returns the bank."""

@@ -203,6 +203,49 @@ def test_load_state_dict_rejects_another_shape_and_changes_nothing():
     assert after["head"] == before["head"] and after["step"] == before["step"]
 
 
+def _other_state():
+    other = pyneg.MemoryBank(4, 2)
+    other.enqueue(torch.full((5, 2), 7.0), [20, 21, 22, 23, 24], torch.full((5,), -7.0))
+    return other.state_dict()
+
+
+@pytest.mark.parametrize(
+    "key,bad,error",
+    [
+        ("embeddings", lambda sd: torch.empty(4, 2, device="meta"), (ValueError, TypeError)),
+        ("embeddings", lambda sd: sd["embeddings"].to_sparse(), TypeError),
+        ("log_q", lambda sd: torch.empty(4, device="meta"), (ValueError, TypeError)),
+        ("log_q", lambda sd: sd["log_q"].to_sparse(), TypeError),
+        ("steps", lambda sd: sd["steps"].to_sparse(), TypeError),
+        ("step", lambda sd: 2**63 - 1, ValueError),  # the next enqueue's step would not fit in int64
+        ("step", lambda sd: 2**70, ValueError),
+    ],
+)
+def test_load_state_dict_with_a_tampered_tensor_changes_nothing(key, bad, error):
+    a = pyneg.MemoryBank(4, 2)
+    a.enqueue(torch.ones(3, 2), [1, 2, 3], [-1.0, -2.0, -3.0])
+    before = a.state_dict()
+    sd = _other_state()
+    sd[key] = bad(sd)
+    with pytest.raises(error, match=key):
+        a.load_state_dict(sd)
+    for k, value in a.state_dict().items():
+        assert same(value, before[k]), k
+    a.enqueue(torch.zeros(1, 2), [4])  # still usable
+    assert a.ids.tolist() == [1, 2, 3, 4]
+
+
+def test_load_state_dict_never_attaches_a_graph():
+    sd = _other_state()
+    sd["embeddings"] = sd["embeddings"].clone().requires_grad_()
+    sd["log_q"] = sd["log_q"].clone().requires_grad_()
+    bank = pyneg.MemoryBank(4, 2)
+    bank.load_state_dict(sd)
+    neg = bank.negatives()
+    assert not neg.embeddings.requires_grad and not neg.log_q.requires_grad
+    assert not bank.embeddings.requires_grad and torch.equal(bank.embeddings, torch.full((4, 2), 7.0))
+
+
 BAD_ENQUEUES = [
     (lambda: ([[1.0, 2.0]], [1], None), TypeError, "embeddings"),
     (lambda: (torch.ones(2, 2, dtype=torch.int64), [1, 2], None), TypeError, "embeddings"),
