@@ -102,6 +102,9 @@ def _state_value(sd: Dict[str, Any], key: str) -> Any:
 
 
 # --------------------------------------------------------- frequency estimator
+_MAX_ESTIMATOR_STEP = 2**53  # the cells hold step numbers as float64, exact up to 2**53
+
+
 class FrequencyEstimator:
     """Streaming estimate of how likely each item id is to be in a step's batch.
 
@@ -262,11 +265,16 @@ class FrequencyEstimator:
             if _state_value(state_dict, key) != mine:
                 raise ValueError(f"state_dict has {key}={state_dict[key]!r} but this estimator has {mine!r}")
         step = check_int(_state_value(state_dict, "step"), "state_dict['step']", minimum=0)
+        if step > _MAX_ESTIMATOR_STEP:
+            raise ValueError(f"state_dict['step'] must be <= {_MAX_ESTIMATOR_STEP}, got {step}")
         shape = (self.num_hashes, self.num_buckets)
         last = _state_tensor(state_dict, "last_step", shape, torch.int64)
         gap = _state_tensor(state_dict, "gap", shape, torch.float64)
         if bool((last < 0).any()) or bool((last > step).any()):
             raise ValueError("state_dict['last_step'] must lie in [0, step]")
+        hit = gap[(last > 0).to(gap.device)]  # a cell never hit (last_step 0) ignores its gap
+        if not bool((hit.isfinite() & (hit > 0)).all()):
+            raise ValueError("state_dict['gap'] must be finite and > 0 wherever last_step > 0")
         self._state[..., 0] = last.to(torch.float64)
         self._state[..., 1] = gap
         self._step = step

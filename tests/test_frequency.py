@@ -178,6 +178,46 @@ def test_load_state_dict_of_another_shape_raises_and_changes_nothing(kwargs):
     assert a.step == 1 and torch.equal(a.state_dict()["gap"], before["gap"])
 
 
+def _set_hit_gaps(value):
+    def bad(sd):
+        gap = sd["gap"].clone()
+        gap[sd["last_step"] > 0] = value
+        return gap
+    return bad
+
+
+@pytest.mark.parametrize(
+    "key,bad,error",
+    [
+        ("gap", _set_hit_gaps(math.nan), ValueError),
+        ("gap", _set_hit_gaps(math.inf), ValueError),
+        ("gap", _set_hit_gaps(-2.0), ValueError),   # p < 0, log p NaN
+        ("gap", _set_hit_gaps(0.0), ValueError),    # p = inf
+        ("gap", lambda sd: torch.empty(2, 101, dtype=torch.float64, device="meta"), (ValueError, TypeError)),
+        ("gap", lambda sd: sd["gap"].to_sparse(), TypeError),
+        ("last_step", lambda sd: sd["last_step"].to_sparse(), TypeError),
+        ("step", lambda sd: 2**63 - 1, ValueError),  # beyond 2**53 steps are not exact in the float64 cells
+        ("step", lambda sd: 2**70, ValueError),
+    ],
+)
+def test_load_state_dict_with_a_tampered_tensor_raises_and_changes_nothing(key, bad, error):
+    a = pyneg.FrequencyEstimator(101, alpha=0.1)
+    a.update([1, 2, 3])
+    before = a.state_dict()
+    other = pyneg.FrequencyEstimator(101, alpha=0.1)
+    for ids in ([4, 5], [5, 6], [4]):
+        other.update(ids)
+    sd = other.state_dict()
+    sd[key] = bad(sd)
+    with pytest.raises(error, match=key):
+        a.load_state_dict(sd)
+    after = a.state_dict()
+    assert after["step"] == 1 and torch.equal(after["gap"], before["gap"])
+    assert torch.equal(after["last_step"], before["last_step"])
+    a.update([1])  # still usable
+    assert a.step == 2
+
+
 @pytest.mark.parametrize(
     "kwargs,error,name",
     [
