@@ -194,10 +194,15 @@ def test_load_state_dict_rejects_another_shape_and_changes_nothing():
         other.enqueue(torch.zeros(1, other.dim), [7])
         with pytest.raises(ValueError, match="capacity|dim"):
             a.load_state_dict(other.state_dict())
+    # Tampered copies of another bank's state, so that a partial write would show.
+    c = pyneg.MemoryBank(4, 2)
+    c.enqueue(torch.full((2, 2), 5.0), [7, 8], [-7.0, -8.0])
+    c.enqueue(torch.full((1, 2), 6.0), [9])
+    good = c.state_dict()
     for key, bad in [("ids", torch.tensor([-1, 2, 3])), ("head", 1), ("steps", torch.tensor([2, 1, 1])),
                      ("embeddings", torch.ones(2, 2)), ("log_q", torch.zeros(3, dtype=torch.float64))]:
         with pytest.raises((ValueError, TypeError)):
-            a.load_state_dict(dict(before, **{key: bad}))
+            a.load_state_dict(dict(good, **{key: bad}))
     after = a.state_dict()
     assert all(same(after[k], before[k]) for k in ("embeddings", "ids", "steps", "log_q"))
     assert after["head"] == before["head"] and after["step"] == before["step"]
