@@ -374,6 +374,10 @@ class HierarchicalSoftmax(nn.Module):
         _check_reduction(reduction)
         input = self._check_input(input)
         tgt = as_index_tensor(target, "target", self.num_classes)
+        if not isinstance(target, torch.Tensor):
+            # A NumPy array is wrapped, not copied, and torch's version counter cannot see
+            # writes to it: the backward pass must not read targets changed after forward.
+            tgt = tgt.clone()
         if tgt.shape != input.shape[:1]:
             raise ValueError(f"target must be ({input.shape[0]},) to match input, got shape {tuple(tgt.shape)}")
         if self._on_kernels(input):

@@ -367,3 +367,18 @@ def test_bad_forward_inputs():
         hs.log_prob(torch.randn(2, 2))
     # Targets as a list or NumPy array are accepted.
     assert torch.equal(hs(x, [0, 1]), hs(x, np.array([0, 1])))
+
+
+def test_numpy_target_written_after_forward_does_not_change_the_gradient():
+    # A NumPy target is wrapped, not copied, and torch cannot see writes to it:
+    # the backward pass must use the targets the forward pass saw.
+    hs = make_hs(np.ones(8), 4, bias=True)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    want = torch.autograd.grad(hs(x, torch.tensor([0, 1, 2]), reduction="sum"), (x, hs.weight, hs.bias))
+    target = np.array([0, 1, 2])
+    loss = hs(x, target, reduction="sum")
+    target[:] = [7, 6, 5]  # same path lengths: nothing else would notice
+    got = torch.autograd.grad(loss, (x, hs.weight, hs.bias))
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
