@@ -276,7 +276,9 @@ class HierarchicalSoftmax(nn.Module):
             only the rows on the batch's paths, as ``nn.Embedding(sparse=True)``
             does; use it with ``torch.optim.SparseAdam`` or ``SGD``.
         dtype, device: of the parameters. float32 and float64 run on pyneg's
-            C++ kernels on CPU; other devices use an equivalent pure-PyTorch
+            C++ kernels on CPU and, when pyneg was built with CUDA and
+            ``sparse`` is False, on its CUDA kernels; other dtypes and devices
+            (and sparse CUDA modules) use an equivalent pure-PyTorch
             implementation.
 
     Attributes:
