@@ -74,6 +74,23 @@ def padded_paths(offsets: torch.Tensor, nodes: torch.Tensor, codes: torch.Tensor
     return PaddedPaths(flat_nodes.to(device), flat_signs.to(device))
 
 
+class _SparseGather(torch.autograd.Function):
+    """``vector[index]`` whose gradient is a sparse COO vector (``F.embedding(sparse=True)`` for 1-D)."""
+
+    @staticmethod
+    def forward(ctx, vector: torch.Tensor, index: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(index)
+        ctx.size = vector.shape[0]
+        return vector[index]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        (index,) = ctx.saved_tensors
+        # Indices are path nodes, all in range; duplicates are summed when coalesced.
+        g = torch.sparse_coo_tensor(index.reshape(1, -1), grad.reshape(-1), (ctx.size,), check_invariants=False)
+        return g, None
+
+
 def gather_nll(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
                bias: Optional[torch.Tensor], paths: PaddedPaths, *, sparse: bool = False) -> torch.Tensor:
     """Per-example negative log-likelihood (B,), by gathering every path's rows.
@@ -88,7 +105,10 @@ def gather_nll(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
     rows = F.embedding(nodes, weight, sparse=sparse)              # (B, L, d)
     scores = torch.bmm(rows, input.unsqueeze(-1)).squeeze(-1)     # (B, L)
     if bias is not None:
-        scores = scores + F.embedding(nodes, bias.unsqueeze(-1), sparse=sparse).squeeze(-1)
+        if sparse:  # F.embedding's sparse gradient cannot flow back through bias.unsqueeze(-1)
+            scores = scores + _SparseGather.apply(bias, nodes)
+        else:
+            scores = scores + F.embedding(nodes, bias.unsqueeze(-1)).squeeze(-1)
     return -(F.logsigmoid(signs * scores) * (signs != 0)).sum(1)
 
 

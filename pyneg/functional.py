@@ -177,6 +177,10 @@ def _check_ids(ids: Any, name: str, shape: Tuple[int, ...], device: torch.device
     if ids is None:
         return None
     t = _as_data(ids, name, device)
+    if not isinstance(ids, torch.Tensor) and t.device.type == "cpu":
+        # NumPy memory is wrapped, not copied, and autograd cannot see writes to it; the
+        # backward pass may rebuild the mask from these ids.
+        t = t.clone()
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids, got {t.dtype}")
     if tuple(t.shape) != shape:

@@ -276,7 +276,9 @@ class HierarchicalSoftmax(nn.Module):
             only the rows on the batch's paths, as ``nn.Embedding(sparse=True)``
             does; use it with ``torch.optim.SparseAdam`` or ``SGD``.
         dtype, device: of the parameters. float32 and float64 run on pyneg's
-            C++ kernels on CPU; other devices use an equivalent pure-PyTorch
+            C++ kernels on CPU and, when pyneg was built with CUDA and
+            ``sparse`` is False, on its CUDA kernels; other dtypes and devices
+            (and sparse CUDA modules) use an equivalent pure-PyTorch
             implementation.
 
     Attributes:
@@ -374,6 +376,10 @@ class HierarchicalSoftmax(nn.Module):
         _check_reduction(reduction)
         input = self._check_input(input)
         tgt = as_index_tensor(target, "target", self.num_classes)
+        if not isinstance(target, torch.Tensor):
+            # A NumPy array is wrapped, not copied, and torch's version counter cannot see
+            # writes to it: the backward pass must not read targets changed after forward.
+            tgt = tgt.clone()
         if tgt.shape != input.shape[:1]:
             raise ValueError(f"target must be ({input.shape[0]},) to match input, got shape {tuple(tgt.shape)}")
         if self._on_kernels(input):

@@ -367,3 +367,49 @@ def test_bad_forward_inputs():
         hs.log_prob(torch.randn(2, 2))
     # Targets as a list or NumPy array are accepted.
     assert torch.equal(hs(x, [0, 1]), hs(x, np.array([0, 1])))
+
+
+def test_numpy_target_written_after_forward_does_not_change_the_gradient():
+    # A NumPy target is wrapped, not copied, and torch cannot see writes to it:
+    # the backward pass must use the targets the forward pass saw.
+    hs = make_hs(np.ones(8), 4, bias=True)
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    want = torch.autograd.grad(hs(x, torch.tensor([0, 1, 2]), reduction="sum"), (x, hs.weight, hs.bias))
+    target = np.array([0, 1, 2])
+    loss = hs(x, target, reduction="sum")
+    target[:] = [7, 6, 5]  # same path lengths: nothing else would notice
+    got = torch.autograd.grad(loss, (x, hs.weight, hs.bias))
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sparse_gradient_with_bias_off_the_kernels(dtype):
+    # 16-bit parameters (and every CUDA module with sparse=True) take the
+    # gather path; its bias gradient must be sparse too, and match the dense one.
+    counts = zipf_counts(50, seed=2)
+    dense = make_hs(counts, 8, bias=True, dtype=dtype)
+    sparse = make_hs(counts, 8, bias=True, dtype=dtype, sparse=True)
+    x = torch.randn(6, 8, generator=torch.Generator().manual_seed(0)).to(dtype)
+    target = torch.tensor([0, 3, 3, 17, 49, 8])
+    dense(x, target, reduction="sum").backward()
+    sparse(x, target, reduction="sum").backward()
+    assert sparse.weight.grad.is_sparse and sparse.bias.grad.is_sparse
+    assert torch.allclose(sparse.weight.grad.to_dense().double(), dense.weight.grad.double(), atol=1e-2)
+    assert torch.allclose(sparse.bias.grad.to_dense().double(), dense.bias.grad.double(), atol=1e-2)
+    torch.optim.SGD(sparse.parameters(), lr=0.1).step()
+
+
+def test_gather_reference_sparse_bias_gradient():
+    # The path CUDA modules with sparse=True and bias=True run (float32).
+    hs = make_hs(zipf_counts(40, seed=3), 5, bias=True, dtype=torch.float32)
+    x = torch.randn(4, 5)
+    target = torch.tensor([0, 39, 7, 7])
+    paths = hs.tree.padded_paths(torch.float32)
+    w, b = hs.weight.detach().clone().requires_grad_(), hs.bias.detach().clone().requires_grad_()
+    gather_nll(x, target, w, b, paths, sparse=True).sum().backward()
+    w2, b2 = hs.weight.detach().clone().requires_grad_(), hs.bias.detach().clone().requires_grad_()
+    gather_nll(x, target, w2, b2, paths).sum().backward()
+    assert w.grad.is_sparse and b.grad.is_sparse
+    assert torch.allclose(w.grad.to_dense(), w2.grad, atol=1e-6)
+    assert torch.allclose(b.grad.to_dense(), b2.grad, atol=1e-6)

@@ -471,3 +471,20 @@ def test_bad_input_names_the_argument(case):
     fn, exc, name = _bad_cases()[case]
     with pytest.raises(exc, match=name):
         fn()
+
+
+@pytest.mark.parametrize("chunk_size", [None, 2])
+def test_numpy_ids_written_after_forward_do_not_change_the_gradient(mask_mode, chunk_size):
+    # NumPy ids are wrapped, not copied, and torch cannot see writes to them:
+    # a chunked backward that rebuilds the mask must use the ids forward saw.
+    q, c, log_q, _ = batch(b=6)
+    q.requires_grad_(True)
+    c.requires_grad_(True)
+    ids = np.array([1, 1, 2, 2, 3, 3])
+    want = torch.autograd.grad(PF.in_batch_softmax_loss(q, c, log_q=log_q, candidate_ids=torch.tensor(ids),
+                                                        chunk_size=chunk_size, reduction="sum"), (q, c))
+    loss = PF.in_batch_softmax_loss(q, c, log_q=log_q, candidate_ids=ids, chunk_size=chunk_size, reduction="sum")
+    ids[:] = [9, 8, 7, 6, 5, 4]
+    got = torch.autograd.grad(loss, (q, c))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=0)
