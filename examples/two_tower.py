@@ -262,6 +262,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"source": source, "world_size": world, "args": vars(args), "results": results}, f, indent=1)
     if dist.is_initialized():
+        dist.barrier()  # both ranks done before the group is torn down
         dist.destroy_process_group()
     return 0
 

@@ -621,7 +621,8 @@ class NegativeSource:
         log Q is the sampler's log expected count of each id among the N draws
         (``num_tries`` for draws with ``unique=True``, as ``sample_candidates`` reports it).
         """
-        ids_t = ids if isinstance(ids, torch.Tensor) else as_tensor(ids, "ids")
+        # A NumPy/list input is copied: the loss saves the ids for its backward.
+        ids_t = ids if isinstance(ids, torch.Tensor) else as_tensor(ids, "ids").clone()
         log_q = sampler.log_expected_count(ids_t, max(int(ids_t.numel()), 1), num_tries=num_tries)
         return cls(embeddings, ids_t.to(embeddings.device), log_q.to(embeddings.device))
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -67,10 +67,40 @@ def _sync_group(sync: bool, group: Optional[Any]) -> Optional[Any]:
     return (group if group is not None else dist.group.WORLD) if world > 1 else None
 
 
+def _backend_device(group: Any) -> torch.device:
+    """Where collectives of ``group`` take their tensors (CUDA for NCCL)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _gather_rows(t: torch.Tensor, group: Any) -> torch.Tensor:
-    """``pyneg.distributed.all_gather`` on the device the backend needs (CUDA for NCCL)."""
-    dev = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
-    return _dist.all_gather(t.to(dev), group).to(t.device)
+    """``pyneg.distributed.all_gather`` on the device the backend needs."""
+    return _dist.all_gather(t.to(_backend_device(group)), group).to(t.device)
+
+
+def _checked_on_every_rank(check: Callable[[], Any], group: Optional[Any]) -> Any:
+    """Runs the input checks ``check()``; under ``group`` the ranks agree first.
+
+    A rank whose input is bad must not leave the others waiting in the gather
+    that follows: every rank reports whether its checks passed (one small
+    all-reduce), and if any failed, all raise (the failing rank its own error).
+    """
+    if group is None:
+        return check()
+    error: Optional[Exception] = None
+    result = None
+    try:
+        result = check()
+    except (TypeError, ValueError) as e:
+        error = e
+    failed = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=_backend_device(group))
+    dist.all_reduce(failed, group=group)
+    if error is not None:
+        raise error
+    if int(failed.item()) > 0:
+        raise ValueError("another rank passed invalid input to this synchronised call (see its error)")
+    return result
 
 
 def _check_dense(t: torch.Tensor, key: str) -> None:
@@ -209,8 +239,8 @@ class FrequencyEstimator:
         With ``sync=True`` under torch.distributed, gathers every rank's ids
         first (each rank must call ``update`` once per step).
         """
-        arr = _id_array(ids, "ids")
         group = _sync_group(self._sync, self._group)
+        arr = _checked_on_every_rank(lambda: _id_array(ids, "ids"), group)
         if group is not None:
             arr = _gather_rows(torch.from_numpy(arr), group).numpy()
         if arr.size == 0:  # checked after the gather, so every rank agrees
@@ -437,38 +467,43 @@ class MemoryBank:
         the bank as it was. With ``sync=True`` under torch.distributed every rank
         must call ``enqueue`` once per step (a rank may pass zero rows).
         """
-        if not isinstance(embeddings, torch.Tensor):
-            raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
-        if embeddings.layout != torch.strided or embeddings.is_nested:
-            raise TypeError(f"embeddings must be a dense (strided) tensor, got layout {embeddings.layout}")
-        if not embeddings.is_floating_point():
-            raise TypeError(f"embeddings must be floating point, got {embeddings.dtype}")
-        if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
-            raise ValueError(f"embeddings must have shape (B, {self.dim}), got {tuple(embeddings.shape)}")
-        if embeddings.device != self._emb.device:
-            raise ValueError(f"embeddings are on {embeddings.device} but the bank is on {self._emb.device}")
-        n = embeddings.shape[0]
-        id_arr = _id_array(ids, "ids")
-        if id_arr.shape[0] != n:
-            raise ValueError(f"ids has {id_arr.shape[0]} entries but embeddings has {n} rows")
-        lq = None
-        if log_q is not None:
-            lq = as_tensor(log_q, "log_q")
-            if lq.layout != torch.strided or lq.is_nested:
-                raise TypeError(f"log_q must be a dense (strided) tensor, got layout {lq.layout}")
-            if not lq.is_floating_point():
-                raise TypeError(f"log_q must be floating point, got {lq.dtype}")
-            if tuple(lq.shape) != (n,):
-                raise ValueError(f"log_q must have shape ({n},), got {tuple(lq.shape)}")
-            if lq.device.type == "meta":
-                raise ValueError("log_q is on meta (a tensor without data)")
-            lq = lq.detach()
-        src = embeddings.detach()
         group = _sync_group(self._sync, self._group)
+
+        def check() -> Tuple[torch.Tensor, np.ndarray, Optional[torch.Tensor]]:
+            if not isinstance(embeddings, torch.Tensor):
+                raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+            if embeddings.layout != torch.strided or embeddings.is_nested:
+                raise TypeError(f"embeddings must be a dense (strided) tensor, got layout {embeddings.layout}")
+            if not embeddings.is_floating_point():
+                raise TypeError(f"embeddings must be floating point, got {embeddings.dtype}")
+            if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
+                raise ValueError(f"embeddings must have shape (B, {self.dim}), got {tuple(embeddings.shape)}")
+            if embeddings.device != self._emb.device:
+                raise ValueError(f"embeddings are on {embeddings.device} but the bank is on {self._emb.device}")
+            n = embeddings.shape[0]
+            id_arr = _id_array(ids, "ids")
+            if id_arr.shape[0] != n:
+                raise ValueError(f"ids has {id_arr.shape[0]} entries but embeddings has {n} rows")
+            lq = None
+            if log_q is not None:
+                lq = as_tensor(log_q, "log_q")
+                if lq.layout != torch.strided or lq.is_nested:
+                    raise TypeError(f"log_q must be a dense (strided) tensor, got layout {lq.layout}")
+                if not lq.is_floating_point():
+                    raise TypeError(f"log_q must be floating point, got {lq.dtype}")
+                if tuple(lq.shape) != (n,):
+                    raise ValueError(f"log_q must have shape ({n},), got {tuple(lq.shape)}")
+                if lq.device.type == "meta":
+                    raise ValueError("log_q is on meta (a tensor without data)")
+                lq = lq.detach()
+            return embeddings.detach(), id_arr, lq
+
+        src, id_arr, lq = _checked_on_every_rank(check, group)
+        n = src.shape[0]
         if group is not None:
             if lq is None:
                 lq = torch.full((n,), math.nan, dtype=torch.float32)
-            src = _gather_rows(src, group)
+            src = _gather_rows(src.to(self._emb.dtype), group)  # every rank sends the bank's dtype
             id_arr = _gather_rows(torch.from_numpy(id_arr), group).numpy()
             lq = _gather_rows(lq.to(device=src.device, dtype=torch.float32), group)
         if id_arr.shape[0] == 0:  # checked after the gather, so every rank agrees

@@ -7,6 +7,7 @@ parameter's gradient must equal the single-process loss on the global batch.
 """
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from typing import Dict
@@ -67,29 +68,39 @@ SCENARIOS = {"in_batch": (4, 4), "mixed": (4, 4), "unequal": (5, 3)}
 def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        results: Dict[str, Dict] = {}
-        for name, sizes in SCENARIOS.items():
-            users, items, log_q, sampled, bank = global_batch(sum(sizes))
-            start = sum(sizes[:rank])
-            rows = slice(start, start + sizes[rank])
-            model = DistributedDataParallel(TwoTower())
-            kind = "in_batch" if name != "mixed" else "mixed"
-            per_row = loss_of(kind, model, users[rows], items[rows], log_q, sampled, bank, True, "none")
-            loss = per_row.mean()
-            if name == "unequal":  # weight each rank's mean so DDP's average is the global mean
-                loss = loss * sizes[rank] * world / sum(sizes)
-            loss.backward()
-            mean_loss = loss.detach().clone()
-            dist.all_reduce(mean_loss)
-            results[name] = {
-                "loss": mean_loss / world,
-                "per_row": pd.all_gather(per_row.detach()),
-                "grads": {n: p.grad.clone() for n, p in model.module.named_parameters()},
-            }
-        if rank == 0:
-            torch.save(results, out_file)
+        _run_scenarios(rank, world, out_file)
+        gc.collect()  # DDP holds reference cycles: free its reducers now
+        # Every DDP model is gone (it lived in _run_scenarios) and both ranks are
+        # done before the group is torn down: a rank that destroys the group while
+        # the other still talks to it, or a DDP reducer outliving its group, can
+        # abort the process inside gloo.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def _run_scenarios(rank: int, world: int, out_file: str) -> None:
+    results: Dict[str, Dict] = {}
+    for name, sizes in SCENARIOS.items():
+        users, items, log_q, sampled, bank = global_batch(sum(sizes))
+        start = sum(sizes[:rank])
+        rows = slice(start, start + sizes[rank])
+        model = DistributedDataParallel(TwoTower())
+        kind = "in_batch" if name != "mixed" else "mixed"
+        per_row = loss_of(kind, model, users[rows], items[rows], log_q, sampled, bank, True, "none")
+        loss = per_row.mean()
+        if name == "unequal":  # weight each rank's mean so DDP's average is the global mean
+            loss = loss * sizes[rank] * world / sum(sizes)
+        loss.backward()
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        results[name] = {
+            "loss": mean_loss / world,
+            "per_row": pd.all_gather(per_row.detach()),
+            "grads": {n: p.grad.clone() for n, p in model.module.named_parameters()},
+        }
+    if rank == 0:
+        torch.save(results, out_file)
 
 
 @pytest.fixture(scope="module")

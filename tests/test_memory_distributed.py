@@ -83,3 +83,42 @@ def test_sync_without_a_process_group_is_world_size_one():
             est.update(ids)
     assert _same(synced[0].embeddings, plain[0].embeddings) and _same(synced[0].log_q, plain[0].log_q)
     assert torch.equal(synced[1].state_dict()["gap"], plain[1].state_dict()["gap"])
+
+
+def _bad_input_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        bank, est = _make(sync=True)
+        outcome = {}
+        # Rank 1 passes 2-D ids (caught by its own checks, before any gather);
+        # rank 0's input is fine. Both must raise (no rank left waiting in the
+        # gather) and neither may change its state.
+        ids = torch.tensor([1, 2, 3]) if rank == 0 else torch.tensor([[1, 2, 3]])
+        for name, call in (("enqueue", lambda: bank.enqueue(torch.ones(3, DIM), ids)),
+                           ("update", lambda: est.update(ids))):
+            try:
+                call()
+                outcome[name] = "no error"
+            except ValueError as e:
+                outcome[name] = str(e)
+        # Rank 0 sends float64 embeddings, rank 1 float32: stored in the bank's dtype.
+        emb = torch.ones(2, DIM, dtype=torch.float64 if rank == 0 else torch.float32)
+        bank.enqueue(emb, torch.tensor([rank, rank + 10]))
+        outcome["after"] = bank.state_dict()
+        torch.save(outcome, os.path.join(out_dir, f"{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_bad_input_on_one_rank_raises_on_every_rank():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_bad_input_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        results = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(2)]
+    for rank, res in enumerate(results):
+        for name in ("enqueue", "update"):
+            if rank == 1:
+                assert "ids must be 1-D" in res[name], res[name]  # its own error
+            else:
+                assert "another rank" in res[name], res[name]
+        assert torch.equal(res["after"]["ids"], torch.tensor([0, 10, 1, 11]))
+        assert _same(res["after"]["embeddings"], results[0]["after"]["embeddings"])
