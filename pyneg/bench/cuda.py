@@ -15,6 +15,7 @@ import torch
 
 import pyneg
 from pyneg import cuda
+from pyneg._hsoftmax_reference import gather_nll, padded_paths
 from pyneg.bench.sampling import assert_follows, zipf_counts
 from pyneg.bench.workload import Target, Workload
 
@@ -55,17 +56,10 @@ def heap_tree(num_classes: int, device: Any = "cpu") -> Tuple[torch.Tensor, torc
 def hs_gather_reference(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                         target: torch.Tensor, offsets: torch.Tensor, nodes: torch.Tensor,
                         codes: torch.Tensor) -> torch.Tensor:
-    """Per-example NLL with plain PyTorch: pad every path to the longest, gather, mask."""
-    lengths = offsets[1:] - offsets[:-1]
-    j = torch.arange(int(lengths.max()), device=input.device)
-    mask = j < lengths[target].unsqueeze(1)
-    pos = (offsets[target].unsqueeze(1) + j).clamp_max(nodes.numel() - 1)
-    n = nodes.long()[pos]
-    sign = 1.0 - 2.0 * codes[pos].to(input.dtype)
-    dots = torch.einsum("bld,bd->bl", weight[n], input)
-    if bias is not None:
-        dots = dots + bias[n]
-    return -(torch.nn.functional.logsigmoid(sign * dots) * mask).sum(1)
+    """Per-example NLL with plain PyTorch: the gather path of HierarchicalSoftmax (every path
+    padded to the longest, gathered, masked), padding included in the call."""
+    paths = padded_paths(offsets, nodes, codes, dtype=input.dtype, device=input.device)
+    return gather_nll(input, target, weight, bias, paths)
 
 
 # ----------------------------------------------------------------- draws
