@@ -19,7 +19,7 @@ import torch
 
 import pyneg
 from pyneg import cuda
-from pyneg.bench.cuda import heap_tree, hs_gather_reference
+from pyneg.bench.cuda import balanced_tree, hs_gather_reference
 
 needs_module = pytest.mark.skipif(not cuda.is_built(), reason="pyneg._cuda was not built (no nvcc at install time)")
 needs_gpu = pytest.mark.skipif(
@@ -279,11 +279,11 @@ def test_unique_rows_finished_by_the_race_match_cpu():
     assert int(cpu_tries.max()) > 8 * 280 + 1024  # the race was taken
 
 
-def test_heap_tree_and_gather_reference_give_a_distribution():
+def test_balanced_tree_and_gather_reference_give_a_distribution():
     # The reference the GPU kernels are compared with, checked on the CPU:
     # for any input, the probabilities of all V classes sum to 1.
     for v in (2, 3, 37, 1000):
-        offsets, nodes, codes = heap_tree(v)
+        offsets, nodes, codes = balanced_tree(v)
         assert offsets.numel() == v + 1 and int(nodes.max()) == v - 2 and int(nodes.min()) == 0
         assert bool((nodes[offsets[:-1]] == 0).all()), "paths start at the root"
         x = torch.randn(3, 4, dtype=torch.float64)
@@ -301,7 +301,7 @@ def test_heap_tree_and_gather_reference_give_a_distribution():
 def test_hsoftmax_matches_gather_reference(dtype, with_bias, v, d):
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(v * d)
-    offsets, nodes, codes = heap_tree(v, dev)
+    offsets, nodes, codes = balanced_tree(v, dev)
     b = 257
     x = torch.randn(b, d, device=dev, dtype=dtype, generator=g, requires_grad=True)
     w = (0.3 * torch.randn(v - 1, d, device=dev, dtype=dtype, generator=g)).requires_grad_()
@@ -332,7 +332,7 @@ def test_hsoftmax_matches_gather_reference(dtype, with_bias, v, d):
 @needs_gpu
 def test_hsoftmax_validates_inputs():
     dev = torch.device("cuda")
-    offsets, nodes, codes = heap_tree(5, dev)
+    offsets, nodes, codes = balanced_tree(5, dev)
     x = torch.randn(3, 4, device=dev)
     w = torch.randn(4, 4, device=dev)
     with pytest.raises(ValueError, match="target"):

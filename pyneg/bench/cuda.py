@@ -16,41 +16,19 @@ import torch
 import pyneg
 from pyneg import cuda
 from pyneg._hsoftmax_reference import gather_nll, padded_paths
+from pyneg.hsoftmax import HuffmanTree
 from pyneg.bench.sampling import assert_follows, zipf_counts
 from pyneg.bench.workload import Target, Workload
 
 
-def heap_tree(num_classes: int, device: Any = "cpu") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The flat layout (offsets, nodes, codes) of a heap-shaped binary tree.
+def balanced_tree(num_classes: int, device: Any = "cpu") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The flat layout (offsets, nodes, codes) of the Huffman tree of equal counts.
 
-    Inner nodes are heap indices 0..V-2, class c is heap index V-1+c; each
-    path is listed root first (code 1 = right child). A balanced stand-in for a
-    Huffman tree with the same layout, so the GPU kernels can be measured and
-    tested without the CPU tree builder.
+    A balanced tree (depths differ by at most one) built by HuffmanTree, in
+    the layout the kernels read, on ``device``.
     """
-    v = num_classes
-    h = np.arange(v - 1, 2 * v - 1, dtype=np.int64)
-    steps_n, steps_c = [], []
-    while (h > 0).any():  # one level up per step, leaf to root
-        parent = np.where(h > 0, (h - 1) // 2, -1)
-        steps_n.append(parent)
-        steps_c.append((h == 2 * parent + 2).astype(np.uint8))
-        h = np.maximum(parent, 0)
-    depth_first = np.stack(steps_n, 1) if steps_n else np.empty((v, 0), np.int64)
-    codes_first = np.stack(steps_c, 1) if steps_c else np.empty((v, 0), np.uint8)
-    valid = depth_first >= 0
-    lengths = valid.sum(1)
-    # Root first: reverse each row's valid prefix.
-    order = np.argsort(~valid, axis=1, kind="stable")
-    n_sorted = np.take_along_axis(depth_first, order, 1)
-    c_sorted = np.take_along_axis(codes_first, order, 1)
-    idx = np.arange(n_sorted.shape[1])
-    rev = np.clip(lengths[:, None] - 1 - idx, 0, None)
-    nodes = np.take_along_axis(n_sorted, rev, 1)[idx < lengths[:, None]]
-    codes = np.take_along_axis(c_sorted, rev, 1)[idx < lengths[:, None]]
-    offsets = np.concatenate([[0], np.cumsum(lengths)])
-    return (torch.from_numpy(offsets).to(device), torch.from_numpy(nodes.astype(np.int32)).to(device),
-            torch.from_numpy(codes).to(device))
+    tree = HuffmanTree.from_counts(np.ones(num_classes))
+    return tuple(t.to(device) for t in (tree.path_offsets, tree.path_nodes, tree.path_codes))  # type: ignore[return-value]
 
 
 def hs_gather_reference(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -101,7 +79,7 @@ def _hs_setup(quick: bool) -> SimpleNamespace:
     v, b, d = (10**5, 4096, 128) if not quick else (10**4, 1024, 64)
     dev = torch.device("cuda")
     g = torch.Generator(device=dev).manual_seed(0)
-    offsets, nodes, codes = heap_tree(v, dev)
+    offsets, nodes, codes = balanced_tree(v, dev)
     return SimpleNamespace(
         offsets=offsets, nodes=nodes, codes=codes, b=b,
         x=torch.randn(b, d, device=dev, generator=g),
