@@ -335,10 +335,7 @@ class AliasSampler:
         device, so its samples follow the same distribution without being
         bit-identical to the CPU ones.
         """
-        entries = self._device_entries.get(device)
-        if entries is None:
-            entries = torch.from_numpy(self._table.entries.view(np.int64).copy()).to(device)
-            self._device_entries[device] = entries
+        entries, _ = cuda.table_tensors(self._table, self._device_entries, device)
         gen = torch.Generator(device=device)
         gen.manual_seed(seed % (2**63))
         bucket = torch.randint(0, self.num_classes, shape, generator=gen, device=device)
