@@ -152,11 +152,8 @@ void register_alias(py::module_& m) {
           py::gil_scoped_release release;
           p = prepare_exclude_lists(t, ex, unique_k);
         }
-        int64_t longest = 0;
-        for (size_t l = 0; l + 1 < p.offsets.size(); ++l)
-          longest = std::max(longest, p.offsets[l + 1] - p.offsets[l]);
         return py::make_tuple(to_array(p.offsets), to_array(p.ids), to_array(p.cum),
-                              to_array(p.allowed_mass), ex.rows_per_list, longest);
+                              to_array(p.allowed_mass), ex.rows_per_list, p.longest());
       },
       py::arg("exclude"), py::arg("rows"), py::arg("unique_k") = 0,
       "Sorted, deduplicated exclusion lists as the kernels use them: (offsets, ids, cum, "

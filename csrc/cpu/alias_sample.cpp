@@ -287,10 +287,7 @@ void emulate_device_sampling(const AliasTable& table, int mode, uint64_t seed, u
       excluding_thread(j, entries, v, cum.data(), arrays, seed, offset, k, out);
     return;
   }
-  int64_t longest = 0;
-  for (size_t l = 0; l + 1 < p.offsets.size(); ++l)
-    longest = std::max(longest, p.offsets[l + 1] - p.offsets[l]);
-  const auto capacity = static_cast<int64_t>(id_set_capacity(static_cast<uint64_t>(k + longest)));
+  const auto capacity = static_cast<int64_t>(id_set_capacity(static_cast<uint64_t>(k + p.longest())));
   std::vector<int64_t> slots(static_cast<size_t>(rows * capacity));
   for (int64_t row = 0; row < rows; ++row)
     unique_row_thread(row, entries, v, arrays, seed, offset, k, slots.data() + row * capacity,

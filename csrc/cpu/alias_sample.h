@@ -4,6 +4,7 @@
 // identical for any thread count and any split of a request into batches.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
@@ -37,6 +38,12 @@ struct PreparedExclude {
     const auto b = static_cast<size_t>(offsets[static_cast<size_t>(l)]);
     const auto e = static_cast<size_t>(offsets[static_cast<size_t>(l) + 1]);
     return ExcludedIds{ids.data() + b, ids.data() + e, cum.data() + b};
+  }
+  // Ids in the longest list (sizes the per-row hash sets of unique draws).
+  int64_t longest() const {
+    int64_t n = 0;
+    for (size_t l = 0; l + 1 < offsets.size(); ++l) n = std::max(n, offsets[l + 1] - offsets[l]);
+    return n;
   }
 };
 
