@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from pyneg._validation import ArrayLike, as_tensor
+from pyneg._validation import ArrayLike, as_tensor, check_bool
 from pyneg.distributed import all_gather, all_gather_with_grad, rank_offset
 
 __all__ = [
@@ -489,7 +489,7 @@ def in_batch_softmax_loss(
     ids = _check_ids(candidate_ids, "candidate_ids", (b,), query.device)
     row_ids, own_log_q = ids, log_q
     columns, diag = candidate, 0
-    if _check_bool(gather, "gather"):
+    if check_bool(gather, "gather"):
         columns, ids, log_q, diag = _gather_batch(candidate, ids, log_q, group)
     return _softmax_loss(query, candidate, own_log_q, [_Block(columns, log_q, ids, diag)], row_ids,
                          temperature, chunk_size, reduction)
@@ -552,12 +552,6 @@ def sampled_softmax_loss(
         raise ValueError("positive_ids and negative_ids must be given together (to mask accidental hits)")
     return _softmax_loss(query, positive, pos_lq, [_Block(negative, neg_lq, neg_ids)], pos_ids,
                          temperature, chunk_size, reduction)
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -682,7 +676,7 @@ def mixed_negatives_loss(
     _check_query(query)
     temperature = _check_temperature(temperature)
     chunk_size = _check_chunk_size(chunk_size)
-    gather = _check_bool(gather, "gather")
+    gather = check_bool(gather, "gather")
     b, dev, acc = query.shape[0], query.device, _acc_dtype(query.dtype)
     _check_embeddings(positive, "positive", query, rows=b)
     pos_lq = _check_log_q(positive_log_q, "positive_log_q", (b,), dev, acc)
