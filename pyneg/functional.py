@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from pyneg._validation import ArrayLike, as_tensor, check_bool
+from pyneg._validation import ArrayLike, as_tensor, check_bool, check_int
 from pyneg.distributed import all_gather, all_gather_with_grad, rank_offset
 
 __all__ = [
@@ -125,13 +125,7 @@ def _check_temperature(temperature: Any) -> float:
 
 
 def _check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
-        raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return int(chunk_size)
+    return None if chunk_size is None else check_int(chunk_size, "chunk_size", minimum=1)
 
 
 def _check_query(query: torch.Tensor) -> None:
@@ -280,7 +274,7 @@ def _exp_normalise_(s: torch.Tensor, normalise: bool = False) -> torch.Tensor:
     for r in range(0, b, step):
         t = s[r:r + step]
         m = t.amax(1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        m = _finite_or_zero(m)
         t.sub_(m).exp_()
         z = t.sum(1, keepdim=True)
         if normalise:
