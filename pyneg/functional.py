@@ -210,14 +210,13 @@ class _Block:
 
 
 def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int],
-               b: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+               b: int, dev: torch.device) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """(rows, columns) of the masked entries of a block, or None when there are none to mask.
 
     Accidental hits are few (an id recurs in a handful of columns), so they are
     found by sorting the block's ids and binary-searching each row's id:
     O((N + B) log N + hits) instead of a dense (B, N) comparison.
     """
-    dev = row_ids.device if row_ids is not None else None
     rows, cols = [], []
     if ids is not None and row_ids is not None and ids.numel():
         sorted_ids, perm = torch.sort(ids)
@@ -229,7 +228,7 @@ def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], dia
             first = torch.repeat_interleave(lo - (counts.cumsum(0) - counts), counts)
             cols.append(perm[first + torch.arange(total, device=dev)])
     if diag is not None:
-        r = torch.arange(b, device=dev if dev is not None else "cpu")
+        r = torch.arange(b, device=dev)
         rows.append(r)
         cols.append(r + diag)
     if not rows:
@@ -238,8 +237,8 @@ def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], dia
 
 
 def _block_scores(qs: torch.Tensor, emb: torch.Tensor, neg_log_q: Optional[torch.Tensor],
-                  hits: Optional[Tuple[torch.Tensor, torch.Tensor]], start: int) -> torch.Tensor:
-    """Corrected, masked logits of the columns ``start..start+len(emb)`` of a shared block.
+                  hits: Optional[Tuple[torch.Tensor, torch.Tensor]], start: int, total: int) -> torch.Tensor:
+    """Corrected, masked logits of the columns ``start..start+len(emb)`` of a shared block of ``total``.
 
     ``qs`` is query / temperature, so scaling costs O(B d), not O(B N); the
     correction is the matmul's bias (one pass over the (B, n) output).
@@ -253,7 +252,7 @@ def _block_scores(qs: torch.Tensor, emb: torch.Tensor, neg_log_q: Optional[torch
         s = (qs @ emb.t()).to(acc).add_(neg_log_q)
     if hits is not None:
         rows, cols = hits
-        if start or emb.shape[0] < int(cols.max()) + 1:
+        if start or emb.shape[0] < total:  # a chunk: only its own hits
             keep = (cols >= start) & (cols < start + emb.shape[0])
             rows, cols = rows[keep], cols[keep] - start
         s[rows, cols] = -math.inf
@@ -300,7 +299,7 @@ class _BlockLogSumExp(torch.autograd.Function):
         n, b = emb.shape[0], query.shape[0]
         qs = query / temperature
         neg_lq = None if log_q is None else -log_q
-        hits = _hit_pairs(ids, row_ids, diag, b)
+        hits = _hit_pairs(ids, row_ids, diag, b, query.device)
         # Few distinct ids (a tiny catalogue): a dense (B, n) mask is smaller than the hit list.
         dense = hits is not None and hits[0].numel() > _DENSE_MASK_FRACTION * b * n
         if dense:
@@ -308,7 +307,7 @@ class _BlockLogSumExp(torch.autograd.Function):
         ctx.dense = dense
         probs = None
         if chunk_size >= n:
-            s = _block_scores(qs, emb, neg_lq, hits, 0)
+            s = _block_scores(qs, emb, neg_lq, hits, 0, n)
             if dense:
                 _dense_mask_(s, ids, row_ids, diag, 0)
             lse = _exp_normalise_(s, normalise=True)
@@ -316,7 +315,7 @@ class _BlockLogSumExp(torch.autograd.Function):
         else:
             lse = None
             for start in range(0, n, chunk_size):
-                s = _block_scores(qs, emb[start:start + chunk_size], _rows(neg_lq, start, chunk_size), hits, start)
+                s = _block_scores(qs, emb[start:start + chunk_size], _rows(neg_lq, start, chunk_size), hits, start, n)
                 if dense:
                     _dense_mask_(s, ids, row_ids, diag, start)
                 part = _exp_normalise_(s)
@@ -347,7 +346,7 @@ class _BlockLogSumExp(torch.autograd.Function):
             if probs is not None:  # left intact: backward may run again with retain_graph
                 p = probs
             else:
-                s = _block_scores(qs, emb[start:stop], _rows(neg_lq, start, step), hits, start)
+                s = _block_scores(qs, emb[start:stop], _rows(neg_lq, start, step), hits, start, n)
                 if ctx.dense:
                     _dense_mask_(s, ids, row_ids, diag, start)
                 p = s.sub_(_finite_or_zero(lse).unsqueeze(1)).exp_()
