@@ -74,6 +74,12 @@ def check_int(value: Any, name: str, *, minimum: Optional[int] = None) -> int:
     return value
 
 
+def check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def check_size(size: SizeLike, name: str = "size") -> Tuple[int, ...]:
     """Normalises an int or sequence of ints into a shape tuple of non-negative ints."""
     if isinstance(size, (torch.Size, tuple, list)):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from pyneg._validation import ArrayLike, as_tensor
+from pyneg._validation import ArrayLike, as_tensor, check_bool, check_int
 from pyneg.distributed import all_gather, all_gather_with_grad, rank_offset
 
 __all__ = [
@@ -125,13 +125,7 @@ def _check_temperature(temperature: Any) -> float:
 
 
 def _check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:
-    if chunk_size is None:
-        return None
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, numbers.Integral):
-        raise TypeError(f"chunk_size must be an int or None, got {type(chunk_size).__name__}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    return int(chunk_size)
+    return None if chunk_size is None else check_int(chunk_size, "chunk_size", minimum=1)
 
 
 def _check_query(query: torch.Tensor) -> None:
@@ -216,14 +210,13 @@ class _Block:
 
 
 def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int],
-               b: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+               b: int, dev: torch.device) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
     """(rows, columns) of the masked entries of a block, or None when there are none to mask.
 
     Accidental hits are few (an id recurs in a handful of columns), so they are
     found by sorting the block's ids and binary-searching each row's id:
     O((N + B) log N + hits) instead of a dense (B, N) comparison.
     """
-    dev = row_ids.device if row_ids is not None else None
     rows, cols = [], []
     if ids is not None and row_ids is not None and ids.numel():
         sorted_ids, perm = torch.sort(ids)
@@ -235,7 +228,7 @@ def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], dia
             first = torch.repeat_interleave(lo - (counts.cumsum(0) - counts), counts)
             cols.append(perm[first + torch.arange(total, device=dev)])
     if diag is not None:
-        r = torch.arange(b, device=dev if dev is not None else "cpu")
+        r = torch.arange(b, device=dev)
         rows.append(r)
         cols.append(r + diag)
     if not rows:
@@ -244,8 +237,8 @@ def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], dia
 
 
 def _block_scores(qs: torch.Tensor, emb: torch.Tensor, neg_log_q: Optional[torch.Tensor],
-                  hits: Optional[Tuple[torch.Tensor, torch.Tensor]], start: int) -> torch.Tensor:
-    """Corrected, masked logits of the columns ``start..start+len(emb)`` of a shared block.
+                  hits: Optional[Tuple[torch.Tensor, torch.Tensor]], start: int, total: int) -> torch.Tensor:
+    """Corrected, masked logits of the columns ``start..start+len(emb)`` of a shared block of ``total``.
 
     ``qs`` is query / temperature, so scaling costs O(B d), not O(B N); the
     correction is the matmul's bias (one pass over the (B, n) output).
@@ -259,7 +252,7 @@ def _block_scores(qs: torch.Tensor, emb: torch.Tensor, neg_log_q: Optional[torch
         s = (qs @ emb.t()).to(acc).add_(neg_log_q)
     if hits is not None:
         rows, cols = hits
-        if start or emb.shape[0] < int(cols.max()) + 1:
+        if start or emb.shape[0] < total:  # a chunk: only its own hits
             keep = (cols >= start) & (cols < start + emb.shape[0])
             rows, cols = rows[keep], cols[keep] - start
         s[rows, cols] = -math.inf
@@ -280,7 +273,7 @@ def _exp_normalise_(s: torch.Tensor, normalise: bool = False) -> torch.Tensor:
     for r in range(0, b, step):
         t = s[r:r + step]
         m = t.amax(1, keepdim=True)
-        m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+        m = _finite_or_zero(m)
         t.sub_(m).exp_()
         z = t.sum(1, keepdim=True)
         if normalise:
@@ -306,7 +299,7 @@ class _BlockLogSumExp(torch.autograd.Function):
         n, b = emb.shape[0], query.shape[0]
         qs = query / temperature
         neg_lq = None if log_q is None else -log_q
-        hits = _hit_pairs(ids, row_ids, diag, b)
+        hits = _hit_pairs(ids, row_ids, diag, b, query.device)
         # Few distinct ids (a tiny catalogue): a dense (B, n) mask is smaller than the hit list.
         dense = hits is not None and hits[0].numel() > _DENSE_MASK_FRACTION * b * n
         if dense:
@@ -314,7 +307,7 @@ class _BlockLogSumExp(torch.autograd.Function):
         ctx.dense = dense
         probs = None
         if chunk_size >= n:
-            s = _block_scores(qs, emb, neg_lq, hits, 0)
+            s = _block_scores(qs, emb, neg_lq, hits, 0, n)
             if dense:
                 _dense_mask_(s, ids, row_ids, diag, 0)
             lse = _exp_normalise_(s, normalise=True)
@@ -322,7 +315,7 @@ class _BlockLogSumExp(torch.autograd.Function):
         else:
             lse = None
             for start in range(0, n, chunk_size):
-                s = _block_scores(qs, emb[start:start + chunk_size], _rows(neg_lq, start, chunk_size), hits, start)
+                s = _block_scores(qs, emb[start:start + chunk_size], _rows(neg_lq, start, chunk_size), hits, start, n)
                 if dense:
                     _dense_mask_(s, ids, row_ids, diag, start)
                 part = _exp_normalise_(s)
@@ -353,7 +346,7 @@ class _BlockLogSumExp(torch.autograd.Function):
             if probs is not None:  # left intact: backward may run again with retain_graph
                 p = probs
             else:
-                s = _block_scores(qs, emb[start:stop], _rows(neg_lq, start, step), hits, start)
+                s = _block_scores(qs, emb[start:stop], _rows(neg_lq, start, step), hits, start, n)
                 if ctx.dense:
                     _dense_mask_(s, ids, row_ids, diag, start)
                 p = s.sub_(_finite_or_zero(lse).unsqueeze(1)).exp_()
@@ -489,7 +482,7 @@ def in_batch_softmax_loss(
     ids = _check_ids(candidate_ids, "candidate_ids", (b,), query.device)
     row_ids, own_log_q = ids, log_q
     columns, diag = candidate, 0
-    if _check_bool(gather, "gather"):
+    if check_bool(gather, "gather"):
         columns, ids, log_q, diag = _gather_batch(candidate, ids, log_q, group)
     return _softmax_loss(query, candidate, own_log_q, [_Block(columns, log_q, ids, diag)], row_ids,
                          temperature, chunk_size, reduction)
@@ -552,12 +545,6 @@ def sampled_softmax_loss(
         raise ValueError("positive_ids and negative_ids must be given together (to mask accidental hits)")
     return _softmax_loss(query, positive, pos_lq, [_Block(negative, neg_lq, neg_ids)], pos_ids,
                          temperature, chunk_size, reduction)
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -682,7 +669,7 @@ def mixed_negatives_loss(
     _check_query(query)
     temperature = _check_temperature(temperature)
     chunk_size = _check_chunk_size(chunk_size)
-    gather = _check_bool(gather, "gather")
+    gather = check_bool(gather, "gather")
     b, dev, acc = query.shape[0], query.device, _acc_dtype(query.dtype)
     _check_embeddings(positive, "positive", query, rows=b)
     pos_lq = _check_log_q(positive_log_q, "positive_log_q", (b,), dev, acc)

@@ -25,7 +25,7 @@ from torch import nn
 from pyneg import _core
 from pyneg import cuda as pyneg_cuda
 from pyneg._hsoftmax_reference import PaddedPaths, gather_log_prob, gather_nll, padded_paths
-from pyneg._validation import ArrayLike, as_float64_numpy, as_index_tensor, check_int
+from pyneg._validation import ArrayLike, as_float64_numpy, as_index_tensor, check_bool, check_int
 from pyneg.functional import _check_reduction, _reduce
 
 __all__ = ["HuffmanTree", "HierarchicalSoftmax"]
@@ -302,10 +302,8 @@ class HierarchicalSoftmax(nn.Module):
                  dtype: Optional[torch.dtype] = None, device: Any = None) -> None:
         super().__init__()
         dim = check_int(dim, "dim", minimum=1)
-        if not isinstance(sparse, bool):
-            raise TypeError(f"sparse must be a bool, got {type(sparse).__name__}")
-        if not isinstance(bias, bool):
-            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        check_bool(sparse, "sparse")
+        check_bool(bias, "bias")
         self.tree = counts if isinstance(counts, HuffmanTree) else HuffmanTree.from_counts(counts)
         self.num_classes = self.tree.num_classes
         self.dim = dim

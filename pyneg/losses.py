@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pyneg import functional as PF
+from pyneg._validation import check_bool
 from pyneg.functional import NegativeSource
 
 __all__ = [
@@ -41,7 +42,7 @@ class _GatheringLoss(_SoftmaxLoss):
     def __init__(self, *, temperature: float = 1.0, reduction: str = "mean", gather: bool = False,
                  group: Optional[Any] = None, chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE) -> None:
         super().__init__(temperature=temperature, reduction=reduction, chunk_size=chunk_size)
-        self.gather = PF._check_bool(gather, "gather")
+        self.gather = check_bool(gather, "gather")
         self.group = group
 
     def extra_repr(self) -> str:

@@ -31,7 +31,7 @@ import torch.distributed as dist
 
 from pyneg import _core
 from pyneg import distributed as _dist
-from pyneg._validation import ArrayLike, as_tensor, check_device, check_int
+from pyneg._validation import ArrayLike, as_tensor, check_bool, check_device, check_int
 
 __all__ = ["FrequencyEstimator", "MemoryBank", "BankNegatives"]
 
@@ -51,12 +51,6 @@ def _id_array(ids: ArrayLike, name: str) -> np.ndarray:
     if t.dim() != 1:
         raise ValueError(f"{name} must be 1-D, got shape {tuple(t.shape)}")
     return t.detach().to(device="cpu", dtype=torch.int64).contiguous().numpy()
-
-
-def _check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
 
 
 def _sync_group(sync: bool, group: Optional[Any]) -> Optional[Any]:
@@ -203,7 +197,7 @@ class FrequencyEstimator:
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         num_hashes = check_int(num_hashes, "num_hashes", minimum=1)
         self._alpha = alpha
-        self._sync = _check_bool(sync, "sync")
+        self._sync = check_bool(sync, "sync")
         self._group = process_group
         # (A, B) interleaved so that one update touches one 16-byte cell.
         self._state = torch.zeros((num_hashes, num_buckets, 2), dtype=torch.float64)
@@ -403,7 +397,7 @@ class MemoryBank:
         dev = check_device(device) or torch.device("cpu")
         self._max_age = None if max_age is None else check_int(max_age, "max_age", minimum=0)
         self._warmup = check_int(warmup, "warmup", minimum=0)
-        self._sync = _check_bool(sync, "sync")
+        self._sync = check_bool(sync, "sync")
         self._group = process_group
         self._index = _core.RingIndex(capacity)
         self._set_storage(torch.empty((capacity, dim), dtype=dtype, device=dev))

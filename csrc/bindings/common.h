@@ -4,9 +4,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace pyneg::bindings {
 
@@ -26,6 +28,22 @@ template <class T>
 T* writable_data(output_array<T>& a, const char* name) {
   if (!a.writeable()) throw std::invalid_argument(std::string(name) + " is read-only");
   return a.mutable_data();
+}
+
+// A new NumPy array holding a copy of v.
+template <class T>
+py::array_t<T> to_array(const std::vector<T>& v) {
+  py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
+}
+
+// A read-only 1-D NumPy view of n values owned by `owner`, which the view keeps alive.
+template <class T>
+py::array_t<T> readonly_view(py::object owner, const T* data, py::ssize_t n) {
+  py::array_t<T> a({n}, {static_cast<py::ssize_t>(sizeof(T))}, data, owner);
+  a.attr("setflags")(false);
+  return a;
 }
 
 inline void require_ndim(const py::array& a, py::ssize_t ndim, const char* name) {

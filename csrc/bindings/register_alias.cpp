@@ -30,13 +30,6 @@ ExcludeLists exclude_lists(const input_array<int64_t>& exclude, int64_t rows) {
   return ex;
 }
 
-template <class T>
-py::array_t<T> to_array(const std::vector<T>& v) {
-  py::array_t<T> a(static_cast<py::ssize_t>(v.size()));
-  std::copy(v.begin(), v.end(), a.mutable_data());
-  return a;
-}
-
 int64_t checked_rows(output_array<int64_t>& out, int64_t k) {
   if (k <= 0 || out.size() % k != 0) {
     throw std::invalid_argument("out must hold a whole number of rows of k ids");
@@ -81,19 +74,14 @@ void register_alias(py::module_& m) {
           "entries",
           [](py::object self) {
             const auto& t = self.cast<const AliasTable&>();
-            // A read-only view that keeps the table alive.
-            py::array_t<uint64_t> a({t.size()}, {sizeof(uint64_t)}, t.entries.data(), self);
-            a.attr("setflags")(false);
-            return a;
+            return readonly_view(self, t.entries.data(), t.size());
           },
           "Packed (alias << 32) | threshold words, one per bucket (read-only view).")
       .def_property_readonly(
           "mass",
           [](py::object self) {
             const auto& t = self.cast<const AliasTable&>();
-            py::array_t<uint64_t> a({t.size()}, {sizeof(uint64_t)}, t.mass.data(), self);
-            a.attr("setflags")(false);
-            return a;
+            return readonly_view(self, t.mass.data(), t.size());
           },
           "Integer mass of every class; masses sum to V * 2**32 (read-only view).")
       .def(

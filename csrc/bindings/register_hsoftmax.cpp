@@ -18,10 +18,7 @@ namespace {
 // A read-only NumPy view of one of the tree's arrays that keeps the tree alive.
 template <class T>
 py::array tree_view(py::object self, const HugeBuffer<T>& buf) {
-  py::array_t<T> a({static_cast<py::ssize_t>(buf.size())}, {static_cast<py::ssize_t>(sizeof(T))},
-                   buf.data(), self);
-  a.attr("setflags")(false);
-  return a;
+  return readonly_view(self, buf.data(), static_cast<py::ssize_t>(buf.size()));
 }
 
 void require_shape(const py::array& a, std::initializer_list<py::ssize_t> shape, const char* name) {

@@ -24,17 +24,6 @@ FrequencyTable frequency_table(output_array<double>& cells, bool write) {
   return t;
 }
 
-// A read-only NumPy view of n int64s owned by the RingIndex `self` (kept alive by the view).
-py::array_t<int64_t> ring_view(py::object self, const int64_t* data, int64_t n) {
-  py::array_t<int64_t> a({n}, {static_cast<py::ssize_t>(sizeof(int64_t))}, data, self);
-  a.attr("setflags")(false);
-  return a;
-}
-
-py::array_t<int64_t> to_array(const std::vector<int64_t>& v) {
-  return py::array_t<int64_t>(static_cast<py::ssize_t>(v.size()), v.data());
-}
-
 }  // namespace
 
 void register_memory(py::module_& m) {
@@ -109,14 +98,14 @@ void register_memory(py::module_& m) {
           "slot_ids",
           [](py::object self) {
             const auto& r = self.cast<const RingIndex&>();
-            return ring_view(self, r.slot_ids(), r.capacity());
+            return readonly_view(self, r.slot_ids(), r.capacity());
           },
           "Id of every slot (read-only view; meaningless beyond size while not full).")
       .def_property_readonly(
           "slot_steps",
           [](py::object self) {
             const auto& r = self.cast<const RingIndex&>();
-            return ring_view(self, r.slot_steps(), r.capacity());
+            return readonly_view(self, r.slot_steps(), r.capacity());
           },
           "Step that wrote every slot (read-only view).")
       .def(
