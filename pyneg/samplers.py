@@ -25,6 +25,7 @@ from pyneg._validation import (
     SizeLike,
     as_float64_numpy,
     as_index_tensor,
+    check_bool,
     check_device,
     check_int,
     check_seed,
@@ -242,8 +243,7 @@ class AliasSampler:
         want_tries: bool = True,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         shape = check_size(size)
-        if not isinstance(unique, bool):
-            raise TypeError(f"unique must be a bool, got {type(unique).__name__}")
+        check_bool(unique, "unique")
         offset = check_int(offset, "offset", minimum=0)
         dev = check_device(device)
         if out is not None:
