@@ -19,10 +19,15 @@ constexpr int kBlock = 16;
 // Below this many cell updates a thread costs more than it saves.
 constexpr int64_t kParallelUpdates = int64_t{1} << 16;
 
+// Id -> cell of hash function k: the one definition of the hashing.
+inline uint64_t bucket_of(int64_t id, uint64_t k, uint64_t nb) {
+  return reduce_range(seeded_hash(static_cast<uint64_t>(id), k), nb);
+}
+
 void fill_buckets(const int64_t* ids, int m, uint64_t k, uint64_t nb, const double* row,
                   uint64_t* out) {
   for (int j = 0; j < m; ++j) {
-    out[j] = reduce_range(seeded_hash(static_cast<uint64_t>(ids[j]), k), nb);
+    out[j] = bucket_of(ids[j], k, nb);
     __builtin_prefetch(row + 2 * out[j], 1);
   }
 }
@@ -55,9 +60,7 @@ void update_row(double* row, uint64_t k, uint64_t nb, double alpha, double t, co
 }  // namespace
 
 int64_t frequency_bucket(int64_t id, int64_t k, int64_t num_buckets) {
-  return static_cast<int64_t>(reduce_range(seeded_hash(static_cast<uint64_t>(id),
-                                                       static_cast<uint64_t>(k)),
-                                           static_cast<uint64_t>(num_buckets)));
+  return static_cast<int64_t>(bucket_of(id, static_cast<uint64_t>(k), static_cast<uint64_t>(num_buckets)));
 }
 
 void check_frequency_table(const FrequencyTable& table, double alpha, int64_t step) {
@@ -102,8 +105,7 @@ void frequency_estimate(const FrequencyTable& table, int64_t step, const int64_t
   for (int64_t i = 0; i < n; ++i) {
     double gap = 0.0;
     for (int64_t k = 0; k < table.num_hashes; ++k) {
-      const uint64_t b = reduce_range(seeded_hash(static_cast<uint64_t>(ids[i]),
-                                                  static_cast<uint64_t>(k)), nb);
+      const uint64_t b = bucket_of(ids[i], static_cast<uint64_t>(k), nb);
       const double* cell = table.cells + 2 * (table.num_buckets * k + static_cast<int64_t>(b));
       gap = std::max(gap, cell[0] == 0.0 ? unseen : cell[1]);
     }
