@@ -38,10 +38,12 @@ def _queue_setup(capacity: int, dim: int, batch: int):
     return setup
 
 
-def _next_batch(st: SimpleNamespace, who: str):
+def _next_batch(st: SimpleNamespace, who: str, batches=None):
+    """``who``'s next batch: each implementation cycles through the batches on its own count."""
+    batches = st.batches if batches is None else batches
     k = st.calls[who]
     st.calls[who] = k + 1
-    return st.batches[k % len(st.batches)]
+    return batches[k % len(batches)]
 
 
 def _pyneg_enqueue(st: SimpleNamespace) -> pyneg.MemoryBank:
@@ -119,16 +121,12 @@ def _freq_setup(num_buckets: int, batch: int):
 
 
 def _pyneg_update(st: SimpleNamespace) -> pyneg.FrequencyEstimator:
-    k = st.calls["pyneg"]
-    st.calls["pyneg"] = k + 1
-    st.est.update(st.batches[k % len(st.batches)])
+    st.est.update(_next_batch(st, "pyneg"))
     return st.est
 
 
 def _numpy_update(st: SimpleNamespace) -> NumpyFrequencyEstimator:
-    k = st.calls["np"]
-    st.calls["np"] = k + 1
-    st.np_est.update(st.np_batches[k % len(st.np_batches)])
+    st.np_est.update(_next_batch(st, "np", st.np_batches))
     return st.np_est
 
 
