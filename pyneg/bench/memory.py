@@ -63,6 +63,10 @@ def _check_queue(st: SimpleNamespace, result: pyneg.MemoryBank, baselines: Dict[
     # Both hold the batch they wrote last as their newest rows...
     emb, ids, _ = st.batches[(st.calls["pyneg"] - 1) % len(st.batches)]
     assert torch.equal(result.embeddings[-st.batch:], emb) and torch.equal(result.ids[-st.batch:], ids)
+    emb, ids, _ = st.batches[(st.calls["cat"] - 1) % len(st.batches)]
+    queue = baselines["torch.cat + slice (MoCo-style)"]
+    assert len(result) == queue[0].shape[0] == st.capacity
+    assert torch.equal(queue[0][-st.batch:], emb) and torch.equal(queue[1][-st.batch:], ids)
     # ...and, fed the same batches from the same start, the same queue.
     fresh = _queue_setup(st.capacity, result.dim, st.batch)(True)
     for _ in range(_QUEUE_BATCHES + 1):
@@ -131,7 +135,7 @@ def _numpy_update(st: SimpleNamespace) -> NumpyFrequencyEstimator:
 
 
 def _check_freq(st: SimpleNamespace, result: pyneg.FrequencyEstimator, baselines: Dict[str, Any]) -> None:
-    assert result.step == st.calls["pyneg"]
+    assert result.step == st.calls["pyneg"] and baselines["NumPy vectorised update"].step == st.calls["np"]
     # Fed the same stream from scratch, pyneg and the NumPy update agree bit for bit.
     ours, theirs = pyneg.FrequencyEstimator(st.num_buckets), NumpyFrequencyEstimator(st.num_buckets)
     for b in st.batches[:5]:
