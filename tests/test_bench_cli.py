@@ -19,7 +19,9 @@ def test_cli_quick_run_writes_json_and_png(tmp_path, capsys):
     assert row["name"] == "raw_draws_V1e4" and row["pyneg_s"] > 0
     assert set(row["ratios"]) == {"torch.randint (uniform)"}
     assert (tmp_path / "results.png").stat().st_size > 1000
-    assert (tmp_path / "results.md").read_text().startswith("| workload |")
+    md = (tmp_path / "results.md").read_text()
+    assert md.startswith("| workload |")
+    assert "| `raw_draws_V1e4` | **pyneg** |" in md and "| | torch.randint (uniform) |" in md
 
 
 def test_workloads_are_well_formed():

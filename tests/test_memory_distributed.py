@@ -41,6 +41,10 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
             bank.enqueue(emb, ids, log_q)
             est.update(ids)
         torch.save({"bank": bank.state_dict(), "est": est.state_dict()}, os.path.join(out_dir, f"{rank}.pt"))
+        # Both ranks are done with the gathers before the group is torn down: a rank
+        # that destroys the group while the other still reads from it can abort
+        # that process inside gloo ("terminate called without an active exception").
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -106,6 +110,7 @@ def _bad_input_worker(rank: int, world: int, init_file: str, out_dir: str) -> No
         bank.enqueue(emb, torch.tensor([rank, rank + 10]))
         outcome["after"] = bank.state_dict()
         torch.save(outcome, os.path.join(out_dir, f"{rank}.pt"))
+        dist.barrier()  # see _worker
     finally:
         dist.destroy_process_group()
 

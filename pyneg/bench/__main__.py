@@ -2,8 +2,8 @@
 
 Runs every workload of :mod:`pyneg.bench.registry` (pyneg and its baselines in
 the same process, one after the other), checks that they agree, prints a table
-of median times, throughputs and ratios, and writes ``results.json`` and
-``results.png`` to ``--out``.
+of median times, throughputs and ratios, and writes ``results.json``,
+``results.md`` (the table as markdown) and ``results.png`` to ``--out``.
 """
 from __future__ import annotations
 
@@ -191,7 +191,7 @@ def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyneg.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 1 minute)")
     parser.add_argument("--filter", default="", help="only workloads whose name or group contains TEXT")
-    parser.add_argument("--out", default="bench_results", help="folder for results.json and results.png")
+    parser.add_argument("--out", default="bench_results", help="folder for results.json, results.md and results.png")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
     args = parser.parse_args(argv)
 

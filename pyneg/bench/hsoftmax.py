@@ -23,6 +23,9 @@ from pyneg._hsoftmax_reference import gather_nll, heapq_huffman_depths
 from pyneg.bench.sampling import zipf_counts
 from pyneg.bench.workload import Target, Workload
 
+GATHER = "PyTorch gather (padded paths)"
+FULL_SOFTMAX = "full softmax (F.cross_entropy)"
+
 
 # ---------------------------------------------------------------- tree build
 def _build_setup(quick: bool) -> SimpleNamespace:
@@ -75,7 +78,7 @@ def _gather_fwd_bwd(st: SimpleNamespace):
 
 def _check_fwd_bwd(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
     loss, gx, gw = result
-    bloss, bgx, bgw = baselines["PyTorch gather (padded paths)"]
+    bloss, bgx, bgw = baselines[GATHER]
     assert torch.allclose(loss, bloss, rtol=1e-4), (float(loss), float(bloss))
     assert torch.allclose(gx, bgx, rtol=1e-3, atol=1e-5)
     if st.sparse:
@@ -108,12 +111,44 @@ def _check_vs_softmax(st: SimpleNamespace, result, baselines: Dict[str, Any]) ->
     ref = gather_nll(st.x, st.target, st.weight, None, st.paths).sum()
     assert torch.allclose(loss, ref, rtol=1e-4)
     assert gx.shape == st.x.shape and gw.shape == st.weight.shape and gw.is_sparse
-    floss = baselines["full softmax (F.cross_entropy)"][0]
+    floss = baselines[FULL_SOFTMAX][0]
     logits = st.x.detach() @ st.full_weight.detach().T
     manual = (torch.logsumexp(logits, 1) - logits.gather(1, st.target[:, None]).squeeze(1)).sum()
     assert torch.allclose(floss, manual, rtol=1e-4)
     probs = st.hs.log_prob(st.x[:4].detach()).exp().sum(1)
     assert torch.allclose(probs, torch.ones(4), atol=1e-3)
+
+
+def _fwd_bwd_workload(name: str, *, sparse: bool) -> Workload:
+    """HS forward + backward against the gather version, B = 4096, d = 128, V = 10^5; peak memory."""
+    return Workload(
+        name=name,
+        group="hsoftmax",
+        description="HS loss forward + backward, B = 4096, d = 128, V = 10^5 "
+                    f"({'sparse' if sparse else 'dense'} grads)",
+        setup=_hs_setup(10**5, 4096, 128, sparse=sparse),
+        run=_pyneg_fwd_bwd,
+        baselines={GATHER: _gather_fwd_bwd},
+        check=_check_fwd_bwd,
+        items=lambda st: st.batch,
+        targets=() if sparse else (Target("ratio", 2, GATHER),),
+        measure_memory=True,
+    )
+
+
+def _vs_softmax_workload(name: str, exp: int, batch: int) -> Workload:
+    """Sparse HS against the full softmax it replaces, V = 10^exp, d = 128; peak memory."""
+    return Workload(
+        name=name,
+        group="hsoftmax",
+        description=f"sparse HS vs full softmax fwd + bwd, B = {batch}, d = 128, V = 10^{exp}",
+        setup=_softmax_setup(10**exp, batch, 128),
+        run=_pyneg_fwd_bwd,
+        baselines={FULL_SOFTMAX: _full_softmax},
+        check=_check_vs_softmax,
+        items=lambda st: st.batch,
+        measure_memory=True,
+    )
 
 
 WORKLOADS = [
@@ -128,49 +163,8 @@ WORKLOADS = [
         items=lambda st: st.v,
         targets=(Target("ratio", 20, "heapq builder"),),
     ),
-    Workload(
-        name="hsoftmax_fwd_bwd_V1e5",
-        group="hsoftmax",
-        description="HS loss forward + backward, B = 4096, d = 128, V = 10^5 (dense grads)",
-        setup=_hs_setup(10**5, 4096, 128, sparse=False),
-        run=_pyneg_fwd_bwd,
-        baselines={"PyTorch gather (padded paths)": _gather_fwd_bwd},
-        check=_check_fwd_bwd,
-        items=lambda st: st.batch,
-        targets=(Target("ratio", 2, "PyTorch gather (padded paths)"),),
-        measure_memory=True,
-    ),
-    Workload(
-        name="hsoftmax_fwd_bwd_sparse_V1e5",
-        group="hsoftmax",
-        description="HS loss forward + backward, B = 4096, d = 128, V = 10^5 (sparse grads)",
-        setup=_hs_setup(10**5, 4096, 128, sparse=True),
-        run=_pyneg_fwd_bwd,
-        baselines={"PyTorch gather (padded paths)": _gather_fwd_bwd},
-        check=_check_fwd_bwd,
-        items=lambda st: st.batch,
-        measure_memory=True,
-    ),
-    Workload(
-        name="hsoftmax_vs_softmax_V1e5",
-        group="hsoftmax",
-        description="sparse HS vs full softmax fwd + bwd, B = 512, d = 128, V = 10^5",
-        setup=_softmax_setup(10**5, 512, 128),
-        run=_pyneg_fwd_bwd,
-        baselines={"full softmax (F.cross_entropy)": _full_softmax},
-        check=_check_vs_softmax,
-        items=lambda st: st.batch,
-        measure_memory=True,
-    ),
-    Workload(
-        name="hsoftmax_vs_softmax_V1e6",
-        group="hsoftmax",
-        description="sparse HS vs full softmax fwd + bwd, B = 128, d = 128, V = 10^6",
-        setup=_softmax_setup(10**6, 128, 128),
-        run=_pyneg_fwd_bwd,
-        baselines={"full softmax (F.cross_entropy)": _full_softmax},
-        check=_check_vs_softmax,
-        items=lambda st: st.batch,
-        measure_memory=True,
-    ),
+    _fwd_bwd_workload("hsoftmax_fwd_bwd_V1e5", sparse=False),
+    _fwd_bwd_workload("hsoftmax_fwd_bwd_sparse_V1e5", sparse=True),
+    _vs_softmax_workload("hsoftmax_vs_softmax_V1e5", 5, 512),
+    _vs_softmax_workload("hsoftmax_vs_softmax_V1e6", 6, 128),
 ]

@@ -96,38 +96,32 @@ def _check(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
 
 
 NAIVE = "naive (full logits + cross_entropy)"
+
+
+def _loss_workload(name: str, description: str, bank: int, quick_bank: int,
+                   pyneg_loss: Callable[[SimpleNamespace], torch.Tensor],
+                   naive_loss: Callable[[SimpleNamespace], torch.Tensor]) -> Workload:
+    """B = 4,096 queries (512 quick), d = 128 (64 quick), ``bank`` bank rows; fwd + bwd, peak memory."""
+    return Workload(
+        name=name,
+        group="losses",
+        description=description,
+        setup=_setup(4096, bank, 128, (512, quick_bank, 64)),
+        run=_fwd_bwd(pyneg_loss),
+        baselines={NAIVE: _fwd_bwd(naive_loss)},
+        check=_check,
+        items=lambda st: st.b,
+        measure_memory=True,
+    )
+
+
 WORKLOADS: List[Workload] = [
-    Workload(
-        name="mixed_bank_B4096_M65536",
-        group="losses",
-        description="in-batch + 65,536-entry bank, logQ + hit masking, fwd+bwd (d=128), chunk_size=None",
-        setup=_setup(4096, 65536, 128, (512, 4096, 64)),
-        run=_fwd_bwd(_pyneg_mixed(None)),  # chunk_size=None: every column at once
-        baselines={NAIVE: _fwd_bwd(_naive_mixed)},
-        check=_check,
-        items=lambda st: st.b,
-        measure_memory=True,
-    ),
-    Workload(
-        name="mixed_bank_B4096_M65536_chunked",
-        group="losses",
-        description=f"same, chunk_size={CHUNK} (the default: bank scored {CHUNK} columns at a time)",
-        setup=_setup(4096, 65536, 128, (512, 4096, 64)),
-        run=_fwd_bwd(_pyneg_mixed(CHUNK)),
-        baselines={NAIVE: _fwd_bwd(_naive_mixed)},
-        check=_check,
-        items=lambda st: st.b,
-        measure_memory=True,
-    ),
-    Workload(
-        name="in_batch_B4096",
-        group="losses",
-        description="in-batch softmax, logQ + hit masking, fwd+bwd (d=128)",
-        setup=_setup(4096, 0, 128, (512, 0, 64)),
-        run=_fwd_bwd(_pyneg_in_batch(None)),
-        baselines={NAIVE: _fwd_bwd(_naive_in_batch)},
-        check=_check,
-        items=lambda st: st.b,
-        measure_memory=True,
-    ),
+    _loss_workload("mixed_bank_B4096_M65536",
+                   "in-batch + 65,536-entry bank, logQ + hit masking, fwd+bwd (d=128), chunk_size=None",
+                   65536, 4096, _pyneg_mixed(None), _naive_mixed),  # chunk_size=None: every column at once
+    _loss_workload("mixed_bank_B4096_M65536_chunked",
+                   f"same, chunk_size={CHUNK} (the default: bank scored {CHUNK} columns at a time)",
+                   65536, 4096, _pyneg_mixed(CHUNK), _naive_mixed),
+    _loss_workload("in_batch_B4096", "in-batch softmax, logQ + hit masking, fwd+bwd (d=128)",
+                   0, 0, _pyneg_in_batch(None), _naive_in_batch),
 ]

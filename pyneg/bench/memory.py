@@ -38,10 +38,12 @@ def _queue_setup(capacity: int, dim: int, batch: int):
     return setup
 
 
-def _next_batch(st: SimpleNamespace, who: str):
+def _next_batch(st: SimpleNamespace, who: str, batches=None):
+    """``who``'s next batch: each implementation cycles through the batches on its own count."""
+    batches = st.batches if batches is None else batches
     k = st.calls[who]
     st.calls[who] = k + 1
-    return st.batches[k % len(st.batches)]
+    return batches[k % len(batches)]
 
 
 def _pyneg_enqueue(st: SimpleNamespace) -> pyneg.MemoryBank:
@@ -61,6 +63,10 @@ def _check_queue(st: SimpleNamespace, result: pyneg.MemoryBank, baselines: Dict[
     # Both hold the batch they wrote last as their newest rows...
     emb, ids, _ = st.batches[(st.calls["pyneg"] - 1) % len(st.batches)]
     assert torch.equal(result.embeddings[-st.batch:], emb) and torch.equal(result.ids[-st.batch:], ids)
+    emb, ids, _ = st.batches[(st.calls["cat"] - 1) % len(st.batches)]
+    queue = baselines["torch.cat + slice (MoCo-style)"]
+    assert len(result) == queue[0].shape[0] == st.capacity
+    assert torch.equal(queue[0][-st.batch:], emb) and torch.equal(queue[1][-st.batch:], ids)
     # ...and, fed the same batches from the same start, the same queue.
     fresh = _queue_setup(st.capacity, result.dim, st.batch)(True)
     for _ in range(_QUEUE_BATCHES + 1):
@@ -119,21 +125,17 @@ def _freq_setup(num_buckets: int, batch: int):
 
 
 def _pyneg_update(st: SimpleNamespace) -> pyneg.FrequencyEstimator:
-    k = st.calls["pyneg"]
-    st.calls["pyneg"] = k + 1
-    st.est.update(st.batches[k % len(st.batches)])
+    st.est.update(_next_batch(st, "pyneg"))
     return st.est
 
 
 def _numpy_update(st: SimpleNamespace) -> NumpyFrequencyEstimator:
-    k = st.calls["np"]
-    st.calls["np"] = k + 1
-    st.np_est.update(st.np_batches[k % len(st.np_batches)])
+    st.np_est.update(_next_batch(st, "np", st.np_batches))
     return st.np_est
 
 
 def _check_freq(st: SimpleNamespace, result: pyneg.FrequencyEstimator, baselines: Dict[str, Any]) -> None:
-    assert result.step == st.calls["pyneg"]
+    assert result.step == st.calls["pyneg"] and baselines["NumPy vectorised update"].step == st.calls["np"]
     # Fed the same stream from scratch, pyneg and the NumPy update agree bit for bit.
     ours, theirs = pyneg.FrequencyEstimator(st.num_buckets), NumpyFrequencyEstimator(st.num_buckets)
     for b in st.batches[:5]:
