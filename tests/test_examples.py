@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,23 @@ def test_two_processes_match_one(tmp_path):
     for method, metrics in one["results"].items():
         for name in ("Recall@10", "Recall@50", "NDCG@10"):
             assert two["results"][method][name] == pytest.approx(metrics[name], abs=1e-9), (method, name)
+
+
+WORD2VEC = Path(__file__).resolve().parents[1] / "examples" / "word2vec.py"
+
+
+def test_word2vec_example_trains_both_objectives(tmp_path):
+    pytest.importorskip("gensim")  # the example reads WordSim-353 from gensim's test data
+    rng = random.Random(0)
+    words = [f"w{i}" for i in range(200)]
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(" ".join(rng.choice(words[:20 + rng.randrange(180)]) for _ in range(12))
+                                for _ in range(300)))
+    proc = subprocess.run([sys.executable, str(WORD2VEC), "--corpus", str(corpus), "--no-gensim", "--epochs", "1",
+                           "--dim", "16", "--min-count", "1", "--words", "w1"],
+                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("pyneg ")]
+    assert [r[1] for r in rows[:2]] == ["ns", "hs"], proc.stdout
+    neighbours = [line for line in proc.stdout.splitlines() if line.startswith(("  pyneg ns", "  pyneg hs"))]
+    assert len(neighbours) == 2 and all(len(line.split(",")) == 5 for line in neighbours), proc.stdout

@@ -196,7 +196,7 @@ def main(argv: List[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     t0 = time.perf_counter()
-    rows = run(args.quick, args.filter, progress=sys.stderr.isatty() or True)
+    rows = run(args.quick, args.filter, progress=True)
     elapsed = time.perf_counter() - t0
     machine = machine_description()
     print(f"\nmachine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
