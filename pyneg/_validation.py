@@ -221,7 +221,8 @@ def check_size(size: SizeLike, name: str = "size", *, max_numel: int = MAX_NUMEL
     """Normalises an int or sequence of ints into a shape tuple of non-negative ints.
 
     A shape whose element count exceeds ``max_numel`` (by default, one that does
-    not fit in int64) is refused before anything is allocated.
+    not fit in int64), or whose nonzero dimensions multiply past int64, is
+    refused before anything is allocated.
     """
     if isinstance(size, np.ndarray) and size.ndim == 1:
         size = size.tolist()
@@ -234,6 +235,8 @@ def check_size(size: SizeLike, name: str = "size", *, max_numel: int = MAX_NUMEL
             raise ValueError(f"{name} must not be negative, got {dims}")
         if d > MAX_NUMEL:
             raise ValueError(f"{name} has a dimension >= 2**63, got {dims}")
+    if math.prod(max(d, 1) for d in dims) > MAX_NUMEL:  # torch refuses these even when a dim is 0
+        raise ValueError(f"{name} {dims}: the product of its dimensions does not fit in int64")
     numel = math.prod(dims)
     if numel > max_numel:
         raise ValueError(f"{name} {dims} has {numel} elements, more than the {max_numel} supported")

@@ -66,6 +66,27 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
 
 
+class _Distribution:
+    """One sampler's whole state, replaced as a unit (never mutated in place).
+
+    ``probs`` is what log_prob and state_dict read and ``table`` what the
+    kernels draw from; both are built together from memory pyneg owns. Caches
+    (log-probabilities, per-device table copies) live here too, so a thread
+    that loads a new state while another samples can never pair one state's
+    table with another's cache.
+    """
+
+    __slots__ = ("probs", "table", "log_probs", "device_entries")
+
+    def __init__(self, probs: np.ndarray, table: Any) -> None:
+        self.probs = torch.from_numpy(probs)
+        self.table = table
+        self.log_probs: Optional[torch.Tensor] = None
+        # Per-device copies of the table (entries; cumulative masses for the CUDA
+        # exclusion kernels), uploaded on first use.
+        self.device_entries: Dict[Any, torch.Tensor] = {}
+
+
 class CandidateSample(NamedTuple):
     """What TensorFlow's ``*_candidate_sampler`` functions return, plus ``num_tries``.
 
@@ -108,14 +129,17 @@ class AliasSampler:
 
     def _install(self, probs: np.ndarray, table: Any) -> None:
         """Makes ``probs`` (owned, validated) and the table built from it the sampler's state."""
-        # _probs is private: kernels draw from _table, log_prob reads _probs, and
-        # both must describe one distribution, so neither is ever handed out.
-        self._probs = torch.from_numpy(probs)
-        self._table = table
-        self._log_probs: Optional[torch.Tensor] = None
-        # Per-device copies of the table (entries; cumulative masses for the CUDA
-        # exclusion kernels), uploaded on first use.
-        self._device_entries: Dict[Any, torch.Tensor] = {}
+        # Private: kernels draw from the table, log_prob reads probs, and both
+        # must describe one distribution, so neither is ever handed out.
+        self._dist = _Distribution(probs, table)
+
+    @property
+    def _table(self) -> Any:
+        return self._dist.table
+
+    @property
+    def _probs(self) -> torch.Tensor:
+        return self._dist.probs
 
     # ------------------------------------------------------------------ basics
     @property
@@ -135,19 +159,20 @@ class AliasSampler:
         A fresh copy on every access: writing it changes nothing in the sampler
         (keep the copy if you read it often; it costs O(V)).
         """
-        return self._probs.clone()
+        return self._dist.probs.clone()
 
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
         """log P(one draw == id), float64, with the shape of ``ids`` (-inf for zero weight)."""
         dev = ids.device if isinstance(ids, torch.Tensor) else None
-        idx = as_index_tensor(ids, "ids", self.num_classes)
-        if self._log_probs is None:
-            self._log_probs = self._compute_log_probs()
-        out = self._log_probs[idx]
+        dist = self._dist
+        idx = as_index_tensor(ids, "ids", dist.table.num_classes)
+        if dist.log_probs is None:  # racing threads compute the same values
+            dist.log_probs = self._compute_log_probs(dist.probs)
+        out = dist.log_probs[idx]
         return out if dev is None else out.to(dev)
 
-    def _compute_log_probs(self) -> torch.Tensor:
-        return torch.log(self._probs)
+    def _compute_log_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        return torch.log(probs)
 
     # ------------------------------------------------ sampled-softmax counts
     def expected_count(
@@ -267,6 +292,7 @@ class AliasSampler:
         out: Optional[torch.Tensor],
         want_tries: bool = True,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        dist = self._dist  # one state for the whole call, whatever other threads load
         shape = check_size(size, max_numel=_MAX_DRAWS)
         numel = math.prod(shape)
         unique = check_bool(unique, "unique")
@@ -299,7 +325,7 @@ class AliasSampler:
             rows, k = 1, numel
         lists = None
         if exclude is not None:
-            ex = as_index_tensor(exclude, "exclude", self.num_classes, allow_padding=True)
+            ex = as_index_tensor(exclude, "exclude", dist.table.num_classes, allow_padding=True)
             if ex.dim() == 1:
                 ex = ex.unsqueeze(1)
             if ex.dim() != 2:
@@ -312,25 +338,25 @@ class AliasSampler:
             if ex.shape[1] == 0:
                 ex = torch.full((ex.shape[0], 1), -1, dtype=torch.int64)
             lists = ex.numpy()
-        if unique and k > self.num_positive:
+        if unique and k > dist.table.num_positive:
             raise ValueError(
-                f"size asks for {k} distinct ids per row but only {self.num_positive} classes "
+                f"size asks for {k} distinct ids per row but only {dist.table.num_positive} classes "
                 "have positive weight"
             )
         if seed is not None:
-            return self._draw(shape, rows, k, lists, unique, seed, offset, dev, out, want_tries)
+            return self._draw(dist, shape, rows, k, lists, unique, seed, offset, dev, out, want_tries)
         # A refused call must leave the generator as it found it: the kernels
         # may still refuse an exclusion list (one that leaves nothing to draw).
         gen = generator if generator is not None else torch.default_generator
         gen_state = gen.get_state()
         seed = draw_seed(generator)
         try:
-            return self._draw(shape, rows, k, lists, unique, seed, offset, dev, out, want_tries)
+            return self._draw(dist, shape, rows, k, lists, unique, seed, offset, dev, out, want_tries)
         except (ValueError, TypeError):
             gen.set_state(gen_state)
             raise
 
-    def _draw(self, shape: Tuple[int, ...], rows: int, k: int, lists: Optional[np.ndarray], unique: bool,
+    def _draw(self, dist: _Distribution, shape: Tuple[int, ...], rows: int, k: int, lists: Optional[np.ndarray], unique: bool,
               seed: int, offset: int, dev: torch.device, out: Optional[torch.Tensor],
               want_tries: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Draws checked arguments with the CUDA kernels, the CPU kernels or torch ops."""
@@ -340,7 +366,7 @@ class AliasSampler:
             result = out if out is not None else torch.empty(shape, dtype=torch.int64, device=dev)
             tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
             if numel:
-                tries = cuda.sample_into(self._table, self._device_entries, result, rows, k, lists, unique,
+                tries = cuda.sample_into(dist.table, dist.device_entries, result, rows, k, lists, unique,
                                          seed, offset, unique and want_tries)
             return result, tries
 
@@ -354,7 +380,7 @@ class AliasSampler:
             pass
         elif not on_cpu and lists is None and not unique:
             # pyneg._cuda not built: draw with torch ops on the device's table copy.
-            drawn = self._sample_torch_ops(shape, seed, dev)
+            drawn = self._sample_torch_ops(shape, seed, dev, dist)
             if out is not None:
                 out.copy_(drawn)
                 return out, None
@@ -363,14 +389,14 @@ class AliasSampler:
             flat = result.view(-1).numpy()
             threads = torch.get_num_threads()
             if unique:
-                self._table.sample_unique(
+                dist.table.sample_unique(
                     seed, offset, _NO_EXCLUDE if lists is None else lists, k, flat,
                     None if tries is None else tries.numpy(), threads,
                 )
             elif lists is not None:
-                self._table.sample_excluding(seed, offset, lists, k, flat, threads)
+                dist.table.sample_excluding(seed, offset, lists, k, flat, threads)
             else:
-                self._table.sample(seed, offset, flat, threads)
+                dist.table.sample(seed, offset, flat, threads)
         if not on_cpu:
             if out is not None:
                 out.copy_(result)
@@ -378,17 +404,19 @@ class AliasSampler:
             return result.to(dev), tries
         return result, tries
 
-    def _sample_torch_ops(self, shape: Tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
+    def _sample_torch_ops(self, shape: Tuple[int, ...], seed: int, device: torch.device,
+                          dist: Optional[_Distribution] = None) -> torch.Tensor:
         """Alias draws with plain torch ops on ``device`` (the fallback when pyneg._cuda is not built).
 
         Uses the same table as the C++ kernels but torch's generator for the
         device, so its samples follow the same distribution without being
         bit-identical to the CPU ones.
         """
-        entries, _ = cuda.table_tensors(self._table, self._device_entries, device)
+        dist = dist or self._dist
+        entries, _ = cuda.table_tensors(dist.table, dist.device_entries, device)
         gen = torch.Generator(device=device)
         gen.manual_seed(seed % (2**63))
-        bucket = torch.randint(0, self.num_classes, shape, generator=gen, device=device)
+        bucket = torch.randint(0, int(dist.table.num_classes), shape, generator=gen, device=device)
         coin = torch.randint(0, 2**32, shape, generator=gen, device=device)
         word = entries[bucket]
         keep = coin < (word & 0xFFFFFFFF)
@@ -402,7 +430,7 @@ class AliasSampler:
         Holds only tensors, strings and numbers, so it loads with
         ``torch.load(..., weights_only=True)``.
         """
-        return {"sampler": type(self).__name__, "probs": self._probs.clone(), **self._extra_state()}
+        return {"sampler": type(self).__name__, "probs": self._dist.probs.clone(), **self._extra_state()}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores a state from :meth:`state_dict`; the sampler then draws exactly as the saved one.
@@ -566,9 +594,10 @@ class LogUniformSampler(AliasSampler):
         _check_fixed_probs(self, probs)
         return {}
 
-    def _compute_log_probs(self) -> torch.Tensor:
-        k = torch.arange(self.num_classes, dtype=torch.float64)
-        return torch.log(torch.log1p(1.0 / (k + 1.0))) - math.log(math.log(self.num_classes + 1.0))
+    def _compute_log_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        n = probs.numel()
+        k = torch.arange(n, dtype=torch.float64)
+        return torch.log(torch.log1p(1.0 / (k + 1.0))) - math.log(math.log(n + 1.0))
 
 
 def _check_fixed_probs(sampler: AliasSampler, probs: np.ndarray) -> None:
@@ -577,8 +606,8 @@ def _check_fixed_probs(sampler: AliasSampler, probs: np.ndarray) -> None:
     Unpickling builds the object without ``__init__``: then the reference is
     recomputed from the state's size.
     """
-    if "_probs" in sampler.__dict__:
-        ref = sampler._probs.numpy()
+    if "_dist" in sampler.__dict__:
+        ref = sampler._dist.probs.numpy()
     else:
         ref = type(sampler)(probs.size)._probs.numpy()
     if ref.shape != probs.shape or not np.array_equal(ref, probs):
