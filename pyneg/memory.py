@@ -33,7 +33,8 @@ import torch.distributed as dist
 
 from pyneg import _core
 from pyneg import distributed as _dist
-from pyneg._validation import ArrayLike, as_tensor, check_bool, check_device, check_int
+from pyneg._validation import (ArrayLike, as_index_tensor, as_tensor, check_bool, check_device, check_float,
+                               check_int, check_tensor, shares_memory)
 
 __all__ = ["FrequencyEstimator", "MemoryBank", "BankNegatives"]
 
@@ -49,59 +50,22 @@ _MAX_STEP = 2**53
 _BYTES_PER_HIT = 64
 
 
-def _check_data_tensor(t: torch.Tensor, name: str) -> None:
-    """A tensor whose values can be read: strided (not sparse or nested), not meta."""
-    if t.layout != torch.strided or t.is_nested:
-        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
-    if t.device.type == "meta":
-        raise ValueError(f"{name} is a meta tensor, which holds no data")
-
-
 def _id_array(ids: ArrayLike, name: str, *, ndim: Optional[int] = 1) -> np.ndarray:
-    """``ids`` as a private C-contiguous int64 NumPy array (always a copy pyneg owns).
+    """``ids`` (>= 0) as a private C-contiguous int64 NumPy array (always a copy pyneg owns).
 
     The copy is what gets checked and what the index, the kernels and the
     bank's own id column read: another thread writing the caller's tensor
     meanwhile (torch ops run without the GIL) cannot make them disagree.
-    Negative ids are left for the C++ kernels, which check the copy before
-    they change anything. ``ndim=None`` accepts any shape.
+    ``ndim=None`` accepts any shape.
     """
     if type(ids) is torch.Tensor and ids.dtype is torch.int64 and ids.layout == torch.strided \
             and ids.device.type == "cpu" and (ndim is None or ids.dim() == ndim):
-        return ids.detach().numpy().copy()  # the fast path of a training loop
-    if not isinstance(ids, torch.Tensor) and not isinstance(ids, np.ndarray) and _is_empty_sequence(ids):
-        return np.empty(0, dtype=np.int64)  # NumPy would call [] float64
-    t = as_tensor(ids, name)
-    _check_data_tensor(t, name)
-    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer ids, got {t.dtype}")
+        # The fast path of a training loop; the C++ kernels check the copy for negative ids.
+        return ids.detach().numpy().copy()
+    t = as_index_tensor(ids, name, _MAX_ID + 1)
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
-    if t.dtype in _WIDE_UNSIGNED:  # checked as unsigned: 2**64 - 1 must not wrap to -1
-        arr = t.detach().cpu().numpy().copy()
-        if arr.size and int(arr.max()) > _MAX_ID:
-            raise ValueError(f"{name} holds id {int(arr.max())}, more than the largest id 2**63 - 1")
-        return arr.astype(np.int64)
-    out = torch.empty(tuple(t.shape), dtype=torch.int64)
-    out.copy_(t.detach())
-    return out.numpy()
-
-
-_WIDE_UNSIGNED = tuple(getattr(torch, n) for n in ("uint64",) if hasattr(torch, n))
-
-
-def _is_empty_sequence(x: Any) -> bool:
-    try:
-        return len(x) == 0
-    except TypeError:
-        return False
-
-
-def _check_real(value: Any, name: str) -> float:
-    """A Python float from a real Python or NumPy number (never a bool)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    return float(value)
+    return t.numpy()
 
 
 def _checked_size(dims: Tuple[int, ...], item_bytes: int, what: str) -> None:
@@ -170,7 +134,9 @@ def _copy_on_write(state: Dict[str, Any], memo: Dict[int, Any], group: Optional[
 
 def _check_dense(t: torch.Tensor, key: str) -> None:
     """A tensor with data that copies into the state: strided (not sparse or nested), not meta."""
-    _check_data_tensor(t, f"state_dict[{key!r}]")
+    check_tensor(t, f"state_dict[{key!r}]")
+    if t.is_nested:
+        raise TypeError(f"state_dict[{key!r}] must be a dense tensor, got a nested one")
 
 
 def _state_tensor(sd: Dict[str, Any], key: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
@@ -205,7 +171,7 @@ def _state_int(sd: Dict[str, Any], key: str, *, minimum: int = 0, maximum: Optio
 
 def _state_must_match(sd: Dict[str, Any], key: str, mine: Any, what: str) -> None:
     theirs = _state_value(sd, key)
-    value = _check_real(theirs, f"state_dict[{key!r}]") if isinstance(mine, float) \
+    value = check_float(theirs, f"state_dict[{key!r}]") if isinstance(mine, float) \
         else check_int(theirs, f"state_dict[{key!r}]")
     if value != mine:
         raise ValueError(f"state_dict has {key}={theirs!r} but this {what} has {mine!r}")
@@ -282,7 +248,7 @@ class FrequencyEstimator:
         num_buckets = check_int(num_buckets, "num_buckets", minimum=1)
         if num_buckets > _core.MAX_FREQUENCY_BUCKETS:
             raise ValueError(f"num_buckets must be <= {_core.MAX_FREQUENCY_BUCKETS}, got {num_buckets}")
-        alpha = _check_real(alpha, "alpha")
+        alpha = check_float(alpha, "alpha")
         if not 0.0 < alpha <= 1.0:  # also rejects NaN
             raise ValueError(f"alpha must be in (0, 1], got {alpha}")
         num_hashes = check_int(num_hashes, "num_hashes", minimum=1)
@@ -656,7 +622,7 @@ class MemoryBank:
             lq = None
             if log_q is not None:
                 lq = as_tensor(log_q, "log_q")
-                _check_data_tensor(lq, "log_q")
+                check_tensor(lq, "log_q")
                 if not lq.is_floating_point():
                     raise TypeError(f"log_q must be floating point, got {lq.dtype}")
                 if tuple(lq.shape) != (n,):
@@ -898,18 +864,9 @@ class MemoryBank:
         return self
 
 
-def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the storages of ``a`` and ``b`` overlap (conservative: whole storages)."""
-    if a.device != b.device:
-        return False
-    sa, sb = a.untyped_storage(), b.untyped_storage()
-    a0, b0 = sa.data_ptr(), sb.data_ptr()
-    return a0 < b0 + sb.nbytes() and b0 < a0 + sa.nbytes()
-
-
 def _unaliased(t: torch.Tensor, bank_tensor: torch.Tensor) -> torch.Tensor:
     """``t``, or a copy of it when it shares memory with ``bank_tensor``."""
-    return t.clone() if _shares_memory(t, bank_tensor) else t
+    return t.clone() if shares_memory(t, bank_tensor) else t
 
 
 def _copy_rows(dst: torch.Tensor, src: torch.Tensor, write: Tuple[int, int, int, int]) -> None:
