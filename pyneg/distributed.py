@@ -43,10 +43,6 @@ def rank_and_world_size(group: Optional[dist.ProcessGroup] = None) -> Tuple[int,
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-class _PeerFailed(ValueError):
-    """Raised on the ranks whose own checks passed when another rank's failed."""
-
-
 def _collective_device(group) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" \
         else torch.device("cpu")
@@ -68,7 +64,7 @@ def raise_if_any_rank_failed(error: Optional[BaseException], group=None,
         failed = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=dev)
         dist.all_reduce(failed, group=group)
         if error is None and int(failed.item()) > 0:
-            raise _PeerFailed("another rank passed invalid input to this synchronised call (see its error)")
+            raise ValueError("another rank passed invalid input to this synchronised call (see its error)")
     if error is not None:
         raise error
 
@@ -94,7 +90,7 @@ def _exchange_sizes(n: int, fingerprint: int, error: Optional[BaseException], de
     if error is not None:
         raise error
     if any(row[0] for row in table):
-        raise _PeerFailed("another rank passed an invalid tensor to this collective (see its error)")
+        raise ValueError("another rank passed an invalid tensor to this collective (see its error)")
     if len({row[2] for row in table}) > 1:
         raise ValueError("ranks passed tensors of different dtypes or trailing shapes to a gather "
                          "(every rank must send rows of the same dtype and shape)")
@@ -242,7 +238,7 @@ def sampler_seed(
         if error is not None:
             raise error
         if int(t[0]) > 0:
-            raise _PeerFailed("another rank passed invalid arguments to sampler_seed (see its error)")
+            raise ValueError("another rank passed invalid arguments to sampler_seed (see its error)")
         seed = int(t[1])
     _check_streams(streams)
     if seed is None:
