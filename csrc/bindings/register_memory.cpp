@@ -40,10 +40,15 @@ void register_memory(py::module_& m) {
       "frequency_update",
       [](output_array<double> state, const input_array<int64_t>& ids, int64_t step, double alpha,
          int num_threads) {
+        // No private copy of the ids here (unlike the ring index): the Python
+        // layer passes one, and any id value hashes into the table, so even a
+        // concurrent writer could not make the kernel leave its memory.
         const FrequencyTable t = frequency_table(state, true);
-        const std::vector<int64_t> own = owned_ids(ids, "ids");
+        require_ndim(ids, 1, "ids");
+        const int64_t* p = ids.data();
+        const int64_t n = ids.size();
         py::gil_scoped_release release;
-        frequency_update(t, alpha, step, own.data(), static_cast<int64_t>(own.size()), num_threads);
+        frequency_update(t, alpha, step, p, n, num_threads);
       },
       py::arg("state").noconvert(), py::arg("ids"), py::arg("step"), py::arg("alpha"),
       py::arg("num_threads") = 1,
@@ -53,11 +58,13 @@ void register_memory(py::module_& m) {
       [](output_array<double> state, const input_array<int64_t>& ids, int64_t step, bool log,
          output_array<float> out) {
         const FrequencyTable t = frequency_table(state, false);
-        const std::vector<int64_t> own = owned_ids(ids, "ids");
+        require_ndim(ids, 1, "ids");
         if (out.size() != ids.size()) throw std::invalid_argument("out must have one entry per id");
         float* dst = writable_data(out, "out");
-        py::gil_scoped_release release;
-        frequency_estimate(t, step, own.data(), static_cast<int64_t>(own.size()), log, dst);
+        const int64_t* p = ids.data();
+        const int64_t n = ids.size();
+        py::gil_scoped_release release;  // as in frequency_update: the ids are the caller's private copy
+        frequency_estimate(t, step, p, n, log, dst);
       },
       py::arg("state").noconvert(), py::arg("ids"), py::arg("step"), py::arg("log"),
       py::arg("out").noconvert(),
