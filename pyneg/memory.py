@@ -58,6 +58,8 @@ def _id_array(ids: ArrayLike, name: str, *, ndim: Optional[int] = 1) -> np.ndarr
     meanwhile (torch ops run without the GIL) cannot make them disagree.
     ``ndim=None`` accepts any shape.
     """
+    if isinstance(ids, torch.Tensor):
+        _check_holds_data(ids, name)
     if type(ids) is torch.Tensor and ids.dtype is torch.int64 and ids.layout == torch.strided \
             and ids.device.type == "cpu" and (ndim is None or ids.dim() == ndim):
         # The fast path of a training loop; the C++ kernels check the copy for negative ids.
@@ -66,6 +68,19 @@ def _id_array(ids: ArrayLike, name: str, *, ndim: Optional[int] = 1) -> np.ndarr
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
     return t.numpy()
+
+
+def _check_holds_data(t: torch.Tensor, name: str) -> None:
+    """Refuses a strided tensor whose storage is smaller than its view (its storage was resized or freed).
+
+    torch itself reads such a tensor out of bounds; pyneg refuses it by name.
+    """
+    if t.layout != torch.strided or t.is_nested or t.device.type == "meta" or t.numel() == 0:
+        return  # refused elsewhere by name, or nothing to read
+    extent = t.storage_offset() + 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))
+    if extent * t.element_size() > t.untyped_storage().nbytes():
+        raise ValueError(f"{name} views {extent * t.element_size()} bytes but its storage holds only "
+                         f"{t.untyped_storage().nbytes()} (was the storage resized or freed?)")
 
 
 def _checked_size(dims: Tuple[int, ...], item_bytes: int, what: str) -> None:
@@ -135,6 +150,7 @@ def _copy_on_write(state: Dict[str, Any], memo: Dict[int, Any], group: Optional[
 def _check_dense(t: torch.Tensor, key: str) -> None:
     """A tensor with data that copies into the state: strided (not sparse or nested), not meta."""
     check_tensor(t, f"state_dict[{key!r}]")
+    _check_holds_data(t, f"state_dict[{key!r}]")
     if t.is_nested:
         raise TypeError(f"state_dict[{key!r}] must be a dense tensor, got a nested one")
 
@@ -615,6 +631,7 @@ class MemoryBank:
                 raise ValueError(f"embeddings must have shape (B, {self.dim}), got {tuple(embeddings.shape)}")
             if embeddings.device != self._emb.device:
                 raise ValueError(f"embeddings are on {embeddings.device} but the bank is on {self._emb.device}")
+            _check_holds_data(embeddings, "embeddings")
             n = embeddings.shape[0]
             id_arr = _id_array(ids, "ids")
             if id_arr.shape[0] != n:
@@ -623,6 +640,7 @@ class MemoryBank:
             if log_q is not None:
                 lq = as_tensor(log_q, "log_q")
                 check_tensor(lq, "log_q")
+                _check_holds_data(lq, "log_q")
                 if not lq.is_floating_point():
                     raise TypeError(f"log_q must be floating point, got {lq.dtype}")
                 if tuple(lq.shape) != (n,):

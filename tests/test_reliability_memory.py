@@ -689,3 +689,32 @@ print(distinct, same)
     # All-equal ids mask every column (a dense mask of B x M bools); listing the
     # 4M hits first, as the loss once did, costs over 100 MB more.
     assert same <= distinct + 3 * mask_bytes + 8 * _MB, (same, distinct, mask_bytes)
+
+
+def test_tensors_whose_storage_was_freed_are_refused_by_name(run_child):
+    proc = run_child("""
+import torch, pyneg
+def freed(t):
+    t.untyped_storage().resize_(0)
+    return t
+bank, est = pyneg.MemoryBank(8, 4), pyneg.FrequencyEstimator(64)
+bank.enqueue(torch.ones(2, 4), [1, 2])
+n = 10**6
+cases = {
+    "embeddings": lambda: bank.enqueue(freed(torch.randn(n, 4)), torch.zeros(n, dtype=torch.int64)),
+    "ids": lambda: bank.enqueue(torch.randn(n, 4), freed(torch.zeros(n, dtype=torch.int64))),
+    "log_q": lambda: bank.enqueue(torch.randn(n, 4), torch.zeros(n, dtype=torch.int64), freed(torch.zeros(n))),
+    "positive_ids": lambda: bank.hit_mask(freed(torch.zeros(n, dtype=torch.int32))),
+    "update ids": lambda: est.update(freed(torch.zeros(n, dtype=torch.int64))),
+    "probability ids": lambda: est.probability(freed(torch.zeros(n, dtype=torch.int64))),
+}
+for name, call in cases.items():
+    try:
+        call(); print(name, "accepted")
+    except ValueError as e:
+        assert name.split()[-1] in str(e) and "storage" in str(e), e
+assert bank.ids.tolist() == [1, 2] and est.step == 0
+print("OK")
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "OK", proc.stdout

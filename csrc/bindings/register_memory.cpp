@@ -93,7 +93,9 @@ void register_memory(py::module_& m) {
         unsigned char* d = writable_data(dst, "dst");
         const unsigned char* s = src.data();
         const int64_t row_bytes = dst.shape(1);
-        py::gil_scoped_release release;
+        // The GIL stays held: src is the caller's memory (a zero-copy view of
+        // their embeddings), which pyneg neither owns nor can keep alive against
+        // another thread freeing its storage; a few hundred KB is microseconds.
         copy_ring_rows(d, s, row_bytes, w);
       },
       py::arg("dst").noconvert(), py::arg("src"), py::arg("write"),
