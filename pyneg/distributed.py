@@ -27,7 +27,6 @@ import torch.distributed as dist
 from pyneg._validation import check_int, check_seed
 
 __all__ = [
-    "raise_if_any_rank_failed",
     "all_gather_with_grad",
     "all_gather",
     "rank_and_world_size",
@@ -48,7 +47,7 @@ def _collective_device(group) -> torch.device:
         else torch.device("cpu")
 
 
-def raise_if_any_rank_failed(error: Optional[BaseException], group=None,
+def _raise_if_any_rank_failed(error: Optional[BaseException], group=None,
                              device: Optional[torch.device] = None) -> None:
     """Makes a local failure everyone's: one small all-reduce, then every rank raises if any failed.
 

@@ -136,7 +136,7 @@ def _checked_on_every_rank(check: Callable[[], Any], group: Optional[Any]) -> An
         result = check()
     except Exception as e:  # noqa: BLE001 -- shared with the other ranks, then re-raised
         error = e
-    _dist.raise_if_any_rank_failed(error, group, _backend_device(group))
+    _dist._raise_if_any_rank_failed(error, group, _backend_device(group))
     return result
 
 
