@@ -3,6 +3,7 @@
 Alias-table samplers (C++ with the GIL released), hierarchical softmax, memory
 banks, streaming frequency estimation and bias-corrected softmax losses.
 """
+
 __version__ = "0.1.0"  # the only place the version is written (pyproject.toml reads it)
 
 
@@ -35,14 +36,13 @@ def _require_compiled_core() -> None:
 
 _require_compiled_core()
 
-from pyneg import distributed, functional  # noqa: E402
-from pyneg.cuda import cuda_available  # noqa: E402
-from pyneg.data import NegativeSamplingCollator  # noqa: E402
-from pyneg.memory import FrequencyEstimator, MemoryBank  # noqa: E402
-from pyneg import losses  # noqa: E402
-from pyneg.functional import NegativeSource  # noqa: E402
-from pyneg.hsoftmax import HierarchicalSoftmax, HuffmanTree  # noqa: E402
-from pyneg.samplers import (  # noqa: E402
+from pyneg import distributed, functional, losses
+from pyneg.cuda import cuda_available
+from pyneg.data import NegativeSamplingCollator
+from pyneg.functional import NegativeSource
+from pyneg.hsoftmax import HierarchicalSoftmax, HuffmanTree
+from pyneg.memory import FrequencyEstimator, MemoryBank
+from pyneg.samplers import (
     AliasSampler,
     CandidateSample,
     LogUniformSampler,

@@ -1,4 +1,5 @@
 """How pyneg is imported and versioned: one version, no mixing of a source tree with a build."""
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -36,10 +37,10 @@ def test_source_tree_without_build_refuses_with_instructions(tmp_path):
     src = Path(pyneg.__file__).parent
     shutil.copytree(src, tmp_path / "pyneg", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
-    proc = subprocess.run([sys.executable, "-P", "-c", "import pyneg"], env=env, capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-P", "-c", "import pyneg"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: pyneg's compiled module pyneg._core is missing"), proc.stderr
     assert "source tree" in last and "pip install --no-build-isolation -e ." in last
-
