@@ -14,6 +14,7 @@ cd "$ROOT"
 PY="${PYTHON:-python3}"
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT   # set WHEEL_OUT to keep the repaired wheel
 OUT="${WHEEL_OUT:-$WORK/wheelhouse}"
 mkdir -p "$OUT"
 
