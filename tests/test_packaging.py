@@ -32,15 +32,21 @@ def test_version_is_written_once():
 
 def test_source_tree_without_build_refuses_with_instructions(tmp_path):
     # A copy of the package's Python files without any compiled module stands for a
-    # fresh checkout: importing it must not pick up a _core from elsewhere on the
-    # path (the installed pyneg is on sys.path of the child too), but say what to do.
+    # fresh checkout. It comes first on the child's path, followed by the folder of
+    # the compiled core this session imported: pyneg must not borrow that core, but
+    # say what to do. -S keeps site's hooks (an editable install's import redirect)
+    # out, so the copy is what `import pyneg` finds.
+    from pyneg import _core
+
     src = Path(pyneg.__file__).parent
     shutil.copytree(src, tmp_path / "pyneg", ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
-    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    elsewhere = Path(_core.__file__).resolve().parents[1]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(elsewhere)]))
     proc = subprocess.run(
-        [sys.executable, "-P", "-c", "import pyneg"], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-S", "-P", "-c", "import pyneg"], env=env, capture_output=True, text=True, timeout=120
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 1, proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("ImportError: pyneg's compiled module pyneg._core is missing"), proc.stderr
+    assert str(tmp_path / "pyneg") in last
     assert "source tree" in last and "pip install --no-build-isolation -e ." in last
