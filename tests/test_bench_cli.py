@@ -15,7 +15,7 @@ import pytest
 from pyneg.bench import __main__ as cli
 from pyneg.bench.__main__ import main
 from pyneg.bench.registry import all_workloads
-from pyneg.bench.workload import FULL_SIZE_ONLY, MET, MISSED, Target, Workload
+from pyneg.bench.workload import FULL_SIZE_ONLY, MET, MISSED, NOT_AT_TARGET_SIZE, Target, Workload
 
 
 def _run_cli(tmp_path, *args):
@@ -44,12 +44,15 @@ def _assert_verdicts_follow_from_json(data, printed: str, md: str) -> None:
         line = _pyneg_line(printed, row["name"])
         (md_line,) = [ln for ln in md.splitlines() if ln.startswith(f"| `{row['name']}` | **pyneg** |")]
         for t in row["targets"]:
-            judged = data["quick"] is False or row["size"] == row["target_size"]
+            if row["target_size"] is None:
+                judged = data["quick"] is False
+            else:
+                judged = row["size"] == row["target_size"]
             assert t["judged"] is judged, (row["name"], t)
             if judged:
                 assert t["verdict"] == _recomputed_verdict(row, t), (row["name"], t)
             else:
-                assert t["verdict"] == FULL_SIZE_ONLY, (row["name"], t)
+                assert t["verdict"] == (FULL_SIZE_ONLY if data["quick"] else NOT_AT_TARGET_SIZE), (row["name"], t)
             # The console table and results.md say the same as the JSON.
             assert f"{t['target']}: {t['verdict'].upper() if t['verdict'] == MISSED else t['verdict']}" in line
             assert t["target"] in md_line
@@ -187,6 +190,7 @@ def test_verdict_rule():
     t = Target("ratio", 2, "b")
     assert t.ratio(1.0, {"b": 3.0}, {}) == 3.0
     assert t.judge(3.0, True) == MET and t.judge(1.5, True) == MISSED and t.judge(1.5, False) == FULL_SIZE_ONLY
+    assert t.judge(1.5, False, quick=False) == "not at target size"
     assert t.judge(t.ratio(1.0, {}, {}), True) == "not measured"
     m = Target("peak_memory_ratio", 1, "b")
     assert m.ratio(1.0, {"b": 1.0}, {"pyneg": 10, "b": 30}) == 3.0

@@ -80,7 +80,7 @@ def run(quick: bool, name_filter: str, progress: bool = True) -> List[Dict[str, 
             ratio = t.ratio(pyneg_s, base_s, peaks)
             targets.append({"target": t.describe(), "kind": t.kind, "baseline": t.baseline, "value": t.value,
                             "ratio": ratio, "judged": judged and ratio is not None,
-                            "verdict": t.judge(ratio, judged)})
+                            "verdict": t.judge(ratio, judged, quick)})
         rows.append(
             {
                 "name": w.name,

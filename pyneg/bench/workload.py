@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Mapping, Optional
 
 #: The verdicts a target can get, as the JSON spells them.
-MET, MISSED, FULL_SIZE_ONLY, NOT_MEASURED = "met", "missed", "full size only", "not measured"
+MET, MISSED, NOT_MEASURED = "met", "missed", "not measured"
+FULL_SIZE_ONLY = "full size only"  # a quick run measured a smaller size
+NOT_AT_TARGET_SIZE = "not at target size"  # a full run did: the workload's setup is wrong
 
 _KINDS = ("ratio", "peak_memory_ratio")
 
@@ -65,12 +67,12 @@ class Target:
             return f">= {self.value:g}x {self.baseline}" + ("" if self.kind == "ratio" else " (peak memory)")
         return f"{what} <= {1 / self.value:g}x {self.baseline}"
 
-    def judge(self, ratio: Optional[float], judged: bool) -> str:
+    def judge(self, ratio: Optional[float], judged: bool, quick: bool = True) -> str:
         """The verdict: met / missed where judged and measured, else why not."""
         if ratio is None:
             return NOT_MEASURED
         if not judged:
-            return FULL_SIZE_ONLY
+            return FULL_SIZE_ONLY if quick else NOT_AT_TARGET_SIZE
         return MET if ratio >= self.value else MISSED
 
 
