@@ -26,7 +26,7 @@ import torch
 
 from pyneg.bench.registry import all_workloads
 from pyneg.bench.timing import median, peak_memory_bytes, time_calls
-from pyneg.bench.workload import MISSED
+from pyneg.bench.workload import MET, MISSED
 
 
 def machine_description() -> Dict[str, Any]:
@@ -179,37 +179,50 @@ def _fmt_rate(r: float) -> str:
     return f"{r:.1f} /s"
 
 
+def _primary_target(row: Dict[str, Any]) -> Dict[str, Any] | None:
+    """The workload's first time-ratio target, if any."""
+    return next((t for t in row["targets"] if t["kind"] == "ratio"), None)
+
+
 def _primary_baseline(row: Dict[str, Any]) -> str | None:
     """The baseline a workload is judged against: its ratio target's, else its first."""
-    for t in row["targets"]:
-        if t["kind"] == "ratio":
-            return t["baseline"]
-    return next(iter(row["baselines_s"]), None)
+    t = _primary_target(row)
+    return t["baseline"] if t else next(iter(row["baselines_s"]), None)
+
+
+# Bar colours by the primary target's verdict: green met, red missed, grey not judged or none.
+_VERDICT_COLOURS = {MET: "tab:green", MISSED: "tab:red"}
 
 
 def plot(rows: List[Dict[str, Any]], path: str) -> None:
-    """Two panels: speed-up over each workload's primary baseline, and pyneg's throughput."""
+    """Two panels: speed-up over each workload's primary baseline (coloured by the
+    verdict, the target marked), and pyneg's throughput."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.5 * len(rows) + 1.8), sharey=True)
-    names = [r["name"] for r in rows]
-    ratios, labels = [], []
-    for r in rows:
+    ys = list(range(len(rows)))
+    ratios, labels, colors = [], [], []
+    for y, r in enumerate(rows):
         base = _primary_baseline(r)
         ratios.append(r["ratios"].get(base, float("nan")) if base else float("nan"))
         labels.append(base or "")
-    colors = ["tab:green" if x >= 1 else "tab:gray" for x in ratios]
-    ax1.barh(names, ratios, color=colors)
+        t = _primary_target(r)
+        colors.append(_VERDICT_COLOURS.get(t["verdict"], "tab:gray") if t else "tab:gray")
+        if t:
+            ax1.plot([t["value"]], [y], marker="|", markersize=14, markeredgewidth=2, color="black")
+    ax1.barh(ys, ratios, color=colors)
+    ax1.set_yticks(ys, [r["name"] for r in rows])
     ax1.set_xscale("log")
     ax1.axvline(1.0, color="black", linewidth=0.8)
-    ax1.set_xlabel("speed-up over the primary baseline (median time ratio)")
+    ax1.set_xlabel("speed-up over the primary baseline (median time ratio; | the target; "
+                   "green met, red missed, grey not judged)")
     for y, (x, lab) in enumerate(zip(ratios, labels)):
         ax1.text(x, y, f" {x:.1f}x vs {lab}", va="center", fontsize=7)
     rates = [r["items"] / r["pyneg_s"] for r in rows]
-    ax2.barh(names, rates, color="tab:blue")
+    ax2.barh(ys, rates, color="tab:blue")
     ax2.set_xscale("log")
     ax2.set_xlabel("pyneg throughput (items per second)")
     for y, x in enumerate(rates):
