@@ -236,7 +236,8 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
 
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyneg.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats (< 1 minute)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats; judges only the targets of "
+                        "workloads that keep their target's size")
     parser.add_argument("--filter", default="", help="only workloads whose name or group contains TEXT")
     parser.add_argument("--out", default="bench_results", help="folder for results.json, results.md and results.png")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
