@@ -363,7 +363,7 @@ class AliasSampler:
         numel = math.prod(shape)
         if dev.type == "cuda" and cuda.cuda_available():
             # pyneg's CUDA kernels: the same draws as the CPU's, made on the device.
-            result = out if out is not None else torch.empty(shape, dtype=torch.int64, device=dev)
+            result = out if out is not None else _allocate(shape, dev)
             tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
             if numel:
                 tries = cuda.sample_into(dist.table, dist.device_entries, result, rows, k, lists, unique,
@@ -374,7 +374,7 @@ class AliasSampler:
         if on_cpu and out is not None:
             result = out
         else:
-            result = torch.empty(shape, dtype=torch.int64)
+            result = _allocate(shape, torch.device("cpu"))
         tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
         if numel == 0:
             pass
@@ -500,6 +500,15 @@ class AliasSampler:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_classes={self.num_classes})"
+
+
+def _allocate(shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """An int64 tensor for the draws; a size the machine cannot hold is a MemoryError naming it."""
+    try:
+        return torch.empty(shape, dtype=torch.int64, device=device)
+    except (RuntimeError, MemoryError) as exc:  # torch's allocators raise RuntimeError (CPU) or OOM
+        raise MemoryError(f"size {shape}: cannot allocate {8 * math.prod(shape)} bytes of draws "
+                          f"on {device} ({exc})") from None
 
 
 def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> torch.Tensor:
