@@ -120,9 +120,9 @@ class AliasSampler:
     """
 
     def __init__(self, weights: ArrayLike, *, _name: str = "weights") -> None:
-        # An owned copy: the C++ normalisation reads it with the GIL released,
-        # so another thread writing the caller's array cannot change it midway.
-        w = np.array(as_float64_numpy(weights, _name, max_len=MAX_CLASSES), copy=True)
+        # The binding copies w before the C++ normalisation reads it with the GIL
+        # released, so another thread writing the caller's array cannot change it midway.
+        w = as_float64_numpy(weights, _name, max_len=MAX_CLASSES)
         probs = np.empty_like(w)
         table = _core.AliasTable(w, _name, probs)
         self._install(probs, table)
@@ -541,6 +541,7 @@ class UnigramSampler(AliasSampler):
 
     def __init__(self, counts: ArrayLike, power: float = 0.75) -> None:
         power = check_float(power, "power", minimum=0.0)
+        # Owned: the checks below and the weights computed from them see the same values.
         c = np.array(as_float64_numpy(counts, "counts", max_len=MAX_CLASSES), copy=True)
         if not np.isfinite(c).all() or (c < 0).any():
             raise ValueError("counts must be finite and non-negative")
