@@ -248,7 +248,13 @@ class AliasSampler:
                 On a CUDA device pyneg's CUDA kernels draw there, bit-identical
                 to the CPU for the same seed (when ``pyneg.cuda_available()``).
             out: int64 tensor of shape ``size`` to write into (reusing it saves
-                the page faults of a fresh allocation).
+                the page faults of a fresh allocation); dense, contiguous, and
+                sharing no memory with ``exclude``.
+
+        Raises:
+            ValueError, TypeError: for a bad argument, naming it; the call then
+                changes nothing (not ``out``, not the generator).
+            MemoryError: ``size`` fits in int64 but not in memory.
         """
         return self._sample(size, exclude, unique, generator, seed, offset, device, out, want_tries=False)[0]
 
