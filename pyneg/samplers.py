@@ -356,10 +356,14 @@ class AliasSampler:
         gen = generator if generator is not None else torch.default_generator
         gen_state = gen.get_state()
         seed = draw_seed(generator)
+        # Where the kernels can still refuse, remember the state after our draw:
+        # rewind only if no other thread has drawn from the generator since.
+        drawn_state = gen.get_state() if lists is not None or unique else None
         try:
             return self._draw(dist, shape, rows, k, lists, unique, seed, offset, dev, out, want_tries)
-        except (ValueError, TypeError):
-            gen.set_state(gen_state)
+        except (ValueError, TypeError, MemoryError):
+            if drawn_state is None or torch.equal(gen.get_state(), drawn_state):
+                gen.set_state(gen_state)
             raise
 
     def _draw(self, dist: _Distribution, shape: Tuple[int, ...], rows: int, k: int, lists: Optional[np.ndarray], unique: bool,

@@ -228,7 +228,8 @@ VALID_SAMPLE = {
     "out": st.sampled_from(["none", "fresh"]),
 }
 ANY_SAMPLE = {
-    "size": SIZES, "unique": BOOLS, "seed": SEEDS, "offset": OFFSETS, "device": DEVICES,
+    "size": SIZES, "unique": st.sampled_from([np.bool_(True), np.bool_(False), "no", 1, 0, None, torch.tensor(True)]),
+    "seed": SEEDS, "offset": OFFSETS, "device": DEVICES,
     "out": st.sampled_from(["none", "fresh", "int32", "wrong_shape", "noncontig", "meta", "sparse",
                             "aliases_exclude"]),
 }
@@ -240,6 +241,25 @@ def _valid_exclude(size):
     return st.one_of(st.none(), st.builds(lambda rows: (torch.tensor(rows, dtype=torch.int64).reshape(lead, 2),),
                                           st.lists(st.lists(ids, min_size=2, max_size=2), min_size=lead,
                                                    max_size=lead)))
+
+
+def _int_like(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def _must_refuse(adversarial, args, out):
+    """The adversarial value when it is plainly invalid (so the call must have been refused), else None."""
+    v = args.get(adversarial)
+    bad = {
+        "unique": lambda: not isinstance(v, (bool, np.bool_)),
+        "seed": lambda: v is not None and not isinstance(v, torch.Tensor) and not (_int_like(v) and 0 <= v < 2**64),
+        "offset": lambda: not (_int_like(v) and 0 <= v and v + math.prod(_shape_of(args["size"])) <= 2**64),
+        "device": lambda: v not in (None, "cpu") and v != torch.device("cpu"),
+        "out": lambda: out is not None and v not in ("none", "fresh"),
+        "size": lambda: isinstance(v, (float, str, type(None))) or (_int_like(v) and v < 0)
+        or (isinstance(v, tuple) and any(isinstance(d, bool) or (_int_like(d) and d < 0) for d in v)),
+    }.get(adversarial)
+    return v if bad is not None and bad() else None
 
 
 @settings(PROPS, max_examples=250)
@@ -302,6 +322,8 @@ def test_sample(adversarial, data):
         return
     # A valid call: check it against what was asked.
     event("valid")
+    refuse = _must_refuse(adversarial, args, out)
+    assert not refuse, f"{adversarial}={refuse!r} was accepted"
     shape = _shape_of(size)
     assert isinstance(got, torch.Tensor) and got.dtype == torch.int64 and tuple(got.shape) == shape
     assert got.device.type == "cpu"

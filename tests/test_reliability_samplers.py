@@ -284,6 +284,24 @@ def test_call_errors_name_the_argument(call, err, name):
     assert torch.equal(after, S.sample(20))
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(size=(2, 2), exclude=[[0, 1, 3], [-1, -1, -1]]),               # row 0 leaves only zero weight
+    dict(size=(2, 2), exclude=[[0, 1, -1], [3, -1, -1]], unique=True),  # row 0: one id left for two
+])
+def test_kernel_refusals_leave_the_generator_alone(kwargs):
+    g = torch.Generator().manual_seed(5)
+    state = g.get_state()
+    torch.manual_seed(1)
+    with pytest.raises(ValueError, match="exclude|size"):
+        S.sample(**kwargs, generator=g)
+    with pytest.raises(ValueError, match="exclude|size"):
+        S.sample(**kwargs)
+    assert torch.equal(g.get_state(), state)
+    after = S.sample(20)
+    torch.manual_seed(1)
+    assert torch.equal(after, S.sample(20))
+
+
 def test_empty_id_lists():
     assert S.log_prob([]).shape == (0,)
     assert S.log_prob(torch.empty(0, 3, dtype=torch.int64)).shape == (0, 3)
