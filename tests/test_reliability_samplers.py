@@ -353,6 +353,21 @@ def test_out_buffers_are_checked_and_left_untouched():
     assert torch.equal(got, S.sample((2, 3), exclude=torch.zeros(2, 1, dtype=torch.int64), seed=1))
 
 
+def test_unbounded_ids_helper():
+    v = _validation.as_index_tensor
+    big = np.array([2**63 - 1, 0], dtype=np.uint64)
+    assert v(big, "ids", None).tolist() == [2**63 - 1, 0]
+    with pytest.raises(ValueError, match="ids holds id 18446744073709551615"):
+        v(np.array([2**64 - 1], dtype=np.uint64), "ids", None, allow_padding=True)
+    with pytest.raises(ValueError, match="ids holds id -2"):
+        v([-2, 5], "ids", None, allow_padding=True)
+    assert v([-1, 5], "ids", None, allow_padding=True).tolist() == [-1, 5]
+    src = torch.tensor([3, 4])
+    got = v(src, "ids", None)
+    src[0] = -9  # the result is a copy
+    assert got.tolist() == [3, 4]
+
+
 def test_shares_memory_helper():
     x = torch.arange(20)
     assert _validation.shares_memory(x[:5], x[4:6])
