@@ -475,11 +475,11 @@ class AliasSampler:
         want = {"sampler", "probs", *self._EXTRA_KEYS}
         missing, unknown = want - set(state), set(state) - want
         if missing or unknown:
-            raise ValueError(f"state_dict is not a {cls}'s state: "
+            raise ValueError(f"state_dict is not a state of {cls} (saved by another class or an older pyneg?): "
                              + ", ".join(filter(None, [missing and f"missing {sorted(missing)}",
                                                        unknown and f"unexpected {sorted(map(str, unknown))}"])))
         if state["sampler"] != cls:
-            raise ValueError(f"state_dict is the state of a {state['sampler']!r}, not of a {cls}")
+            raise ValueError(f"state_dict is a state of {state['sampler']!r}, not of {cls}")
         p = state["probs"]
         if not isinstance(p, torch.Tensor) or p.dtype != torch.float64 or p.dim() != 1 \
                 or p.layout != torch.strided or p.device.type == "meta":
