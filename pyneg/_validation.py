@@ -100,9 +100,11 @@ def owned_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return dst
 
 
-def as_index_tensor(data: ArrayLike, name: str, num_classes: int, *, allow_padding: bool = False,
+def as_index_tensor(data: ArrayLike, name: str, num_classes: Optional[int], *, allow_padding: bool = False,
                     allow_empty: bool = True) -> torch.Tensor:
     """An int64 CPU tensor of ids in [0, num_classes) (or -1 when allow_padding).
+
+    ``num_classes=None`` bounds ids by int64 only (ids that are keys, not rows).
 
     The result is always a fresh copy that pyneg owns, checked after copying:
     kernels may read it with the GIL released while another thread writes the
@@ -113,24 +115,26 @@ def as_index_tensor(data: ArrayLike, name: str, num_classes: int, *, allow_paddi
     if t.numel() == 0:
         if not allow_empty:
             raise ValueError(f"{name} must not be empty")
-        if not isinstance(data, torch.Tensor):  # NumPy gives [] the dtype float64: nothing to check
+        if not isinstance(data, (torch.Tensor, np.ndarray)) or data.dtype == np.float64:
+            # NumPy gives [] its default dtype float64: no id to check, and no dtype the user chose.
             return torch.empty(tuple(t.shape), dtype=torch.int64)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids, got {t.dtype}")
     pad = " (use -1 for padding)" if allow_padding else ""
+    hi = 2**63 if num_classes is None else num_classes
     if t.dtype in _WIDE_UNSIGNED:
         arr = t.detach().cpu().numpy().copy()  # owned; checked as unsigned, then converted
-        if arr.size and int(arr.max()) >= num_classes:
-            raise ValueError(f"{name} holds id {int(arr.max())} outside [0, {num_classes}){pad}")
+        if arr.size and int(arr.max()) >= hi:
+            raise ValueError(f"{name} holds id {int(arr.max())} outside [0, {hi}){pad}")
         return torch.from_numpy(arr.astype(np.int64))
     out = owned_copy(t, torch.int64)
     if out.numel():
         lo = -1 if allow_padding else 0
         tmin, tmax = torch.aminmax(out)
         tmin, tmax = int(tmin), int(tmax)
-        if tmin < lo or tmax >= num_classes:
+        if tmin < lo or tmax >= hi:
             bad = tmin if tmin < lo else tmax
-            raise ValueError(f"{name} holds id {bad} outside [0, {num_classes}){pad}")
+            raise ValueError(f"{name} holds id {bad} outside [0, {hi}){pad}")
     return out
 
 

@@ -284,6 +284,24 @@ def test_call_errors_name_the_argument(call, err, name):
     assert torch.equal(after, S.sample(20))
 
 
+@pytest.mark.parametrize("kwargs", [
+    dict(size=(2, 2), exclude=[[0, 1, 3], [-1, -1, -1]]),               # row 0 leaves only zero weight
+    dict(size=(2, 2), exclude=[[0, 1, -1], [3, -1, -1]], unique=True),  # row 0: one id left for two
+])
+def test_kernel_refusals_leave_the_generator_alone(kwargs):
+    g = torch.Generator().manual_seed(5)
+    state = g.get_state()
+    torch.manual_seed(1)
+    with pytest.raises(ValueError, match="exclude|size"):
+        S.sample(**kwargs, generator=g)
+    with pytest.raises(ValueError, match="exclude|size"):
+        S.sample(**kwargs)
+    assert torch.equal(g.get_state(), state)
+    after = S.sample(20)
+    torch.manual_seed(1)
+    assert torch.equal(after, S.sample(20))
+
+
 def test_empty_id_lists():
     assert S.log_prob([]).shape == (0,)
     assert S.log_prob(torch.empty(0, 3, dtype=torch.int64)).shape == (0, 3)
@@ -333,6 +351,21 @@ def test_out_buffers_are_checked_and_left_untouched():
     # Neighbouring (non-overlapping) parts of one buffer are fine.
     got = S.sample((2, 3), exclude=ex2, out=shared[2:8].view(2, 3), seed=1)
     assert torch.equal(got, S.sample((2, 3), exclude=torch.zeros(2, 1, dtype=torch.int64), seed=1))
+
+
+def test_unbounded_ids_helper():
+    v = _validation.as_index_tensor
+    big = np.array([2**63 - 1, 0], dtype=np.uint64)
+    assert v(big, "ids", None).tolist() == [2**63 - 1, 0]
+    with pytest.raises(ValueError, match="ids holds id 18446744073709551615"):
+        v(np.array([2**64 - 1], dtype=np.uint64), "ids", None, allow_padding=True)
+    with pytest.raises(ValueError, match="ids holds id -2"):
+        v([-2, 5], "ids", None, allow_padding=True)
+    assert v([-1, 5], "ids", None, allow_padding=True).tolist() == [-1, 5]
+    src = torch.tensor([3, 4])
+    got = v(src, "ids", None)
+    src[0] = -9  # the result is a copy
+    assert got.tolist() == [3, 4]
 
 
 def test_shares_memory_helper():
@@ -492,6 +525,16 @@ for it in range(400):
     if unique:
         assert all(len(set(r)) == 8 for r in x.tolist())
     ok += 1
+# The binding itself copies what its kernels read with the GIL released.
+ex_np = ex.numpy()
+buf = np.empty((32, 8), dtype=np.int64)
+for it in range(300):
+    try:
+        s._table.sample_excluding(it, 0, ex_np, 8, buf.reshape(-1), 2)
+    except ValueError as e:
+        assert "exclude" in str(e), e
+        continue
+    assert buf.min() >= 48 and buf.max() < V, "the binding drew an excluded id"
 ids = torch.arange(V).repeat(4)
 lp = torch.full((V,), -np.log(V), dtype=torch.float64).repeat(4)
 for it in range(300):
