@@ -32,8 +32,8 @@ from pyneg import _core
 from pyneg import cuda as pyneg_cuda
 from pyneg._hsoftmax_reference import (PaddedPaths, gather_log_prob, gather_nll, log_prob_from_scores,
                                        padded_paths)
-from pyneg._validation import (ArrayLike, as_float64_numpy, as_index_tensor, check_bool, check_device,
-                               check_int)
+from pyneg._validation import (MAX_CLASSES, ArrayLike, as_float64_numpy, as_index_tensor, check_bool,
+                               check_device, check_int, check_tensor)
 from pyneg.functional import _acc_dtype, _check_reduction, _reduce
 
 __all__ = ["HuffmanTree", "HierarchicalSoftmax"]
@@ -61,6 +61,13 @@ def _check_float_dtype(dtype: Any, name: str) -> torch.dtype:
         raise TypeError(f"{name} must be a floating-point dtype (float16, bfloat16, float32 or float64), "
                         f"got {dtype}")
     return dtype
+
+
+def _module_device(device: Any) -> Optional[torch.device]:
+    """A module's device; unlike check_device this allows meta (deferred initialisation)."""
+    if isinstance(device, (str, torch.device)) and str(device).strip() == "meta":
+        return torch.device("meta")
+    return check_device(device)
 
 
 class HuffmanTree:
@@ -97,7 +104,7 @@ class HuffmanTree:
         # Use from_counts: this wraps an already built pyneg._core.HuffmanTree.
         if not isinstance(core, _core.HuffmanTree):
             raise TypeError("build a HuffmanTree with HuffmanTree.from_counts(counts)")
-        c = np.array(as_float64_numpy(counts, "counts"), copy=True)  # private: nobody else holds it
+        c = np.array(as_float64_numpy(counts, "counts", max_len=MAX_CLASSES), copy=True)  # private
         if c.shape[0] != core.num_classes:
             raise ValueError(f"counts must have the tree's {core.num_classes} entries, got {c.shape[0]}")
         self._core = core
@@ -115,7 +122,7 @@ class HuffmanTree:
         Raises ValueError for an empty, multi-dimensional, NaN, infinite or
         negative ``counts`` and TypeError for non-numeric data.
         """
-        c = as_float64_numpy(counts, "counts")
+        c = as_float64_numpy(counts, "counts", max_len=MAX_CLASSES)
         core = _core.HuffmanTree.from_counts(c, "counts")
         return cls(core, c)
 
@@ -450,7 +457,7 @@ class HierarchicalSoftmax(nn.Module):
         sparse = check_bool(sparse, "sparse")
         bias = check_bool(bias, "bias")
         dtype = _check_float_dtype(torch.get_default_dtype() if dtype is None else dtype, "dtype")
-        device = check_device(device)
+        device = _module_device(device)
         tree = counts if isinstance(counts, HuffmanTree) else HuffmanTree.from_counts(counts)
         if tree.num_inner * dim >= 2**63:
             raise ValueError(f"dim {dim} times the tree's {tree.num_inner} inner nodes overflows a tensor size")
@@ -587,10 +594,7 @@ class HierarchicalSoftmax(nn.Module):
     def _check_input(self, input: Any, weight: torch.Tensor) -> torch.Tensor:
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-        if input.layout != torch.strided:
-            raise TypeError(f"input must be a dense (strided) tensor, got layout {input.layout}")
-        if input.device.type == "meta":
-            raise ValueError("input is a meta tensor, which holds no data")
+        check_tensor(input, "input")
         if input.dtype != weight.dtype:
             raise TypeError(f"input must have the weight's dtype {weight.dtype}, got {input.dtype}")
         if input.dim() != 2 or input.shape[1] != self._dim:
@@ -618,9 +622,9 @@ class HierarchicalSoftmax(nn.Module):
         _check_reduction(reduction)
         weight, bias = self._checked_parameters()
         input = self._check_input(input, weight)
-        # A private, checked copy: what the kernels (and the backward pass) read is what was checked,
-        # whatever the caller (or another thread) writes into its target afterwards.
-        tgt = as_index_tensor(target, "target", self.num_classes).clone()
+        # A private copy, checked after copying: what the kernels (and the backward pass) read is
+        # what was checked, whatever the caller (or another thread) writes into its target.
+        tgt = as_index_tensor(target, "target", self.num_classes)
         if tgt.shape != input.shape[:1]:
             raise ValueError(f"target must be ({input.shape[0]},) to match input, got shape {tuple(tgt.shape)}")
         if reduction == "mean" and input.shape[0] == 0:

@@ -460,6 +460,10 @@ def test_arguments_are_checked_by_name():
         (lambda: hs(x, t.to_sparse()), TypeError, "target"),
         (lambda: hs(x, t.to(torch.bool)), TypeError, "target"),
         (lambda: hs(x, t.to(torch.complex64)), TypeError, "target"),
+        (lambda: hs(x, torch.tensor([0, 1, 2**64 - 1], dtype=torch.uint64)), ValueError, "target holds id 1844"),
+        (lambda: hs(x, np.array([0, 1, 2**64 - 1], dtype=np.uint64)), ValueError, "target holds id 1844"),
+        (lambda: hs(x, [0, 1, 2**64]), TypeError, "target"),
+        (lambda: hs(x, []), ValueError, "target must be"),
         (lambda: hs(x, t, reduction="avg"), ValueError, "reduction"),
         (lambda: hs(x, t, reduction=None), ValueError, "reduction"),
         (lambda: hs(x[:0], t[:0]), ValueError, "empty batch"),
@@ -485,6 +489,11 @@ def test_numpy_scalars_and_empty_batches_are_accepted():
     assert hs(empty, torch.zeros(0, dtype=torch.int64), reduction="none").shape == (0,)
     assert float(hs(empty, torch.zeros(0, dtype=torch.int64), reduction="sum")) == 0.0
     assert hs.log_prob(empty).shape == (0, len(COUNTS))
+    assert hs(empty, [], reduction="none").shape == (0,)  # an empty list is an empty batch of ids
+    u = torch.tensor([0, 11, 3], dtype=torch.uint64)
+    x = torch.randn(3, 6, dtype=torch.float64)
+    assert torch.equal(hs(x, u), hs(x, u.to(torch.int64)))
+    hs.load_state_dict(hs.state_dict(), strict=np.bool_(True))
 
 
 def test_replaced_parameters_are_checked():
