@@ -533,7 +533,7 @@ class HierarchicalSoftmax(nn.Module):
         ``_extra_state`` fingerprint differs; never accepted), parameters of
         other shapes, and, with ``strict=True``, a state without the
         fingerprint (saved by an older pyneg: load it with ``strict=False`` to
-        skip the tree check) or without ``weight`` / ``bias``.
+        skip the tree check), without ``weight`` / ``bias`` or with other keys.
         """
         strict = check_bool(strict, "strict")
         if not isinstance(state_dict, Mapping):
@@ -543,11 +543,14 @@ class HierarchicalSoftmax(nn.Module):
                 raise ValueError(
                     "state_dict has no tree fingerprint ('_extra_state'): it was saved by a pyneg older than the "
                     "fingerprint or built by hand; load it with strict=False to accept it without the tree check")
-            for name in ("weight",) + (("bias",) if self.bias is not None else ()):
+            names = ("weight",) + (("bias",) if self.bias is not None else ())
+            for name in names:
                 if name not in state_dict:
                     raise ValueError(f"state_dict has no {name!r}")
-            if self.bias is None and "bias" in state_dict:
-                raise ValueError("state_dict has 'bias' but this module was built with bias=False")
+            unexpected = sorted(str(k) for k in state_dict if k not in names + ("_extra_state",))
+            if unexpected:
+                hint = " (this module was built with bias=False)" if "bias" in unexpected else ""
+                raise ValueError(f"state_dict has unexpected keys {unexpected}{hint}")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, local_metadata: Any,
