@@ -109,7 +109,9 @@ class HuffmanTree:
             raise ValueError(f"counts must have the tree's {core.num_classes} entries, got {c.shape[0]}")
         self._core = core
         self._counts = torch.from_numpy(c)
-        self._arrays: Dict[str, torch.Tensor] = {}
+        # Built here, once (catch_warnings in _private_view is not thread-safe): never handed out.
+        self._arrays: Dict[str, torch.Tensor] = {
+            name: _private_view(getattr(core, name)) for name in ("path_offsets", "path_nodes", "path_codes", "depths")}
         # Derived tensors the kernels and the fallback read, built once per dtype / device.
         self._padded: Dict[Tuple[torch.dtype, torch.device], PaddedPaths] = {}
         self._flat: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
@@ -148,10 +150,7 @@ class HuffmanTree:
         return self._counts.clone()
 
     def _array(self, name: str) -> torch.Tensor:
-        t = self._arrays.get(name)
-        if t is None:
-            t = self._arrays[name] = _private_view(getattr(self._core, name))
-        return t
+        return self._arrays[name]
 
     @property
     def depths(self) -> torch.Tensor:
@@ -209,7 +208,7 @@ class HuffmanTree:
             h = hashlib.sha256(b"pyneg.HuffmanTree/1")
             h.update(np.int64(self.num_classes).tobytes())
             # children determines every path: the node numbering and both branches of every node.
-            h.update(memoryview(np.ascontiguousarray(self._core.children, dtype="<i4")))
+            h.update(np.ascontiguousarray(self._core.children, dtype="<i4").tobytes())
             self._fingerprint = h.hexdigest()
         return self._fingerprint
 
@@ -368,10 +367,10 @@ class _Cast(torch.autograd.Function):
         return grad.to(ctx.dtype), None
 
 
-def _to_acc(*tensors: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], ...]:
-    """The tensors in their accumulation dtype (16-bit -> float32; others as they are)."""
-    return tuple(t if t is None or _acc_dtype(t.dtype) == t.dtype else _Cast.apply(t, _acc_dtype(t.dtype))
-                 for t in tensors)
+def _to_acc(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in its accumulation dtype (16-bit -> float32; others as they are)."""
+    acc = _acc_dtype(t.dtype)
+    return t if acc == t.dtype else _Cast.apply(t, acc)
 
 
 def _sparse(indices: torch.Tensor, values: torch.Tensor, size: Tuple[int, ...]) -> torch.Tensor:
@@ -633,7 +632,8 @@ class HierarchicalSoftmax(nn.Module):
         if reduction == "mean" and input.shape[0] == 0:
             raise ValueError("input has no rows: the mean over an empty batch is undefined (use reduction='sum')")
         acc = _acc_dtype(input.dtype)
-        x, w, b = _to_acc(input, weight, bias)  # 16-bit modules compute in float32
+        x, w = _to_acc(input), _to_acc(weight)  # 16-bit modules compute in float32
+        b = None if bias is None else _to_acc(bias)
         if x.device.type == "cpu":
             loss = _HSLoss.apply(x, w, b, tgt, self._tree, self._sparse)
         elif self._on_cuda_kernels(x):
@@ -654,7 +654,8 @@ class HierarchicalSoftmax(nn.Module):
         weight, bias = self._checked_parameters()
         input = self._check_input(input, weight)
         acc = _acc_dtype(input.dtype)
-        x, w, b = _to_acc(input, weight, bias)
+        x, w = _to_acc(input), _to_acc(weight)
+        b = None if bias is None else _to_acc(bias)
         if x.device.type == "cpu":
             return _HSLogProb.apply(nn.functional.linear(x, w, b), self._tree)
         return gather_log_prob(x, w, b, self._tree._padded_paths(acc, x.device))
