@@ -516,3 +516,30 @@ def test_meta_modules_build_and_refuse_to_compute():
     hs.to_empty(device="cpu")
     hs.reset_parameters()
     assert torch.isfinite(hs(torch.zeros(2, 6), [0, 1]))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not pyneg.cuda_available(), reason="needs a CUDA device usable by torch and pyneg._cuda")
+def test_cuda_kernels_bounds_check_every_index():
+    # pyneg.cuda.hs_forward / hs_backward take flat paths from anyone: a bad id, path or node
+    # gives that example a NaN loss (and input gradient), never an out-of-bounds access.
+    tree = pyneg.HuffmanTree.from_counts(COUNTS)
+    dev = torch.device("cuda")
+    off, nodes, codes = (t.to(dev) for t in (tree.path_offsets, tree.path_nodes, tree.path_codes))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4, 6, generator=g, dtype=torch.float64).to(dev)
+    w = torch.randn(len(COUNTS) - 1, 6, generator=g, dtype=torch.float64).to(dev)
+    target = torch.tensor([0, 1, 2, 3], device=dev)
+    good = pyneg.cuda.hs_forward(x, w, target, off, nodes, codes)
+    assert bool(torch.isfinite(good).all())
+    bad_nodes = nodes.clone()
+    bad_nodes[int(off[1]):int(off[2])] = 10**6  # class 1's path
+    bad_off = off.clone()
+    bad_off[3] = 10**9  # the end of class 2's path and the start of class 3's
+    for o, n, bad in ((off, bad_nodes, [1]), (bad_off, nodes, [2, 3])):
+        nll = pyneg.cuda.hs_forward(x, w, target, o, n, codes)
+        gi, gw, _ = pyneg.cuda.hs_backward(torch.ones(4, dtype=x.dtype, device=dev), x, w, target, o, n, codes)
+        ok = [i for i in range(4) if i not in bad]
+        assert bool(torch.isnan(nll[bad]).all()) and torch.equal(nll[ok], good[ok])
+        assert bool(torch.isnan(gi[bad]).all()) and bool(torch.isfinite(gi[ok]).all())
+        assert bool(torch.isfinite(gw).all())
