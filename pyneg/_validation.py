@@ -113,7 +113,8 @@ def as_index_tensor(data: ArrayLike, name: str, num_classes: int, *, allow_paddi
     if t.numel() == 0:
         if not allow_empty:
             raise ValueError(f"{name} must not be empty")
-        if not isinstance(data, torch.Tensor):  # NumPy gives [] the dtype float64: nothing to check
+        if not isinstance(data, (torch.Tensor, np.ndarray)) or data.dtype == np.float64:
+            # NumPy gives [] its default dtype float64: no id to check, and no dtype the user chose.
             return torch.empty(tuple(t.shape), dtype=torch.int64)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids, got {t.dtype}")

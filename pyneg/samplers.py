@@ -120,9 +120,9 @@ class AliasSampler:
     """
 
     def __init__(self, weights: ArrayLike, *, _name: str = "weights") -> None:
-        # An owned copy: the C++ normalisation reads it with the GIL released,
-        # so another thread writing the caller's array cannot change it midway.
-        w = np.array(as_float64_numpy(weights, _name, max_len=MAX_CLASSES), copy=True)
+        # The binding copies w before the C++ normalisation reads it with the GIL
+        # released, so another thread writing the caller's array cannot change it midway.
+        w = as_float64_numpy(weights, _name, max_len=MAX_CLASSES)
         probs = np.empty_like(w)
         table = _core.AliasTable(w, _name, probs)
         self._install(probs, table)
@@ -248,7 +248,13 @@ class AliasSampler:
                 On a CUDA device pyneg's CUDA kernels draw there, bit-identical
                 to the CPU for the same seed (when ``pyneg.cuda_available()``).
             out: int64 tensor of shape ``size`` to write into (reusing it saves
-                the page faults of a fresh allocation).
+                the page faults of a fresh allocation); dense, contiguous, and
+                sharing no memory with ``exclude``.
+
+        Raises:
+            ValueError, TypeError: for a bad argument, naming it; the call then
+                changes nothing (not ``out``, not the generator).
+            MemoryError: ``size`` fits in int64 but not in memory.
         """
         return self._sample(size, exclude, unique, generator, seed, offset, device, out, want_tries=False)[0]
 
@@ -363,7 +369,7 @@ class AliasSampler:
         numel = math.prod(shape)
         if dev.type == "cuda" and cuda.cuda_available():
             # pyneg's CUDA kernels: the same draws as the CPU's, made on the device.
-            result = out if out is not None else torch.empty(shape, dtype=torch.int64, device=dev)
+            result = out if out is not None else _allocate(shape, dev)
             tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
             if numel:
                 tries = cuda.sample_into(dist.table, dist.device_entries, result, rows, k, lists, unique,
@@ -374,7 +380,7 @@ class AliasSampler:
         if on_cpu and out is not None:
             result = out
         else:
-            result = torch.empty(shape, dtype=torch.int64)
+            result = _allocate(shape, torch.device("cpu"))
         tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
         if numel == 0:
             pass
@@ -502,6 +508,15 @@ class AliasSampler:
         return f"{type(self).__name__}(num_classes={self.num_classes})"
 
 
+def _allocate(shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """An int64 tensor for the draws; a size the machine cannot hold is a MemoryError naming it."""
+    try:
+        return torch.empty(shape, dtype=torch.int64, device=device)
+    except (RuntimeError, MemoryError) as exc:  # torch's allocators raise RuntimeError (CPU) or OOM
+        raise MemoryError(f"size {shape}: cannot allocate {8 * math.prod(shape)} bytes of draws "
+                          f"on {device} ({exc})") from None
+
+
 def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> torch.Tensor:
     """``num_tries`` as a float64 CPU tensor that pyneg owns: finite, >= 1, and either a
     number or a tensor whose shape is a leading part of ``shape`` (size-1 dims broadcast)."""
@@ -532,6 +547,7 @@ class UnigramSampler(AliasSampler):
 
     def __init__(self, counts: ArrayLike, power: float = 0.75) -> None:
         power = check_float(power, "power", minimum=0.0)
+        # Owned: the checks below and the weights computed from them see the same values.
         c = np.array(as_float64_numpy(counts, "counts", max_len=MAX_CLASSES), copy=True)
         if not np.isfinite(c).all() or (c < 0).any():
             raise ValueError("counts must be finite and non-negative")

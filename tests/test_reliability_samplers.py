@@ -492,6 +492,16 @@ for it in range(400):
     if unique:
         assert all(len(set(r)) == 8 for r in x.tolist())
     ok += 1
+# The binding itself copies what its kernels read with the GIL released.
+ex_np = ex.numpy()
+buf = np.empty((32, 8), dtype=np.int64)
+for it in range(300):
+    try:
+        s._table.sample_excluding(it, 0, ex_np, 8, buf.reshape(-1), 2)
+    except ValueError as e:
+        assert "exclude" in str(e), e
+        continue
+    assert buf.min() >= 48 and buf.max() < V, "the binding drew an excluded id"
 ids = torch.arange(V).repeat(4)
 lp = torch.full((V,), -np.log(V), dtype=torch.float64).repeat(4)
 for it in range(300):
