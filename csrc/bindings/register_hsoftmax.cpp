@@ -56,7 +56,7 @@ BoundBatch<T> bind_batch(const HuffmanTree& tree, const input_array<T>& input,
   require_shape(weight, {tree.num_inner(), dim}, "weight");
   if (bias) require_shape(*bias, {tree.num_inner()}, "bias");
   BoundBatch<T> out;
-  out.target.assign(target.data(), target.data() + batch);
+  out.target = owned_copy(target);
   out.batch.tree = &tree;
   out.batch.input = input.data();
   out.batch.target = out.target.data();
