@@ -57,6 +57,9 @@ def hs_forward(
     codes: int,
     batch: int,
     dim: int,
+    num_classes: int,
+    num_inner: int,
+    num_steps: int,
     nll: int,
 ) -> None: ...
 def hs_backward(
@@ -72,6 +75,9 @@ def hs_backward(
     codes: int,
     batch: int,
     dim: int,
+    num_classes: int,
+    num_inner: int,
+    num_steps: int,
     grad_nll: int,
     grad_input: int,
     grad_weight: int,

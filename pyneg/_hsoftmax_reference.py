@@ -115,9 +115,13 @@ def gather_nll(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
 def gather_log_prob(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                     paths: PaddedPaths) -> torch.Tensor:
     """log P(c | input) of every class (B, V): all inner-node scores, gathered per class."""
-    scores = F.linear(input, weight, bias)                        # (B, V - 1)
+    return log_prob_from_scores(F.linear(input, weight, bias), paths)
+
+
+def log_prob_from_scores(scores: torch.Tensor, paths: PaddedPaths) -> torch.Tensor:
+    """log P(c | .) of every class (B, V) from the inner-node scores (B, V - 1)."""
     if scores.shape[1] == 0:
-        return (input * 0).sum(1, keepdim=True)  # V = 1: log 1
-    signs = paths.signs.to(input.dtype)                           # (V, L)
+        return scores.sum(1, keepdim=True) * 0  # V = 1: log 1 (still connected to the graph)
+    signs = paths.signs.to(scores.dtype)                          # (V, L)
     picked = scores[:, paths.nodes]                               # (B, V, L)
     return (F.logsigmoid(signs * picked) * (signs != 0)).sum(-1)

@@ -180,6 +180,9 @@ def _check_hs(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         raise ValueError(f"input (B, d) and weight (V-1, d) disagree: {tuple(input.shape)}, {tuple(weight.shape)}")
     if offsets.dim() != 1 or offsets.numel() != weight.shape[0] + 2:
         raise ValueError(f"offsets must have V + 1 = {weight.shape[0] + 2} entries, got {tuple(offsets.shape)}")
+    if nodes.dim() != 1 or codes.shape != nodes.shape:
+        raise ValueError(f"nodes and codes must be 1-D of one length, got {tuple(nodes.shape)} and "
+                         f"{tuple(codes.shape)}")
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if target.dim() != 1 or target.numel() != input.shape[0]:
@@ -201,7 +204,9 @@ def _hs_pointers(dtype: str, device: torch.device, input: torch.Tensor, weight: 
     """The arguments hs_forward and hs_backward of pyneg._cuda share (by name)."""
     return dict(dtype=dtype, device=device.index, stream=_stream(device), input=input.data_ptr(),
                 weight=weight.data_ptr(), bias=_ptr(bias), target=target.data_ptr(), offsets=offsets.data_ptr(),
-                nodes=nodes.data_ptr(), codes=codes.data_ptr(), batch=input.shape[0], dim=input.shape[1])
+                nodes=nodes.data_ptr(), codes=codes.data_ptr(), batch=input.shape[0], dim=input.shape[1],
+                # The kernels bounds-check offsets and nodes against these (NaN for a bad path).
+                num_classes=offsets.numel() - 1, num_inner=weight.shape[0], num_steps=nodes.numel())
 
 
 def hs_forward(input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, offsets: torch.Tensor,

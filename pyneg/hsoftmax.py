@@ -12,11 +12,17 @@ per example (about log2 V) instead of O(V · dim) for a full softmax.
 The tree is built in C++ (sort plus the O(V) two-queue merge); the loss and its
 gradients are C++ kernels that run on all of torch's intra-op threads with the
 GIL released and give the same bits whatever the thread count.
+
+Reliability (docs/reliability_hsoftmax.md): a tree is immutable. The kernels
+read only the tree's private arrays and private copies of the targets, checked
+after copying; every tensor a tree hands out is a fresh copy, so writing it
+changes nothing pyneg reads. Module states carry a fingerprint of their tree.
 """
 from __future__ import annotations
 
+import hashlib
 import warnings
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,20 +30,44 @@ from torch import nn
 
 from pyneg import _core
 from pyneg import cuda as pyneg_cuda
-from pyneg._hsoftmax_reference import PaddedPaths, gather_log_prob, gather_nll, padded_paths
-from pyneg._validation import ArrayLike, as_float64_numpy, as_index_tensor, check_bool, check_int
-from pyneg.functional import _check_reduction, _reduce
+from pyneg._hsoftmax_reference import (PaddedPaths, gather_log_prob, gather_nll, log_prob_from_scores,
+                                       padded_paths)
+from pyneg._validation import (MAX_CLASSES, ArrayLike, as_float64_numpy, as_index_tensor, check_bool,
+                               check_device, check_int, check_tensor)
+from pyneg.functional import _acc_dtype, _check_reduction, _reduce
 
 __all__ = ["HuffmanTree", "HierarchicalSoftmax"]
 
-_KERNEL_DTYPES = (torch.float32, torch.float64)
+_PARAM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Format of the tree fingerprint a module's state_dict carries (its "_extra_state").
+_STATE_FORMAT = 1
 
 
-def _view(array: np.ndarray) -> torch.Tensor:
-    """A tensor sharing the tree's (read-only) memory; torch warns about read-only arrays."""
+def _private_view(array: np.ndarray) -> torch.Tensor:
+    """A tensor over one of the C++ tree's read-only arrays, for pyneg's own reads only.
+
+    torch.from_numpy gives a *writable* tensor (and warns about the read-only
+    array): such a tensor must never leave this module; users get clones.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return torch.from_numpy(array)
+
+
+def _check_float_dtype(dtype: Any, name: str) -> torch.dtype:
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"{name} must be a torch.dtype, got {type(dtype).__name__}")
+    if dtype not in _PARAM_DTYPES:
+        raise TypeError(f"{name} must be a floating-point dtype (float16, bfloat16, float32 or float64), "
+                        f"got {dtype}")
+    return dtype
+
+
+def _module_device(device: Any) -> Optional[torch.device]:
+    """A module's device; unlike check_device this allows meta (deferred initialisation)."""
+    if isinstance(device, (str, torch.device)) and str(device).strip() == "meta":
+        return torch.device("meta")
+    return check_device(device)
 
 
 class HuffmanTree:
@@ -55,7 +85,10 @@ class HuffmanTree:
       :class:`HierarchicalSoftmax`'s ``weight``); the root is node 0;
     - :attr:`path_codes` uint8: code bit ``c_j``; the sign is ``1 - 2 c_j``.
 
-    These tensors share the tree's memory: read them, don't write them.
+    A tree is immutable. Every tensor it hands out (these three, :attr:`depths`,
+    :attr:`counts`, :meth:`path`, :meth:`padded_paths`) is a fresh copy: writing
+    one changes nothing the tree or the kernels read. Copying, pickling and
+    ``torch.save`` give an equal tree (:meth:`fingerprint` compares them).
 
     Example:
         >>> import pyneg
@@ -67,11 +100,22 @@ class HuffmanTree:
         ([0, 1], [True, True])
     """
 
-    def __init__(self, core: Any, counts: torch.Tensor) -> None:
+    def __init__(self, core: Any, counts: ArrayLike) -> None:
         # Use from_counts: this wraps an already built pyneg._core.HuffmanTree.
+        if not isinstance(core, _core.HuffmanTree):
+            raise TypeError("build a HuffmanTree with HuffmanTree.from_counts(counts)")
+        c = np.array(as_float64_numpy(counts, "counts", max_len=MAX_CLASSES), copy=True)  # private
+        if c.shape[0] != core.num_classes:
+            raise ValueError(f"counts must have the tree's {core.num_classes} entries, got {c.shape[0]}")
         self._core = core
-        self._counts = counts
-        self._cache: Dict[str, torch.Tensor] = {}
+        self._counts = torch.from_numpy(c)
+        # Built here, once (catch_warnings in _private_view is not thread-safe): never handed out.
+        self._arrays: Dict[str, torch.Tensor] = {
+            name: _private_view(getattr(core, name)) for name in ("path_offsets", "path_nodes", "path_codes", "depths")}
+        # Derived tensors the kernels and the fallback read, built once per dtype / device.
+        self._padded: Dict[Tuple[torch.dtype, torch.device], PaddedPaths] = {}
+        self._flat: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._fingerprint: Optional[str] = None
 
     @classmethod
     def from_counts(cls, counts: ArrayLike) -> "HuffmanTree":
@@ -80,9 +124,9 @@ class HuffmanTree:
         Raises ValueError for an empty, multi-dimensional, NaN, infinite or
         negative ``counts`` and TypeError for non-numeric data.
         """
-        c = as_float64_numpy(counts, "counts")
+        c = as_float64_numpy(counts, "counts", max_len=MAX_CLASSES)
         core = _core.HuffmanTree.from_counts(c, "counts")
-        return cls(core, torch.from_numpy(np.array(c, copy=True)))
+        return cls(core, c)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -102,56 +146,98 @@ class HuffmanTree:
 
     @property
     def counts(self) -> torch.Tensor:
-        """(V,) float64 counts the tree was built from."""
-        return self._counts
+        """(V,) float64 counts the tree was built from (a copy)."""
+        return self._counts.clone()
 
-    def _cached(self, name: str) -> torch.Tensor:
-        t = self._cache.get(name)
-        if t is None:
-            t = self._cache[name] = _view(getattr(self._core, name))
-        return t
+    def _array(self, name: str) -> torch.Tensor:
+        return self._arrays[name]
 
     @property
     def depths(self) -> torch.Tensor:
-        """(V,) int64 code length (path length) of every class."""
-        return self._cached("depths")
+        """(V,) int64 code length (path length) of every class (a copy)."""
+        return self._array("depths").clone()
 
     @property
     def path_offsets(self) -> torch.Tensor:
-        """(V + 1,) int64 start of every class's path in :attr:`path_nodes`."""
-        return self._cached("path_offsets")
+        """(V + 1,) int64 start of every class's path in :attr:`path_nodes` (a copy)."""
+        return self._array("path_offsets").clone()
 
     @property
     def path_nodes(self) -> torch.Tensor:
-        """int32 inner-node index of every path step, each path root first."""
-        return self._cached("path_nodes")
+        """int32 inner-node index of every path step, each path root first (a copy)."""
+        return self._array("path_nodes").clone()
 
     @property
     def path_codes(self) -> torch.Tensor:
-        """uint8 code bit (0 or 1) of every path step."""
-        return self._cached("path_codes")
+        """uint8 code bit (0 or 1) of every path step (a copy)."""
+        return self._array("path_codes").clone()
 
     @property
     def weighted_path_length(self) -> float:
         """``sum(counts * depths)``: the expected code length times the total count."""
-        return float((self._counts * self.depths.to(torch.float64)).sum())
+        return float((self._counts * self._array("depths").to(torch.float64)).sum())
 
     def path(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         """Class ``i``'s path: (int64 inner-node indices root to leaf, bool code bits)."""
         i = check_int(i, "i")
         if not 0 <= i < self.num_classes:
             raise ValueError(f"i must be in [0, {self.num_classes}), got {i}")
-        lo, hi = int(self.path_offsets[i]), int(self.path_offsets[i + 1])
-        return self.path_nodes[lo:hi].to(torch.int64), self.path_codes[lo:hi].to(torch.bool)
+        offsets = self._array("path_offsets")
+        lo, hi = int(offsets[i]), int(offsets[i + 1])
+        return (self._array("path_nodes")[lo:hi].to(torch.int64),
+                self._array("path_codes")[lo:hi].to(torch.bool))
 
     def padded_paths(self, dtype: torch.dtype = torch.float32,
                      device: Optional[torch.device] = None) -> PaddedPaths:
-        """All paths padded to :attr:`max_depth`: (V, L) node rows and signs (0 in padding)."""
-        return padded_paths(self.path_offsets, self.path_nodes, self.path_codes, dtype=dtype, device=device)
+        """All paths padded to :attr:`max_depth`: (V, L) node rows and signs (0 in padding).
+
+        ``dtype`` (a floating-point dtype) is the signs'; the result is a fresh copy.
+        """
+        dtype = _check_float_dtype(dtype, "dtype")
+        device = check_device(device)
+        return padded_paths(self._array("path_offsets"), self._array("path_nodes"), self._array("path_codes"),
+                            dtype=dtype, device=device)
+
+    def fingerprint(self) -> str:
+        """SHA-256 (hex) of the tree's shape: equal exactly when two trees have the same paths.
+
+        Counts that give the same tree (e.g. all counts doubled) give the same
+        fingerprint; :class:`HierarchicalSoftmax` keeps it in its ``state_dict``.
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha256(b"pyneg.HuffmanTree/1")
+            h.update(np.int64(self.num_classes).tobytes())
+            # children determines every path: the node numbering and both branches of every node.
+            h.update(np.ascontiguousarray(self._core.children, dtype="<i4").tobytes())
+            self._fingerprint = h.hexdigest()
+        return self._fingerprint
+
+    # ------------------------------------------------- pyneg's private copies
+    def _padded_paths(self, dtype: torch.dtype, device: torch.device) -> PaddedPaths:
+        """Padded paths for the pure-PyTorch paths, cached (never handed out)."""
+        key = (dtype, device)
+        p = self._padded.get(key)
+        if p is None:
+            p = self._padded[key] = self.padded_paths(dtype, device)
+        return p
+
+    def _flat_paths(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(offsets, nodes, codes) on ``device`` for the CUDA kernels, uploaded once (never handed out)."""
+        f = self._flat.get(device)
+        if f is None:
+            f = self._flat[device] = tuple(  # type: ignore[assignment]
+                self._array(n).to(device, copy=True) for n in ("path_offsets", "path_nodes", "path_codes"))
+        return f  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ misc
-    def __reduce__(self):  # pickle / deepcopy: rebuild from the counts (deterministic)
-        return (HuffmanTree.from_counts, (self._counts,))
+    def __reduce__(self):  # pickle / torch.save: rebuild from the counts (deterministic)
+        return (HuffmanTree.from_counts, (self._counts.numpy().copy(),))
+
+    def __copy__(self) -> "HuffmanTree":
+        return self  # immutable
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> "HuffmanTree":
+        return self  # immutable: a copy could never differ from the original
 
     def __repr__(self) -> str:
         return f"HuffmanTree(num_classes={self.num_classes}, max_depth={self.max_depth})"
@@ -161,36 +247,61 @@ def _kernel_threads() -> int:
     return torch.get_num_threads()
 
 
+def _torch_grads(outputs: torch.Tensor, grad_outputs: torch.Tensor, inputs: Tuple[Optional[torch.Tensor], ...],
+                 needs: Tuple[bool, ...]) -> Tuple[Optional[torch.Tensor], ...]:
+    """Backward under create_graph=True: autograd over the pure-PyTorch recomputation.
+
+    ``outputs`` was computed (with grad enabled) from ``inputs`` by the
+    reference in pyneg._hsoftmax_reference, so the gradients returned are
+    themselves differentiable and second derivatives reach every input.
+    """
+    wrt = [t for t, n in zip(inputs, needs) if n and t is not None]
+    got = iter(torch.autograd.grad(outputs, wrt, grad_outputs, create_graph=True, allow_unused=True)
+               if wrt else ())
+    return tuple(next(got) if n and t is not None else None for t, n in zip(inputs, needs))
+
+
 class _HSLoss(torch.autograd.Function):
-    """Per-example NLL through the C++ kernels (CPU, float32 / float64)."""
+    """Per-example NLL through the C++ kernels (CPU, float32 / float64).
+
+    ``target`` is a private int64 copy (pyneg's, checked); the C++ layer copies
+    it again before checking, so even a target tensor reached through the
+    graph and written concurrently cannot make the kernels index out of bounds.
+    """
 
     @staticmethod
     def forward(ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                 target: torch.Tensor, tree: HuffmanTree, sparse: bool) -> torch.Tensor:
-        input = input.detach().contiguous()
+        x = input.detach().contiguous()
         w = weight.detach().contiguous()
         b = None if bias is None else bias.detach().contiguous()
         tgt = target.numpy()
         steps = tree._core.batch_path_length(tgt)
-        loss = torch.empty(input.shape[0], dtype=input.dtype)
-        dz = torch.empty(steps, dtype=input.dtype)
-        _core.hs_forward(tree._core, input.numpy(), tgt, w.numpy(), None if b is None else b.numpy(),
+        loss = torch.empty(x.shape[0], dtype=x.dtype)
+        dz = torch.empty(steps, dtype=x.dtype)
+        _core.hs_forward(tree._core, x.numpy(), tgt, w.numpy(), None if b is None else b.numpy(),
                          loss.numpy(), dz.numpy(), _kernel_threads())
-        ctx.save_for_backward(input, w, target, dz)
+        # The inputs themselves (not detached copies): create_graph=True differentiates through them.
+        ctx.save_for_backward(input, weight, bias, target, dz)
         ctx.tree = tree
         ctx.sparse = sparse
-        ctx.has_bias = bias is not None
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor):
-        input, w, target, dz = ctx.saved_tensors
+        input, weight, bias, target, dz = ctx.saved_tensors
         tree: HuffmanTree = ctx.tree
-        need_input, need_weight, need_bias = ctx.needs_input_grad[:3]
-        need_bias = need_bias and ctx.has_bias
-        grad_loss = grad_loss.detach().to(input.dtype).contiguous()
-        inner, dim, dtype = tree.num_inner, input.shape[1], input.dtype
-        gi = torch.empty_like(input) if need_input else None
+        needs = tuple(ctx.needs_input_grad[:3])
+        if torch.is_grad_enabled():  # create_graph=True
+            with torch.enable_grad():
+                nll = gather_nll(input, target, weight, bias, tree._padded_paths(input.dtype, input.device))
+            return _torch_grads(nll, grad_loss, (input, weight, bias), needs) + (None, None, None)
+        need_input, need_weight, need_bias = needs
+        need_bias = need_bias and bias is not None
+        x, w = input.detach().contiguous(), weight.detach().contiguous()
+        grad_loss = grad_loss.detach().to(x.dtype).contiguous()
+        inner, dim, dtype = tree.num_inner, x.shape[1], x.dtype
+        gi = torch.empty_like(x) if need_input else None
         gw = gb = touched = None
         if ctx.sparse and (need_weight or need_bias):
             cap = min(dz.numel(), inner)
@@ -202,7 +313,7 @@ class _HSLoss(torch.autograd.Function):
             gw = torch.zeros(inner, dim, dtype=dtype) if need_weight else None
             gb = torch.zeros(inner, dtype=dtype) if need_bias else None
         used = _core.hs_backward(
-            tree._core, input.numpy(), target.numpy(), w.numpy(), dz.numpy(), grad_loss.numpy(),
+            tree._core, x.numpy(), target.numpy(), w.numpy(), dz.numpy(), grad_loss.numpy(),
             None if gi is None else gi.numpy(), None if gw is None else gw.numpy(),
             None if gb is None else gb.numpy(), None if touched is None else touched.numpy(),
             _kernel_threads(),
@@ -221,20 +332,45 @@ class _HSLossCUDA(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                target: torch.Tensor, flat: Tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        input, weight = input.detach().contiguous(), weight.detach().contiguous()
-        bias = None if bias is None else bias.detach().contiguous()
-        loss = pyneg_cuda.hs_forward(input, weight, target, *flat, bias=bias)
-        ctx.save_for_backward(input, weight, target, *(() if bias is None else (bias,)))
-        ctx.flat = flat
+                target: torch.Tensor, tree: HuffmanTree) -> torch.Tensor:
+        x, w = input.detach().contiguous(), weight.detach().contiguous()
+        b = None if bias is None else bias.detach().contiguous()
+        loss = pyneg_cuda.hs_forward(x, w, target, *tree._flat_paths(x.device), bias=b)
+        ctx.save_for_backward(input, weight, bias, target)
+        ctx.tree = tree
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor):
-        input, weight, target, *bias = ctx.saved_tensors
-        gi, gw, gb = pyneg_cuda.hs_backward(grad_loss, input, weight, target, *ctx.flat,
-                                            bias=bias[0] if bias else None)
+        input, weight, bias, target = ctx.saved_tensors
+        tree: HuffmanTree = ctx.tree
+        if torch.is_grad_enabled():  # create_graph=True
+            with torch.enable_grad():
+                nll = gather_nll(input, target, weight, bias, tree._padded_paths(input.dtype, input.device))
+            return _torch_grads(nll, grad_loss, (input, weight, bias), tuple(ctx.needs_input_grad[:3])) + (None, None)
+        x, w = input.detach().contiguous(), weight.detach().contiguous()
+        b = None if bias is None else bias.detach().contiguous()
+        gi, gw, gb = pyneg_cuda.hs_backward(grad_loss, x, w, target, *tree._flat_paths(x.device), bias=b)
         return gi, gw, gb, None, None
+
+
+class _Cast(torch.autograd.Function):
+    """``x.to(dtype)`` whose backward also casts sparse gradients (torch's own cast cannot)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        ctx.dtype = x.dtype
+        return x.to(dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor):
+        return grad.to(ctx.dtype), None
+
+
+def _to_acc(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in its accumulation dtype (16-bit -> float32; others as they are)."""
+    acc = _acc_dtype(t.dtype)
+    return t if acc == t.dtype else _Cast.apply(t, acc)
 
 
 def _sparse(indices: torch.Tensor, values: torch.Tensor, size: Tuple[int, ...]) -> torch.Tensor:
@@ -247,9 +383,9 @@ class _HSLogProb(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, tree: HuffmanTree) -> torch.Tensor:
-        logits = logits.detach().contiguous()
-        out = torch.empty(logits.shape[0], tree.num_classes, dtype=logits.dtype)
-        _core.hs_log_prob(tree._core, logits.numpy(), out.numpy(), _kernel_threads())
+        x = logits.detach().contiguous()
+        out = torch.empty(x.shape[0], tree.num_classes, dtype=x.dtype)
+        _core.hs_log_prob(tree._core, x.numpy(), out.numpy(), _kernel_threads())
         ctx.save_for_backward(logits)
         ctx.tree = tree
         return out
@@ -257,10 +393,15 @@ class _HSLogProb(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor):
         (logits,) = ctx.saved_tensors
-        grad_out = grad_out.detach().to(logits.dtype).contiguous()
-        grad = torch.empty_like(logits)
-        _core.hs_log_prob_backward(ctx.tree._core, logits.numpy(), grad_out.numpy(), grad.numpy(),
-                                   _kernel_threads())
+        tree: HuffmanTree = ctx.tree
+        if torch.is_grad_enabled():  # create_graph=True
+            with torch.enable_grad():
+                lp = log_prob_from_scores(logits, tree._padded_paths(logits.dtype, logits.device))
+            return _torch_grads(lp, grad_out, (logits,), (True,)) + (None,)
+        x = logits.detach().contiguous()
+        grad_out = grad_out.detach().to(x.dtype).contiguous()
+        grad = torch.empty_like(x)
+        _core.hs_log_prob_backward(tree._core, x.numpy(), grad_out.numpy(), grad.numpy(), _kernel_threads())
         return grad, None
 
 
@@ -275,18 +416,28 @@ class HierarchicalSoftmax(nn.Module):
         sparse: give ``weight`` (and ``bias``) a sparse COO gradient holding
             only the rows on the batch's paths, as ``nn.Embedding(sparse=True)``
             does; use it with ``torch.optim.SparseAdam`` or ``SGD``.
-        dtype, device: of the parameters. float32 and float64 run on pyneg's
-            C++ kernels on CPU and, when pyneg was built with CUDA and
-            ``sparse`` is False, on its CUDA kernels; other dtypes and devices
-            (and sparse CUDA modules) use an equivalent pure-PyTorch
-            implementation.
+        dtype, device: of the parameters (a floating-point dtype). float32 and
+            float64 run on pyneg's C++ kernels on CPU and, when pyneg was built
+            with CUDA and ``sparse`` is False, on its CUDA kernels; other
+            devices (and sparse CUDA modules) use an equivalent pure-PyTorch
+            implementation. float16 and bfloat16 modules compute in float32
+            and return float32 losses and log-probabilities (no overflow where
+            float32 is finite).
 
     Attributes:
         weight: (V - 1, dim) inner-node vectors, initialised to zero as in
             word2vec: every class then starts at probability 2^-depth, the
             Huffman code's own prior, and the inputs break the symmetry.
         bias: (V - 1,) or None.
-        tree: the :class:`HuffmanTree`.
+        tree: the :class:`HuffmanTree` (read-only attribute; the tree is immutable).
+
+    Second derivatives: under ``create_graph=True`` the backward pass runs in
+    differentiable PyTorch ops (the padded-path reference), so gradient
+    penalties get exact second derivatives (dense ones, also for ``sparse``).
+
+    The ``state_dict`` carries the tree's :meth:`HuffmanTree.fingerprint`
+    (as ``_extra_state``); :meth:`load_state_dict` refuses, with ValueError and
+    before writing anything, a state of a module built on another tree.
 
     Example:
         >>> import torch, pyneg
@@ -302,21 +453,48 @@ class HierarchicalSoftmax(nn.Module):
                  dtype: Optional[torch.dtype] = None, device: Any = None) -> None:
         super().__init__()
         dim = check_int(dim, "dim", minimum=1)
-        check_bool(sparse, "sparse")
-        check_bool(bias, "bias")
-        self.tree = counts if isinstance(counts, HuffmanTree) else HuffmanTree.from_counts(counts)
-        self.num_classes = self.tree.num_classes
-        self.dim = dim
-        self.sparse = sparse
+        sparse = check_bool(sparse, "sparse")
+        bias = check_bool(bias, "bias")
+        dtype = _check_float_dtype(torch.get_default_dtype() if dtype is None else dtype, "dtype")
+        device = _module_device(device)
+        tree = counts if isinstance(counts, HuffmanTree) else HuffmanTree.from_counts(counts)
+        if tree.num_inner * dim >= 2**63:
+            raise ValueError(f"dim {dim} times the tree's {tree.num_inner} inner nodes overflows a tensor size")
+        self._tree = tree
+        self._dim = dim
+        self._sparse = sparse
         factory = {"dtype": dtype, "device": device}
-        self.weight = nn.Parameter(torch.empty(self.tree.num_inner, dim, **factory))
+        self.weight = nn.Parameter(torch.empty(tree.num_inner, dim, **factory))
         if bias:
-            self.bias: Optional[nn.Parameter] = nn.Parameter(torch.empty(self.tree.num_inner, **factory))
+            self.bias: Optional[nn.Parameter] = nn.Parameter(torch.empty(tree.num_inner, **factory))
         else:
             self.register_parameter("bias", None)
-        self._padded: Dict[Tuple[torch.device, torch.dtype], PaddedPaths] = {}
-        self._flat: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.reset_parameters()
+
+    # ------------------------------------------------------------- attributes
+    @property
+    def tree(self) -> HuffmanTree:
+        """The :class:`HuffmanTree` (immutable; fixed for the module's lifetime)."""
+        return self._tree
+
+    @property
+    def num_classes(self) -> int:
+        """V."""
+        return self._tree.num_classes
+
+    @property
+    def dim(self) -> int:
+        """Size of the input vectors."""
+        return self._dim
+
+    @property
+    def sparse(self) -> bool:
+        """Whether ``weight`` and ``bias`` get sparse gradients (may be switched, a bool)."""
+        return self._sparse
+
+    @sparse.setter
+    def sparse(self, value: bool) -> None:
+        self._sparse = check_bool(value, "sparse")
 
     def reset_parameters(self) -> None:
         """Zeros ``weight`` and ``bias`` (word2vec's initialisation of the inner nodes)."""
@@ -327,40 +505,110 @@ class HierarchicalSoftmax(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"num_classes={self.num_classes}, dim={self.dim}, bias={self.bias is not None}, "
-                f"sparse={self.sparse}, max_depth={self.tree.max_depth}")
+                f"sparse={self.sparse}, max_depth={self._tree.max_depth}")
+
+    # ------------------------------------------------------------------ state
+    def get_extra_state(self) -> Dict[str, Any]:
+        """The tree's fingerprint, saved in ``state_dict()`` (loads with ``weights_only=True``)."""
+        return {"format": _STATE_FORMAT, "num_classes": self.num_classes,
+                "tree_sha256": self._tree.fingerprint()}
+
+    def set_extra_state(self, state: Any) -> None:
+        self._check_tree_state(state, "_extra_state")  # checked before anything was written too
+
+    def _check_tree_state(self, state: Any, key: str) -> None:
+        if not isinstance(state, Mapping) or not isinstance(state.get("tree_sha256"), str):
+            raise ValueError(f"state_dict[{key!r}] is not a HierarchicalSoftmax tree fingerprint")
+        if state.get("num_classes") != self.num_classes or state["tree_sha256"] != self._tree.fingerprint():
+            raise ValueError(
+                f"state_dict is of a HierarchicalSoftmax over another tree ({state.get('num_classes')} classes, "
+                f"fingerprint {str(state['tree_sha256'])[:12]}...) than this module's ({self.num_classes} classes, "
+                f"{self._tree.fingerprint()[:12]}...): its weight rows belong to other inner nodes")
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
+        """As :meth:`torch.nn.Module.load_state_dict`, checked in full before anything is written.
+
+        Refused with ValueError: a state of a module over another tree (its
+        ``_extra_state`` fingerprint differs; never accepted), parameters of
+        other shapes, and, with ``strict=True``, a state without the
+        fingerprint (saved by an older pyneg: load it with ``strict=False`` to
+        skip the tree check), without ``weight`` / ``bias`` or with other keys.
+        """
+        strict = check_bool(strict, "strict")
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"state_dict must be a mapping, got {type(state_dict).__name__}")
+        if strict:
+            if "_extra_state" not in state_dict:
+                raise ValueError(
+                    "state_dict has no tree fingerprint ('_extra_state'): it was saved by a pyneg older than the "
+                    "fingerprint or built by hand; load it with strict=False to accept it without the tree check")
+            names = ("weight",) + (("bias",) if self.bias is not None else ())
+            for name in names:
+                if name not in state_dict:
+                    raise ValueError(f"state_dict has no {name!r}")
+            unexpected = sorted(str(k) for k in state_dict if k not in names + ("_extra_state",))
+            if unexpected:
+                hint = " (this module was built with bias=False)" if "bias" in unexpected else ""
+                raise ValueError(f"state_dict has unexpected keys {unexpected}{hint}")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, local_metadata: Any,
+                              strict: bool, missing_keys: List[str], unexpected_keys: List[str],
+                              error_msgs: List[str]) -> None:
+        # Called for this module inside any model's load_state_dict: the tree and the shapes are
+        # checked before torch copies a single value of this module. (torch passes strict=True here
+        # whatever the caller asked; it reports missing keys itself, after loading.)
+        key = prefix + "_extra_state"
+        if key in state_dict:
+            self._check_tree_state(state_dict[key], key)
+        for name in ("weight", "bias"):
+            param, k = getattr(self, name), prefix + name
+            if param is not None and k in state_dict:
+                value = state_dict[k]
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(param.shape):
+                    shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                    raise ValueError(f"state_dict[{k!r}] must have shape {tuple(param.shape)}, got {shape}")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
 
     # ----------------------------------------------------------------- checks
-    def _check_input(self, input: Any) -> torch.Tensor:
+    def _checked_parameters(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """weight and bias as the kernels need them (they may have been replaced since __init__)."""
+        w, b = self.weight, self.bias
+        inner = self._tree.num_inner
+        if not isinstance(w, torch.Tensor) or w.layout != torch.strided:
+            raise TypeError("weight must be a dense torch.Tensor")
+        if w.dtype not in _PARAM_DTYPES:
+            raise TypeError(f"weight must be floating-point (float16, bfloat16, float32 or float64), got {w.dtype}")
+        if tuple(w.shape) != (inner, self._dim):
+            raise ValueError(f"weight must be ({inner}, {self._dim}), got shape {tuple(w.shape)}")
+        if w.device.type == "meta":
+            raise ValueError("weight is a meta tensor, which holds no data (materialise the module with "
+                             "to_empty(device=...) and reset_parameters() first)")
+        if b is not None:
+            if not isinstance(b, torch.Tensor) or b.layout != torch.strided:
+                raise TypeError("bias must be a dense torch.Tensor")
+            if b.dtype != w.dtype or b.device != w.device or tuple(b.shape) != (inner,):
+                raise ValueError(f"bias must be ({inner},) with the weight's dtype and device, got "
+                                 f"{tuple(b.shape)} {b.dtype} on {b.device}")
+        return w, b
+
+    def _check_input(self, input: Any, weight: torch.Tensor) -> torch.Tensor:
         if not isinstance(input, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-        if input.dtype != self.weight.dtype:
-            raise TypeError(f"input must have the weight's dtype {self.weight.dtype}, got {input.dtype}")
-        if input.dim() != 2 or input.shape[1] != self.dim:
-            raise ValueError(f"input must be (B, {self.dim}), got shape {tuple(input.shape)}")
-        if input.device != self.weight.device:
-            raise ValueError(f"input is on {input.device} but the module's weight is on {self.weight.device}")
+        check_tensor(input, "input")
+        if input.dtype != weight.dtype:
+            raise TypeError(f"input must have the weight's dtype {weight.dtype}, got {input.dtype}")
+        if input.dim() != 2 or input.shape[1] != self._dim:
+            raise ValueError(f"input must be (B, {self._dim}), got shape {tuple(input.shape)}")
+        if input.device != weight.device:
+            raise ValueError(f"input is on {input.device} but the module's weight is on {weight.device}")
         return input
-
-    def _on_kernels(self, input: torch.Tensor) -> bool:
-        return input.device.type == "cpu" and input.dtype in _KERNEL_DTYPES
 
     def _on_cuda_kernels(self, input: torch.Tensor) -> bool:
         # Sparse gradients stay on the gather path: the CUDA backward writes dense rows.
-        return (input.device.type == "cuda" and input.dtype in _KERNEL_DTYPES and not self.sparse
+        return (input.device.type == "cuda" and not self._sparse and self._tree.num_inner > 0
                 and pyneg_cuda.cuda_available())
-
-    def _flat_paths(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The tree's flat path arrays on ``device`` (uploaded once per device)."""
-        if device not in self._flat:
-            self._flat[device] = tuple(t.to(device) for t in (  # type: ignore[assignment]
-                self.tree.path_offsets, self.tree.path_nodes, self.tree.path_codes))
-        return self._flat[device]
-
-    def _paths(self, input: torch.Tensor) -> PaddedPaths:
-        key = (input.device, input.dtype)
-        if key not in self._padded:
-            self._padded[key] = self.tree.padded_paths(input.dtype, input.device)
-        return self._padded[key]
 
     # ---------------------------------------------------------------- compute
     def forward(self, input: torch.Tensor, target: ArrayLike, reduction: str = "mean") -> torch.Tensor:
@@ -368,26 +616,31 @@ class HierarchicalSoftmax(nn.Module):
 
         Args:
             input: (B, dim) context vectors, the weight's dtype and device.
-            target: (B,) class ids in [0, V).
-            reduction: "none" (B,), "mean" or "sum".
+            target: (B,) class ids in [0, V) (a tensor, array or sequence; copied).
+            reduction: "none" (B,), "mean" or "sum". "mean" needs B >= 1.
+
+        Returns float32 for 16-bit modules, the weight's dtype otherwise.
         """
         _check_reduction(reduction)
-        input = self._check_input(input)
+        weight, bias = self._checked_parameters()
+        input = self._check_input(input, weight)
+        # A private copy, checked after copying: what the kernels (and the backward pass) read is
+        # what was checked, whatever the caller (or another thread) writes into its target.
         tgt = as_index_tensor(target, "target", self.num_classes)
-        if not isinstance(target, torch.Tensor):
-            # A NumPy array is wrapped, not copied, and torch's version counter cannot see
-            # writes to it: the backward pass must not read targets changed after forward.
-            tgt = tgt.clone()
         if tgt.shape != input.shape[:1]:
             raise ValueError(f"target must be ({input.shape[0]},) to match input, got shape {tuple(tgt.shape)}")
-        if self._on_kernels(input):
-            loss = _HSLoss.apply(input, self.weight, self.bias, tgt, self.tree, self.sparse)
-        elif self._on_cuda_kernels(input):
-            loss = _HSLossCUDA.apply(input, self.weight, self.bias, tgt.to(input.device),
-                                     self._flat_paths(input.device))
+        if reduction == "mean" and input.shape[0] == 0:
+            raise ValueError("input has no rows: the mean over an empty batch is undefined (use reduction='sum')")
+        acc = _acc_dtype(input.dtype)
+        x, w = _to_acc(input), _to_acc(weight)  # 16-bit modules compute in float32
+        b = None if bias is None else _to_acc(bias)
+        if x.device.type == "cpu":
+            loss = _HSLoss.apply(x, w, b, tgt, self._tree, self._sparse)
+        elif self._on_cuda_kernels(x):
+            loss = _HSLossCUDA.apply(x, w, b, tgt.to(x.device), self._tree)
         else:
-            loss = gather_nll(input, tgt.to(input.device), self.weight, self.bias, self._paths(input),
-                              sparse=self.sparse)
+            loss = gather_nll(x, tgt.to(x.device), w, b, self._tree._padded_paths(acc, x.device),
+                              sparse=self._sparse)
         return _reduce(loss, reduction)
 
     def log_prob(self, input: torch.Tensor) -> torch.Tensor:
@@ -395,10 +648,14 @@ class HierarchicalSoftmax(nn.Module):
 
         Scores every inner node once per input (one matrix product), then walks
         the tree top-down accumulating log-probabilities: O(B V dim) like a full
-        softmax, meant for evaluation rather than training.
+        softmax, meant for evaluation rather than training. float32 for 16-bit
+        modules, the weight's dtype otherwise.
         """
-        input = self._check_input(input)
-        if self._on_kernels(input):
-            logits = nn.functional.linear(input, self.weight, self.bias)
-            return _HSLogProb.apply(logits, self.tree)
-        return gather_log_prob(input, self.weight, self.bias, self._paths(input))
+        weight, bias = self._checked_parameters()
+        input = self._check_input(input, weight)
+        acc = _acc_dtype(input.dtype)
+        x, w = _to_acc(input), _to_acc(weight)
+        b = None if bias is None else _to_acc(bias)
+        if x.device.type == "cpu":
+            return _HSLogProb.apply(nn.functional.linear(x, w, b), self._tree)
+        return gather_log_prob(x, w, b, self._tree._padded_paths(acc, x.device))

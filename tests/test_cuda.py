@@ -94,7 +94,7 @@ def test_kernels_raise_clearly_without_a_device():
     with pytest.raises(RuntimeError, match="CUDA"):
         _cuda.alias_sample(0, 0, 1, 10, 1, 0, 1, 5)
     with pytest.raises(RuntimeError, match="CUDA"):
-        _cuda.hs_forward("float32", 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 4, 1)
+        _cuda.hs_forward("float32", 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 4, 2, 1, 1, 1)
     with pytest.raises(RuntimeError, match="built|device"):
         cuda.hs_forward(*(torch.zeros(1),) * 6)
 
@@ -104,7 +104,7 @@ def test_bindings_validate_before_touching_the_device():
     from pyneg import _cuda
 
     with pytest.raises(ValueError, match="dtype"):
-        _cuda.hs_forward("float16", 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 4, 1)
+        _cuda.hs_forward("float16", 0, 0, 1, 1, 0, 1, 1, 1, 1, 1, 4, 2, 1, 1, 1)
     with pytest.raises(ValueError, match="num_classes"):
         _cuda.alias_sample(0, 0, 1, 0, 1, 0, 1, 5)
     with pytest.raises(ValueError, match="null"):

@@ -34,11 +34,15 @@ void require_shape(const py::array& a, std::initializer_list<py::ssize_t> shape,
   }
 }
 
-// Validated views of one batch; row_offsets is filled by the caller after the
-// GIL is released (it is pure C++ work).
+// Validated views of one batch. The targets are copied into memory the kernels
+// own before anything checks them: huffman_batch_offsets validates the copy
+// (with the GIL released) and the kernels read only the copy, so another
+// Python thread writing the caller's array cannot make them index out of
+// bounds. row_offsets is filled by the caller after the GIL is released.
 template <class T>
 struct BoundBatch {
   HSBatch<T> batch;
+  std::vector<int64_t> target;
   std::vector<int64_t> row_offsets;
 };
 
@@ -52,9 +56,10 @@ BoundBatch<T> bind_batch(const HuffmanTree& tree, const input_array<T>& input,
   require_shape(weight, {tree.num_inner(), dim}, "weight");
   if (bias) require_shape(*bias, {tree.num_inner()}, "bias");
   BoundBatch<T> out;
+  out.target = owned_copy(target);
   out.batch.tree = &tree;
   out.batch.input = input.data();
-  out.batch.target = target.data();
+  out.batch.target = out.target.data();
   out.batch.weight = weight.data();
   out.batch.bias = bias ? bias->data() : nullptr;
   out.batch.batch = batch;

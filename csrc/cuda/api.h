@@ -50,6 +50,11 @@ void alias_sample_unique(int device, uintptr_t stream, const uint64_t* entries, 
 // weight, int32) and codes (0/1); sign s = 1 - 2 code. For example b with
 // class target[b]: nll[b] = -sum_j log sigmoid(s_j (weight[n_j] . input[b] + bias[n_j])).
 // bias may be null. T is float or double.
+//
+// The kernels trust none of the index arrays: a target outside [0, num_classes),
+// a path outside [0, num_steps) or a node outside [0, num_inner) never makes
+// them read or write out of bounds; the example's loss (and its input
+// gradient) comes out NaN instead and it adds nothing to the node gradients.
 template <class T>
 struct HsArgs {
   const T* input = nullptr;       // (B, dim)
@@ -61,6 +66,9 @@ struct HsArgs {
   const uint8_t* codes = nullptr;
   int64_t batch = 0;
   int64_t dim = 0;
+  int64_t num_classes = 0;  // V: entries of offsets minus one
+  int64_t num_inner = 0;    // rows of weight (and of bias)
+  int64_t num_steps = 0;    // entries of nodes and of codes
 };
 
 // nll: (B) per-example negative log-likelihood.

@@ -4,6 +4,8 @@
 #include <stdexcept>
 #include <string>
 
+#include <math_constants.h>
+
 #include "cuda/api.h"
 #include "cuda/check.cuh"
 
@@ -28,6 +30,21 @@ __device__ double softplus(double x) { return fmax(x, 0.0) + log1p(exp(-fabs(x))
 __device__ float sigmoid_minus_one(float x) { return -1.f / (1.f + expf(x)); }
 __device__ double sigmoid_minus_one(double x) { return -1.0 / (1.0 + exp(x)); }
 
+// Class c's path [*lo, *hi) when c, the path and every node on it are in
+// range. All lanes of a warp read the same values, so the answer (and every
+// branch on it) is warp-uniform, as the full-mask shuffles need.
+template <class T>
+__device__ bool valid_path(const HsArgs<T>& a, int64_t c, int64_t* lo, int64_t* hi) {
+  if (c < 0 || c >= a.num_classes) return false;
+  *lo = a.offsets[c];
+  *hi = a.offsets[c + 1];
+  if (*lo < 0 || *hi < *lo || *hi > a.num_steps) return false;
+  for (int64_t p = *lo; p < *hi; ++p) {
+    if (a.nodes[p] < 0 || a.nodes[p] >= a.num_inner) return false;
+  }
+  return true;
+}
+
 // s_j (u_{n_j} . v + b_{n_j}) of path position p, reduced over the warp.
 template <class T>
 __device__ T signed_logit(const HsArgs<T>& a, const T* v, int64_t p, int lane, int32_t* node) {
@@ -47,10 +64,14 @@ __global__ void hs_forward_kernel(HsArgs<T> a, T* __restrict__ nll) {
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
   for (int64_t b = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
        b < a.batch; b += warps) {
-    const int64_t c = a.target[b];
+    int64_t lo, hi;
+    if (!valid_path(a, a.target[b], &lo, &hi)) {
+      if (lane == 0) nll[b] = CUDART_NAN_F;
+      continue;
+    }
     const T* v = a.input + b * a.dim;
     T loss = 0;
-    for (int64_t p = a.offsets[c]; p < a.offsets[c + 1]; ++p) {
+    for (int64_t p = lo; p < hi; ++p) {
       int32_t n;
       loss += softplus(-signed_logit(a, v, p, lane, &n));  // -log sigmoid(z)
     }
@@ -66,12 +87,16 @@ __global__ void hs_backward_kernel(HsArgs<T> a, const T* __restrict__ grad_nll,
   const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / kWarp);
   for (int64_t b = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) / kWarp;
        b < a.batch; b += warps) {
-    const int64_t c = a.target[b];
     const T* v = a.input + b * a.dim;
     T* gv = grad_input + b * a.dim;
+    int64_t lo, hi;
+    if (!valid_path(a, a.target[b], &lo, &hi)) {
+      for (int64_t i = lane; i < a.dim; i += kWarp) gv[i] = CUDART_NAN_F;
+      continue;
+    }
     for (int64_t i = lane; i < a.dim; i += kWarp) gv[i] = 0;  // each lane owns its elements
     const T g = grad_nll[b];
-    for (int64_t p = a.offsets[c]; p < a.offsets[c + 1]; ++p) {
+    for (int64_t p = lo; p < hi; ++p) {
       int32_t n;
       const T z = signed_logit(a, v, p, lane, &n);
       // d(-log sigmoid(z))/d(u.v + b) = (sigmoid(z) - 1) s
@@ -90,6 +115,8 @@ __global__ void hs_backward_kernel(HsArgs<T> a, const T* __restrict__ grad_nll,
 template <class T>
 void check_args(const HsArgs<T>& a) {
   if (a.batch < 0 || a.dim <= 0) throw std::invalid_argument("batch must be >= 0 and dim > 0");
+  if (a.num_classes < 1 || a.num_inner < 0 || a.num_steps < 0)
+    throw std::invalid_argument("num_classes must be >= 1, num_inner and num_steps >= 0");
   if (!a.input || !a.weight || !a.target || !a.offsets || !a.nodes || !a.codes)
     throw std::invalid_argument("hierarchical softmax pointers must not be null (bias may be)");
 }

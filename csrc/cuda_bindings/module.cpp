@@ -38,7 +38,7 @@ ExcludeArrays exclude_of(uintptr_t offsets, uintptr_t ids, uintptr_t cum, uintpt
 template <class T>
 HsArgs<T> hs_args(uintptr_t input, uintptr_t weight, uintptr_t bias, uintptr_t target,
                   uintptr_t offsets, uintptr_t nodes, uintptr_t codes, int64_t batch,
-                  int64_t dim) {
+                  int64_t dim, int64_t num_classes, int64_t num_inner, int64_t num_steps) {
   HsArgs<T> a;
   a.input = ptr<const T>(input);
   a.weight = ptr<const T>(weight);
@@ -49,6 +49,9 @@ HsArgs<T> hs_args(uintptr_t input, uintptr_t weight, uintptr_t bias, uintptr_t t
   a.codes = ptr<const uint8_t>(codes);
   a.batch = batch;
   a.dim = dim;
+  a.num_classes = num_classes;
+  a.num_inner = num_inner;
+  a.num_steps = num_steps;
   return a;
 }
 
@@ -128,51 +131,56 @@ PYBIND11_MODULE(_cuda, m) {
       "hs_forward",
       [](const std::string& dtype, int device, uintptr_t stream, uintptr_t input,
          uintptr_t weight, uintptr_t bias, uintptr_t target, uintptr_t offsets, uintptr_t nodes,
-         uintptr_t codes, int64_t batch, int64_t dim, uintptr_t nll) {
+         uintptr_t codes, int64_t batch, int64_t dim, int64_t num_classes, int64_t num_inner,
+         int64_t num_steps, uintptr_t nll) {
         const bool dbl = is_double(dtype);
         py::gil_scoped_release release;
         if (dbl) {
           hs_forward<double>(device, stream,
                              hs_args<double>(input, weight, bias, target, offsets, nodes, codes,
-                                             batch, dim),
+                                             batch, dim, num_classes, num_inner, num_steps),
                              ptr<double>(nll));
         } else {
           hs_forward<float>(device, stream,
                             hs_args<float>(input, weight, bias, target, offsets, nodes, codes,
-                                           batch, dim),
+                                           batch, dim, num_classes, num_inner, num_steps),
                             ptr<float>(nll));
         }
       },
       py::arg("dtype"), py::arg("device"), py::arg("stream"), py::arg("input"), py::arg("weight"),
       py::arg("bias"), py::arg("target"), py::arg("offsets"), py::arg("nodes"), py::arg("codes"),
-      py::arg("batch"), py::arg("dim"), py::arg("nll"),
-      "Per-example hierarchical-softmax NLL (bias = 0 for none).");
+      py::arg("batch"), py::arg("dim"), py::arg("num_classes"), py::arg("num_inner"),
+      py::arg("num_steps"), py::arg("nll"),
+      "Per-example hierarchical-softmax NLL (bias = 0 for none). Index arrays are bounds-checked "
+      "in the kernel: an example with an id, path or node out of range gets a NaN loss.");
 
   m.def(
       "hs_backward",
       [](const std::string& dtype, int device, uintptr_t stream, uintptr_t input,
          uintptr_t weight, uintptr_t bias, uintptr_t target, uintptr_t offsets, uintptr_t nodes,
-         uintptr_t codes, int64_t batch, int64_t dim, uintptr_t grad_nll, uintptr_t grad_input,
+         uintptr_t codes, int64_t batch, int64_t dim, int64_t num_classes, int64_t num_inner,
+         int64_t num_steps, uintptr_t grad_nll, uintptr_t grad_input,
          uintptr_t grad_weight, uintptr_t grad_bias) {
         const bool dbl = is_double(dtype);
         py::gil_scoped_release release;
         if (dbl) {
           hs_backward<double>(device, stream,
                               hs_args<double>(input, weight, bias, target, offsets, nodes, codes,
-                                              batch, dim),
+                                              batch, dim, num_classes, num_inner, num_steps),
                               ptr<const double>(grad_nll), ptr<double>(grad_input),
                               ptr<double>(grad_weight), ptr<double>(grad_bias));
         } else {
           hs_backward<float>(device, stream,
                              hs_args<float>(input, weight, bias, target, offsets, nodes, codes,
-                                            batch, dim),
+                                            batch, dim, num_classes, num_inner, num_steps),
                              ptr<const float>(grad_nll), ptr<float>(grad_input),
                              ptr<float>(grad_weight), ptr<float>(grad_bias));
         }
       },
       py::arg("dtype"), py::arg("device"), py::arg("stream"), py::arg("input"), py::arg("weight"),
       py::arg("bias"), py::arg("target"), py::arg("offsets"), py::arg("nodes"), py::arg("codes"),
-      py::arg("batch"), py::arg("dim"), py::arg("grad_nll"), py::arg("grad_input"),
+      py::arg("batch"), py::arg("dim"), py::arg("num_classes"), py::arg("num_inner"),
+      py::arg("num_steps"), py::arg("grad_nll"), py::arg("grad_input"),
       py::arg("grad_weight"), py::arg("grad_bias"),
       "Writes grad_input; adds into grad_weight and grad_bias (0 for none).");
 }
