@@ -139,8 +139,9 @@ class AliasSampler:
 
         With replacement (``num_tries=None``) this is ``num_sampled * p``. For
         candidates drawn with ``unique=True``, pass the ``num_tries`` the draw
-        used (see :meth:`sample_candidates`); the count is then
-        ``1 - (1 - p) ** num_tries``, TensorFlow's definition. A tensor
+        used (see :meth:`sample_candidates`); the count is then TensorFlow's:
+        ``num_sampled * p`` when ``num_tries == num_sampled`` (no draw was
+        rejected) and ``1 - (1 - p) ** num_tries`` otherwise. A tensor
         ``num_tries`` broadcasts against the trailing dimensions of ``ids``
         from the left, one value per row.
         """
@@ -158,13 +159,10 @@ class AliasSampler:
         logp = self.log_prob(ids)
         if num_tries is None:
             return logp + math.log(num_sampled)
-        tries = torch.as_tensor(num_tries, dtype=torch.float64, device=logp.device)
-        if (tries < 1).any():
-            raise ValueError("num_tries must be >= 1")
-        while tries.dim() and tries.dim() < logp.dim():
-            tries = tries.unsqueeze(-1)
-        # log(1 - (1 - p)^t) = log(-expm1(t * log1p(-p)))
-        return torch.log(-torch.expm1(tries * torch.log1p(-torch.exp(logp))))
+        tries = _check_num_tries(num_tries, logp, num_sampled)
+        # log(1 - (1 - p)^t) = log(-expm1(t * log1p(-p))); TensorFlow takes k·p when t == k.
+        counted = torch.log(-torch.expm1(tries * torch.log1p(-torch.exp(logp))))
+        return torch.where(tries == num_sampled, logp + math.log(num_sampled), counted)
 
     # ---------------------------------------------------------------- drawing
     def sample(
@@ -217,10 +215,18 @@ class AliasSampler:
         """Shared candidates for sampled softmax, as TensorFlow's candidate samplers give them.
 
         Draws ``num_sampled`` candidates (distinct when ``unique``) and returns
-        them with the expected counts of ``true_classes`` and of the candidates;
-        ``log`` of those counts is the correction sampled softmax subtracts.
+        them with the expected counts of ``true_classes`` ((B,) or (B, T) with
+        T true classes per row, TensorFlow's ``num_true``; the counts have its
+        shape) and of the candidates; ``log`` of those counts is the
+        correction sampled softmax and NCE subtract. See
+        :meth:`expected_count` for the formula (TensorFlow's, including its
+        ``num_sampled * p`` when a unique draw needed no extra tries).
         """
         num_sampled = check_int(num_sampled, "num_sampled", minimum=1)
+        if true_classes is not None:
+            shape = tuple(as_index_tensor(true_classes, "true_classes", self.num_classes).shape)
+            if len(shape) > 2:
+                raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape {shape}")
         ids, tries = self._sample((num_sampled,), None, unique, generator, seed, 0, None, None)
         num_tries = int(tries[0]) if unique else None
         sampled_count = self.expected_count(ids, num_sampled, num_tries=num_tries)
@@ -371,6 +377,37 @@ class AliasSampler:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_classes={self.num_classes})"
+
+
+def _check_num_tries(num_tries: Any, logp: torch.Tensor, num_sampled: int) -> torch.Tensor:
+    """``num_tries`` as float64 on logp's device, shaped to broadcast over its trailing dimensions."""
+    if isinstance(num_tries, (bool, np.bool_)) or isinstance(num_tries, (str, bytes)):
+        raise TypeError(f"num_tries must be an int or an integer tensor, got {type(num_tries).__name__}")
+    if isinstance(num_tries, torch.Tensor):
+        t = num_tries.detach()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(num_tries))
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"num_tries must be an int or an integer tensor: {exc}") from None
+    if t.layout != torch.strided or t.device.type == "meta":
+        raise TypeError("num_tries must be a dense tensor with data")
+    if t.dtype == torch.bool or t.is_complex() or not (t.is_floating_point() or t.dtype.is_signed
+                                                       or t.dtype == torch.uint8):
+        raise TypeError(f"num_tries must hold integers, got {t.dtype}")
+    t = t.to(device=logp.device, dtype=torch.float64)
+    if t.numel():
+        if not bool(torch.isfinite(t).all()) or bool((t != t.round()).any()):
+            raise ValueError("num_tries must hold whole numbers")
+        if bool((t < num_sampled).any()):
+            raise ValueError(f"num_tries must be >= num_sampled ({num_sampled}): a unique draw of k ids "
+                             f"takes at least k tries, got {float(t.min()):g}")
+    if t.dim() > logp.dim() or tuple(t.shape) != tuple(logp.shape[:t.dim()]):
+        raise ValueError(f"num_tries of shape {tuple(t.shape)} does not match the leading dimensions "
+                         f"of ids {tuple(logp.shape)}")
+    while t.dim() and t.dim() < logp.dim():
+        t = t.unsqueeze(-1)
+    return t
 
 
 def _check_out(out: Any, shape: Tuple[int, ...]) -> None:
