@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from pyneg._validation import ArrayLike, as_tensor, check_bool, check_int
+from pyneg._validation import ArrayLike, as_tensor, check_bool, check_int, check_tensor
 from pyneg.distributed import all_gather, all_gather_with_grad, rank_offset
 
 __all__ = [
@@ -55,18 +55,10 @@ def _check_reduction(reduction: Any) -> None:
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def _check_dense(t: torch.Tensor, name: str) -> None:
-    """Sparse layouts and meta tensors (no data to score) are refused, naming the argument."""
-    if t.layout != torch.strided:
-        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
-    if t.device.type == "meta":
-        raise ValueError(f"{name} is a meta tensor: it holds no data to compute a loss from")
-
-
 def _check_float(t: torch.Tensor, name: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    _check_dense(t, name)
+    check_tensor(t, name)
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
 
@@ -173,6 +165,10 @@ DEFAULT_CHUNK_SIZE = 8192
 _DENSE_MASK_FRACTION = 1 / 16
 
 
+# Unsigned id dtypes torch cannot compare or reduce everywhere: converted to int64.
+_WIDE_UNSIGNED = tuple(getattr(torch, n) for n in ("uint16", "uint32") if hasattr(torch, n))
+
+
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """Where log-sum-exp runs: 16-bit inputs accumulate in float32."""
     return torch.float32 if dtype in _LOW_PRECISION else dtype
@@ -226,7 +222,7 @@ def _check_embeddings(t: Any, name: str, query: torch.Tensor, *, rows: Optional[
 def _as_data(x: Any, name: str, device: torch.device) -> torch.Tensor:
     """Tensors stay where they are (a wrong device is an error); arrays go to ``device``."""
     if isinstance(x, torch.Tensor):
-        _check_dense(x, name)
+        check_tensor(x, name)
         if x.device != device:
             raise ValueError(f"{name} is on {x.device} but query is on {device}")
         return x
@@ -246,6 +242,12 @@ def _check_ids(ids: Any, name: str, shape: Tuple[int, ...], device: torch.device
         raise TypeError(f"{name} must hold integer ids, got {t.dtype}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.dtype == getattr(torch, "uint64", None):  # reinterpreted, ids past 2**63 are negative
+        t = t.view(torch.int64)
+        if t.numel() and bool((t < 0).any()):
+            raise ValueError(f"{name} holds an id >= 2**63 (ids are compared as int64)")
+    elif t.dtype in _WIDE_UNSIGNED:
+        t = t.to(torch.int64)
     if t.numel() and bool((t < 0).any()):
         raise ValueError(f"{name} holds a negative id ({int(t.min())}); ids must be >= 0")
     return t.detach()

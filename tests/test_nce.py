@@ -305,6 +305,7 @@ def test_unique_expected_count_is_tensorflows():
     want = torch.stack([2 * p[rows[0]], 1 - (1 - p[rows[1]]) ** 5])
     torch.testing.assert_close(got, want, rtol=1e-14, atol=0)
     assert torch.isinf(s.log_expected_count([2], 3, num_tries=3)).all()
+    assert torch.isinf(s.log_expected_count([2], 3, num_tries=5)).all()
 
 
 def test_sample_candidates_without_collisions_reports_k_p():
@@ -332,9 +333,9 @@ def test_sample_candidates_several_true_classes():
 
 
 @pytest.mark.parametrize("tries,exc", [
-    (float("nan"), ValueError), (2.5, ValueError), (True, TypeError), ("3", TypeError), (2, ValueError),
+    (float("nan"), ValueError), (2.5, ValueError), (True, TypeError), ("3", TypeError), (0, ValueError),
     (torch.tensor([3, 4, 5]), ValueError), (torch.tensor([3.0 + 0j]), TypeError), (float("inf"), ValueError),
-    (torch.tensor([[3], [4]]), ValueError),
+    (torch.tensor([[3, 4]]), ValueError),
 ])
 def test_num_tries_bad_input(tries, exc):
     s = pyneg.UniformSampler(10)

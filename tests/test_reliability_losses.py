@@ -271,3 +271,17 @@ def test_meta_and_sparse_side_inputs_are_named(arg, how):
     x = x.to("meta") if how == "meta" else x.to_sparse()
     with pytest.raises((ValueError, TypeError), match=arg):
         PF.in_batch_softmax_loss(q, q, **{arg: x})
+
+
+def test_unsigned_ids_are_compared_exactly_or_refused():
+    g = torch.Generator().manual_seed(4)
+    q, c = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
+    ids = torch.tensor([1, 2, 1, 3])
+    want = PF.in_batch_softmax_loss(q, c, candidate_ids=ids)
+    for dtype in (torch.uint8, torch.int32) + tuple(getattr(torch, n) for n in ("uint32", "uint64")
+                                                    if hasattr(torch, n)):
+        assert torch.equal(PF.in_batch_softmax_loss(q, c, candidate_ids=ids.to(dtype)), want), dtype
+    if hasattr(torch, "uint64"):
+        wrapped = torch.tensor([1, 2, 2**64 - 1, 3], dtype=torch.uint64)  # would wrap to -1 as int64
+        with pytest.raises(ValueError, match="candidate_ids"):
+            PF.in_batch_softmax_loss(q, c, candidate_ids=wrapped)
