@@ -161,8 +161,10 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # block of a normal batch) are scored in one go.
 DEFAULT_CHUNK_SIZE = 8192
 # Above this fraction of masked entries a block is masked with a dense (B, n)
-# comparison instead of a list of (row, column) hits (16 bytes per hit).
+# comparison instead of a list of (row, column) hits (16 bytes per hit, about
+# 48 while the list is built): the list then stays within 3x the mask's size.
 _DENSE_MASK_FRACTION = 1 / 16
+_DENSE = "dense"  # what _hit_pairs returns instead of a list longer than max_pairs
 
 
 # Unsigned id dtypes torch cannot compare or reduce everywhere: converted to int64.
@@ -280,12 +282,15 @@ class _Block:
 
 
 def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int],
-               b: int, dev: torch.device) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+               b: int, dev: torch.device, max_pairs: Optional[int] = None) -> Any:
     """(rows, columns) of the masked entries of a block, or None when there are none to mask.
 
     Accidental hits are few (an id recurs in a handful of columns), so they are
     found by sorting the block's ids and binary-searching each row's id:
-    O((N + B) log N + hits) instead of a dense (B, N) comparison.
+    O((N + B) log N + hits) instead of a dense (B, N) comparison. The hits are
+    counted before any is listed: with more than ``max_pairs`` of them (a
+    repeated id: padding, a popular item) nothing is listed and ``_DENSE`` is
+    returned, so the lists never outgrow the dense mask they stand for.
     """
     rows, cols = [], []
     if ids is not None and row_ids is not None and ids.numel():
@@ -293,6 +298,8 @@ def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], dia
         lo = torch.searchsorted(sorted_ids, row_ids, right=False)
         counts = torch.searchsorted(sorted_ids, row_ids, right=True) - lo
         total = int(counts.sum())
+        if max_pairs is not None and total + (0 if diag is None else b) > max_pairs:
+            return _DENSE
         if total:
             rows.append(torch.repeat_interleave(torch.arange(b, device=dev), counts))
             first = torch.repeat_interleave(lo - (counts.cumsum(0) - counts), counts)
@@ -307,14 +314,21 @@ def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], dia
 
 
 def _block_hits(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int],
-                b: int, dev: torch.device) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+                b: int, dev: torch.device, max_pairs: Optional[int] = None) -> Any:
     """:func:`_hit_pairs` for rows with one positive id (B,) or several (B, T): a column that
-    equals any of row i's positive ids is masked for row i (a pair may be listed twice)."""
+    equals any of row i's positive ids is masked for row i (a pair may be listed twice).
+    ``_DENSE`` when all T lists together would exceed ``max_pairs``."""
     if row_ids is None or row_ids.dim() == 1:
-        return _hit_pairs(ids, row_ids, diag, b, dev)
-    parts = [_hit_pairs(ids, row_ids[:, t].contiguous(), diag if t == 0 else None, b, dev)
-             for t in range(row_ids.shape[1])]
-    parts = [h for h in parts if h is not None]
+        return _hit_pairs(ids, row_ids, diag, b, dev, max_pairs=max_pairs)
+    parts, listed = [], 0
+    for t in range(row_ids.shape[1]):
+        budget = None if max_pairs is None else max_pairs - listed
+        h = _hit_pairs(ids, row_ids[:, t].contiguous(), diag if t == 0 else None, b, dev, max_pairs=budget)
+        if h is _DENSE:
+            return _DENSE
+        if h is not None:
+            parts.append(h)
+            listed += h[0].numel()
     if not parts:
         return None
     return torch.cat([h[0] for h in parts]), torch.cat([h[1] for h in parts])
@@ -400,9 +414,10 @@ class _BlockLogSumExp(torch.autograd.Function):
         shift = None if log_q is None else -log_q
         if bias is not None:
             shift = bias.detach() if shift is None else shift + bias.detach()
-        hits = _block_hits(ids, row_ids, diag, b, query.device)
-        # Few distinct ids (a tiny catalogue): a dense (B, n) mask is smaller than the hit list.
-        dense = hits is not None and hits[0].numel() > _DENSE_MASK_FRACTION * b * n
+        # Many hits (a tiny catalogue, a repeated id): a dense (B, n) mask is
+        # smaller than the hit list, which is then never built.
+        hits = _block_hits(ids, row_ids, diag, b, query.device, max_pairs=int(_DENSE_MASK_FRACTION * b * n))
+        dense = hits is _DENSE
         if dense:
             hits = None
         ctx.dense = dense
