@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -32,7 +33,7 @@ import torch
 from pyneg import _core
 from pyneg._validation import ArrayLike, as_index_tensor, as_tensor, check_int, check_seed
 
-__all__ = ["MinedNegatives", "mine_hard_negatives", "SAMPLINGS"]
+__all__ = ["MinedNegatives", "mine_hard_negatives", "mine_dataset", "SAMPLINGS"]
 
 #: Ways to pick ``k`` negatives from a row's rank window.
 SAMPLINGS = ("top", "uniform", "softmax")
@@ -468,3 +469,107 @@ def mine_hard_negatives(
         torch.from_numpy(out_lq).to(dev),
         torch.from_numpy(out_window).to(dev),
     )
+
+
+def _rows_of(x: Any, name: str, n: int) -> Optional[torch.Tensor]:
+    if x is None:
+        return None
+    t = x if isinstance(x, torch.Tensor) else as_tensor(x, name)
+    if t.dim() == 0 or t.shape[0] != n:
+        raise ValueError(f"{name} must have one row per query ({n}), got shape {tuple(t.shape)}")
+    return t
+
+
+def mine_dataset(
+    query: torch.Tensor,
+    candidates: torch.Tensor,
+    k: int,
+    *,
+    chunk_size: int = 4096,
+    path: Optional[str] = None,
+    progress: bool = True,
+    exclude: Optional[ArrayLike] = None,
+    positive: Optional[torch.Tensor] = None,
+    positive_scores: Optional[ArrayLike] = None,
+    seed: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+    offset: int = 0,
+    **kwargs: Any,
+) -> MinedNegatives:
+    """Offline mining over a whole query set, chunk by chunk, resumable.
+
+    Calls :func:`mine_hard_negatives` on ``chunk_size`` rows at a time (with
+    ``offset`` advancing, so the result equals one call over all rows) and,
+    with ``path``, saves the rows mined so far after every chunk (written to a
+    temporary file and renamed, so an interrupted run leaves the last complete
+    checkpoint). Run again with the same arguments and it resumes after the
+    last saved chunk; a checkpoint written for other arguments is refused.
+
+    Args:
+        query: (n, d) all queries; ``exclude``, ``positive`` and
+            ``positive_scores`` have one row per query, as for
+            :func:`mine_hard_negatives`; other keyword arguments are passed on.
+        chunk_size: rows per call.
+        path: checkpoint file (``torch.save`` format), or None.
+        progress: show a tqdm progress bar (when tqdm is installed).
+        seed: without it (and for a sampled window), one is drawn from
+            ``generator`` once and stored in the checkpoint.
+
+    Returns:
+        :class:`MinedNegatives` for all n rows (the final checkpoint holds the same).
+    """
+    query = _check_matrix(query, "query")
+    n = query.shape[0]
+    chunk_size = check_int(chunk_size, "chunk_size", minimum=1)
+    offset = check_int(offset, "offset", minimum=0)
+    ex = _rows_of(exclude, "exclude", n)
+    pos = _rows_of(positive, "positive", n)
+    pos_s = _rows_of(positive_scores, "positive_scores", n)
+    if seed is None and kwargs.get("sampling", "uniform") != "top":
+        from pyneg.samplers import draw_seed
+
+        seed = draw_seed(generator)
+    seed = 0 if seed is None else check_seed(seed)
+    job = repr((n, tuple(candidates.shape), k, seed, offset, sorted((a, repr(v)) for a, v in kwargs.items())))
+    state = None
+    if path is not None and os.path.exists(path):
+        state = torch.load(path)
+        if state.get("job") != job:
+            raise ValueError(f"path {path!r} holds a checkpoint of a different mining job; remove it or change path")
+    if state is None:
+        state = {"job": job, "done": 0,
+                 "ids": torch.full((n, k), -1, dtype=torch.int64),
+                 "scores": torch.full((n, k), -math.inf, dtype=query.dtype),
+                 "log_q": torch.full((n, k), -math.inf, dtype=torch.float64),
+                 "window": torch.zeros(n, dtype=torch.int64)}
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+
+            bar = tqdm(total=n, initial=state["done"], desc="mining", unit="query")
+        except ImportError:
+            bar = None
+    try:
+        for start in range(state["done"], n, chunk_size):
+            stop = min(n, start + chunk_size)
+            part = mine_hard_negatives(
+                query[start:stop], candidates, k,
+                exclude=None if ex is None else ex[start:stop],
+                positive=None if pos is None else pos[start:stop],
+                positive_scores=None if pos_s is None else pos_s[start:stop],
+                seed=seed, offset=offset + start, **kwargs)
+            for name, value in zip(("ids", "scores", "log_q", "window"), part):
+                state[name][start:stop] = value.cpu()
+            state["done"] = stop
+            if path is not None:
+                tmp = f"{path}.tmp"
+                torch.save(state, tmp)
+                os.replace(tmp, path)
+            if bar is not None:
+                bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.close()
+    dev = query.device
+    return MinedNegatives(*(state[name].to(dev) for name in ("ids", "scores", "log_q", "window")))

@@ -447,6 +447,42 @@ def test_mixed_loss_rejects_inconsistent_padding():
         PF.mixed_negatives_loss(q, items[:2], [src], positive_ids=torch.tensor([0, 1]))
 
 
+# ------------------------------------------------------------------ offline mining and docs
+def test_mine_dataset_resumes_and_equals_one_call(tmp_path):
+    from pyneg.mining import mine_dataset
+
+    g = torch.Generator().manual_seed(11)
+    q, c = torch.randn(50, 6, generator=g), torch.randn(200, 6, generator=g)
+    pos = torch.randint(0, 200, (50,), generator=g)
+    kw = dict(hi=30, exclude=pos, positive=c[pos], margin=0.1, sampling="softmax", seed=4, pad=True)
+    whole = mine_hard_negatives(q, c, 5, **kw)
+    path = str(tmp_path / "neg.pt")
+    out = mine_dataset(q, c, 5, chunk_size=7, path=path, progress=False, **kw)
+    for a, b in zip(whole, out):
+        assert torch.equal(a, b)
+    # an interrupted run: keep the checkpoint after 3 chunks and resume
+    state = torch.load(path)
+    state["done"] = 21
+    state["ids"][21:] = -1
+    torch.save(state, path)
+    again = mine_dataset(q, c, 5, chunk_size=7, path=path, progress=False, **kw)
+    assert torch.equal(again.ids, whole.ids)
+    with pytest.raises(ValueError, match="different mining job"):
+        mine_dataset(q, c, 6, chunk_size=7, path=path, progress=False, **kw)
+
+
+def test_docs_examples_run():
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "mining.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert len(blocks) >= 5
+    env = {"__name__": "__docs__"}
+    for i, block in enumerate(blocks):  # the blocks build on each other
+        exec(compile(block, f"docs/mining.md[python block {i}]", "exec"), env)
+
+
 # ------------------------------------------------------------------ faiss (optional)
 def test_agrees_with_faiss_flat_ip():
     faiss = pytest.importorskip("faiss")
