@@ -39,6 +39,8 @@ from pyneg.memory import FrequencyEstimator, MemoryBank  # noqa: E402
 from pyneg import losses  # noqa: E402
 from pyneg.functional import NegativeSource  # noqa: E402
 from pyneg.hsoftmax import HierarchicalSoftmax, HuffmanTree  # noqa: E402
+from pyneg import mining  # noqa: E402
+from pyneg.mining import MinedNegatives, mine_hard_negatives  # noqa: E402
 from pyneg.samplers import (  # noqa: E402
     AliasSampler,
     CandidateSample,
@@ -62,6 +64,9 @@ __all__ = [
     "distributed",
     "losses",
     "NegativeSource",
+    "mining",
+    "MinedNegatives",
+    "mine_hard_negatives",
     "cuda_available",
 ]
 __version__ = "0.1.0"

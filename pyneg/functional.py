@@ -279,6 +279,7 @@ class _Block:
     ids: Optional[torch.Tensor]       # (N,) / (B, N), compared with the rows' positive ids
     diag: Optional[int] = None        # column diag + i is row i's own positive: masked
     bias: Optional[torch.Tensor] = None  # (N,) / (B, N) added to the logits; gets a gradient
+    pad: Optional[torch.Tensor] = None  # (B, N) per-row padding (mined negatives): masked
 
 
 def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int],
@@ -520,6 +521,8 @@ def _per_row_scores(query: torch.Tensor, block: _Block, row_ids: Optional[torch.
         else:  # (B, N, T): equal to any of the row's positives
             hit = (block.ids.unsqueeze(-1) == row_ids.unsqueeze(1)).any(-1)
         s = s.masked_fill(hit, -math.inf)
+    if block.pad is not None:
+        s = s.masked_fill(block.pad, -math.inf)
     return s
 
 
@@ -1029,6 +1032,36 @@ class NegativeSource:
         log_q = sampler.log_expected_count(ids_t, max(int(ids_t.numel()), 1), num_tries=num_tries)
         return cls(embeddings, ids_t.to(embeddings.device), log_q.to(embeddings.device))
 
+    @classmethod
+    def from_mined(cls, mined: Any, embeddings: torch.Tensor) -> "NegativeSource":
+        """Per-row hard negatives from :func:`pyneg.mine_hard_negatives`, with their own log q.
+
+        Row ``i`` gets its own ``k`` negatives (not shared with other rows),
+        each corrected by the log-probability with which it landed in row
+        ``i``'s sample. Padding (id -1, log q -inf) is masked out by the loss.
+
+        Args:
+            mined: a :class:`pyneg.mining.MinedNegatives` (anything with
+                ``ids`` and ``log_q`` of shape (B, k)).
+            embeddings: the (N, d) catalogue the ids index (e.g. the current
+                item tower's outputs, so gradients reach it), or the
+                negatives' own (B, k, d) embeddings.
+        """
+        ids, log_q = mined.ids, mined.log_q
+        if not isinstance(embeddings, torch.Tensor):
+            raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
+        if embeddings.dim() == 2:
+            n = embeddings.shape[0]
+            if ids.numel() and int(ids.max()) >= n:
+                raise ValueError(f"mined.ids holds id {int(ids.max())} but embeddings has only {n} rows")
+            emb = embeddings[ids.clamp_min(0).to(embeddings.device)]
+        elif embeddings.dim() == 3 and tuple(embeddings.shape[:2]) == tuple(ids.shape):
+            emb = embeddings
+        else:
+            raise ValueError(f"embeddings must be (N, d) or {tuple(ids.shape) + ('d',)}, "
+                             f"got {tuple(embeddings.shape)}")
+        return cls(emb, ids.to(emb.device), log_q.to(emb.device))
+
 
 def mixed_negatives_loss(
     query: torch.Tensor,
@@ -1106,18 +1139,46 @@ def mixed_negatives_loss(
             emb = positive
         elif emb is None:
             raise ValueError(f"{name}.embeddings is None (only an in_batch source may omit them)")
-        _check_embeddings(emb, f"{name}.embeddings", query, rows=b if src.in_batch else None)
-        n = emb.shape[0]
+        _check_embeddings(emb, f"{name}.embeddings", query, rows=b if src.in_batch else None,
+                          per_row_ok=not src.in_batch)
+        cols = tuple(emb.shape[:-1])  # (N,), or (B, N) for per-row negatives
         ids = src.ids if src.ids is not None or not src.in_batch else pos_ids
-        ids = _check_ids(ids, f"{name}.ids", (n,), dev)
+        ids, src_log_q, pad = _split_padding(ids, src.log_q, name, dev) if emb.dim() == 3 else (ids, src.log_q, None)
+        ids = _check_ids(ids, f"{name}.ids", cols, dev)
         if ids is not None and pos_ids is None:
             raise ValueError(f"{name} has ids but positive_ids is None: accidental hits cannot be masked")
-        log_q = _check_log_q(src.log_q, f"{name}.log_q", (n,), dev, acc)
+        log_q = _check_log_q(src_log_q, f"{name}.log_q", cols, dev, acc)
         diag = None
         if src.in_batch:
             diag = 0
             if gather:
                 emb, ids, log_q, diag = _gather_batch(emb, ids, log_q, group)
-        blocks.append(_Block(emb, log_q, ids, diag))
+        blocks.append(_Block(emb, log_q, ids, diag, pad=pad))
     return _softmax_loss(query, positive, pos_lq, blocks, pos_ids, temperature, chunk_size, reduction,
                          weight=weight)
+
+
+def _split_padding(ids: Any, log_q: Any, name: str, dev: torch.device):
+    """Per-row negatives may be padded (id -1, log q -inf, as mining pads): (ids, log_q, pad mask).
+
+    Padded entries get id 0 and log q 0 (so the checks pass) and are masked out by the loss.
+    """
+    pad = None
+    if ids is not None:
+        ids = _as_data(ids, f"{name}.ids", dev)
+        if not (ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool):
+            pad = ids == -1
+    if log_q is not None:
+        log_q = _as_data(log_q, f"{name}.log_q", dev)
+        if log_q.is_floating_point():
+            lq_pad = log_q == -math.inf
+            if pad is not None and lq_pad.shape == pad.shape and not torch.equal(lq_pad, pad):
+                raise ValueError(f"{name}: padded entries must have id -1 and log q -inf together")
+            pad = lq_pad if pad is None else pad
+    if pad is None or pad.shape != (ids if ids is not None else log_q).shape or not bool(pad.any()):
+        return ids, log_q, None
+    if ids is not None:
+        ids = ids.masked_fill(pad, 0)
+    if log_q is not None:
+        log_q = log_q.masked_fill(pad, 0.0)
+    return ids, log_q, pad
