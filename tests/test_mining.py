@@ -447,6 +447,19 @@ def test_mixed_loss_rejects_inconsistent_padding():
         PF.mixed_negatives_loss(q, items[:2], [src], positive_ids=torch.tensor([0, 1]))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_backend_matches_cpu():
+    q, c = int_data(50, 3000, 16, seed=12)
+    ex = torch.randint(-1, 3000, (50, 3), generator=torch.Generator().manual_seed(0))
+    kw = dict(lo=2, hi=40, exclude=ex, sampling="softmax", seed=5, max_score=6.0, positive=c[:50], margin=0.0,
+              pad=True)
+    cpu = mine_hard_negatives(q, c, 10, **kw)
+    gpu = mine_hard_negatives(q.cuda(), c.cuda(), 10, **{**kw, "positive": c[:50].cuda()})
+    assert gpu.ids.device.type == "cuda"
+    for a, b in zip(cpu, gpu):
+        assert torch.equal(a, b.cpu())
+
+
 # ------------------------------------------------------------------ offline mining and docs
 def test_mine_dataset_resumes_and_equals_one_call(tmp_path):
     from pyneg.mining import mine_dataset
