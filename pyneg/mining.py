@@ -17,8 +17,10 @@ Backends: CPU tensors go through pyneg's C++ kernel (blocked dot products, a
 bounded heap per row, threads with the GIL released; memory O(B * hi + one
 block), never the (B, N) score matrix). Tensors on a GPU go through blocked
 ``torch.matmul`` + ``torch.topk`` on the device (``backend="torch"``, which
-also runs on the CPU). Both then draw from the window with the same C++ code,
-so a seed gives the same sample whichever found the top ``hi``.
+also runs on the CPU). ``backend="faiss"`` searches a faiss index instead
+(approximate for IVF/HNSW indexes; optional dependency). All of them then draw
+from the window with the same C++ code, so a seed gives the same sample
+whichever found the top ``hi``.
 """
 from __future__ import annotations
 
@@ -39,7 +41,7 @@ __all__ = ["MinedNegatives", "mine_hard_negatives", "mine_dataset", "SAMPLINGS"]
 SAMPLINGS = ("top", "uniform", "softmax")
 _SAMPLING_CODE = {"top": 0, "uniform": 1, "softmax": 2}
 _METRICS = ("dot", "cosine")
-_BACKENDS = ("auto", "cpu", "torch")
+_BACKENDS = ("auto", "cpu", "torch", "faiss")
 _FLOATS = (torch.float32, torch.float64)
 
 
@@ -284,6 +286,41 @@ def _topk_torch(query, candidates, hi, exclude, upper, max_score, cosine, chunk)
     return best_i.cpu(), best_s.to(torch.float64).cpu(), counts.cpu()
 
 
+def _topk_faiss(query, hi, exclude, upper, max_score, index, search_k):
+    """Top-hi admissible candidates from a faiss index (approximate unless the index is exact).
+
+    The index is searched for ``search_k`` neighbours (default hi + the
+    exclusion width); excluded and filtered neighbours are then dropped, so a
+    row can come back with fewer than ``hi`` (reported in ``counts``, never
+    hidden).
+    """
+    if index is None:
+        raise ValueError("backend='faiss' needs index= (a faiss index over the candidates, inner product)")
+    width = 0 if exclude is None else exclude.shape[1]
+    kk = hi + width if search_k is None else check_int(search_k, "search_k", minimum=hi)
+    kk = min(kk, int(index.ntotal))
+    q = query.to(device="cpu", dtype=torch.float32).contiguous().numpy()
+    dist, found = index.search(q, kk)
+    scores = torch.from_numpy(dist).to(torch.float64)
+    ids = torch.from_numpy(found).to(torch.int64)
+    ok = ids >= 0
+    if exclude is not None:
+        ok &= ~(ids.unsqueeze(2) == exclude.unsqueeze(1)).any(2)
+    if upper is not None:
+        ok &= scores < upper.unsqueeze(1)
+    if max_score is not None:
+        ok &= scores <= max_score
+    scores = torch.where(ok, scores, torch.full_like(scores, -math.inf))
+    ids = torch.where(ok, ids, torch.full_like(ids, -1))
+    scores, ids = _rank_sort(scores, ids)
+    counts = ok.sum(1).clamp(max=hi)
+    top_s = torch.full((q.shape[0], hi), -math.inf, dtype=torch.float64)
+    top_i = torch.full((q.shape[0], hi), -1, dtype=torch.int64)
+    m = min(hi, kk)
+    top_s[:, :m], top_i[:, :m] = scores[:, :m], ids[:, :m]
+    return top_i, top_s.contiguous(), counts.contiguous()
+
+
 def mine_hard_negatives(
     query: torch.Tensor,
     candidates: torch.Tensor,
@@ -308,6 +345,8 @@ def mine_hard_negatives(
     backend: str = "auto",
     num_threads: Optional[int] = None,
     block_size: Optional[Tuple[int, int]] = None,
+    index: Any = None,
+    search_k: Optional[int] = None,
 ) -> MinedNegatives:
     """``k`` hard negatives per query row, drawn from ranks ``[lo, hi)`` of an exact search.
 
@@ -366,7 +405,14 @@ def mine_hard_negatives(
             default generator). Unused by "top".
         offset: stream position of row 0 (for chunked mining).
         backend: "auto" (the C++ kernel for CPU tensors, "torch" otherwise),
-            "cpu" or "torch" (blocked matmul + topk on the tensors' device).
+            "cpu", "torch" (blocked matmul + topk on the tensors' device), or
+            "faiss" (search ``index``: approximate for an IVF/HNSW index; the
+            window and the draw are pyneg's, ``metric="dot"`` only).
+        index: for "faiss", an inner-product faiss index over ``candidates``
+            (its ids are candidate rows).
+        search_k: for "faiss", neighbours to request (default ``hi`` + the
+            exclusion width); excluded and filtered neighbours are dropped
+            afterwards, so rows may be short (``pad`` and ``window`` report it).
         num_threads: CPU threads (default ``torch.get_num_threads()``).
         block_size: (query_block, candidate_block) rows per block of the C++
             kernel, or for "torch" (ignored, candidate_block) columns per
@@ -443,7 +489,11 @@ def mine_hard_negatives(
 
     if backend == "cpu" and query.device.type != "cpu":
         raise ValueError(f"backend='cpu' needs CPU tensors, got {query.device}")
-    if backend == "cpu" or (backend == "auto" and query.device.type == "cpu"):
+    if backend == "faiss":
+        if cosine:
+            raise ValueError("backend='faiss' supports metric='dot' (index normalised vectors for cosine)")
+        top_ids, top_scores, counts = _topk_faiss(query, hi, ex, upper, max_score, index, search_k)
+    elif backend == "cpu" or (backend == "auto" and query.device.type == "cpu"):
         top_ids, top_scores, counts = _topk_cpu(query, candidates, hi, ex, upper, max_score, cosine, block, threads)
     else:
         top_ids, top_scores, counts = _topk_torch(query, candidates, hi, ex, upper, max_score, cosine, block[1])

@@ -447,6 +447,19 @@ def test_mixed_loss_rejects_inconsistent_padding():
         PF.mixed_negatives_loss(q, items[:2], [src], positive_ids=torch.tensor([0, 1]))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_backend_matches_cpu():
+    q, c = int_data(50, 3000, 16, seed=12)
+    ex = torch.randint(-1, 3000, (50, 3), generator=torch.Generator().manual_seed(0))
+    kw = dict(lo=2, hi=40, exclude=ex, sampling="softmax", seed=5, max_score=6.0, positive=c[:50], margin=0.0,
+              pad=True)
+    cpu = mine_hard_negatives(q, c, 10, **kw)
+    gpu = mine_hard_negatives(q.cuda(), c.cuda(), 10, **{**kw, "positive": c[:50].cuda()})
+    assert gpu.ids.device.type == "cuda"
+    for a, b in zip(cpu, gpu):
+        assert torch.equal(a, b.cpu())
+
+
 # ------------------------------------------------------------------ offline mining and docs
 def test_mine_dataset_resumes_and_equals_one_call(tmp_path):
     from pyneg.mining import mine_dataset
@@ -494,3 +507,31 @@ def test_agrees_with_faiss_flat_ip():
     mined = mine_hard_negatives(q, c, 20, sampling="top")
     recall = np.mean([len(set(a) & set(b)) / 20 for a, b in zip(ids, mined.ids.numpy())])
     assert recall > 0.99
+
+
+def test_faiss_backend():
+    faiss = pytest.importorskip("faiss")
+    g = torch.Generator().manual_seed(13)
+    q, c = torch.randn(40, 16, generator=g), torch.randn(3000, 16, generator=g)
+    pos = torch.randint(0, 3000, (40,), generator=g)
+    index = faiss.IndexFlatIP(16)
+    index.add(c.numpy())
+    kw = dict(lo=2, hi=30, exclude=pos, positive=c[pos], margin=0.2, sampling="uniform", seed=2, pad=True)
+    exact = mine_hard_negatives(q, c, 6, **kw)
+    flat = mine_hard_negatives(q, c, 6, backend="faiss", index=index, search_k=3000, **kw)
+    # too few neighbours: the filters leave rows short, and the result says so
+    short = mine_hard_negatives(q, c, 6, backend="faiss", index=index, search_k=31, **kw)
+    assert bool((short.window < exact.window).any()) and bool(((short.ids >= 0).sum(1) == short.window.clamp(max=6)).all())
+    # an exact index gives the exact miner's negatives (up to float32 near-ties)
+    assert float((flat.ids == exact.ids).float().mean()) > 0.97
+    ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 16, faiss.METRIC_INNER_PRODUCT)
+    ivf.train(c.numpy())
+    ivf.add(c.numpy())
+    approx = mine_hard_negatives(q, c, 6, backend="faiss", index=ivf, **kw)
+    valid = approx.ids >= 0
+    assert not bool((approx.ids == pos[:, None]).any())
+    assert bool((approx.window <= 28).all()) and bool((valid.sum(1) == approx.window.clamp(max=6)).all())
+    with pytest.raises(ValueError, match="index"):
+        mine_hard_negatives(q, c, 6, backend="faiss")
+    with pytest.raises(ValueError, match="metric"):
+        mine_hard_negatives(q, c, 6, backend="faiss", index=index, metric="cosine")

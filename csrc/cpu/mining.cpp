@@ -121,6 +121,36 @@ inline bool better(const Entry<T>& a, const Entry<T>& b) {
 
 inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Magnitude bits of a float: for |v| they order like the values, and they are
+// >= the bits of infinity exactly when v is not finite. Integer max reductions
+// vectorise where floating-point ones (NaN-aware) do not.
+template <class T>
+struct Bits;
+template <>
+struct Bits<float> {
+  using type = uint32_t;
+  static constexpr type kAbs = 0x7fffffffu, kInf = 0x7f800000u;
+};
+template <>
+struct Bits<double> {
+  using type = uint64_t;
+  static constexpr type kAbs = 0x7fffffffffffffffull, kInf = 0x7ff0000000000000ull;
+};
+
+template <class T>
+inline typename Bits<T>::type abs_bits(T v) {
+  typename Bits<T>::type b;
+  std::memcpy(&b, &v, sizeof(v));
+  return b & Bits<T>::kAbs;
+}
+
+template <class T>
+inline double from_abs_bits(typename Bits<T>::type b) {
+  T v;
+  std::memcpy(&v, &b, sizeof(v));
+  return static_cast<double>(v);
+}
+
 [[noreturn]] PYNEG_HD_COLD void fail(const std::string& msg) { throw std::invalid_argument(msg); }
 
 // Copies rows [r0, r1) of a (rows, d) matrix, checks them (finite; nonzero when
@@ -164,7 +194,11 @@ class TopkRunner {
     const int64_t d = std::max<int64_t>(p.dim, 1);
     const int64_t target = int64_t{256} * 1024 / (d * static_cast<int64_t>(sizeof(T)));
     cb_ = round_up(p.candidate_block > 0 ? p.candidate_block : std::max<int64_t>(target, NR), NR);
-    qb_ = round_up(p.query_block > 0 ? p.query_block : std::max<int64_t>(target, kMR), kMR);
+    // Queries are read kMR rows at a time, so their block need not fit a cache:
+    // by default one block per thread (up to 4096 rows), which packs every
+    // candidate block once per thread.
+    const int64_t per_thread = (p.num_queries + threads_ - 1) / threads_;
+    qb_ = round_up(p.query_block > 0 ? p.query_block : std::min<int64_t>(std::max<int64_t>(per_thread, 1), 4096), kMR);
     nqb_ = (p.num_queries + qb_ - 1) / qb_;
     ncb_ = (p.num_candidates + cb_ - 1) / cb_;
     // Few query blocks: split the candidates too, each split with its own heaps.
@@ -236,23 +270,34 @@ class TopkRunner {
     Entry<T>* heaps = heaps_.data() + (split * B + r0) * hi;
     int64_t* counts = counts_.data() + split * B + r0;
 
-    std::vector<T> rows(static_cast<size_t>(cb_ * d)), c_inv(static_cast<size_t>(cb_), T(1));
+    std::vector<T> c_inv(static_cast<size_t>(cb_), T(1));
     std::vector<T> panels(static_cast<size_t>(cb_ * d));
     std::vector<T> tile(static_cast<size_t>(kMR * cb_));
     const int64_t cb_begin = split * ncb_ / splits_, cb_end = (split + 1) * ncb_ / splits_;
     for (int64_t cbk = cb_begin; cbk < cb_end; ++cbk) {
       const int64_t c0 = cbk * cb_, c1 = std::min(N, c0 + cb_), nc = c1 - c0;
       const int64_t num_panels = (nc + NR - 1) / NR;
-      // Own, checked copy of the block, then the panel layout [panel][t][NR].
-      const double max_c =
-          copy_checked_rows(p_.candidates, c0, c1, d, rows.data(), p_.cosine, c_inv.data(), "candidates");
-      check_no_overflow<T>(max_q, max_c, d);
-      std::fill(panels.begin(), panels.begin() + num_panels * d * NR, T(0));
+      // Own copy of the block in the panel layout [panel][t][NR]; the checks
+      // (finite, no possible overflow, nonzero norm) run on that copy.
+      if (nc % NR) std::fill(panels.begin() + (num_panels - 1) * d * NR, panels.begin() + num_panels * d * NR, T(0));
+      typename Bits<T>::type max_bits = 0;
       for (int64_t j = 0; j < nc; ++j) {
         T* dst = panels.data() + (j / NR) * d * NR + (j % NR);
-        const T* src = rows.data() + j * d;
+        const T* src = p_.candidates + (c0 + j) * d;
         for (int64_t t = 0; t < d; ++t) dst[t * NR] = src[t];
+        typename Bits<T>::type row_bits = 0;
+        for (int64_t t = 0; t < d; ++t) row_bits = std::max(row_bits, abs_bits(dst[t * NR]));
+        if (row_bits >= Bits<T>::kInf)
+          fail("candidates holds a non-finite value in row " + std::to_string(c0 + j));
+        max_bits = std::max(max_bits, row_bits);
+        if (p_.cosine) {
+          double sq = 0;
+          for (int64_t t = 0; t < d; ++t) sq += static_cast<double>(dst[t * NR]) * static_cast<double>(dst[t * NR]);
+          if (!(sq > 0)) fail("candidates row " + std::to_string(c0 + j) + " has zero norm (cosine is undefined)");
+          c_inv[static_cast<size_t>(j)] = static_cast<T>(1.0 / std::sqrt(sq));
+        }
       }
+      check_no_overflow<T>(max_q, from_abs_bits<T>(max_bits), d);
       const int64_t ldo = num_panels * NR;
       for (int64_t g = 0; g < rows_pad; g += kMR) {
         score_rows(q.data() + g * d, d, panels.data(), num_panels, tile.data());
@@ -266,6 +311,12 @@ class TopkRunner {
           T& thr = threshold[static_cast<size_t>(local)];
           Entry<T>* heap = heaps + local * hi;
           int64_t& count = counts[local];
+          // Most rows have no score at or above their threshold in a block:
+          // a branch-free (vectorised) test first, the heap only if needed.
+          const T t0 = thr;
+          bool any = false;
+          for (int64_t j = 0; j < nc; ++j) any |= srow[j] >= t0;
+          if (!any) continue;
           for (int64_t j = 0; j < nc; ++j) {
             if (srow[j] >= thr) offer(row, heap, count, thr, Entry<T>{srow[j], c0 + j});
           }

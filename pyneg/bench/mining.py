@@ -80,13 +80,16 @@ def _faiss_flat(st: SimpleNamespace) -> torch.Tensor:
 def _check(st: SimpleNamespace, ids: torch.Tensor, base: Dict[str, Any]) -> None:
     assert ids.shape == (st.b, st.hi)
     assert not bool((ids == st.pos[:, None]).any()), "an excluded positive was returned"
-    scores = (st.query[:64].double() @ st.cand.double().T)
+    rows = min(32, st.b)
+    # float64 reference scores of the first rows, chunk by chunk (no float64 copy of the catalogue)
+    scores = torch.cat([st.query[:rows].double() @ st.cand[i:i + 65536].double().T
+                        for i in range(0, st.n, 65536)], 1)
     for name, other in base.items():
         # Same sets up to float32 rounding between nearly tied scores.
         same = np.mean([len(set(a.tolist()) & set(b.tolist())) / st.hi for a, b in zip(ids, other)])
         assert same > 0.99, f"{name} agrees on only {same:.4f} of the top {st.hi}"
-    got = scores.gather(1, ids[:64]).sort(1, descending=True).values
-    scores[torch.arange(64), st.pos[:64]] = -math.inf
+    got = scores.gather(1, ids[:rows]).sort(1, descending=True).values
+    scores[torch.arange(rows), st.pos[:rows]] = -math.inf
     want = scores.topk(st.hi, dim=1).values
     assert torch.allclose(got, want, atol=1e-3), "pyneg's top scores differ from the float64 reference"
 
