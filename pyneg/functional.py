@@ -389,8 +389,18 @@ def _exp_normalise_(s: torch.Tensor, normalise: bool = False) -> torch.Tensor:
 
 
 def _softplus_sum(s: torch.Tensor) -> torch.Tensor:
-    """Σ_j softplus(s_ij) = Σ_j −log σ(−s_ij) per row, exactly (−inf entries add 0)."""
-    return F.logsigmoid(s.neg()).sum(1).neg_()
+    """Σ_j softplus(s_ij) = Σ_j −log σ(−s_ij) per row, exactly (−inf entries add 0).
+
+    By blocks of rows of about 1 MiB, as in :func:`_exp_normalise_`: the
+    temporaries stay in cache instead of adding two (B, n) matrices to the
+    peak memory. Not differentiable (the autograd Function's forward).
+    """
+    b, n = s.shape
+    out = s.new_empty(b)
+    step = max(1, (1 << 18) // max(n, 1))
+    for r in range(0, b, step):
+        torch.sum(F.logsigmoid(s[r:r + step].neg()), 1, out=out[r:r + step])
+    return out.neg_()
 
 
 class _BlockLogSumExp(torch.autograd.Function):
@@ -597,7 +607,7 @@ def _nce_loss(query: torch.Tensor, positive: torch.Tensor, positive_log_q: Optio
     if block.emb.shape[-2] == 0:
         pass
     elif block.emb.dim() == 3:
-        loss = loss + _softplus_sum(_per_row_scores(query, block, row_ids, temperature))
+        loss = loss - F.logsigmoid(-_per_row_scores(query, block, row_ids, temperature)).sum(1)
     else:
         loss = loss + _BlockLogSumExp.apply(query, block.emb, block.log_q, block.ids, row_ids, None, temperature,
                                             chunk_size or block.emb.shape[0], block.bias, True)
