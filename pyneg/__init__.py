@@ -36,12 +36,13 @@ def _require_compiled_core() -> None:
 
 _require_compiled_core()
 
-from pyneg import distributed, functional, losses
+from pyneg import distributed, functional, losses, mining
 from pyneg.cuda import cuda_available
 from pyneg.data import NegativeSamplingCollator
 from pyneg.functional import NegativeSource
 from pyneg.hsoftmax import HierarchicalSoftmax, HuffmanTree
 from pyneg.memory import FrequencyEstimator, MemoryBank
+from pyneg.mining import MinedNegatives, mine_hard_negatives
 from pyneg.samplers import (
     AliasSampler,
     CandidateSample,
@@ -65,5 +66,8 @@ __all__ = [
     "distributed",
     "losses",
     "NegativeSource",
+    "mining",
+    "MinedNegatives",
+    "mine_hard_negatives",
     "cuda_available",
 ]

@@ -18,6 +18,7 @@ from pyneg.functional import NegativeSource
 __all__ = [
     "InBatchSoftmaxLoss",
     "SampledSoftmaxLoss",
+    "NCELoss",
     "MixedNegativesLoss",
     "NegativeSamplingLoss",
     "NegativeSource",
@@ -61,35 +62,68 @@ class InBatchSoftmaxLoss(_GatheringLoss):
     """
 
     def forward(self, query: torch.Tensor, candidate: torch.Tensor, *, log_q=None,
-                candidate_ids=None) -> torch.Tensor:
+                candidate_ids=None, sample_weight=None) -> torch.Tensor:
         return PF.in_batch_softmax_loss(
             query, candidate, log_q=log_q, candidate_ids=candidate_ids, temperature=self.temperature,
             reduction=self.reduction, gather=self.gather, group=self.group, chunk_size=self.chunk_size,
+            sample_weight=sample_weight,
         )
 
 
-class SampledSoftmaxLoss(_SoftmaxLoss):
-    """:func:`pyneg.functional.sampled_softmax_loss` as a module."""
+class _SampledLoss(_SoftmaxLoss):
+    """Settings of the sampled losses: those of every softmax loss and ``remove_accidental_hits``."""
+
+    _function: Any = None
+
+    def __init__(self, *, temperature: float = 1.0, reduction: str = "mean",
+                 chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE, remove_accidental_hits: bool = True) -> None:
+        super().__init__(temperature=temperature, reduction=reduction, chunk_size=chunk_size)
+        self.remove_accidental_hits = check_bool(remove_accidental_hits, "remove_accidental_hits")
 
     def forward(self, query: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *,
-                positive_log_q=None, negative_log_q=None, positive_ids=None,
-                negative_ids=None) -> torch.Tensor:
-        return PF.sampled_softmax_loss(
+                positive_log_q=None, negative_log_q=None, positive_ids=None, negative_ids=None,
+                bias=None, positive_bias=None, negative_bias=None, sample_weight=None) -> torch.Tensor:
+        return type(self)._function(
             query, positive, negative, positive_log_q=positive_log_q, negative_log_q=negative_log_q,
             positive_ids=positive_ids, negative_ids=negative_ids, temperature=self.temperature,
-            reduction=self.reduction, chunk_size=self.chunk_size,
+            reduction=self.reduction, chunk_size=self.chunk_size, bias=bias, positive_bias=positive_bias,
+            negative_bias=negative_bias, sample_weight=sample_weight,
+            remove_accidental_hits=self.remove_accidental_hits,
         )
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", remove_accidental_hits={self.remove_accidental_hits}"
+
+
+class SampledSoftmaxLoss(_SampledLoss):
+    """:func:`pyneg.functional.sampled_softmax_loss` as a module."""
+
+    _function = staticmethod(PF.sampled_softmax_loss)
+
+
+class NCELoss(_SampledLoss):
+    """:func:`pyneg.functional.nce_loss` (TensorFlow's ``nce_loss``) as a module.
+
+    Example:
+        >>> import torch, pyneg
+        >>> loss_fn = pyneg.losses.NCELoss()
+        >>> q, pos, neg = torch.randn(8, 16), torch.randn(8, 16), torch.randn(32, 16)
+        >>> loss_fn(q, pos, neg, negative_log_q=torch.full((32,), -2.0)).dim()
+        0
+    """
+
+    _function = staticmethod(PF.nce_loss)
 
 
 class MixedNegativesLoss(_GatheringLoss):
     """:func:`pyneg.functional.mixed_negatives_loss` as a module."""
 
     def forward(self, query: torch.Tensor, positive: torch.Tensor, sources: Sequence[NegativeSource], *,
-                positive_ids=None, positive_log_q=None) -> torch.Tensor:
+                positive_ids=None, positive_log_q=None, sample_weight=None) -> torch.Tensor:
         return PF.mixed_negatives_loss(
             query, positive, sources, positive_ids=positive_ids, positive_log_q=positive_log_q,
             temperature=self.temperature, reduction=self.reduction, gather=self.gather, group=self.group,
-            chunk_size=self.chunk_size,
+            chunk_size=self.chunk_size, sample_weight=sample_weight,
         )
 
 
@@ -101,5 +135,7 @@ class NegativeSamplingLoss(nn.Module):
         PF._check_reduction(reduction)
         self.reduction = reduction
 
-    def forward(self, input: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
-        return PF.negative_sampling_loss(input, positive, negative, reduction=self.reduction)
+    def forward(self, input: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *,
+                sample_weight=None) -> torch.Tensor:
+        return PF.negative_sampling_loss(input, positive, negative, reduction=self.reduction,
+                                         sample_weight=sample_weight)

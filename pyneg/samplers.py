@@ -186,8 +186,9 @@ class AliasSampler:
 
         With replacement (``num_tries=None``) this is ``num_sampled * p``. For
         candidates drawn with ``unique=True``, pass the ``num_tries`` the draw
-        used (see :meth:`sample_candidates`); the count is then
-        ``1 - (1 - p) ** num_tries``, TensorFlow's definition. A tensor
+        used (see :meth:`sample_candidates`); the count is then TensorFlow's:
+        ``num_sampled * p`` when ``num_tries == num_sampled`` (no draw was
+        rejected) and ``1 - (1 - p) ** num_tries`` otherwise. A tensor
         ``num_tries`` broadcasts against the trailing dimensions of ``ids``
         from the left, one value per row.
         """
@@ -211,7 +212,9 @@ class AliasSampler:
         # log(1 - (1 - p)^t) = log(-expm1(t * log1p(-p))); p is clamped to [0, 1]
         # so a rounding excess of exp(log p) over 1 cannot turn into NaN.
         p = torch.exp(logp).clamp_(max=1.0)
-        return torch.log(-torch.expm1(tries * torch.log1p(-p)))
+        counted = torch.log(-torch.expm1(tries * torch.log1p(-p)))
+        # TensorFlow's shortcut: a unique draw that rejected nothing (t == k) counts k·p.
+        return torch.where(tries == num_sampled, logp + math.log(num_sampled), counted)
 
     # ---------------------------------------------------------------- drawing
     def sample(
@@ -270,13 +273,20 @@ class AliasSampler:
         """Shared candidates for sampled softmax, as TensorFlow's candidate samplers give them.
 
         Draws ``num_sampled`` candidates (distinct when ``unique``) and returns
-        them with the expected counts of ``true_classes`` and of the candidates;
-        ``log`` of those counts is the correction sampled softmax subtracts.
+        them with the expected counts of ``true_classes`` ((B,) or (B, T) with
+        T true classes per row, TensorFlow's ``num_true``; the counts have its
+        shape) and of the candidates; ``log`` of those counts is the
+        correction sampled softmax and NCE subtract. See
+        :meth:`expected_count` for the formula (TensorFlow's, including its
+        ``num_sampled * p`` when a unique draw needed no extra tries).
         """
         num_sampled = check_int(num_sampled, "num_sampled", minimum=1, maximum=_MAX_DRAWS)
         check_bool(unique, "unique")
         if true_classes is not None:  # checked before drawing: a refused call draws nothing
             true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
+            if true_classes.dim() > 2:
+                raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape "
+                                 f"{tuple(true_classes.shape)}")
         ids, tries = self._sample((num_sampled,), None, unique, generator, seed, 0, None, None)
         num_tries = int(tries[0]) if unique else None
         sampled_count = self.expected_count(ids, num_sampled, num_tries=num_tries)
@@ -522,7 +532,7 @@ def _allocate(shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
 
 
 def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> torch.Tensor:
-    """``num_tries`` as a float64 CPU tensor that pyneg owns: finite, >= 1, and either a
+    """``num_tries`` as a float64 CPU tensor that pyneg owns: whole numbers >= 1, either a
     number or a tensor whose shape is a leading part of ``shape`` (size-1 dims broadcast)."""
     if isinstance(num_tries, (torch.Tensor, np.ndarray, list, tuple)):
         t = as_tensor(num_tries, "num_tries")
@@ -535,8 +545,12 @@ def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> torch.Tensor:
                              f"(shape {shape}), got shape {tuple(t.shape)}")
         if not bool(torch.isfinite(t).all()) or bool((t < 1).any()):
             raise ValueError("num_tries must be finite and >= 1")
-        return t
-    return torch.tensor(check_float(num_tries, "num_tries", minimum=1.0), dtype=torch.float64)
+    else:
+        t = torch.tensor(check_float(num_tries, "num_tries", minimum=1.0), dtype=torch.float64)
+    if t.numel():
+        if bool((t != t.round()).any()):
+            raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")
+    return t
 
 
 class UnigramSampler(AliasSampler):
