@@ -19,7 +19,7 @@ different numbers of rows ``b_r``, scale rank ``r``'s mean by
 from __future__ import annotations
 
 import zlib
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -48,22 +48,37 @@ def _collective_device(group) -> torch.device:
 
 
 def _raise_if_any_rank_failed(error: Optional[BaseException], group=None,
-                             device: Optional[torch.device] = None) -> None:
+                             device: Optional[torch.device] = None,
+                             flags: Optional[Dict[str, bool]] = None) -> None:
     """Makes a local failure everyone's: one small all-reduce, then every rank raises if any failed.
 
     Call it on every rank after the rank's own checks, with the exception they
     raised (any exception, not only ValueError) or None: the failing rank
     re-raises its own error, the others raise a ValueError saying that another
     rank failed. No rank is left waiting in a collective that the failing rank
-    never joins. A no-op without a process group.
+    never joins. ``flags`` (name -> bool, the same names on every rank) must be
+    equal on all ranks, e.g. which optional tensors a call will gather: ranks
+    that disagree would run different collectives, so every rank raises a
+    ValueError naming the flag instead. A no-op without a process group.
     """
+    flags = flags or {}
+    if len(flags) > 30:
+        raise ValueError(f"at most 30 flags can be compared across ranks, got {len(flags)}")
     _, world = rank_and_world_size(group)
     if world > 1:
         dev = device if device is not None else _collective_device(group)
-        failed = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=dev)
-        dist.all_reduce(failed, group=group)
-        if error is None and int(failed.item()) > 0:
+        # Fixed length whatever failed: a rank that failed before it knew its flags
+        # sends the same three numbers. The masks agree on every rank exactly when
+        # world * sum(mask^2) == sum(mask)^2 (Cauchy-Schwarz), which every rank sees.
+        mask = sum(1 << i for i, on in enumerate(flags.values()) if on) if error is None else 0
+        vec = torch.tensor([0 if error is None else 1, mask, mask * mask], dtype=torch.int64, device=dev)
+        dist.all_reduce(vec, group=group)
+        failed, total, squares = (int(v) for v in vec.tolist())
+        if error is None and failed > 0:
             raise ValueError("another rank passed invalid input to this synchronised call (see its error)")
+        if error is None and world * squares != total * total:
+            raise ValueError(f"ranks disagree on which of {', '.join(flags)} they give: each must be "
+                             "given on every rank or on none")
     if error is not None:
         raise error
 

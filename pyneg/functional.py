@@ -17,14 +17,14 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from pyneg._validation import ArrayLike, as_tensor, check_bool, check_int, check_tensor
-from pyneg.distributed import all_gather, all_gather_with_grad, rank_offset
+from pyneg.distributed import _raise_if_any_rank_failed, all_gather, all_gather_with_grad, rank_offset
 
 __all__ = [
     "negative_sampling_loss",
@@ -614,6 +614,25 @@ def _nce_loss(query: torch.Tensor, positive: torch.Tensor, positive_log_q: Optio
     return _reduce(loss, reduction, weight)
 
 
+def _checked_before_gather(check: Callable[[], Any], gather: bool, group,
+                           flags: Callable[[Any], Dict[str, bool]]) -> Any:
+    """Runs a loss's checks; with ``gather`` every rank learns whether all passed before any gather.
+
+    A rank whose checks raise (any exception) would otherwise leave the others
+    waiting in the gather; ranks that disagree on ``flags(result)`` (which of ids
+    and log q they gather) would run different collectives.
+    """
+    if not gather:
+        return check()
+    try:
+        result = check()
+    except Exception as exc:  # every rank must hear of it: see _raise_if_any_rank_failed
+        _raise_if_any_rank_failed(exc, group)
+        raise
+    _raise_if_any_rank_failed(None, group, flags=flags(result))
+    return result
+
+
 def _gather_batch(candidate: torch.Tensor, ids: Optional[torch.Tensor], log_q: Optional[torch.Tensor],
                   group) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], int]:
     """The global batch: every rank's candidates (with gradient), ids and log q, and our row offset."""
@@ -675,18 +694,23 @@ def in_batch_softmax_loss(
         >>> PF.in_batch_softmax_loss(q, c, candidate_ids=torch.tensor([3, 5, 3, 9])).shape
         torch.Size([])
     """
-    _check_reduction(reduction)
-    _check_query(query)
-    temperature = _check_temperature(temperature)
-    chunk_size = _check_chunk_size(chunk_size)
-    b = query.shape[0]
-    _check_embeddings(candidate, "candidate", query, rows=b)
-    log_q = _check_log_q(log_q, "log_q", (b,), query.device, _acc_dtype(query.dtype))
-    ids = _check_ids(candidate_ids, "candidate_ids", (b,), query.device)
-    weight = _check_weight(sample_weight, b, query.device, _acc_dtype(query.dtype))
+    gather = check_bool(gather, "gather")
+
+    def check() -> Tuple[float, Optional[int], Optional[torch.Tensor], Optional[torch.Tensor], Any]:
+        _check_reduction(reduction)
+        _check_query(query)
+        b = query.shape[0]
+        _check_embeddings(candidate, "candidate", query, rows=b)
+        return (_check_temperature(temperature), _check_chunk_size(chunk_size),
+                _check_log_q(log_q, "log_q", (b,), query.device, _acc_dtype(query.dtype)),
+                _check_ids(candidate_ids, "candidate_ids", (b,), query.device),
+                _check_weight(sample_weight, b, query.device, _acc_dtype(query.dtype)))
+
+    temperature, chunk_size, log_q, ids, weight = _checked_before_gather(
+        check, gather, group, lambda r: {"log_q": r[2] is not None, "candidate_ids": r[3] is not None})
     row_ids, own_log_q = ids, log_q
     columns, diag = candidate, 0
-    if check_bool(gather, "gather"):
+    if gather:
         columns, ids, log_q, diag = _gather_batch(candidate, ids, log_q, group)
     return _softmax_loss(query, candidate, own_log_q, [_Block(columns, log_q, ids, diag)], row_ids,
                          temperature, chunk_size, reduction, weight=weight)
@@ -1127,11 +1151,38 @@ def mixed_negatives_loss(
     Returns:
         The loss, in query's dtype (float32 for 16-bit inputs).
     """
+    gather = check_bool(gather, "gather")
+    # Checks first (all of them, on every rank), gathers after: see _checked_before_gather.
+    temperature, chunk_size, pos_lq, pos_ids, weight, blocks = _checked_before_gather(
+        lambda: _check_mixed(query, positive, sources, positive_log_q, positive_ids, temperature,
+                             chunk_size, reduction, sample_weight),
+        gather, group, _gathered_flags)
+    if gather:
+        for k, blk in enumerate(blocks):
+            if blk.diag is not None:  # an in-batch source spans the global batch
+                emb, ids, log_q, diag = _gather_batch(blk.emb, blk.ids, blk.log_q, group)
+                blocks[k] = dataclasses.replace(blk, emb=emb, ids=ids, log_q=log_q, diag=diag)
+    return _softmax_loss(query, positive, pos_lq, blocks, pos_ids, temperature, chunk_size, reduction,
+                         weight=weight)
+
+
+def _gathered_flags(checked: Tuple[Any, ...]) -> Dict[str, bool]:
+    """Which optional tensors of the in-batch sources a gathering mixed loss will gather."""
+    flags = {}
+    for k, blk in enumerate(checked[5]):
+        if blk.diag is not None:
+            flags[f"sources[{k}].ids"] = blk.ids is not None
+            flags[f"sources[{k}].log_q"] = blk.log_q is not None
+    return flags
+
+
+def _check_mixed(query: Any, positive: Any, sources: Any, positive_log_q: Any, positive_ids: Any,
+                 temperature: Any, chunk_size: Any, reduction: Any, sample_weight: Any):
+    """The validated inputs of :func:`mixed_negatives_loss`, one (ungathered) block per source."""
     _check_reduction(reduction)
     _check_query(query)
     temperature = _check_temperature(temperature)
     chunk_size = _check_chunk_size(chunk_size)
-    gather = check_bool(gather, "gather")
     b, dev, acc = query.shape[0], query.device, _acc_dtype(query.dtype)
     _check_embeddings(positive, "positive", query, rows=b)
     pos_lq = _check_log_q(positive_log_q, "positive_log_q", (b,), dev, acc)
@@ -1158,14 +1209,8 @@ def mixed_negatives_loss(
         if ids is not None and pos_ids is None:
             raise ValueError(f"{name} has ids but positive_ids is None: accidental hits cannot be masked")
         log_q = _check_log_q(src_log_q, f"{name}.log_q", cols, dev, acc)
-        diag = None
-        if src.in_batch:
-            diag = 0
-            if gather:
-                emb, ids, log_q, diag = _gather_batch(emb, ids, log_q, group)
-        blocks.append(_Block(emb, log_q, ids, diag, pad=pad))
-    return _softmax_loss(query, positive, pos_lq, blocks, pos_ids, temperature, chunk_size, reduction,
-                         weight=weight)
+        blocks.append(_Block(emb, log_q, ids, 0 if src.in_batch else None, pad=pad))
+    return temperature, chunk_size, pos_lq, pos_ids, weight, blocks
 
 
 def _split_padding(ids: Any, log_q: Any, name: str, dev: torch.device):

@@ -133,3 +133,61 @@ def test_batch_has_cross_rank_accidental_hits():
     """The scenario exercises masking across ranks: an item of rank 0 recurs on rank 1."""
     _, items, _, _, _ = global_batch(8)
     assert set(items[:4].tolist()) & set(items[4:].tolist())
+
+
+def _failing_loss_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import datetime
+    import time
+
+    # A short group timeout: a rank left waiting in a gather would fail after 20 s.
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
+    try:
+        bad = rank == 1
+        q, c = torch.randn(3, DIM), torch.randn(3, DIM)
+        ids, log_q = torch.tensor([1, 2, 3]), torch.zeros(3)
+        calls = {
+            # rank 1's check fails with a non-ValueError exception (meta tensors have no data)
+            "in_batch_meta": lambda: PF.in_batch_softmax_loss(
+                q, c.to("meta") if bad else c, candidate_ids=ids, gather=True),
+            # rank 1 gives ids, rank 0 does not: they would run different collectives
+            "in_batch_ids_on_one_rank": lambda: PF.in_batch_softmax_loss(
+                q, c, candidate_ids=ids if bad else None, gather=True),
+            "mixed_bad_temperature": lambda: PF.mixed_negatives_loss(
+                q, c, [NegativeSource.batch(log_q)], positive_ids=ids,
+                temperature=float("nan") if bad else 1.0, gather=True),
+            "mixed_log_q_on_one_rank": lambda: PF.mixed_negatives_loss(
+                q, c, [NegativeSource.batch(log_q if bad else None)], positive_ids=ids, gather=True),
+        }
+        outcome = {}
+        for name, call in calls.items():
+            start = time.monotonic()
+            try:
+                call()
+                outcome[name] = ("no error", "", time.monotonic() - start)
+            except Exception as e:  # noqa: BLE001 -- recorded for the test to check
+                outcome[name] = (type(e).__name__, str(e), time.monotonic() - start)
+        # The ranks are still in step: a valid gathering loss works on both.
+        outcome["after"] = float(PF.in_batch_softmax_loss(q, c, candidate_ids=ids, gather=True))
+        torch.save(outcome, os.path.join(out_dir, f"{rank}.pt"))
+        dist.barrier()  # see _worker
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # see _worker
+
+
+def test_a_gathering_loss_raises_on_every_rank_when_one_ranks_checks_fail():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_failing_loss_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        results = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(2)]
+    for name in ("in_batch_meta", "mixed_bad_temperature"):
+        (kind0, msg0, t0), (kind1, msg1, t1) = results[0][name], results[1][name]
+        assert t0 < 10 and t1 < 10, (name, t0, t1)  # promptly: far below the 20 s group timeout
+        assert kind1 == "ValueError" and kind0 == "ValueError", (name, kind0, kind1)
+        assert "another rank" in msg0, msg0  # rank 0 passed its own checks
+        assert "another rank" not in msg1, msg1  # rank 1 reports its own error
+    for name, flag in (("in_batch_ids_on_one_rank", "candidate_ids"), ("mixed_log_q_on_one_rank", "log_q")):
+        (kind0, msg0, t0), (kind1, msg1, t1) = results[0][name], results[1][name]
+        assert t0 < 10 and t1 < 10, (name, t0, t1)
+        assert kind0 == kind1 == "ValueError" and "disagree" in msg0 and flag in msg1, (name, msg0, msg1)
+    assert results[0]["after"] == pytest.approx(results[0]["after"]) and "after" in results[1]
