@@ -39,6 +39,8 @@ from pyneg.memory import FrequencyEstimator, MemoryBank  # noqa: E402
 from pyneg import losses  # noqa: E402
 from pyneg.functional import NegativeSource  # noqa: E402
 from pyneg.hsoftmax import HierarchicalSoftmax, HuffmanTree  # noqa: E402
+from pyneg import skipgram  # noqa: E402
+from pyneg.skipgram import SkipGramNegativeSampling, SkipGramPairs  # noqa: E402
 from pyneg.samplers import (  # noqa: E402
     AliasSampler,
     CandidateSample,
@@ -58,6 +60,9 @@ __all__ = [
     "MemoryBank",
     "HuffmanTree",
     "HierarchicalSoftmax",
+    "skipgram",
+    "SkipGramNegativeSampling",
+    "SkipGramPairs",
     "functional",
     "distributed",
     "losses",

@@ -56,5 +56,6 @@ inline void require_ndim(const py::array& a, py::ssize_t ndim, const char* name)
 void register_alias(py::module_& m);
 void register_memory(py::module_& m);
 void register_hsoftmax(py::module_& m);
+void register_skipgram(py::module_& m);
 
 }  // namespace pyneg::bindings
