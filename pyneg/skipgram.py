@@ -217,28 +217,37 @@ class SkipGramPairs(torch.utils.data.IterableDataset):
             yield start, end
             start = end
 
+    def chunk_pairs(self, lo: int, hi: int, epoch: int, index: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """All pairs of chunk ``index`` = tokens [lo, hi) in ``epoch`` (shuffled when ``shuffle``).
+
+        The building block of iteration, for loops that want whole chunks (and
+        the token range, e.g. for a learning-rate schedule) rather than batches.
+        """
+        n = self.tokens.numel()
+        offs = None
+        if self.offsets is not None:
+            starts = self.offsets.numpy()
+            a, b = np.searchsorted(starts, [lo, hi], side="left")
+            offs = starts[a:b] - lo
+            if offs.size == 0 or offs[0] != 0:  # a chunk that starts inside a sentence
+                offs = np.concatenate([[0], offs]).astype(np.int64)
+        centres, contexts = skipgram_pairs(self.tokens[lo:hi], self.window, offsets=offs, keep=self.keep,
+                                           seed=self.seed, offset=epoch * n + lo)
+        if self.shuffle:
+            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 7919 + index) % (2**63))
+            perm = torch.randperm(centres.numel(), generator=g)
+            centres, contexts = centres[perm], contexts[perm]
+        return centres, contexts
+
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch
         self.epoch += 1
         info = torch.utils.data.get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
-        n = self.tokens.numel()
-        starts = None if self.offsets is None else self.offsets.numpy()
         for c, (lo, hi) in enumerate(self.chunks()):
             if c % workers != worker:
                 continue
-            offs = None
-            if starts is not None:
-                a, b = np.searchsorted(starts, [lo, hi], side="left")
-                offs = starts[a:b] - lo
-                if offs.size == 0 or offs[0] != 0:
-                    offs = np.concatenate([[0], offs]).astype(np.int64)
-            centres, contexts = skipgram_pairs(self.tokens[lo:hi], self.window, offsets=offs, keep=self.keep,
-                                               seed=self.seed, offset=epoch * n + lo)
-            if self.shuffle:
-                g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 7919 + c) % (2**63))
-                perm = torch.randperm(centres.numel(), generator=g)
-                centres, contexts = centres[perm], contexts[perm]
+            centres, contexts = self.chunk_pairs(lo, hi, epoch, c)
             for s in range(0, centres.numel(), self.batch_size):
                 yield centres[s:s + self.batch_size], contexts[s:s + self.batch_size]
 
@@ -408,7 +417,8 @@ def negative_sampling_sgd_(
     *,
     lr_end: Optional[float] = None,
     batch_size: int = 1024,
-) -> float:
+    compute_loss: bool = False,
+) -> Optional[float]:
     """Trains both tables on the pairs in place: forward, backward and SGD in one call.
 
     The pairs are taken ``batch_size`` at a time; each mini-batch does one SGD
@@ -426,18 +436,23 @@ def negative_sampling_sgd_(
         centres, contexts, negatives: as :func:`negative_sampling_embedding_loss`.
         lr, lr_end: learning rates (>= 0).
         batch_size: pairs per SGD step.
+        compute_loss: also sum the loss (one ``log1p`` per score more; the
+            gradients need only the sigmoids).
 
     Returns:
-        The summed loss of all pairs, each taken before its mini-batch's update.
+        With ``compute_loss``, the summed loss of all pairs, each taken before
+        its mini-batch's update; else None.
     """
+    check_bool(compute_loss, "compute_loss")
     c, x, n = _check_batch(input_weight, output_weight, centres, contexts, negatives)
     lr, lr_end = _check_lr(lr, lr_end)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     _check_inplace(input_weight, "input_weight")
     _check_inplace(output_weight, "output_weight")
     with torch.no_grad():
-        return float(_core.sgns_sgd(input_weight.detach().numpy(), output_weight.detach().numpy(),
-                                    c.numpy(), x.numpy(), n.numpy(), lr, lr_end, batch_size, _threads()))
+        total = _core.sgns_sgd(input_weight.detach().numpy(), output_weight.detach().numpy(), c.numpy(), x.numpy(),
+                               n.numpy(), lr, lr_end, batch_size, compute_loss, _threads())
+    return float(total) if compute_loss else None
 
 
 def hierarchical_softmax_sgd_(
@@ -504,7 +519,7 @@ class SkipGramNegativeSampling(nn.Module):
         >>> m = pyneg.SkipGramNegativeSampling(100, 16)
         >>> c, x, n = torch.tensor([1, 2]), torch.tensor([3, 4]), torch.randint(0, 100, (2, 5))
         >>> m(c, x, n).backward()                     # autograd: any torch.optim optimizer
-        >>> loss = m.sgd_step_(c, x, n, lr=0.025)     # or the fused in-place SGD fast path
+        >>> loss = m.sgd_step_(c, x, n, lr=0.025, compute_loss=True)  # or the fused in-place SGD
     """
 
     def __init__(self, num_embeddings: int, dim: int, *, num_outputs: Optional[int] = None, sparse: bool = False,
@@ -537,7 +552,8 @@ class SkipGramNegativeSampling(nn.Module):
                                                 reduction, sparse=self.sparse)
 
     def sgd_step_(self, centres: ArrayLike, contexts: ArrayLike, negatives: ArrayLike, lr: float, *,
-                  lr_end: Optional[float] = None, batch_size: int = 1024) -> float:
+                  lr_end: Optional[float] = None, batch_size: int = 1024,
+                  compute_loss: bool = False) -> Optional[float]:
         """The fused in-place fast path :func:`negative_sampling_sgd_` on this module's tables."""
         return negative_sampling_sgd_(self.weight, self.output_weight, centres, contexts, negatives, lr,
-                                      lr_end=lr_end, batch_size=batch_size)
+                                      lr_end=lr_end, batch_size=batch_size, compute_loss=compute_loss)

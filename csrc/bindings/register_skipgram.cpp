@@ -162,7 +162,7 @@ void bind_float(py::module_& m) {
       "sgns_sgd",
       [](output_array<T> input_weight, output_array<T> output_weight, const input_array<int64_t>& centres,
          const input_array<int64_t>& contexts, const input_array<int64_t>& negatives, double lr_begin,
-         double lr_end, int64_t step, int num_threads) {
+         double lr_end, int64_t step, bool compute_loss, int num_threads) {
         SGNSBatch<T> a = bind_batch<T>(input_weight, output_weight, centres, contexts, negatives);
         if (overlaps<T>(input_weight, output_weight)) {
           throw std::invalid_argument("input_weight and output_weight must not share memory");
@@ -172,11 +172,11 @@ void bind_float(py::module_& m) {
         T* out = writable_data(output_weight, "output_weight");
         py::gil_scoped_release release;
         sgns_check_ids(a);
-        return sgns_sgd(a, in, out, lr_begin, lr_end, step, num_threads);
+        return sgns_sgd(a, in, out, lr_begin, lr_end, step, compute_loss, num_threads);
       },
       py::arg("input_weight").noconvert(), py::arg("output_weight").noconvert(), py::arg("centres"),
       py::arg("contexts"), py::arg("negatives"), py::arg("lr_begin"), py::arg("lr_end"), py::arg("step"),
-      py::arg("num_threads") = 1,
+      py::arg("compute_loss") = true, py::arg("num_threads") = 1,
       "In-place mini-batch SGD on the summed negative-sampling loss; returns the summed loss.");
   m.def(
       "hs_sgd",
@@ -218,6 +218,7 @@ void bind_float(py::module_& m) {
 }  // namespace
 
 void register_skipgram(py::module_& m) {
+  m.def("skipgram_isa", &skipgram_isa, "The instruction set the skip-gram vector kernels use: avx2 or generic.");
   m.def(
       "skipgram_pairs",
       [](const input_array<int64_t>& tokens, std::optional<input_array<int64_t>> offsets,
