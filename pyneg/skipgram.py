@@ -464,17 +464,21 @@ def hierarchical_softmax_sgd_(
     *,
     lr_end: Optional[float] = None,
     batch_size: int = 1024,
-) -> float:
+    compute_loss: bool = False,
+) -> Optional[float]:
     """Skip-gram with hierarchical softmax, trained in place: ``hs(input_weight[centres], contexts)``.
 
     The same schedule and guarantees as :func:`negative_sampling_sgd_`, on the
     summed NLL of each mini-batch; updates ``input_weight`` and ``hs.weight``
-    (and ``hs.bias``). Uses :class:`pyneg.HierarchicalSoftmax`'s C++ kernels for
-    the path scores and gradients.
+    (and ``hs.bias``). A path node is scored like a negative-sampling slot
+    with label ``1 - code`` (word2vec's ``g = 1 - code - f``), so both
+    objectives run the same fused mini-batch kernel.
 
     Returns:
-        The summed NLL of all pairs, each taken before its mini-batch's update.
+        With ``compute_loss``, the summed NLL of all pairs, each taken before
+        its mini-batch's update; else None.
     """
+    check_bool(compute_loss, "compute_loss")
     if not isinstance(hs, HierarchicalSoftmax):
         raise TypeError(f"hs must be a pyneg.HierarchicalSoftmax, got {type(hs).__name__}")
     _check_table(input_weight, "input_weight")
@@ -494,8 +498,9 @@ def hierarchical_softmax_sgd_(
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     bias = None if hs.bias is None else hs.bias.detach().numpy()
     with torch.no_grad():
-        return float(_core.hs_sgd(hs.tree._core, input_weight.detach().numpy(), hs.weight.detach().numpy(), bias,
-                                  c.numpy(), x.numpy(), lr, lr_end, batch_size, _threads()))
+        total = _core.hs_sgd(hs.tree._core, input_weight.detach().numpy(), hs.weight.detach().numpy(), bias,
+                             c.numpy(), x.numpy(), lr, lr_end, batch_size, compute_loss, _threads())
+    return float(total) if compute_loss else None
 
 
 class SkipGramNegativeSampling(nn.Module):

@@ -192,7 +192,7 @@ def test_hierarchical_softmax_sgd_equals_torch_optim_sgd(bias):
     w_in = torch.randn(v, d, generator=g, dtype=torch.float64) * 0.3
     c, x = torch.randint(0, v, (250,), generator=g), torch.randint(0, v, (250,), generator=g)
     a = w_in.clone()
-    total = sg.hierarchical_softmax_sgd_(a, hs, c, x, 0.1, lr_end=0.02, batch_size=100)
+    total = sg.hierarchical_softmax_sgd_(a, hs, c, x, 0.1, lr_end=0.02, batch_size=100, compute_loss=True)
     ra = w_in.clone().requires_grad_()
     opt = torch.optim.SGD([ra, *ref_hs.parameters()], lr=0.1)
     rtotal = 0.0

@@ -182,7 +182,8 @@ void bind_float(py::module_& m) {
       "hs_sgd",
       [](const HuffmanTree& tree, output_array<T> input_weight, output_array<T> weight,
          std::optional<output_array<T>> bias, const input_array<int64_t>& centres,
-         const input_array<int64_t>& contexts, double lr_begin, double lr_end, int64_t step, int num_threads) {
+         const input_array<int64_t>& contexts, double lr_begin, double lr_end, int64_t step, bool compute_loss,
+         int num_threads) {
         require_table<T>(input_weight, "input_weight");
         require_ndim(weight, 2, "weight");
         const int64_t dim = input_weight.shape(1);
@@ -207,11 +208,11 @@ void bind_float(py::module_& m) {
         const int64_t* x = contexts.data();
         const int64_t n = centres.shape(0), rows = input_weight.shape(0);
         py::gil_scoped_release release;
-        return hs_sgd(tree, in, rows, w, bp, dim, c, x, n, lr_begin, lr_end, step, num_threads);
+        return hs_sgd(tree, in, rows, w, bp, dim, c, x, n, lr_begin, lr_end, step, compute_loss, num_threads);
       },
       py::arg("tree"), py::arg("input_weight").noconvert(), py::arg("weight").noconvert(),
       py::arg("bias").noconvert(), py::arg("centres"), py::arg("contexts"), py::arg("lr_begin"),
-      py::arg("lr_end"), py::arg("step"), py::arg("num_threads") = 1,
+      py::arg("lr_end"), py::arg("step"), py::arg("compute_loss") = true, py::arg("num_threads") = 1,
       "In-place mini-batch SGD of skip-gram with hierarchical softmax; returns the summed NLL.");
 }
 

@@ -153,11 +153,11 @@ double sgns_sgd(const SGNSBatch<T>& a, T* input, T* output, double lr_begin, dou
 template <class T>
 double hs_sgd(const HuffmanTree& tree, T* input, int64_t num_input, T* weight, T* bias, int64_t dim,
               const int64_t* centres, const int64_t* contexts, int64_t batch, double lr_begin,
-              double lr_end, int64_t step, int num_threads) {
+              double lr_end, int64_t step, bool compute_loss, int num_threads) {
   check_range(centres, batch, num_input, "centres");
   check_range(contexts, batch, tree.num_classes, "contexts");
   return PYNEG_SG_DISPATCH(hs_sgd_impl, tree, input, num_input, weight, bias, dim, centres, contexts, batch,
-                           lr_begin, lr_end, step, num_threads);
+                           lr_begin, lr_end, step, compute_loss, num_threads);
 }
 
 #define PYNEG_INSTANTIATE_SG(T)                                                                      \
@@ -167,7 +167,7 @@ double hs_sgd(const HuffmanTree& tree, T* input, int64_t num_input, T* weight, T
                                  int, int64_t*, int64_t*);                                           \
   template double sgns_sgd<T>(const SGNSBatch<T>&, T*, T*, double, double, int64_t, bool, int);      \
   template double hs_sgd<T>(const HuffmanTree&, T*, int64_t, T*, T*, int64_t, const int64_t*,        \
-                            const int64_t*, int64_t, double, double, int64_t, int);
+                            const int64_t*, int64_t, double, double, int64_t, bool, int);
 
 PYNEG_INSTANTIATE_SG(float)
 PYNEG_INSTANTIATE_SG(double)

@@ -108,11 +108,13 @@ double sgns_sgd(const SGNSBatch<T>& a, T* input, T* output, double lr_begin, dou
 // ----------------------------------------------------- hierarchical softmax
 // In-place mini-batch SGD of skip-gram with hierarchical softmax: the centre's
 // input row predicts the context's Huffman path (hsoftmax.h's kernels), same
-// schedule as sgns_sgd. bias (V - 1,) may be null. Returns the summed NLL.
+// schedule as sgns_sgd (the same mini-batch kernel: a path node is a slot
+// with label 1 - code). bias (V - 1,) may be null. Returns the summed NLL when
+// compute_loss, else 0.
 template <class T>
 double hs_sgd(const HuffmanTree& tree, T* input, int64_t num_input, T* weight, T* bias,
               int64_t dim, const int64_t* centres, const int64_t* contexts, int64_t batch,
-              double lr_begin, double lr_end, int64_t step, int num_threads);
+              double lr_begin, double lr_end, int64_t step, bool compute_loss, int num_threads);
 
 // "avx2" when the vector kernels run their AVX2+FMA build on this CPU, else "generic".
 const char* skipgram_isa();
