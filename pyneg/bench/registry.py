@@ -8,7 +8,7 @@ from pyneg.bench.workload import Workload
 
 def all_workloads() -> List[Workload]:
     from pyneg.bench import cuda as cuda_bench
-    from pyneg.bench import hsoftmax, losses, memory, sampling
+    from pyneg.bench import hsoftmax, losses, memory, sampling, skipgram
     from pyneg.cuda import cuda_available
 
     workloads: List[Workload] = []
@@ -16,6 +16,7 @@ def all_workloads() -> List[Workload]:
     workloads += hsoftmax.WORKLOADS
     workloads += memory.WORKLOADS
     workloads += losses.WORKLOADS
+    workloads += skipgram.WORKLOADS
     if cuda_available():
         workloads += cuda_bench.WORKLOADS
     names = [w.name for w in workloads]
