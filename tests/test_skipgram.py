@@ -403,3 +403,22 @@ def test_bad_pair_inputs_raise_naming_the_argument():
         pyneg.SkipGramPairs(t, keep=np.ones(3))
     with pytest.raises(ValueError, match="batch_size"):
         pyneg.SkipGramPairs(t, batch_size=0)
+
+
+def test_hierarchical_softmax_sgd_is_bitwise_identical_across_thread_counts():
+    g = torch.Generator().manual_seed(4)
+    v, d, n = 300, 32, 6000
+    counts = torch.randint(1, 1000, (v,), generator=g).double()
+    w_in = torch.randn(v, d, generator=g) * 0.1
+    c, x = torch.randint(0, v, (n,), generator=g), torch.randint(0, v, (n,), generator=g)
+
+    def run():
+        hs = pyneg.HierarchicalSoftmax(counts, d, bias=True)
+        a = w_in.clone()
+        loss = sg.hierarchical_softmax_sgd_(a, hs, c, x, 0.05, batch_size=2048, compute_loss=True)
+        return a, hs.weight.detach().clone(), hs.bias.detach().clone(), torch.tensor(loss)
+
+    one = with_threads(1, run)
+    for threads in (2, 3):
+        for got, want in zip(with_threads(threads, run), one):
+            assert torch.equal(got, want)

@@ -1,7 +1,9 @@
 #include "cpu/skipgram.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <thread>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -22,6 +24,51 @@ void check_range(const int64_t* ids, int64_t n, int64_t bound, const char* name)
     }
   }
 }
+
+// A team of threads kept for one whole SGD call (many mini-batches, four
+// phases each), so a phase costs a barrier rather than a thread start. The
+// barrier spins briefly, then yields: on a busy machine a waiting thread gives
+// its core to whoever is runnable.
+class Team {
+ public:
+  explicit Team(int size) : size_(size) {}
+
+  // fn(tid) on `size` threads, the caller being tid 0.
+  template <class Fn>
+  void run(Fn&& fn) {
+    std::vector<std::thread> workers;
+    workers.reserve(static_cast<size_t>(size_ - 1));
+    for (int t = 1; t < size_; ++t) workers.emplace_back([&, t] { fn(t); });
+    fn(0);
+    for (auto& w : workers) w.join();
+  }
+
+  void barrier() {
+    if (size_ == 1) return;
+    const unsigned gen = generation_.load(std::memory_order_acquire);
+    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == size_) {
+      arrived_.store(0, std::memory_order_relaxed);
+      generation_.fetch_add(1, std::memory_order_acq_rel);
+      return;
+    }
+    for (int spin = 0; generation_.load(std::memory_order_acquire) == gen; ++spin) {
+      if (spin < 4096) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+      } else {
+        std::this_thread::yield();
+      }
+    }
+  }
+
+  int size() const { return size_; }
+
+ private:
+  int size_;
+  std::atomic<int> arrived_{0};
+  std::atomic<unsigned> generation_{0};
+};
 
 }  // namespace
 
