@@ -179,10 +179,11 @@ def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray,
                     neg = sampler.sample((cs.shape[0], args.negative), seed=args.seed, offset=drawn)
                     drawn += neg.numel()
                 if fused and objective == "ns":
-                    model.sgd_step_(cs, xs, neg, lr_at(t0), lr_end=lr_at(t1), batch_size=args.batch)
+                    model.sgd_step_(cs, xs, neg, lr_at(t0), lr_end=lr_at(t1), batch_size=args.batch,
+                                    hogwild=args.hogwild)
                 elif fused:
                     pyneg.skipgram.hierarchical_softmax_sgd_(emb.weight, hs, cs, xs, lr_at(t0), lr_end=lr_at(t1),
-                                                             batch_size=args.batch)
+                                                             batch_size=args.batch, hogwild=args.hogwild)
                 else:
                     for group in opt.param_groups:
                         group["lr"] = lr_at(t0)
@@ -303,6 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--autograd", action="store_true",
                    help="train through autograd and torch.optim (sparse gradients) instead of pyneg's fused "
                         "in-place SGD step")
+    p.add_argument("--hogwild", action="store_true",
+                   help="fused path: threads train their own shares of the pairs lock-free (as gensim does) "
+                        "instead of splitting each mini-batch deterministically")
     p.add_argument("--threads", type=int, default=1,
                    help="threads for pyneg's kernels (torch's intra-op threads) and worker threads for gensim")
     p.add_argument("--seed", type=int, default=1)

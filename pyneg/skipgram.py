@@ -418,6 +418,7 @@ def negative_sampling_sgd_(
     lr_end: Optional[float] = None,
     batch_size: int = 1024,
     compute_loss: bool = False,
+    hogwild: bool = False,
 ) -> Optional[float]:
     """Trains both tables on the pairs in place: forward, backward and SGD in one call.
 
@@ -438,12 +439,17 @@ def negative_sampling_sgd_(
         batch_size: pairs per SGD step.
         compute_loss: also sum the loss (one ``log1p`` per score more; the
             gradients need only the sigmoids).
+        hogwild: opt in to word2vec's lock-free threading: each thread trains
+            its own contiguous share of the pairs at once on the shared tables
+            (no barriers, so it scales on a busy machine, but results then
+            depend on scheduling). Default: deterministic mini-batch SGD.
 
     Returns:
         With ``compute_loss``, the summed loss of all pairs, each taken before
         its mini-batch's update; else None.
     """
     check_bool(compute_loss, "compute_loss")
+    check_bool(hogwild, "hogwild")
     c, x, n = _check_batch(input_weight, output_weight, centres, contexts, negatives)
     lr, lr_end = _check_lr(lr, lr_end)
     batch_size = check_int(batch_size, "batch_size", minimum=1)
@@ -451,7 +457,7 @@ def negative_sampling_sgd_(
     _check_inplace(output_weight, "output_weight")
     with torch.no_grad():
         total = _core.sgns_sgd(input_weight.detach().numpy(), output_weight.detach().numpy(), c.numpy(), x.numpy(),
-                               n.numpy(), lr, lr_end, batch_size, compute_loss, _threads())
+                               n.numpy(), lr, lr_end, batch_size, compute_loss, _threads(), hogwild)
     return float(total) if compute_loss else None
 
 
@@ -465,6 +471,7 @@ def hierarchical_softmax_sgd_(
     lr_end: Optional[float] = None,
     batch_size: int = 1024,
     compute_loss: bool = False,
+    hogwild: bool = False,
 ) -> Optional[float]:
     """Skip-gram with hierarchical softmax, trained in place: ``hs(input_weight[centres], contexts)``.
 
@@ -479,6 +486,7 @@ def hierarchical_softmax_sgd_(
         its mini-batch's update; else None.
     """
     check_bool(compute_loss, "compute_loss")
+    check_bool(hogwild, "hogwild")
     if not isinstance(hs, HierarchicalSoftmax):
         raise TypeError(f"hs must be a pyneg.HierarchicalSoftmax, got {type(hs).__name__}")
     _check_table(input_weight, "input_weight")
@@ -499,7 +507,7 @@ def hierarchical_softmax_sgd_(
     bias = None if hs.bias is None else hs.bias.detach().numpy()
     with torch.no_grad():
         total = _core.hs_sgd(hs.tree._core, input_weight.detach().numpy(), hs.weight.detach().numpy(), bias,
-                             c.numpy(), x.numpy(), lr, lr_end, batch_size, compute_loss, _threads())
+                             c.numpy(), x.numpy(), lr, lr_end, batch_size, compute_loss, _threads(), hogwild)
     return float(total) if compute_loss else None
 
 
@@ -558,7 +566,8 @@ class SkipGramNegativeSampling(nn.Module):
 
     def sgd_step_(self, centres: ArrayLike, contexts: ArrayLike, negatives: ArrayLike, lr: float, *,
                   lr_end: Optional[float] = None, batch_size: int = 1024,
-                  compute_loss: bool = False) -> Optional[float]:
+                  compute_loss: bool = False, hogwild: bool = False) -> Optional[float]:
         """The fused in-place fast path :func:`negative_sampling_sgd_` on this module's tables."""
         return negative_sampling_sgd_(self.weight, self.output_weight, centres, contexts, negatives, lr,
-                                      lr_end=lr_end, batch_size=batch_size, compute_loss=compute_loss)
+                                      lr_end=lr_end, batch_size=batch_size, compute_loss=compute_loss,
+                                      hogwild=hogwild)

@@ -422,3 +422,20 @@ def test_hierarchical_softmax_sgd_is_bitwise_identical_across_thread_counts():
     for threads in (2, 3):
         for got, want in zip(with_threads(threads, run), one):
             assert torch.equal(got, want)
+
+
+def test_hogwild_sgd_trains_and_equals_the_deterministic_step_on_one_thread():
+    w_in, w_out, c, x, n = big_batch(torch.float32)
+
+    def run(hogwild):
+        a, b = w_in.clone(), w_out.clone()
+        first = sg.negative_sampling_sgd_(a, b, c, x, n, 0.05, batch_size=512, compute_loss=True, hogwild=hogwild)
+        again = sg.negative_sampling_sgd_(a, b, c, x, n, 0.0, batch_size=512, compute_loss=True)
+        return a, b, first, again
+
+    det = with_threads(1, lambda: run(False))
+    one = with_threads(1, lambda: run(True))
+    assert torch.equal(one[0], det[0]) and torch.equal(one[1], det[1])
+    two = with_threads(2, lambda: run(True))
+    assert torch.isfinite(two[0]).all() and torch.isfinite(two[1]).all()
+    assert two[3] < two[2] and two[3] == pytest.approx(det[3], rel=0.05)  # it trains like the deterministic step

@@ -162,7 +162,7 @@ void bind_float(py::module_& m) {
       "sgns_sgd",
       [](output_array<T> input_weight, output_array<T> output_weight, const input_array<int64_t>& centres,
          const input_array<int64_t>& contexts, const input_array<int64_t>& negatives, double lr_begin,
-         double lr_end, int64_t step, bool compute_loss, int num_threads) {
+         double lr_end, int64_t step, bool compute_loss, int num_threads, bool hogwild) {
         SGNSBatch<T> a = bind_batch<T>(input_weight, output_weight, centres, contexts, negatives);
         if (overlaps<T>(input_weight, output_weight)) {
           throw std::invalid_argument("input_weight and output_weight must not share memory");
@@ -172,18 +172,18 @@ void bind_float(py::module_& m) {
         T* out = writable_data(output_weight, "output_weight");
         py::gil_scoped_release release;
         sgns_check_ids(a);
-        return sgns_sgd(a, in, out, lr_begin, lr_end, step, compute_loss, num_threads);
+        return sgns_sgd(a, in, out, lr_begin, lr_end, step, compute_loss, num_threads, hogwild);
       },
       py::arg("input_weight").noconvert(), py::arg("output_weight").noconvert(), py::arg("centres"),
       py::arg("contexts"), py::arg("negatives"), py::arg("lr_begin"), py::arg("lr_end"), py::arg("step"),
-      py::arg("compute_loss") = true, py::arg("num_threads") = 1,
+      py::arg("compute_loss") = true, py::arg("num_threads") = 1, py::arg("hogwild") = false,
       "In-place mini-batch SGD on the summed negative-sampling loss; returns the summed loss.");
   m.def(
       "hs_sgd",
       [](const HuffmanTree& tree, output_array<T> input_weight, output_array<T> weight,
          std::optional<output_array<T>> bias, const input_array<int64_t>& centres,
          const input_array<int64_t>& contexts, double lr_begin, double lr_end, int64_t step, bool compute_loss,
-         int num_threads) {
+         int num_threads, bool hogwild) {
         require_table<T>(input_weight, "input_weight");
         require_ndim(weight, 2, "weight");
         const int64_t dim = input_weight.shape(1);
@@ -208,12 +208,13 @@ void bind_float(py::module_& m) {
         const int64_t* x = contexts.data();
         const int64_t n = centres.shape(0), rows = input_weight.shape(0);
         py::gil_scoped_release release;
-        return hs_sgd(tree, in, rows, w, bp, dim, c, x, n, lr_begin, lr_end, step, compute_loss, num_threads);
+        return hs_sgd(tree, in, rows, w, bp, dim, c, x, n, lr_begin, lr_end, step, compute_loss, num_threads,
+                      hogwild);
       },
       py::arg("tree"), py::arg("input_weight").noconvert(), py::arg("weight").noconvert(),
       py::arg("bias").noconvert(), py::arg("centres"), py::arg("contexts"), py::arg("lr_begin"),
       py::arg("lr_end"), py::arg("step"), py::arg("compute_loss") = true, py::arg("num_threads") = 1,
-      "In-place mini-batch SGD of skip-gram with hierarchical softmax; returns the summed NLL.");
+      py::arg("hogwild") = false, "In-place mini-batch SGD of skip-gram with hierarchical softmax; returns the summed NLL.");
 }
 
 }  // namespace

@@ -52,7 +52,7 @@ class Team {
       return;
     }
     for (int spin = 0; generation_.load(std::memory_order_acquire) == gen; ++spin) {
-      if (spin < 4096) {
+      if (spin < 256) {
 #if defined(__x86_64__) || defined(__i386__)
         __builtin_ia32_pause();
 #endif
@@ -193,18 +193,19 @@ void sgns_backward(const SGNSBatch<T>& a, const T* coef, const T* grad_loss, T* 
 
 template <class T>
 double sgns_sgd(const SGNSBatch<T>& a, T* input, T* output, double lr_begin, double lr_end,
-                int64_t step, bool compute_loss, int num_threads) {
-  return PYNEG_SG_DISPATCH(sgns_sgd_impl, a, input, output, lr_begin, lr_end, step, compute_loss, num_threads);
+                int64_t step, bool compute_loss, int num_threads, bool hogwild) {
+  return PYNEG_SG_DISPATCH(sgns_sgd_impl, a, input, output, lr_begin, lr_end, step, compute_loss, num_threads,
+                           hogwild);
 }
 
 template <class T>
 double hs_sgd(const HuffmanTree& tree, T* input, int64_t num_input, T* weight, T* bias, int64_t dim,
               const int64_t* centres, const int64_t* contexts, int64_t batch, double lr_begin,
-              double lr_end, int64_t step, bool compute_loss, int num_threads) {
+              double lr_end, int64_t step, bool compute_loss, int num_threads, bool hogwild) {
   check_range(centres, batch, num_input, "centres");
   check_range(contexts, batch, tree.num_classes, "contexts");
   return PYNEG_SG_DISPATCH(hs_sgd_impl, tree, input, num_input, weight, bias, dim, centres, contexts, batch,
-                           lr_begin, lr_end, step, compute_loss, num_threads);
+                           lr_begin, lr_end, step, compute_loss, num_threads, hogwild);
 }
 
 #define PYNEG_INSTANTIATE_SG(T)                                                                      \
@@ -212,9 +213,9 @@ double hs_sgd(const HuffmanTree& tree, T* input, int64_t num_input, T* weight, T
   template void sgns_forward<T>(const SGNSBatch<T>&, T*, T*, int);                                   \
   template void sgns_backward<T>(const SGNSBatch<T>&, const T*, const T*, T*, int64_t*, T*, int64_t*, \
                                  int, int64_t*, int64_t*);                                           \
-  template double sgns_sgd<T>(const SGNSBatch<T>&, T*, T*, double, double, int64_t, bool, int);      \
+  template double sgns_sgd<T>(const SGNSBatch<T>&, T*, T*, double, double, int64_t, bool, int, bool); \
   template double hs_sgd<T>(const HuffmanTree&, T*, int64_t, T*, T*, int64_t, const int64_t*,        \
-                            const int64_t*, int64_t, double, double, int64_t, bool, int);
+                            const int64_t*, int64_t, double, double, int64_t, bool, int, bool);
 
 PYNEG_INSTANTIATE_SG(float)
 PYNEG_INSTANTIATE_SG(double)

@@ -100,10 +100,12 @@ void sgns_backward(const SGNSBatch<T>& a, const T* coef, const T* grad_loss, T* 
 // summed loss: mini-batch m (first pair p) uses lr = lr_begin + (lr_end -
 // lr_begin) * p / batch. The weights are written through input/output (the
 // same memory as a's tables). Returns the sum of the pairs' losses when
-// compute_loss (one log1p per score more), else 0.
+// compute_loss (one log1p per score more), else 0. hogwild (opt-in): threads
+// train contiguous shares of the pairs at once without locks, as word2vec
+// does: no barriers, but results then depend on scheduling.
 template <class T>
 double sgns_sgd(const SGNSBatch<T>& a, T* input, T* output, double lr_begin, double lr_end,
-                int64_t step, bool compute_loss, int num_threads);
+                int64_t step, bool compute_loss, int num_threads, bool hogwild = false);
 
 // ----------------------------------------------------- hierarchical softmax
 // In-place mini-batch SGD of skip-gram with hierarchical softmax: the centre's
@@ -114,7 +116,8 @@ double sgns_sgd(const SGNSBatch<T>& a, T* input, T* output, double lr_begin, dou
 template <class T>
 double hs_sgd(const HuffmanTree& tree, T* input, int64_t num_input, T* weight, T* bias,
               int64_t dim, const int64_t* centres, const int64_t* contexts, int64_t batch,
-              double lr_begin, double lr_end, int64_t step, bool compute_loss, int num_threads);
+              double lr_begin, double lr_end, int64_t step, bool compute_loss, int num_threads,
+              bool hogwild = false);
 
 // "avx2" when the vector kernels run their AVX2+FMA build on this CPU, else "generic".
 const char* skipgram_isa();
