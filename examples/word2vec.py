@@ -2,22 +2,29 @@
 
 Trains skip-gram embeddings with two objectives:
 
-- negative sampling: ``pyneg.UnigramSampler(counts, power=0.75)`` draws all
-  negatives of a batch in one call, ``pyneg.functional.negative_sampling_loss``;
+- negative sampling: ``pyneg.SkipGramNegativeSampling`` (the two tables),
+  negatives from ``pyneg.UnigramSampler(counts, power=0.75)``;
 - hierarchical softmax: ``pyneg.HierarchicalSoftmax`` over the Huffman tree of
   the word counts;
 
 then trains gensim's ``Word2Vec`` with the same hyperparameters on the same
-tokens and prints, for each model: WordSim-353 Spearman correlation, nearest
-neighbours of a few frequent words, and training words per second.
+tokens and prints, for each model: WordSim-353 and SimLex-999 Spearman
+correlations, the accuracy on gensim's ``questions-words.txt`` analogies
+(restricted to the vocabulary), nearest neighbours of a few words, and
+training words per second.
 
-Everything per batch is vectorised: (centre, context) pairs of a whole chunk
-of text are built with NumPy (word2vec's reduced window and frequent-word
-subsampling included), embeddings are ``nn.Embedding(sparse=True)`` trained by
-plain SGD on sparse gradients with word2vec's linear learning-rate decay.
+The training loop is pyneg's skip-gram fast path: (centre, context) pairs of
+a chunk of text from ``pyneg.SkipGramPairs`` (C++: word2vec's frequent-word
+subsampling and reduced window, reproducible by seed), negatives drawn for a
+slice of pairs in one call, and one fused C++ call per slice doing forward,
+backward and the SGD update of every mini-batch of ``--batch`` pairs in place
+with word2vec's linear learning-rate decay (deterministic for any thread
+count). ``--autograd`` trains the same model through autograd and
+``torch.optim.SGD`` on sparse gradients instead.
 
-    python examples/word2vec.py                       # gensim's Lee corpus (~1-2 minutes)
+    python examples/word2vec.py                       # gensim's Lee corpus (~1 minute)
     python examples/word2vec.py --corpus text.txt     # any whitespace-tokenised text
+    python examples/word2vec.py --gcide 2000000 --epochs 3 --threads 2   # Debian's dict-gcide, first 2M tokens
     python examples/word2vec.py --objectives hs --epochs 5
 
 Needs ``pip install 'pyneg[examples]'`` (gensim and scipy).
@@ -28,19 +35,51 @@ import argparse
 import string
 import time
 from collections import Counter
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 import pyneg
-from pyneg.functional import negative_sampling_loss
 
-CHUNK_TOKENS = 1 << 20  # pairs are built for this many tokens at a time
+CHUNK_TOKENS = 1 << 20  # pairs are built (and shuffled) for this many tokens at a time
+SLICE_PAIRS = 1 << 16   # pairs per fused call: negatives for them are drawn in one go
+GCIDE = "/usr/share/dictd/gcide.dict.dz"  # Debian's dict-gcide: an English dictionary as text
 
 
 # ------------------------------------------------------------------ corpus
+def read_gcide(path: str, max_tokens: int) -> List[List[str]]:
+    """The first ``max_tokens`` words of a dictd dictionary file (.dict.dz), lower-cased.
+
+    Sentences end at . ; : ? ! and blank lines; words are runs of letters with
+    inner apostrophes. Reads only the installed file (``apt-get install dict-gcide``).
+    """
+    import gzip
+    import os
+    import re
+
+    if not os.path.exists(path):
+        raise SystemExit(f"{path} not found: install it with `apt-get install dict-gcide` (no download is attempted)")
+    word, split = re.compile(r"[a-z]+(?:'[a-z]+)?"), re.compile(r"[.;:?!]+|\n\s*\n")
+    sentences: List[List[str]] = []
+    total = 0
+    with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+        while total < max_tokens:
+            block = f.read(1 << 22)
+            if not block:
+                break
+            block += f.readline()  # finish the line (sentences may still straddle blocks: fine)
+            for piece in split.split(block.lower()):
+                toks = word.findall(piece)[: max_tokens - total]
+                if toks:
+                    sentences.append(toks)
+                    total += len(toks)
+                if total >= max_tokens:
+                    break
+    return sentences
+
+
 def read_corpus(path: str) -> List[List[str]]:
     """One sentence per line; tokens split on whitespace, lower-cased, outer punctuation stripped."""
     sentences = []
@@ -76,97 +115,84 @@ class Vocab:
         return np.asarray(ids, dtype=np.int64), np.asarray(sent, dtype=np.int64)
 
 
-def keep_probability(counts: np.ndarray, sample: float) -> np.ndarray:
-    """word2vec's subsampling of frequent words: keep w with (sqrt(f/t) + 1) t / f, t = sample * total."""
-    if sample <= 0:
-        return np.ones_like(counts)
-    t = sample * counts.sum()
-    return np.minimum(1.0, (np.sqrt(counts / t) + 1.0) * t / counts)
+def sentence_offsets(sent: np.ndarray) -> np.ndarray:
+    """Start of every sentence in the flat token stream (``nn.EmbeddingBag``-style offsets)."""
+    if sent.size == 0:
+        return np.zeros(1, dtype=np.int64)
+    return np.flatnonzero(np.r_[True, sent[1:] != sent[:-1]]).astype(np.int64)
 
 
-def skipgram_pairs(ids: np.ndarray, sent: np.ndarray, keep: np.ndarray, window: int,
-                   rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
-    """All (centre, context) pairs of a chunk, shuffled.
-
-    Subsamples the tokens, gives every centre a reduced window b ~ U{1..window}
-    as word2vec does, and pairs tokens at distance o <= b within a sentence.
-    """
-    kept = rng.random(ids.shape[0]) < keep[ids]
-    ids, sent = ids[kept], sent[kept]
-    n = ids.shape[0]
-    reach = rng.integers(1, window + 1, n)
-    centres, contexts = [], []
-    for o in range(1, window + 1):
-        left = np.arange(n - o)
-        right = left + o
-        same = sent[left] == sent[right]
-        fwd = same & (reach[left] >= o)    # centre left, context right
-        bwd = same & (reach[right] >= o)   # centre right, context left
-        centres += [ids[left[fwd]], ids[right[bwd]]]
-        contexts += [ids[right[fwd]], ids[left[bwd]]]
-    c, x = np.concatenate(centres), np.concatenate(contexts)
-    perm = rng.permutation(c.shape[0])
-    return c[perm], x[perm]
-
-
-def chunks(ids: np.ndarray, sent: np.ndarray) -> Iterator[Tuple[np.ndarray, np.ndarray]]:
-    for s in range(0, ids.shape[0], CHUNK_TOKENS):
-        yield ids[s:s + CHUNK_TOKENS], sent[s:s + CHUNK_TOKENS]
-
-
-# ---------------------------------------------------------------- training
 def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray, args) -> Tuple[np.ndarray, float]:
-    """Trains skip-gram with ``objective`` in {"ns", "hs"}; returns (input vectors, seconds)."""
+    """Trains skip-gram with ``objective`` in {"ns", "hs"}; returns (input vectors, seconds).
+
+    ``--optimizer sgd`` (default) takes pyneg's fused fast path: pairs from
+    ``pyneg.SkipGramPairs`` (C++, word2vec's subsampling and reduced window),
+    negatives drawn for a whole slice of pairs at once, and one
+    ``negative_sampling_sgd_`` / ``hierarchical_softmax_sgd_`` call per slice
+    that runs forward, backward and the SGD update of every mini-batch of
+    ``--batch`` pairs in place, with word2vec's linearly decaying learning rate.
+    ``--autograd`` (or ``--optimizer adam``) trains the same model through
+    autograd and ``torch.optim`` on sparse gradients instead.
+    """
     torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
     v, d = len(vocab), args.dim
-    emb = nn.Embedding(v, d, sparse=True)
-    with torch.no_grad():  # word2vec's initialisation: small uniform inputs, zero outputs
-        emb.weight.uniform_(-0.5 / d, 0.5 / d)
+    dtype = torch.float32
     if objective == "ns":
-        out = nn.Embedding(v, d, sparse=True)
-        nn.init.zeros_(out.weight)
+        model = pyneg.SkipGramNegativeSampling(v, d, sparse=True, dtype=dtype)
         sampler = pyneg.UnigramSampler(vocab.counts, power=0.75)
-        negatives = torch.empty(args.batch, args.negative, dtype=torch.int64)
-        params = [emb.weight, out.weight]
+        params = [model.weight, model.output_weight]
     else:
-        hs = pyneg.HierarchicalSoftmax(vocab.counts, d, sparse=True)
+        emb = nn.Embedding(v, d, sparse=True, dtype=dtype)
+        with torch.no_grad():  # word2vec's initialisation: small uniform inputs, zero inner nodes
+            emb.weight.uniform_(-0.5 / d, 0.5 / d)
+        hs = pyneg.HierarchicalSoftmax(vocab.counts, d, sparse=True, dtype=dtype)
         params = [emb.weight, hs.weight]
+    weight = params[0]
     base_lr = args.lr if args.lr is not None else args.alpha
-    if args.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.SparseAdam(params, lr=base_lr)
-    else:
-        opt = torch.optim.SGD(params, lr=base_lr)
-    keep = keep_probability(vocab.counts, args.sample)
+    fused = args.optimizer == "sgd" and not args.autograd
+    opt: Optional[torch.optim.Optimizer] = None
+    if not fused:
+        opt = (torch.optim.SparseAdam(params, lr=base_lr) if args.optimizer == "adam"
+               else torch.optim.SGD(params, lr=base_lr))
+    keep = pyneg.skipgram.keep_probability(vocab.counts, args.sample)
+    pairs = pyneg.SkipGramPairs(ids, args.window, offsets=sentence_offsets(sent), keep=keep, seed=args.seed,
+                                chunk_tokens=CHUNK_TOKENS)
     total_tokens = args.epochs * ids.shape[0]
     done_tokens = 0
     drawn = 0
+
+    def lr_at(tokens: float) -> float:  # linear decay over the tokens seen, as word2vec does
+        return max(base_lr * (1.0 - tokens / total_tokens), args.min_alpha)
+
     start = time.perf_counter()
-    for _ in range(args.epochs):
-        for cids, csent in chunks(ids, sent):
-            centres, contexts = skipgram_pairs(cids, csent, keep, args.window, rng)
-            centres, contexts = torch.from_numpy(centres), torch.from_numpy(contexts)
-            pairs = centres.shape[0]
-            for s in range(0, pairs, args.batch):
-                c, x = centres[s:s + args.batch], contexts[s:s + args.batch]
-                # Linear decay over the tokens seen, as word2vec does.
-                progress = (done_tokens + cids.shape[0] * s / max(pairs, 1)) / total_tokens
-                lr = max(base_lr * (1.0 - progress), args.min_alpha)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                vec = emb(c)
+    for epoch in range(args.epochs):
+        for c, (lo, hi) in enumerate(pairs.chunks()):
+            centres, contexts = pairs.chunk_pairs(lo, hi, epoch, c)
+            n = centres.shape[0]
+            step = SLICE_PAIRS if fused else args.batch
+            for s in range(0, n, step):
+                cs, xs = centres[s:s + step], contexts[s:s + step]
+                t0 = done_tokens + (hi - lo) * s / max(n, 1)
+                t1 = done_tokens + (hi - lo) * (s + cs.shape[0]) / max(n, 1)
+                neg = None
                 if objective == "ns":
-                    neg = sampler.sample((c.shape[0], args.negative), seed=args.seed, offset=drawn,
-                                         out=negatives[: c.shape[0]])
+                    neg = sampler.sample((cs.shape[0], args.negative), seed=args.seed, offset=drawn)
                     drawn += neg.numel()
-                    loss = negative_sampling_loss(vec, out(x), out(neg), reduction="sum")
+                if fused and objective == "ns":
+                    model.sgd_step_(cs, xs, neg, lr_at(t0), lr_end=lr_at(t1), batch_size=args.batch,
+                                    hogwild=args.hogwild)
+                elif fused:
+                    pyneg.skipgram.hierarchical_softmax_sgd_(emb.weight, hs, cs, xs, lr_at(t0), lr_end=lr_at(t1),
+                                                             batch_size=args.batch, hogwild=args.hogwild)
                 else:
-                    loss = hs(vec, x, reduction="sum")
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            done_tokens += cids.shape[0]
-    return emb.weight.detach().numpy().copy(), time.perf_counter() - start
+                    for group in opt.param_groups:
+                        group["lr"] = lr_at(t0)
+                    loss = model(cs, xs, neg, reduction="sum") if objective == "ns" else hs(emb(cs), xs, reduction="sum")
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            done_tokens += hi - lo
+    return weight.detach().numpy().copy(), time.perf_counter() - start
 
 
 def train_gensim(objective: str, sentences: List[List[str]], args) -> Tuple[object, float]:
@@ -187,23 +213,66 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-def wordsim353(index: Dict[str, int], unit: np.ndarray) -> Tuple[float, int]:
-    """Spearman correlation of cosine similarity with WordSim-353 scores, over pairs in the vocabulary."""
+def _gensim_data(name: str) -> str:
     from gensim.test.utils import datapath
+    return datapath(name)
+
+
+def similarity_spearman(path: str, index: Dict[str, int], unit: np.ndarray) -> Tuple[float, int]:
+    """Spearman correlation of cosine similarity with human scores (tab-separated word, word, score)."""
     from scipy.stats import spearmanr
 
     human, model = [], []
-    with open(datapath("wordsim353.tsv"), encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             if line.startswith("#"):
                 continue
-            a, b, score = line.lower().split("\t")
+            a, b, score = line.lower().split("\t")[:3]
             if a in index and b in index:
                 human.append(float(score))
                 model.append(float(unit[index[a]] @ unit[index[b]]))
     if len(human) < 3:
         return float("nan"), len(human)
     return float(spearmanr(human, model).statistic), len(human)
+
+
+def wordsim353(index: Dict[str, int], unit: np.ndarray) -> Tuple[float, int]:
+    """WordSim-353 Spearman over the pairs in the vocabulary (gensim's bundled copy)."""
+    return similarity_spearman(_gensim_data("wordsim353.tsv"), index, unit)
+
+
+def simlex999(index: Dict[str, int], unit: np.ndarray) -> Tuple[float, int]:
+    """SimLex-999 Spearman over the pairs in the vocabulary (gensim's bundled copy)."""
+    return similarity_spearman(_gensim_data("simlex999.txt"), index, unit)
+
+
+def analogy_accuracy(index: Dict[str, int], unit: np.ndarray) -> Tuple[float, int]:
+    """3CosAdd accuracy on questions-words.txt, over questions whose four words are in the vocabulary.
+
+    a : b :: c : d is right when d is the nearest word to b - a + c (unit
+    vectors, cosine), a, b and c excluded.
+    """
+    quads = []
+    with open(_gensim_data("questions-words.txt"), encoding="utf-8") as f:
+        for line in f:
+            if line.startswith(":"):
+                continue
+            words = line.lower().split()
+            if len(words) == 4 and all(w in index for w in words):
+                quads.append([index[w] for w in words])
+    if not quads:
+        return float("nan"), 0
+    q = np.asarray(quads)
+    right = 0
+    for s in range(0, len(q), 512):
+        part = q[s:s + 512]
+        target = unit[part[:, 1]] - unit[part[:, 0]] + unit[part[:, 2]]
+        sims = target @ unit.T
+        rows = np.arange(len(part))
+        for j in range(3):
+            sims[rows, part[:, j]] = -np.inf
+        right += int((sims.argmax(1) == part[:, 3]).sum())
+    return right / len(q), len(q)
 
 
 def neighbours(word: str, index: Dict[str, int], words: Sequence[str], unit: np.ndarray, k: int = 5) -> List[str]:
@@ -216,6 +285,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--corpus", default=None, help="whitespace-tokenised text, one sentence per line "
                    "(default: gensim's lee_background.cor)")
+    p.add_argument("--gcide", type=int, default=None, metavar="TOKENS",
+                   help=f"train on the first TOKENS words of {GCIDE} (Debian package dict-gcide) instead")
     p.add_argument("--objectives", default="ns,hs", help="comma-separated: ns (negative sampling), hs")
     p.add_argument("--dim", type=int, default=100)
     p.add_argument("--window", type=int, default=5)
@@ -230,10 +301,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "large batches (a shared node such as the tree's root sums a whole batch)")
     p.add_argument("--lr", type=float, default=None, help="pyneg's initial learning rate (default: --alpha)")
     p.add_argument("--batch", type=int, default=1024, help="pairs per SGD step")
+    p.add_argument("--autograd", action="store_true",
+                   help="train through autograd and torch.optim (sparse gradients) instead of pyneg's fused "
+                        "in-place SGD step")
+    p.add_argument("--hogwild", action="store_true",
+                   help="fused path: threads train their own shares of the pairs lock-free (as gensim does) "
+                        "instead of splitting each mini-batch deterministically")
     p.add_argument("--threads", type=int, default=1,
-                   help="torch intra-op threads for pyneg and worker threads for gensim (default 1: "
-                        "a training step's ops are small, and on a busy machine intra-op threads "
-                        "stall at barriers more than they help)")
+                   help="threads for pyneg's kernels (torch's intra-op threads) and worker threads for gensim")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--words", default="government,police,australia,fire,president",
                    help="words whose nearest neighbours are printed")
@@ -242,10 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
 
     path = args.corpus
-    if path is None:
-        from gensim.test.utils import datapath
-        path = datapath("lee_background.cor")
-    sentences = read_corpus(path)
+    if args.gcide is not None:
+        path = f"{GCIDE} (first {args.gcide} words)"
+        sentences = read_gcide(GCIDE, args.gcide)
+    else:
+        if path is None:
+            path = _gensim_data("lee_background.cor")
+        sentences = read_corpus(path)
     vocab = Vocab(sentences, args.min_count)
     ids, sent = vocab.encode(sentences)
     raw_words = sum(len(s) for s in sentences)
@@ -264,10 +342,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             kv = model.wv
             rows.append((f"gensim {objective}", kv.key_to_index, kv.index_to_key, normalise(kv.vectors), gsecs))
 
-    print(f"\n{'model':<11} {'WS353 rho':>9} {'pairs':>6} {'words/s':>10} {'train s':>8}")
+    print(f"\n{'model':<11} {'WS353 rho':>9} {'pairs':>6} {'SL999 rho':>9} {'pairs':>6} {'analogy':>7} "
+          f"{'qs':>6} {'words/s':>10} {'train s':>8}")
     for name, index, words, unit, secs in rows:
-        rho, n = wordsim353(index, unit)
-        print(f"{name:<11} {rho:>9.3f} {n:>6} {raw_words * args.epochs / secs:>10,.0f} {secs:>8.1f}")
+        ws, n_ws = wordsim353(index, unit)
+        sl, n_sl = simlex999(index, unit)
+        an, n_an = analogy_accuracy(index, unit)
+        print(f"{name:<11} {ws:>9.3f} {n_ws:>6} {sl:>9.3f} {n_sl:>6} {an:>7.3f} {n_an:>6} "
+              f"{raw_words * args.epochs / secs:>10,.0f} {secs:>8.1f}")
     for word in shown:
         print(f"\nnearest neighbours of {word!r}:")
         for name, index, words, unit, _ in rows:

@@ -36,7 +36,7 @@ def _require_compiled_core() -> None:
 
 _require_compiled_core()
 
-from pyneg import distributed, functional, losses, mining
+from pyneg import distributed, functional, losses, mining, skipgram
 from pyneg.cuda import cuda_available
 from pyneg.data import NegativeSamplingCollator
 from pyneg.functional import NegativeSource
@@ -50,6 +50,7 @@ from pyneg.samplers import (
     UniformSampler,
     UnigramSampler,
 )
+from pyneg.skipgram import SkipGramNegativeSampling, SkipGramPairs
 
 __all__ = [
     "AliasSampler",
@@ -62,6 +63,9 @@ __all__ = [
     "MemoryBank",
     "HuffmanTree",
     "HierarchicalSoftmax",
+    "skipgram",
+    "SkipGramNegativeSampling",
+    "SkipGramPairs",
     "functional",
     "distributed",
     "losses",

@@ -175,3 +175,66 @@ def mine_window(
     window: npt.NDArray[np.int64],
     num_threads: int = 1,
 ) -> None: ...
+
+
+# Skip-gram kernels (csrc/bindings/register_skipgram.cpp).
+def skipgram_isa() -> str: ...
+def skipgram_pairs(
+    tokens: npt.ArrayLike,
+    offsets: npt.ArrayLike | None,
+    keep: npt.ArrayLike | None,
+    window: int,
+    seed: int,
+    position: int = 0,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+def sgns_forward(
+    input_weight: npt.ArrayLike,
+    output_weight: npt.ArrayLike,
+    centres: npt.ArrayLike,
+    contexts: npt.ArrayLike,
+    negatives: npt.ArrayLike,
+    loss: npt.NDArray[Any],
+    coef: npt.NDArray[Any],
+    num_threads: int = 1,
+) -> None: ...
+def sgns_backward(
+    input_weight: npt.ArrayLike,
+    output_weight: npt.ArrayLike,
+    centres: npt.ArrayLike,
+    contexts: npt.ArrayLike,
+    negatives: npt.ArrayLike,
+    coef: npt.ArrayLike,
+    grad_loss: npt.ArrayLike | None = None,
+    grad_input: npt.NDArray[Any] | None = None,
+    touched_input: npt.NDArray[np.int64] | None = None,
+    grad_output: npt.NDArray[Any] | None = None,
+    touched_output: npt.NDArray[np.int64] | None = None,
+    num_threads: int = 1,
+) -> tuple[int, int]: ...
+def sgns_sgd(
+    input_weight: npt.NDArray[Any],
+    output_weight: npt.NDArray[Any],
+    centres: npt.ArrayLike,
+    contexts: npt.ArrayLike,
+    negatives: npt.ArrayLike,
+    lr_begin: float,
+    lr_end: float,
+    step: int,
+    compute_loss: bool = True,
+    num_threads: int = 1,
+    hogwild: bool = False,
+) -> float: ...
+def hs_sgd(
+    tree: HuffmanTree,
+    input_weight: npt.NDArray[Any],
+    weight: npt.NDArray[Any],
+    bias: npt.NDArray[Any] | None,
+    centres: npt.ArrayLike,
+    contexts: npt.ArrayLike,
+    lr_begin: float,
+    lr_end: float,
+    step: int,
+    compute_loss: bool = True,
+    num_threads: int = 1,
+    hogwild: bool = False,
+) -> float: ...

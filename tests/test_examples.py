@@ -41,6 +41,16 @@ def test_two_processes_match_one(tmp_path):
 WORD2VEC = Path(__file__).resolve().parents[1] / "examples" / "word2vec.py"
 
 
+def _run_word2vec(args, tmp_path: Path) -> str:
+    # The child imports the pyneg these tests import (a source checkout's, not another installed one).
+    root = str(Path(__file__).resolve().parents[1])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, str(WORD2VEC)] + args, cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc.stdout
+
+
 def test_word2vec_example_trains_both_objectives(tmp_path):
     pytest.importorskip("gensim")  # the example reads WordSim-353 from gensim's test data
     rng = random.Random(0)
@@ -48,11 +58,13 @@ def test_word2vec_example_trains_both_objectives(tmp_path):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(" ".join(rng.choice(words[:20 + rng.randrange(180)]) for _ in range(12))
                                 for _ in range(300)))
-    proc = subprocess.run([sys.executable, str(WORD2VEC), "--corpus", str(corpus), "--no-gensim", "--epochs", "1",
-                           "--dim", "16", "--min-count", "1", "--words", "w1"],
-                          env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
-    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("pyneg ")]
-    assert [r[1] for r in rows[:2]] == ["ns", "hs"], proc.stdout
-    neighbours = [line for line in proc.stdout.splitlines() if line.startswith(("  pyneg ns", "  pyneg hs"))]
-    assert len(neighbours) == 2 and all(len(line.split(",")) == 5 for line in neighbours), proc.stdout
+    common = ["--corpus", str(corpus), "--no-gensim", "--epochs", "1", "--dim", "16", "--min-count", "1"]
+    out = _run_word2vec(common + ["--words", "w1"], tmp_path)
+    rows = [line.split() for line in out.splitlines() if line.startswith("pyneg ")]
+    assert [r[1] for r in rows[:2]] == ["ns", "hs"], out
+    assert all(len(r) == 10 for r in rows[:2]), out  # WS353, SimLex-999, analogy, words/s, seconds
+    neighbours = [line for line in out.splitlines() if line.startswith(("  pyneg ns", "  pyneg hs"))]
+    assert len(neighbours) == 2 and all(len(line.split(",")) == 5 for line in neighbours), out
+    # The autograd + torch.optim path trains the same model.
+    out = _run_word2vec(common + ["--autograd", "--words", "w1"], tmp_path)
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("pyneg ")] == ["ns", "hs"], out

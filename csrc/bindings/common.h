@@ -65,5 +65,6 @@ void register_alias(py::module_& m);
 void register_memory(py::module_& m);
 void register_hsoftmax(py::module_& m);
 void register_mining(py::module_& m);
+void register_skipgram(py::module_& m);
 
 }  // namespace pyneg::bindings

@@ -7,4 +7,5 @@ PYBIND11_MODULE(_core, m) {
   pyneg::bindings::register_memory(m);
   pyneg::bindings::register_hsoftmax(m);
   pyneg::bindings::register_mining(m);
+  pyneg::bindings::register_skipgram(m);
 }

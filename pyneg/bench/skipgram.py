@@ -1,0 +1,215 @@
+"""Skip-gram workloads: pyneg's fused negative-sampling kernels and pair
+generator against what users write today.
+
+- the fused loss (``negative_sampling_embedding_loss``, sparse gradients)
+  against today's autograd path (``nn.Embedding(sparse=True)`` gathers into
+  ``pyneg.functional.negative_sampling_loss``) and a plain-PyTorch formula;
+  B = 4,096 pairs, K = 5, d = 100, V = 10^5, peak memory in the table;
+- one training step of the same batch: ``negative_sampling_sgd_`` in place
+  against autograd + ``torch.optim.SGD`` on sparse gradients;
+- (centre, context) pairs of 10^6 tokens against a vectorised NumPy version of
+  the same rule (word2vec's reduced window, sentences respected).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, Dict, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import pyneg
+from pyneg import skipgram as sg
+from pyneg.bench.sampling import zipf_counts
+from pyneg.bench.workload import Target, Workload
+
+TODAY = "autograd: nn.Embedding(sparse) + negative_sampling_loss"
+PLAIN = "plain PyTorch (gather + logsigmoid)"
+TORCH_SGD = "autograd + torch.optim.SGD (sparse grads)"
+NUMPY_PAIRS = "NumPy vectorised pairs"
+
+
+# ------------------------------------------------------------------ the loss
+def _loss_setup(v: int, batch: int, k: int, dim: int):
+    def setup(quick: bool) -> SimpleNamespace:
+        vv, b = (v, batch) if not quick else (min(v, 10**4), min(batch, 512))
+        counts = zipf_counts(vv)
+        gen = torch.Generator().manual_seed(0)
+        w_in = (torch.rand(vv, dim, generator=gen) - 0.5) / dim
+        w_out = torch.randn(vv, dim, generator=gen) * 0.1
+        rng = np.random.default_rng(1)
+        p = counts / counts.sum()
+        centres = torch.from_numpy(rng.choice(vv, size=b, p=p))
+        contexts = torch.from_numpy(rng.choice(vv, size=b, p=p))
+        negatives = pyneg.UnigramSampler(counts).sample((b, k), seed=2)
+        return SimpleNamespace(w_in=w_in.requires_grad_(), w_out=w_out.requires_grad_(), centres=centres,
+                               contexts=contexts, negatives=negatives, batch=b, k=k, dim=dim, v=vv)
+    return setup
+
+
+def _grads(loss: torch.Tensor, st: SimpleNamespace) -> Tuple[torch.Tensor, ...]:
+    return (loss.detach(),) + torch.autograd.grad(loss, [st.w_in, st.w_out])
+
+
+def _pyneg_loss(st: SimpleNamespace):
+    return _grads(sg.negative_sampling_embedding_loss(st.w_in, st.w_out, st.centres, st.contexts, st.negatives,
+                                                      "sum", sparse=True), st)
+
+
+def _today_loss(st: SimpleNamespace):
+    v = F.embedding(st.centres, st.w_in, sparse=True)
+    loss = pyneg.functional.negative_sampling_loss(v, F.embedding(st.contexts, st.w_out, sparse=True),
+                                                   F.embedding(st.negatives, st.w_out, sparse=True), reduction="sum")
+    return _grads(loss, st)
+
+
+def _plain_loss(st: SimpleNamespace):
+    v = st.w_in[st.centres]
+    pos = (v * st.w_out[st.contexts]).sum(-1)
+    neg = torch.bmm(st.w_out[st.negatives], v.unsqueeze(2)).squeeze(2)
+    return _grads((-F.logsigmoid(pos) - F.logsigmoid(-neg).sum(-1)).sum(), st)
+
+
+def _dense(g: torch.Tensor) -> torch.Tensor:
+    return g.coalesce().to_dense() if g.is_sparse else g
+
+
+def _check_loss(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
+    loss, g_in, g_out = result
+    assert g_in.is_sparse and g_out.is_sparse
+    touched = torch.unique(torch.cat([st.contexts, st.negatives.flatten()]))
+    assert torch.equal(g_out._indices()[0], touched), "sparse gradient must hold exactly the touched rows"
+    for name in (TODAY, PLAIN):
+        bloss, b_in, b_out = baselines[name]
+        assert torch.allclose(loss, bloss, rtol=1e-5), (name, float(loss), float(bloss))
+        assert torch.allclose(_dense(g_in), _dense(b_in), rtol=1e-4, atol=1e-6), name
+        assert torch.allclose(_dense(g_out), _dense(b_out), rtol=1e-4, atol=1e-6), name
+
+
+# ------------------------------------------------------------- a whole step
+def _step_setup(v: int, batch: int, k: int, dim: int):
+    def setup(quick: bool) -> SimpleNamespace:
+        st = _loss_setup(v, batch, k, dim)(quick)
+        w_in, w_out = st.w_in.detach(), st.w_out.detach()
+        st.fused = (w_in.clone(), w_out.clone())
+        st.torch = (w_in.clone().requires_grad_(), w_out.clone().requires_grad_())
+        st.opt = torch.optim.SGD(list(st.torch), lr=0.025)
+        st.start = (w_in.clone(), w_out.clone())
+        return st
+    return setup
+
+
+def _fused_step(st: SimpleNamespace):
+    sg.negative_sampling_sgd_(*st.fused, st.centres, st.contexts, st.negatives, 0.025, batch_size=st.batch)
+    return st.fused
+
+
+def _torch_step(st: SimpleNamespace):
+    a, b = st.torch
+    v = F.embedding(st.centres, a, sparse=True)
+    loss = pyneg.functional.negative_sampling_loss(v, F.embedding(st.contexts, b, sparse=True),
+                                                   F.embedding(st.negatives, b, sparse=True), reduction="sum")
+    st.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    st.opt.step()
+    return st.torch
+
+
+def _check_step(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
+    # Timed calls keep training; compare one step of each from the same start.
+    fused = (st.start[0].clone(), st.start[1].clone())
+    sg.negative_sampling_sgd_(*fused, st.centres, st.contexts, st.negatives, 0.025, batch_size=st.batch)
+    ref = SimpleNamespace(**vars(st))
+    ref.torch = (st.start[0].clone().requires_grad_(), st.start[1].clone().requires_grad_())
+    ref.opt = torch.optim.SGD(list(ref.torch), lr=0.025)
+    want = _torch_step(ref)
+    for got, exp in zip(fused, want):
+        assert torch.allclose(got, exp.detach(), rtol=1e-4, atol=1e-6)
+    assert result[0].shape == st.start[0].shape and not torch.equal(fused[1], st.start[1])
+
+
+# ------------------------------------------------------------ pair generation
+def _pairs_setup(n: int, window: int):
+    def setup(quick: bool) -> SimpleNamespace:
+        nn = n if not quick else n // 20
+        rng = np.random.default_rng(3)
+        lengths = rng.integers(1, 30, nn // 8)
+        offsets = np.r_[0, np.cumsum(lengths)]
+        offsets = offsets[offsets < nn]
+        sent = np.zeros(nn, dtype=np.int64)
+        sent[offsets[1:]] = 1
+        # Token id = position, so a check can read distances and sentences back from the pairs.
+        return SimpleNamespace(tokens=np.arange(nn, dtype=np.int64), offsets=offsets.astype(np.int64),
+                               sent=np.cumsum(sent), window=window, n=nn)
+    return setup
+
+
+def _pyneg_pairs(st: SimpleNamespace):
+    return sg.skipgram_pairs(st.tokens, st.window, offsets=st.offsets, seed=1)
+
+
+def _numpy_pairs(st: SimpleNamespace):
+    rng = np.random.default_rng(1)
+    ids, sent, n = st.tokens, st.sent, st.n
+    reach = rng.integers(1, st.window + 1, n)
+    centres, contexts = [], []
+    for o in range(1, st.window + 1):
+        left = np.arange(n - o)
+        right = left + o
+        same = sent[left] == sent[right]
+        fwd = same & (reach[left] >= o)
+        bwd = same & (reach[right] >= o)
+        centres += [ids[left[fwd]], ids[right[bwd]]]
+        contexts += [ids[right[fwd]], ids[left[bwd]]]
+    return np.concatenate(centres), np.concatenate(contexts)
+
+
+def _check_pairs(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
+    c, x = result[0].numpy(), result[1].numpy()
+    assert np.all(np.abs(c - x) <= st.window) and np.all(c != x)
+    assert np.all(st.sent[c] == st.sent[x]), "a pair crosses a sentence"
+    theirs = baselines[NUMPY_PAIRS][0].size
+    assert abs(c.size - theirs) <= 0.02 * theirs, (c.size, theirs)  # same rule, different random streams
+
+
+WORKLOADS = [
+    Workload(
+        name="skipgram_ns_loss_sparse_V1e5",
+        group="skipgram",
+        description="SGNS loss fwd + bwd from the tables, B = 4096, K = 5, d = 100, V = 10^5 (sparse grads)",
+        setup=_loss_setup(10**5, 4096, 5, 100),
+        run=_pyneg_loss,
+        baselines={TODAY: _today_loss, PLAIN: _plain_loss},
+        check=_check_loss,
+        items=lambda st: st.batch,
+        targets=(Target("ratio", 1, TODAY),),
+        target_size={"V": 10**5, "B": 4096},
+        size=lambda st: {"V": st.v, "B": st.batch},
+        measure_memory=True,
+    ),
+    Workload(
+        name="skipgram_ns_sgd_step_V1e5",
+        group="skipgram",
+        description="one SGNS training step in place, B = 4096, K = 5, d = 100, V = 10^5",
+        setup=_step_setup(10**5, 4096, 5, 100),
+        run=_fused_step,
+        baselines={TORCH_SGD: _torch_step},
+        check=_check_step,
+        items=lambda st: st.batch,
+        targets=(Target("ratio", 1, TORCH_SGD),),
+        target_size={"V": 10**5, "B": 4096},
+        size=lambda st: {"V": st.v, "B": st.batch},
+        measure_memory=True,
+    ),
+    Workload(
+        name="skipgram_pairs_1e6",
+        group="skipgram",
+        description="(centre, context) pairs of 10^6 tokens, window 5, reduced window, sentences",
+        setup=_pairs_setup(10**6, 5),
+        run=_pyneg_pairs,
+        baselines={NUMPY_PAIRS: _numpy_pairs},
+        check=_check_pairs,
+        items=lambda st: st.n,
+    ),
+]
