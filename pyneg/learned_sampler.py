@@ -20,6 +20,7 @@ Between rebuilds the sampler keeps drawing from the table it built last, and
 log Q a loss subtracts is always the one of the distribution the negatives came
 from. The live counts are :attr:`~LearnedUnigramSampler.counts`.
 """
+
 from __future__ import annotations
 
 import threading
@@ -81,8 +82,14 @@ class LearnedUnigramSampler(AliasSampler):
         tensor([0.1000, 0.2000, 0.1000, 0.5000, 0.1000], dtype=torch.float64)
     """
 
-    def __init__(self, num_classes: int, *, initial_count: float = 1.0, rebuild_every: int = 100,
-                 rebuild_growth: Optional[float] = None) -> None:
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        initial_count: float = 1.0,
+        rebuild_every: int = 100,
+        rebuild_growth: Optional[float] = None,
+    ) -> None:
         n = check_int(num_classes, "num_classes", minimum=1, maximum=MAX_CLASSES)
         c0 = _check_initial_count(initial_count, "initial_count")
         every = check_int(rebuild_every, "rebuild_every", minimum=1)
@@ -99,8 +106,14 @@ class LearnedUnigramSampler(AliasSampler):
             self._rebuild_locked()
 
     @classmethod
-    def from_estimator(cls, estimator: Any, keys: ArrayLike, *, rebuild_every: int = 100,
-                       rebuild_growth: Optional[float] = None) -> "LearnedUnigramSampler":
+    def from_estimator(
+        cls,
+        estimator: FrequencyEstimator,
+        keys: ArrayLike,
+        *,
+        rebuild_every: int = 100,
+        rebuild_growth: Optional[float] = None,
+    ) -> LearnedUnigramSampler:
         """A sampler over ``keys`` whose counts are a :class:`~pyneg.FrequencyEstimator`'s estimate.
 
         For streams whose vocabulary is not known in advance: the estimator
@@ -204,7 +217,8 @@ class LearnedUnigramSampler(AliasSampler):
     def _after_update_locked(self) -> bool:
         self._pending += 1
         due = self._pending >= self._rebuild_every or (
-            self._rebuild_growth is not None and self._mass >= self._rebuild_growth * self._built_mass)
+            self._rebuild_growth is not None and self._mass >= self._rebuild_growth * self._built_mass
+        )
         if due:
             self._rebuild_locked()
         return due
@@ -218,8 +232,7 @@ class LearnedUnigramSampler(AliasSampler):
         self._built_mass = self._mass = float(self._counts.sum())  # resynchronise the running total
 
     # ------------------------------------------------------------ persistence
-    _EXTRA_KEYS = ("counts", "initial_count", "rebuild_every", "rebuild_growth", "pending_updates",
-                   "built_mass")
+    _EXTRA_KEYS = ("counts", "initial_count", "rebuild_every", "rebuild_growth", "pending_updates", "built_mass")
 
     def state_dict(self) -> Dict[str, Any]:
         """The table's probabilities (what it draws from), the live ``counts``, the
@@ -238,14 +251,24 @@ class LearnedUnigramSampler(AliasSampler):
             super().__setstate__(state)
 
     def _extra_state(self) -> Dict[str, Any]:
-        return {"counts": self._counts.clone(), "initial_count": self._initial_count,
-                "rebuild_every": self._rebuild_every, "rebuild_growth": self._rebuild_growth or 0.0,
-                "pending_updates": self._pending, "built_mass": self._built_mass}
+        return {
+            "counts": self._counts.clone(),
+            "initial_count": self._initial_count,
+            "rebuild_every": self._rebuild_every,
+            "rebuild_growth": self._rebuild_growth or 0.0,
+            "pending_updates": self._pending,
+            "built_mass": self._built_mass,
+        }
 
     def _check_extra_state(self, state: Dict[str, Any], probs: np.ndarray) -> Dict[str, Any]:
         c = state["counts"]
-        if not isinstance(c, torch.Tensor) or c.dtype != torch.float64 or c.dim() != 1 \
-                or c.layout != torch.strided or c.device.type == "meta":
+        if (
+            not isinstance(c, torch.Tensor)
+            or c.dtype != torch.float64
+            or c.dim() != 1
+            or c.layout != torch.strided
+            or c.device.type == "meta"
+        ):
             raise ValueError("state_dict['counts'] must be a 1-D float64 tensor")
         if c.numel() != probs.size:
             raise ValueError(f"state_dict['counts'] has {c.numel()} classes but state_dict['probs'] {probs.size}")
@@ -276,8 +299,10 @@ class LearnedUnigramSampler(AliasSampler):
         self._mass = float(self._counts.sum())
 
     def __repr__(self) -> str:
-        return (f"LearnedUnigramSampler(num_classes={self.num_classes}, rebuild_every={self._rebuild_every}, "
-                f"rebuild_growth={self._rebuild_growth}, pending_updates={self._pending})")
+        return (
+            f"LearnedUnigramSampler(num_classes={self.num_classes}, rebuild_every={self._rebuild_every}, "
+            f"rebuild_growth={self._rebuild_growth}, pending_updates={self._pending})"
+        )
 
 
 def _check_initial_count(value: Any, name: str) -> float:

@@ -1,5 +1,6 @@
 """LearnedUnigramSampler: counts learned from a stream, a table rebuilt on a schedule,
 and probabilities / expected counts that always describe the table drawn from."""
+
 from __future__ import annotations
 
 import copy
@@ -53,7 +54,7 @@ def test_draws_follow_the_counts_after_a_stream():
     # table), one that drew from counts ** 0.75 (word2vec's smoothing) and one that forgot
     # the initial count.
     assert _chi2_p(draws, np.ones(V)) < 1e-6
-    assert _chi2_p(draws, ref ** 0.75) < 1e-6
+    assert _chi2_p(draws, ref**0.75) < 1e-6
     assert _chi2_p(draws, ref - 1.0 + 1e-9) < 1e-4  # fails the threshold the right counts pass
 
 
@@ -72,8 +73,9 @@ def test_probs_and_expected_counts_describe_the_drawn_table_between_rebuilds():
     # What is drawn is that table: same draws as the independent table, unique and exclude included.
     assert torch.equal(s.sample((5000,), seed=3), ref.sample((5000,), seed=3))
     excl = torch.tensor([[0, 1], [2, -1]])
-    assert torch.equal(s.sample((2, 10), seed=4, unique=True, exclude=excl),
-                       ref.sample((2, 10), seed=4, unique=True, exclude=excl))
+    assert torch.equal(
+        s.sample((2, 10), seed=4, unique=True, exclude=excl), ref.sample((2, 10), seed=4, unique=True, exclude=excl)
+    )
     a = s.sample_candidates(16, torch.tensor([[1], [2]]), seed=6)
     b = ref.sample_candidates(16, torch.tensor([[1], [2]]), seed=6)
     for x, y in zip(a, b):
@@ -82,8 +84,7 @@ def test_probs_and_expected_counts_describe_the_drawn_table_between_rebuilds():
     live = s.counts
     s.rebuild()
     torch.testing.assert_close(s.probs, live / live.sum(), rtol=1e-12, atol=0)
-    torch.testing.assert_close(s.log_expected_count(ids, 64), torch.log(64 * live / live.sum()),
-                               rtol=1e-12, atol=0)
+    torch.testing.assert_close(s.log_expected_count(ids, 64), torch.log(64 * live / live.sum()), rtol=1e-12, atol=0)
 
 
 def test_rebuild_schedule_every_n_updates():
@@ -180,16 +181,19 @@ def test_state_dict_refuses_other_states_and_changes_nothing():
 
 
 # ------------------------------------------------------------------ bad input
-@pytest.mark.parametrize(("ids", "exc", "match"), [
-    (torch.tensor([0, V]), ValueError, "ids"),
-    (torch.tensor([-1]), ValueError, "ids"),
-    (torch.tensor([1.0]), TypeError, "ids"),
-    (torch.tensor([True]), TypeError, "ids"),
-    (np.array([2**64 - 1], dtype=np.uint64), ValueError, "ids"),
-    (torch.empty(3, dtype=torch.int64, device="meta"), ValueError, "ids"),
-    (torch.tensor([[0, 1]]).to_sparse(), TypeError, "ids"),
-    ("3", TypeError, "ids"),
-])
+@pytest.mark.parametrize(
+    ("ids", "exc", "match"),
+    [
+        (torch.tensor([0, V]), ValueError, "ids"),
+        (torch.tensor([-1]), ValueError, "ids"),
+        (torch.tensor([1.0]), TypeError, "ids"),
+        (torch.tensor([True]), TypeError, "ids"),
+        (np.array([2**64 - 1], dtype=np.uint64), ValueError, "ids"),
+        (torch.empty(3, dtype=torch.int64, device="meta"), ValueError, "ids"),
+        (torch.tensor([[0, 1]]).to_sparse(), TypeError, "ids"),
+        ("3", TypeError, "ids"),
+    ],
+)
 def test_bad_update_is_refused_and_changes_nothing(ids, exc, match):
     s = LearnedUnigramSampler(V, rebuild_every=2)
     s.update(torch.tensor([1, 2]))
@@ -200,18 +204,21 @@ def test_bad_update_is_refused_and_changes_nothing(ids, exc, match):
     assert torch.equal(now[0], before[0]) and torch.equal(now[1], before[1]) and now[2] == before[2]
 
 
-@pytest.mark.parametrize(("kwargs", "exc", "match"), [
-    ({"num_classes": 0}, ValueError, "num_classes"),
-    ({"num_classes": 2.0}, TypeError, "num_classes"),
-    ({"num_classes": True}, TypeError, "num_classes"),
-    ({"num_classes": 3, "initial_count": 0.0}, ValueError, "initial_count"),
-    ({"num_classes": 3, "initial_count": float("nan")}, ValueError, "initial_count"),
-    ({"num_classes": 3, "initial_count": True}, TypeError, "initial_count"),
-    ({"num_classes": 3, "rebuild_every": 0}, ValueError, "rebuild_every"),
-    ({"num_classes": 3, "rebuild_every": True}, TypeError, "rebuild_every"),
-    ({"num_classes": 3, "rebuild_growth": 1.0}, ValueError, "rebuild_growth"),
-    ({"num_classes": 3, "rebuild_growth": "2"}, TypeError, "rebuild_growth"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"num_classes": 0}, ValueError, "num_classes"),
+        ({"num_classes": 2.0}, TypeError, "num_classes"),
+        ({"num_classes": True}, TypeError, "num_classes"),
+        ({"num_classes": 3, "initial_count": 0.0}, ValueError, "initial_count"),
+        ({"num_classes": 3, "initial_count": float("nan")}, ValueError, "initial_count"),
+        ({"num_classes": 3, "initial_count": True}, TypeError, "initial_count"),
+        ({"num_classes": 3, "rebuild_every": 0}, ValueError, "rebuild_every"),
+        ({"num_classes": 3, "rebuild_every": True}, TypeError, "rebuild_every"),
+        ({"num_classes": 3, "rebuild_growth": 1.0}, ValueError, "rebuild_growth"),
+        ({"num_classes": 3, "rebuild_growth": "2"}, TypeError, "rebuild_growth"),
+    ],
+)
 def test_bad_constructor_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         LearnedUnigramSampler(**kwargs)

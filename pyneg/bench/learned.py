@@ -8,6 +8,7 @@ left out of the median). Baselines: an :class:`~pyneg.AliasSampler` rebuilt
 from the counts at every step (exact, but O(V) per step) and
 ``torch.multinomial`` on the counts (a CDF rebuilt at every draw).
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -34,10 +35,14 @@ def _setup(quick: bool) -> SimpleNamespace:
     p /= p.sum()
     # A pool of true-id batches cycled through: the stream's cost is not timed.
     pool = [torch.from_numpy(rng.choice(v, size=BATCH, p=p)) for _ in range(2 * STEPS)]
-    return SimpleNamespace(v=v, pool=pool, step=[0],
-                           sampler=pyneg.LearnedUnigramSampler(v, rebuild_every=STEPS),
-                           counts_alias=torch.ones(v, dtype=torch.float64),
-                           counts_multi=torch.ones(v, dtype=torch.float64))
+    return SimpleNamespace(
+        v=v,
+        pool=pool,
+        step=[0],
+        sampler=pyneg.LearnedUnigramSampler(v, rebuild_every=STEPS),
+        counts_alias=torch.ones(v, dtype=torch.float64),
+        counts_multi=torch.ones(v, dtype=torch.float64),
+    )
 
 
 def _next_ids(st: SimpleNamespace) -> torch.Tensor:
