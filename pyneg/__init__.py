@@ -41,6 +41,7 @@ from pyneg.cuda import cuda_available
 from pyneg.data import NegativeSamplingCollator
 from pyneg.functional import NegativeSource
 from pyneg.hsoftmax import HierarchicalSoftmax, HuffmanTree
+from pyneg.learned_sampler import LearnedUnigramSampler
 from pyneg.memory import FrequencyEstimator, MemoryBank
 from pyneg.mining import MinedNegatives, mine_hard_negatives
 from pyneg.samplers import (
@@ -57,6 +58,7 @@ __all__ = [
     "UnigramSampler",
     "UniformSampler",
     "LogUniformSampler",
+    "LearnedUnigramSampler",
     "CandidateSample",
     "NegativeSamplingCollator",
     "FrequencyEstimator",
