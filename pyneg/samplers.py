@@ -214,7 +214,8 @@ class AliasSampler:
         p = torch.exp(logp).clamp_(max=1.0)
         counted = torch.log(-torch.expm1(tries * torch.log1p(-p)))
         # TensorFlow's shortcut: a unique draw that rejected nothing (t == k) counts k·p.
-        return torch.where(tries == num_sampled, logp + math.log(num_sampled), counted)
+        # (compared as float64, like tries: a Python int past int64 cannot enter a tensor op)
+        return torch.where(tries == float(num_sampled), logp + math.log(num_sampled), counted)
 
     # ---------------------------------------------------------------- drawing
     def sample(
