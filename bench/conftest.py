@@ -2,7 +2,9 @@
 
 Every workload of ``pyneg.bench.registry`` gets one benchmark for pyneg and one
 per baseline (compare them with ``pytest bench --benchmark-group-by=param:workload``),
-and a test that asserts pyneg agrees with the baselines. With
+a test that asserts pyneg agrees with the baselines, and one that the state
+has the dimensions the workload's targets are stated for (at full size, their
+very sizes). With
 ``--benchmark-disable`` (as CI runs it) the workloads use their quick sizes and
 every function runs once, so the suite doubles as a correctness test.
 """

@@ -24,3 +24,16 @@ def test_benchmark(benchmark, state_of, workload, baseline):
 @pytest.mark.parametrize("workload", WORKLOADS, ids=[w.name for w in WORKLOADS])
 def test_agrees_with_baselines(state_of, workload):
     workload.verify(state_of(workload))
+
+
+SIZED = [w for w in WORKLOADS if w.target_size is not None]
+
+
+@pytest.mark.parametrize("workload", SIZED, ids=[w.name for w in SIZED])
+def test_measures_the_size_it_declares(state_of, quick, workload):
+    """The size read off the state names the target's dimensions; at full size it is the target's."""
+    size = workload.measured_size(state_of(workload))
+    assert size is not None and set(size) == set(workload.target_size), (size, workload.target_size)
+    if not quick:
+        assert size == workload.target_size
+        assert workload.judged(state_of(workload), quick=False)

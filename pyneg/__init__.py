@@ -3,45 +3,47 @@
 Alias-table samplers (C++ with the GIL released), hierarchical softmax, memory
 banks, streaming frequency estimation and bias-corrected softmax losses.
 """
-import os as _os
-import sys as _sys
+
+__version__ = "0.1.0"  # the only place the version is written (pyproject.toml reads it)
 
 
-def _use_installed_core() -> None:
-    """Lets a source checkout import the compiled modules of an installed pyneg.
+def _require_compiled_core() -> None:
+    """Refuses, with instructions, to run from a source tree that holds no build.
 
-    ``python -m pyneg.bench`` or ``python -m pytest`` run from the repository
-    root put the checkout's ``pyneg/`` (which holds no compiled ``_core``) first
-    on ``sys.path``. When ``pip install .`` has put a build elsewhere on the
-    path, extend this package's search path with it so ``pyneg._core`` resolves.
+    ``python -m ...`` run from the repository root puts the checkout's
+    ``pyneg/`` first on ``sys.path``; it holds the Python files but no compiled
+    ``_core``. Mixing those files with a ``_core`` built elsewhere (from other
+    sources, at another version) would fail in confusing ways, so pyneg never
+    does that: it says what to run instead (the convention NumPy follows).
     """
-    from importlib.machinery import EXTENSION_SUFFIXES
+    try:
+        import pyneg._core  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "pyneg._core":
+            raise
+        import os
 
-    def has_core(folder: str) -> bool:
-        return any(_os.path.exists(_os.path.join(folder, "_core" + sfx)) for sfx in EXTENSION_SUFFIXES)
-
-    here = _os.path.dirname(_os.path.abspath(__file__))
-    if has_core(here):
-        return
-    for entry in _sys.path:
-        candidate = _os.path.join(_os.path.abspath(entry or "."), "pyneg")
-        if candidate != here and has_core(candidate):
-            __path__.append(candidate)
-            return
+        here = os.path.dirname(os.path.abspath(__file__))
+        raise ImportError(
+            f"pyneg's compiled module pyneg._core is missing from {here}: you are importing "
+            "pyneg from its source tree, which holds no compiled code (the current directory "
+            "or PYTHONPATH puts the checkout's pyneg/ first). Either run from outside the "
+            "checkout to use an installed pyneg (`cd` elsewhere, `python -P`, or the plain "
+            "`pytest` command, which does not put the current directory on sys.path), or "
+            "build the checkout for development: `pip install --no-build-isolation -e .`"
+        ) from None
 
 
-_use_installed_core()
+_require_compiled_core()
 
-from pyneg import distributed, functional  # noqa: E402
-from pyneg.cuda import cuda_available  # noqa: E402
-from pyneg.data import NegativeSamplingCollator  # noqa: E402
-from pyneg.memory import FrequencyEstimator, MemoryBank  # noqa: E402
-from pyneg import losses  # noqa: E402
-from pyneg.functional import NegativeSource  # noqa: E402
-from pyneg.hsoftmax import HierarchicalSoftmax, HuffmanTree  # noqa: E402
-from pyneg import mining  # noqa: E402
-from pyneg.mining import MinedNegatives, mine_hard_negatives  # noqa: E402
-from pyneg.samplers import (  # noqa: E402
+from pyneg import distributed, functional, losses, mining
+from pyneg.cuda import cuda_available
+from pyneg.data import NegativeSamplingCollator
+from pyneg.functional import NegativeSource
+from pyneg.hsoftmax import HierarchicalSoftmax, HuffmanTree
+from pyneg.memory import FrequencyEstimator, MemoryBank
+from pyneg.mining import MinedNegatives, mine_hard_negatives
+from pyneg.samplers import (
     AliasSampler,
     CandidateSample,
     LogUniformSampler,
@@ -69,4 +71,3 @@ __all__ = [
     "mine_hard_negatives",
     "cuda_available",
 ]
-__version__ = "0.1.0"

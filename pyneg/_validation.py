@@ -1,12 +1,25 @@
 """Argument checks shared by pyneg's public entry points.
 
 Every error names the argument it is about, so a user can tell which input was
-wrong without reading pyneg's source.
+wrong without reading pyneg's source. The rules, applied everywhere:
+
+* NumPy scalars are accepted wherever a Python number is (``np.int64(3)``,
+  ``np.float32(.5)``, ``np.bool_(True)``); a bool is never an int or a float.
+* Meta tensors (no data) are refused with ValueError, sparse or other
+  non-strided layouts with TypeError.
+* Ids are checked in the integer domain they were given in: a uint64
+  ``2**64 - 1`` is out of range, never ``-1`` (padding).
+* Sizes whose element count reaches ``2**63`` (or a caller's lower bound) are
+  refused with ValueError before anything is allocated.
+* Index inputs are copied into memory pyneg owns *before* they are checked, so
+  what the C++ kernels read (possibly with the GIL released) is exactly what
+  was checked, whatever another thread does to the caller's tensor.
 """
 from __future__ import annotations
 
+import math
 import numbers
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -15,27 +28,57 @@ ArrayLike = Union[torch.Tensor, np.ndarray, Sequence[Any]]
 SizeLike = Union[int, Sequence[int], torch.Size]
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+# Unsigned dtypes whose conversion to int64 can wrap (torch casts modulo 2**64).
+_WIDE_UNSIGNED = tuple(getattr(torch, n) for n in ("uint64",) if hasattr(torch, n))
+
+#: Largest number of classes pyneg's tables serve (32-bit alias indices; equals
+#: ``pyneg._core.MAX_CLASSES``).
+MAX_CLASSES = 2**31 - 1
+#: Element counts must stay below this (torch's sizes are int64).
+MAX_NUMEL = 2**63 - 1
+
+
+# ------------------------------------------------------------------ tensors
+def check_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
+    """Refuses tensors pyneg cannot read: meta (no data) and non-strided (sparse) layouts."""
+    if t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    if t.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor, which holds no data")
+    return t
 
 
 def as_tensor(data: ArrayLike, name: str) -> torch.Tensor:
-    """Returns ``data`` as a tensor without copying tensors; raises TypeError otherwise."""
+    """Returns ``data`` as a tensor without copying tensors; raises TypeError otherwise.
+
+    Tensors pass :func:`check_tensor`; arrays and sequences must hold real numbers
+    (or bools) that NumPy can represent without falling back to Python objects.
+    """
     if isinstance(data, torch.Tensor):
-        return data
+        return check_tensor(data, name)
     if isinstance(data, (str, bytes)) or data is None:
         raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got {type(data).__name__}")
     try:
         arr = np.asarray(data)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, OverflowError) as exc:
         raise TypeError(f"{name} must be a tensor, array or sequence of numbers: {exc}") from None
-    if arr.dtype == object or arr.dtype.kind not in "biuf":
+    if arr.dtype == object:
+        raise TypeError(f"{name} must hold numbers that fit in 64 bits (got Python objects, e.g. an int "
+                        f">= 2**64 or a ragged sequence)")
+    if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if not arr.flags.c_contiguous:  # np.ascontiguousarray would turn 0-d into 1-d
-        arr = arr.copy(order="C")
+    if not arr.flags.c_contiguous or not arr.flags.writeable or arr.dtype.byteorder not in "=|":
+        # np.ascontiguousarray would turn 0-d into 1-d; torch wants native byte order.
+        arr = arr.astype(arr.dtype.newbyteorder("="), order="C", copy=True)
     return torch.from_numpy(arr)
 
 
-def as_float64_numpy(data: ArrayLike, name: str, *, ndim: int = 1) -> np.ndarray:
-    """A contiguous float64 NumPy array of real numbers of the given rank (CPU copy if needed)."""
+def as_float64_numpy(data: ArrayLike, name: str, *, ndim: int = 1,
+                     max_len: Optional[int] = None) -> np.ndarray:
+    """A contiguous float64 NumPy array of real numbers of the given rank (CPU copy if needed).
+
+    ``max_len`` bounds the number of elements, checked before any conversion.
+    """
     t = as_tensor(data, name)
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold real numbers, got {t.dtype}")
@@ -43,45 +86,150 @@ def as_float64_numpy(data: ArrayLike, name: str, *, ndim: int = 1) -> np.ndarray
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
     if t.numel() == 0:
         raise ValueError(f"{name} must not be empty")
+    if max_len is not None and t.numel() > max_len:
+        raise ValueError(f"{name} has {t.numel()} entries, more than the {max_len} supported")
+    if t.dtype in _WIDE_UNSIGNED:  # torch cannot cast uint64 to float64 on every device
+        return t.detach().cpu().numpy().astype(np.float64)
     return t.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
 
 
-def as_index_tensor(data: ArrayLike, name: str, num_classes: int, *, allow_padding: bool = False) -> torch.Tensor:
-    """An int64 CPU tensor of ids in [0, num_classes) (or -1 when allow_padding)."""
+def owned_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A contiguous CPU copy of ``t`` in ``dtype`` that nobody else references."""
+    dst = torch.empty(tuple(t.shape), dtype=dtype)
+    dst.copy_(t.detach())
+    return dst
+
+
+def as_index_tensor(data: ArrayLike, name: str, num_classes: Optional[int], *, allow_padding: bool = False,
+                    allow_empty: bool = True) -> torch.Tensor:
+    """An int64 CPU tensor of ids in [0, num_classes) (or -1 when allow_padding).
+
+    ``num_classes=None`` bounds ids by int64 only (ids that are keys, not rows).
+
+    The result is always a fresh copy that pyneg owns, checked after copying:
+    kernels may read it with the GIL released while another thread writes the
+    caller's tensor. Unsigned ids are range-checked before conversion, so a
+    uint64 ``2**64 - 1`` is refused instead of becoming ``-1``.
+    """
     t = as_tensor(data, name)
+    if t.numel() == 0:
+        if not allow_empty:
+            raise ValueError(f"{name} must not be empty")
+        if not isinstance(data, (torch.Tensor, np.ndarray)) or data.dtype == np.float64:
+            # NumPy gives [] its default dtype float64: no id to check, and no dtype the user chose.
+            return torch.empty(tuple(t.shape), dtype=torch.int64)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids, got {t.dtype}")
-    t = t.detach().to(device="cpu", dtype=torch.int64)
-    if t.numel():
+    pad = " (use -1 for padding)" if allow_padding else ""
+    hi = 2**63 if num_classes is None else num_classes
+    if t.dtype in _WIDE_UNSIGNED:
+        arr = t.detach().cpu().numpy().copy()  # owned; checked as unsigned, then converted
+        if arr.size and int(arr.max()) >= hi:
+            raise ValueError(f"{name} holds id {int(arr.max())} outside [0, {hi}){pad}")
+        return torch.from_numpy(arr.astype(np.int64))
+    out = owned_copy(t, torch.int64)
+    if out.numel():
         lo = -1 if allow_padding else 0
-        tmin, tmax = int(t.min()), int(t.max())
-        if tmin < lo or tmax >= num_classes:
+        tmin, tmax = torch.aminmax(out)
+        tmin, tmax = int(tmin), int(tmax)
+        if tmin < lo or tmax >= hi:
             bad = tmin if tmin < lo else tmax
-            pad = " (use -1 for padding)" if allow_padding else ""
-            raise ValueError(f"{name} holds id {bad} outside [0, {num_classes}){pad}")
-    return t.contiguous()
+            raise ValueError(f"{name} holds id {bad} outside [0, {hi}){pad}")
+    return out
 
 
-def check_int(value: Any, name: str, *, minimum: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_floating_point():
-            value = int(value)
+def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the bytes two strided tensors can address intersect (conservative)."""
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
+        return False
+    sa, sb = a.untyped_storage(), b.untyped_storage()
+    if sa.data_ptr() != sb.data_ptr():
+        return False
+
+    def span(t: torch.Tensor) -> Tuple[int, int]:
+        extent = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
+        lo = t.storage_offset() * t.element_size()
+        return lo, lo + extent * t.element_size()
+
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def check_out(out: Any, name: str, shape: Tuple[int, ...], dtype: torch.dtype, *,
+              inputs: Iterable[Tuple[str, Any]] = ()) -> torch.Tensor:
+    """An ``out=`` buffer: a dense, contiguous tensor of ``dtype`` and ``shape``, not requiring
+    grad and sharing no memory with any of ``inputs`` (pairs of name and value)."""
+    if not isinstance(out, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(out).__name__}")
+    check_tensor(out, name)
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must be {dtype}, got {out.dtype}")
+    if tuple(out.shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(out.shape)} but size is {tuple(shape)}")
+    if not out.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+    if out.requires_grad:
+        raise ValueError(f"{name} must not require grad")
+    for other_name, other in inputs:
+        if isinstance(other, np.ndarray) and other.size and out.device.type == "cpu" and out.numel():
+            if np.may_share_memory(out.numpy(), other):
+                raise ValueError(f"{name} overlaps {other_name}")
+        elif isinstance(other, torch.Tensor) and other.layout == torch.strided \
+                and other.device.type != "meta" and shares_memory(out, other):
+            raise ValueError(f"{name} overlaps {other_name}")
+    return out
+
+
+# ------------------------------------------------------------------ numbers
+def check_int(value: Any, name: str, *, minimum: Optional[int] = None,
+              maximum: Optional[int] = None) -> int:
+    """A Python int from an int, a NumPy integer or a one-element integer tensor (never a bool)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.layout == torch.strided \
+                and value.device.type != "meta" and not value.is_floating_point() \
+                and not value.is_complex() and value.dtype != torch.bool:
+            value = int(value.item())
         else:
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     value = int(value)
     if minimum is not None and value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {value}")
     return value
+
+
+def check_float(value: Any, name: str, *, minimum: Optional[float] = None, finite: bool = True) -> float:
+    """A Python float from a real Python or NumPy number (never a bool); finite unless told."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        x = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large for a float64, got {value}") from None
+    if math.isnan(x) or (finite and math.isinf(x)):
+        raise ValueError(f"{name} must be finite, got {x}")
+    if minimum is not None and not x >= minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {x}")
+    return x
 
 
 def check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
+    """A bool from a bool or a NumPy bool; anything else (``"no"``, 0, None) is a TypeError."""
+    if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
+    return bool(value)
 
 
-def check_size(size: SizeLike, name: str = "size") -> Tuple[int, ...]:
-    """Normalises an int or sequence of ints into a shape tuple of non-negative ints."""
+def check_size(size: SizeLike, name: str = "size", *, max_numel: int = MAX_NUMEL) -> Tuple[int, ...]:
+    """Normalises an int or sequence of ints into a shape tuple of non-negative ints.
+
+    A shape whose element count exceeds ``max_numel`` (by default, one that does
+    not fit in int64), or whose nonzero dimensions multiply past int64, is
+    refused before anything is allocated.
+    """
+    if isinstance(size, np.ndarray) and size.ndim == 1:
+        size = size.tolist()
     if isinstance(size, (torch.Size, tuple, list)):
         dims = tuple(check_int(s, name) for s in size)
     else:
@@ -89,6 +237,13 @@ def check_size(size: SizeLike, name: str = "size") -> Tuple[int, ...]:
     for d in dims:
         if d < 0:
             raise ValueError(f"{name} must not be negative, got {dims}")
+        if d > MAX_NUMEL:
+            raise ValueError(f"{name} has a dimension >= 2**63, got {dims}")
+    if math.prod(max(d, 1) for d in dims) > MAX_NUMEL:  # torch refuses these even when a dim is 0
+        raise ValueError(f"{name} {dims}: the product of its dimensions does not fit in int64")
+    numel = math.prod(dims)
+    if numel > max_numel:
+        raise ValueError(f"{name} {dims} has {numel} elements, more than the {max_numel} supported")
     return dims
 
 
@@ -100,9 +255,15 @@ def check_seed(seed: Any, name: str = "seed") -> int:
 
 
 def check_device(device: Any, name: str = "device") -> Optional[torch.device]:
+    """None, or a torch.device; the meta device (no data) is refused."""
     if device is None:
         return None
+    if isinstance(device, (bool, np.bool_)):
+        raise TypeError(f"{name} must be a torch.device or a string, got {type(device).__name__}")
     try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
         raise ValueError(f"{name} is not a valid torch device: {exc}") from None
+    if dev.type == "meta":
+        raise ValueError(f"{name} must not be the meta device (meta tensors hold no data)")
+    return dev

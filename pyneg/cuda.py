@@ -150,7 +150,13 @@ _FLOATS = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def _check_hs(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], target: torch.Tensor,
-              offsets: torch.Tensor, nodes: torch.Tensor, codes: torch.Tensor) -> str:
+              offsets: torch.Tensor, nodes: torch.Tensor, codes: torch.Tensor) -> Tuple[str, torch.Tensor]:
+    """Checks the arguments; returns the dtype name and a private copy of ``target``.
+
+    The kernels index by target: they get the copy that was range-checked, so a
+    later write to the caller's tensor (another thread, another stream) cannot
+    send them out of bounds.
+    """
     _require()
     for name, t in (("input", input), ("weight", weight), ("target", target), ("offsets", offsets),
                     ("nodes", nodes), ("codes", codes)) + ((("bias", bias),) if bias is not None else ()):
@@ -160,6 +166,8 @@ def _check_hs(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
             raise ValueError(f"{name} must be on input's CUDA device, got {t.device}")
         if not t.is_contiguous():
             raise ValueError(f"{name} must be contiguous")
+    if target.dtype == torch.int64:
+        target = target.detach().clone()
     if input.dtype not in _FLOATS:
         raise TypeError(f"input must be float32 or float64, got {input.dtype}")
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
@@ -180,7 +188,7 @@ def _check_hs(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         lo, hi = torch.aminmax(target)
         if int(lo) < 0 or int(hi) >= offsets.numel() - 1:  # one synchronisation
             raise ValueError(f"target holds ids outside [0, {offsets.numel() - 1})")
-    return _FLOATS[input.dtype]
+    return _FLOATS[input.dtype], target
 
 
 def _ptr(t: Optional[torch.Tensor]) -> int:
@@ -204,7 +212,7 @@ def hs_forward(input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, 
     ``weight``, root first) with bits ``codes`` (uint8); with sign
     ``s = 1 - 2 code``, ``nll[b] = -sum_j log sigmoid(s_j (weight[n_j] . input[b] + bias[n_j]))``.
     """
-    dtype = _check_hs(input, weight, bias, target, offsets, nodes, codes)
+    dtype, target = _check_hs(input, weight, bias, target, offsets, nodes, codes)
     device = normalize_device(input.device)
     nll = torch.empty(input.shape[0], dtype=input.dtype, device=device)
     _cuda.hs_forward(nll=nll.data_ptr(), **_hs_pointers(dtype, device, input, weight, bias, target, offsets,
@@ -223,7 +231,7 @@ def hs_backward(grad_nll: torch.Tensor, input: torch.Tensor, weight: torch.Tenso
     ``grad_weight`` / ``grad_bias`` when given (zeros otherwise), with atomics
     since the root lies on every path. ``grad_bias`` is None without ``bias``.
     """
-    dtype = _check_hs(input, weight, bias, target, offsets, nodes, codes)
+    dtype, target = _check_hs(input, weight, bias, target, offsets, nodes, codes)
     device = normalize_device(input.device)
     grad_nll = grad_nll.to(device=device, dtype=input.dtype).contiguous()
     if grad_nll.shape != (input.shape[0],):

@@ -17,7 +17,7 @@ from typing import Any, Callable, Hashable, Optional
 import torch
 from torch.utils.data import default_collate
 
-from pyneg._validation import check_int
+from pyneg._validation import check_bool, check_int
 from pyneg.samplers import AliasSampler
 
 __all__ = ["NegativeSamplingCollator"]
@@ -67,8 +67,15 @@ class NegativeSamplingCollator:
         self.sampler = sampler
         self.num_negatives = check_int(num_negatives, "num_negatives", minimum=1)
         self.positive_key = positive_key
-        self.exclude_positives = bool(exclude_positives)
-        self.unique = bool(unique)
+        self.exclude_positives = check_bool(exclude_positives, "exclude_positives")
+        self.unique = check_bool(unique, "unique")
+        if not callable(collate_fn):
+            raise TypeError(f"collate_fn must be callable, got {type(collate_fn).__name__}")
+        try:
+            hash(positive_key)
+            hash(output_key)
+        except TypeError:
+            raise TypeError("positive_key and output_key must be hashable (an index or a dict key)") from None
         self.collate_fn = collate_fn
         self.output_key = output_key
 

@@ -18,12 +18,13 @@ different numbers of rows ``b_r``, scale rank ``r``'s mean by
 """
 from __future__ import annotations
 
+import zlib
 from typing import List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
 
-from pyneg._validation import check_seed
+from pyneg._validation import check_int, check_seed
 
 __all__ = [
     "all_gather_with_grad",
@@ -41,12 +42,58 @@ def rank_and_world_size(group: Optional[dist.ProcessGroup] = None) -> Tuple[int,
     return dist.get_rank(group), dist.get_world_size(group)
 
 
-def _gather_sizes(n: int, device: torch.device, group) -> List[int]:
+def _collective_device(group) -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" \
+        else torch.device("cpu")
+
+
+def _raise_if_any_rank_failed(error: Optional[BaseException], group=None,
+                             device: Optional[torch.device] = None) -> None:
+    """Makes a local failure everyone's: one small all-reduce, then every rank raises if any failed.
+
+    Call it on every rank after the rank's own checks, with the exception they
+    raised (any exception, not only ValueError) or None: the failing rank
+    re-raises its own error, the others raise a ValueError saying that another
+    rank failed. No rank is left waiting in a collective that the failing rank
+    never joins. A no-op without a process group.
+    """
     _, world = rank_and_world_size(group)
-    mine = torch.tensor([n], dtype=torch.int64, device=device)
-    sizes = [torch.zeros_like(mine) for _ in range(world)]
-    dist.all_gather(sizes, mine, group=group)
-    return [int(s) for s in sizes]
+    if world > 1:
+        dev = device if device is not None else _collective_device(group)
+        failed = torch.tensor([0 if error is None else 1], dtype=torch.int32, device=dev)
+        dist.all_reduce(failed, group=group)
+        if error is None and int(failed.item()) > 0:
+            raise ValueError("another rank passed invalid input to this synchronised call (see its error)")
+    if error is not None:
+        raise error
+
+
+def _fingerprint(tensor: torch.Tensor) -> int:
+    """What must agree between ranks for a gather along dim 0: dtype and trailing shape."""
+    return zlib.crc32(repr((str(tensor.dtype), tuple(tensor.shape[1:]))).encode())
+
+
+def _exchange_sizes(n: int, fingerprint: int, error: Optional[BaseException], device: torch.device,
+                    group) -> List[int]:
+    """Every rank's row count, gathered together with whether its checks passed and what it sends.
+
+    One all-gather, as a plain size exchange would take: a rank whose checks
+    failed, or ranks sending tensors that cannot be concatenated, make every
+    rank raise instead of leaving some waiting in (or corrupting) the gather.
+    """
+    _, world = rank_and_world_size(group)
+    mine = torch.tensor([0 if error is None else 1, n, fingerprint], dtype=torch.int64, device=device)
+    parts = [torch.zeros_like(mine) for _ in range(world)]
+    dist.all_gather(parts, mine, group=group)
+    table = [[int(v) for v in p.tolist()] for p in parts]
+    if error is not None:
+        raise error
+    if any(row[0] for row in table):
+        raise ValueError("another rank passed an invalid tensor to this collective (see its error)")
+    if len({row[2] for row in table}) > 1:
+        raise ValueError("ranks passed tensors of different dtypes or trailing shapes to a gather "
+                         "(every rank must send rows of the same dtype and shape)")
+    return [row[1] for row in table]
 
 
 def _gather_padded(tensor: torch.Tensor, sizes: List[int], group) -> torch.Tensor:
@@ -64,8 +111,7 @@ def _gather_padded(tensor: torch.Tensor, sizes: List[int], group) -> torch.Tenso
 
 class _AllGatherWithGrad(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, tensor: torch.Tensor, group) -> torch.Tensor:  # type: ignore[override]
-        sizes = _gather_sizes(tensor.shape[0], tensor.device, group)
+    def forward(ctx, tensor: torch.Tensor, group, sizes: List[int]) -> torch.Tensor:  # type: ignore[override]
         rank, _ = rank_and_world_size(group)
         ctx.group = group
         ctx.start = sum(sizes[:rank])
@@ -77,37 +123,59 @@ class _AllGatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous().clone()
         # Every rank's loss may use every row: sum their gradients, keep ours.
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad[ctx.start:ctx.stop], None
+        return grad[ctx.start:ctx.stop], None, None
 
 
 def _check_tensor(tensor: torch.Tensor, name: str) -> None:
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+    if tensor.layout != torch.strided or tensor.is_nested:
+        raise TypeError(f"{name} must be a dense (strided) tensor, got layout {tensor.layout}")
+    if tensor.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor, which holds no data")
     if tensor.dim() == 0:
         raise ValueError(f"{name} must have at least one dimension (rows to gather)")
+
+
+def _checked_sizes(tensor: torch.Tensor, group) -> List[int]:
+    """Checks ``tensor`` on this rank and exchanges row counts; every rank raises if any rank's check failed."""
+    error: Optional[BaseException] = None
+    try:
+        _check_tensor(tensor, "tensor")
+    except Exception as e:  # noqa: BLE001 -- shared with the other ranks, then re-raised
+        error = e
+    if error is None:
+        return _exchange_sizes(tensor.shape[0], _fingerprint(tensor), None, tensor.device, group)
+    return _exchange_sizes(0, 0, error, _collective_device(group), group)
 
 
 def all_gather_with_grad(tensor: torch.Tensor, group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
     """Concatenates ``tensor`` over all ranks along dim 0; gradients flow back.
 
     Rank ``r``'s rows come after those of ranks ``0..r-1`` (see
-    :func:`rank_offset`); ranks may hold different numbers of rows. With no
-    process group (or world size 1) returns ``tensor`` itself.
+    :func:`rank_offset`); ranks may hold different numbers of rows, but the
+    same dtype and trailing shape. With no process group (or world size 1)
+    returns ``tensor`` itself. A rank whose tensor is invalid (or whose dtype
+    or shape differs from the others') makes every rank raise, promptly.
     """
-    _check_tensor(tensor, "tensor")
     _, world = rank_and_world_size(group)
     if world == 1:
+        _check_tensor(tensor, "tensor")
         return tensor
-    return _AllGatherWithGrad.apply(tensor, group)
+    sizes = _checked_sizes(tensor, group)  # raises on every rank, before the gather, if any rank's tensor is bad
+    return _AllGatherWithGrad.apply(tensor, group, sizes)
 
 
 def all_gather(tensor: torch.Tensor, group: Optional[dist.ProcessGroup] = None) -> torch.Tensor:
-    """Concatenates ``tensor`` over all ranks along dim 0, without gradient (ids, log q)."""
-    _check_tensor(tensor, "tensor")
+    """Concatenates ``tensor`` over all ranks along dim 0, without gradient (ids, log q).
+
+    Same rules as :func:`all_gather_with_grad`: every rank raises when any rank's tensor is invalid.
+    """
     _, world = rank_and_world_size(group)
     if world == 1:
+        _check_tensor(tensor, "tensor")
         return tensor
-    sizes = _gather_sizes(tensor.shape[0], tensor.device, group)
+    sizes = _checked_sizes(tensor, group)
     return _gather_padded(tensor.detach(), sizes, group)
 
 
@@ -119,9 +187,16 @@ def rank_offset(num_rows: int, group: Optional[dist.ProcessGroup] = None, device
     """
     rank, world = rank_and_world_size(group)
     if world == 1:
+        check_int(num_rows, "num_rows", minimum=0)
         return 0
-    dev = device if device is not None else ("cuda" if dist.get_backend(group) == "nccl" else "cpu")
-    sizes = _gather_sizes(int(num_rows), torch.device(dev), group)
+    error: Optional[BaseException] = None
+    n = 0
+    try:
+        n = check_int(num_rows, "num_rows", minimum=0)
+        dev = torch.device(device) if device is not None else _collective_device(group)
+    except Exception as e:  # noqa: BLE001 -- shared with the other ranks, then re-raised
+        error, dev = e, _collective_device(group)
+    sizes = _exchange_sizes(n, 0, error, dev, group)
     return sum(sizes[:rank])
 
 
@@ -143,22 +218,39 @@ def sampler_seed(
     rank (a splitmix64 step of ``seed + rank``), so ranks draw independent
     negatives that are still reproducible from one seed.
     """
-    if streams not in ("shared", "disjoint"):
-        raise ValueError(f"streams must be 'shared' or 'disjoint', got {streams!r}")
     from pyneg.samplers import draw_seed
 
     rank, world = rank_and_world_size(group)
+    if seed is None and world > 1:
+        # Every rank draws (their generators stay in step), rank 0's draw is
+        # shared; the same all-reduce tells every rank whether any rank failed.
+        error: Optional[BaseException] = None
+        drawn = 0
+        try:
+            _check_streams(streams)
+            drawn = draw_seed(generator)  # 63 bits: fits the int64 sum
+        except Exception as e:  # noqa: BLE001 -- shared with the other ranks, then re-raised
+            error = e
+        t = torch.tensor([0 if error is None else 1, drawn if rank == 0 else 0], dtype=torch.int64,
+                         device=_collective_device(group))
+        dist.all_reduce(t, group=group)
+        if error is not None:
+            raise error
+        if int(t[0]) > 0:
+            raise ValueError("another rank passed invalid arguments to sampler_seed (see its error)")
+        seed = int(t[1])
+    _check_streams(streams)
     if seed is None:
         seed = draw_seed(generator)
-        if world > 1:
-            dev = "cuda" if dist.get_backend(group) == "nccl" else "cpu"
-            t = torch.tensor([seed], dtype=torch.int64, device=dev)
-            dist.broadcast(t, src=dist.get_global_rank(group, 0) if group is not None else 0, group=group)
-            seed = int(t)
     seed = check_seed(seed)
     if streams == "shared":
         return seed
     return _splitmix64(seed + rank)
+
+
+def _check_streams(streams: str) -> None:
+    if streams not in ("shared", "disjoint"):
+        raise ValueError(f"streams must be 'shared' or 'disjoint', got {streams!r}")
 
 
 def _splitmix64(x: int) -> int:

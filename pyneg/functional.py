@@ -103,8 +103,10 @@ _LOW_PRECISION = (torch.float16, torch.bfloat16)
 # block of a normal batch) are scored in one go.
 DEFAULT_CHUNK_SIZE = 8192
 # Above this fraction of masked entries a block is masked with a dense (B, n)
-# comparison instead of a list of (row, column) hits (16 bytes per hit).
+# comparison instead of a list of (row, column) hits (16 bytes per hit, about
+# 48 while the list is built): the list then stays within 3x the mask's size.
 _DENSE_MASK_FRACTION = 1 / 16
+_DENSE = "dense"  # what _hit_pairs returns instead of a list longer than max_pairs
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -211,12 +213,15 @@ class _Block:
 
 
 def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int],
-               b: int, dev: torch.device) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+               b: int, dev: torch.device, max_pairs: Optional[int] = None) -> Any:
     """(rows, columns) of the masked entries of a block, or None when there are none to mask.
 
     Accidental hits are few (an id recurs in a handful of columns), so they are
     found by sorting the block's ids and binary-searching each row's id:
-    O((N + B) log N + hits) instead of a dense (B, N) comparison.
+    O((N + B) log N + hits) instead of a dense (B, N) comparison. The hits are
+    counted before any is listed: with more than ``max_pairs`` of them (a
+    repeated id: padding, a popular item) nothing is listed and ``_DENSE`` is
+    returned, so the lists never outgrow the dense mask they stand for.
     """
     rows, cols = [], []
     if ids is not None and row_ids is not None and ids.numel():
@@ -224,6 +229,8 @@ def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], dia
         lo = torch.searchsorted(sorted_ids, row_ids, right=False)
         counts = torch.searchsorted(sorted_ids, row_ids, right=True) - lo
         total = int(counts.sum())
+        if max_pairs is not None and total + (0 if diag is None else b) > max_pairs:
+            return _DENSE
         if total:
             rows.append(torch.repeat_interleave(torch.arange(b, device=dev), counts))
             first = torch.repeat_interleave(lo - (counts.cumsum(0) - counts), counts)
@@ -300,9 +307,10 @@ class _BlockLogSumExp(torch.autograd.Function):
         n, b = emb.shape[0], query.shape[0]
         qs = query / temperature
         neg_lq = None if log_q is None else -log_q
-        hits = _hit_pairs(ids, row_ids, diag, b, query.device)
-        # Few distinct ids (a tiny catalogue): a dense (B, n) mask is smaller than the hit list.
-        dense = hits is not None and hits[0].numel() > _DENSE_MASK_FRACTION * b * n
+        # Many hits (a tiny catalogue, a repeated id): a dense (B, n) mask is
+        # smaller than the hit list, which is then never built.
+        hits = _hit_pairs(ids, row_ids, diag, b, query.device, max_pairs=int(_DENSE_MASK_FRACTION * b * n))
+        dense = hits is _DENSE
         if dense:
             hits = None
         ctx.dense = dense

@@ -21,15 +21,20 @@ import torch
 
 from pyneg import _core, cuda
 from pyneg._validation import (
+    MAX_CLASSES,
     ArrayLike,
     SizeLike,
     as_float64_numpy,
     as_index_tensor,
+    as_tensor,
     check_bool,
     check_device,
+    check_float,
     check_int,
+    check_out,
     check_seed,
     check_size,
+    owned_copy,
 )
 
 __all__ = [
@@ -42,6 +47,10 @@ __all__ = [
 ]
 
 _NO_EXCLUDE = np.full((1, 1), -1, dtype=np.int64)
+# Draws of one call: the int64 result's bytes must fit in int64.
+_MAX_DRAWS = 2**60 - 1
+# Draw positions are 64-bit counters.
+_POSITIONS = 2**64
 
 
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:
@@ -55,6 +64,27 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
         raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
     device = generator.device if generator is not None else "cpu"
     return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
+
+
+class _Distribution:
+    """One sampler's whole state, replaced as a unit (never mutated in place).
+
+    ``probs`` is what log_prob and state_dict read and ``table`` what the
+    kernels draw from; both are built together from memory pyneg owns. Caches
+    (log-probabilities, per-device table copies) live here too, so a thread
+    that loads a new state while another samples can never pair one state's
+    table with another's cache.
+    """
+
+    __slots__ = ("probs", "table", "log_probs", "device_entries")
+
+    def __init__(self, probs: np.ndarray, table: Any) -> None:
+        self.probs = torch.from_numpy(probs)
+        self.table = table
+        self.log_probs: Optional[torch.Tensor] = None
+        # Per-device copies of the table (entries; cumulative masses for the CUDA
+        # exclusion kernels), uploaded on first use.
+        self.device_entries: Dict[Any, torch.Tensor] = {}
 
 
 class CandidateSample(NamedTuple):
@@ -90,14 +120,26 @@ class AliasSampler:
     """
 
     def __init__(self, weights: ArrayLike, *, _name: str = "weights") -> None:
-        w = as_float64_numpy(weights, _name)
+        # The binding copies w before the C++ normalisation reads it with the GIL
+        # released, so another thread writing the caller's array cannot change it midway.
+        w = as_float64_numpy(weights, _name, max_len=MAX_CLASSES)
         probs = np.empty_like(w)
-        self._table = _core.AliasTable(w, _name, probs)
-        self._probs = torch.from_numpy(probs)
-        self._log_probs: Optional[torch.Tensor] = None
-        # Per-device copies of the table (entries; cumulative masses for the CUDA
-        # exclusion kernels), uploaded on first use.
-        self._device_entries: Dict[Any, torch.Tensor] = {}
+        table = _core.AliasTable(w, _name, probs)
+        self._install(probs, table)
+
+    def _install(self, probs: np.ndarray, table: Any) -> None:
+        """Makes ``probs`` (owned, validated) and the table built from it the sampler's state."""
+        # Private: kernels draw from the table, log_prob reads probs, and both
+        # must describe one distribution, so neither is ever handed out.
+        self._dist = _Distribution(probs, table)
+
+    @property
+    def _table(self) -> Any:
+        return self._dist.table
+
+    @property
+    def _probs(self) -> torch.Tensor:
+        return self._dist.probs
 
     # ------------------------------------------------------------------ basics
     @property
@@ -112,20 +154,25 @@ class AliasSampler:
 
     @property
     def probs(self) -> torch.Tensor:
-        """(V,) float64 probabilities of one draw (the normalised weights); read it, don't write it."""
-        return self._probs
+        """(V,) float64 probabilities of one draw (the normalised weights).
+
+        A fresh copy on every access: writing it changes nothing in the sampler
+        (keep the copy if you read it often; it costs O(V)).
+        """
+        return self._dist.probs.clone()
 
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
         """log P(one draw == id), float64, with the shape of ``ids`` (-inf for zero weight)."""
         dev = ids.device if isinstance(ids, torch.Tensor) else None
-        idx = as_index_tensor(ids, "ids", self.num_classes)
-        if self._log_probs is None:
-            self._log_probs = self._compute_log_probs()
-        out = self._log_probs[idx]
+        dist = self._dist
+        idx = as_index_tensor(ids, "ids", dist.table.num_classes)
+        if dist.log_probs is None:  # racing threads compute the same values
+            dist.log_probs = self._compute_log_probs(dist.probs)
+        out = dist.log_probs[idx]
         return out if dev is None else out.to(dev)
 
-    def _compute_log_probs(self) -> torch.Tensor:
-        return torch.log(self._probs)
+    def _compute_log_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        return torch.log(probs)
 
     # ------------------------------------------------ sampled-softmax counts
     def expected_count(
@@ -158,13 +205,13 @@ class AliasSampler:
         logp = self.log_prob(ids)
         if num_tries is None:
             return logp + math.log(num_sampled)
-        tries = torch.as_tensor(num_tries, dtype=torch.float64, device=logp.device)
-        if (tries < 1).any():
-            raise ValueError("num_tries must be >= 1")
+        tries = _check_num_tries(num_tries, tuple(logp.shape)).to(logp.device)
         while tries.dim() and tries.dim() < logp.dim():
             tries = tries.unsqueeze(-1)
-        # log(1 - (1 - p)^t) = log(-expm1(t * log1p(-p)))
-        return torch.log(-torch.expm1(tries * torch.log1p(-torch.exp(logp))))
+        # log(1 - (1 - p)^t) = log(-expm1(t * log1p(-p))); p is clamped to [0, 1]
+        # so a rounding excess of exp(log p) over 1 cannot turn into NaN.
+        p = torch.exp(logp).clamp_(max=1.0)
+        return torch.log(-torch.expm1(tries * torch.log1p(-p)))
 
     # ---------------------------------------------------------------- drawing
     def sample(
@@ -201,7 +248,13 @@ class AliasSampler:
                 On a CUDA device pyneg's CUDA kernels draw there, bit-identical
                 to the CPU for the same seed (when ``pyneg.cuda_available()``).
             out: int64 tensor of shape ``size`` to write into (reusing it saves
-                the page faults of a fresh allocation).
+                the page faults of a fresh allocation); dense, contiguous, and
+                sharing no memory with ``exclude``.
+
+        Raises:
+            ValueError, TypeError: for a bad argument, naming it; the call then
+                changes nothing (not ``out``, not the generator).
+            MemoryError: ``size`` fits in int64 but not in memory.
         """
         return self._sample(size, exclude, unique, generator, seed, offset, device, out, want_tries=False)[0]
 
@@ -220,7 +273,10 @@ class AliasSampler:
         them with the expected counts of ``true_classes`` and of the candidates;
         ``log`` of those counts is the correction sampled softmax subtracts.
         """
-        num_sampled = check_int(num_sampled, "num_sampled", minimum=1)
+        num_sampled = check_int(num_sampled, "num_sampled", minimum=1, maximum=_MAX_DRAWS)
+        check_bool(unique, "unique")
+        if true_classes is not None:  # checked before drawing: a refused call draws nothing
+            true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
         ids, tries = self._sample((num_sampled,), None, unique, generator, seed, 0, None, None)
         num_tries = int(tries[0]) if unique else None
         sampled_count = self.expected_count(ids, num_sampled, num_tries=num_tries)
@@ -242,22 +298,31 @@ class AliasSampler:
         out: Optional[torch.Tensor],
         want_tries: bool = True,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        shape = check_size(size)
-        check_bool(unique, "unique")
-        offset = check_int(offset, "offset", minimum=0)
+        dist = self._dist  # one state for the whole call, whatever other threads load
+        shape = check_size(size, max_numel=_MAX_DRAWS)
+        numel = math.prod(shape)
+        unique = check_bool(unique, "unique")
+        offset = check_int(offset, "offset", minimum=0, maximum=_POSITIONS - 1)
+        if offset + numel > _POSITIONS:
+            raise ValueError(f"offset + the number of draws must not exceed 2**64 (the positions of a "
+                             f"seed's stream), got offset {offset} and {numel} draws")
         dev = check_device(device)
         if out is not None:
-            _check_out(out, shape)
+            check_out(out, "out", shape, torch.int64, inputs=[("exclude", exclude)])
             if dev is None:
                 dev = out.device
             elif out.device != dev:
                 raise ValueError(f"out is on {out.device} but device is {dev}")
         dev = dev or torch.device("cpu")
-        seed = draw_seed(generator) if seed is None else check_seed(seed)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device is {dev}, but torch has no usable CUDA device")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+        if seed is not None:
+            seed = check_seed(seed)
 
         # Rows: the last dimension is a row of negatives; a 1-D size with an
         # exclusion list has one row per element.
-        numel = math.prod(shape)
         if len(shape) >= 2:
             rows, k = numel // shape[-1] if shape[-1] else 0, shape[-1]
         elif exclude is not None:
@@ -266,7 +331,7 @@ class AliasSampler:
             rows, k = 1, numel
         lists = None
         if exclude is not None:
-            ex = as_index_tensor(exclude, "exclude", self.num_classes, allow_padding=True)
+            ex = as_index_tensor(exclude, "exclude", dist.table.num_classes, allow_padding=True)
             if ex.dim() == 1:
                 ex = ex.unsqueeze(1)
             if ex.dim() != 2:
@@ -279,18 +344,39 @@ class AliasSampler:
             if ex.shape[1] == 0:
                 ex = torch.full((ex.shape[0], 1), -1, dtype=torch.int64)
             lists = ex.numpy()
-        if unique and k > self.num_positive:
+        if unique and k > dist.table.num_positive:
             raise ValueError(
-                f"size asks for {k} distinct ids per row but only {self.num_positive} classes "
+                f"size asks for {k} distinct ids per row but only {dist.table.num_positive} classes "
                 "have positive weight"
             )
+        if seed is not None:
+            return self._draw(dist, shape, rows, k, lists, unique, seed, offset, dev, out, want_tries)
+        # A refused call must leave the generator as it found it: the kernels
+        # may still refuse an exclusion list (one that leaves nothing to draw).
+        gen = generator if generator is not None else torch.default_generator
+        gen_state = gen.get_state()
+        seed = draw_seed(generator)
+        # Where the kernels can still refuse, remember the state after our draw:
+        # rewind only if no other thread has drawn from the generator since.
+        drawn_state = gen.get_state() if lists is not None or unique else None
+        try:
+            return self._draw(dist, shape, rows, k, lists, unique, seed, offset, dev, out, want_tries)
+        except (ValueError, TypeError, MemoryError):
+            if drawn_state is None or torch.equal(gen.get_state(), drawn_state):
+                gen.set_state(gen_state)
+            raise
 
+    def _draw(self, dist: _Distribution, shape: Tuple[int, ...], rows: int, k: int, lists: Optional[np.ndarray], unique: bool,
+              seed: int, offset: int, dev: torch.device, out: Optional[torch.Tensor],
+              want_tries: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Draws checked arguments with the CUDA kernels, the CPU kernels or torch ops."""
+        numel = math.prod(shape)
         if dev.type == "cuda" and cuda.cuda_available():
             # pyneg's CUDA kernels: the same draws as the CPU's, made on the device.
-            result = out if out is not None else torch.empty(shape, dtype=torch.int64, device=dev)
+            result = out if out is not None else _allocate(shape, dev)
             tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
             if numel:
-                tries = cuda.sample_into(self._table, self._device_entries, result, rows, k, lists, unique,
+                tries = cuda.sample_into(dist.table, dist.device_entries, result, rows, k, lists, unique,
                                          seed, offset, unique and want_tries)
             return result, tries
 
@@ -298,13 +384,13 @@ class AliasSampler:
         if on_cpu and out is not None:
             result = out
         else:
-            result = torch.empty(shape, dtype=torch.int64)
+            result = _allocate(shape, torch.device("cpu"))
         tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
         if numel == 0:
             pass
         elif not on_cpu and lists is None and not unique:
             # pyneg._cuda not built: draw with torch ops on the device's table copy.
-            drawn = self._sample_torch_ops(shape, seed, dev)
+            drawn = self._sample_torch_ops(shape, seed, dev, dist)
             if out is not None:
                 out.copy_(drawn)
                 return out, None
@@ -313,14 +399,14 @@ class AliasSampler:
             flat = result.view(-1).numpy()
             threads = torch.get_num_threads()
             if unique:
-                self._table.sample_unique(
+                dist.table.sample_unique(
                     seed, offset, _NO_EXCLUDE if lists is None else lists, k, flat,
                     None if tries is None else tries.numpy(), threads,
                 )
             elif lists is not None:
-                self._table.sample_excluding(seed, offset, lists, k, flat, threads)
+                dist.table.sample_excluding(seed, offset, lists, k, flat, threads)
             else:
-                self._table.sample(seed, offset, flat, threads)
+                dist.table.sample(seed, offset, flat, threads)
         if not on_cpu:
             if out is not None:
                 out.copy_(result)
@@ -328,62 +414,129 @@ class AliasSampler:
             return result.to(dev), tries
         return result, tries
 
-    def _sample_torch_ops(self, shape: Tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
+    def _sample_torch_ops(self, shape: Tuple[int, ...], seed: int, device: torch.device,
+                          dist: Optional[_Distribution] = None) -> torch.Tensor:
         """Alias draws with plain torch ops on ``device`` (the fallback when pyneg._cuda is not built).
 
         Uses the same table as the C++ kernels but torch's generator for the
         device, so its samples follow the same distribution without being
         bit-identical to the CPU ones.
         """
-        entries, _ = cuda.table_tensors(self._table, self._device_entries, device)
+        dist = dist or self._dist
+        entries, _ = cuda.table_tensors(dist.table, dist.device_entries, device)
         gen = torch.Generator(device=device)
         gen.manual_seed(seed % (2**63))
-        bucket = torch.randint(0, self.num_classes, shape, generator=gen, device=device)
+        bucket = torch.randint(0, int(dist.table.num_classes), shape, generator=gen, device=device)
         coin = torch.randint(0, 2**32, shape, generator=gen, device=device)
         word = entries[bucket]
         keep = coin < (word & 0xFFFFFFFF)
         return torch.where(keep, bucket, word >> 32)
 
     # ---------------------------------------------------------- persistence
-    def state_dict(self) -> Dict[str, torch.Tensor]:
-        """The sampler's state: its probabilities (the table is a pure function of them)."""
-        return {"probs": self._probs.clone()}
+    def state_dict(self) -> Dict[str, Any]:
+        """The sampler's state: its class name and probabilities (the table is a pure
+        function of them), plus what a subclass adds (UnigramSampler: ``power``).
+
+        Holds only tensors, strings and numbers, so it loads with
+        ``torch.load(..., weights_only=True)``.
+        """
+        return {"sampler": type(self).__name__, "probs": self._dist.probs.clone(), **self._extra_state()}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        """Restores a state from :meth:`state_dict`; the sampler then draws exactly as the saved one."""
-        if not isinstance(state_dict, dict) or "probs" not in state_dict:
-            raise ValueError("state_dict must be a dict with a 'probs' entry")
-        probs = as_float64_numpy(state_dict["probs"], "state_dict['probs']").copy()
-        self._table = _core.AliasTable.from_probs(probs, "state_dict['probs']")
-        self._probs = torch.from_numpy(probs)
-        self._log_probs = None
-        self._device_entries = {}
+        """Restores a state from :meth:`state_dict`; the sampler then draws exactly as the saved one.
 
+        Refuses (ValueError, leaving the sampler unchanged) the state of another
+        sampler class, of another number of classes, or with missing, unknown
+        or malformed entries.
+        """
+        probs, table, extra = self._check_state(state_dict, self.num_classes)
+        self._install(probs, table)
+        self._set_extra_state(extra)
+
+    # Names of the entries a subclass adds to the state.
+    _EXTRA_KEYS: Tuple[str, ...] = ()
+
+    def _extra_state(self) -> Dict[str, Any]:
+        """Entries a subclass adds to the state (numbers and strings only)."""
+        return {}
+
+    def _check_extra_state(self, state: Dict[str, Any], probs: np.ndarray) -> Dict[str, Any]:
+        """Validates a subclass's entries of ``state``; returns them (nothing is written)."""
+        return {}
+
+    def _set_extra_state(self, extra: Dict[str, Any]) -> None:
+        pass
+
+    def _check_state(self, state: Any, num_classes: Optional[int]) -> Tuple[np.ndarray, Any, Dict[str, Any]]:
+        """Checks a state fully and builds its table, writing nothing: (probs, table, extra)."""
+        cls = type(self).__name__
+        if not isinstance(state, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
+        want = {"sampler", "probs", *self._EXTRA_KEYS}
+        missing, unknown = want - set(state), set(state) - want
+        if missing or unknown:
+            raise ValueError(f"state_dict is not a state of {cls} (saved by another class or an older pyneg?): "
+                             + ", ".join(filter(None, [missing and f"missing {sorted(missing)}",
+                                                       unknown and f"unexpected {sorted(map(str, unknown))}"])))
+        if state["sampler"] != cls:
+            raise ValueError(f"state_dict is a state of {state['sampler']!r}, not of {cls}")
+        p = state["probs"]
+        if not isinstance(p, torch.Tensor) or p.dtype != torch.float64 or p.dim() != 1 \
+                or p.layout != torch.strided or p.device.type == "meta":
+            raise ValueError("state_dict['probs'] must be a 1-D float64 tensor, got "
+                             + (f"{p.dtype} of shape {tuple(p.shape)}" if isinstance(p, torch.Tensor)
+                                else type(p).__name__))
+        if num_classes is not None and p.numel() != num_classes:
+            raise ValueError(f"state_dict['probs'] has {p.numel()} classes but this {cls} has {num_classes}")
+        if p.numel() == 0 or p.numel() > MAX_CLASSES:
+            raise ValueError(f"state_dict['probs'] must have 1 to {MAX_CLASSES} entries, got {p.numel()}")
+        probs = owned_copy(p, torch.float64).numpy()
+        extra = self._check_extra_state(state, probs)
+        table = _core.AliasTable.from_probs(probs, "state_dict['probs']")
+        return probs, table, extra
+
+    # Pickling (deepcopy, torch.save) goes through state_dict, so a copy is
+    # built and validated exactly as a loaded state is.
     def __getstate__(self) -> Dict[str, Any]:
-        state = {k: v for k, v in self.__dict__.items() if k not in ("_table", "_device_entries", "_log_probs")}
-        return state
+        return self.state_dict()
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._table = _core.AliasTable.from_probs(self._probs.numpy(), "probs")
-        self._log_probs = None
-        self._device_entries = {}
+        if isinstance(state, dict) and "_probs" in state:  # pickled by an older pyneg: its attributes
+            extra = {"power": state["power"]} if "power" in state else {}
+            state = {"sampler": type(self).__name__, "probs": state["_probs"], **extra}
+        probs, table, extra = self._check_state(state, None)
+        self._install(probs, table)
+        self._set_extra_state(extra)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(num_classes={self.num_classes})"
 
 
-def _check_out(out: Any, shape: Tuple[int, ...]) -> None:
-    if not isinstance(out, torch.Tensor):
-        raise TypeError(f"out must be a torch.Tensor, got {type(out).__name__}")
-    if out.dtype != torch.int64:
-        raise TypeError(f"out must be int64, got {out.dtype}")
-    if tuple(out.shape) != shape:
-        raise ValueError(f"out has shape {tuple(out.shape)} but size is {shape}")
-    if not out.is_contiguous():
-        raise ValueError("out must be contiguous")
-    if out.requires_grad:
-        raise ValueError("out must not require grad")
+def _allocate(shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
+    """An int64 tensor for the draws; a size the machine cannot hold is a MemoryError naming it."""
+    try:
+        return torch.empty(shape, dtype=torch.int64, device=device)
+    except (RuntimeError, MemoryError) as exc:  # torch's allocators raise RuntimeError (CPU) or OOM
+        raise MemoryError(f"size {shape}: cannot allocate {8 * math.prod(shape)} bytes of draws "
+                          f"on {device} ({exc})") from None
+
+
+def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> torch.Tensor:
+    """``num_tries`` as a float64 CPU tensor that pyneg owns: finite, >= 1, and either a
+    number or a tensor whose shape is a leading part of ``shape`` (size-1 dims broadcast)."""
+    if isinstance(num_tries, (torch.Tensor, np.ndarray, list, tuple)):
+        t = as_tensor(num_tries, "num_tries")
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"num_tries must hold real numbers, got {t.dtype}")
+        t = owned_copy(t, torch.float64)
+        lead = shape[: t.dim()]
+        if t.dim() > len(shape) or any(a not in (1, b) for a, b in zip(t.shape, lead)):
+            raise ValueError(f"num_tries must be a number or hold one value per leading index of ids "
+                             f"(shape {shape}), got shape {tuple(t.shape)}")
+        if not bool(torch.isfinite(t).all()) or bool((t < 1).any()):
+            raise ValueError("num_tries must be finite and >= 1")
+        return t
+    return torch.tensor(check_float(num_tries, "num_tries", minimum=1.0), dtype=torch.float64)
 
 
 class UnigramSampler(AliasSampler):
@@ -397,23 +550,51 @@ class UnigramSampler(AliasSampler):
     """
 
     def __init__(self, counts: ArrayLike, power: float = 0.75) -> None:
-        if isinstance(power, bool) or not isinstance(power, (int, float)):
-            raise TypeError(f"power must be a float, got {type(power).__name__}")
-        if not math.isfinite(power) or power < 0:
-            raise ValueError(f"power must be finite and >= 0, got {power}")
-        c = as_float64_numpy(counts, "counts")
+        power = check_float(power, "power", minimum=0.0)
+        # Owned: the checks below and the weights computed from them see the same values.
+        c = np.array(as_float64_numpy(counts, "counts", max_len=MAX_CLASSES), copy=True)
         if not np.isfinite(c).all() or (c < 0).any():
             raise ValueError("counts must be finite and non-negative")
-        self.power = float(power)
-        super().__init__(np.power(c, self.power), _name="counts")
+        cmax = c.max()
+        if cmax == 0 and power > 0:
+            raise ValueError("counts must have a positive sum (all entries are zero)")
+        # (c / max c) ** power lies in [0, 1]: proportional to c ** power, but it
+        # cannot overflow (1e200 ** 2) nor lose subnormal counts.
+        with np.errstate(under="ignore"):
+            w = np.power(c / cmax, power) if cmax > 0 else np.ones_like(c)
+        self._power = power
+        super().__init__(w, _name="counts")
+
+    @property
+    def power(self) -> float:
+        """The exponent applied to the counts."""
+        return self._power
+
+    _EXTRA_KEYS = ("power",)
+
+    def _extra_state(self) -> Dict[str, Any]:
+        return {"power": self._power}
+
+    def _check_extra_state(self, state: Dict[str, Any], probs: np.ndarray) -> Dict[str, Any]:
+        try:
+            return {"power": check_float(state["power"], "state_dict['power']", minimum=0.0)}
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+
+    def _set_extra_state(self, extra: Dict[str, Any]) -> None:
+        self._power = extra["power"]
 
 
 class UniformSampler(AliasSampler):
     """Draws every id of ``range(num_classes)`` with probability ``1 / num_classes``."""
 
     def __init__(self, num_classes: int) -> None:
-        n = check_int(num_classes, "num_classes", minimum=1)
+        n = check_int(num_classes, "num_classes", minimum=1, maximum=MAX_CLASSES)
         super().__init__(np.ones(n), _name="num_classes")
+
+    def _check_extra_state(self, state: Dict[str, Any], probs: np.ndarray) -> Dict[str, Any]:
+        _check_fixed_probs(self, probs)
+        return {}
 
 
 class LogUniformSampler(AliasSampler):
@@ -425,10 +606,30 @@ class LogUniformSampler(AliasSampler):
     """
 
     def __init__(self, num_classes: int) -> None:
-        n = check_int(num_classes, "num_classes", minimum=1)
+        n = check_int(num_classes, "num_classes", minimum=1, maximum=MAX_CLASSES)
         k = np.arange(n, dtype=np.float64)
         super().__init__(np.log1p(1.0 / (k + 1.0)), _name="num_classes")
 
-    def _compute_log_probs(self) -> torch.Tensor:
-        k = torch.arange(self.num_classes, dtype=torch.float64)
-        return torch.log(torch.log1p(1.0 / (k + 1.0))) - math.log(math.log(self.num_classes + 1.0))
+    def _check_extra_state(self, state: Dict[str, Any], probs: np.ndarray) -> Dict[str, Any]:
+        _check_fixed_probs(self, probs)
+        return {}
+
+    def _compute_log_probs(self, probs: torch.Tensor) -> torch.Tensor:
+        n = probs.numel()
+        k = torch.arange(n, dtype=torch.float64)
+        return torch.log(torch.log1p(1.0 / (k + 1.0))) - math.log(math.log(n + 1.0))
+
+
+def _check_fixed_probs(sampler: AliasSampler, probs: np.ndarray) -> None:
+    """A sampler defined by its size alone (uniform, log-uniform) accepts only its own probs.
+
+    Unpickling builds the object without ``__init__``: then the reference is
+    recomputed from the state's size.
+    """
+    if "_dist" in sampler.__dict__:
+        ref = sampler._dist.probs.numpy()
+    else:
+        ref = type(sampler)(probs.size)._probs.numpy()
+    if ref.shape != probs.shape or not np.array_equal(ref, probs):
+        raise ValueError(f"state_dict['probs'] is not the distribution of "
+                         f"{type(sampler).__name__}({probs.size})")

@@ -135,3 +135,86 @@ def test_bad_input_on_one_rank_raises_on_every_rank():
                 assert "another rank" in res[name], res[name]
         assert torch.equal(res["after"]["ids"], torch.tensor([0, 10, 1, 11]))
         assert _same(res["after"]["embeddings"], results[0]["after"]["embeddings"])
+
+
+class _Exploding:
+    """An id container whose conversion raises something other than ValueError/TypeError."""
+
+    def __array__(self, *args, **kwargs):
+        raise RuntimeError("boom: this input cannot be read")
+
+    def __len__(self):
+        return 3
+
+
+class _OddTensor(torch.Tensor):
+    """A tensor whose layout cannot be read (raises RuntimeError in pyneg's checks)."""
+
+    @property
+    def layout(self):  # type: ignore[override]
+        raise RuntimeError("boom: layout unavailable")
+
+
+def _failing_checks_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    import datetime
+    import time
+
+    # A short process-group timeout: were a rank left waiting, its collective
+    # would fail after 20 s (and the elapsed times below would show it).
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=20))
+    try:
+        bank, est = _make(sync=True)
+        ok_ids = torch.tensor([1, 2, 3])
+        bad = rank == 1
+        calls = {
+            "enqueue": lambda: bank.enqueue(torch.ones(3, DIM), _Exploding() if bad else ok_ids),
+            "update": lambda: est.update(_Exploding() if bad else ok_ids),
+            "update_meta": lambda: est.update(ok_ids.to("meta") if bad else ok_ids),
+            "all_gather": lambda: pyneg.distributed.all_gather(
+                torch.ones(2, 3).as_subclass(_OddTensor) if bad else torch.ones(2, 3)),
+            "all_gather_mismatch": lambda: pyneg.distributed.all_gather(
+                torch.ones(2, 4 if bad else 3, dtype=torch.float64 if bad else torch.float32)),
+            "all_gather_with_grad": lambda: pyneg.distributed.all_gather_with_grad(
+                torch.ones(2, 3).to("meta") if bad else torch.ones(2, 3, requires_grad=True)),
+            "rank_offset": lambda: pyneg.distributed.rank_offset(_Exploding() if bad else 4),
+            "sampler_seed": lambda: pyneg.distributed.sampler_seed(streams="nope" if bad else "shared"),
+        }
+        outcome = {}
+        for name, call in calls.items():
+            start = time.monotonic()
+            try:
+                call()
+                outcome[name] = ("no error", "", time.monotonic() - start)
+            except Exception as e:  # noqa: BLE001 -- recorded for the test to check
+                outcome[name] = (type(e).__name__, str(e), time.monotonic() - start)
+        # Nothing was recorded, and the ranks are still in step: a valid synced call works.
+        outcome["steps_before"] = (bank.step, est.step)
+        bank.enqueue(torch.ones(1, DIM), torch.tensor([rank]))
+        est.update(torch.tensor([rank]))
+        outcome["ids_after"] = bank.ids.tolist()
+        torch.save(outcome, os.path.join(out_dir, f"{rank}.pt"))
+        dist.barrier()  # see _worker
+    finally:
+        dist.destroy_process_group()
+    os._exit(0)  # see _worker
+
+
+def test_any_failure_of_one_ranks_checks_raises_on_every_rank_promptly():
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_failing_checks_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
+        results = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(2)]
+    own_error = {"enqueue": "RuntimeError", "update": "RuntimeError", "update_meta": "ValueError",
+                 "all_gather": "RuntimeError", "all_gather_mismatch": "ValueError",
+                 "all_gather_with_grad": "ValueError", "rank_offset": "TypeError", "sampler_seed": "ValueError"}
+    for name, kind in own_error.items():
+        (kind0, msg0, t0), (kind1, msg1, t1) = results[0][name], results[1][name]
+        assert t0 < 10 and t1 < 10, (name, t0, t1)  # promptly: far below the 20 s group timeout
+        if name == "all_gather_mismatch":  # both ranks see the mismatch
+            assert kind0 == kind1 == "ValueError" and "different dtypes" in msg0 and "different dtypes" in msg1
+            continue
+        assert kind1 == kind, (name, kind1, msg1)  # the failing rank raises its own error
+        assert kind0 == "ValueError" and "another rank" in msg0, (name, kind0, msg0)
+    for res in results:
+        assert res["steps_before"] == (0, 0)
+        assert res["ids_after"] == [0, 1]

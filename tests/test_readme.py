@@ -1,4 +1,5 @@
 """Every ```python block of README.md runs as written."""
+
 from __future__ import annotations
 
 import re

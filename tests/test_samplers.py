@@ -344,13 +344,19 @@ def test_out_buffer_is_written_in_place():
 
 def test_state_dict_and_pickle_round_trip():
     s = pyneg.UnigramSampler(torch.rand(777, generator=torch.Generator().manual_seed(3)) * 10)
-    t = pyneg.UniformSampler(5)
+    t = pyneg.UnigramSampler(torch.ones(777), power=1.0)
     t.load_state_dict(s.state_dict())
+    assert t.power == s.power
     assert torch.equal(t.sample((9, 9), seed=8), s.sample((9, 9), seed=8))
     u = pickle.loads(pickle.dumps(s))
     assert torch.equal(u.sample(1000, seed=8), s.sample(1000, seed=8))
+    # Another class's state, another size, or malformed probs are refused.
     with pytest.raises(ValueError, match="state_dict"):
-        t.load_state_dict({"probs": torch.tensor([0.5, 0.6])})
+        pyneg.UniformSampler(777).load_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match="state_dict"):
+        pyneg.UnigramSampler(torch.ones(5)).load_state_dict(s.state_dict())
+    with pytest.raises(ValueError, match="state_dict"):
+        t.load_state_dict({**t.state_dict(), "probs": torch.full((777,), 0.5, dtype=torch.float64)})
 
 
 def test_device_argument(device):

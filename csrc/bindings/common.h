@@ -30,6 +30,14 @@ T* writable_data(output_array<T>& a, const char* name) {
   return a.mutable_data();
 }
 
+// A copy of an input's values, taken while the GIL is held: kernels that run
+// with the GIL released then read memory pyneg owns, whatever another Python
+// thread does to the caller's array meanwhile.
+template <class T>
+std::vector<T> owned_copy(const input_array<T>& a) {
+  return std::vector<T>(a.data(), a.data() + a.size());
+}
+
 // A new NumPy array holding a copy of v.
 template <class T>
 py::array_t<T> to_array(const std::vector<T>& v) {

@@ -15,10 +15,13 @@ namespace pyneg::bindings {
 
 namespace {
 
-ExcludeLists exclude_lists(const input_array<int64_t>& exclude, int64_t rows) {
+// The exclusion lists over `ids`, an owned copy of `exclude` (see owned_copy):
+// the kernels read them with the GIL released.
+ExcludeLists exclude_lists(const input_array<int64_t>& exclude, const std::vector<int64_t>& ids,
+                           int64_t rows) {
   if (exclude.ndim() != 2) throw std::invalid_argument("exclude must be 2-D (rows, width)");
   ExcludeLists ex;
-  ex.ids = exclude.data();
+  ex.ids = ids.data();
   ex.num_lists = exclude.shape(0);
   ex.width = exclude.shape(1);
   if (ex.num_lists <= 0 || rows % ex.num_lists != 0) {
@@ -48,10 +51,10 @@ void register_alias(py::module_& m) {
              if (probs_out.size() != weights.size())
                throw std::invalid_argument("probs_out must have as many entries as " + name);
              double* probs = writable_data(probs_out, "probs_out");
-             const double* w = weights.data();
+             const std::vector<double> w = owned_copy(weights);
              const int64_t n = weights.size();
              py::gil_scoped_release release;
-             normalize_weights(w, n, name.c_str(), probs);
+             normalize_weights(w.data(), n, name.c_str(), probs);
              return build_alias_table(probs, n, name.c_str());
            }),
            py::arg("weights"), py::arg("name"), py::arg("probs_out").noconvert(),
@@ -60,10 +63,10 @@ void register_alias(py::module_& m) {
           "from_probs",
           [](const input_array<double>& probs, const std::string& name) {
             require_ndim(probs, 1, name.c_str());
-            const double* p = probs.data();
+            const std::vector<double> p = owned_copy(probs);  // checked, then read again
             const int64_t n = probs.size();
             py::gil_scoped_release release;
-            return build_alias_table(p, n, name.c_str());
+            return build_alias_table(p.data(), n, name.c_str());
           },
           py::arg("probs"), py::arg("name") = "probs",
           "Build the table from normalised probabilities (a pure function of them).")
@@ -102,7 +105,8 @@ void register_alias(py::module_& m) {
              int num_threads) {
             int64_t* dst = writable_data(out, "out");
             const int64_t rows = checked_rows(out, k);
-            const ExcludeLists ex = exclude_lists(exclude, rows);
+            const std::vector<int64_t> ids = owned_copy(exclude);
+            const ExcludeLists ex = exclude_lists(exclude, ids, rows);
             py::gil_scoped_release release;
             alias_sample_excluding(t, seed, offset, ex, rows, k, dst, num_threads);
           },
@@ -121,7 +125,8 @@ void register_alias(py::module_& m) {
               tr = writable_data(*tries, "tries");
               if (tries->size() != rows) throw std::invalid_argument("tries must hold one value per row");
             }
-            const ExcludeLists ex = exclude_lists(exclude, rows);
+            const std::vector<int64_t> ids = owned_copy(exclude);
+            const ExcludeLists ex = exclude_lists(exclude, ids, rows);
             py::gil_scoped_release release;
             alias_sample_unique(t, seed, offset, ex, rows, k, dst, tr, num_threads);
           },
@@ -134,7 +139,8 @@ void register_alias(py::module_& m) {
   cls.def(
       "prepare_exclude",
       [](const AliasTable& t, const input_array<int64_t>& exclude, int64_t rows, int64_t unique_k) {
-        const ExcludeLists ex = exclude_lists(exclude, rows);
+        const std::vector<int64_t> ids = owned_copy(exclude);
+        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
         PreparedExclude p;
         {
           py::gil_scoped_release release;
@@ -166,7 +172,8 @@ void register_alias(py::module_& m) {
         const int64_t rows = checked_rows(out, k);
         int64_t* tr = writable_data(tries, "tries");
         if (tries.size() != rows) throw std::invalid_argument("tries must hold one value per row");
-        const ExcludeLists ex = exclude_lists(exclude, rows);
+        const std::vector<int64_t> ids = owned_copy(exclude);
+        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
         py::gil_scoped_release release;
         emulate_device_sampling(t, mode, seed, offset, ex, rows, k, dst, tr);
       },

@@ -24,6 +24,14 @@ FrequencyTable frequency_table(output_array<double>& cells, bool write) {
   return t;
 }
 
+// A private copy of a 1-D id input. What the kernels check is what they read,
+// whatever another thread does to the caller's array meanwhile (torch ops run
+// without the GIL, so holding it does not keep a tensor's memory still).
+std::vector<int64_t> owned_ids(const input_array<int64_t>& a, const char* name) {
+  require_ndim(a, 1, name);
+  return std::vector<int64_t>(a.data(), a.data() + a.size());
+}
+
 }  // namespace
 
 void register_memory(py::module_& m) {
@@ -32,6 +40,9 @@ void register_memory(py::module_& m) {
       "frequency_update",
       [](output_array<double> state, const input_array<int64_t>& ids, int64_t step, double alpha,
          int num_threads) {
+        // No private copy of the ids here (unlike the ring index): the Python
+        // layer passes one, and any id value hashes into the table, so even a
+        // concurrent writer could not make the kernel leave its memory.
         const FrequencyTable t = frequency_table(state, true);
         require_ndim(ids, 1, "ids");
         const int64_t* p = ids.data();
@@ -52,7 +63,7 @@ void register_memory(py::module_& m) {
         float* dst = writable_data(out, "out");
         const int64_t* p = ids.data();
         const int64_t n = ids.size();
-        py::gil_scoped_release release;
+        py::gil_scoped_release release;  // as in frequency_update: the ids are the caller's private copy
         frequency_estimate(t, step, p, n, log, dst);
       },
       py::arg("state").noconvert(), py::arg("ids"), py::arg("step"), py::arg("log"),
@@ -82,7 +93,9 @@ void register_memory(py::module_& m) {
         unsigned char* d = writable_data(dst, "dst");
         const unsigned char* s = src.data();
         const int64_t row_bytes = dst.shape(1);
-        py::gil_scoped_release release;
+        // The GIL stays held: src is the caller's memory (a zero-copy view of
+        // their embeddings), which pyneg neither owns nor can keep alive against
+        // another thread freeing its storage; a few hundred KB is microseconds.
         copy_ring_rows(d, s, row_bytes, w);
       },
       py::arg("dst").noconvert(), py::arg("src"), py::arg("write"),
@@ -111,8 +124,8 @@ void register_memory(py::module_& m) {
       .def(
           "push",
           [](RingIndex& r, const input_array<int64_t>& ids, int64_t step) {
-            require_ndim(ids, 1, "ids");
-            const RingWrite w = r.push(ids.data(), ids.size(), step);
+            const std::vector<int64_t> own = owned_ids(ids, "ids");
+            const RingWrite w = r.push(own.data(), static_cast<int64_t>(own.size()), step);
             return py::make_tuple(w.src_begin, w.dst_begin, w.first, w.second);
           },
           py::arg("ids"), py::arg("step"),
@@ -123,10 +136,10 @@ void register_memory(py::module_& m) {
           "restore",
           [](RingIndex& r, const input_array<int64_t>& ids, const input_array<int64_t>& steps,
              int64_t head) {
-            require_ndim(ids, 1, "ids");
-            require_ndim(steps, 1, "steps");
-            if (steps.size() != ids.size()) throw std::invalid_argument("steps must have one entry per id");
-            r.restore(ids.data(), steps.data(), ids.size(), head);
+            const std::vector<int64_t> own_ids = owned_ids(ids, "ids");
+            const std::vector<int64_t> own_steps = owned_ids(steps, "steps");
+            if (own_steps.size() != own_ids.size()) throw std::invalid_argument("steps must have one entry per id");
+            r.restore(own_ids.data(), own_steps.data(), static_cast<int64_t>(own_ids.size()), head);
           },
           py::arg("ids"), py::arg("steps"), py::arg("head"),
           "Replace the contents with entries given oldest first; the next entry goes to slot `head`.")
@@ -135,14 +148,18 @@ void register_memory(py::module_& m) {
            "Number of entries written at a step >= min_step (the newest ones).")
       .def(
           "find_hits",
-          [](const RingIndex& r, const input_array<int64_t>& positive_ids, int64_t min_step) {
-            require_ndim(positive_ids, 1, "positive_ids");
+          [](const RingIndex& r, const input_array<int64_t>& positive_ids, int64_t min_step,
+             int64_t max_pairs) -> py::object {
+            const std::vector<int64_t> own = owned_ids(positive_ids, "positive_ids");
             std::vector<int64_t> rows, slots;
-            r.find_hits(positive_ids.data(), positive_ids.size(), min_step, &rows, &slots);
+            if (!r.find_hits(own.data(), static_cast<int64_t>(own.size()), min_step, max_pairs, &rows, &slots)) {
+              return py::none();
+            }
             return py::make_tuple(to_array(rows), to_array(slots));
           },
-          py::arg("positive_ids"), py::arg("min_step") = 0,
-          "(rows, slots) of the entries whose id equals row's positive id and whose step >= min_step.");
+          py::arg("positive_ids"), py::arg("min_step") = 0, py::arg("max_pairs") = INT64_MAX,
+          "(rows, slots) of the entries whose id equals row's positive id and whose step >= min_step; "
+          "None when there are more than max_pairs of them.");
 }
 
 }  // namespace pyneg::bindings

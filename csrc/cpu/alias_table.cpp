@@ -43,9 +43,18 @@ double scaled_sum(const double* w, int64_t n, double scale) {
 }  // namespace
 
 void normalize_weights(const double* weights, int64_t n, const char* name, double* probs_out) {
-  const double inv_max = 1.0 / checked_max(weights, n, name);
-  const double inv_sum = 1.0 / scaled_sum(weights, n, inv_max);
-  for (int64_t i = 0; i < n; ++i) probs_out[i] = weights[i] * inv_max * inv_sum;
+  const double wmax = checked_max(weights, n, name);
+  const double inv_max = 1.0 / wmax;
+  if (std::isfinite(inv_max)) {
+    const double inv_sum = 1.0 / scaled_sum(weights, n, inv_max);
+    for (int64_t i = 0; i < n; ++i) probs_out[i] = weights[i] * inv_max * inv_sum;
+    return;
+  }
+  // A subnormal largest weight (e.g. all weights 1e-310): 1 / wmax overflows,
+  // so divide by it instead; w / wmax is in [0, 1] and the sum is >= 1.
+  for (int64_t i = 0; i < n; ++i) probs_out[i] = weights[i] / wmax;
+  const double inv_sum = 1.0 / scaled_sum(probs_out, n, 1.0);
+  for (int64_t i = 0; i < n; ++i) probs_out[i] *= inv_sum;
 }
 
 AliasTable build_alias_table(const double* probs, int64_t n, const char* name) {

@@ -143,18 +143,25 @@ int64_t RingIndex::count_since(int64_t min_step) const {
   return size_ - lo;
 }
 
-void RingIndex::find_hits(const int64_t* positives, int64_t b, int64_t min_step,
+bool RingIndex::find_hits(const int64_t* positives, int64_t b, int64_t min_step, int64_t max_pairs,
                           std::vector<int64_t>* rows, std::vector<int64_t>* slots) const {
   check_non_negative_ids(positives, b, "positive_ids");
+  int64_t found = 0;
   for (int64_t r = 0; r < b; ++r) {
     const int64_t pos = find(positives[r]);
     if (pos < 0) continue;
     for (int32_t s = table_[static_cast<size_t>(pos)].first; s >= 0; s = next_[static_cast<size_t>(s)]) {
       if (slot_step_[static_cast<size_t>(s)] < min_step) continue;
+      if (++found > max_pairs) {
+        rows->clear();
+        slots->clear();
+        return false;
+      }
       rows->push_back(r);
       slots->push_back(s);
     }
   }
+  return true;
 }
 
 }  // namespace pyneg

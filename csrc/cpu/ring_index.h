@@ -69,8 +69,11 @@ class RingIndex {
 
   // For each row r, appends (r, slot) for every entry with id positives[r] and
   // step >= min_step, oldest first. Throws std::invalid_argument for a negative
-  // positive id.
-  void find_hits(const int64_t* positives, int64_t b, int64_t min_step,
+  // positive id. Stops and returns false (rows and slots cleared) as soon as
+  // there are more than max_pairs hits: a repeated id (padding, a popular item)
+  // can have B * M hits, and the caller then builds a dense mask instead, so
+  // the lists never take more memory than the caller allows.
+  bool find_hits(const int64_t* positives, int64_t b, int64_t min_step, int64_t max_pairs,
                  std::vector<int64_t>* rows, std::vector<int64_t>* slots) const;
 
  private:

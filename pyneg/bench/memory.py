@@ -156,6 +156,8 @@ WORKLOADS = [
         check=_check_queue,
         items=1_024,
         targets=(Target("ratio", 20, "torch.cat + slice (MoCo-style)"),),
+        target_size={"M": 65_536, "d": 128, "B": 1_024},
+        size=lambda st: {"M": st.capacity, "d": st.bank.dim, "B": st.batch},
     ),
     Workload(
         name="freq_update_4096",
@@ -165,7 +167,6 @@ WORKLOADS = [
         run=_pyneg_update,
         baselines={"NumPy vectorised update": _numpy_update},
         check=_check_freq,
-        items=4_096,
-        targets=(Target("items_per_s", 50e6),),
+        items=4_096,  # no DESIGN target: the speed-up over NumPy is shown for information
     ),
 ]

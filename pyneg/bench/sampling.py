@@ -2,8 +2,11 @@
 
 Baselines: ``torch.multinomial`` (rebuilds a CDF on every call),
 ``numpy.random.Generator.choice`` (likewise), a word2vec-style lookup table of
-10^7 entries (fast, but quantises every probability to a multiple of 1e-7) and
-``torch.randint`` (the uniform floor: the cost of the random numbers alone).
+10^7 entries (fast, but quantises every probability to a multiple of 1e-7),
+``torch.randint`` (the uniform floor: the cost of the random numbers alone; the
+raw-throughput and small-call targets are ratios against it) and
+``torch.cumsum`` of the same weights (a CDF build; the alias-build target is a
+ratio against it).
 """
 from __future__ import annotations
 
@@ -16,6 +19,10 @@ import torch
 
 import pyneg
 from pyneg.bench.workload import Target, Workload
+
+MULTINOMIAL = "torch.multinomial"
+RANDINT = "torch.randint (uniform)"
+CUMSUM = "torch.cumsum (same weights)"
 
 
 def zipf_counts(num_classes: int, exponent: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -142,12 +149,12 @@ def _pyneg_build(st: SimpleNamespace) -> pyneg.AliasSampler:
 
 
 def _cdf_build(st: SimpleNamespace) -> torch.Tensor:
-    return torch.cumsum(st.weights / st.weights.sum(), 0)
+    return torch.cumsum(st.weights, 0)
 
 
 def _check_build(st: SimpleNamespace, result: pyneg.AliasSampler, baselines: Dict[str, Any]) -> None:
-    cdf = baselines["torch.cumsum (a CDF)"]
-    assert torch.allclose(torch.cumsum(result.probs, 0), cdf, atol=1e-9)
+    cum = baselines[CUMSUM]
+    assert torch.allclose(torch.cumsum(result.probs, 0), cum / cum[-1], atol=1e-9)
     assert_follows(result.sample(10**6, seed=1), result.probs)
 
 
@@ -161,6 +168,74 @@ def _raw_setup(num_classes: int):
     return setup
 
 
+# Small calls: the per-call overhead a training loop pays, called as a user
+# would (no seed, no out=, a fresh result each call) on both sides.
+SMALL_CALL_V = 10**5
+
+
+def _small_setup(shape):
+    def setup(quick: bool) -> SimpleNamespace:
+        sampler = pyneg.UnigramSampler(zipf_counts(SMALL_CALL_V), power=0.75)
+        return SimpleNamespace(sampler=sampler, probs=sampler.probs, shape=tuple(shape), v=SMALL_CALL_V,
+                               n=math.prod(shape))
+    return setup
+
+
+def _pyneg_small(st: SimpleNamespace) -> torch.Tensor:
+    return st.sampler.sample(st.shape)
+
+
+def _randint_small(st: SimpleNamespace) -> torch.Tensor:
+    return torch.randint(0, st.v, st.shape)
+
+
+def _check_small(st: SimpleNamespace, result: torch.Tensor, baselines: Dict[str, Any]) -> None:
+    assert result.shape == st.shape and result.dtype == torch.int64
+    assert baselines[RANDINT].shape == st.shape
+    # One call is too few draws for a chi-square: check the sampler's law on many calls' worth.
+    assert_follows(torch.cat([st.sampler.sample(st.shape).reshape(-1) for _ in range(max(1, 10**6 // st.n))]),
+                   st.probs)
+
+
+def _draws_size(st: SimpleNamespace) -> Dict[str, Any]:
+    return {"V": st.v, "shape": list(st.out.shape)}
+
+
+def _small_call_workload(shape) -> Workload:
+    """``sample(shape)`` against ``torch.randint`` of the same shape; target: within 2x its time."""
+    name = "x".join(str(s) for s in shape)
+    return Workload(
+        name=f"small_call_{name}",
+        group="sampling",
+        description=f"per-call overhead: sample(({', '.join(map(str, shape))})), V = 10^5, no out=",
+        setup=_small_setup(shape),
+        run=_pyneg_small,
+        baselines={RANDINT: _randint_small},
+        check=_check_small,
+        items=lambda st: st.n,
+        targets=(Target("ratio", 0.5, RANDINT),),
+        target_size={"shape": list(shape)},
+        size=lambda st: {"shape": list(st.shape)},
+    )
+
+
+def _raw_workload(exp: int, min_ratio: float, where: str) -> Workload:
+    """10^7 draws into a reused buffer against torch.randint of the same size (out= reused too)."""
+    return Workload(
+        name=f"raw_draws_V1e{exp}",
+        group="sampling",
+        description=f"raw throughput, {where} table (V = 10^{exp}), 10^7 draws, out= reused",
+        setup=_raw_setup(10**exp),
+        run=_pyneg_draw,
+        baselines={RANDINT: _randint},
+        check=_check_draws,
+        items=lambda st: st.n,
+        targets=(Target("ratio", min_ratio, RANDINT),),
+        target_size={"V": 10**exp, "shape": [10**7]},
+        size=_draws_size,
+    )
+
+
 WORKLOADS = [
     Workload(
         name="alias_draw_V1e6",
@@ -168,11 +243,13 @@ WORKLOADS = [
         description="10^6 draws per call from unigram^0.75 over V = 10^6",
         setup=_draw_setup(10**6, 10**6),
         run=_pyneg_draw,
-        baselines={"torch.multinomial": _multinomial, "numpy choice": _numpy_choice,
-                   "word2vec table (10^7)": _w2v_table, "torch.randint (uniform)": _randint},
+        baselines={MULTINOMIAL: _multinomial, "numpy choice": _numpy_choice,
+                   "word2vec table (10^7)": _w2v_table, RANDINT: _randint},
         check=_check_draws,
         items=lambda st: st.n,
-        targets=(Target("ratio", 30, "torch.multinomial"),),
+        targets=(Target("ratio", 30, MULTINOMIAL),),
+        target_size={"V": 10**6, "shape": [10**6]},
+        size=_draws_size,
     ),
     Workload(
         name="step_negatives_V1e7",
@@ -180,10 +257,12 @@ WORKLOADS = [
         description="one training step: 4096 x 20 negatives, V = 10^7 table built once",
         setup=_draw_setup(10**7, 4096 * 20, shape=(4096, 20)),
         run=_pyneg_draw,
-        baselines={"torch.multinomial": _multinomial, "word2vec table (10^7)": _w2v_table},
+        baselines={MULTINOMIAL: _multinomial, "word2vec table (10^7)": _w2v_table},
         check=_check_draws,
         items=lambda st: st.n,
-        targets=(Target("ratio", 100, "torch.multinomial"),),
+        targets=(Target("ratio", 100, MULTINOMIAL),),
+        target_size={"V": 10**7, "shape": [4096, 20]},
+        size=_draws_size,
     ),
     Workload(
         name="unique_V1e7",
@@ -195,6 +274,8 @@ WORKLOADS = [
         check=_check_unique,
         items=lambda st: st.rows * st.k,
         targets=(Target("ratio", 100, "torch.multinomial row by row"),),
+        target_size={"V": 10**7, "rows": 64, "k": 1000},
+        size=lambda st: {"V": st.v, "rows": st.rows, "k": st.k},
     ),
     Workload(
         name="alias_build_V1e7",
@@ -202,31 +283,15 @@ WORKLOADS = [
         description="build the alias table from 10^7 weights (one core)",
         setup=_build_setup,
         run=_pyneg_build,
-        baselines={"torch.cumsum (a CDF)": _cdf_build},
+        baselines={CUMSUM: _cdf_build},
         check=_check_build,
         items=lambda st: st.v,
-        targets=(Target("ns_per_item", 15),),
+        targets=(Target("ratio", 0.5, CUMSUM),),
+        target_size={"V": 10**7},
+        size=lambda st: {"V": st.v},
     ),
-    Workload(
-        name="raw_draws_V1e4",
-        group="sampling",
-        description="raw throughput, cache-resident table (V = 10^4), out= reused",
-        setup=_raw_setup(10**4),
-        run=_pyneg_draw,
-        baselines={"torch.randint (uniform)": _randint},
-        check=_check_draws,
-        items=lambda st: st.n,
-        targets=(Target("items_per_s", 500e6),),
-    ),
-    Workload(
-        name="raw_draws_V1e7",
-        group="sampling",
-        description="raw throughput, DRAM-resident table (V = 10^7), out= reused",
-        setup=_raw_setup(10**7),
-        run=_pyneg_draw,
-        baselines={"torch.randint (uniform)": _randint},
-        check=_check_draws,
-        items=lambda st: st.n,
-        targets=(Target("items_per_s", 100e6),),
-    ),
+    _raw_workload(4, 2, "cache-resident"),
+    _raw_workload(7, 0.5, "DRAM-resident"),
+    _small_call_workload((512, 5)),
+    _small_call_workload((4096, 20)),
 ]
