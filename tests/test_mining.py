@@ -505,18 +505,6 @@ def test_mine_dataset_resumes_and_equals_one_call(tmp_path):
         mine_dataset(q, c, 6, chunk_size=7, path=path, progress=False, **kw)
 
 
-def test_docs_examples_run():
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "mining.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) >= 5
-    env = {"__name__": "__docs__"}
-    for i, block in enumerate(blocks):  # the blocks build on each other
-        exec(compile(block, f"docs/mining.md[python block {i}]", "exec"), env)
-
-
 # ------------------------------------------------------------------ faiss (optional)
 def test_agrees_with_faiss_flat_ip():
     faiss = pytest.importorskip("faiss")

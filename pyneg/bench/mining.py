@@ -104,7 +104,7 @@ def _baselines() -> Dict[str, Any]:
 
 
 def _targets() -> tuple:
-    t = (Target("ratio", 1.0, TORCH),)
+    t = (Target("ratio", 1.0, TORCH), Target("peak_memory_ratio", 10.0, TORCH))
     return t + ((Target("ratio", 1.0, FAISS),) if faiss is not None else ())
 
 
@@ -119,6 +119,8 @@ WORKLOADS = [
         check=_check,
         items=lambda st: st.b,
         targets=_targets(),
+        target_size={"B": 4096, "N": 10**6, "d": 128, "hi": 64},
+        size=lambda st: {"B": st.b, "N": st.n, "d": st.query.shape[1], "hi": st.hi},
         measure_memory=True,
     ),
 ]
