@@ -455,10 +455,11 @@ def mine_hard_negatives(
 
     Example:
         >>> import torch, pyneg
-        >>> q, items = torch.randn(4, 16), torch.randn(1000, 16)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> q, items = torch.randn(4, 16, generator=g), torch.randn(1000, 16, generator=g)
         >>> pos = torch.tensor([3, 5, 7, 9])
         >>> mined = pyneg.mine_hard_negatives(q, items, 8, hi=50, exclude=pos,
-        ...                                   positive=items[pos], perc_pos=0.95, seed=0)
+        ...                                   positive=items[pos], perc_pos=0.95, seed=0, pad=True)
         >>> mined.ids.shape, bool((mined.ids != pos[:, None]).all())
         (torch.Size([4, 8]), True)
     """
