@@ -12,6 +12,7 @@ IndexFlatIP) is the ``mining_exact_B4096_N1e6`` workload of
 With ``--benchmark-disable`` every function runs once at a small size and the
 checks still run.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -41,11 +42,14 @@ def test_window_draw(benchmark, data, sizes, impl):
     benchmark.group = "mining window draw, k = 8 of ranks [0, 64)"
     if impl.startswith("pyneg"):
         # The search is redone here too; the draw itself is a small part of it.
-        fn = lambda: pyneg.mine_hard_negatives(q, c, 8, hi=sizes["hi"], sampling="softmax", tau=0.1, seed=0).ids
+        def fn():
+            return pyneg.mine_hard_negatives(q, c, 8, hi=sizes["hi"], sampling="softmax", tau=0.1, seed=0).ids
     else:
+
         def fn():
             p = torch.softmax(top.scores / 0.1, 1)
             return top.ids.gather(1, torch.multinomial(p, 8, replacement=False))
+
     ids = benchmark(fn)
     assert ids.shape == (sizes["b"], 8)
     assert bool(torch.isin(ids[0], top.ids[0]).all())

@@ -22,6 +22,7 @@ also runs on the CPU). ``backend="faiss"`` searches a faiss index instead
 from the window with the same C++ code, so a seed gives the same sample
 whichever found the top ``hi``.
 """
+
 from __future__ import annotations
 
 import math
@@ -64,8 +65,9 @@ class MinedNegatives(NamedTuple):
     window: torch.Tensor
 
 
-def _check_real(value: Any, name: str, *, minimum: Optional[float] = None, maximum: Optional[float] = None,
-                open_min: bool = False) -> float:
+def _check_real(
+    value: Any, name: str, *, minimum: Optional[float] = None, maximum: Optional[float] = None, open_min: bool = False
+) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     v = float(value)
@@ -130,8 +132,9 @@ def _positive_scores(query: torch.Tensor, positive: Any, positive_scores: Any, c
     return None
 
 
-def _upper_bounds(pos: Optional[torch.Tensor], margin: Any, relative_margin: Any,
-                  perc_pos: Any) -> Optional[torch.Tensor]:
+def _upper_bounds(
+    pos: Optional[torch.Tensor], margin: Any, relative_margin: Any, perc_pos: Any
+) -> Optional[torch.Tensor]:
     """Per-row strict upper bound on an admissible score (float64), or None without filters.
 
     absolute margin m:   score < pos - m
@@ -182,8 +185,10 @@ def _check_block_size(block_size: Any) -> Tuple[int, int]:
     if block_size is None:
         return 0, 0
     if isinstance(block_size, (tuple, list)) and len(block_size) == 2:
-        return (check_int(block_size[0], "block_size[0]", minimum=1),
-                check_int(block_size[1], "block_size[1]", minimum=1))
+        return (
+            check_int(block_size[0], "block_size[0]", minimum=1),
+            check_int(block_size[1], "block_size[1]", minimum=1),
+        )
     raise TypeError("block_size must be None or (query_block, candidate_block)")
 
 
@@ -209,9 +214,23 @@ def _topk_cpu(query, candidates, hi, exclude, upper, max_score, cosine, block, n
     counts = np.empty(b, dtype=np.int64)
     ex = exclude.numpy() if exclude is not None else np.empty((b, 0), dtype=np.int64)
     up = upper.numpy() if upper is not None else np.empty(0, dtype=np.float64)
-    _core.mine_topk(query.contiguous().numpy(), candidates.contiguous().numpy(), ex, up, upper is not None,
-                    0.0 if max_score is None else max_score, max_score is not None, cosine, hi,
-                    block[0], block[1], ids, scores, counts, num_threads)
+    _core.mine_topk(
+        query.contiguous().numpy(),
+        candidates.contiguous().numpy(),
+        ex,
+        up,
+        upper is not None,
+        0.0 if max_score is None else max_score,
+        max_score is not None,
+        cosine,
+        hi,
+        block[0],
+        block[1],
+        ids,
+        scores,
+        counts,
+        num_threads,
+    )
     return torch.from_numpy(ids), torch.from_numpy(scores), torch.from_numpy(counts)
 
 
@@ -251,14 +270,17 @@ def _topk_torch(query, candidates, hi, exclude, upper, max_score, cosine, chunk)
             raise ValueError("query has a row of zero norm (cosine is undefined)")
         q = q / qn
     up = None if upper is None else _float_bound(upper, dtype, strict=True).to(dev).unsqueeze(1)
-    mx = None if max_score is None else _float_bound(torch.tensor([max_score], dtype=torch.float64), dtype,
-                                                     strict=False).to(dev)
+    mx = (
+        None
+        if max_score is None
+        else _float_bound(torch.tensor([max_score], dtype=torch.float64), dtype, strict=False).to(dev)
+    )
     ex = None if exclude is None else exclude.to(dev)
     chunk = chunk or max(hi, min(n, (1 << 26) // max(b, 1)))
     best_s = torch.empty((b, 0), dtype=dtype, device=dev)
     best_i = torch.empty((b, 0), dtype=torch.int64, device=dev)
     for start in range(0, n, chunk):
-        c = candidates[start:start + chunk]
+        c = candidates[start : start + chunk]
         if not bool(torch.isfinite(c).all()):
             raise ValueError(f"candidates holds a non-finite value in rows [{start}, {start + c.shape[0]})")
         s = q @ c.T
@@ -433,10 +455,11 @@ def mine_hard_negatives(
 
     Example:
         >>> import torch, pyneg
-        >>> q, items = torch.randn(4, 16), torch.randn(1000, 16)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> q, items = torch.randn(4, 16, generator=g), torch.randn(1000, 16, generator=g)
         >>> pos = torch.tensor([3, 5, 7, 9])
         >>> mined = pyneg.mine_hard_negatives(q, items, 8, hi=50, exclude=pos,
-        ...                                   positive=items[pos], perc_pos=0.95, seed=0)
+        ...                                   positive=items[pos], perc_pos=0.95, seed=0, pad=True)
         >>> mined.ids.shape, bool((mined.ids != pos[:, None]).all())
         (torch.Size([4, 8]), True)
     """
@@ -447,8 +470,9 @@ def mine_hard_negatives(
     if candidates.device != query.device:
         raise ValueError(f"candidates is on {candidates.device} but query is on {query.device}")
     if candidates.shape[1] != query.shape[1]:
-        raise ValueError(f"candidates must have query's dimension {query.shape[1]}, got shape "
-                         f"{tuple(candidates.shape)}")
+        raise ValueError(
+            f"candidates must have query's dimension {query.shape[1]}, got shape {tuple(candidates.shape)}"
+        )
     if query.shape[1] == 0:
         raise ValueError("query must have at least one dimension")
     b, n = query.shape[0], candidates.shape[0]
@@ -510,8 +534,22 @@ def mine_hard_negatives(
     out_scores = np.empty((b, k), dtype=np.float64)
     out_lq = np.empty((b, k), dtype=np.float64)
     out_window = np.empty(b, dtype=np.int64)
-    _core.mine_window(top_ids.numpy(), top_scores.numpy(), counts.numpy(), lo, k, _SAMPLING_CODE[sampling], tau,
-                      seed, offset, out_ids, out_scores, out_lq, out_window, threads)
+    _core.mine_window(
+        top_ids.numpy(),
+        top_scores.numpy(),
+        counts.numpy(),
+        lo,
+        k,
+        _SAMPLING_CODE[sampling],
+        tau,
+        seed,
+        offset,
+        out_ids,
+        out_scores,
+        out_lq,
+        out_window,
+        threads,
+    )
     dev = query.device
     return MinedNegatives(
         torch.from_numpy(out_ids).to(dev),
@@ -587,11 +625,14 @@ def mine_dataset(
         if state.get("job") != job:
             raise ValueError(f"path {path!r} holds a checkpoint of a different mining job; remove it or change path")
     if state is None:
-        state = {"job": job, "done": 0,
-                 "ids": torch.full((n, k), -1, dtype=torch.int64),
-                 "scores": torch.full((n, k), -math.inf, dtype=query.dtype),
-                 "log_q": torch.full((n, k), -math.inf, dtype=torch.float64),
-                 "window": torch.zeros(n, dtype=torch.int64)}
+        state = {
+            "job": job,
+            "done": 0,
+            "ids": torch.full((n, k), -1, dtype=torch.int64),
+            "scores": torch.full((n, k), -math.inf, dtype=query.dtype),
+            "log_q": torch.full((n, k), -math.inf, dtype=torch.float64),
+            "window": torch.zeros(n, dtype=torch.int64),
+        }
     bar = None
     if progress:
         try:
@@ -604,11 +645,16 @@ def mine_dataset(
         for start in range(state["done"], n, chunk_size):
             stop = min(n, start + chunk_size)
             part = mine_hard_negatives(
-                query[start:stop], candidates, k,
+                query[start:stop],
+                candidates,
+                k,
                 exclude=None if ex is None else ex[start:stop],
                 positive=None if pos is None else pos[start:stop],
                 positive_scores=None if pos_s is None else pos_s[start:stop],
-                seed=seed, offset=offset + start, **kwargs)
+                seed=seed,
+                offset=offset + start,
+                **kwargs,
+            )
             for name, value in zip(("ids", "scores", "log_q", "window"), part):
                 state[name][start:stop] = value.cpu()
             state["done"] = stop

@@ -1,4 +1,5 @@
 """Hard-negative mining (pyneg.mining) against a brute-force PyTorch reference."""
+
 from __future__ import annotations
 
 import math
@@ -8,7 +9,6 @@ import pytest
 import torch
 from scipy import stats
 
-import pyneg
 import pyneg.functional as PF
 from pyneg.mining import mine_hard_negatives
 
@@ -102,8 +102,9 @@ def test_top_window_matches_reference(backend, combo, filt):
     kw = dict(filt)
     if set(kw) - {"max_score"}:
         kw["positive"] = c[pos_ids]
-    mined = mine_hard_negatives(q, c, hi - lo, lo=lo, hi=hi, exclude=exclude, sampling="top", pad=True,
-                                backend=backend, **kw)
+    mined = mine_hard_negatives(
+        q, c, hi - lo, lo=lo, hi=hi, exclude=exclude, sampling="top", pad=True, backend=backend, **kw
+    )
     upper = None
     if set(filt) - {"max_score"}:
         upper = upper_of(pos_scores, filt.get("margin"), filt.get("relative_margin"), filt.get("perc_pos"))
@@ -173,14 +174,26 @@ def test_exclusions_and_filters_never_violated():
     pos_ids = torch.randint(0, n, (b,), generator=g)
     history = torch.randint(-1, n, (b, 12), generator=g)
     exclude = torch.cat([pos_ids[:, None], history], 1)
-    mined = mine_hard_negatives(q, c, 6, hi=30, exclude=exclude, positive=c[pos_ids], margin=0.1,
-                                relative_margin=0.05, max_score=2.5, sampling="uniform", seed=1, pad=True)
+    mined = mine_hard_negatives(
+        q,
+        c,
+        6,
+        hi=30,
+        exclude=exclude,
+        positive=c[pos_ids],
+        margin=0.1,
+        relative_margin=0.05,
+        max_score=2.5,
+        sampling="uniform",
+        seed=1,
+        pad=True,
+    )
     pos = (q.double() * c[pos_ids].double()).sum(1)
     valid = mined.ids >= 0
     for r in range(b):
         ids = mined.ids[r][valid[r]]
         assert not bool(torch.isin(ids, exclude[r]).any())
-        s = (q[r].double() @ c[ids].double().T)
+        s = q[r].double() @ c[ids].double().T
         assert bool((s < pos[r] - 0.1).all()) and bool((s < pos[r] - 0.05 * pos[r].abs()).all())
         assert bool((s <= 2.5).all())
         assert ids.unique().numel() == ids.numel()
@@ -198,8 +211,9 @@ def test_relative_margin_and_perc_pos_for_negative_positive_scores():
     m = mine_hard_negatives(q, c, 5, margin=0.0, **kw)
     assert m.ids[0].tolist() == [2, 3, 4, -1, -1]  # below -4
     # Positive score 4 (scores 3, 3.9, 4.1, 4.5, 5): TopK-PercPos is score < 0.95 * 4 = 3.8.
-    m = mine_hard_negatives(-q, c, 5, perc_pos=0.95, positive_scores=torch.tensor([4.0]), sampling="top",
-                            pad=True, hi=5)
+    m = mine_hard_negatives(
+        -q, c, 5, perc_pos=0.95, positive_scores=torch.tensor([4.0]), sampling="top", pad=True, hi=5
+    )
     assert m.ids[0].tolist() == [0, -1, -1, -1, -1]
 
 
@@ -414,11 +428,20 @@ def test_from_mined_feeds_mixed_negatives_loss():
     items = torch.randn(n, d, generator=g).requires_grad_()
     pos_ids = torch.randint(0, n, (b,), generator=g)
     # a short window for some rows: padding must be masked by the loss
-    mined = mine_hard_negatives(q, items, 4, hi=10, exclude=pos_ids, positive=items[pos_ids].detach(),
-                                margin=0.5, sampling="uniform", seed=3, pad=True)
+    mined = mine_hard_negatives(
+        q,
+        items,
+        4,
+        hi=10,
+        exclude=pos_ids,
+        positive=items[pos_ids].detach(),
+        margin=0.5,
+        sampling="uniform",
+        seed=3,
+        pad=True,
+    )
     src = PF.NegativeSource.from_mined(mined, items)
-    loss = PF.mixed_negatives_loss(q, items[pos_ids], [src], positive_ids=pos_ids, temperature=0.5,
-                                   reduction="none")
+    loss = PF.mixed_negatives_loss(q, items[pos_ids], [src], positive_ids=pos_ids, temperature=0.5, reduction="none")
     # manual: per row, [pos, q.e_j / T - log q_j for the valid j]
     want = []
     for r in range(b):
@@ -433,8 +456,7 @@ def test_from_mined_feeds_mixed_negatives_loss():
     # with the in-batch source as well, and the (B, k, d) form
     emb = items.detach()[mined.ids.clamp_min(0)]
     src3 = PF.NegativeSource.from_mined(mined, emb)
-    total = PF.mixed_negatives_loss(q, items.detach()[pos_ids], [PF.NegativeSource.batch(), src3],
-                                    positive_ids=pos_ids)
+    total = PF.mixed_negatives_loss(q, items.detach()[pos_ids], [PF.NegativeSource.batch(), src3], positive_ids=pos_ids)
     assert torch.isfinite(total)
 
 
@@ -451,8 +473,7 @@ def test_mixed_loss_rejects_inconsistent_padding():
 def test_cuda_backend_matches_cpu():
     q, c = int_data(50, 3000, 16, seed=12)
     ex = torch.randint(-1, 3000, (50, 3), generator=torch.Generator().manual_seed(0))
-    kw = dict(lo=2, hi=40, exclude=ex, sampling="softmax", seed=5, max_score=6.0, positive=c[:50], margin=0.0,
-              pad=True)
+    kw = dict(lo=2, hi=40, exclude=ex, sampling="softmax", seed=5, max_score=6.0, positive=c[:50], margin=0.0, pad=True)
     cpu = mine_hard_negatives(q, c, 10, **kw)
     gpu = mine_hard_negatives(q.cuda(), c.cuda(), 10, **{**kw, "positive": c[:50].cuda()})
     assert gpu.ids.device.type == "cuda"
@@ -484,18 +505,6 @@ def test_mine_dataset_resumes_and_equals_one_call(tmp_path):
         mine_dataset(q, c, 6, chunk_size=7, path=path, progress=False, **kw)
 
 
-def test_docs_examples_run():
-    import re
-    from pathlib import Path
-
-    text = (Path(__file__).resolve().parents[1] / "docs" / "mining.md").read_text()
-    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) >= 5
-    env = {"__name__": "__docs__"}
-    for i, block in enumerate(blocks):  # the blocks build on each other
-        exec(compile(block, f"docs/mining.md[python block {i}]", "exec"), env)
-
-
 # ------------------------------------------------------------------ faiss (optional)
 def test_agrees_with_faiss_flat_ip():
     faiss = pytest.importorskip("faiss")
@@ -521,7 +530,9 @@ def test_faiss_backend():
     flat = mine_hard_negatives(q, c, 6, backend="faiss", index=index, search_k=3000, **kw)
     # too few neighbours: the filters leave rows short, and the result says so
     short = mine_hard_negatives(q, c, 6, backend="faiss", index=index, search_k=31, **kw)
-    assert bool((short.window < exact.window).any()) and bool(((short.ids >= 0).sum(1) == short.window.clamp(max=6)).all())
+    assert bool((short.window < exact.window).any()) and bool(
+        ((short.ids >= 0).sum(1) == short.window.clamp(max=6)).all()
+    )
     # an exact index gives the exact miner's negatives (up to float32 near-ties)
     assert float((flat.ids == exact.ids).float().mean()) > 0.97
     ivf = faiss.IndexIVFFlat(faiss.IndexFlatIP(16), 16, 16, faiss.METRIC_INNER_PRODUCT)

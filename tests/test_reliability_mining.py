@@ -3,6 +3,7 @@
 Each case runs in a child process (the ``run_child`` fixture), so a crash fails
 the test instead of killing the test run.
 """
+
 from __future__ import annotations
 
 import torch

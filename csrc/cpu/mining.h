@@ -21,8 +21,7 @@
 
 namespace pyneg {
 
-// Stream tag of the miner's random numbers (philox.h's tags 0-3 are the samplers').
-constexpr uint32_t kTagMine = 16;
+// The miner's random numbers use philox.h's stream tag kTagMine.
 
 template <class T>
 struct TopkProblem {

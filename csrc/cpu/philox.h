@@ -66,6 +66,8 @@ enum StreamTag : uint32_t {
   kTagRedraw = 1,   // redraws after an excluded id: (position, attempt)
   kTagUnique = 2,   // candidates of a row without replacement: (row base, try)
   kTagRace = 3,     // exponential keys of the Efraimidis-Spirakis race: (row base, id)
+  kTagSkipGram = 16,  // skip-gram pairs: (token position, 0): keep test and reduced window
+  kTagMine = 17,      // hard-negative windows: (row, slot): permutation keys and the systematic start
 };
 
 // One 64-bit random number for (seed, position, word, tag): the first half of

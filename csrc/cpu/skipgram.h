@@ -25,8 +25,7 @@
 
 namespace pyneg {
 
-// Philox stream tag of the pair generator (the tags of philox.h's StreamTag are 0-3).
-constexpr uint32_t kTagSkipGram = 16;
+// The pair generator's random numbers use philox.h's stream tag kTagSkipGram.
 
 // ------------------------------------------------------------ pair generation
 // Token p (absolute counter position `position + p`) has one Philox block

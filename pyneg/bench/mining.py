@@ -10,6 +10,7 @@ the full (B, N) score matrix), and faiss ``IndexFlatIP`` exact search (when
 DESIGN target (B = 4,096, N = 10^6, d = 128, top 64): faster than both, with at
 most 1/10 of PyTorch's peak memory (the table's peak-memory column).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,6 +29,7 @@ FAISS = "faiss IndexFlatIP"
 # scores are 256 MiB, about what one would allow for the block.
 TORCH_CHUNK = 16384
 
+faiss: Any
 try:
     import faiss  # optional: the bench compares against it when present
 except ImportError:  # pragma: no cover - depends on the environment
@@ -47,6 +49,7 @@ def _setup(b: int, n: int, d: int, hi: int):
             st.index = faiss.IndexFlatIP(d)
             st.index.add(cand.numpy())
         return st
+
     return setup
 
 
@@ -59,7 +62,7 @@ def _torch_blocked(st: SimpleNamespace) -> torch.Tensor:
     best_i = torch.empty(st.b, 0, dtype=torch.int64)
     rows = torch.arange(st.b)
     for start in range(0, st.n, TORCH_CHUNK):
-        s = st.query @ st.cand[start:start + TORCH_CHUNK].T
+        s = st.query @ st.cand[start : start + TORCH_CHUNK].T
         inside = (st.pos >= start) & (st.pos < start + s.shape[1])
         s[rows[inside], st.pos[inside] - start] = -math.inf
         v, i = torch.topk(s, min(st.hi, s.shape[1]), dim=1)
@@ -82,8 +85,7 @@ def _check(st: SimpleNamespace, ids: torch.Tensor, base: Dict[str, Any]) -> None
     assert not bool((ids == st.pos[:, None]).any()), "an excluded positive was returned"
     rows = min(32, st.b)
     # float64 reference scores of the first rows, chunk by chunk (no float64 copy of the catalogue)
-    scores = torch.cat([st.query[:rows].double() @ st.cand[i:i + 65536].double().T
-                        for i in range(0, st.n, 65536)], 1)
+    scores = torch.cat([st.query[:rows].double() @ st.cand[i : i + 65536].double().T for i in range(0, st.n, 65536)], 1)
     for name, other in base.items():
         # Same sets up to float32 rounding between nearly tied scores.
         same = np.mean([len(set(a.tolist()) & set(b.tolist())) / st.hi for a, b in zip(ids, other)])
@@ -102,7 +104,6 @@ def _baselines() -> Dict[str, Any]:
 
 
 def _targets() -> tuple:
-    # DESIGN.md: faster than both, at most 1/10 of PyTorch's peak memory.
     t = (Target("ratio", 1.0, TORCH), Target("peak_memory_ratio", 10.0, TORCH))
     return t + ((Target("ratio", 1.0, FAISS),) if faiss is not None else ())
 
@@ -118,8 +119,8 @@ WORKLOADS = [
         check=_check,
         items=lambda st: st.b,
         targets=_targets(),
-        target_size={"B": 4096, "N": 10**6, "d": 128, "top": 64},
-        size=lambda st: {"B": st.b, "N": st.n, "d": st.query.shape[1], "top": st.hi},
+        target_size={"B": 4096, "N": 10**6, "d": 128, "hi": 64},
+        size=lambda st: {"B": st.b, "N": st.n, "d": st.query.shape[1], "hi": st.hi},
         measure_memory=True,
     ),
 ]
