@@ -382,7 +382,7 @@ def test_log_prob_and_expected_counts(ids, num_sampled, num_tries, fn):
     valid = _valid_ids(ref, dtype, form)
     assert valid is not None or _empty_ok(ids), "invalid ids accepted"
     if valid is None:
-        valid = np.zeros(np.shape(ref), dtype=np.int64)
+        valid = np.zeros(np.shape(ref) if ref is not None else np.shape(arg), dtype=np.int64)  # an empty list
     assert got.dtype == torch.float64 and tuple(got.shape) == valid.shape
     p = P[valid]
     if fn == "log_prob":
@@ -397,6 +397,8 @@ def test_log_prob_and_expected_counts(ids, num_sampled, num_tries, fn):
         t = t.reshape(t.shape + (1,) * (p.ndim - t.ndim))
         with np.errstate(all="ignore"):
             expected = -np.expm1(t * np.log1p(-p))
+        # TensorFlow's rule: a unique draw that rejected nothing (tries == k) counts k·p.
+        expected = np.where(t == float(num_sampled), float(num_sampled) * p, expected)
         expected = np.broadcast_to(expected, p.shape)
     value = got.numpy() if fn == "expected" else np.exp(got.numpy())
     assert np.allclose(value, expected, rtol=1e-9, atol=0)
