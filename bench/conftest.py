@@ -8,6 +8,7 @@ very sizes). With
 ``--benchmark-disable`` (as CI runs it) the workloads use their quick sizes and
 every function runs once, so the suite doubles as a correctness test.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -25,10 +26,12 @@ def quick(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def state_of(quick: bool):
     """Builds (once per session) and returns a workload's state."""
+
     def get(workload) -> Any:
         key = workload.name
         if key not in _STATES:
             _STATES.clear()  # keep one workload's (possibly large) inputs alive at a time
             _STATES[key] = workload.setup(quick)
         return _STATES[key]
+
     return get

@@ -5,6 +5,7 @@ installed, else a generated Zipfian text), same hyperparameters and threads, in
 the same run; words/s of each land in the benchmark's extra_info. With
 ``--benchmark-disable`` every function runs once and only the checks remain.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,16 +30,30 @@ def corpus():
     else:
         rng = np.random.default_rng(0)
         ranks = rng.zipf(1.3, TOKENS) % 20000
-        sentences = [[f"w{r}" for r in ranks[s:s + 12]] for s in range(0, TOKENS, 12)]
+        sentences = [[f"w{r}" for r in ranks[s : s + 12]] for s in range(0, TOKENS, 12)]
     vocab = word2vec.Vocab(sentences, 5)
     ids, sent = vocab.encode(sentences)
     return sentences, vocab, ids, sent
 
 
 def _args(threads: int) -> argparse.Namespace:
-    return argparse.Namespace(dim=100, window=5, negative=5, min_count=5, sample=1e-3, epochs=1, alpha=0.025,
-                              min_alpha=0.0001, optimizer="sgd", lr=None, batch=1024, threads=threads, seed=1,
-                              autograd=False, hogwild=False)
+    return argparse.Namespace(
+        dim=100,
+        window=5,
+        negative=5,
+        min_count=5,
+        sample=1e-3,
+        epochs=1,
+        alpha=0.025,
+        min_alpha=0.0001,
+        optimizer="sgd",
+        lr=None,
+        batch=1024,
+        threads=threads,
+        seed=1,
+        autograd=False,
+        hogwild=False,
+    )
 
 
 @pytest.mark.parametrize("objective", ["ns", "hs"])

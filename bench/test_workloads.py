@@ -1,4 +1,5 @@
 """Benchmarks pyneg and its baselines, workload by workload, and checks they agree."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,9 +11,7 @@ WORKLOADS = all_workloads()
 CASES = [(w, None) for w in WORKLOADS] + [(w, b) for w in WORKLOADS for b in w.baselines]
 
 
-@pytest.mark.parametrize(
-    "workload,baseline", CASES, ids=[f"{w.name}-{b or 'pyneg'}" for w, b in CASES]
-)
+@pytest.mark.parametrize("workload,baseline", CASES, ids=[f"{w.name}-{b or 'pyneg'}" for w, b in CASES])
 def test_benchmark(benchmark, state_of, workload, baseline):
     state = state_of(workload)
     benchmark.group = workload.name

@@ -27,6 +27,7 @@ splits each global batch across ranks and uses the global-batch losses
 (``gather=True``), a synced bank and estimator, and shared sampler seeds, so it
 reports the metrics of the single-process run with the same global batch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -131,8 +132,11 @@ class TwoTower(torch.nn.Module):
         torch.nn.init.normal_(self.item.weight, std=0.1)
 
     def forward(self, users: torch.Tensor, items: torch.Tensor, sampled: torch.Tensor):
-        return (F.normalize(self.user(users), dim=1), F.normalize(self.item(items), dim=1),
-                F.normalize(self.item(sampled), dim=1))
+        return (
+            F.normalize(self.user(users), dim=1),
+            F.normalize(self.item(items), dim=1),
+            F.normalize(self.item(sampled), dim=1),
+        )
 
     def all_items(self) -> torch.Tensor:
         return F.normalize(self.item.weight, dim=1)
@@ -160,14 +164,17 @@ def train(method: str, split: Split, args: argparse.Namespace, seed: int) -> Tup
         for start in range(0, n, args.batch_size):
             if args.max_steps is not None and step >= args.max_steps:
                 break
-            rows = order[start:start + args.batch_size]
+            rows = order[start : start + args.batch_size]
             # This rank's shard of the global batch (all of it in one process).
             bounds = np.linspace(0, len(rows), world + 1).astype(int)
-            mine = rows[bounds[rank]:bounds[rank + 1]]
+            mine = rows[bounds[rank] : bounds[rank + 1]]
             users, items = split.train_users[mine], split.train_items[mine]
             step += 1
-            sampled = (sampler.sample(args.num_sampled, seed=seed * 1_000_003 + step)  # same on every rank
-                       if method == "mixed" else items[:0])
+            sampled = (
+                sampler.sample(args.num_sampled, seed=seed * 1_000_003 + step)  # same on every rank
+                if method == "mixed"
+                else items[:0]
+            )
             est.update(items)
             log_q = est.log_prob(items).to(dtype) if method != "in-batch" else None
             q, c, s = net(users, items, sampled)
@@ -242,10 +249,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     inter, source = load(args.data)
     split = Split(inter)
     say = print if rank == 0 else (lambda *a, **k: None)
-    say(f"data: {source}\n  {split.num_users} users, {split.num_items} items, "
-        f"{len(split.train_users)} training interactions, {len(split.test_users)} held out")
-    say(f"  {world} process(es), global batch {args.batch_size}, {args.epochs} epochs, "
-        f"seeds {args.seeds}, dim {args.dim}, {args.dtype}")
+    say(
+        f"data: {source}\n  {split.num_users} users, {split.num_items} items, "
+        f"{len(split.train_users)} training interactions, {len(split.test_users)} held out"
+    )
+    say(
+        f"  {world} process(es), global batch {args.batch_size}, {args.epochs} epochs, "
+        f"seeds {args.seeds}, dim {args.dim}, {args.dtype}"
+    )
     results: Dict[str, Dict[str, List[float]]] = {}
     for method in args.methods:
         for seed in args.seeds:
@@ -254,9 +265,12 @@ def main(argv: Optional[List[str]] = None) -> int:
             metrics["train_s"] = secs
             for k, v in metrics.items():
                 results.setdefault(method, {}).setdefault(k, []).append(v)
-            say(f"  {method:<9} seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()
-                                                          if k != "train_s") + f" ({secs:.1f} s)",
-                flush=True)
+            say(
+                f"  {method:<9} seed {seed}: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "train_s")
+                + f" ({secs:.1f} s)",
+                flush=True,
+            )
     say("\n" + table(results, len(args.seeds)))
     if rank == 0 and args.json:
         with open(args.json, "w") as f:
@@ -269,8 +283,10 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def table(results: Dict[str, Dict[str, List[float]]], seeds: int) -> str:
     cols = ["Recall@10", "Recall@50", "NDCG@10"]
-    lines = [f"| method ({seeds} seed{'s' if seeds > 1 else ''}) | " + " | ".join(cols) + " | train s |",
-             "| --- | " + " | ".join("---:" for _ in cols) + " | ---: |"]
+    lines = [
+        f"| method ({seeds} seed{'s' if seeds > 1 else ''}) | " + " | ".join(cols) + " | train s |",
+        "| --- | " + " | ".join("---:" for _ in cols) + " | ---: |",
+    ]
     for method, m in results.items():
         cells = [f"{np.mean(m[c]):.4f} ± {np.std(m[c]):.4f}" for c in cols]
         lines.append(f"| {method} | " + " | ".join(cells) + f" | {np.mean(m['train_s']):.1f} |")

@@ -29,6 +29,7 @@ count). ``--autograd`` trains the same model through autograd and
 
 Needs ``pip install 'pyneg[examples]'`` (gensim and scipy).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ from torch import nn
 import pyneg
 
 CHUNK_TOKENS = 1 << 20  # pairs are built (and shuffled) for this many tokens at a time
-SLICE_PAIRS = 1 << 16   # pairs per fused call: negatives for them are drawn in one go
+SLICE_PAIRS = 1 << 16  # pairs per fused call: negatives for them are drawn in one go
 GCIDE = "/usr/share/dictd/gcide.dict.dz"  # Debian's dict-gcide: an English dictionary as text
 
 
@@ -152,11 +153,15 @@ def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray,
     fused = args.optimizer == "sgd" and not args.autograd
     opt: Optional[torch.optim.Optimizer] = None
     if not fused:
-        opt = (torch.optim.SparseAdam(params, lr=base_lr) if args.optimizer == "adam"
-               else torch.optim.SGD(params, lr=base_lr))
+        opt = (
+            torch.optim.SparseAdam(params, lr=base_lr)
+            if args.optimizer == "adam"
+            else torch.optim.SGD(params, lr=base_lr)
+        )
     keep = pyneg.skipgram.keep_probability(vocab.counts, args.sample)
-    pairs = pyneg.SkipGramPairs(ids, args.window, offsets=sentence_offsets(sent), keep=keep, seed=args.seed,
-                                chunk_tokens=CHUNK_TOKENS)
+    pairs = pyneg.SkipGramPairs(
+        ids, args.window, offsets=sentence_offsets(sent), keep=keep, seed=args.seed, chunk_tokens=CHUNK_TOKENS
+    )
     total_tokens = args.epochs * ids.shape[0]
     done_tokens = 0
     drawn = 0
@@ -171,7 +176,7 @@ def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray,
             n = centres.shape[0]
             step = SLICE_PAIRS if fused else args.batch
             for s in range(0, n, step):
-                cs, xs = centres[s:s + step], contexts[s:s + step]
+                cs, xs = centres[s : s + step], contexts[s : s + step]
                 t0 = done_tokens + (hi - lo) * s / max(n, 1)
                 t1 = done_tokens + (hi - lo) * (s + cs.shape[0]) / max(n, 1)
                 neg = None
@@ -179,15 +184,19 @@ def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray,
                     neg = sampler.sample((cs.shape[0], args.negative), seed=args.seed, offset=drawn)
                     drawn += neg.numel()
                 if fused and objective == "ns":
-                    model.sgd_step_(cs, xs, neg, lr_at(t0), lr_end=lr_at(t1), batch_size=args.batch,
-                                    hogwild=args.hogwild)
+                    model.sgd_step_(
+                        cs, xs, neg, lr_at(t0), lr_end=lr_at(t1), batch_size=args.batch, hogwild=args.hogwild
+                    )
                 elif fused:
-                    pyneg.skipgram.hierarchical_softmax_sgd_(emb.weight, hs, cs, xs, lr_at(t0), lr_end=lr_at(t1),
-                                                             batch_size=args.batch, hogwild=args.hogwild)
+                    pyneg.skipgram.hierarchical_softmax_sgd_(
+                        emb.weight, hs, cs, xs, lr_at(t0), lr_end=lr_at(t1), batch_size=args.batch, hogwild=args.hogwild
+                    )
                 else:
                     for group in opt.param_groups:
                         group["lr"] = lr_at(t0)
-                    loss = model(cs, xs, neg, reduction="sum") if objective == "ns" else hs(emb(cs), xs, reduction="sum")
+                    loss = (
+                        model(cs, xs, neg, reduction="sum") if objective == "ns" else hs(emb(cs), xs, reduction="sum")
+                    )
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -198,10 +207,19 @@ def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray,
 def train_gensim(objective: str, sentences: List[List[str]], args) -> Tuple[object, float]:
     from gensim.models import Word2Vec
 
-    model = Word2Vec(vector_size=args.dim, window=args.window, min_count=args.min_count, sg=1,
-                     hs=int(objective == "hs"), negative=args.negative if objective == "ns" else 0,
-                     sample=args.sample, alpha=args.alpha, min_alpha=args.min_alpha, seed=args.seed,
-                     workers=args.threads)
+    model = Word2Vec(
+        vector_size=args.dim,
+        window=args.window,
+        min_count=args.min_count,
+        sg=1,
+        hs=int(objective == "hs"),
+        negative=args.negative if objective == "ns" else 0,
+        sample=args.sample,
+        alpha=args.alpha,
+        min_alpha=args.min_alpha,
+        seed=args.seed,
+        workers=args.threads,
+    )
     model.build_vocab(sentences)
     start = time.perf_counter()
     model.train(sentences, total_examples=len(sentences), epochs=args.epochs)
@@ -215,6 +233,7 @@ def normalise(vectors: np.ndarray) -> np.ndarray:
 
 def _gensim_data(name: str) -> str:
     from gensim.test.utils import datapath
+
     return datapath(name)
 
 
@@ -265,7 +284,7 @@ def analogy_accuracy(index: Dict[str, int], unit: np.ndarray) -> Tuple[float, in
     q = np.asarray(quads)
     right = 0
     for s in range(0, len(q), 512):
-        part = q[s:s + 512]
+        part = q[s : s + 512]
         target = unit[part[:, 1]] - unit[part[:, 0]] + unit[part[:, 2]]
         sims = target @ unit.T
         rows = np.arange(len(part))
@@ -283,10 +302,18 @@ def neighbours(word: str, index: Dict[str, int], words: Sequence[str], unit: np.
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--corpus", default=None, help="whitespace-tokenised text, one sentence per line "
-                   "(default: gensim's lee_background.cor)")
-    p.add_argument("--gcide", type=int, default=None, metavar="TOKENS",
-                   help=f"train on the first TOKENS words of {GCIDE} (Debian package dict-gcide) instead")
+    p.add_argument(
+        "--corpus",
+        default=None,
+        help="whitespace-tokenised text, one sentence per line (default: gensim's lee_background.cor)",
+    )
+    p.add_argument(
+        "--gcide",
+        type=int,
+        default=None,
+        metavar="TOKENS",
+        help=f"train on the first TOKENS words of {GCIDE} (Debian package dict-gcide) instead",
+    )
     p.add_argument("--objectives", default="ns,hs", help="comma-separated: ns (negative sampling), hs")
     p.add_argument("--dim", type=int, default=100)
     p.add_argument("--window", type=int, default=5)
@@ -296,22 +323,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--alpha", type=float, default=0.025)
     p.add_argument("--min-alpha", type=float, default=0.0001)
-    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
-                   help="sgd: word2vec's plain SGD on summed losses; adam: SparseAdam, steadier for "
-                        "large batches (a shared node such as the tree's root sums a whole batch)")
+    p.add_argument(
+        "--optimizer",
+        choices=("sgd", "adam"),
+        default="sgd",
+        help="sgd: word2vec's plain SGD on summed losses; adam: SparseAdam, steadier for "
+        "large batches (a shared node such as the tree's root sums a whole batch)",
+    )
     p.add_argument("--lr", type=float, default=None, help="pyneg's initial learning rate (default: --alpha)")
     p.add_argument("--batch", type=int, default=1024, help="pairs per SGD step")
-    p.add_argument("--autograd", action="store_true",
-                   help="train through autograd and torch.optim (sparse gradients) instead of pyneg's fused "
-                        "in-place SGD step")
-    p.add_argument("--hogwild", action="store_true",
-                   help="fused path: threads train their own shares of the pairs lock-free (as gensim does) "
-                        "instead of splitting each mini-batch deterministically")
-    p.add_argument("--threads", type=int, default=1,
-                   help="threads for pyneg's kernels (torch's intra-op threads) and worker threads for gensim")
+    p.add_argument(
+        "--autograd",
+        action="store_true",
+        help="train through autograd and torch.optim (sparse gradients) instead of pyneg's fused in-place SGD step",
+    )
+    p.add_argument(
+        "--hogwild",
+        action="store_true",
+        help="fused path: threads train their own shares of the pairs lock-free (as gensim does) "
+        "instead of splitting each mini-batch deterministically",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="threads for pyneg's kernels (torch's intra-op threads) and worker threads for gensim",
+    )
     p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--words", default="government,police,australia,fire,president",
-                   help="words whose nearest neighbours are printed")
+    p.add_argument(
+        "--words",
+        default="government,police,australia,fire,president",
+        help="words whose nearest neighbours are printed",
+    )
     p.add_argument("--no-gensim", action="store_true", help="train pyneg's models only")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -327,8 +370,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     vocab = Vocab(sentences, args.min_count)
     ids, sent = vocab.encode(sentences)
     raw_words = sum(len(s) for s in sentences)
-    print(f"corpus {path}: {raw_words} words, {len(sentences)} sentences, vocabulary {len(vocab)} "
-          f"(min count {args.min_count}); {args.epochs} epochs, dim {args.dim}, window {args.window}")
+    print(
+        f"corpus {path}: {raw_words} words, {len(sentences)} sentences, vocabulary {len(vocab)} "
+        f"(min count {args.min_count}); {args.epochs} epochs, dim {args.dim}, window {args.window}"
+    )
 
     shown = [w for w in args.words.split(",") if w in vocab.index] or vocab.words[20:25]
     rows = []
@@ -342,14 +387,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             kv = model.wv
             rows.append((f"gensim {objective}", kv.key_to_index, kv.index_to_key, normalise(kv.vectors), gsecs))
 
-    print(f"\n{'model':<11} {'WS353 rho':>9} {'pairs':>6} {'SL999 rho':>9} {'pairs':>6} {'analogy':>7} "
-          f"{'qs':>6} {'words/s':>10} {'train s':>8}")
-    for name, index, words, unit, secs in rows:
+    print(
+        f"\n{'model':<11} {'WS353 rho':>9} {'pairs':>6} {'SL999 rho':>9} {'pairs':>6} {'analogy':>7} "
+        f"{'qs':>6} {'words/s':>10} {'train s':>8}"
+    )
+    for name, index, _words, unit, secs in rows:
         ws, n_ws = wordsim353(index, unit)
         sl, n_sl = simlex999(index, unit)
         an, n_an = analogy_accuracy(index, unit)
-        print(f"{name:<11} {ws:>9.3f} {n_ws:>6} {sl:>9.3f} {n_sl:>6} {an:>7.3f} {n_an:>6} "
-              f"{raw_words * args.epochs / secs:>10,.0f} {secs:>8.1f}")
+        print(
+            f"{name:<11} {ws:>9.3f} {n_ws:>6} {sl:>9.3f} {n_sl:>6} {an:>7.3f} {n_an:>6} "
+            f"{raw_words * args.epochs / secs:>10,.0f} {secs:>8.1f}"
+        )
     for word in shown:
         print(f"\nnearest neighbours of {word!r}:")
         for name, index, words, unit, _ in rows:

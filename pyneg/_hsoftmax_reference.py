@@ -10,6 +10,7 @@ padded to the tree's maximum depth, so a batch becomes dense (B, L) tensors that
 ``F.embedding`` and ``F.logsigmoid`` handle, at the price of B x L x dim
 intermediate memory.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -56,8 +57,14 @@ class PaddedPaths(NamedTuple):
     signs: torch.Tensor
 
 
-def padded_paths(offsets: torch.Tensor, nodes: torch.Tensor, codes: torch.Tensor,
-                 *, dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None) -> PaddedPaths:
+def padded_paths(
+    offsets: torch.Tensor,
+    nodes: torch.Tensor,
+    codes: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: Optional[torch.device] = None,
+) -> PaddedPaths:
     """Pads the flat layout (``offsets``, ``nodes``, ``codes`` of a HuffmanTree) to (V, L)."""
     offsets = offsets.to(torch.int64)
     depths = offsets[1:] - offsets[:-1]
@@ -91,8 +98,15 @@ class _SparseGather(torch.autograd.Function):
         return g, None
 
 
-def gather_nll(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
-               bias: Optional[torch.Tensor], paths: PaddedPaths, *, sparse: bool = False) -> torch.Tensor:
+def gather_nll(
+    input: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    paths: PaddedPaths,
+    *,
+    sparse: bool = False,
+) -> torch.Tensor:
     """Per-example negative log-likelihood (B,), by gathering every path's rows.
 
     ``-sum_j log sigmoid(s_j (u_{n_j} . v + b_{n_j}))`` over the padded path of
@@ -100,10 +114,10 @@ def gather_nll(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
     """
     if weight.shape[0] == 0:  # V = 1: the only class has probability 1
         return (input * 0).sum(1)
-    nodes = paths.nodes[target]                                   # (B, L)
-    signs = paths.signs[target].to(input.dtype)                   # (B, L)
-    rows = F.embedding(nodes, weight, sparse=sparse)              # (B, L, d)
-    scores = torch.bmm(rows, input.unsqueeze(-1)).squeeze(-1)     # (B, L)
+    nodes = paths.nodes[target]  # (B, L)
+    signs = paths.signs[target].to(input.dtype)  # (B, L)
+    rows = F.embedding(nodes, weight, sparse=sparse)  # (B, L, d)
+    scores = torch.bmm(rows, input.unsqueeze(-1)).squeeze(-1)  # (B, L)
     if bias is not None:
         if sparse:  # F.embedding's sparse gradient cannot flow back through bias.unsqueeze(-1)
             scores = scores + _SparseGather.apply(bias, nodes)
@@ -112,8 +126,9 @@ def gather_nll(input: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
     return -(F.logsigmoid(signs * scores) * (signs != 0)).sum(1)
 
 
-def gather_log_prob(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                    paths: PaddedPaths) -> torch.Tensor:
+def gather_log_prob(
+    input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], paths: PaddedPaths
+) -> torch.Tensor:
     """log P(c | input) of every class (B, V): all inner-node scores, gathered per class."""
     return log_prob_from_scores(F.linear(input, weight, bias), paths)
 
@@ -122,6 +137,6 @@ def log_prob_from_scores(scores: torch.Tensor, paths: PaddedPaths) -> torch.Tens
     """log P(c | .) of every class (B, V) from the inner-node scores (B, V - 1)."""
     if scores.shape[1] == 0:
         return scores.sum(1, keepdim=True) * 0  # V = 1: log 1 (still connected to the graph)
-    signs = paths.signs.to(scores.dtype)                          # (V, L)
-    picked = scores[:, paths.nodes]                               # (B, V, L)
+    signs = paths.signs.to(scores.dtype)  # (V, L)
+    picked = scores[:, paths.nodes]  # (B, V, L)
     return (F.logsigmoid(signs * picked) * (signs != 0)).sum(-1)

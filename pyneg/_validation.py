@@ -15,6 +15,7 @@ wrong without reading pyneg's source. The rules, applied everywhere:
   what the C++ kernels read (possibly with the GIL released) is exactly what
   was checked, whatever another thread does to the caller's tensor.
 """
+
 from __future__ import annotations
 
 import math
@@ -63,8 +64,10 @@ def as_tensor(data: ArrayLike, name: str) -> torch.Tensor:
     except (ValueError, TypeError, OverflowError) as exc:
         raise TypeError(f"{name} must be a tensor, array or sequence of numbers: {exc}") from None
     if arr.dtype == object:
-        raise TypeError(f"{name} must hold numbers that fit in 64 bits (got Python objects, e.g. an int "
-                        f">= 2**64 or a ragged sequence)")
+        raise TypeError(
+            f"{name} must hold numbers that fit in 64 bits (got Python objects, e.g. an int "
+            f">= 2**64 or a ragged sequence)"
+        )
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if not arr.flags.c_contiguous or not arr.flags.writeable or arr.dtype.byteorder not in "=|":
@@ -73,8 +76,7 @@ def as_tensor(data: ArrayLike, name: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
-def as_float64_numpy(data: ArrayLike, name: str, *, ndim: int = 1,
-                     max_len: Optional[int] = None) -> np.ndarray:
+def as_float64_numpy(data: ArrayLike, name: str, *, ndim: int = 1, max_len: Optional[int] = None) -> np.ndarray:
     """A contiguous float64 NumPy array of real numbers of the given rank (CPU copy if needed).
 
     ``max_len`` bounds the number of elements, checked before any conversion.
@@ -100,8 +102,9 @@ def owned_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return dst
 
 
-def as_index_tensor(data: ArrayLike, name: str, num_classes: Optional[int], *, allow_padding: bool = False,
-                    allow_empty: bool = True) -> torch.Tensor:
+def as_index_tensor(
+    data: ArrayLike, name: str, num_classes: Optional[int], *, allow_padding: bool = False, allow_empty: bool = True
+) -> torch.Tensor:
     """An int64 CPU tensor of ids in [0, num_classes) (or -1 when allow_padding).
 
     ``num_classes=None`` bounds ids by int64 only (ids that are keys, not rows).
@@ -130,8 +133,8 @@ def as_index_tensor(data: ArrayLike, name: str, num_classes: Optional[int], *, a
     out = owned_copy(t, torch.int64)
     if out.numel():
         lo = -1 if allow_padding else 0
-        tmin, tmax = torch.aminmax(out)
-        tmin, tmax = int(tmin), int(tmax)
+        low, high = torch.aminmax(out)
+        tmin, tmax = int(low), int(high)
         if tmin < lo or tmax >= hi:
             bad = tmin if tmin < lo else tmax
             raise ValueError(f"{name} holds id {bad} outside [0, {hi}){pad}")
@@ -149,14 +152,15 @@ def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     def span(t: torch.Tensor) -> Tuple[int, int]:
         extent = 1 + sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
         lo = t.storage_offset() * t.element_size()
-        return lo, lo + extent * t.element_size()
+        return int(lo), int(lo + extent * t.element_size())
 
     (a0, a1), (b0, b1) = span(a), span(b)
     return a0 < b1 and b0 < a1
 
 
-def check_out(out: Any, name: str, shape: Tuple[int, ...], dtype: torch.dtype, *,
-              inputs: Iterable[Tuple[str, Any]] = ()) -> torch.Tensor:
+def check_out(
+    out: Any, name: str, shape: Tuple[int, ...], dtype: torch.dtype, *, inputs: Iterable[Tuple[str, Any]] = ()
+) -> torch.Tensor:
     """An ``out=`` buffer: a dense, contiguous tensor of ``dtype`` and ``shape``, not requiring
     grad and sharing no memory with any of ``inputs`` (pairs of name and value)."""
     if not isinstance(out, torch.Tensor):
@@ -174,20 +178,29 @@ def check_out(out: Any, name: str, shape: Tuple[int, ...], dtype: torch.dtype, *
         if isinstance(other, np.ndarray) and other.size and out.device.type == "cpu" and out.numel():
             if np.may_share_memory(out.numpy(), other):
                 raise ValueError(f"{name} overlaps {other_name}")
-        elif isinstance(other, torch.Tensor) and other.layout == torch.strided \
-                and other.device.type != "meta" and shares_memory(out, other):
+        elif (
+            isinstance(other, torch.Tensor)
+            and other.layout == torch.strided
+            and other.device.type != "meta"
+            and shares_memory(out, other)
+        ):
             raise ValueError(f"{name} overlaps {other_name}")
     return out
 
 
 # ------------------------------------------------------------------ numbers
-def check_int(value: Any, name: str, *, minimum: Optional[int] = None,
-              maximum: Optional[int] = None) -> int:
+def check_int(value: Any, name: str, *, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
     """A Python int from an int, a NumPy integer or a one-element integer tensor (never a bool)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
-        if isinstance(value, torch.Tensor) and value.numel() == 1 and value.layout == torch.strided \
-                and value.device.type != "meta" and not value.is_floating_point() \
-                and not value.is_complex() and value.dtype != torch.bool:
+        if (
+            isinstance(value, torch.Tensor)
+            and value.numel() == 1
+            and value.layout == torch.strided
+            and value.device.type != "meta"
+            and not value.is_floating_point()
+            and not value.is_complex()
+            and value.dtype != torch.bool
+        ):
             value = int(value.item())
         else:
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")

@@ -9,6 +9,7 @@ caller's device, and kernels run on ``torch.cuda.current_stream()``.
 Alias draws on the GPU are bit-identical to the CPU's for the same seed: both
 run the same per-draw functions (``csrc/cpu/alias_draw.h``).
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
@@ -19,7 +20,7 @@ import torch
 try:
     from pyneg import _cuda
 except ImportError:  # built without nvcc: the CPU kernels and torch fallbacks remain
-    _cuda = None
+    _cuda = None  # type: ignore[assignment]
 
 __all__ = ["cuda_available", "is_built", "hs_forward", "hs_backward"]
 
@@ -68,8 +69,9 @@ def _upload(arr: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ sampling
-def table_tensors(table: Any, cache: Dict[Any, torch.Tensor], device: torch.device, *,
-                  cumulative: bool = False) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def table_tensors(
+    table: Any, cache: Dict[Any, torch.Tensor], device: torch.device, *, cumulative: bool = False
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The alias table's entries (and, when asked, its cumulative masses) on ``device``.
 
     Uploaded once per device and kept in ``cache`` (a sampler's per-device dict).
@@ -88,9 +90,18 @@ def table_tensors(table: Any, cache: Dict[Any, torch.Tensor], device: torch.devi
     return entries, cum
 
 
-def sample_into(table: Any, cache: Dict[Any, torch.Tensor], out: torch.Tensor, rows: int, k: int,
-                lists: Optional[np.ndarray], unique: bool, seed: int, offset: int,
-                want_tries: bool) -> Optional[torch.Tensor]:
+def sample_into(
+    table: Any,
+    cache: Dict[Any, torch.Tensor],
+    out: torch.Tensor,
+    rows: int,
+    k: int,
+    lists: Optional[np.ndarray],
+    unique: bool,
+    seed: int,
+    offset: int,
+    want_tries: bool,
+) -> Optional[torch.Tensor]:
     """Fills the contiguous int64 CUDA tensor ``out`` (rows x k draws) with pyneg's kernels.
 
     The same draws as the CPU kernels give for ``(seed, offset)``. Exclusion
@@ -106,19 +117,38 @@ def sample_into(table: Any, cache: Dict[Any, torch.Tensor], out: torch.Tensor, r
     n = out.numel()
     if lists is None and not unique:
         entries, _ = table_tensors(table, cache, device)
-        _cuda.alias_sample(device=idx, stream=stream, entries=entries.data_ptr(), num_classes=v, seed=seed,
-                           offset=offset, out=out.data_ptr(), n=n)
+        _cuda.alias_sample(
+            device=idx,
+            stream=stream,
+            entries=entries.data_ptr(),
+            num_classes=v,
+            seed=seed,
+            offset=offset,
+            out=out.data_ptr(),
+            n=n,
+        )
         return None
     ex = _NO_EXCLUDE if lists is None else lists
     offsets, ids, cum, allowed, rows_per_list, longest = table.prepare_exclude(ex, rows, k if unique else 0)
     d_offsets, d_ids, d_cum, d_allowed = (_upload(a, device) for a in (offsets, ids, cum, allowed))
-    common = dict(device=idx, stream=stream, num_classes=v, list_offsets=d_offsets.data_ptr(),
-                  list_ids=d_ids.data_ptr(), list_cum=d_cum.data_ptr(), allowed_mass=d_allowed.data_ptr(),
-                  rows_per_list=rows_per_list, seed=seed, offset=offset, k=k, out=out.data_ptr())
+    common = dict(
+        device=idx,
+        stream=stream,
+        num_classes=v,
+        list_offsets=d_offsets.data_ptr(),
+        list_ids=d_ids.data_ptr(),
+        list_cum=d_cum.data_ptr(),
+        allowed_mass=d_allowed.data_ptr(),
+        rows_per_list=rows_per_list,
+        seed=seed,
+        offset=offset,
+        k=k,
+        out=out.data_ptr(),
+    )
     if not unique:
         entries, table_cum = table_tensors(table, cache, device, cumulative=True)
-        _cuda.alias_sample_excluding(entries=entries.data_ptr(), table_cum=table_cum.data_ptr(), rows=rows,
-                                     **common)
+        assert table_cum is not None  # cumulative=True gives one
+        _cuda.alias_sample_excluding(entries=entries.data_ptr(), table_cum=table_cum.data_ptr(), rows=rows, **common)
         return None
     entries, _ = table_tensors(table, cache, device)
     capacity = _cuda.id_set_capacity(k + longest)
@@ -128,15 +158,21 @@ def sample_into(table: Any, cache: Dict[Any, torch.Tensor], out: torch.Tensor, r
     slots = torch.empty(chunk * capacity, dtype=torch.int64, device=device)
     tries = torch.empty(rows, dtype=torch.int64, device=device)
     for first in range(0, rows, chunk):
-        _cuda.alias_sample_unique(entries=entries.data_ptr(), slots=slots.data_ptr(), capacity=capacity,
-                                  tries=tries.data_ptr(), first_row=first, rows=min(chunk, rows - first),
-                                  **common)
+        _cuda.alias_sample_unique(
+            entries=entries.data_ptr(),
+            slots=slots.data_ptr(),
+            capacity=capacity,
+            tries=tries.data_ptr(),
+            first_row=first,
+            rows=min(chunk, rows - first),
+            **common,
+        )
     host_tries = tries.cpu()
     grid = out.view(rows, k)
     for row in (host_tries < 0).nonzero().flatten().tolist():
         # The exponential race reads all V classes: the CPU kernel finishes the
         # row (the same code, so the same ids as a CPU call would give).
-        lst = ex[row // rows_per_list: row // rows_per_list + 1] if lists is not None else _NO_EXCLUDE
+        lst = ex[row // rows_per_list : row // rows_per_list + 1] if lists is not None else _NO_EXCLUDE
         buf = np.empty((1, k), dtype=np.int64)
         tr = np.empty(1, dtype=np.int64)
         table.sample_unique(seed, offset + row * k, lst, k, buf, tr if want_tries else None, 1)
@@ -149,8 +185,15 @@ def sample_into(table: Any, cache: Dict[Any, torch.Tensor], out: torch.Tensor, r
 _FLOATS = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def _check_hs(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor], target: torch.Tensor,
-              offsets: torch.Tensor, nodes: torch.Tensor, codes: torch.Tensor) -> Tuple[str, torch.Tensor]:
+def _check_hs(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    target: torch.Tensor,
+    offsets: torch.Tensor,
+    nodes: torch.Tensor,
+    codes: torch.Tensor,
+) -> Tuple[str, torch.Tensor]:
     """Checks the arguments; returns the dtype name and a private copy of ``target``.
 
     The kernels index by target: they get the copy that was range-checked, so a
@@ -158,8 +201,14 @@ def _check_hs(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     send them out of bounds.
     """
     _require()
-    for name, t in (("input", input), ("weight", weight), ("target", target), ("offsets", offsets),
-                    ("nodes", nodes), ("codes", codes)) + ((("bias", bias),) if bias is not None else ()):
+    for name, t in (
+        ("input", input),
+        ("weight", weight),
+        ("target", target),
+        ("offsets", offsets),
+        ("nodes", nodes),
+        ("codes", codes),
+    ) + ((("bias", bias),) if bias is not None else ()):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.device != input.device or t.device.type != "cuda":
@@ -172,8 +221,12 @@ def _check_hs(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
         raise TypeError(f"input must be float32 or float64, got {input.dtype}")
     if weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
         raise TypeError("weight (and bias) must have input's dtype")
-    for name, t, dt in (("target", target, torch.int64), ("offsets", offsets, torch.int64),
-                        ("nodes", nodes, torch.int32), ("codes", codes, torch.uint8)):
+    for name, t, dt in (
+        ("target", target, torch.int64),
+        ("offsets", offsets, torch.int64),
+        ("nodes", nodes, torch.int32),
+        ("codes", codes, torch.uint8),
+    ):
         if t.dtype != dt:
             raise TypeError(f"{name} must be {dt}, got {t.dtype}")
     if input.dim() != 2 or weight.dim() != 2 or weight.shape[1] != input.shape[1]:
@@ -181,8 +234,9 @@ def _check_hs(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Te
     if offsets.dim() != 1 or offsets.numel() != weight.shape[0] + 2:
         raise ValueError(f"offsets must have V + 1 = {weight.shape[0] + 2} entries, got {tuple(offsets.shape)}")
     if nodes.dim() != 1 or codes.shape != nodes.shape:
-        raise ValueError(f"nodes and codes must be 1-D of one length, got {tuple(nodes.shape)} and "
-                         f"{tuple(codes.shape)}")
+        raise ValueError(
+            f"nodes and codes must be 1-D of one length, got {tuple(nodes.shape)} and {tuple(codes.shape)}"
+        )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
         raise ValueError(f"bias must have shape ({weight.shape[0]},), got {tuple(bias.shape)}")
     if target.dim() != 1 or target.numel() != input.shape[0]:
@@ -198,19 +252,47 @@ def _ptr(t: Optional[torch.Tensor]) -> int:
     return 0 if t is None else t.data_ptr()
 
 
-def _hs_pointers(dtype: str, device: torch.device, input: torch.Tensor, weight: torch.Tensor,
-                 bias: Optional[torch.Tensor], target: torch.Tensor, offsets: torch.Tensor, nodes: torch.Tensor,
-                 codes: torch.Tensor) -> Dict[str, Any]:
+def _hs_pointers(
+    dtype: str,
+    device: torch.device,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    target: torch.Tensor,
+    offsets: torch.Tensor,
+    nodes: torch.Tensor,
+    codes: torch.Tensor,
+) -> Dict[str, Any]:
     """The arguments hs_forward and hs_backward of pyneg._cuda share (by name)."""
-    return dict(dtype=dtype, device=device.index, stream=_stream(device), input=input.data_ptr(),
-                weight=weight.data_ptr(), bias=_ptr(bias), target=target.data_ptr(), offsets=offsets.data_ptr(),
-                nodes=nodes.data_ptr(), codes=codes.data_ptr(), batch=input.shape[0], dim=input.shape[1],
-                # The kernels bounds-check offsets and nodes against these (NaN for a bad path).
-                num_classes=offsets.numel() - 1, num_inner=weight.shape[0], num_steps=nodes.numel())
+    return dict(
+        dtype=dtype,
+        device=device.index,
+        stream=_stream(device),
+        input=input.data_ptr(),
+        weight=weight.data_ptr(),
+        bias=_ptr(bias),
+        target=target.data_ptr(),
+        offsets=offsets.data_ptr(),
+        nodes=nodes.data_ptr(),
+        codes=codes.data_ptr(),
+        batch=input.shape[0],
+        dim=input.shape[1],
+        # The kernels bounds-check offsets and nodes against these (NaN for a bad path).
+        num_classes=offsets.numel() - 1,
+        num_inner=weight.shape[0],
+        num_steps=nodes.numel(),
+    )
 
 
-def hs_forward(input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, offsets: torch.Tensor,
-               nodes: torch.Tensor, codes: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+def hs_forward(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    offsets: torch.Tensor,
+    nodes: torch.Tensor,
+    codes: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Per-example hierarchical-softmax NLL (B,) on the GPU.
 
     Class ``c``'s path is ``nodes[offsets[c]:offsets[c+1]]`` (int32 rows of
@@ -220,16 +302,24 @@ def hs_forward(input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, 
     dtype, target = _check_hs(input, weight, bias, target, offsets, nodes, codes)
     device = normalize_device(input.device)
     nll = torch.empty(input.shape[0], dtype=input.dtype, device=device)
-    _cuda.hs_forward(nll=nll.data_ptr(), **_hs_pointers(dtype, device, input, weight, bias, target, offsets,
-                                                        nodes, codes))
+    _cuda.hs_forward(
+        nll=nll.data_ptr(), **_hs_pointers(dtype, device, input, weight, bias, target, offsets, nodes, codes)
+    )
     return nll
 
 
-def hs_backward(grad_nll: torch.Tensor, input: torch.Tensor, weight: torch.Tensor, target: torch.Tensor,
-                offsets: torch.Tensor, nodes: torch.Tensor, codes: torch.Tensor,
-                bias: Optional[torch.Tensor] = None, grad_weight: Optional[torch.Tensor] = None,
-                grad_bias: Optional[torch.Tensor] = None
-                ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+def hs_backward(
+    grad_nll: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    target: torch.Tensor,
+    offsets: torch.Tensor,
+    nodes: torch.Tensor,
+    codes: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    grad_weight: Optional[torch.Tensor] = None,
+    grad_bias: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Gradients of ``hs_forward`` given ``grad_nll`` (B,).
 
     Returns ``(grad_input, grad_weight, grad_bias)``; gradients are added into
@@ -243,19 +333,31 @@ def hs_backward(grad_nll: torch.Tensor, input: torch.Tensor, weight: torch.Tenso
         raise ValueError(f"grad_nll must have shape ({input.shape[0]},), got {tuple(grad_nll.shape)}")
     if grad_weight is None:
         grad_weight = torch.zeros_like(weight)
-    elif grad_weight.shape != weight.shape or grad_weight.dtype != weight.dtype or not grad_weight.is_contiguous() \
-            or grad_weight.device != weight.device:
+    elif (
+        grad_weight.shape != weight.shape
+        or grad_weight.dtype != weight.dtype
+        or not grad_weight.is_contiguous()
+        or grad_weight.device != weight.device
+    ):
         raise ValueError("grad_weight must be a contiguous tensor like weight")
     if bias is not None:
         if grad_bias is None:
             grad_bias = torch.zeros_like(bias)
-        elif grad_bias.shape != bias.shape or grad_bias.dtype != bias.dtype or not grad_bias.is_contiguous() \
-                or grad_bias.device != bias.device:
+        elif (
+            grad_bias.shape != bias.shape
+            or grad_bias.dtype != bias.dtype
+            or not grad_bias.is_contiguous()
+            or grad_bias.device != bias.device
+        ):
             raise ValueError("grad_bias must be a contiguous tensor like bias")
     else:
         grad_bias = None
     grad_input = torch.empty_like(input)
-    _cuda.hs_backward(grad_nll=grad_nll.data_ptr(), grad_input=grad_input.data_ptr(),
-                      grad_weight=grad_weight.data_ptr(), grad_bias=_ptr(grad_bias),
-                      **_hs_pointers(dtype, device, input, weight, bias, target, offsets, nodes, codes))
+    _cuda.hs_backward(
+        grad_nll=grad_nll.data_ptr(),
+        grad_input=grad_input.data_ptr(),
+        grad_weight=grad_weight.data_ptr(),
+        grad_bias=_ptr(grad_bias),
+        **_hs_pointers(dtype, device, input, weight, bias, target, offsets, nodes, codes),
+    )
     return grad_input, grad_weight, grad_bias

@@ -10,6 +10,7 @@ worker_id``, ``base_seed`` drawn from the main process's generator). So the
 workers draw distinct negatives, and ``torch.manual_seed`` before building the
 iterator reproduces all of them.
 """
+
 from __future__ import annotations
 
 from typing import Any, Callable, Hashable, Optional

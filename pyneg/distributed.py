@@ -16,6 +16,7 @@ gradient of the mean over the global batch in one process. When ranks hold
 different numbers of rows ``b_r``, scale rank ``r``'s mean by
 ``b_r * world_size / B`` (``B`` the global batch) for the same equality.
 """
+
 from __future__ import annotations
 
 import zlib
@@ -43,13 +44,17 @@ def rank_and_world_size(group: Optional[dist.ProcessGroup] = None) -> Tuple[int,
 
 
 def _collective_device(group) -> torch.device:
-    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" \
-        else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
+    )
 
 
-def _raise_if_any_rank_failed(error: Optional[BaseException], group=None,
-                             device: Optional[torch.device] = None,
-                             flags: Optional[Dict[str, bool]] = None) -> None:
+def _raise_if_any_rank_failed(
+    error: Optional[BaseException],
+    group=None,
+    device: Optional[torch.device] = None,
+    flags: Optional[Dict[str, bool]] = None,
+) -> None:
     """Makes a local failure everyone's: one small all-reduce, then every rank raises if any failed.
 
     Call it on every rank after the rank's own checks, with the exception they
@@ -77,8 +82,9 @@ def _raise_if_any_rank_failed(error: Optional[BaseException], group=None,
         if error is None and failed > 0:
             raise ValueError("another rank passed invalid input to this synchronised call (see its error)")
         if error is None and world * squares != total * total:
-            raise ValueError(f"ranks disagree on which of {', '.join(flags)} they give: each must be "
-                             "given on every rank or on none")
+            raise ValueError(
+                f"ranks disagree on which of {', '.join(flags)} they give: each must be given on every rank or on none"
+            )
     if error is not None:
         raise error
 
@@ -88,8 +94,7 @@ def _fingerprint(tensor: torch.Tensor) -> int:
     return zlib.crc32(repr((str(tensor.dtype), tuple(tensor.shape[1:]))).encode())
 
 
-def _exchange_sizes(n: int, fingerprint: int, error: Optional[BaseException], device: torch.device,
-                    group) -> List[int]:
+def _exchange_sizes(n: int, fingerprint: int, error: Optional[BaseException], device: torch.device, group) -> List[int]:
     """Every rank's row count, gathered together with whether its checks passed and what it sends.
 
     One all-gather, as a plain size exchange would take: a rank whose checks
@@ -106,8 +111,10 @@ def _exchange_sizes(n: int, fingerprint: int, error: Optional[BaseException], de
     if any(row[0] for row in table):
         raise ValueError("another rank passed an invalid tensor to this collective (see its error)")
     if len({row[2] for row in table}) > 1:
-        raise ValueError("ranks passed tensors of different dtypes or trailing shapes to a gather "
-                         "(every rank must send rows of the same dtype and shape)")
+        raise ValueError(
+            "ranks passed tensors of different dtypes or trailing shapes to a gather "
+            "(every rank must send rows of the same dtype and shape)"
+        )
     return [row[1] for row in table]
 
 
@@ -138,7 +145,7 @@ class _AllGatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous().clone()
         # Every rank's loss may use every row: sum their gradients, keep ours.
         dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad[ctx.start:ctx.stop], None, None
+        return grad[ctx.start : ctx.stop], None, None
 
 
 def _check_tensor(tensor: torch.Tensor, name: str) -> None:
@@ -157,7 +164,7 @@ def _checked_sizes(tensor: torch.Tensor, group) -> List[int]:
     error: Optional[BaseException] = None
     try:
         _check_tensor(tensor, "tensor")
-    except Exception as e:  # noqa: BLE001 -- shared with the other ranks, then re-raised
+    except Exception as e:
         error = e
     if error is None:
         return _exchange_sizes(tensor.shape[0], _fingerprint(tensor), None, tensor.device, group)
@@ -209,7 +216,7 @@ def rank_offset(num_rows: int, group: Optional[dist.ProcessGroup] = None, device
     try:
         n = check_int(num_rows, "num_rows", minimum=0)
         dev = torch.device(device) if device is not None else _collective_device(group)
-    except Exception as e:  # noqa: BLE001 -- shared with the other ranks, then re-raised
+    except Exception as e:
         error, dev = e, _collective_device(group)
     sizes = _exchange_sizes(n, 0, error, dev, group)
     return sum(sizes[:rank])
@@ -244,10 +251,11 @@ def sampler_seed(
         try:
             _check_streams(streams)
             drawn = draw_seed(generator)  # 63 bits: fits the int64 sum
-        except Exception as e:  # noqa: BLE001 -- shared with the other ranks, then re-raised
+        except Exception as e:
             error = e
-        t = torch.tensor([0 if error is None else 1, drawn if rank == 0 else 0], dtype=torch.int64,
-                         device=_collective_device(group))
+        t = torch.tensor(
+            [0 if error is None else 1, drawn if rank == 0 else 0], dtype=torch.int64, device=_collective_device(group)
+        )
         dist.all_reduce(t, group=group)
         if error is not None:
             raise error

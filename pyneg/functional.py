@@ -11,6 +11,7 @@ sum of the weights).
 returned in float32, so a loss or logit beyond float16's range (tiny
 temperatures) stays finite; gradients reach the inputs in their own dtype.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -200,8 +201,15 @@ def _check_query(query: torch.Tensor) -> None:
         raise ValueError("query must have at least one row")
 
 
-def _check_embeddings(t: Any, name: str, query: torch.Tensor, *, rows: Optional[int] = None,
-                      per_row_ok: bool = False, per_row_name: str = "N") -> torch.Tensor:
+def _check_embeddings(
+    t: Any,
+    name: str,
+    query: torch.Tensor,
+    *,
+    rows: Optional[int] = None,
+    per_row_ok: bool = False,
+    per_row_name: str = "N",
+) -> torch.Tensor:
     """(N, d) (or (B, N, d) when per_row_ok) with query's d, dtype and device."""
     _check_float(t, name)
     d = query.shape[1]
@@ -255,8 +263,9 @@ def _check_ids(ids: Any, name: str, shape: Tuple[int, ...], device: torch.device
     return t.detach()
 
 
-def _check_log_q(log_q: Any, name: str, shape: Tuple[int, ...], device: torch.device,
-                 dtype: torch.dtype) -> Optional[torch.Tensor]:
+def _check_log_q(
+    log_q: Any, name: str, shape: Tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> Optional[torch.Tensor]:
     """None, or a finite float tensor of ``shape``, detached, in the logits' dtype."""
     if log_q is None:
         return None
@@ -274,16 +283,22 @@ def _check_log_q(log_q: Any, name: str, shape: Tuple[int, ...], device: torch.de
 class _Block:
     """One block of negative columns, validated, for :func:`_softmax_loss`."""
 
-    emb: torch.Tensor                 # (N, d), or (B, N, d) for per-row negatives
-    log_q: Optional[torch.Tensor]     # (N,) / (B, N), acc dtype, detached
-    ids: Optional[torch.Tensor]       # (N,) / (B, N), compared with the rows' positive ids
-    diag: Optional[int] = None        # column diag + i is row i's own positive: masked
+    emb: torch.Tensor  # (N, d), or (B, N, d) for per-row negatives
+    log_q: Optional[torch.Tensor]  # (N,) / (B, N), acc dtype, detached
+    ids: Optional[torch.Tensor]  # (N,) / (B, N), compared with the rows' positive ids
+    diag: Optional[int] = None  # column diag + i is row i's own positive: masked
     bias: Optional[torch.Tensor] = None  # (N,) / (B, N) added to the logits; gets a gradient
     pad: Optional[torch.Tensor] = None  # (B, N) per-row padding (mined negatives): masked
 
 
-def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int],
-               b: int, dev: torch.device, max_pairs: Optional[int] = None) -> Any:
+def _hit_pairs(
+    ids: Optional[torch.Tensor],
+    row_ids: Optional[torch.Tensor],
+    diag: Optional[int],
+    b: int,
+    dev: torch.device,
+    max_pairs: Optional[int] = None,
+) -> Any:
     """(rows, columns) of the masked entries of a block, or None when there are none to mask.
 
     Accidental hits are few (an id recurs in a handful of columns), so they are
@@ -314,8 +329,14 @@ def _hit_pairs(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], dia
     return torch.cat(rows), torch.cat(cols)
 
 
-def _block_hits(ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int],
-                b: int, dev: torch.device, max_pairs: Optional[int] = None) -> Any:
+def _block_hits(
+    ids: Optional[torch.Tensor],
+    row_ids: Optional[torch.Tensor],
+    diag: Optional[int],
+    b: int,
+    dev: torch.device,
+    max_pairs: Optional[int] = None,
+) -> Any:
     """:func:`_hit_pairs` for rows with one positive id (B,) or several (B, T): a column that
     equals any of row i's positive ids is masked for row i (a pair may be listed twice).
     ``_DENSE`` when all T lists together would exceed ``max_pairs``."""
@@ -344,8 +365,14 @@ def _block_dense_mask_(s: torch.Tensor, ids, row_ids, diag: Optional[int], start
         _dense_mask_(s, ids, row_ids[:, t], diag if t == 0 else None, start)
 
 
-def _block_scores(qs: torch.Tensor, emb: torch.Tensor, shift: Optional[torch.Tensor],
-                  hits: Optional[Tuple[torch.Tensor, torch.Tensor]], start: int, total: int) -> torch.Tensor:
+def _block_scores(
+    qs: torch.Tensor,
+    emb: torch.Tensor,
+    shift: Optional[torch.Tensor],
+    hits: Optional[Tuple[torch.Tensor, torch.Tensor]],
+    start: int,
+    total: int,
+) -> torch.Tensor:
     """Corrected, masked logits of the columns ``start..start+len(emb)`` of a shared block of ``total``.
 
     ``qs`` is query / temperature, so scaling costs O(B d), not O(B N); the
@@ -377,14 +404,14 @@ def _exp_normalise_(s: torch.Tensor, normalise: bool = False) -> torch.Tensor:
     lse = s.new_empty(b)
     step = max(1, (1 << 18) // max(n, 1))
     for r in range(0, b, step):
-        t = s[r:r + step]
+        t = s[r : r + step]
         m = t.amax(1, keepdim=True)
         m = _finite_or_zero(m)
         t.sub_(m).exp_()
         z = t.sum(1, keepdim=True)
         if normalise:
             t.div_(z.clamp_min(torch.finfo(z.dtype).tiny))
-        torch.add(z.log(), m, out=lse[r:r + step].unsqueeze(1))
+        torch.add(z.log(), m, out=lse[r : r + step].unsqueeze(1))
     return lse
 
 
@@ -399,7 +426,7 @@ def _softplus_sum(s: torch.Tensor) -> torch.Tensor:
     out = s.new_empty(b)
     step = max(1, (1 << 18) // max(n, 1))
     for r in range(0, b, step):
-        torch.sum(F.logsigmoid(s[r:r + step].neg()), 1, out=out[r:r + step])
+        torch.sum(F.logsigmoid(s[r : r + step].neg()), 1, out=out[r : r + step])
     return out.neg_()
 
 
@@ -418,8 +445,19 @@ class _BlockLogSumExp(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, query, emb, log_q, ids, row_ids, diag, temperature, chunk_size,  # type: ignore[override]
-                bias=None, nce=False):
+    def forward(
+        ctx,
+        query,
+        emb,
+        log_q,
+        ids,
+        row_ids,
+        diag,
+        temperature,
+        chunk_size,  # type: ignore[override]
+        bias=None,
+        nce=False,
+    ):
         n, b = emb.shape[0], query.shape[0]
         qs = query / temperature
         shift = None if log_q is None else -log_q
@@ -446,7 +484,7 @@ class _BlockLogSumExp(torch.autograd.Function):
         else:
             out = None
             for start in range(0, n, chunk_size):
-                s = _block_scores(qs, emb[start:start + chunk_size], _rows(shift, start, chunk_size), hits, start, n)
+                s = _block_scores(qs, emb[start : start + chunk_size], _rows(shift, start, chunk_size), hits, start, n)
                 if dense:
                     _block_dense_mask_(s, ids, row_ids, diag, start)
                 if nce:
@@ -501,7 +539,7 @@ def _dense_mask_(s: torch.Tensor, ids, row_ids, diag: Optional[int], start: int)
     """The (B, n) comparison mask, for blocks whose ids repeat so much that hit lists would be larger."""
     n = s.shape[1]
     if ids is not None and row_ids is not None:
-        s.masked_fill_(ids[start:start + n].unsqueeze(0) == row_ids.unsqueeze(1), -math.inf)
+        s.masked_fill_(ids[start : start + n].unsqueeze(0) == row_ids.unsqueeze(1), -math.inf)
     if diag is not None:
         r = torch.arange(s.shape[0], device=s.device)
         c = r + (diag - start)
@@ -510,15 +548,16 @@ def _dense_mask_(s: torch.Tensor, ids, row_ids, diag: Optional[int], start: int)
 
 
 def _rows(t: Optional[torch.Tensor], start: int, size: int) -> Optional[torch.Tensor]:
-    return None if t is None else t[start:start + size]
+    return None if t is None else t[start : start + size]
 
 
 def _finite_or_zero(x: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(x), x, torch.zeros_like(x))
 
 
-def _per_row_scores(query: torch.Tensor, block: _Block, row_ids: Optional[torch.Tensor],
-                    temperature: float) -> torch.Tensor:
+def _per_row_scores(
+    query: torch.Tensor, block: _Block, row_ids: Optional[torch.Tensor], temperature: float
+) -> torch.Tensor:
     """(B, N) corrected, masked logits of per-row negatives (B, N, d) (plain autograd)."""
     s = torch.bmm(block.emb, query.unsqueeze(-1)).squeeze(-1) / temperature
     if block.log_q is not None:
@@ -536,8 +575,9 @@ def _per_row_scores(query: torch.Tensor, block: _Block, row_ids: Optional[torch.
     return s
 
 
-def _to_acc(query: torch.Tensor, positive: torch.Tensor, positive_bias: Optional[torch.Tensor],
-            blocks: Sequence[_Block]):
+def _to_acc(
+    query: torch.Tensor, positive: torch.Tensor, positive_bias: Optional[torch.Tensor], blocks: Sequence[_Block]
+):
     """16-bit inputs go to float32 (through autograd, so gradients come back in their dtype)."""
     acc = _acc_dtype(query.dtype)
     if acc == query.dtype:
@@ -550,8 +590,13 @@ def _to_acc(query: torch.Tensor, positive: torch.Tensor, positive_bias: Optional
     return query.to(acc), positive.to(acc), up(positive_bias), blocks
 
 
-def _positive_logits(query: torch.Tensor, positive: torch.Tensor, positive_log_q: Optional[torch.Tensor],
-                     positive_bias: Optional[torch.Tensor], temperature: float) -> torch.Tensor:
+def _positive_logits(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    positive_log_q: Optional[torch.Tensor],
+    positive_bias: Optional[torch.Tensor],
+    temperature: float,
+) -> torch.Tensor:
     """(B, T) logits of the positives: query·p / temperature + bias − log q (T = 1 for (B, d))."""
     if positive.dim() == 2:
         pos = (query * positive).sum(-1, keepdim=True) / temperature
@@ -564,10 +609,19 @@ def _positive_logits(query: torch.Tensor, positive: torch.Tensor, positive_log_q
     return pos
 
 
-def _softmax_loss(query: torch.Tensor, positive: torch.Tensor, positive_log_q: Optional[torch.Tensor],
-                  blocks: Sequence[_Block], row_ids: Optional[torch.Tensor], temperature: float,
-                  chunk_size: Optional[int], reduction: str, *, positive_bias: Optional[torch.Tensor] = None,
-                  weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _softmax_loss(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    positive_log_q: Optional[torch.Tensor],
+    blocks: Sequence[_Block],
+    row_ids: Optional[torch.Tensor],
+    temperature: float,
+    chunk_size: Optional[int],
+    reduction: str,
+    *,
+    positive_bias: Optional[torch.Tensor] = None,
+    weight: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Softmax cross-entropy with the positives first, ``blocks`` as the negatives.
 
     With T positives per row (``positive`` (B, T, d)) each has label 1/T:
@@ -584,18 +638,28 @@ def _softmax_loss(query: torch.Tensor, positive: torch.Tensor, positive_log_q: O
         if b.emb.dim() == 3:
             columns.append(_per_row_scores(query, b, row_ids, temperature))
         else:
-            lse = _BlockLogSumExp.apply(query, b.emb, b.log_q, b.ids, row_ids, b.diag, temperature,
-                                        chunk_size or b.emb.shape[0], b.bias, False)
+            lse = _BlockLogSumExp.apply(
+                query, b.emb, b.log_q, b.ids, row_ids, b.diag, temperature, chunk_size or b.emb.shape[0], b.bias, False
+            )
             columns.append(lse.unsqueeze(1))
     logits = torch.cat(columns, 1)
     loss = torch.logsumexp(logits, 1) - pos.mean(1)  # pos is finite, so no row is all −inf
     return _reduce(loss, reduction, weight)
 
 
-def _nce_loss(query: torch.Tensor, positive: torch.Tensor, positive_log_q: Optional[torch.Tensor],
-              block: _Block, row_ids: Optional[torch.Tensor], temperature: float, chunk_size: Optional[int],
-              reduction: str, *, positive_bias: Optional[torch.Tensor] = None,
-              weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+def _nce_loss(
+    query: torch.Tensor,
+    positive: torch.Tensor,
+    positive_log_q: Optional[torch.Tensor],
+    block: _Block,
+    row_ids: Optional[torch.Tensor],
+    temperature: float,
+    chunk_size: Optional[int],
+    reduction: str,
+    *,
+    positive_bias: Optional[torch.Tensor] = None,
+    weight: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     """Sigmoid cross-entropy: label 1/T on each of the T positives, 0 on each (unmasked) negative."""
     query, positive, positive_bias, (block,) = _to_acc(query, positive, positive_bias, [block])
     pos = _positive_logits(query, positive, positive_log_q, positive_bias, temperature)
@@ -609,13 +673,24 @@ def _nce_loss(query: torch.Tensor, positive: torch.Tensor, positive_log_q: Optio
     elif block.emb.dim() == 3:
         loss = loss - F.logsigmoid(-_per_row_scores(query, block, row_ids, temperature)).sum(1)
     else:
-        loss = loss + _BlockLogSumExp.apply(query, block.emb, block.log_q, block.ids, row_ids, None, temperature,
-                                            chunk_size or block.emb.shape[0], block.bias, True)
+        loss = loss + _BlockLogSumExp.apply(
+            query,
+            block.emb,
+            block.log_q,
+            block.ids,
+            row_ids,
+            None,
+            temperature,
+            chunk_size or block.emb.shape[0],
+            block.bias,
+            True,
+        )
     return _reduce(loss, reduction, weight)
 
 
-def _checked_before_gather(check: Callable[[], Any], gather: bool, group,
-                           flags: Callable[[Any], Dict[str, bool]]) -> Any:
+def _checked_before_gather(
+    check: Callable[[], Any], gather: bool, group, flags: Callable[[Any], Dict[str, bool]]
+) -> Any:
     """Runs a loss's checks; with ``gather`` every rank learns whether all passed before any gather.
 
     A rank whose checks raise (any exception) would otherwise leave the others
@@ -633,8 +708,9 @@ def _checked_before_gather(check: Callable[[], Any], gather: bool, group,
     return result
 
 
-def _gather_batch(candidate: torch.Tensor, ids: Optional[torch.Tensor], log_q: Optional[torch.Tensor],
-                  group) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], int]:
+def _gather_batch(
+    candidate: torch.Tensor, ids: Optional[torch.Tensor], log_q: Optional[torch.Tensor], group
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], int]:
     """The global batch: every rank's candidates (with gradient), ids and log q, and our row offset."""
     offset = rank_offset(candidate.shape[0], group, device=candidate.device)
     candidate = all_gather_with_grad(candidate, group)
@@ -701,29 +777,41 @@ def in_batch_softmax_loss(
         _check_query(query)
         b = query.shape[0]
         _check_embeddings(candidate, "candidate", query, rows=b)
-        return (_check_temperature(temperature), _check_chunk_size(chunk_size),
-                _check_log_q(log_q, "log_q", (b,), query.device, _acc_dtype(query.dtype)),
-                _check_ids(candidate_ids, "candidate_ids", (b,), query.device),
-                _check_weight(sample_weight, b, query.device, _acc_dtype(query.dtype)))
+        return (
+            _check_temperature(temperature),
+            _check_chunk_size(chunk_size),
+            _check_log_q(log_q, "log_q", (b,), query.device, _acc_dtype(query.dtype)),
+            _check_ids(candidate_ids, "candidate_ids", (b,), query.device),
+            _check_weight(sample_weight, b, query.device, _acc_dtype(query.dtype)),
+        )
 
-    temperature, chunk_size, log_q, ids, weight = _checked_before_gather(
-        check, gather, group, lambda r: {"log_q": r[2] is not None, "candidate_ids": r[3] is not None})
-    row_ids, own_log_q = ids, log_q
-    columns, diag = candidate, 0
+    temp, chunk, own_log_q, row_ids, weight = _checked_before_gather(
+        check, gather, group, lambda r: {"log_q": r[2] is not None, "candidate_ids": r[3] is not None}
+    )
+    columns, col_ids, col_log_q, diag = candidate, row_ids, own_log_q, 0
     if gather:
-        columns, ids, log_q, diag = _gather_batch(candidate, ids, log_q, group)
-    return _softmax_loss(query, candidate, own_log_q, [_Block(columns, log_q, ids, diag)], row_ids,
-                         temperature, chunk_size, reduction, weight=weight)
+        columns, col_ids, col_log_q, diag = _gather_batch(candidate, row_ids, own_log_q, group)
+    return _softmax_loss(
+        query,
+        candidate,
+        own_log_q,
+        [_Block(columns, col_log_q, col_ids, diag)],
+        row_ids,
+        temp,
+        chunk,
+        reduction,
+        weight=weight,
+    )
 
 
 @dataclass
 class _SampledInputs:
     """The validated inputs of :func:`sampled_softmax_loss` and :func:`nce_loss`."""
 
-    positive: torch.Tensor               # (B, d) or (B, T, d)
+    positive: torch.Tensor  # (B, d) or (B, T, d)
     positive_log_q: Optional[torch.Tensor]
     positive_bias: Optional[torch.Tensor]
-    row_ids: Optional[torch.Tensor]      # (B,) / (B, T) when hits are removed
+    row_ids: Optional[torch.Tensor]  # (B,) / (B, T) when hits are removed
     block: _Block
     weight: Optional[torch.Tensor]
 
@@ -742,8 +830,20 @@ def _check_bias(bias: Any, name: str, shape: Tuple[int, ...], query: torch.Tenso
     return bias
 
 
-def _check_sampled(query, positive, negative, positive_log_q, negative_log_q, positive_ids, negative_ids,
-                   bias, positive_bias, negative_bias, sample_weight, remove_accidental_hits) -> _SampledInputs:
+def _check_sampled(
+    query,
+    positive,
+    negative,
+    positive_log_q,
+    negative_log_q,
+    positive_ids,
+    negative_ids,
+    bias,
+    positive_bias,
+    negative_bias,
+    sample_weight,
+    remove_accidental_hits,
+) -> _SampledInputs:
     _check_query(query)
     b, dev, acc = query.shape[0], query.device, _acc_dtype(query.dtype)
     _check_embeddings(positive, "positive", query, rows=b, per_row_ok=True, per_row_name="T")
@@ -769,14 +869,13 @@ def _check_sampled(query, positive, negative, positive_log_q, negative_log_q, po
         if pos_ids is None:
             raise ValueError("bias is a table indexed by ids: give positive_ids and negative_ids")
         for t, name in ((pos_ids, "positive_ids"), (neg_ids, "negative_ids")):
-            if t.numel() and int(t.max()) >= bias.shape[0]:
+            if t is not None and t.numel() and int(t.max()) >= bias.shape[0]:
                 raise ValueError(f"{name} holds id {int(t.max())} but bias has {bias.shape[0]} entries")
         pos_bias, neg_bias = bias[pos_ids], bias[neg_ids]
     weight = _check_weight(sample_weight, b, dev, acc)
     if not check_bool(remove_accidental_hits, "remove_accidental_hits"):
         pos_ids = neg_ids = None
-    return _SampledInputs(positive, pos_lq, pos_bias, pos_ids, _Block(negative, neg_lq, neg_ids, bias=neg_bias),
-                          weight)
+    return _SampledInputs(positive, pos_lq, pos_bias, pos_ids, _Block(negative, neg_lq, neg_ids, bias=neg_bias), weight)
 
 
 def sampled_softmax_loss(
@@ -817,9 +916,10 @@ def sampled_softmax_loss(
         negative: (N, d) shared by all rows, or (B, N, d) per row.
         positive_log_q: (B,) or (B, T), log Q of the positives.
         negative_log_q: (N,) for shared negatives, (B, N) for per-row ones.
-        positive_ids, negative_ids: integer ids >= 0 with the shapes of
+        positive_ids: integer ids >= 0 with the shapes of
             positive_log_q and negative_log_q; give both to mask accidental
             hits (a negative equal to any of the row's positive ids).
+        negative_ids: as ``positive_ids`` above.
         temperature: logits are dot products divided by it (> 0).
         reduction: "none" (B,), "mean" or "sum".
         chunk_size: for shared negatives, score at most this many columns at a
@@ -843,10 +943,32 @@ def sampled_softmax_loss(
     _check_reduction(reduction)
     temperature = _check_temperature(temperature)
     chunk_size = _check_chunk_size(chunk_size)
-    x = _check_sampled(query, positive, negative, positive_log_q, negative_log_q, positive_ids, negative_ids,
-                       bias, positive_bias, negative_bias, sample_weight, remove_accidental_hits)
-    return _softmax_loss(query, x.positive, x.positive_log_q, [x.block], x.row_ids, temperature, chunk_size,
-                         reduction, positive_bias=x.positive_bias, weight=x.weight)
+    x = _check_sampled(
+        query,
+        positive,
+        negative,
+        positive_log_q,
+        negative_log_q,
+        positive_ids,
+        negative_ids,
+        bias,
+        positive_bias,
+        negative_bias,
+        sample_weight,
+        remove_accidental_hits,
+    )
+    return _softmax_loss(
+        query,
+        x.positive,
+        x.positive_log_q,
+        [x.block],
+        x.row_ids,
+        temperature,
+        chunk_size,
+        reduction,
+        positive_bias=x.positive_bias,
+        weight=x.weight,
+    )
 
 
 def nce_loss(
@@ -896,9 +1018,10 @@ def nce_loss(
         negative: (N, d) shared by all rows, or (B, N, d) per row.
         positive_log_q: (B,) or (B, T), log Q of the positives.
         negative_log_q: (N,) for shared negatives, (B, N) for per-row ones.
-        positive_ids, negative_ids: integer ids >= 0 with the shapes of
+        positive_ids: integer ids >= 0 with the shapes of
             positive_log_q and negative_log_q; give both to mask accidental
             hits (a negative equal to any of the row's positive ids).
+        negative_ids: as ``positive_ids`` above.
         temperature: logits are dot products divided by it (> 0).
         reduction: "none" (B,), "mean" or "sum".
         chunk_size: for shared negatives, score at most this many columns at
@@ -931,17 +1054,41 @@ def nce_loss(
     _check_reduction(reduction)
     temperature = _check_temperature(temperature)
     chunk_size = _check_chunk_size(chunk_size)
-    x = _check_sampled(query, positive, negative, positive_log_q, negative_log_q, positive_ids, negative_ids,
-                       bias, positive_bias, negative_bias, sample_weight, remove_accidental_hits)
-    return _nce_loss(query, x.positive, x.positive_log_q, x.block, x.row_ids, temperature, chunk_size,
-                     reduction, positive_bias=x.positive_bias, weight=x.weight)
+    x = _check_sampled(
+        query,
+        positive,
+        negative,
+        positive_log_q,
+        negative_log_q,
+        positive_ids,
+        negative_ids,
+        bias,
+        positive_bias,
+        negative_bias,
+        sample_weight,
+        remove_accidental_hits,
+    )
+    return _nce_loss(
+        query,
+        x.positive,
+        x.positive_log_q,
+        x.block,
+        x.row_ids,
+        temperature,
+        chunk_size,
+        reduction,
+        positive_bias=x.positive_bias,
+        weight=x.weight,
+    )
 
 
 def _check_hit_ids(ids: Any, name: str, device: Optional[torch.device]) -> torch.Tensor:
     t = ids if isinstance(ids, torch.Tensor) else as_tensor(ids, name)
     if t.dim() not in (1, 2):
         raise ValueError(f"{name} must be 1-D or 2-D, got shape {tuple(t.shape)}")
-    return _check_ids(t, name, tuple(t.shape), t.device if device is None else device)
+    checked = _check_ids(t, name, tuple(t.shape), t.device if device is None else device)
+    assert checked is not None  # ids were given
+    return checked
 
 
 def compute_accidental_hits(positive_ids: ArrayLike, negative_ids: ArrayLike) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -1027,13 +1174,18 @@ class NegativeSource:
     in_batch: bool = False
 
     @classmethod
-    def batch(cls, log_q: Optional[ArrayLike] = None, *, ids: Optional[ArrayLike] = None,
-              embeddings: Optional[torch.Tensor] = None) -> "NegativeSource":
+    def batch(
+        cls,
+        log_q: Optional[ArrayLike] = None,
+        *,
+        ids: Optional[ArrayLike] = None,
+        embeddings: Optional[torch.Tensor] = None,
+    ) -> NegativeSource:
         """The batch's own positives as negatives (in-batch), with their log q."""
         return cls(embeddings, ids, log_q, in_batch=True)
 
     @classmethod
-    def from_bank(cls, bank: Any) -> "NegativeSource":
+    def from_bank(cls, bank: Any) -> NegativeSource:
         """A memory bank's entries (detached) with their ids and log q.
 
         With a :class:`pyneg.MemoryBank` this takes :meth:`~pyneg.MemoryBank.negatives`:
@@ -1054,8 +1206,9 @@ class NegativeSource:
         return cls(entries.embeddings.detach(), entries.ids, log_q)
 
     @classmethod
-    def from_sampler(cls, embeddings: torch.Tensor, ids: ArrayLike, sampler: Any, *,
-                     num_tries: Optional[int] = None) -> "NegativeSource":
+    def from_sampler(
+        cls, embeddings: torch.Tensor, ids: ArrayLike, sampler: Any, *, num_tries: Optional[int] = None
+    ) -> NegativeSource:
         """Negatives drawn by a pyneg sampler: ``ids`` (N,) and their ``embeddings`` (N, d).
 
         log Q is the sampler's log expected count of each id among the N draws
@@ -1092,8 +1245,7 @@ class NegativeSource:
         elif embeddings.dim() == 3 and tuple(embeddings.shape[:2]) == tuple(ids.shape):
             emb = embeddings
         else:
-            raise ValueError(f"embeddings must be (N, d) or {tuple(ids.shape) + ('d',)}, "
-                             f"got {tuple(embeddings.shape)}")
+            raise ValueError(f"embeddings must be (N, d) or {tuple(ids.shape) + ('d',)}, got {tuple(embeddings.shape)}")
         return cls(emb, ids.to(emb.device), log_q.to(emb.device))
 
 
@@ -1154,16 +1306,19 @@ def mixed_negatives_loss(
     gather = check_bool(gather, "gather")
     # Checks first (all of them, on every rank), gathers after: see _checked_before_gather.
     temperature, chunk_size, pos_lq, pos_ids, weight, blocks = _checked_before_gather(
-        lambda: _check_mixed(query, positive, sources, positive_log_q, positive_ids, temperature,
-                             chunk_size, reduction, sample_weight),
-        gather, group, _gathered_flags)
+        lambda: _check_mixed(
+            query, positive, sources, positive_log_q, positive_ids, temperature, chunk_size, reduction, sample_weight
+        ),
+        gather,
+        group,
+        _gathered_flags,
+    )
     if gather:
         for k, blk in enumerate(blocks):
             if blk.diag is not None:  # an in-batch source spans the global batch
                 emb, ids, log_q, diag = _gather_batch(blk.emb, blk.ids, blk.log_q, group)
                 blocks[k] = dataclasses.replace(blk, emb=emb, ids=ids, log_q=log_q, diag=diag)
-    return _softmax_loss(query, positive, pos_lq, blocks, pos_ids, temperature, chunk_size, reduction,
-                         weight=weight)
+    return _softmax_loss(query, positive, pos_lq, blocks, pos_ids, temperature, chunk_size, reduction, weight=weight)
 
 
 def _gathered_flags(checked: Tuple[Any, ...]) -> Dict[str, bool]:
@@ -1176,8 +1331,17 @@ def _gathered_flags(checked: Tuple[Any, ...]) -> Dict[str, bool]:
     return flags
 
 
-def _check_mixed(query: Any, positive: Any, sources: Any, positive_log_q: Any, positive_ids: Any,
-                 temperature: Any, chunk_size: Any, reduction: Any, sample_weight: Any):
+def _check_mixed(
+    query: Any,
+    positive: Any,
+    sources: Any,
+    positive_log_q: Any,
+    positive_ids: Any,
+    temperature: Any,
+    chunk_size: Any,
+    reduction: Any,
+    sample_weight: Any,
+):
     """The validated inputs of :func:`mixed_negatives_loss`, one (ungathered) block per source."""
     _check_reduction(reduction)
     _check_query(query)
@@ -1200,8 +1364,9 @@ def _check_mixed(query: Any, positive: Any, sources: Any, positive_log_q: Any, p
             emb = positive
         elif emb is None:
             raise ValueError(f"{name}.embeddings is None (only an in_batch source may omit them)")
-        _check_embeddings(emb, f"{name}.embeddings", query, rows=b if src.in_batch else None,
-                          per_row_ok=not src.in_batch)
+        _check_embeddings(
+            emb, f"{name}.embeddings", query, rows=b if src.in_batch else None, per_row_ok=not src.in_batch
+        )
         cols = tuple(emb.shape[:-1])  # (N,), or (B, N) for per-row negatives
         ids = src.ids if src.ids is not None or not src.in_batch else pos_ids
         ids, src_log_q, pad = _split_padding(ids, src.log_q, name, dev) if emb.dim() == 3 else (ids, src.log_q, None)

@@ -18,6 +18,7 @@ read only the tree's private arrays and private copies of the targets, checked
 after copying; every tensor a tree hands out is a fresh copy, so writing it
 changes nothing pyneg reads. Module states carry a fingerprint of their tree.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,10 +31,17 @@ from torch import nn
 
 from pyneg import _core
 from pyneg import cuda as pyneg_cuda
-from pyneg._hsoftmax_reference import (PaddedPaths, gather_log_prob, gather_nll, log_prob_from_scores,
-                                       padded_paths)
-from pyneg._validation import (MAX_CLASSES, ArrayLike, as_float64_numpy, as_index_tensor, check_bool,
-                               check_device, check_int, check_tensor)
+from pyneg._hsoftmax_reference import PaddedPaths, gather_log_prob, gather_nll, log_prob_from_scores, padded_paths
+from pyneg._validation import (
+    MAX_CLASSES,
+    ArrayLike,
+    as_float64_numpy,
+    as_index_tensor,
+    check_bool,
+    check_device,
+    check_int,
+    check_tensor,
+)
 from pyneg.functional import _acc_dtype, _check_reduction, _reduce
 
 __all__ = ["HuffmanTree", "HierarchicalSoftmax"]
@@ -58,8 +66,7 @@ def _check_float_dtype(dtype: Any, name: str) -> torch.dtype:
     if not isinstance(dtype, torch.dtype):
         raise TypeError(f"{name} must be a torch.dtype, got {type(dtype).__name__}")
     if dtype not in _PARAM_DTYPES:
-        raise TypeError(f"{name} must be a floating-point dtype (float16, bfloat16, float32 or float64), "
-                        f"got {dtype}")
+        raise TypeError(f"{name} must be a floating-point dtype (float16, bfloat16, float32 or float64), got {dtype}")
     return dtype
 
 
@@ -111,14 +118,15 @@ class HuffmanTree:
         self._counts = torch.from_numpy(c)
         # Built here, once (catch_warnings in _private_view is not thread-safe): never handed out.
         self._arrays: Dict[str, torch.Tensor] = {
-            name: _private_view(getattr(core, name)) for name in ("path_offsets", "path_nodes", "path_codes", "depths")}
+            name: _private_view(getattr(core, name)) for name in ("path_offsets", "path_nodes", "path_codes", "depths")
+        }
         # Derived tensors the kernels and the fallback read, built once per dtype / device.
         self._padded: Dict[Tuple[torch.dtype, torch.device], PaddedPaths] = {}
         self._flat: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._fingerprint: Optional[str] = None
 
     @classmethod
-    def from_counts(cls, counts: ArrayLike) -> "HuffmanTree":
+    def from_counts(cls, counts: ArrayLike) -> HuffmanTree:
         """Builds the tree from ``counts``: 1-D, finite, >= 0 (zeros allowed).
 
         Raises ValueError for an empty, multi-dimensional, NaN, infinite or
@@ -184,19 +192,22 @@ class HuffmanTree:
             raise ValueError(f"i must be in [0, {self.num_classes}), got {i}")
         offsets = self._array("path_offsets")
         lo, hi = int(offsets[i]), int(offsets[i + 1])
-        return (self._array("path_nodes")[lo:hi].to(torch.int64),
-                self._array("path_codes")[lo:hi].to(torch.bool))
+        return (self._array("path_nodes")[lo:hi].to(torch.int64), self._array("path_codes")[lo:hi].to(torch.bool))
 
-    def padded_paths(self, dtype: torch.dtype = torch.float32,
-                     device: Optional[torch.device] = None) -> PaddedPaths:
+    def padded_paths(self, dtype: torch.dtype = torch.float32, device: Optional[torch.device] = None) -> PaddedPaths:
         """All paths padded to :attr:`max_depth`: (V, L) node rows and signs (0 in padding).
 
         ``dtype`` (a floating-point dtype) is the signs'; the result is a fresh copy.
         """
         dtype = _check_float_dtype(dtype, "dtype")
         device = check_device(device)
-        return padded_paths(self._array("path_offsets"), self._array("path_nodes"), self._array("path_codes"),
-                            dtype=dtype, device=device)
+        return padded_paths(
+            self._array("path_offsets"),
+            self._array("path_nodes"),
+            self._array("path_codes"),
+            dtype=dtype,
+            device=device,
+        )
 
     def fingerprint(self) -> str:
         """SHA-256 (hex) of the tree's shape: equal exactly when two trees have the same paths.
@@ -226,17 +237,18 @@ class HuffmanTree:
         f = self._flat.get(device)
         if f is None:
             f = self._flat[device] = tuple(  # type: ignore[assignment]
-                self._array(n).to(device, copy=True) for n in ("path_offsets", "path_nodes", "path_codes"))
+                self._array(n).to(device, copy=True) for n in ("path_offsets", "path_nodes", "path_codes")
+            )
         return f  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ misc
     def __reduce__(self):  # pickle / torch.save: rebuild from the counts (deterministic)
         return (HuffmanTree.from_counts, (self._counts.numpy().copy(),))
 
-    def __copy__(self) -> "HuffmanTree":
+    def __copy__(self) -> HuffmanTree:
         return self  # immutable
 
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "HuffmanTree":
+    def __deepcopy__(self, memo: Dict[int, Any]) -> HuffmanTree:
         return self  # immutable: a copy could never differ from the original
 
     def __repr__(self) -> str:
@@ -247,8 +259,12 @@ def _kernel_threads() -> int:
     return torch.get_num_threads()
 
 
-def _torch_grads(outputs: torch.Tensor, grad_outputs: torch.Tensor, inputs: Tuple[Optional[torch.Tensor], ...],
-                 needs: Tuple[bool, ...]) -> Tuple[Optional[torch.Tensor], ...]:
+def _torch_grads(
+    outputs: torch.Tensor,
+    grad_outputs: torch.Tensor,
+    inputs: Tuple[Optional[torch.Tensor], ...],
+    needs: Tuple[bool, ...],
+) -> Tuple[Optional[torch.Tensor], ...]:
     """Backward under create_graph=True: autograd over the pure-PyTorch recomputation.
 
     ``outputs`` was computed (with grad enabled) from ``inputs`` by the
@@ -256,8 +272,7 @@ def _torch_grads(outputs: torch.Tensor, grad_outputs: torch.Tensor, inputs: Tupl
     themselves differentiable and second derivatives reach every input.
     """
     wrt = [t for t, n in zip(inputs, needs) if n and t is not None]
-    got = iter(torch.autograd.grad(outputs, wrt, grad_outputs, create_graph=True, allow_unused=True)
-               if wrt else ())
+    got = iter(torch.autograd.grad(outputs, wrt, grad_outputs, create_graph=True, allow_unused=True) if wrt else ())
     return tuple(next(got) if n and t is not None else None for t, n in zip(inputs, needs))
 
 
@@ -270,8 +285,15 @@ class _HSLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                target: torch.Tensor, tree: HuffmanTree, sparse: bool) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        input: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        target: torch.Tensor,
+        tree: HuffmanTree,
+        sparse: bool,
+    ) -> torch.Tensor:
         x = input.detach().contiguous()
         w = weight.detach().contiguous()
         b = None if bias is None else bias.detach().contiguous()
@@ -279,8 +301,16 @@ class _HSLoss(torch.autograd.Function):
         steps = tree._core.batch_path_length(tgt)
         loss = torch.empty(x.shape[0], dtype=x.dtype)
         dz = torch.empty(steps, dtype=x.dtype)
-        _core.hs_forward(tree._core, x.numpy(), tgt, w.numpy(), None if b is None else b.numpy(),
-                         loss.numpy(), dz.numpy(), _kernel_threads())
+        _core.hs_forward(
+            tree._core,
+            x.numpy(),
+            tgt,
+            w.numpy(),
+            None if b is None else b.numpy(),
+            loss.numpy(),
+            dz.numpy(),
+            _kernel_threads(),
+        )
         # The inputs themselves (not detached copies): create_graph=True differentiates through them.
         ctx.save_for_backward(input, weight, bias, target, dz)
         ctx.tree = tree
@@ -313,9 +343,16 @@ class _HSLoss(torch.autograd.Function):
             gw = torch.zeros(inner, dim, dtype=dtype) if need_weight else None
             gb = torch.zeros(inner, dtype=dtype) if need_bias else None
         used = _core.hs_backward(
-            tree._core, x.numpy(), target.numpy(), w.numpy(), dz.numpy(), grad_loss.numpy(),
-            None if gi is None else gi.numpy(), None if gw is None else gw.numpy(),
-            None if gb is None else gb.numpy(), None if touched is None else touched.numpy(),
+            tree._core,
+            x.numpy(),
+            target.numpy(),
+            w.numpy(),
+            dz.numpy(),
+            grad_loss.numpy(),
+            None if gi is None else gi.numpy(),
+            None if gw is None else gw.numpy(),
+            None if gb is None else gb.numpy(),
+            None if touched is None else touched.numpy(),
             _kernel_threads(),
         )
         if touched is not None:
@@ -331,8 +368,14 @@ class _HSLossCUDA(torch.autograd.Function):
     """Per-example NLL through pyneg's CUDA kernels (dense gradients, float32 / float64)."""
 
     @staticmethod
-    def forward(ctx: Any, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                target: torch.Tensor, tree: HuffmanTree) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        input: torch.Tensor,
+        weight: torch.Tensor,
+        bias: Optional[torch.Tensor],
+        target: torch.Tensor,
+        tree: HuffmanTree,
+    ) -> torch.Tensor:
         x, w = input.detach().contiguous(), weight.detach().contiguous()
         b = None if bias is None else bias.detach().contiguous()
         loss = pyneg_cuda.hs_forward(x, w, target, *tree._flat_paths(x.device), bias=b)
@@ -416,13 +459,14 @@ class HierarchicalSoftmax(nn.Module):
         sparse: give ``weight`` (and ``bias``) a sparse COO gradient holding
             only the rows on the batch's paths, as ``nn.Embedding(sparse=True)``
             does; use it with ``torch.optim.SparseAdam`` or ``SGD``.
-        dtype, device: of the parameters (a floating-point dtype). float32 and
+        dtype: of the parameters (a floating-point dtype). float32 and
             float64 run on pyneg's C++ kernels on CPU and, when pyneg was built
             with CUDA and ``sparse`` is False, on its CUDA kernels; other
             devices (and sparse CUDA modules) use an equivalent pure-PyTorch
             implementation. float16 and bfloat16 modules compute in float32
             and return float32 losses and log-probabilities (no overflow where
             float32 is finite).
+        device: as ``dtype`` above.
 
     Attributes:
         weight: (V - 1, dim) inner-node vectors, initialised to zero as in
@@ -449,8 +493,16 @@ class HierarchicalSoftmax(nn.Module):
         True
     """
 
-    def __init__(self, counts: Any, dim: int, *, bias: bool = False, sparse: bool = False,
-                 dtype: Optional[torch.dtype] = None, device: Any = None) -> None:
+    def __init__(
+        self,
+        counts: Any,
+        dim: int,
+        *,
+        bias: bool = False,
+        sparse: bool = False,
+        dtype: Optional[torch.dtype] = None,
+        device: Any = None,
+    ) -> None:
         super().__init__()
         dim = check_int(dim, "dim", minimum=1)
         sparse = check_bool(sparse, "sparse")
@@ -504,14 +556,15 @@ class HierarchicalSoftmax(nn.Module):
                 self.bias.zero_()
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, dim={self.dim}, bias={self.bias is not None}, "
-                f"sparse={self.sparse}, max_depth={self._tree.max_depth}")
+        return (
+            f"num_classes={self.num_classes}, dim={self.dim}, bias={self.bias is not None}, "
+            f"sparse={self.sparse}, max_depth={self._tree.max_depth}"
+        )
 
     # ------------------------------------------------------------------ state
     def get_extra_state(self) -> Dict[str, Any]:
         """The tree's fingerprint, saved in ``state_dict()`` (loads with ``weights_only=True``)."""
-        return {"format": _STATE_FORMAT, "num_classes": self.num_classes,
-                "tree_sha256": self._tree.fingerprint()}
+        return {"format": _STATE_FORMAT, "num_classes": self.num_classes, "tree_sha256": self._tree.fingerprint()}
 
     def set_extra_state(self, state: Any) -> None:
         self._check_tree_state(state, "_extra_state")  # checked before anything was written too
@@ -523,7 +576,8 @@ class HierarchicalSoftmax(nn.Module):
             raise ValueError(
                 f"state_dict is of a HierarchicalSoftmax over another tree ({state.get('num_classes')} classes, "
                 f"fingerprint {str(state['tree_sha256'])[:12]}...) than this module's ({self.num_classes} classes, "
-                f"{self._tree.fingerprint()[:12]}...): its weight rows belong to other inner nodes")
+                f"{self._tree.fingerprint()[:12]}...): its weight rows belong to other inner nodes"
+            )
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):
         """As :meth:`torch.nn.Module.load_state_dict`, checked in full before anything is written.
@@ -541,7 +595,8 @@ class HierarchicalSoftmax(nn.Module):
             if "_extra_state" not in state_dict:
                 raise ValueError(
                     "state_dict has no tree fingerprint ('_extra_state'): it was saved by a pyneg older than the "
-                    "fingerprint or built by hand; load it with strict=False to accept it without the tree check")
+                    "fingerprint or built by hand; load it with strict=False to accept it without the tree check"
+                )
             names = ("weight",) + (("bias",) if self.bias is not None else ())
             for name in names:
                 if name not in state_dict:
@@ -552,9 +607,16 @@ class HierarchicalSoftmax(nn.Module):
                 raise ValueError(f"state_dict has unexpected keys {unexpected}{hint}")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
-    def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, local_metadata: Any,
-                              strict: bool, missing_keys: List[str], unexpected_keys: List[str],
-                              error_msgs: List[str]) -> None:
+    def _load_from_state_dict(
+        self,
+        state_dict: Mapping[str, Any],
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: List[str],
+        unexpected_keys: List[str],
+        error_msgs: List[str],
+    ) -> None:
         # Called for this module inside any model's load_state_dict: the tree and the shapes are
         # checked before torch copies a single value of this module. (torch passes strict=True here
         # whatever the caller asked; it reports missing keys itself, after loading.)
@@ -568,8 +630,9 @@ class HierarchicalSoftmax(nn.Module):
                 if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(param.shape):
                     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
                     raise ValueError(f"state_dict[{k!r}] must have shape {tuple(param.shape)}, got {shape}")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     # ----------------------------------------------------------------- checks
     def _checked_parameters(self) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
@@ -583,14 +646,18 @@ class HierarchicalSoftmax(nn.Module):
         if tuple(w.shape) != (inner, self._dim):
             raise ValueError(f"weight must be ({inner}, {self._dim}), got shape {tuple(w.shape)}")
         if w.device.type == "meta":
-            raise ValueError("weight is a meta tensor, which holds no data (materialise the module with "
-                             "to_empty(device=...) and reset_parameters() first)")
+            raise ValueError(
+                "weight is a meta tensor, which holds no data (materialise the module with "
+                "to_empty(device=...) and reset_parameters() first)"
+            )
         if b is not None:
             if not isinstance(b, torch.Tensor) or b.layout != torch.strided:
                 raise TypeError("bias must be a dense torch.Tensor")
             if b.dtype != w.dtype or b.device != w.device or tuple(b.shape) != (inner,):
-                raise ValueError(f"bias must be ({inner},) with the weight's dtype and device, got "
-                                 f"{tuple(b.shape)} {b.dtype} on {b.device}")
+                raise ValueError(
+                    f"bias must be ({inner},) with the weight's dtype and device, got "
+                    f"{tuple(b.shape)} {b.dtype} on {b.device}"
+                )
         return w, b
 
     def _check_input(self, input: Any, weight: torch.Tensor) -> torch.Tensor:
@@ -607,8 +674,12 @@ class HierarchicalSoftmax(nn.Module):
 
     def _on_cuda_kernels(self, input: torch.Tensor) -> bool:
         # Sparse gradients stay on the gather path: the CUDA backward writes dense rows.
-        return (input.device.type == "cuda" and not self._sparse and self._tree.num_inner > 0
-                and pyneg_cuda.cuda_available())
+        return (
+            input.device.type == "cuda"
+            and not self._sparse
+            and self._tree.num_inner > 0
+            and pyneg_cuda.cuda_available()
+        )
 
     # ---------------------------------------------------------------- compute
     def forward(self, input: torch.Tensor, target: ArrayLike, reduction: str = "mean") -> torch.Tensor:
@@ -639,8 +710,7 @@ class HierarchicalSoftmax(nn.Module):
         elif self._on_cuda_kernels(x):
             loss = _HSLossCUDA.apply(x, w, b, tgt.to(x.device), self._tree)
         else:
-            loss = gather_nll(x, tgt.to(x.device), w, b, self._tree._padded_paths(acc, x.device),
-                              sparse=self._sparse)
+            loss = gather_nll(x, tgt.to(x.device), w, b, self._tree._padded_paths(acc, x.device), sparse=self._sparse)
         return _reduce(loss, reduction)
 
     def log_prob(self, input: torch.Tensor) -> torch.Tensor:

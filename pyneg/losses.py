@@ -4,6 +4,7 @@ The modules hold the settings (temperature, reduction, gathering, chunking) so a
 training script configures the loss once; ``forward`` takes the tensors and
 per-batch data (ids, log q) exactly as the functional form does.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence
@@ -26,8 +27,9 @@ __all__ = [
 
 
 class _SoftmaxLoss(nn.Module):
-    def __init__(self, *, temperature: float = 1.0, reduction: str = "mean",
-                 chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self, *, temperature: float = 1.0, reduction: str = "mean", chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE
+    ) -> None:
         super().__init__()
         # Validate now so a bad setting fails where the module is built.
         self.temperature = PF._check_temperature(temperature)
@@ -40,8 +42,15 @@ class _SoftmaxLoss(nn.Module):
 
 
 class _GatheringLoss(_SoftmaxLoss):
-    def __init__(self, *, temperature: float = 1.0, reduction: str = "mean", gather: bool = False,
-                 group: Optional[Any] = None, chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        temperature: float = 1.0,
+        reduction: str = "mean",
+        gather: bool = False,
+        group: Optional[Any] = None,
+        chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE,
+    ) -> None:
         super().__init__(temperature=temperature, reduction=reduction, chunk_size=chunk_size)
         self.gather = check_bool(gather, "gather")
         self.group = group
@@ -61,11 +70,19 @@ class InBatchSoftmaxLoss(_GatheringLoss):
         0
     """
 
-    def forward(self, query: torch.Tensor, candidate: torch.Tensor, *, log_q=None,
-                candidate_ids=None, sample_weight=None) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, candidate: torch.Tensor, *, log_q=None, candidate_ids=None, sample_weight=None
+    ) -> torch.Tensor:
         return PF.in_batch_softmax_loss(
-            query, candidate, log_q=log_q, candidate_ids=candidate_ids, temperature=self.temperature,
-            reduction=self.reduction, gather=self.gather, group=self.group, chunk_size=self.chunk_size,
+            query,
+            candidate,
+            log_q=log_q,
+            candidate_ids=candidate_ids,
+            temperature=self.temperature,
+            reduction=self.reduction,
+            gather=self.gather,
+            group=self.group,
+            chunk_size=self.chunk_size,
             sample_weight=sample_weight,
         )
 
@@ -75,19 +92,47 @@ class _SampledLoss(_SoftmaxLoss):
 
     _function: Any = None
 
-    def __init__(self, *, temperature: float = 1.0, reduction: str = "mean",
-                 chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE, remove_accidental_hits: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        temperature: float = 1.0,
+        reduction: str = "mean",
+        chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE,
+        remove_accidental_hits: bool = True,
+    ) -> None:
         super().__init__(temperature=temperature, reduction=reduction, chunk_size=chunk_size)
         self.remove_accidental_hits = check_bool(remove_accidental_hits, "remove_accidental_hits")
 
-    def forward(self, query: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *,
-                positive_log_q=None, negative_log_q=None, positive_ids=None, negative_ids=None,
-                bias=None, positive_bias=None, negative_bias=None, sample_weight=None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        positive: torch.Tensor,
+        negative: torch.Tensor,
+        *,
+        positive_log_q=None,
+        negative_log_q=None,
+        positive_ids=None,
+        negative_ids=None,
+        bias=None,
+        positive_bias=None,
+        negative_bias=None,
+        sample_weight=None,
+    ) -> torch.Tensor:
         return type(self)._function(
-            query, positive, negative, positive_log_q=positive_log_q, negative_log_q=negative_log_q,
-            positive_ids=positive_ids, negative_ids=negative_ids, temperature=self.temperature,
-            reduction=self.reduction, chunk_size=self.chunk_size, bias=bias, positive_bias=positive_bias,
-            negative_bias=negative_bias, sample_weight=sample_weight,
+            query,
+            positive,
+            negative,
+            positive_log_q=positive_log_q,
+            negative_log_q=negative_log_q,
+            positive_ids=positive_ids,
+            negative_ids=negative_ids,
+            temperature=self.temperature,
+            reduction=self.reduction,
+            chunk_size=self.chunk_size,
+            bias=bias,
+            positive_bias=positive_bias,
+            negative_bias=negative_bias,
+            sample_weight=sample_weight,
             remove_accidental_hits=self.remove_accidental_hits,
         )
 
@@ -118,12 +163,28 @@ class NCELoss(_SampledLoss):
 class MixedNegativesLoss(_GatheringLoss):
     """:func:`pyneg.functional.mixed_negatives_loss` as a module."""
 
-    def forward(self, query: torch.Tensor, positive: torch.Tensor, sources: Sequence[NegativeSource], *,
-                positive_ids=None, positive_log_q=None, sample_weight=None) -> torch.Tensor:
+    def forward(
+        self,
+        query: torch.Tensor,
+        positive: torch.Tensor,
+        sources: Sequence[NegativeSource],
+        *,
+        positive_ids=None,
+        positive_log_q=None,
+        sample_weight=None,
+    ) -> torch.Tensor:
         return PF.mixed_negatives_loss(
-            query, positive, sources, positive_ids=positive_ids, positive_log_q=positive_log_q,
-            temperature=self.temperature, reduction=self.reduction, gather=self.gather, group=self.group,
-            chunk_size=self.chunk_size, sample_weight=sample_weight,
+            query,
+            positive,
+            sources,
+            positive_ids=positive_ids,
+            positive_log_q=positive_log_q,
+            temperature=self.temperature,
+            reduction=self.reduction,
+            gather=self.gather,
+            group=self.group,
+            chunk_size=self.chunk_size,
+            sample_weight=sample_weight,
         )
 
 
@@ -135,7 +196,9 @@ class NegativeSamplingLoss(nn.Module):
         PF._check_reduction(reduction)
         self.reduction = reduction
 
-    def forward(self, input: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *,
-                sample_weight=None) -> torch.Tensor:
-        return PF.negative_sampling_loss(input, positive, negative, reduction=self.reduction,
-                                         sample_weight=sample_weight)
+    def forward(
+        self, input: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *, sample_weight=None
+    ) -> torch.Tensor:
+        return PF.negative_sampling_loss(
+            input, positive, negative, reduction=self.reduction, sample_weight=sample_weight
+        )

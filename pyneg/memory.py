@@ -19,11 +19,11 @@ before recording them, so every rank holds what one process fed the
 concatenated global batch would hold. Without a process group they behave as
 world size 1.
 """
+
 from __future__ import annotations
 
 import copy
 import math
-import numbers
 import threading
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
@@ -33,8 +33,17 @@ import torch.distributed as dist
 
 from pyneg import _core
 from pyneg import distributed as _dist
-from pyneg._validation import (ArrayLike, as_index_tensor, as_tensor, check_bool, check_device, check_float,
-                               check_int, check_tensor, shares_memory)
+from pyneg._validation import (
+    ArrayLike,
+    as_index_tensor,
+    as_tensor,
+    check_bool,
+    check_device,
+    check_float,
+    check_int,
+    check_tensor,
+    shares_memory,
+)
 
 __all__ = ["FrequencyEstimator", "MemoryBank", "BankNegatives"]
 
@@ -60,8 +69,13 @@ def _id_array(ids: ArrayLike, name: str, *, ndim: Optional[int] = 1) -> np.ndarr
     """
     if isinstance(ids, torch.Tensor):
         _check_holds_data(ids, name)
-    if type(ids) is torch.Tensor and ids.dtype is torch.int64 and ids.layout == torch.strided \
-            and ids.device.type == "cpu" and (ndim is None or ids.dim() == ndim):
+    if (
+        type(ids) is torch.Tensor
+        and ids.dtype is torch.int64
+        and ids.layout == torch.strided
+        and ids.device.type == "cpu"
+        and (ndim is None or ids.dim() == ndim)
+    ):
         # The fast path of a training loop; the C++ kernels check the copy for negative ids.
         return ids.detach().numpy().copy()
     t = as_index_tensor(ids, name, _MAX_ID + 1)
@@ -79,8 +93,10 @@ def _check_holds_data(t: torch.Tensor, name: str) -> None:
         return  # refused elsewhere by name, or nothing to read
     extent = t.storage_offset() + 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))
     if extent * t.element_size() > t.untyped_storage().nbytes():
-        raise ValueError(f"{name} views {extent * t.element_size()} bytes but its storage holds only "
-                         f"{t.untyped_storage().nbytes()} (was the storage resized or freed?)")
+        raise ValueError(
+            f"{name} views {extent * t.element_size()} bytes but its storage holds only "
+            f"{t.untyped_storage().nbytes()} (was the storage resized or freed?)"
+        )
 
 
 def _checked_size(dims: Tuple[int, ...], item_bytes: int, what: str) -> None:
@@ -134,7 +150,7 @@ def _checked_on_every_rank(check: Callable[[], Any], group: Optional[Any]) -> An
     result = None
     try:
         result = check()
-    except Exception as e:  # noqa: BLE001 -- shared with the other ranks, then re-raised
+    except Exception as e:
         error = e
     _dist._raise_if_any_rank_failed(error, group, _backend_device(group))
     return result
@@ -187,8 +203,11 @@ def _state_int(sd: Dict[str, Any], key: str, *, minimum: int = 0, maximum: Optio
 
 def _state_must_match(sd: Dict[str, Any], key: str, mine: Any, what: str) -> None:
     theirs = _state_value(sd, key)
-    value = check_float(theirs, f"state_dict[{key!r}]") if isinstance(mine, float) \
+    value = (
+        check_float(theirs, f"state_dict[{key!r}]")
+        if isinstance(mine, float)
         else check_int(theirs, f"state_dict[{key!r}]")
+    )
     if value != mine:
         raise ValueError(f"state_dict has {key}={theirs!r} but this {what} has {mine!r}")
 
@@ -273,8 +292,13 @@ class FrequencyEstimator:
         self._sync = check_bool(sync, "sync")
         self._group = process_group
         # (A, B) interleaved so that one update touches one 16-byte cell.
-        self._set_state(_allocate(lambda: torch.zeros((num_hashes, num_buckets, 2), dtype=torch.float64),
-                                  f"the estimator's table of {num_hashes} x {num_buckets} cells"), 0)
+        self._set_state(
+            _allocate(
+                lambda: torch.zeros((num_hashes, num_buckets, 2), dtype=torch.float64),
+                f"the estimator's table of {num_hashes} x {num_buckets} cells",
+            ),
+            0,
+        )
 
     def _set_state(self, state: torch.Tensor, step: int) -> None:
         self._state = state  # never handed out: state_dict() copies
@@ -287,14 +311,19 @@ class FrequencyEstimator:
     # ------------------------------------------------------- copies, pickling
     def __getstate__(self) -> Dict[str, Any]:
         with self._lock:
-            return {"alpha": self._alpha, "sync": self._sync, "group": self._group,
-                    "state": self._state.clone(), "step": self._step}
+            return {
+                "alpha": self._alpha,
+                "sync": self._sync,
+                "group": self._group,
+                "state": self._state.clone(),
+                "step": self._step,
+            }
 
     def __setstate__(self, st: Dict[str, Any]) -> None:
         self._alpha, self._sync, self._group = st["alpha"], st["sync"], st["group"]
         self._set_state(st["state"].contiguous().clone(), st["step"])
 
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "FrequencyEstimator":
+    def __deepcopy__(self, memo: Dict[int, Any]) -> FrequencyEstimator:
         new = FrequencyEstimator.__new__(FrequencyEstimator)
         memo[id(self)] = new
         new.__setstate__(_copy_on_write(self.__getstate__(), memo, self._group))
@@ -319,8 +348,10 @@ class FrequencyEstimator:
         return self._step
 
     def __repr__(self) -> str:
-        return (f"FrequencyEstimator(num_buckets={self.num_buckets}, alpha={self._alpha}, "
-                f"num_hashes={self.num_hashes}, step={self._step})")
+        return (
+            f"FrequencyEstimator(num_buckets={self.num_buckets}, alpha={self._alpha}, "
+            f"num_hashes={self.num_hashes}, step={self._step})"
+        )
 
     # --------------------------------------------------------------- updates
     def update(self, ids: ArrayLike) -> None:
@@ -335,8 +366,10 @@ class FrequencyEstimator:
 
             def check() -> np.ndarray:
                 if self._step >= _MAX_STEP:
-                    raise ValueError(f"the estimator has reached its last step ({_MAX_STEP}): "
-                                     "step numbers past 2**53 are not exact in its float64 table")
+                    raise ValueError(
+                        f"the estimator has reached its last step ({_MAX_STEP}): "
+                        "step numbers past 2**53 are not exact in its float64 table"
+                    )
                 return _id_array(ids, "ids")
 
             arr = _checked_on_every_rank(check, group)
@@ -391,8 +424,7 @@ class FrequencyEstimator:
         """
         if not isinstance(state_dict, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state_dict).__name__}")
-        for key, mine in (("num_buckets", self.num_buckets), ("num_hashes", self.num_hashes),
-                          ("alpha", self._alpha)):
+        for key, mine in (("num_buckets", self.num_buckets), ("num_hashes", self.num_hashes), ("alpha", self._alpha)):
             _state_must_match(state_dict, key, mine, "estimator")
         step = _state_int(state_dict, "step", maximum=_MAX_STEP)
         shape = (self.num_hashes, self.num_buckets)
@@ -498,7 +530,7 @@ class MemoryBank:
         dim: int,
         *,
         dtype: torch.dtype = torch.float32,
-        device: Union[None, str, torch.device] = None,
+        device: Union[str, torch.device, None] = None,
         max_age: Optional[int] = None,
         warmup: int = 0,
         sync: bool = False,
@@ -535,15 +567,23 @@ class MemoryBank:
     def _check_storage(self) -> None:
         """Refuses to go on once the embedding storage was resized or freed through a view."""
         if self._emb.untyped_storage().nbytes() != self._emb_nbytes:
-            raise RuntimeError("the bank's embedding storage was resized through a view returned by "
-                               "negatives(); the bank cannot be used any more (load a state_dict into a new one)")
+            raise RuntimeError(
+                "the bank's embedding storage was resized through a view returned by "
+                "negatives(); the bank cannot be used any more (load a state_dict into a new one)"
+            )
 
     # ------------------------------------------------------- copies, pickling
     def __getstate__(self) -> Dict[str, Any]:
         with self._lock:
             self._check_storage()
-            config = {"capacity": self.capacity, "dim": self.dim, "dtype": self.dtype,
-                      "max_age": self._max_age, "warmup": self._warmup, "sync": self._sync}
+            config = {
+                "capacity": self.capacity,
+                "dim": self.dim,
+                "dtype": self.dtype,
+                "max_age": self._max_age,
+                "warmup": self._warmup,
+                "sync": self._sync,
+            }
             return {"config": config, "group": self._group, "state": self.state_dict()}
 
     def __setstate__(self, st: Dict[str, Any]) -> None:
@@ -553,7 +593,7 @@ class MemoryBank:
         self._group = st["group"]
         self.load_state_dict(state)
 
-    def __deepcopy__(self, memo: Dict[int, Any]) -> "MemoryBank":
+    def __deepcopy__(self, memo: Dict[int, Any]) -> MemoryBank:
         new = MemoryBank.__new__(MemoryBank)
         memo[id(self)] = new
         new.__setstate__(_copy_on_write(self.__getstate__(), memo, self._group))
@@ -598,8 +638,10 @@ class MemoryBank:
         return int(self._index.size)
 
     def __repr__(self) -> str:
-        return (f"MemoryBank(capacity={self.capacity}, dim={self.dim}, dtype={self.dtype}, device={self.device}, "
-                f"len={len(self)}, step={self._step}, max_age={self._max_age}, warmup={self._warmup})")
+        return (
+            f"MemoryBank(capacity={self.capacity}, dim={self.dim}, dtype={self.dtype}, device={self.device}, "
+            f"len={len(self)}, step={self._step}, max_age={self._max_age}, warmup={self._warmup})"
+        )
 
     # ---------------------------------------------------------------- writing
     def enqueue(self, embeddings: torch.Tensor, ids: ArrayLike, log_q: Optional[ArrayLike] = None) -> None:
@@ -686,7 +728,7 @@ class MemoryBank:
         _copy_rows(self._ids, torch.from_numpy(id_arr).to(dev), write)
         if lq is None:
             _, dst, first, second = write
-            self._log_q[dst:dst + first].fill_(math.nan)
+            self._log_q[dst : dst + first].fill_(math.nan)
             self._log_q[:second].fill_(math.nan)
         else:
             _copy_rows(self._log_q, lq, write)
@@ -764,8 +806,10 @@ class MemoryBank:
         pos = _id_array(positive_ids, "positive_ids")
         width = sum(b - a for a, b in segments)
         _checked_size((pos.shape[0], width), 1, "the hit mask (positive_ids, bank entries)")
-        mask = _allocate(lambda: torch.zeros((pos.shape[0], width), dtype=torch.bool, device=self.device),
-                         f"a ({pos.shape[0]}, {width}) hit mask")
+        mask = _allocate(
+            lambda: torch.zeros((pos.shape[0], width), dtype=torch.bool, device=self.device),
+            f"a ({pos.shape[0]}, {width}) hit mask",
+        )
         # Lists of hits only while they are smaller than the mask; otherwise (a
         # repeated id) the mask is the comparison itself. The index still checks
         # the ids (negative ones) when it finds too many hits to list.
@@ -799,8 +843,12 @@ class MemoryBank:
                 # A full bank of young entries is the whole buffer: one view, storage order.
                 segments = [(0, self.capacity)] if young == self.capacity else self._fifo(young)
             mask = None if positive_ids is None else self._hits(positive_ids, self._min_step(), segments)
-            return BankNegatives(_take(self._emb, segments, copy=False), _take(self._ids, segments, copy=True),
-                                 _take(self._log_q, segments, copy=True), mask)
+            return BankNegatives(
+                _take(self._emb, segments, copy=False),
+                _take(self._ids, segments, copy=True),
+                _take(self._log_q, segments, copy=True),
+                mask,
+            )
 
     # ------------------------------------------------------------ state dict
     def state_dict(self) -> Dict[str, Any]:
@@ -869,7 +917,7 @@ class MemoryBank:
             _copy_rows(self._ids, ids.to(self.device), write)
             _copy_rows(self._log_q, log_q, write)
 
-    def to(self, device: Union[str, torch.device]) -> "MemoryBank":
+    def to(self, device: Union[str, torch.device]) -> MemoryBank:
         """Moves the stored tensors to ``device`` (in place); returns the bank."""
         dev = check_device(device)
         if dev is None or dev.type == "meta":
@@ -890,9 +938,9 @@ def _unaliased(t: torch.Tensor, bank_tensor: torch.Tensor) -> torch.Tensor:
 def _copy_rows(dst: torch.Tensor, src: torch.Tensor, write: Tuple[int, int, int, int]) -> None:
     """Copies rows as the ring index planned: ``src[s:s+f] -> dst[d:d+f]``, then the wrap."""
     s, d, first, second = write
-    dst[d:d + first].copy_(src[s:s + first])
+    dst[d : d + first].copy_(src[s : s + first])
     if second:
-        dst[:second].copy_(src[s + first:s + first + second])
+        dst[:second].copy_(src[s + first : s + first + second])
 
 
 def _take(t: torch.Tensor, segments: Segments, *, copy: bool) -> torch.Tensor:

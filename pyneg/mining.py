@@ -409,12 +409,16 @@ def mine_hard_negatives(
         query: (B, d) float32 or float64 query embeddings.
         candidates: (N, d) candidate embeddings, same dtype and device.
         k: negatives per row (>= 1, <= hi - lo).
-        lo, hi: the rank window; ``hi`` defaults to ``lo + k`` and must be <= N.
+        lo: the rank window; ``hi`` defaults to ``lo + k`` and must be <= N.
+        hi: as ``lo`` above.
         exclude: (B,) or (B, P) ids (-1 padding) a row never gets, e.g. its
             positives (the format of ``sample(exclude=)``).
         positive: (B, d) the rows' positive embeddings (scored like candidates,
             in float64); or ``positive_scores`` (B,).
-        margin, relative_margin, perc_pos, max_score: the filters above.
+        margin: the filters above.
+        relative_margin: as ``margin`` above.
+        perc_pos: as ``margin`` above.
+        max_score: as ``margin`` above.
         sampling: "top", "uniform" or "softmax".
         tau: temperature of "softmax" (> 0).
         pad: when a row's window holds fewer than ``k`` admissible candidates,

@@ -11,6 +11,7 @@ Resolution: every class is drawn with its normalised weight to within 2**-32
 normalised weight is below about ``2**-33 / V`` is never drawn, although
 :attr:`~AliasSampler.probs` and :meth:`~AliasSampler.log_prob` still report it.
 """
+
 from __future__ import annotations
 
 import math
@@ -76,7 +77,7 @@ class _Distribution:
     table with another's cache.
     """
 
-    __slots__ = ("probs", "table", "log_probs", "device_entries")
+    __slots__ = ("device_entries", "log_probs", "probs", "table")
 
     def __init__(self, probs: np.ndarray, table: Any) -> None:
         self.probs = torch.from_numpy(probs)
@@ -180,7 +181,7 @@ class AliasSampler:
         ids: ArrayLike,
         num_sampled: int,
         *,
-        num_tries: Union[None, int, torch.Tensor] = None,
+        num_tries: Union[int, torch.Tensor, None] = None,
     ) -> torch.Tensor:
         """Expected number of times each id appears among ``num_sampled`` candidates.
 
@@ -199,7 +200,7 @@ class AliasSampler:
         ids: ArrayLike,
         num_sampled: int,
         *,
-        num_tries: Union[None, int, torch.Tensor] = None,
+        num_tries: Union[int, torch.Tensor, None] = None,
     ) -> torch.Tensor:
         """``log`` of :meth:`expected_count`, computed stably: the ``log Q`` of sampled softmax."""
         num_sampled = check_int(num_sampled, "num_sampled", minimum=1)
@@ -227,7 +228,7 @@ class AliasSampler:
         generator: Optional[torch.Generator] = None,
         seed: Optional[int] = None,
         offset: int = 0,
-        device: Union[None, str, torch.device] = None,
+        device: Union[str, torch.device, None] = None,
         out: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Draws a LongTensor of class ids of shape ``size``.
@@ -286,10 +287,9 @@ class AliasSampler:
         if true_classes is not None:  # checked before drawing: a refused call draws nothing
             true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
             if true_classes.dim() > 2:
-                raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape "
-                                 f"{tuple(true_classes.shape)}")
+                raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape {tuple(true_classes.shape)}")
         ids, tries = self._sample((num_sampled,), None, unique, generator, seed, 0, None, None)
-        num_tries = int(tries[0]) if unique else None
+        num_tries = int(tries[0]) if unique and tries is not None else None
         sampled_count = self.expected_count(ids, num_sampled, num_tries=num_tries)
         if true_classes is None:
             true_count = torch.empty(0, dtype=torch.float64)
@@ -315,8 +315,10 @@ class AliasSampler:
         unique = check_bool(unique, "unique")
         offset = check_int(offset, "offset", minimum=0, maximum=_POSITIONS - 1)
         if offset + numel > _POSITIONS:
-            raise ValueError(f"offset + the number of draws must not exceed 2**64 (the positions of a "
-                             f"seed's stream), got offset {offset} and {numel} draws")
+            raise ValueError(
+                f"offset + the number of draws must not exceed 2**64 (the positions of a "
+                f"seed's stream), got offset {offset} and {numel} draws"
+            )
         dev = check_device(device)
         if out is not None:
             check_out(out, "out", shape, torch.int64, inputs=[("exclude", exclude)])
@@ -349,9 +351,7 @@ class AliasSampler:
                 raise ValueError(f"exclude must be (B,) or (B, P), got shape {tuple(ex.shape)}")
             lead = shape[0] if shape else 1
             if ex.shape[0] != lead:
-                raise ValueError(
-                    f"exclude has {ex.shape[0]} rows but size {shape} has {lead} in its first dimension"
-                )
+                raise ValueError(f"exclude has {ex.shape[0]} rows but size {shape} has {lead} in its first dimension")
             if ex.shape[1] == 0:
                 ex = torch.full((ex.shape[0], 1), -1, dtype=torch.int64)
             lists = ex.numpy()
@@ -377,9 +377,20 @@ class AliasSampler:
                 gen.set_state(gen_state)
             raise
 
-    def _draw(self, dist: _Distribution, shape: Tuple[int, ...], rows: int, k: int, lists: Optional[np.ndarray], unique: bool,
-              seed: int, offset: int, dev: torch.device, out: Optional[torch.Tensor],
-              want_tries: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def _draw(
+        self,
+        dist: _Distribution,
+        shape: Tuple[int, ...],
+        rows: int,
+        k: int,
+        lists: Optional[np.ndarray],
+        unique: bool,
+        seed: int,
+        offset: int,
+        dev: torch.device,
+        out: Optional[torch.Tensor],
+        want_tries: bool,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Draws checked arguments with the CUDA kernels, the CPU kernels or torch ops."""
         numel = math.prod(shape)
         if dev.type == "cuda" and cuda.cuda_available():
@@ -387,8 +398,9 @@ class AliasSampler:
             result = out if out is not None else _allocate(shape, dev)
             tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
             if numel:
-                tries = cuda.sample_into(dist.table, dist.device_entries, result, rows, k, lists, unique,
-                                         seed, offset, unique and want_tries)
+                tries = cuda.sample_into(
+                    dist.table, dist.device_entries, result, rows, k, lists, unique, seed, offset, unique and want_tries
+                )
             return result, tries
 
         on_cpu = dev.type == "cpu"
@@ -411,8 +423,13 @@ class AliasSampler:
             threads = torch.get_num_threads()
             if unique:
                 dist.table.sample_unique(
-                    seed, offset, _NO_EXCLUDE if lists is None else lists, k, flat,
-                    None if tries is None else tries.numpy(), threads,
+                    seed,
+                    offset,
+                    _NO_EXCLUDE if lists is None else lists,
+                    k,
+                    flat,
+                    None if tries is None else tries.numpy(),
+                    threads,
                 )
             elif lists is not None:
                 dist.table.sample_excluding(seed, offset, lists, k, flat, threads)
@@ -425,8 +442,9 @@ class AliasSampler:
             return result.to(dev), tries
         return result, tries
 
-    def _sample_torch_ops(self, shape: Tuple[int, ...], seed: int, device: torch.device,
-                          dist: Optional[_Distribution] = None) -> torch.Tensor:
+    def _sample_torch_ops(
+        self, shape: Tuple[int, ...], seed: int, device: torch.device, dist: Optional[_Distribution] = None
+    ) -> torch.Tensor:
         """Alias draws with plain torch ops on ``device`` (the fallback when pyneg._cuda is not built).
 
         Uses the same table as the C++ kernels but torch's generator for the
@@ -486,17 +504,32 @@ class AliasSampler:
         want = {"sampler", "probs", *self._EXTRA_KEYS}
         missing, unknown = want - set(state), set(state) - want
         if missing or unknown:
-            raise ValueError(f"state_dict is not a state of {cls} (saved by another class or an older pyneg?): "
-                             + ", ".join(filter(None, [missing and f"missing {sorted(missing)}",
-                                                       unknown and f"unexpected {sorted(map(str, unknown))}"])))
+            raise ValueError(
+                f"state_dict is not a state of {cls} (saved by another class or an older pyneg?): "
+                + ", ".join(
+                    filter(
+                        None,
+                        [
+                            f"missing {sorted(missing)}" if missing else None,
+                            f"unexpected {sorted(map(str, unknown))}" if unknown else None,
+                        ],
+                    )
+                )
+            )
         if state["sampler"] != cls:
             raise ValueError(f"state_dict is a state of {state['sampler']!r}, not of {cls}")
         p = state["probs"]
-        if not isinstance(p, torch.Tensor) or p.dtype != torch.float64 or p.dim() != 1 \
-                or p.layout != torch.strided or p.device.type == "meta":
-            raise ValueError("state_dict['probs'] must be a 1-D float64 tensor, got "
-                             + (f"{p.dtype} of shape {tuple(p.shape)}" if isinstance(p, torch.Tensor)
-                                else type(p).__name__))
+        if (
+            not isinstance(p, torch.Tensor)
+            or p.dtype != torch.float64
+            or p.dim() != 1
+            or p.layout != torch.strided
+            or p.device.type == "meta"
+        ):
+            raise ValueError(
+                "state_dict['probs'] must be a 1-D float64 tensor, got "
+                + (f"{p.dtype} of shape {tuple(p.shape)}" if isinstance(p, torch.Tensor) else type(p).__name__)
+            )
         if num_classes is not None and p.numel() != num_classes:
             raise ValueError(f"state_dict['probs'] has {p.numel()} classes but this {cls} has {num_classes}")
         if p.numel() == 0 or p.numel() > MAX_CLASSES:
@@ -528,8 +561,9 @@ def _allocate(shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
     try:
         return torch.empty(shape, dtype=torch.int64, device=device)
     except (RuntimeError, MemoryError) as exc:  # torch's allocators raise RuntimeError (CPU) or OOM
-        raise MemoryError(f"size {shape}: cannot allocate {8 * math.prod(shape)} bytes of draws "
-                          f"on {device} ({exc})") from None
+        raise MemoryError(
+            f"size {shape}: cannot allocate {8 * math.prod(shape)} bytes of draws on {device} ({exc})"
+        ) from None
 
 
 def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> torch.Tensor:
@@ -542,8 +576,10 @@ def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> torch.Tensor:
         t = owned_copy(t, torch.float64)
         lead = shape[: t.dim()]
         if t.dim() > len(shape) or any(a not in (1, b) for a, b in zip(t.shape, lead)):
-            raise ValueError(f"num_tries must be a number or hold one value per leading index of ids "
-                             f"(shape {shape}), got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"num_tries must be a number or hold one value per leading index of ids "
+                f"(shape {shape}), got shape {tuple(t.shape)}"
+            )
         if not bool(torch.isfinite(t).all()) or bool((t < 1).any()):
             raise ValueError("num_tries must be finite and >= 1")
     else:
@@ -644,7 +680,7 @@ def _check_fixed_probs(sampler: AliasSampler, probs: np.ndarray) -> None:
     if "_dist" in sampler.__dict__:
         ref = sampler._dist.probs.numpy()
     else:
-        ref = type(sampler)(probs.size)._probs.numpy()
+        fixed: Any = type(sampler)  # UniformSampler or LogUniformSampler: built from a size
+        ref = fixed(probs.size)._probs.numpy()
     if ref.shape != probs.shape or not np.array_equal(ref, probs):
-        raise ValueError(f"state_dict['probs'] is not the distribution of "
-                         f"{type(sampler).__name__}({probs.size})")
+        raise ValueError(f"state_dict['probs'] is not the distribution of {type(sampler).__name__}({probs.size})")

@@ -24,6 +24,7 @@ Kernels run on CPU float32 / float64 tensors on all of torch's intra-op
 threads with the GIL released; other devices and dtypes use an equivalent
 plain-PyTorch path (the fused loss) or are refused (the in-place steps).
 """
+
 from __future__ import annotations
 
 import math
@@ -168,19 +169,30 @@ class SkipGramPairs(torch.utils.data.IterableDataset):
     with several workers, each worker takes every ``num_workers``-th chunk.
 
     Args:
-        tokens, window, offsets, keep: as :func:`skipgram_pairs`.
+        tokens: as :func:`skipgram_pairs`.
+        window: as :func:`skipgram_pairs`.
+        offsets: as :func:`skipgram_pairs`.
+        keep: as :func:`skipgram_pairs`.
         batch_size: pairs per yielded batch (the last of a chunk may be smaller).
         seed: int; None draws one from torch's default generator once.
         shuffle: shuffle pairs within each chunk.
         chunk_tokens: tokens per chunk (memory: about 2 * window * 16 bytes per token).
 
-    Yields:
-        (centres, contexts) int64 tensors.
+    Iterating yields ``(centres, contexts)``, two int64 tensors per batch.
     """
 
-    def __init__(self, tokens: ArrayLike, window: int = 5, *, offsets: Optional[ArrayLike] = None,
-                 keep: Optional[ArrayLike] = None, batch_size: int = 1024, seed: Optional[int] = None,
-                 shuffle: bool = True, chunk_tokens: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        tokens: ArrayLike,
+        window: int = 5,
+        *,
+        offsets: Optional[ArrayLike] = None,
+        keep: Optional[ArrayLike] = None,
+        batch_size: int = 1024,
+        seed: Optional[int] = None,
+        shuffle: bool = True,
+        chunk_tokens: int = 1 << 20,
+    ) -> None:
         super().__init__()
         self.tokens = _as_ids(tokens, "tokens")
         self.window = check_int(window, "window", minimum=1)
@@ -231,8 +243,9 @@ class SkipGramPairs(torch.utils.data.IterableDataset):
             offs = starts[a:b] - lo
             if offs.size == 0 or offs[0] != 0:  # a chunk that starts inside a sentence
                 offs = np.concatenate([[0], offs]).astype(np.int64)
-        centres, contexts = skipgram_pairs(self.tokens[lo:hi], self.window, offsets=offs, keep=self.keep,
-                                           seed=self.seed, offset=epoch * n + lo)
+        centres, contexts = skipgram_pairs(
+            self.tokens[lo:hi], self.window, offsets=offs, keep=self.keep, seed=self.seed, offset=epoch * n + lo
+        )
         if self.shuffle:
             g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 7919 + index) % (2**63))
             perm = torch.randperm(centres.numel(), generator=g)
@@ -249,7 +262,7 @@ class SkipGramPairs(torch.utils.data.IterableDataset):
                 continue
             centres, contexts = self.chunk_pairs(lo, hi, epoch, c)
             for s in range(0, centres.numel(), self.batch_size):
-                yield centres[s:s + self.batch_size], contexts[s:s + self.batch_size]
+                yield centres[s : s + self.batch_size], contexts[s : s + self.batch_size]
 
 
 # ---------------------------------------------------------- negative sampling
@@ -263,8 +276,13 @@ def _check_table(t: Any, name: str) -> torch.Tensor:
     return t
 
 
-def _check_batch(input_weight: torch.Tensor, output_weight: torch.Tensor, centres: ArrayLike,
-                 contexts: ArrayLike, negatives: ArrayLike) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _check_batch(
+    input_weight: torch.Tensor,
+    output_weight: torch.Tensor,
+    centres: ArrayLike,
+    contexts: ArrayLike,
+    negatives: ArrayLike,
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_table(input_weight, "input_weight")
     _check_table(output_weight, "output_weight")
     if output_weight.dtype != input_weight.dtype:
@@ -272,8 +290,9 @@ def _check_batch(input_weight: torch.Tensor, output_weight: torch.Tensor, centre
     if output_weight.device != input_weight.device:
         raise ValueError(f"output_weight is on {output_weight.device} but input_weight is on {input_weight.device}")
     if output_weight.shape[1] != input_weight.shape[1]:
-        raise ValueError(f"output_weight must have input_weight's dim {input_weight.shape[1]}, "
-                         f"got {output_weight.shape[1]}")
+        raise ValueError(
+            f"output_weight must have input_weight's dim {input_weight.shape[1]}, got {output_weight.shape[1]}"
+        )
     c = as_index_tensor(centres, "centres", input_weight.shape[0])
     x = as_index_tensor(contexts, "contexts", output_weight.shape[0])
     n = as_index_tensor(negatives, "negatives", output_weight.shape[0])
@@ -284,30 +303,48 @@ def _check_batch(input_weight: torch.Tensor, output_weight: torch.Tensor, centre
     if n.dim() != 2 or n.shape[0] != c.shape[0]:
         raise ValueError(f"negatives must be ({c.shape[0]}, K) to match centres, got shape {tuple(n.shape)}")
     # Ids given as NumPy arrays are wrapped, not copied: backward must not see later writes.
-    return (c if isinstance(centres, torch.Tensor) else c.clone(),
-            x if isinstance(contexts, torch.Tensor) else x.clone(),
-            n if isinstance(negatives, torch.Tensor) else n.clone())
+    return (
+        c if isinstance(centres, torch.Tensor) else c.clone(),
+        x if isinstance(contexts, torch.Tensor) else x.clone(),
+        n if isinstance(negatives, torch.Tensor) else n.clone(),
+    )
 
 
 def _sparse_rows(indices: torch.Tensor, values: torch.Tensor, rows: int) -> torch.Tensor:
     # The kernels emit distinct ascending rows: coalesced by construction.
-    return torch.sparse_coo_tensor(indices.unsqueeze(0), values, (rows, values.shape[1]),
-                                   is_coalesced=True, check_invariants=False)
+    return torch.sparse_coo_tensor(
+        indices.unsqueeze(0), values, (rows, values.shape[1]), is_coalesced=True, check_invariants=False
+    )
 
 
 class _SGNSLoss(torch.autograd.Function):
     """Per-pair SGNS loss from the two tables through the C++ kernels."""
 
     @staticmethod
-    def forward(ctx: Any, input_weight: torch.Tensor, output_weight: torch.Tensor, centres: torch.Tensor,
-                contexts: torch.Tensor, negatives: torch.Tensor, sparse: bool) -> torch.Tensor:
+    def forward(
+        ctx: Any,
+        input_weight: torch.Tensor,
+        output_weight: torch.Tensor,
+        centres: torch.Tensor,
+        contexts: torch.Tensor,
+        negatives: torch.Tensor,
+        sparse: bool,
+    ) -> torch.Tensor:
         w_in = input_weight.detach().contiguous()
         w_out = output_weight.detach().contiguous()
         b, k = negatives.shape
         loss = torch.empty(b, dtype=w_in.dtype)
         coef = torch.empty(b, k + 1, dtype=w_in.dtype)
-        _core.sgns_forward(w_in.numpy(), w_out.numpy(), centres.numpy(), contexts.numpy(), negatives.numpy(),
-                           loss.numpy(), coef.numpy(), _threads())
+        _core.sgns_forward(
+            w_in.numpy(),
+            w_out.numpy(),
+            centres.numpy(),
+            contexts.numpy(),
+            negatives.numpy(),
+            loss.numpy(),
+            coef.numpy(),
+            _threads(),
+        )
         ctx.save_for_backward(w_in, w_out, centres, contexts, negatives, coef)
         ctx.sparse = sparse
         return loss
@@ -332,19 +369,35 @@ class _SGNSLoss(torch.autograd.Function):
             gi = torch.zeros_like(w_in) if need_in else None
             go = torch.zeros_like(w_out) if need_out else None
         n_in, n_out = _core.sgns_backward(
-            w_in.numpy(), w_out.numpy(), centres.numpy(), contexts.numpy(), negatives.numpy(), coef.numpy(),
-            grad_loss.numpy(), None if gi is None else gi.numpy(), None if ti is None else ti.numpy(),
-            None if go is None else go.numpy(), None if to is None else to.numpy(), _threads())
+            w_in.numpy(),
+            w_out.numpy(),
+            centres.numpy(),
+            contexts.numpy(),
+            negatives.numpy(),
+            coef.numpy(),
+            grad_loss.numpy(),
+            None if gi is None else gi.numpy(),
+            None if ti is None else ti.numpy(),
+            None if go is None else go.numpy(),
+            None if to is None else to.numpy(),
+            _threads(),
+        )
         if ctx.sparse:
-            if gi is not None:
+            if gi is not None and ti is not None:
                 gi = _sparse_rows(ti[:n_in], gi[:n_in], w_in.shape[0])
-            if go is not None:
+            if go is not None and to is not None:
                 go = _sparse_rows(to[:n_out], go[:n_out], w_out.shape[0])
         return gi, go, None, None, None, None
 
 
-def _reference_loss(input_weight: torch.Tensor, output_weight: torch.Tensor, centres: torch.Tensor,
-                    contexts: torch.Tensor, negatives: torch.Tensor, sparse: bool) -> torch.Tensor:
+def _reference_loss(
+    input_weight: torch.Tensor,
+    output_weight: torch.Tensor,
+    centres: torch.Tensor,
+    contexts: torch.Tensor,
+    negatives: torch.Tensor,
+    sparse: bool,
+) -> torch.Tensor:
     """The same per-pair loss in plain PyTorch (any device and dtype)."""
     emb = nn.functional.embedding
     v = emb(centres, input_weight, sparse=sparse)
@@ -401,8 +454,9 @@ def _check_lr(lr: Any, lr_end: Any) -> Tuple[float, float]:
 
 def _check_inplace(t: torch.Tensor, name: str) -> None:
     if t.device.type != "cpu" or t.dtype not in _KERNEL_DTYPES:
-        raise TypeError(f"{name} must be a CPU float32 or float64 tensor for the in-place step, "
-                        f"got {t.dtype} on {t.device}")
+        raise TypeError(
+            f"{name} must be a CPU float32 or float64 tensor for the in-place step, got {t.dtype} on {t.device}"
+        )
     if not t.is_contiguous():
         raise ValueError(f"{name} must be contiguous (the step writes it in place)")
 
@@ -432,10 +486,14 @@ def negative_sampling_sgd_(
     summed loss of each mini-batch (see the tests).
 
     Args:
-        input_weight, output_weight: contiguous CPU float32 / float64 tables,
+        input_weight: contiguous CPU float32 / float64 tables,
             same dtype and dim, not sharing memory; updated in place.
-        centres, contexts, negatives: as :func:`negative_sampling_embedding_loss`.
-        lr, lr_end: learning rates (>= 0).
+        output_weight: as ``input_weight`` above.
+        centres: as :func:`negative_sampling_embedding_loss`.
+        contexts: as ``centres`` above.
+        negatives: as ``centres`` above.
+        lr: learning rates (>= 0).
+        lr_end: as ``lr`` above.
         batch_size: pairs per SGD step.
         compute_loss: also sum the loss (one ``log1p`` per score more; the
             gradients need only the sigmoids).
@@ -456,8 +514,19 @@ def negative_sampling_sgd_(
     _check_inplace(input_weight, "input_weight")
     _check_inplace(output_weight, "output_weight")
     with torch.no_grad():
-        total = _core.sgns_sgd(input_weight.detach().numpy(), output_weight.detach().numpy(), c.numpy(), x.numpy(),
-                               n.numpy(), lr, lr_end, batch_size, compute_loss, _threads(), hogwild)
+        total = _core.sgns_sgd(
+            input_weight.detach().numpy(),
+            output_weight.detach().numpy(),
+            c.numpy(),
+            x.numpy(),
+            n.numpy(),
+            lr,
+            lr_end,
+            batch_size,
+            compute_loss,
+            _threads(),
+            hogwild,
+        )
     return float(total) if compute_loss else None
 
 
@@ -506,8 +575,20 @@ def hierarchical_softmax_sgd_(
     batch_size = check_int(batch_size, "batch_size", minimum=1)
     bias = None if hs.bias is None else hs.bias.detach().numpy()
     with torch.no_grad():
-        total = _core.hs_sgd(hs.tree._core, input_weight.detach().numpy(), hs.weight.detach().numpy(), bias,
-                             c.numpy(), x.numpy(), lr, lr_end, batch_size, compute_loss, _threads(), hogwild)
+        total = _core.hs_sgd(
+            hs.tree._core,
+            input_weight.detach().numpy(),
+            hs.weight.detach().numpy(),
+            bias,
+            c.numpy(),
+            x.numpy(),
+            lr,
+            lr_end,
+            batch_size,
+            compute_loss,
+            _threads(),
+            hogwild,
+        )
     return float(total) if compute_loss else None
 
 
@@ -520,7 +601,8 @@ class SkipGramNegativeSampling(nn.Module):
         num_outputs: rows of the output (context) table; defaults to ``num_embeddings``.
         sparse: sparse (touched rows only) gradients, for ``torch.optim.SGD`` or
             ``SparseAdam``; see :func:`negative_sampling_embedding_loss`.
-        dtype, device: of the parameters.
+        dtype: of the parameters.
+        device: as ``dtype`` above.
 
     Attributes:
         weight: (num_embeddings, dim) input vectors, word2vec's init
@@ -535,8 +617,16 @@ class SkipGramNegativeSampling(nn.Module):
         >>> loss = m.sgd_step_(c, x, n, lr=0.025, compute_loss=True)  # or the fused in-place SGD
     """
 
-    def __init__(self, num_embeddings: int, dim: int, *, num_outputs: Optional[int] = None, sparse: bool = False,
-                 dtype: Optional[torch.dtype] = None, device: Any = None) -> None:
+    def __init__(
+        self,
+        num_embeddings: int,
+        dim: int,
+        *,
+        num_outputs: Optional[int] = None,
+        sparse: bool = False,
+        dtype: Optional[torch.dtype] = None,
+        device: Any = None,
+    ) -> None:
         super().__init__()
         num_embeddings = check_int(num_embeddings, "num_embeddings", minimum=1)
         dim = check_int(dim, "dim", minimum=1)
@@ -555,19 +645,41 @@ class SkipGramNegativeSampling(nn.Module):
             self.output_weight.zero_()
 
     def extra_repr(self) -> str:
-        return (f"num_embeddings={self.weight.shape[0]}, num_outputs={self.output_weight.shape[0]}, "
-                f"dim={self.dim}, sparse={self.sparse}")
+        return (
+            f"num_embeddings={self.weight.shape[0]}, num_outputs={self.output_weight.shape[0]}, "
+            f"dim={self.dim}, sparse={self.sparse}"
+        )
 
-    def forward(self, centres: ArrayLike, contexts: ArrayLike, negatives: ArrayLike,
-                reduction: str = "mean") -> torch.Tensor:
+    def forward(
+        self, centres: ArrayLike, contexts: ArrayLike, negatives: ArrayLike, reduction: str = "mean"
+    ) -> torch.Tensor:
         """The loss of :func:`negative_sampling_embedding_loss` on this module's tables."""
-        return negative_sampling_embedding_loss(self.weight, self.output_weight, centres, contexts, negatives,
-                                                reduction, sparse=self.sparse)
+        return negative_sampling_embedding_loss(
+            self.weight, self.output_weight, centres, contexts, negatives, reduction, sparse=self.sparse
+        )
 
-    def sgd_step_(self, centres: ArrayLike, contexts: ArrayLike, negatives: ArrayLike, lr: float, *,
-                  lr_end: Optional[float] = None, batch_size: int = 1024,
-                  compute_loss: bool = False, hogwild: bool = False) -> Optional[float]:
+    def sgd_step_(
+        self,
+        centres: ArrayLike,
+        contexts: ArrayLike,
+        negatives: ArrayLike,
+        lr: float,
+        *,
+        lr_end: Optional[float] = None,
+        batch_size: int = 1024,
+        compute_loss: bool = False,
+        hogwild: bool = False,
+    ) -> Optional[float]:
         """The fused in-place fast path :func:`negative_sampling_sgd_` on this module's tables."""
-        return negative_sampling_sgd_(self.weight, self.output_weight, centres, contexts, negatives, lr,
-                                      lr_end=lr_end, batch_size=batch_size, compute_loss=compute_loss,
-                                      hogwild=hogwild)
+        return negative_sampling_sgd_(
+            self.weight,
+            self.output_weight,
+            centres,
+            contexts,
+            negatives,
+            lr,
+            lr_end=lr_end,
+            batch_size=batch_size,
+            compute_loss=compute_loss,
+            hogwild=hogwild,
+        )

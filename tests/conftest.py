@@ -4,7 +4,6 @@ import os
 
 import pytest
 import torch
-
 from hypothesis import settings
 
 # Property tests explore the same examples on every run (CI must not be flaky)
@@ -47,18 +46,22 @@ def run_child():
     import sys
     import textwrap
 
-    def run(source: str, *, timeout: float = 120.0) -> "subprocess.CompletedProcess[str]":
+    def run(source: str, *, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_pyneg_root(), env.get("PYTHONPATH")]))
         try:
-            proc = subprocess.run([sys.executable, "-P", "-c", textwrap.dedent(source)], env=env,
-                                  capture_output=True, text=True, timeout=timeout)
+            proc = subprocess.run(
+                [sys.executable, "-P", "-c", textwrap.dedent(source)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
         except subprocess.TimeoutExpired:
             pytest.fail(f"child process hung for more than {timeout} s:\n{textwrap.dedent(source)}")
         if proc.returncode < 0:
             name = signal.Signals(-proc.returncode).name
-            pytest.fail(f"child process died of {name}:\n{textwrap.dedent(source)}\n"
-                        f"stderr:\n{proc.stderr[-4000:]}")
+            pytest.fail(f"child process died of {name}:\n{textwrap.dedent(source)}\nstderr:\n{proc.stderr[-4000:]}")
         return proc
 
     return run

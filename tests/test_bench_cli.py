@@ -4,6 +4,7 @@ Verdicts are checked against the medians the JSON records, never against a
 clock: the synthetic workloads below carry targets no timing can meet (a
 10^12x speed-up) or miss (10^-12x), so their verdicts are fixed in advance.
 """
+
 from __future__ import annotations
 
 import json
@@ -108,11 +109,14 @@ def test_json_and_header_give_the_load_average(tmp_path, capsys):
 # ------------------------------------------------------- synthetic workloads
 def _fake(name: str, targets, *, quick_shrinks: bool, memory: bool = False) -> Workload:
     """A cheap workload whose quick size is (or is not) the target's size."""
+
     def setup(quick: bool) -> SimpleNamespace:
         return SimpleNamespace(n=100 if quick and quick_shrinks else 1000)
 
     return Workload(
-        name=name, group="fake", description="synthetic",
+        name=name,
+        group="fake",
+        description="synthetic",
         setup=setup,
         run=lambda st: sum(range(st.n)),
         baselines={"base": lambda st: sum(range(st.n)), "other": lambda st: math.fsum(range(st.n))},
@@ -126,7 +130,7 @@ def _fake(name: str, targets, *, quick_shrinks: bool, memory: bool = False) -> W
 
 
 IMPOSSIBLE = Target("ratio", 1e12, "base")  # a 10^12x speed-up: always missed where judged
-TRIVIAL = Target("ratio", 1e-12, "other")   # always met where judged
+TRIVIAL = Target("ratio", 1e-12, "other")  # always met where judged
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The crash-suite fixture itself: it must see a signal death and let normal exits through."""
+
 import pytest
 
 

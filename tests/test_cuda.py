@@ -6,6 +6,7 @@ with a plain PyTorch gather implementation on the same GPU. The others run
 everywhere: the module (when built) imports, matches its stub, and reports no
 device where there is none.
 """
+
 from __future__ import annotations
 
 import ast
@@ -66,8 +67,14 @@ def test_python_layer_calls_the_bindings_with_their_argument_names():
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
             dicts[node.lineno] = {k.arg for k in node.keywords}
-    calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
-             and isinstance(n.func.value, ast.Name) and n.func.value.id == "_cuda"]
+    calls = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "_cuda"
+    ]
     checked = set()
     for call in calls:
         name = call.func.attr
@@ -129,8 +136,14 @@ def test_prepared_exclusion_lists_as_uploaded():
     offsets, ids, cum, allowed, rows_per_list, longest = s._table.prepare_exclude(ex, 6, 0)
     assert offsets.tolist() == [0, 2, 2, 6] and ids.tolist() == [3, 7, 0, 1, 2, 49]
     assert rows_per_list == 2 and longest == 4
-    assert cum.tolist() == [mass[3], mass[3] + mass[7], mass[0], mass[0] + mass[1], mass[0] + mass[1] + mass[2],
-                            mass[0] + mass[1] + mass[2] + mass[49]]
+    assert cum.tolist() == [
+        mass[3],
+        mass[3] + mass[7],
+        mass[0],
+        mass[0] + mass[1],
+        mass[0] + mass[1] + mass[2],
+        mass[0] + mass[1] + mass[2] + mass[49],
+    ]
     total = 50 * 2**32
     assert allowed.tolist() == [total - cum[1], total, total - cum[5]]
     assert s._table.cumulative_mass().astype(object)[-1] == total
@@ -150,7 +163,7 @@ def test_a_unique_row_drawn_alone_equals_its_row_in_a_call():
     for row in range(4):
         one = np.empty((1, 280), np.int64)
         tr = np.empty(1, np.int64)
-        s._table.sample_unique(32, 7 + row * 280, ex[row // 2: row // 2 + 1], 280, one, tr, 1)
+        s._table.sample_unique(32, 7 + row * 280, ex[row // 2 : row // 2 + 1], 280, one, tr, 1)
         assert np.array_equal(one[0], whole[row]) and tr[0] == tries[row]
 
 
@@ -178,8 +191,9 @@ def test_gpu_thread_schedule_emulated_on_cpu_matches_cpu_kernels(v, offset):
     if v >= 20:
         lists = np.random.default_rng(1).integers(-1, 20, (60, 9))
         got, _ = _emulate(s, 1, 12, offset, lists, 120, 13)
-        assert torch.equal(got, s.sample((120, 13), exclude=torch.from_numpy(lists).repeat_interleave(2, 0), seed=12,
-                                         offset=offset))
+        assert torch.equal(
+            got, s.sample((120, 13), exclude=torch.from_numpy(lists).repeat_interleave(2, 0), seed=12, offset=offset)
+        )
     if v >= 1000:
         got, tries = _emulate(s, 2, 13, offset, None, 200, 50)
         want, want_tries = s._sample((200, 50), None, True, None, 13, offset, None, None)
@@ -229,13 +243,17 @@ def test_plain_draws_match_cpu_bit_for_bit(v, offset):
 def test_excluding_draws_match_cpu_bit_for_bit(v):
     s = _sampler(v)
     positives = torch.arange(300) * 7 % v
-    assert torch.equal(s.sample((300, 37), exclude=positives, seed=11, offset=5, device="cuda").cpu(),
-                       s.sample((300, 37), exclude=positives, seed=11, offset=5))
+    assert torch.equal(
+        s.sample((300, 37), exclude=positives, seed=11, offset=5, device="cuda").cpu(),
+        s.sample((300, 37), exclude=positives, seed=11, offset=5),
+    )
     lists = torch.from_numpy(np.random.default_rng(1).integers(-1, 20, (60, 9)))
-    assert torch.equal(s.sample((60, 13), exclude=lists, seed=12, device="cuda").cpu(),
-                       s.sample((60, 13), exclude=lists, seed=12))
-    assert torch.equal(s.sample(60, exclude=positives[:60], seed=2, device="cuda").cpu(),
-                       s.sample(60, exclude=positives[:60], seed=2))
+    assert torch.equal(
+        s.sample((60, 13), exclude=lists, seed=12, device="cuda").cpu(), s.sample((60, 13), exclude=lists, seed=12)
+    )
+    assert torch.equal(
+        s.sample(60, exclude=positives[:60], seed=2, device="cuda").cpu(), s.sample(60, exclude=positives[:60], seed=2)
+    )
 
 
 @pytest.mark.cuda
@@ -255,11 +273,15 @@ def test_heavily_excluded_rows_use_the_same_exact_cdf():
 @pytest.mark.parametrize("v", [1000, 300_000])
 def test_unique_draws_match_cpu_bit_for_bit(v, monkeypatch):
     s = _sampler(v)
-    assert torch.equal(s.sample((200, 50), unique=True, seed=13, offset=2, device="cuda").cpu(),
-                       s.sample((200, 50), unique=True, seed=13, offset=2))
+    assert torch.equal(
+        s.sample((200, 50), unique=True, seed=13, offset=2, device="cuda").cpu(),
+        s.sample((200, 50), unique=True, seed=13, offset=2),
+    )
     monkeypatch.setattr(cuda, "_UNIQUE_SCRATCH_BYTES", 7 * 128 * 8)  # chunks of 7 rows
-    assert torch.equal(s.sample((200, 50), unique=True, seed=13, offset=2, device="cuda").cpu(),
-                       s.sample((200, 50), unique=True, seed=13, offset=2))
+    assert torch.equal(
+        s.sample((200, 50), unique=True, seed=13, offset=2, device="cuda").cpu(),
+        s.sample((200, 50), unique=True, seed=13, offset=2),
+    )
     lists = torch.from_numpy(np.random.default_rng(1).integers(-1, 20, (60, 9)))
     cpu, cpu_tries = s._sample((60, 13), lists, True, None, 14, 0, None, None)
     gpu, gpu_tries = s._sample((60, 13), lists, True, None, 14, 0, torch.device("cuda"), None)
@@ -308,14 +330,16 @@ def test_hsoftmax_matches_gather_reference(dtype, with_bias, v, d):
     bias = (0.1 * torch.randn(v - 1, device=dev, dtype=dtype, generator=g)).requires_grad_() if with_bias else None
     target = torch.randint(0, v, (b,), device=dev, generator=g)
     ref = hs_gather_reference(x, w, bias, target, offsets, nodes, codes)
-    nll = cuda.hs_forward(x.detach(), w.detach(), target, offsets, nodes, codes,
-                          None if bias is None else bias.detach())
+    nll = cuda.hs_forward(
+        x.detach(), w.detach(), target, offsets, nodes, codes, None if bias is None else bias.detach()
+    )
     tol = dict(rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(nll, ref.detach(), **tol)
     grad = torch.rand(b, device=dev, dtype=dtype, generator=g)
     ref.backward(grad)
-    gx, gw, gb = cuda.hs_backward(grad, x.detach(), w.detach(), target, offsets, nodes, codes,
-                                  None if bias is None else bias.detach())
+    gx, gw, gb = cuda.hs_backward(
+        grad, x.detach(), w.detach(), target, offsets, nodes, codes, None if bias is None else bias.detach()
+    )
     torch.testing.assert_close(gx, x.grad, **tol)
     torch.testing.assert_close(gw, w.grad, **tol)
     if with_bias:

@@ -1,4 +1,5 @@
 """The DataLoader collate helper: negatives per worker, reproducible under manual_seed."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,7 +16,7 @@ def _loader(num_workers: int, collate) -> DataLoader:
 
 def test_collator_adds_negatives_that_avoid_positives():
     collate = pyneg.NegativeSamplingCollator(pyneg.UniformSampler(10), 5, unique=True)
-    for users, items, neg in _loader(0, collate):
+    for _users, items, neg in _loader(0, collate):
         assert neg.shape == (8, 5) and neg.dtype == torch.int64
         assert not (neg == items.unsqueeze(1)).any()
         srt = neg.sort(dim=1).values

@@ -1,5 +1,6 @@
 """Two gloo ranks (spawned here, CPU, loopback only) against one process that
 sees the concatenated batch."""
+
 from __future__ import annotations
 
 import os
@@ -43,7 +44,7 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         model = _model()
         x, y = _data()
         start = sum(SIZES[:rank])
-        xs, ys = x[start:start + SIZES[rank]], y[start:start + SIZES[rank]]
+        xs, ys = x[start : start + SIZES[rank]], y[start : start + SIZES[rank]]
         offset = pd.rank_offset(xs.shape[0])
         loss = _loss(model, xs, ys, offset, pd.all_gather_with_grad)
         # Ranks hold different numbers of rows: weight each rank's mean so that
@@ -63,8 +64,9 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
         all_seeds = pd.all_gather(seeds.unsqueeze(0))
         ids = pd.all_gather(torch.arange(SIZES[rank]) + 100 * rank)
         if rank == 0:
-            torch.save({"loss": total / sum(SIZES), "grads": grads, "seeds": all_seeds, "ids": ids,
-                        "offset": offset}, out_file)
+            torch.save(
+                {"loss": total / sum(SIZES), "grads": grads, "seeds": all_seeds, "ids": ids, "offset": offset}, out_file
+            )
         else:
             assert offset == SIZES[0]
     finally:

@@ -1,4 +1,5 @@
 """Every ```python block of docs/losses.md runs as written."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """examples/two_tower.py: two gloo processes (torchrun, CPU) with the global-batch
 losses report the metrics of one process that sees the same global batches."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ QUICK = ["--quick", "--dtype", "float64", "--batch-size", "256", "--bank-size", 
 def _run(cmd, tmp_path: Path, name: str) -> dict:
     out = tmp_path / f"{name}.json"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd + ["--json", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(
+        cmd + ["--json", str(out)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return json.loads(out.read_text())
 
@@ -29,8 +31,11 @@ def _run(cmd, tmp_path: Path, name: str) -> dict:
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     one = _run([sys.executable, str(EXAMPLE)] + QUICK, tmp_path, "one")
-    two = _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                str(EXAMPLE)] + QUICK, tmp_path, "two")
+    two = _run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(EXAMPLE)] + QUICK,
+        tmp_path,
+        "two",
+    )
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert set(one["results"]) == {"in-batch", "+ logQ", "+ bank", "mixed"}
     for method, metrics in one["results"].items():
@@ -45,8 +50,9 @@ def _run_word2vec(args, tmp_path: Path) -> str:
     # The child imports the pyneg these tests import (a source checkout's, not another installed one).
     root = str(Path(__file__).resolve().parents[1])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, str(WORD2VEC)] + args, cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(WORD2VEC)] + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     return proc.stdout
 
@@ -56,8 +62,9 @@ def test_word2vec_example_trains_both_objectives(tmp_path):
     rng = random.Random(0)
     words = [f"w{i}" for i in range(200)]
     corpus = tmp_path / "corpus.txt"
-    corpus.write_text("\n".join(" ".join(rng.choice(words[:20 + rng.randrange(180)]) for _ in range(12))
-                                for _ in range(300)))
+    corpus.write_text(
+        "\n".join(" ".join(rng.choice(words[: 20 + rng.randrange(180)]) for _ in range(12)) for _ in range(300))
+    )
     common = ["--corpus", str(corpus), "--no-gensim", "--epochs", "1", "--dim", "16", "--min-count", "1"]
     out = _run_word2vec(common + ["--words", "w1"], tmp_path)
     rows = [line.split() for line in out.splitlines() if line.startswith("pyneg ")]

@@ -1,5 +1,6 @@
 """FrequencyEstimator against a plain-Python transcription of its update rule,
 and against the true inclusion probabilities of a simulated Zipfian stream."""
+
 from __future__ import annotations
 
 import math
@@ -183,6 +184,7 @@ def _set_hit_gaps(value):
         gap = sd["gap"].clone()
         gap[sd["last_step"] > 0] = value
         return gap
+
     return bad
 
 
@@ -191,8 +193,8 @@ def _set_hit_gaps(value):
     [
         ("gap", _set_hit_gaps(math.nan), ValueError),
         ("gap", _set_hit_gaps(math.inf), ValueError),
-        ("gap", _set_hit_gaps(-2.0), ValueError),   # p < 0, log p NaN
-        ("gap", _set_hit_gaps(0.0), ValueError),    # p = inf
+        ("gap", _set_hit_gaps(-2.0), ValueError),  # p < 0, log p NaN
+        ("gap", _set_hit_gaps(0.0), ValueError),  # p = inf
         ("gap", lambda sd: torch.empty(2, 101, dtype=torch.float64, device="meta"), (ValueError, TypeError)),
         ("gap", lambda sd: sd["gap"].to_sparse(), TypeError),
         ("last_step", lambda sd: sd["last_step"].to_sparse(), TypeError),

@@ -1,6 +1,7 @@
 """Huffman tree and hierarchical softmax against plain references: a textbook
 heapq Huffman construction and a padded-path PyTorch implementation
 (pyneg._hsoftmax_reference), autograd's gradcheck, and the tree's own invariants."""
+
 from __future__ import annotations
 
 import copy
@@ -26,8 +27,9 @@ def zipf_counts(v: int, seed: int = 0, a: float = 1.0) -> np.ndarray:
     return rng.permutation(np.floor(1e7 / np.arange(1, v + 1) ** a) + 1)
 
 
-def make_hs(counts, dim: int, *, bias: bool, dtype=torch.float64, sparse: bool = False, seed: int = 0,
-            device: str = "cpu") -> pyneg.HierarchicalSoftmax:
+def make_hs(
+    counts, dim: int, *, bias: bool, dtype=torch.float64, sparse: bool = False, seed: int = 0, device: str = "cpu"
+) -> pyneg.HierarchicalSoftmax:
     hs = pyneg.HierarchicalSoftmax(counts, dim, bias=bias, sparse=sparse, dtype=dtype)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # zero-initialised nodes would make every check trivial
@@ -77,7 +79,10 @@ def test_small_tree_by_hand():
     tree = pyneg.HuffmanTree.from_counts([5, 1, 1, 3])
     assert tree.depths.tolist() == [1, 3, 3, 2]
     assert [(n.tolist(), c.tolist()) for n, c in map(tree.path, range(4))] == [
-        ([0], [False]), ([0, 1, 2], [True, False, False]), ([0, 1, 2], [True, False, True]), ([0, 1], [True, True])
+        ([0], [False]),
+        ([0, 1, 2], [True, False, False]),
+        ([0, 1, 2], [True, False, True]),
+        ([0, 1], [True, True]),
     ]
 
 

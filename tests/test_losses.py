@@ -6,6 +6,7 @@ negatives; and TensorFlow's documented sampled softmax (``_compute_sampled_logit
 followed by softmax cross-entropy, the true class at column 0) written out in
 NumPy.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,9 @@ def ref_mixed(q, p, sources, pids=None, plq=None, temperature=1.0):
     return torch.stack(losses)
 
 
-def tf_sampled_softmax_loss(weights, labels, inputs, sampled, true_expected_count,
-                            sampled_expected_count, remove_accidental_hits=True):
+def tf_sampled_softmax_loss(
+    weights, labels, inputs, sampled, true_expected_count, sampled_expected_count, remove_accidental_hits=True
+):
     """TensorFlow's sampled_softmax_loss as documented (num_true=1, zero biases), in NumPy.
 
     _compute_sampled_logits: true_logits = Σ inputs·w[labels]; sampled_logits =
@@ -123,8 +125,11 @@ def bank_like(n=11, d=5, seed=3, num_ids=4, dtype=torch.float64):
     g = gen(seed)
     log_q = torch.log(torch.rand(n, generator=g) * 0.5 + 0.01)
     log_q[::4] = float("nan")
-    return SimpleNamespace(embeddings=torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype),
-                           ids=torch.randint(0, num_ids, (n,), generator=g), log_q=log_q)
+    return SimpleNamespace(
+        embeddings=torch.randn(n, d, generator=g, dtype=torch.float64).to(dtype),
+        ids=torch.randint(0, num_ids, (n,), generator=g),
+        log_q=log_q,
+    )
 
 
 # ------------------------------------------------------------- in-batch
@@ -135,8 +140,7 @@ def bank_like(n=11, d=5, seed=3, num_ids=4, dtype=torch.float64):
 def test_in_batch_matches_formula(mask_mode, temperature, use_log_q, use_ids, reduction):
     q, c, log_q, ids = batch()
     lq, i = (log_q if use_log_q else None), (ids if use_ids else None)
-    got = PF.in_batch_softmax_loss(q, c, log_q=lq, candidate_ids=i, temperature=temperature,
-                                   reduction=reduction)
+    got = PF.in_batch_softmax_loss(q, c, log_q=lq, candidate_ids=i, temperature=temperature, reduction=reduction)
     want = ref_in_batch(q, c, lq, i, temperature, reduction)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
@@ -146,8 +150,7 @@ def test_in_batch_chunks_match_formula_and_gradients(mask_mode, chunk_size):
     q, c, log_q, ids = batch(b=9)
     q.requires_grad_(True)
     c.requires_grad_(True)
-    got = PF.in_batch_softmax_loss(q, c, log_q=log_q, candidate_ids=ids, temperature=0.5,
-                                   chunk_size=chunk_size)
+    got = PF.in_batch_softmax_loss(q, c, log_q=log_q, candidate_ids=ids, temperature=0.5, chunk_size=chunk_size)
     gq, gc = torch.autograd.grad(got, (q, c))
     want = ref_in_batch(q, c, log_q, ids, 0.5)
     wq, wc = torch.autograd.grad(want, (q, c))
@@ -191,9 +194,18 @@ def test_sampled_matches_formula(mask_mode, per_row, chunk_size, reduction):
     nlq = torch.randn(*shape, generator=g, dtype=torch.float64)
     pids = torch.randint(0, 5, (b,), generator=g)
     nids = torch.randint(0, 5, shape, generator=g)
-    got = PF.sampled_softmax_loss(q, p, neg, positive_log_q=plq, negative_log_q=nlq, positive_ids=pids,
-                                  negative_ids=nids, temperature=0.3, reduction=reduction,
-                                  chunk_size=chunk_size)
+    got = PF.sampled_softmax_loss(
+        q,
+        p,
+        neg,
+        positive_log_q=plq,
+        negative_log_q=nlq,
+        positive_ids=pids,
+        negative_ids=nids,
+        temperature=0.3,
+        reduction=reduction,
+        chunk_size=chunk_size,
+    )
     want = ref_sampled(q, p, neg, plq, nlq, pids, nids, 0.3, reduction)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     plain = PF.sampled_softmax_loss(q, p, neg, reduction=reduction)
@@ -212,12 +224,23 @@ def test_sampled_matches_tensorflow_definition(mask_mode, unique):
     cand = sampler.sample_candidates(k, labels, unique=unique, seed=4)
     assert torch.isin(cand.sampled_candidates, labels).any(), "the test needs accidental hits"
     got = PF.sampled_softmax_loss(
-        inputs, weights[labels], weights[cand.sampled_candidates],
-        positive_log_q=cand.true_expected_count.log(), negative_log_q=cand.sampled_expected_count.log(),
-        positive_ids=labels, negative_ids=cand.sampled_candidates, reduction="none")
-    want = tf_sampled_softmax_loss(weights.numpy(), labels.numpy(), inputs.numpy(),
-                                   cand.sampled_candidates.numpy(), cand.true_expected_count.numpy(),
-                                   cand.sampled_expected_count.numpy())
+        inputs,
+        weights[labels],
+        weights[cand.sampled_candidates],
+        positive_log_q=cand.true_expected_count.log(),
+        negative_log_q=cand.sampled_expected_count.log(),
+        positive_ids=labels,
+        negative_ids=cand.sampled_candidates,
+        reduction="none",
+    )
+    want = tf_sampled_softmax_loss(
+        weights.numpy(),
+        labels.numpy(),
+        inputs.numpy(),
+        cand.sampled_candidates.numpy(),
+        cand.true_expected_count.numpy(),
+        cand.sampled_expected_count.numpy(),
+    )
     np.testing.assert_allclose(got.numpy(), want, rtol=1e-12, atol=1e-12)
 
 
@@ -228,8 +251,9 @@ def three_sources(b=7, d=5, dtype=torch.float64):
     bank = bank_like(d=d, dtype=dtype)
     sampled_ids = torch.randint(0, 6, (9,), generator=g)
     sampler = pyneg.UnigramSampler(torch.arange(1.0, 7.0))
-    sampled = NegativeSource.from_sampler(torch.randn(9, d, generator=g, dtype=torch.float64).to(dtype),
-                                          sampled_ids, sampler)
+    sampled = NegativeSource.from_sampler(
+        torch.randn(9, d, generator=g, dtype=torch.float64).to(dtype), sampled_ids, sampler
+    )
     sources = [NegativeSource.batch(log_q), NegativeSource.from_bank(bank), sampled]
     return q, p, log_q, ids, sources, bank
 
@@ -237,8 +261,9 @@ def three_sources(b=7, d=5, dtype=torch.float64):
 @pytest.mark.parametrize("chunk_size", [None, 1, 4])
 def test_mixed_matches_row_by_row_reference(mask_mode, chunk_size):
     q, p, log_q, ids, sources, _ = three_sources()
-    got = PF.mixed_negatives_loss(q, p, sources, positive_ids=ids, positive_log_q=log_q, temperature=0.4,
-                                  reduction="none", chunk_size=chunk_size)
+    got = PF.mixed_negatives_loss(
+        q, p, sources, positive_ids=ids, positive_log_q=log_q, temperature=0.4, reduction="none", chunk_size=chunk_size
+    )
     want = ref_mixed(q, p, sources, ids, log_q, temperature=0.4)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
@@ -264,8 +289,9 @@ def test_mixed_reduces_to_in_batch_and_sampled():
     g = gen(6)
     neg, nids, nlq = torch.randn(5, 5, generator=g, dtype=torch.float64), torch.arange(5), torch.zeros(5) - 2
     sm = PF.mixed_negatives_loss(q, p, [NegativeSource(neg, nids, nlq)], positive_ids=ids)
-    torch.testing.assert_close(sm, PF.sampled_softmax_loss(q, p, neg, positive_ids=ids, negative_ids=nids,
-                                                           negative_log_q=nlq))
+    torch.testing.assert_close(
+        sm, PF.sampled_softmax_loss(q, p, neg, positive_ids=ids, negative_ids=nids, negative_log_q=nlq)
+    )
 
 
 def test_from_bank_reads_the_bank_attributes():
@@ -275,8 +301,9 @@ def test_from_bank_reads_the_bank_attributes():
     missing = torch.isnan(bank.log_q)
     assert torch.equal(src.log_q[missing], torch.zeros(int(missing.sum())))  # NaN: no correction
     assert torch.equal(src.log_q[~missing], bank.log_q[~missing])
-    none_given = SimpleNamespace(embeddings=bank.embeddings, ids=bank.ids,
-                                 log_q=torch.full_like(bank.log_q, float("nan")))
+    none_given = SimpleNamespace(
+        embeddings=bank.embeddings, ids=bank.ids, log_q=torch.full_like(bank.log_q, float("nan"))
+    )
     assert NegativeSource.from_bank(none_given).log_q is None
 
 
@@ -308,8 +335,9 @@ def test_empty_source_is_no_negatives():
 def test_gradcheck_in_batch():
     q, c, log_q, ids = batch(b=5, d=3)
     for chunk in (None, 2):
-        fn = lambda q, c: PF.in_batch_softmax_loss(q, c, log_q=log_q, candidate_ids=ids, temperature=0.7,
-                                                   reduction="none", chunk_size=chunk)  # noqa: E731
+        fn = lambda q, c: PF.in_batch_softmax_loss(
+            q, c, log_q=log_q, candidate_ids=ids, temperature=0.7, reduction="none", chunk_size=chunk
+        )
         assert torch.autograd.gradcheck(fn, (q.requires_grad_(), c.requires_grad_()))
 
 
@@ -322,8 +350,16 @@ def test_gradcheck_sampled(per_row):
     pids, nids = torch.tensor([0, 1, 2, 1]), torch.randint(0, 3, shape, generator=g)
     nlq = torch.randn(*shape, generator=g, dtype=torch.float64)
     for chunk in (None, 4):
-        fn = lambda q, p, n: PF.sampled_softmax_loss(q, p, n, negative_log_q=nlq, positive_ids=pids,  # noqa: E731
-                                                     negative_ids=nids, chunk_size=chunk, reduction="sum")
+        fn = lambda q, p, n: PF.sampled_softmax_loss(
+            q,
+            p,
+            n,
+            negative_log_q=nlq,
+            positive_ids=pids,
+            negative_ids=nids,
+            chunk_size=chunk,
+            reduction="sum",
+        )
         assert torch.autograd.gradcheck(fn, tuple(t.requires_grad_() for t in (q, p, neg)))
 
 
@@ -334,8 +370,9 @@ def test_gradcheck_mixed(mask_mode):
 
     def fn(q, p, emb):
         srcs = [sources[0], sources[1], NegativeSource(emb, sampled.ids, sampled.log_q)]
-        return PF.mixed_negatives_loss(q, p, srcs, positive_ids=ids, positive_log_q=log_q, chunk_size=3,
-                                       reduction="none")
+        return PF.mixed_negatives_loss(
+            q, p, srcs, positive_ids=ids, positive_log_q=log_q, chunk_size=3, reduction="none"
+        )
 
     assert torch.autograd.gradcheck(fn, (q.requires_grad_(), p.requires_grad_(), emb))
 
@@ -345,16 +382,16 @@ def test_fully_masked_rows_have_zero_loss_and_finite_gradients(mask_mode):
     q.requires_grad_(True)
     c.requires_grad_(True)
     for chunk in (None, 1):
-        loss = PF.in_batch_softmax_loss(q, c, candidate_ids=torch.tensor([1, 1, 1]), chunk_size=chunk,
-                                        reduction="sum")
+        loss = PF.in_batch_softmax_loss(q, c, candidate_ids=torch.tensor([1, 1, 1]), chunk_size=chunk, reduction="sum")
         gq, gc = torch.autograd.grad(loss, (q, c))
         assert loss == 0 and torch.isfinite(gq).all() and torch.isfinite(gc).all()
         assert (gq == 0).all()
 
 
 # ---------------------------------------------------- dtypes and stability
-@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5),
-                                       (torch.bfloat16, 5e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize(
+    "dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 5e-2), (torch.float16, 1e-2)]
+)
 def test_every_float_dtype(dtype, tol):
     q, p, log_q, ids, sources, _ = three_sources(dtype=dtype)
     q.requires_grad_(True)
@@ -362,8 +399,10 @@ def test_every_float_dtype(dtype, tol):
     # 16-bit inputs are scored in float32 and the loss stays there (beyond float16's range it stays finite).
     assert got.dtype == (torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype)
     # Reference in float64 on the same (rounded) inputs.
-    srcs64 = [NegativeSource(None if s.embeddings is None else s.embeddings.double(), s.ids,
-                             s.log_q, s.in_batch) for s in sources]
+    srcs64 = [
+        NegativeSource(None if s.embeddings is None else s.embeddings.double(), s.ids, s.log_q, s.in_batch)
+        for s in sources
+    ]
     want = ref_mixed(q.double(), p.double(), srcs64, ids, log_q)
     torch.testing.assert_close(got.double(), want.detach(), rtol=tol, atol=tol)
     got.sum().backward()
@@ -385,17 +424,21 @@ def test_large_logits_stay_finite():
 def test_modules_equal_functional():
     q, p, log_q, ids, sources, _ = three_sources()
     m = pyneg.losses.InBatchSoftmaxLoss(temperature=0.2, reduction="sum", chunk_size=3)
-    assert torch.equal(m(q, p, log_q=log_q, candidate_ids=ids),
-                       PF.in_batch_softmax_loss(q, p, log_q=log_q, candidate_ids=ids, temperature=0.2,
-                                                reduction="sum", chunk_size=3))
+    assert torch.equal(
+        m(q, p, log_q=log_q, candidate_ids=ids),
+        PF.in_batch_softmax_loss(q, p, log_q=log_q, candidate_ids=ids, temperature=0.2, reduction="sum", chunk_size=3),
+    )
     neg = sources[2].embeddings
     m = pyneg.losses.SampledSoftmaxLoss(temperature=0.5)
-    assert torch.equal(m(q, p, neg, negative_log_q=sources[2].log_q),
-                       PF.sampled_softmax_loss(q, p, neg, negative_log_q=sources[2].log_q, temperature=0.5))
+    assert torch.equal(
+        m(q, p, neg, negative_log_q=sources[2].log_q),
+        PF.sampled_softmax_loss(q, p, neg, negative_log_q=sources[2].log_q, temperature=0.5),
+    )
     m = pyneg.losses.MixedNegativesLoss(reduction="none")
-    assert torch.equal(m(q, p, sources, positive_ids=ids, positive_log_q=log_q),
-                       PF.mixed_negatives_loss(q, p, sources, positive_ids=ids, positive_log_q=log_q,
-                                               reduction="none"))
+    assert torch.equal(
+        m(q, p, sources, positive_ids=ids, positive_log_q=log_q),
+        PF.mixed_negatives_loss(q, p, sources, positive_ids=ids, positive_log_q=log_q, reduction="none"),
+    )
     g = gen(8)
     x, y, z = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.randn(3, 2, 4, generator=g)
     assert torch.equal(pyneg.losses.NegativeSamplingLoss()(x, y, z), PF.negative_sampling_loss(x, y, z))
@@ -456,12 +499,14 @@ def _bad_cases():
         (lambda: mx(q, c, NegativeSource.batch()), TypeError, "sources"),
         (lambda: mx(q, c, [neg]), TypeError, r"sources\[0\]"),
         (lambda: mx(q, c, [NegativeSource()]), ValueError, r"sources\[0\].embeddings"),
-        (lambda: mx(q, c, [NegativeSource.batch(), NegativeSource(neg.float())]), TypeError,
-         r"sources\[1\].embeddings"),
+        (
+            lambda: mx(q, c, [NegativeSource.batch(), NegativeSource(neg.float())]),
+            TypeError,
+            r"sources\[1\].embeddings",
+        ),
         (lambda: mx(q, c, [NegativeSource.batch(embeddings=neg)]), ValueError, r"sources\[0\].embeddings"),
         (lambda: mx(q, c, [NegativeSource(neg, torch.arange(5))]), ValueError, "positive_ids"),
-        (lambda: mx(q, c, [NegativeSource(neg, torch.arange(4))], positive_ids=ids), ValueError,
-         r"sources\[0\].ids"),
+        (lambda: mx(q, c, [NegativeSource(neg, torch.arange(4))], positive_ids=ids), ValueError, r"sources\[0\].ids"),
         (lambda: mx(q, c, [NegativeSource(neg, log_q=torch.zeros(5) + INF)]), ValueError, r"sources\[0\].log_q"),
         (lambda: mx(q, c, [], positive_ids=ids[:1]), ValueError, "positive_ids"),
     ]
@@ -482,8 +527,12 @@ def test_numpy_ids_written_after_forward_do_not_change_the_gradient(mask_mode, c
     q.requires_grad_(True)
     c.requires_grad_(True)
     ids = np.array([1, 1, 2, 2, 3, 3])
-    want = torch.autograd.grad(PF.in_batch_softmax_loss(q, c, log_q=log_q, candidate_ids=torch.tensor(ids),
-                                                        chunk_size=chunk_size, reduction="sum"), (q, c))
+    want = torch.autograd.grad(
+        PF.in_batch_softmax_loss(
+            q, c, log_q=log_q, candidate_ids=torch.tensor(ids), chunk_size=chunk_size, reduction="sum"
+        ),
+        (q, c),
+    )
     loss = PF.in_batch_softmax_loss(q, c, log_q=log_q, candidate_ids=ids, chunk_size=chunk_size, reduction="sum")
     ids[:] = [9, 8, 7, 6, 5, 4]
     got = torch.autograd.grad(loss, (q, c))

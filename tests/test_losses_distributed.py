@@ -5,6 +5,7 @@ Each rank's loss is the mean over its own rows and DDP averages gradients over
 ranks, so with equal per-rank batches the average of the ranks' losses and every
 parameter's gradient must equal the single-process loss on the global batch.
 """
+
 from __future__ import annotations
 
 import gc
@@ -45,21 +46,38 @@ def global_batch(n: int):
     # A frequency estimate stands in for log q; the same on every rank.
     log_q = torch.log(torch.bincount(items, minlength=ITEMS).double() / n)
     sampled = torch.randint(0, ITEMS, (5,), generator=g)  # shared sampled negatives (one seed)
-    bank = NegativeSource.from_bank(type("Bank", (), dict(
-        embeddings=torch.randn(7, DIM, generator=g, dtype=torch.float64),
-        ids=torch.randint(0, ITEMS, (7,), generator=g),
-        log_q=torch.tensor([-1.0, float("nan"), -2.0, -0.5, float("nan"), -3.0, -1.5], dtype=torch.float64))))
+    bank = NegativeSource.from_bank(
+        type(
+            "Bank",
+            (),
+            dict(
+                embeddings=torch.randn(7, DIM, generator=g, dtype=torch.float64),
+                ids=torch.randint(0, ITEMS, (7,), generator=g),
+                log_q=torch.tensor([-1.0, float("nan"), -2.0, -0.5, float("nan"), -3.0, -1.5], dtype=torch.float64),
+            ),
+        )
+    )
     return users, items, log_q, sampled, bank
 
 
 def loss_of(kind: str, model, users, items, log_q, sampled, bank, gather: bool, reduction="mean"):
     q, c, s = model(users, items, sampled)
     if kind == "in_batch":
-        return PF.in_batch_softmax_loss(q, c, log_q=log_q[items], candidate_ids=items, temperature=0.5,
-                                        gather=gather, reduction=reduction)
+        return PF.in_batch_softmax_loss(
+            q, c, log_q=log_q[items], candidate_ids=items, temperature=0.5, gather=gather, reduction=reduction
+        )
     sources = [NegativeSource.batch(log_q[items]), bank, NegativeSource(s, sampled, torch.full((5,), -1.0))]
-    return PF.mixed_negatives_loss(q, c, sources, positive_ids=items, positive_log_q=log_q[items],
-                                   temperature=0.5, gather=gather, reduction=reduction, chunk_size=3)
+    return PF.mixed_negatives_loss(
+        q,
+        c,
+        sources,
+        positive_ids=items,
+        positive_log_q=log_q[items],
+        temperature=0.5,
+        gather=gather,
+        reduction=reduction,
+        chunk_size=3,
+    )
 
 
 SCENARIOS = {"in_batch": (4, 4), "mixed": (4, 4), "unequal": (5, 3)}
@@ -140,8 +158,9 @@ def _failing_loss_worker(rank: int, world: int, init_file: str, out_dir: str) ->
     import time
 
     # A short group timeout: a rank left waiting in a gather would fail after 20 s.
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=20))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20)
+    )
     try:
         bad = rank == 1
         q, c = torch.randn(3, DIM), torch.randn(3, DIM)
@@ -149,15 +168,23 @@ def _failing_loss_worker(rank: int, world: int, init_file: str, out_dir: str) ->
         calls = {
             # rank 1's check fails with a non-ValueError exception (meta tensors have no data)
             "in_batch_meta": lambda: PF.in_batch_softmax_loss(
-                q, c.to("meta") if bad else c, candidate_ids=ids, gather=True),
+                q, c.to("meta") if bad else c, candidate_ids=ids, gather=True
+            ),
             # rank 1 gives ids, rank 0 does not: they would run different collectives
             "in_batch_ids_on_one_rank": lambda: PF.in_batch_softmax_loss(
-                q, c, candidate_ids=ids if bad else None, gather=True),
+                q, c, candidate_ids=ids if bad else None, gather=True
+            ),
             "mixed_bad_temperature": lambda: PF.mixed_negatives_loss(
-                q, c, [NegativeSource.batch(log_q)], positive_ids=ids,
-                temperature=float("nan") if bad else 1.0, gather=True),
+                q,
+                c,
+                [NegativeSource.batch(log_q)],
+                positive_ids=ids,
+                temperature=float("nan") if bad else 1.0,
+                gather=True,
+            ),
             "mixed_log_q_on_one_rank": lambda: PF.mixed_negatives_loss(
-                q, c, [NegativeSource.batch(log_q if bad else None)], positive_ids=ids, gather=True),
+                q, c, [NegativeSource.batch(log_q if bad else None)], positive_ids=ids, gather=True
+            ),
         }
         outcome = {}
         for name, call in calls.items():
@@ -165,7 +192,7 @@ def _failing_loss_worker(rank: int, world: int, init_file: str, out_dir: str) ->
             try:
                 call()
                 outcome[name] = ("no error", "", time.monotonic() - start)
-            except Exception as e:  # noqa: BLE001 -- recorded for the test to check
+            except Exception as e:
                 outcome[name] = (type(e).__name__, str(e), time.monotonic() - start)
         # The ranks are still in step: a valid gathering loss works on both.
         outcome["after"] = float(PF.in_batch_softmax_loss(q, c, candidate_ids=ids, gather=True))

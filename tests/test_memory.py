@@ -1,4 +1,5 @@
 """MemoryBank against a plain deque of the last `capacity` entries."""
+
 from __future__ import annotations
 
 import math
@@ -65,7 +66,7 @@ def assert_negatives_consistent(bank: pyneg.MemoryBank, positives: torch.Tensor)
     young = bank.valid_mask()
     rows = torch.cat([bank.embeddings, bank.ids.unsqueeze(1).to(bank.dtype), bank.log_q.unsqueeze(1).to(bank.dtype)], 1)
     got = torch.cat([neg.embeddings, neg.ids.unsqueeze(1).to(bank.dtype), neg.log_q.unsqueeze(1).to(bank.dtype)], 1)
-    key = lambda t: sorted(map(tuple, t.nan_to_num(99.0).tolist()))  # noqa: E731
+    key = lambda t: sorted(map(tuple, t.nan_to_num(99.0).tolist()))
     assert key(got) == key(rows[young])
     assert torch.equal(neg.hit_mask, positives.unsqueeze(1).to(neg.ids.device) == neg.ids.unsqueeze(0))
 
@@ -73,9 +74,9 @@ def assert_negatives_consistent(bank: pyneg.MemoryBank, positives: torch.Tensor)
 @pytest.mark.parametrize(
     "capacity,sizes",
     [
-        (8, [3, 3, 3, 3]),          # wraps mid-batch
-        (8, [8, 1, 8]),             # exactly full, then aligned
-        (8, [20, 2, 11, 5]),        # batches larger than capacity
+        (8, [3, 3, 3, 3]),  # wraps mid-batch
+        (8, [8, 1, 8]),  # exactly full, then aligned
+        (8, [20, 2, 11, 5]),  # batches larger than capacity
         (5, [1] * 12),
         (1, [3, 1, 2]),
     ],
@@ -199,8 +200,13 @@ def test_load_state_dict_rejects_another_shape_and_changes_nothing():
     c.enqueue(torch.full((2, 2), 5.0), [7, 8], [-7.0, -8.0])
     c.enqueue(torch.full((1, 2), 6.0), [9])
     good = c.state_dict()
-    for key, bad in [("ids", torch.tensor([-1, 2, 3])), ("head", 1), ("steps", torch.tensor([2, 1, 1])),
-                     ("embeddings", torch.ones(2, 2)), ("log_q", torch.zeros(3, dtype=torch.float64))]:
+    for key, bad in [
+        ("ids", torch.tensor([-1, 2, 3])),
+        ("head", 1),
+        ("steps", torch.tensor([2, 1, 1])),
+        ("embeddings", torch.ones(2, 2)),
+        ("log_q", torch.zeros(3, dtype=torch.float64)),
+    ]:
         with pytest.raises((ValueError, TypeError)):
             a.load_state_dict(dict(good, **{key: bad}))
     after = a.state_dict()

@@ -1,6 +1,7 @@
 """MemoryBank and FrequencyEstimator with sync=True: two gloo ranks (spawned here,
 CPU, loopback only) hold identical state, equal to one process fed the
 concatenated batches."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,10 @@ def _step_data(step: int, rank: int):
 
 
 def _make(sync: bool):
-    return (pyneg.MemoryBank(CAPACITY, DIM, sync=sync, max_age=3),
-            pyneg.FrequencyEstimator(BUCKETS, alpha=0.2, sync=sync))
+    return (
+        pyneg.MemoryBank(CAPACITY, DIM, sync=sync, max_age=3),
+        pyneg.FrequencyEstimator(BUCKETS, alpha=0.2, sync=sync),
+    )
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
@@ -102,8 +105,10 @@ def _bad_input_worker(rank: int, world: int, init_file: str, out_dir: str) -> No
         # rank 0's input is fine. Both must raise (no rank left waiting in the
         # gather) and neither may change its state.
         ids = torch.tensor([1, 2, 3]) if rank == 0 else torch.tensor([[1, 2, 3]])
-        for name, call in (("enqueue", lambda: bank.enqueue(torch.ones(3, DIM), ids)),
-                           ("update", lambda: est.update(ids))):
+        for name, call in (
+            ("enqueue", lambda: bank.enqueue(torch.ones(3, DIM), ids)),
+            ("update", lambda: est.update(ids)),
+        ):
             try:
                 call()
                 outcome[name] = "no error"
@@ -161,8 +166,9 @@ def _failing_checks_worker(rank: int, world: int, init_file: str, out_dir: str) 
 
     # A short process-group timeout: were a rank left waiting, its collective
     # would fail after 20 s (and the elapsed times below would show it).
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=20))
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=20)
+    )
     try:
         bank, est = _make(sync=True)
         ok_ids = torch.tensor([1, 2, 3])
@@ -172,11 +178,14 @@ def _failing_checks_worker(rank: int, world: int, init_file: str, out_dir: str) 
             "update": lambda: est.update(_Exploding() if bad else ok_ids),
             "update_meta": lambda: est.update(ok_ids.to("meta") if bad else ok_ids),
             "all_gather": lambda: pyneg.distributed.all_gather(
-                torch.ones(2, 3).as_subclass(_OddTensor) if bad else torch.ones(2, 3)),
+                torch.ones(2, 3).as_subclass(_OddTensor) if bad else torch.ones(2, 3)
+            ),
             "all_gather_mismatch": lambda: pyneg.distributed.all_gather(
-                torch.ones(2, 4 if bad else 3, dtype=torch.float64 if bad else torch.float32)),
+                torch.ones(2, 4 if bad else 3, dtype=torch.float64 if bad else torch.float32)
+            ),
             "all_gather_with_grad": lambda: pyneg.distributed.all_gather_with_grad(
-                torch.ones(2, 3).to("meta") if bad else torch.ones(2, 3, requires_grad=True)),
+                torch.ones(2, 3).to("meta") if bad else torch.ones(2, 3, requires_grad=True)
+            ),
             "rank_offset": lambda: pyneg.distributed.rank_offset(_Exploding() if bad else 4),
             "sampler_seed": lambda: pyneg.distributed.sampler_seed(streams="nope" if bad else "shared"),
         }
@@ -186,7 +195,7 @@ def _failing_checks_worker(rank: int, world: int, init_file: str, out_dir: str) 
             try:
                 call()
                 outcome[name] = ("no error", "", time.monotonic() - start)
-            except Exception as e:  # noqa: BLE001 -- recorded for the test to check
+            except Exception as e:
                 outcome[name] = (type(e).__name__, str(e), time.monotonic() - start)
         # Nothing was recorded, and the ranks are still in step: a valid synced call works.
         outcome["steps_before"] = (bank.step, est.step)
@@ -204,9 +213,16 @@ def test_any_failure_of_one_ranks_checks_raises_on_every_rank_promptly():
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_failing_checks_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)
         results = [torch.load(os.path.join(tmp, f"{r}.pt")) for r in range(2)]
-    own_error = {"enqueue": "RuntimeError", "update": "RuntimeError", "update_meta": "ValueError",
-                 "all_gather": "RuntimeError", "all_gather_mismatch": "ValueError",
-                 "all_gather_with_grad": "ValueError", "rank_offset": "TypeError", "sampler_seed": "ValueError"}
+    own_error = {
+        "enqueue": "RuntimeError",
+        "update": "RuntimeError",
+        "update_meta": "ValueError",
+        "all_gather": "RuntimeError",
+        "all_gather_mismatch": "ValueError",
+        "all_gather_with_grad": "ValueError",
+        "rank_offset": "TypeError",
+        "sampler_seed": "ValueError",
+    }
     for name, kind in own_error.items():
         (kind0, msg0, t0), (kind1, msg1, t1) = results[0][name], results[1][name]
         assert t0 < 10 and t1 < 10, (name, t0, t1)  # promptly: far below the 20 s group timeout

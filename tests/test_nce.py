@@ -10,6 +10,7 @@ summed over the row: ``nce_loss``) or ``softmax_cross_entropy_with_logits``
 (``sampled_softmax_loss``). Gradients are compared by running autograd
 through both.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,9 @@ FLOAT_MAX = float(np.finfo(np.float32).max)
 
 
 # ---------------------------------------------------------------- references
-def tf_sampled_logits(inputs, weights, biases, labels, sampled, true_ec, sampled_ec, remove_accidental_hits,
-                      temperature=1.0):
+def tf_sampled_logits(
+    inputs, weights, biases, labels, sampled, true_ec, sampled_ec, remove_accidental_hits, temperature=1.0
+):
     """TensorFlow's _compute_sampled_logits (labels (B, T), shared sampled (S,)); returns logits, labels."""
     b, t = labels.shape
     true_w = weights[labels.reshape(-1)].reshape(b, t, -1)
@@ -102,16 +104,36 @@ def test_matches_tensorflow_definition_with_gradients(mask_mode, loss, t, remove
             kw["bias"] = bias
         elif bias_mode == "aligned":
             kw["positive_bias"], kw["negative_bias"] = bias[labels], bias[sampled]
-        return fn(x, w[labels], w[sampled], positive_log_q=true_ec.log(), negative_log_q=sampled_ec.log(),
-                  positive_ids=labels, negative_ids=sampled, remove_accidental_hits=remove, temperature=0.7,
-                  chunk_size=chunk_size, reduction="none", **kw)
+        return fn(
+            x,
+            w[labels],
+            w[sampled],
+            positive_log_q=true_ec.log(),
+            negative_log_q=sampled_ec.log(),
+            positive_ids=labels,
+            negative_ids=sampled,
+            remove_accidental_hits=remove,
+            temperature=0.7,
+            chunk_size=chunk_size,
+            reduction="none",
+            **kw,
+        )
 
     leaves = [x.clone().requires_grad_() for x in (weights, biases, inputs)]
     got = run(*leaves)
     got_grads = torch.autograd.grad(got.sum(), leaves, allow_unused=True)
     leaves_ref = [x.clone().requires_grad_() for x in (weights, biases, inputs)]
-    want = ref(leaves_ref[2], leaves_ref[0], leaves_ref[1] if bias_mode != "none" else None, labels, sampled,
-               true_ec, sampled_ec, remove, temperature=0.7)
+    want = ref(
+        leaves_ref[2],
+        leaves_ref[0],
+        leaves_ref[1] if bias_mode != "none" else None,
+        labels,
+        sampled,
+        true_ec,
+        sampled_ec,
+        remove,
+        temperature=0.7,
+    )
     want_grads = torch.autograd.grad(want.sum(), leaves_ref, allow_unused=True)
     torch.testing.assert_close(got, want.detach(), rtol=1e-12, atol=1e-12)
     for name, g, w in zip(("weights", "biases", "inputs"), got_grads, want_grads):
@@ -132,7 +154,9 @@ def test_nce_with_log_q_zero_is_word2vec_negative_sampling():
     for a, b in zip(torch.autograd.grad(got.sum(), leaves), torch.autograd.grad(want.sum(), leaves_ref)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-13)
     # and both are the SGNS formula
-    sgns = -torch.log(torch.sigmoid((u * v).sum(1))) - torch.log(torch.sigmoid(-(n @ u.unsqueeze(-1)).squeeze(-1))).sum(1)
+    sgns = -torch.log(torch.sigmoid((u * v).sum(1))) - torch.log(torch.sigmoid(-(n @ u.unsqueeze(-1)).squeeze(-1))).sum(
+        1
+    )
     torch.testing.assert_close(got.detach(), sgns, rtol=1e-12, atol=1e-12)
 
 
@@ -145,12 +169,32 @@ def test_per_row_negatives_match_the_formula(mask_mode, loss):
     neg_ids = torch.randint(0, 12, (6, 7), generator=g)
     neg_lq = torch.log(torch.rand(6, 7, generator=g, dtype=torch.float64) + 0.1)
     pos_lq = torch.log(torch.rand(6, 2, generator=g, dtype=torch.float64) + 0.1)
-    got = fn(inputs, weights[labels], weights[neg_ids], positive_log_q=pos_lq, negative_log_q=neg_lq,
-             positive_ids=labels, negative_ids=neg_ids, bias=biases, reduction="none")
-    want = torch.stack([
-        ref(inputs[i:i + 1], weights, biases, labels[i:i + 1], neg_ids[i], pos_lq[i:i + 1].exp(),
-            neg_lq[i].exp(), True)[0]
-        for i in range(6)])
+    got = fn(
+        inputs,
+        weights[labels],
+        weights[neg_ids],
+        positive_log_q=pos_lq,
+        negative_log_q=neg_lq,
+        positive_ids=labels,
+        negative_ids=neg_ids,
+        bias=biases,
+        reduction="none",
+    )
+    want = torch.stack(
+        [
+            ref(
+                inputs[i : i + 1],
+                weights,
+                biases,
+                labels[i : i + 1],
+                neg_ids[i],
+                pos_lq[i : i + 1].exp(),
+                neg_lq[i].exp(),
+                True,
+            )[0]
+            for i in range(6)
+        ]
+    )
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
@@ -165,10 +209,26 @@ def test_one_positive_per_row_is_exactly_the_two_dimensional_form(loss, per_row)
     plq = cand.true_expected_count.log()
     nlq = cand.sampled_expected_count.log().expand(neg_ids.shape)
     x1, x2 = inputs.clone().requires_grad_(), inputs.clone().requires_grad_()
-    a = fn(x1, weights[lab], weights[neg_ids], positive_log_q=plq[:, 0], negative_log_q=nlq,
-           positive_ids=lab, negative_ids=neg_ids, reduction="none")
-    b = fn(x2, weights[lab].unsqueeze(1), weights[neg_ids], positive_log_q=plq, negative_log_q=nlq,
-           positive_ids=labels, negative_ids=neg_ids, reduction="none")
+    a = fn(
+        x1,
+        weights[lab],
+        weights[neg_ids],
+        positive_log_q=plq[:, 0],
+        negative_log_q=nlq,
+        positive_ids=lab,
+        negative_ids=neg_ids,
+        reduction="none",
+    )
+    b = fn(
+        x2,
+        weights[lab].unsqueeze(1),
+        weights[neg_ids],
+        positive_log_q=plq,
+        negative_log_q=nlq,
+        positive_ids=labels,
+        negative_ids=neg_ids,
+        reduction="none",
+    )
     assert torch.equal(a, b)
     assert torch.equal(torch.autograd.grad(a.sum(), x1)[0], torch.autograd.grad(b.sum(), x2)[0])
 
@@ -187,8 +247,18 @@ def test_gradcheck_nce(per_row, chunk_size):
     nlq = torch.log(torch.rand(shape[:-1], generator=g, dtype=torch.float64) + 0.1)
 
     def fn(q, p, n, bias):
-        return PF.nce_loss(q, p, n, negative_log_q=nlq, positive_ids=pids, negative_ids=nids, bias=bias,
-                           temperature=0.5, chunk_size=chunk_size, reduction="sum")
+        return PF.nce_loss(
+            q,
+            p,
+            n,
+            negative_log_q=nlq,
+            positive_ids=pids,
+            negative_ids=nids,
+            bias=bias,
+            temperature=0.5,
+            chunk_size=chunk_size,
+            reduction="sum",
+        )
 
     assert torch.autograd.gradcheck(fn, (q, p, n, bias))
 
@@ -204,17 +274,31 @@ def test_gradcheck_sampled_softmax_several_positives_and_biases():
     nids = torch.randint(0, 5, (6,), generator=g)
 
     def fn(q, p, n, pb, nb):
-        return PF.sampled_softmax_loss(q, p, n, positive_ids=pids, negative_ids=nids, positive_bias=pb,
-                                       negative_bias=nb, chunk_size=4, reduction="sum")
+        return PF.sampled_softmax_loss(
+            q,
+            p,
+            n,
+            positive_ids=pids,
+            negative_ids=nids,
+            positive_bias=pb,
+            negative_bias=nb,
+            chunk_size=4,
+            reduction="sum",
+        )
 
     assert torch.autograd.gradcheck(fn, (q, p, n, pb, nb))
 
 
 def test_nce_module_equals_functional():
     weights, biases, inputs, labels, cand = problem(t=2)
-    kw = dict(positive_log_q=cand.true_expected_count.log(), negative_log_q=cand.sampled_expected_count.log(),
-              positive_ids=labels, negative_ids=cand.sampled_candidates, bias=biases,
-              sample_weight=torch.arange(6.0, dtype=torch.float64))
+    kw = dict(
+        positive_log_q=cand.true_expected_count.log(),
+        negative_log_q=cand.sampled_expected_count.log(),
+        positive_ids=labels,
+        negative_ids=cand.sampled_candidates,
+        bias=biases,
+        sample_weight=torch.arange(6.0, dtype=torch.float64),
+    )
     args = (inputs, weights[labels], weights[cand.sampled_candidates])
     m = pyneg.losses.NCELoss(temperature=0.3, reduction="sum", remove_accidental_hits=False, chunk_size=2)
     want = PF.nce_loss(*args, temperature=0.3, reduction="sum", remove_accidental_hits=False, chunk_size=2, **kw)
@@ -254,8 +338,9 @@ def test_compute_accidental_hits_masks_what_the_losses_mask():
     weights, _, inputs, labels, cand = problem(t=3, unique=False)
     rows, cols = PF.compute_accidental_hits(labels, cand.sampled_candidates)
     sampled = cand.sampled_candidates
-    got = PF.sampled_softmax_loss(inputs, weights[labels], weights[sampled], positive_ids=labels,
-                                  negative_ids=sampled, reduction="none")
+    got = PF.sampled_softmax_loss(
+        inputs, weights[labels], weights[sampled], positive_ids=labels, negative_ids=sampled, reduction="none"
+    )
     neg = inputs @ weights[sampled].t()
     neg[rows, cols] = -math.inf
     pos = (inputs.unsqueeze(1) * weights[labels]).sum(-1)
@@ -277,15 +362,18 @@ def test_compute_accidental_hits_accepts_arrays_and_lists():
     assert rows.tolist() == [0, 0, 1] and cols.tolist() == [0, 2, 1]
 
 
-@pytest.mark.parametrize("args,exc,name", [
-    ((torch.zeros(2, 2, 2, dtype=torch.long), torch.zeros(3, dtype=torch.long)), ValueError, "positive_ids"),
-    ((torch.zeros(2, dtype=torch.long), torch.zeros(2, 2, 2, dtype=torch.long)), ValueError, "negative_ids"),
-    ((torch.zeros(2, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long)), ValueError, "negative_ids"),
-    ((torch.zeros(2), torch.zeros(3, dtype=torch.long)), TypeError, "positive_ids"),
-    ((torch.zeros(2, dtype=torch.long), torch.tensor([0, -1])), ValueError, "negative_ids"),
-    ((torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long).to("meta")), ValueError, "negative_ids"),
-    (("ab", torch.zeros(3, dtype=torch.long)), TypeError, "positive_ids"),
-])
+@pytest.mark.parametrize(
+    "args,exc,name",
+    [
+        ((torch.zeros(2, 2, 2, dtype=torch.long), torch.zeros(3, dtype=torch.long)), ValueError, "positive_ids"),
+        ((torch.zeros(2, dtype=torch.long), torch.zeros(2, 2, 2, dtype=torch.long)), ValueError, "negative_ids"),
+        ((torch.zeros(2, dtype=torch.long), torch.zeros(3, 4, dtype=torch.long)), ValueError, "negative_ids"),
+        ((torch.zeros(2), torch.zeros(3, dtype=torch.long)), TypeError, "positive_ids"),
+        ((torch.zeros(2, dtype=torch.long), torch.tensor([0, -1])), ValueError, "negative_ids"),
+        ((torch.zeros(2, dtype=torch.long), torch.zeros(3, dtype=torch.long).to("meta")), ValueError, "negative_ids"),
+        (("ab", torch.zeros(3, dtype=torch.long)), TypeError, "positive_ids"),
+    ],
+)
 def test_compute_accidental_hits_bad_input(args, exc, name):
     with pytest.raises(exc, match=name):
         PF.compute_accidental_hits(*args)
@@ -312,11 +400,13 @@ def test_sample_candidates_without_collisions_reports_k_p():
     s = pyneg.UniformSampler(10**6)
     cand = s.sample_candidates(8, torch.tensor([[1, 2], [3, 4], [5, 6]]), unique=True, seed=0)
     assert cand.num_tries == 8  # a collision among 8 of 10**6 is very unlikely, and the seed is fixed
-    torch.testing.assert_close(cand.sampled_expected_count, torch.full((8,), 8e-6, dtype=torch.float64),
-                               rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        cand.sampled_expected_count, torch.full((8,), 8e-6, dtype=torch.float64), rtol=1e-14, atol=0
+    )
     assert cand.true_expected_count.shape == (3, 2)
-    torch.testing.assert_close(cand.true_expected_count, torch.full((3, 2), 8e-6, dtype=torch.float64),
-                               rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        cand.true_expected_count, torch.full((3, 2), 8e-6, dtype=torch.float64), rtol=1e-14, atol=0
+    )
 
 
 def test_sample_candidates_several_true_classes():
@@ -332,11 +422,20 @@ def test_sample_candidates_several_true_classes():
         s.sample_candidates(4, [[0, 30]])
 
 
-@pytest.mark.parametrize("tries,exc", [
-    (float("nan"), ValueError), (2.5, ValueError), (True, TypeError), ("3", TypeError), (0, ValueError),
-    (torch.tensor([3, 4, 5]), ValueError), (torch.tensor([3.0 + 0j]), TypeError), (float("inf"), ValueError),
-    (torch.tensor([[3, 4]]), ValueError),
-])
+@pytest.mark.parametrize(
+    "tries,exc",
+    [
+        (float("nan"), ValueError),
+        (2.5, ValueError),
+        (True, TypeError),
+        ("3", TypeError),
+        (0, ValueError),
+        (torch.tensor([3, 4, 5]), ValueError),
+        (torch.tensor([3.0 + 0j]), TypeError),
+        (float("inf"), ValueError),
+        (torch.tensor([[3, 4]]), ValueError),
+    ],
+)
 def test_num_tries_bad_input(tries, exc):
     s = pyneg.UniformSampler(10)
     with pytest.raises(exc, match="num_tries"):
@@ -369,12 +468,29 @@ def _bad_cases():
         (lambda: nce(q, p, n, negative_bias=torch.zeros(5, dtype=torch.long)), TypeError, "negative_bias"),
         (lambda: nce(q, p, n, negative_bias=np.zeros(5)), TypeError, "negative_bias"),
         (lambda: nce(q, p, n, bias=torch.zeros(6, dtype=torch.float64)), ValueError, "bias"),
-        (lambda: nce(q, p, n, bias=torch.zeros(6, 1, dtype=torch.float64), positive_ids=pids, negative_ids=nids),
-         ValueError, "bias"),
-        (lambda: nce(q, p, n, bias=torch.zeros(4, dtype=torch.float64), positive_ids=pids, negative_ids=nids),
-         ValueError, "negative_ids"),
-        (lambda: nce(q, p, n, bias=torch.zeros(6, dtype=torch.float64), positive_ids=pids, negative_ids=nids,
-                     negative_bias=torch.zeros(5, dtype=torch.float64)), ValueError, "bias"),
+        (
+            lambda: nce(q, p, n, bias=torch.zeros(6, 1, dtype=torch.float64), positive_ids=pids, negative_ids=nids),
+            ValueError,
+            "bias",
+        ),
+        (
+            lambda: nce(q, p, n, bias=torch.zeros(4, dtype=torch.float64), positive_ids=pids, negative_ids=nids),
+            ValueError,
+            "negative_ids",
+        ),
+        (
+            lambda: nce(
+                q,
+                p,
+                n,
+                bias=torch.zeros(6, dtype=torch.float64),
+                positive_ids=pids,
+                negative_ids=nids,
+                negative_bias=torch.zeros(5, dtype=torch.float64),
+            ),
+            ValueError,
+            "bias",
+        ),
         (lambda: nce(q, p, n, remove_accidental_hits="no"), TypeError, "remove_accidental_hits"),
         (lambda: nce(q, p, n, sample_weight=torch.tensor([1.0, -1.0, 1.0, 1.0])), ValueError, "sample_weight"),
         (lambda: nce(q, p, n, sample_weight=torch.ones(3)), ValueError, "sample_weight"),
@@ -384,8 +500,11 @@ def _bad_cases():
         (lambda: nce(q, p, n, temperature=0.0), ValueError, "temperature"),
         (lambda: nce(q, p, n.float()), TypeError, "negative"),
         (lambda: nce(q, p, n.to_sparse()), TypeError, "negative"),
-        (lambda: PF.sampled_softmax_loss(q, p, n, positive_ids=pids, negative_ids=nids[:4]), ValueError,
-         "negative_ids"),
+        (
+            lambda: PF.sampled_softmax_loss(q, p, n, positive_ids=pids, negative_ids=nids[:4]),
+            ValueError,
+            "negative_ids",
+        ),
     ]
 
 

@@ -3,6 +3,7 @@ dtype (uint64, 16-bit, bool, complex), device (cpu, meta), layout (sparse),
 stride or shape either gives a result that matches the pure-PyTorch reference
 or raises ValueError / TypeError naming the argument, and a refused call leaves
 the module as it was."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,19 @@ from pyneg._hsoftmax_reference import gather_log_prob, gather_nll, heapq_huffman
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.int32, torch.int8,
-          torch.uint8, torch.uint64, torch.bool, torch.complex64]
+DTYPES = [
+    torch.float64,
+    torch.float32,
+    torch.float16,
+    torch.bfloat16,
+    torch.int64,
+    torch.int32,
+    torch.int8,
+    torch.uint8,
+    torch.uint64,
+    torch.bool,
+    torch.complex64,
+]
 REAL_FLOAT = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 INT = (torch.int64, torch.int32, torch.int8, torch.uint8, torch.uint64)
 
@@ -65,10 +77,15 @@ def raises_naming(exc: BaseException, *names: str) -> bool:
 
 # ------------------------------------------------------------------ the tree
 @SETTINGS
-@given(values=st.lists(st.floats(0, 1e6), min_size=0, max_size=40),
-       special=st.sampled_from([None] * 4 + [0.0, 1e-310, 5e-324, 1e300, -1.0, -0.0, np.nan, np.inf]),
-       where=st.integers(0, 40), two_d=st.sampled_from([False] * 4 + [True]),
-       dtype=st.sampled_from(DTYPES), layout=layouts, container=containers)
+@given(
+    values=st.lists(st.floats(0, 1e6), min_size=0, max_size=40),
+    special=st.sampled_from([None] * 4 + [0.0, 1e-310, 5e-324, 1e300, -1.0, -0.0, np.nan, np.inf]),
+    where=st.integers(0, 40),
+    two_d=st.sampled_from([False] * 4 + [True]),
+    dtype=st.sampled_from(DTYPES),
+    layout=layouts,
+    container=containers,
+)
 def test_from_counts(values, special, where, two_d, dtype, layout, container):
     if special is not None:
         values = values[:where] + [special] + values[where:]
@@ -79,15 +96,19 @@ def test_from_counts(values, special, where, two_d, dtype, layout, container):
     layout = layout_of(layout, dtype)
     try:
         tree = pyneg.HuffmanTree.from_counts(counts)
-    except Exception as exc:  # noqa: BLE001 - the property is about which exceptions
+    except Exception as exc:
         assert raises_naming(exc, "counts"), repr(exc)
         # Refused only for a reason: no valid input is refused.
         if dtype not in REAL_FLOAT + INT or layout in ("sparse", "meta"):
             return
         dense = counts if isinstance(counts, torch.Tensor) else torch.as_tensor(np.asarray(counts))
         got = dense.numpy().astype(np.float64) if dense.dtype == torch.uint64 else dense.double().numpy()
-        valid = (got.ndim == 1 and got.size > 0  # the values as the dtype holds them (may overflow)
-                 and bool(np.isfinite(got).all()) and bool((got >= 0).all()))
+        valid = (
+            got.ndim == 1
+            and got.size > 0  # the values as the dtype holds them (may overflow)
+            and bool(np.isfinite(got).all())
+            and bool((got >= 0).all())
+        )
         assert not valid, f"valid counts refused: {exc}"
         return
     assert layout in ("contiguous", "strided") and dtype not in (torch.bool, torch.complex64)
@@ -98,21 +119,24 @@ def test_from_counts(values, special, where, two_d, dtype, layout, container):
     want = float((used * torch.from_numpy(heapq_huffman_depths(used.numpy())).to(torch.float64)).sum())
     assert abs(float((used * depths).sum()) - want) <= 1e-9 * max(want, 1.0)  # optimal, as the heap's
     if tree.num_classes > 1:
-        assert float((2.0 ** -depths).sum()) == pytest.approx(1.0)  # a full binary tree (Kraft)
+        assert float((2.0**-depths).sum()) == pytest.approx(1.0)  # a full binary tree (Kraft)
 
 
 # ---------------------------------------------------------------- the module
 @SETTINGS
-@given(dim=st.one_of(st.integers(-2, 6), st.sampled_from([np.int64(3), np.int32(2), True, 2.0, "4", 2**62])),
-       bias=st.sampled_from([True, False, np.bool_(True), 1, "yes", None]),
-       sparse=st.sampled_from([False, True, np.bool_(False), 0, "no"]),
-       dtype=st.sampled_from([None, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.bool,
-                              torch.complex64, "float32"]),
-       device=st.sampled_from([None, "cpu", "meta", "nowhere", 3.5]))
+@given(
+    dim=st.one_of(st.integers(-2, 6), st.sampled_from([np.int64(3), np.int32(2), True, 2.0, "4", 2**62])),
+    bias=st.sampled_from([True, False, np.bool_(True), 1, "yes", None]),
+    sparse=st.sampled_from([False, True, np.bool_(False), 0, "no"]),
+    dtype=st.sampled_from(
+        [None, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.bool, torch.complex64, "float32"]
+    ),
+    device=st.sampled_from([None, "cpu", "meta", "nowhere", 3.5]),
+)
 def test_module_construction(dim, bias, sparse, dtype, device):
     try:
         hs = pyneg.HierarchicalSoftmax([3, 1, 4, 1, 5], dim, bias=bias, sparse=sparse, dtype=dtype, device=device)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         assert raises_naming(exc, "dim", "bias", "sparse", "dtype", "device"), repr(exc)
         bad = []
         if isinstance(dim, (bool, float, str)) or (not isinstance(dim, bool) and int(dim) < 1) or dim == 2**62:
@@ -147,8 +171,12 @@ def build(dtype, bias, sparse):
     return hs
 
 
-MODULES = {(d, b, s): build(d, b, s) for d in (torch.float64, torch.float32, torch.float16)
-           for b in (False, True) for s in (False, True)}
+MODULES = {
+    (d, b, s): build(d, b, s)
+    for d in (torch.float64, torch.float32, torch.float16)
+    for b in (False, True)
+    for s in (False, True)
+}
 _t = pyneg.HuffmanTree.from_counts(COUNTS)
 PATHS = padded_paths(_t.path_offsets, _t.path_nodes, _t.path_codes, dtype=torch.float64)
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 1e-4}
@@ -160,24 +188,32 @@ def snapshot(hs):
 
 def unchanged(hs, before):
     now = snapshot(hs)
-    return all((a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
-               for a, b in zip(now, before))
+    return all(
+        (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+        for a, b in zip(now, before)
+    )
 
 
 @settings(SETTINGS, max_examples=200)
-@given(key=st.sampled_from(sorted(MODULES, key=str)), batch=st.integers(0, 5),
-       in_dtype=st.sampled_from([None] * 6 + [torch.float64, torch.float32, torch.float16, torch.bfloat16,
-                                              torch.int64, torch.bool, torch.complex64]),
-       in_layout=st.sampled_from(["contiguous"] * 5 + ["transposed", "strided", "sparse", "meta"]),
-       in_cols=st.sampled_from([4] * 5 + [3]),
-       ids=st.lists(st.one_of(st.integers(0, 8), st.integers(-3, 12)), min_size=0, max_size=6),
-       match_len=st.sampled_from([True] * 4 + [False]),
-       t_dtype=st.sampled_from([torch.int64] * 4 + [torch.int32, torch.uint8, torch.uint64, torch.float32,
-                                                    torch.bool, torch.complex64]),
-       t_layout=st.sampled_from(["contiguous"] * 5 + ["strided", "sparse", "meta"]), t_container=containers,
-       reduction=st.sampled_from(["mean", "sum", "none"] * 2 + ["avg", None]))
-def test_forward(key, batch, in_dtype, in_layout, in_cols, ids, match_len, t_dtype, t_layout, t_container,
-                 reduction):
+@given(
+    key=st.sampled_from(sorted(MODULES, key=str)),
+    batch=st.integers(0, 5),
+    in_dtype=st.sampled_from(
+        [None] * 6
+        + [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool, torch.complex64]
+    ),
+    in_layout=st.sampled_from(["contiguous"] * 5 + ["transposed", "strided", "sparse", "meta"]),
+    in_cols=st.sampled_from([4] * 5 + [3]),
+    ids=st.lists(st.one_of(st.integers(0, 8), st.integers(-3, 12)), min_size=0, max_size=6),
+    match_len=st.sampled_from([True] * 4 + [False]),
+    t_dtype=st.sampled_from(
+        [torch.int64] * 4 + [torch.int32, torch.uint8, torch.uint64, torch.float32, torch.bool, torch.complex64]
+    ),
+    t_layout=st.sampled_from(["contiguous"] * 5 + ["strided", "sparse", "meta"]),
+    t_container=containers,
+    reduction=st.sampled_from(["mean", "sum", "none"] * 2 + ["avg", None]),
+)
+def test_forward(key, batch, in_dtype, in_layout, in_cols, ids, match_len, t_dtype, t_layout, t_container, reduction):
     hs = MODULES[key]
     dtype = key[0]
     in_dtype = in_dtype or dtype
@@ -197,25 +233,31 @@ def test_forward(key, batch, in_dtype, in_layout, in_cols, ids, match_len, t_dty
     t_layout = layout_of(t_layout, t_dtype)
     x_dense = x.double() if in_layout not in ("sparse", "meta") and in_dtype in REAL_FLOAT else x64
     before = snapshot(hs)
-    valid_input = (in_dtype == dtype and in_layout not in ("sparse", "meta") and in_cols == 4)
+    valid_input = in_dtype == dtype and in_layout not in ("sparse", "meta") and in_cols == 4
     in_range = all(0 <= i < len(COUNTS) for i in ids)
-    valid_target = ((t_dtype in INT and t_layout in ("contiguous", "strided") and in_range and len(ids) == batch)
-                    or (len(ids) == 0 == batch and t_container == "list" and t_layout == "contiguous"))
+    valid_target = (t_dtype in INT and t_layout in ("contiguous", "strided") and in_range and len(ids) == batch) or (
+        len(ids) == 0 == batch and t_container == "list" and t_layout == "contiguous"
+    )
     if t_dtype == torch.uint64 and any(i < 0 for i in ids):  # convert() clipped them: in range after all
         valid_target = t_layout in ("contiguous", "strided") and len(ids) == batch
         ids = [max(i, 0) for i in ids]
     valid = valid_input and valid_target and reduction in ("mean", "sum", "none") and (batch or reduction != "mean")
     try:
         loss = hs(x, target, reduction=reduction)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         assert raises_naming(exc, "input", "target", "reduction"), repr(exc)
         assert not valid, f"valid call refused: {exc!r}"
         assert unchanged(hs, before)
         return
     assert valid, "an invalid call was accepted"
     event("accepted")
-    ref = gather_nll(x_dense, torch.tensor(ids, dtype=torch.int64), hs.weight.detach().double(),
-                     None if hs.bias is None else hs.bias.detach().double(), PATHS)
+    ref = gather_nll(
+        x_dense,
+        torch.tensor(ids, dtype=torch.int64),
+        hs.weight.detach().double(),
+        None if hs.bias is None else hs.bias.detach().double(),
+        PATHS,
+    )
     ref = ref.mean() if reduction == "mean" else ref.sum() if reduction == "sum" else ref
     assert loss.dtype == (torch.float32 if dtype == torch.float16 else dtype)
     assert torch.allclose(loss.double(), ref, atol=TOL[dtype], rtol=TOL[dtype])
@@ -223,9 +265,15 @@ def test_forward(key, batch, in_dtype, in_layout, in_cols, ids, match_len, t_dty
 
 
 @SETTINGS
-@given(key=st.sampled_from(sorted(MODULES, key=str)), batch=st.integers(1, 6), data=st.data(),
-       transposed=st.booleans(), t_dtype=st.sampled_from([torch.int64, torch.int32, torch.uint8, torch.uint64]),
-       t_container=containers, reduction=st.sampled_from(["mean", "sum", "none"]))
+@given(
+    key=st.sampled_from(sorted(MODULES, key=str)),
+    batch=st.integers(1, 6),
+    data=st.data(),
+    transposed=st.booleans(),
+    t_dtype=st.sampled_from([torch.int64, torch.int32, torch.uint8, torch.uint64]),
+    t_container=containers,
+    reduction=st.sampled_from(["mean", "sum", "none"]),
+)
 def test_valid_calls_match_the_reference(key, batch, data, transposed, t_dtype, t_container, reduction):
     """Only valid calls: loss and every gradient equal the reference's (float64 reference)."""
     hs = MODULES[key]
@@ -251,9 +299,12 @@ def test_valid_calls_match_the_reference(key, batch, data, transposed, t_dtype, 
 
 
 @SETTINGS
-@given(key=st.sampled_from(sorted(MODULES, key=str)), batch=st.integers(0, 4),
-       in_dtype=st.sampled_from([None, torch.float64, torch.float16, torch.int32, torch.bool, torch.complex64]),
-       in_layout=st.sampled_from(["contiguous", "contiguous", "sparse", "meta", "3-d"]))
+@given(
+    key=st.sampled_from(sorted(MODULES, key=str)),
+    batch=st.integers(0, 4),
+    in_dtype=st.sampled_from([None, torch.float64, torch.float16, torch.int32, torch.bool, torch.complex64]),
+    in_layout=st.sampled_from(["contiguous", "contiguous", "sparse", "meta", "3-d"]),
+)
 def test_log_prob(key, batch, in_dtype, in_layout):
     hs = MODULES[key]
     dtype = key[0]
@@ -261,29 +312,36 @@ def test_log_prob(key, batch, in_dtype, in_layout):
     x64 = torch.randn(batch, 4, generator=torch.Generator().manual_seed(batch), dtype=torch.float64)
     x = x64.to(in_dtype)
     x = {"sparse": lambda: x.to_sparse(), "meta": lambda: x.to("meta"), "3-d": lambda: x[None]}.get(
-        in_layout, lambda: x)()
+        in_layout, lambda: x
+    )()
     before = snapshot(hs)
     try:
         lp = hs.log_prob(x)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         assert raises_naming(exc, "input"), repr(exc)
         assert not (in_dtype == dtype and in_layout == "contiguous"), f"valid call refused: {exc!r}"
         assert unchanged(hs, before)
         return
     assert in_dtype == dtype and in_layout == "contiguous"
     event("accepted")
-    ref = gather_log_prob(x.double(), hs.weight.detach().double(), None if hs.bias is None else hs.bias.detach().double(),
-                          PATHS)
+    ref = gather_log_prob(
+        x.double(), hs.weight.detach().double(), None if hs.bias is None else hs.bias.detach().double(), PATHS
+    )
     assert torch.allclose(lp.double(), ref, atol=TOL[dtype], rtol=TOL[dtype])
     assert unchanged(hs, before)
 
 
 @SETTINGS
-@given(counts=st.sampled_from([COUNTS, [2 * c for c in COUNTS], COUNTS[::-1], COUNTS[:-1]]),
-       dim=st.sampled_from([4, 4, 3]), bias=st.booleans(), src_dtype=st.sampled_from([torch.float64, torch.float32]),
-       edit=st.sampled_from(["none"] * 6 + ["drop-fingerprint", "garbage-fingerprint", "drop-weight",
-                             "weight-not-tensor", "extra-key"]),
-       strict=st.sampled_from([True, False] * 3 + [np.bool_(True), "yes"]))
+@given(
+    counts=st.sampled_from([COUNTS, [2 * c for c in COUNTS], COUNTS[::-1], COUNTS[:-1]]),
+    dim=st.sampled_from([4, 4, 3]),
+    bias=st.booleans(),
+    src_dtype=st.sampled_from([torch.float64, torch.float32]),
+    edit=st.sampled_from(
+        ["none"] * 6 + ["drop-fingerprint", "garbage-fingerprint", "drop-weight", "weight-not-tensor", "extra-key"]
+    ),
+    strict=st.sampled_from([True, False] * 3 + [np.bool_(True), "yes"]),
+)
 def test_load_state_dict(counts, dim, bias, src_dtype, edit, strict):
     hs = build(torch.float64, True, False)
     src = pyneg.HierarchicalSoftmax(counts, dim, bias=bias, dtype=src_dtype)
@@ -305,14 +363,15 @@ def test_load_state_dict(counts, dim, bias, src_dtype, edit, strict):
     same_tree = src.tree.fingerprint() == hs.tree.fingerprint()
     same_v = len(counts) == len(COUNTS)
     is_strict = isinstance(strict, (bool, np.bool_)) and bool(strict)
-    shapes_ok = (edit == "drop-weight" or (dim == 4 and same_v and edit != "weight-not-tensor")) and \
-        (not bias or same_v)
+    shapes_ok = (edit == "drop-weight" or (dim == 4 and same_v and edit != "weight-not-tensor")) and (
+        not bias or same_v
+    )
     tree_ok = edit != "garbage-fingerprint" and (same_tree or edit == "drop-fingerprint")
     strict_ok = not is_strict or (bias and edit not in ("drop-fingerprint", "drop-weight", "extra-key"))
     valid = isinstance(strict, (bool, np.bool_)) and shapes_ok and tree_ok and strict_ok
     try:
         hs.load_state_dict(sd, strict=strict)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         assert not valid, f"valid state refused: {exc!r}"
         assert raises_naming(exc, "state_dict", "strict"), repr(exc)
         assert unchanged(hs, before)

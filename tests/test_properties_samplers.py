@@ -8,23 +8,36 @@ result, checked against a NumPy/PyTorch reference, or raise ValueError/TypeError
 whose message names one of the call's arguments; a call that raised must leave
 the sampler unchanged (same state_dict, same next draws).
 """
+
 from __future__ import annotations
 
 import math
 import re
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import pyneg
 
-DTYPES = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
-          torch.uint64, torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64]
-INT_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
-              torch.uint64}
+DTYPES = [
+    torch.bool,
+    torch.uint8,
+    torch.int8,
+    torch.int16,
+    torch.int32,
+    torch.int64,
+    torch.uint16,
+    torch.uint32,
+    torch.uint64,
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.complex64,
+]
+INT_DTYPES = {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32, torch.uint64}
 FORMS = ["tensor", "tensor", "tensor", "noncontig", "transposed", "numpy", "list", "sparse", "meta"]
 
 PROPS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -41,10 +54,15 @@ def fresh_sampler():
 # ----------------------------------------------------------------- inputs
 def _cast(values, dtype):
     """A tensor of ``dtype`` from Python numbers, wrapping like a C cast (-1 -> 2**64 - 1 for uint64)."""
-    base = torch.tensor(values, dtype=torch.float64 if any(isinstance(v, float) for v in np.ravel(values))
-                        else torch.int64) if len(np.shape(values)) else torch.tensor(values)
+    base = (
+        torch.tensor(
+            values, dtype=torch.float64 if any(isinstance(v, float) for v in np.ravel(values)) else torch.int64
+        )
+        if len(np.shape(values))
+        else torch.tensor(values)
+    )
     if dtype in INT_DTYPES and base.is_floating_point():
-        base = torch.nan_to_num(base).clamp(-2**62, 2**62).to(torch.int64)
+        base = torch.nan_to_num(base).clamp(-(2**62), 2**62).to(torch.int64)
     if dtype == torch.uint64 or dtype == torch.uint32 or dtype == torch.uint16:
         arr = base.numpy().astype({torch.uint64: np.uint64, torch.uint32: np.uint32, torch.uint16: np.uint16}[dtype])
         return torch.from_numpy(arr.copy())
@@ -88,15 +106,23 @@ def arrays(draw, values, shapes):
     return arg, ref, t.dtype, form
 
 
-ID_VALUES = st.one_of(st.integers(-2, V + 2), st.integers(0, V - 1), st.integers(0, V - 1),
-                      st.sampled_from([2**63 - 1, -2**63, -1, 2**31]))
-ID_SHAPES = st.one_of(st.tuples(st.integers(0, 6)), st.tuples(st.integers(0, 4), st.integers(0, 3)),
-                      st.just(()), st.just((0, 5)))
+ID_VALUES = st.one_of(
+    st.integers(-2, V + 2),
+    st.integers(0, V - 1),
+    st.integers(0, V - 1),
+    st.sampled_from([2**63 - 1, -(2**63), -1, 2**31]),
+)
+ID_SHAPES = st.one_of(
+    st.tuples(st.integers(0, 6)), st.tuples(st.integers(0, 4), st.integers(0, 3)), st.just(()), st.just((0, 5))
+)
 
 
 def _is_dense_cpu(arg) -> bool:
-    return (isinstance(arg, torch.Tensor) and arg.layout == torch.strided and arg.device.type == "cpu") \
-        or isinstance(arg, (np.ndarray, list)) or np.isscalar(arg)
+    return (
+        (isinstance(arg, torch.Tensor) and arg.layout == torch.strided and arg.device.type == "cpu")
+        or isinstance(arg, (np.ndarray, list))
+        or np.isscalar(arg)
+    )
 
 
 def _valid_ids(ref, dtype, form, *, padding: bool = False):
@@ -117,8 +143,12 @@ def _empty_ok(ids) -> bool:
 
 
 def fingerprint(s):
-    return (s.state_dict()["probs"].clone(), s.sample((4, 6), seed=3), s.sample((3, 3), seed=4, unique=True),
-            s.log_prob(torch.arange(V)))
+    return (
+        s.state_dict()["probs"].clone(),
+        s.sample((4, 6), seed=3),
+        s.sample((3, 3), seed=4, unique=True),
+        s.log_prob(torch.arange(V)),
+    )
 
 
 def assert_unchanged(s, before):
@@ -133,32 +163,64 @@ def assert_names_argument(exc: BaseException, names):
 
 
 # -------------------------------------------------------------- constructors
-WEIGHT_VALUES = st.one_of(st.floats(0, 1e6), st.integers(0, 100), st.sampled_from([0.0, 1e-310, 1e300]),
-                          st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5))
-SCALARS = st.one_of(st.integers(-3, 50), st.floats(allow_nan=True, allow_infinity=True),
-                    st.sampled_from([np.float32(0.5), np.int64(7), np.bool_(True), True, "3", None, 2**31, 2**63,
-                                     np.uint64(2**64 - 1), 10**400, torch.tensor(5), torch.tensor(2.5),
-                                     torch.ones(2, dtype=torch.int64), torch.tensor(3, device="meta")]))
+WEIGHT_VALUES = st.one_of(
+    st.floats(0, 1e6),
+    st.integers(0, 100),
+    st.sampled_from([0.0, 1e-310, 1e300]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-5, 5),
+)
+SCALARS = st.one_of(
+    st.integers(-3, 50),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            np.float32(0.5),
+            np.int64(7),
+            np.bool_(True),
+            True,
+            "3",
+            None,
+            2**31,
+            2**63,
+            np.uint64(2**64 - 1),
+            10**400,
+            torch.tensor(5),
+            torch.tensor(2.5),
+            torch.ones(2, dtype=torch.int64),
+            torch.tensor(3, device="meta"),
+        ]
+    ),
+)
 
 
 @PROPS
-@given(arrays(WEIGHT_VALUES, st.one_of(st.tuples(st.integers(0, 8)), st.just(()), st.just((2, 3)))),
-       st.sampled_from(["alias", "unigram", "uniform", "loguniform"]), SCALARS)
+@given(
+    arrays(WEIGHT_VALUES, st.one_of(st.tuples(st.integers(0, 8)), st.just(()), st.just((2, 3)))),
+    st.sampled_from(["alias", "unigram", "uniform", "loguniform"]),
+    SCALARS,
+)
 def test_constructors(weights, kind, scalar):
     arg, ref, dtype, form = weights
     try:
         if kind == "alias":
-            s, names = pyneg.AliasSampler(arg), ["weights"]
+            s = pyneg.AliasSampler(arg)
         elif kind == "unigram":
-            s, names = pyneg.UnigramSampler(arg, power=scalar), ["counts", "power"]
+            s = pyneg.UnigramSampler(arg, power=scalar)
         elif kind == "uniform":
-            s, names = pyneg.UniformSampler(scalar), ["num_classes"]
+            s = pyneg.UniformSampler(scalar)
         else:
-            s, names = pyneg.LogUniformSampler(scalar), ["num_classes"]
+            s = pyneg.LogUniformSampler(scalar)
     except (ValueError, TypeError) as exc:
         assert_names_argument(exc, {"alias": ["weights"], "unigram": ["counts", "power"]}.get(kind, ["num_classes"]))
-        if kind == "alias" and ref is not None and form not in ("sparse", "meta") and np.ndim(ref) == 1 \
-                and np.size(ref) and dtype != torch.bool:
+        if (
+            kind == "alias"
+            and ref is not None
+            and form not in ("sparse", "meta")
+            and np.ndim(ref) == 1
+            and np.size(ref)
+            and dtype != torch.bool
+        ):
             w = ref.astype(np.float64)
             assert not (np.isfinite(w).all() and (w >= 0).all() and w.max() > 0), f"valid weights refused: {exc}"
         return
@@ -185,18 +247,45 @@ def test_constructors(weights, kind, scalar):
 # ------------------------------------------------------------------ sample
 _VALID_SIZES = st.one_of(st.integers(0, 40), st.tuples(st.integers(0, 6), st.integers(0, 7)))
 SIZES = st.one_of(
-    _VALID_SIZES, _VALID_SIZES, st.integers(-2, 40), st.tuples(st.integers(-1, 4)),
-    st.sampled_from([(), (0,), (3, 0), (0, 2**40), (2**62, 0, 2**62), (2**31, 2**31, 2**31), (2**63,), 2**62,
-                     (np.int64(3), np.int32(4)), np.int64(5), 2.5, "4", None, (2, True), torch.Size([2, 3]),
-                     np.array([2, 2])]))
-BOOLS = st.one_of(st.booleans(), st.booleans(),
-                  st.sampled_from([True, False, np.bool_(True), np.bool_(False), "no", 1, 0, None]))
-SEEDS = st.one_of(st.integers(0, 2**64 - 1), st.integers(0, 2**64 - 1), st.sampled_from([-1, 2**64, np.uint64(7), np.int64(9), 1.5, "1",
-                                                              True, torch.tensor(4)]))
-OFFSETS = st.one_of(st.integers(0, 1000), st.integers(0, 1000), st.sampled_from([2**64 - 1, 2**64 - 10, 2**64, -1, 2**53 + 1,
-                                                           np.int64(3), 0.5, True]))
-DEVICES = st.one_of(st.none(), st.none(), st.sampled_from([None, "cpu", torch.device("cpu"), "meta", "bogus", 3,
-                                                            True]))
+    _VALID_SIZES,
+    _VALID_SIZES,
+    st.integers(-2, 40),
+    st.tuples(st.integers(-1, 4)),
+    st.sampled_from(
+        [
+            (),
+            (0,),
+            (3, 0),
+            (0, 2**40),
+            (2**62, 0, 2**62),
+            (2**31, 2**31, 2**31),
+            (2**63,),
+            2**62,
+            (np.int64(3), np.int32(4)),
+            np.int64(5),
+            2.5,
+            "4",
+            None,
+            (2, True),
+            torch.Size([2, 3]),
+            np.array([2, 2]),
+        ]
+    ),
+)
+BOOLS = st.one_of(
+    st.booleans(), st.booleans(), st.sampled_from([True, False, np.bool_(True), np.bool_(False), "no", 1, 0, None])
+)
+SEEDS = st.one_of(
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.sampled_from([-1, 2**64, np.uint64(7), np.int64(9), 1.5, "1", True, torch.tensor(4)]),
+)
+OFFSETS = st.one_of(
+    st.integers(0, 1000),
+    st.integers(0, 1000),
+    st.sampled_from([2**64 - 1, 2**64 - 10, 2**64, -1, 2**53 + 1, np.int64(3), 0.5, True]),
+)
+DEVICES = st.one_of(st.none(), st.none(), st.sampled_from([None, "cpu", torch.device("cpu"), "meta", "bogus", 3, True]))
 
 
 def _shape_of(size):
@@ -228,19 +317,25 @@ VALID_SAMPLE = {
     "out": st.sampled_from(["none", "fresh"]),
 }
 ANY_SAMPLE = {
-    "size": SIZES, "unique": st.sampled_from([np.bool_(True), np.bool_(False), "no", 1, 0, None, torch.tensor(True)]),
-    "seed": SEEDS, "offset": OFFSETS, "device": DEVICES,
-    "out": st.sampled_from(["none", "fresh", "int32", "wrong_shape", "noncontig", "meta", "sparse",
-                            "aliases_exclude"]),
+    "size": SIZES,
+    "unique": st.sampled_from([np.bool_(True), np.bool_(False), "no", 1, 0, None, torch.tensor(True)]),
+    "seed": SEEDS,
+    "offset": OFFSETS,
+    "device": DEVICES,
+    "out": st.sampled_from(["none", "fresh", "int32", "wrong_shape", "noncontig", "meta", "sparse", "aliases_exclude"]),
 }
 
 
 def _valid_exclude(size):
     lead = _shape_of(size)[0] if _shape_of(size) else 1
     ids = st.integers(-1, V - 1)
-    return st.one_of(st.none(), st.builds(lambda rows: (torch.tensor(rows, dtype=torch.int64).reshape(lead, 2),),
-                                          st.lists(st.lists(ids, min_size=2, max_size=2), min_size=lead,
-                                                   max_size=lead)))
+    return st.one_of(
+        st.none(),
+        st.builds(
+            lambda rows: (torch.tensor(rows, dtype=torch.int64).reshape(lead, 2),),
+            st.lists(st.lists(ids, min_size=2, max_size=2), min_size=lead, max_size=lead),
+        ),
+    )
 
 
 def _int_like(x) -> bool:
@@ -256,8 +351,11 @@ def _must_refuse(adversarial, args, out):
         "offset": lambda: not (_int_like(v) and 0 <= v and v + math.prod(_shape_of(args["size"])) <= 2**64),
         "device": lambda: v not in (None, "cpu") and v != torch.device("cpu"),
         "out": lambda: out is not None and v not in ("none", "fresh"),
-        "size": lambda: isinstance(v, (float, str, type(None))) or (_int_like(v) and v < 0)
-        or (isinstance(v, tuple) and any(isinstance(d, bool) or (_int_like(d) and d < 0) for d in v)),
+        "size": lambda: (
+            isinstance(v, (float, str, type(None)))
+            or (_int_like(v) and v < 0)
+            or (isinstance(v, tuple) and any(isinstance(d, bool) or (_int_like(d) and d < 0) for d in v))
+        ),
     }.get(adversarial)
     return v if bad is not None and bad() else None
 
@@ -267,8 +365,9 @@ def _must_refuse(adversarial, args, out):
 def test_sample(adversarial, data):
     event(f"adversarial: {adversarial}")
     args = {k: data.draw((ANY_SAMPLE if k == adversarial else VALID_SAMPLE)[k], label=k) for k in VALID_SAMPLE}
-    size, unique, seed, offset, device, out_kind = (args[k] for k in ("size", "unique", "seed", "offset", "device",
-                                                                      "out"))
+    size, unique, seed, offset, device, out_kind = (
+        args[k] for k in ("size", "unique", "seed", "offset", "device", "out")
+    )
     if adversarial == "exclude":
         exclude = data.draw(_exclude_strategy(size), label="exclude")
     elif adversarial is None or adversarial != "size":
@@ -296,18 +395,28 @@ def test_sample(adversarial, data):
                 out = torch.empty(shape, dtype=torch.int64, device="meta")
             elif out_kind == "sparse" and len(shape):
                 out = torch.zeros(shape, dtype=torch.int64).to_sparse()
-            elif out_kind == "aliases_exclude" and isinstance(ex_arg, torch.Tensor) and ex_arg.dtype == torch.int64 \
-                    and ex_arg.layout == torch.strided and ex_arg.device.type == "cpu" and ex_arg.numel() and numel:
+            elif (
+                out_kind == "aliases_exclude"
+                and isinstance(ex_arg, torch.Tensor)
+                and ex_arg.dtype == torch.int64
+                and ex_arg.layout == torch.strided
+                and ex_arg.device.type == "cpu"
+                and ex_arg.numel()
+                and numel
+            ):
                 # One buffer holds the exclusion list and, overlapping its last id, out.
                 m = ex_arg.numel()
                 buf = torch.full((m + numel,), -7, dtype=torch.int64)
                 buf[:m] = ex_arg.reshape(-1)
                 ex_arg = buf[:m].view(ex_arg.shape)
-                out = buf[m - 1: m - 1 + numel].view(shape)
+                out = buf[m - 1 : m - 1 + numel].view(shape)
     except (TypeError, ValueError, OverflowError):
         pass
-    out_before = out.clone() if isinstance(out, torch.Tensor) and out.layout == torch.strided \
-        and out.device.type == "cpu" else None
+    out_before = (
+        out.clone()
+        if isinstance(out, torch.Tensor) and out.layout == torch.strided and out.device.type == "cpu"
+        else None
+    )
     ex_before = ex_arg.clone() if isinstance(ex_arg, torch.Tensor) and ex_arg.device.type != "meta" else None
     try:
         got = s.sample(size, exclude=ex_arg, unique=unique, seed=seed, offset=offset, device=device, out=out)
@@ -353,11 +462,29 @@ def test_sample(adversarial, data):
 
 
 # ------------------------------------------------------- log_prob and counts
-TRIES = st.one_of(st.none(), st.integers(-2, 10**6), st.floats(allow_nan=True, allow_infinity=True),
-                  st.sampled_from(["3", True, np.float32(2.5), np.int64(4), torch.tensor(3.0), torch.tensor([2, 3]),
-                                   torch.ones(5), torch.ones(1, 1, 1, 1), torch.tensor([True]),
-                                   torch.ones(2, dtype=torch.complex64), torch.ones(2, device="meta"),
-                                   torch.tensor([1.0, float("nan")]), [2, 3], np.array([4.0, 1.0])]))
+TRIES = st.one_of(
+    st.none(),
+    st.integers(-2, 10**6),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from(
+        [
+            "3",
+            True,
+            np.float32(2.5),
+            np.int64(4),
+            torch.tensor(3.0),
+            torch.tensor([2, 3]),
+            torch.ones(5),
+            torch.ones(1, 1, 1, 1),
+            torch.tensor([True]),
+            torch.ones(2, dtype=torch.complex64),
+            torch.ones(2, device="meta"),
+            torch.tensor([1.0, float("nan")]),
+            [2, 3],
+            np.array([4.0, 1.0]),
+        ]
+    ),
+)
 NUM_SAMPLED = st.one_of(st.integers(1, 8), st.integers(-1, 100), st.sampled_from([np.int64(5), 2.0, True, "2", 2**70]))
 
 
@@ -441,14 +568,43 @@ CLASSES = {
     "uniform": lambda n: pyneg.UniformSampler(n),
     "loguniform": lambda n: pyneg.LogUniformSampler(n),
 }
-MUTATIONS = ["none", "none", "drop_key", "add_key", "tag", "float32", "float16", "bfloat16", "complex", "bool",
-             "noncontig", "2d", "shorter", "scaled", "nan", "negative", "meta", "sparse", "list", "numpy",
-             "power_nan", "power_str", "power_np", "not_dict", "uint64"]
+MUTATIONS = [
+    "none",
+    "none",
+    "drop_key",
+    "add_key",
+    "tag",
+    "float32",
+    "float16",
+    "bfloat16",
+    "complex",
+    "bool",
+    "noncontig",
+    "2d",
+    "shorter",
+    "scaled",
+    "nan",
+    "negative",
+    "meta",
+    "sparse",
+    "list",
+    "numpy",
+    "power_nan",
+    "power_str",
+    "power_np",
+    "not_dict",
+    "uint64",
+]
 
 
 @PROPS
-@given(st.sampled_from(sorted(CLASSES)), st.sampled_from(sorted(CLASSES)), st.sampled_from([1, 5, 7]),
-       st.sampled_from([1, 5, 7]), st.sampled_from(MUTATIONS))
+@given(
+    st.sampled_from(sorted(CLASSES)),
+    st.sampled_from(sorted(CLASSES)),
+    st.sampled_from([1, 5, 7]),
+    st.sampled_from([1, 5, 7]),
+    st.sampled_from(MUTATIONS),
+)
 def test_load_state_dict(src_kind, dst_kind, n_src, n_dst, mutation):
     src, dst = CLASSES[src_kind](n_src), CLASSES[dst_kind](n_dst)
     sd = src.state_dict()
@@ -461,8 +617,15 @@ def test_load_state_dict(src_kind, dst_kind, n_src, n_dst, mutation):
     elif mutation == "tag":
         m["sampler"] = "FrequencyEstimator"
     elif mutation in ("float32", "float16", "bfloat16", "complex", "bool"):
-        m["probs"] = p.to({"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
-                           "complex": torch.complex128, "bool": torch.bool}[mutation])
+        m["probs"] = p.to(
+            {
+                "float32": torch.float32,
+                "float16": torch.float16,
+                "bfloat16": torch.bfloat16,
+                "complex": torch.complex128,
+                "bool": torch.bool,
+            }[mutation]
+        )
     elif mutation == "uint64":
         m["probs"] = torch.from_numpy(p.numpy().view(np.uint64).copy())
     elif mutation == "noncontig":
@@ -505,8 +668,9 @@ def test_load_state_dict(src_kind, dst_kind, n_src, n_dst, mutation):
     # Accepted: only this class's state of this size, and it now draws as the source.
     event("valid")
     assert src_kind == dst_kind and n_src == n_dst, "another class's or size's state was accepted"
-    assert mutation in ("none", "noncontig") or (mutation == "power_np" and src_kind == "unigram"), \
+    assert mutation in ("none", "noncontig") or (mutation == "power_np" and src_kind == "unigram"), (
         f"mutated state ({mutation}) accepted"
+    )
     assert torch.equal(dst.probs, src.probs)
     assert torch.equal(dst.sample((3, 4), seed=5), src.sample((3, 4), seed=5))
     assert torch.equal(dst.log_prob(torch.arange(n_dst)), src.log_prob(torch.arange(n_src)))

@@ -3,6 +3,7 @@ concurrent writers, copies and saved states, second derivatives, 16-bit inputs,
 threads and bad arguments. Every result is compared with the pure-PyTorch
 reference in pyneg._hsoftmax_reference; every crash-prone case runs in a child
 process (the run_child fixture fails the test if the child dies of a signal)."""
+
 from __future__ import annotations
 
 import copy
@@ -59,14 +60,35 @@ def assert_same(a, b):
 # ------------------------------------------------------------ family 1: aliasing
 def test_handed_out_tensors_are_copies():
     tree = pyneg.HuffmanTree.from_counts(COUNTS)
-    before = [tree.path_offsets, tree.path_nodes, tree.path_codes, tree.depths, tree.counts,
-              *tree.padded_paths(torch.float64), *tree.path(1)]
+    before = [
+        tree.path_offsets,
+        tree.path_nodes,
+        tree.path_codes,
+        tree.depths,
+        tree.counts,
+        *tree.padded_paths(torch.float64),
+        *tree.path(1),
+    ]
     fingerprint = tree.fingerprint()
-    for t in (tree.path_offsets, tree.path_nodes, tree.path_codes, tree.depths, tree.counts,
-              *tree.padded_paths(torch.float64), *tree.path(1)):
+    for t in (
+        tree.path_offsets,
+        tree.path_nodes,
+        tree.path_codes,
+        tree.depths,
+        tree.counts,
+        *tree.padded_paths(torch.float64),
+        *tree.path(1),
+    ):
         t.fill_(7 if t.dtype != torch.bool else True)
-    after = [tree.path_offsets, tree.path_nodes, tree.path_codes, tree.depths, tree.counts,
-             *tree.padded_paths(torch.float64), *tree.path(1)]
+    after = [
+        tree.path_offsets,
+        tree.path_nodes,
+        tree.path_codes,
+        tree.depths,
+        tree.counts,
+        *tree.padded_paths(torch.float64),
+        *tree.path(1),
+    ]
     assert_same(before, after)
     assert tree.fingerprint() == fingerprint
     assert tree.weighted_path_length == float((torch.tensor(COUNTS, dtype=torch.float64) * before[3]).sum())
@@ -240,8 +262,12 @@ def test_module_round_trips_behave_exactly_like_the_original(sparse, dtype):
 
 def test_tree_round_trips():
     tree = pyneg.HuffmanTree.from_counts(COUNTS)
-    for other in (copy.deepcopy(tree), copy.copy(tree), pickle.loads(pickle.dumps(tree)),
-                  _torch_round_trip(tree, weights_only=False)):
+    for other in (
+        copy.deepcopy(tree),
+        copy.copy(tree),
+        pickle.loads(pickle.dumps(tree)),
+        _torch_round_trip(tree, weights_only=False),
+    ):
         assert other.fingerprint() == tree.fingerprint()
         for name in ("path_offsets", "path_nodes", "path_codes", "depths", "counts"):
             assert torch.equal(getattr(other, name), getattr(tree, name))
@@ -365,8 +391,8 @@ def test_gradient_penalty_matches_the_pure_pytorch_reference(dtype, what):
         ref = (gather_log_prob(x, w, b, paths) * pick).sum()
     (gx,) = torch.autograd.grad(ours, x, create_graph=True)
     (rx,) = torch.autograd.grad(ref, x, create_graph=True)
-    got = torch.autograd.grad((gx ** 2).sum(), (x, hs.weight, hs.bias))
-    want = torch.autograd.grad((rx ** 2).sum(), (x, w, b))
+    got = torch.autograd.grad((gx**2).sum(), (x, hs.weight, hs.bias))
+    want = torch.autograd.grad((rx**2).sum(), (x, w, b))
     tol = 1e-10 if dtype == torch.float64 else 1e-4
     for g, r in zip(got, want):
         assert torch.allclose(g, r, atol=tol, rtol=tol)
@@ -401,8 +427,10 @@ def test_16_bit_modules_compute_in_float32(dtype):
 def test_threads_sharing_one_module_get_the_serial_results():
     hs = make_hs(counts=np.arange(1, 500, dtype=np.float64), dim=32)
     gen = torch.Generator().manual_seed(8)
-    jobs = [(torch.randn(256, 32, dtype=torch.float64, generator=gen),
-             torch.randint(0, 499, (256,), generator=gen)) for _ in range(8)]
+    jobs = [
+        (torch.randn(256, 32, dtype=torch.float64, generator=gen), torch.randint(0, 499, (256,), generator=gen))
+        for _ in range(8)
+    ]
 
     def run(x, t):
         x = x.clone().requires_grad_()
@@ -482,8 +510,7 @@ def test_arguments_are_checked_by_name():
 
 
 def test_numpy_scalars_and_empty_batches_are_accepted():
-    hs = pyneg.HierarchicalSoftmax(np.array(COUNTS, dtype=np.float32), np.int64(6), bias=True,
-                                   dtype=torch.float64)
+    hs = pyneg.HierarchicalSoftmax(np.array(COUNTS, dtype=np.float32), np.int64(6), bias=True, dtype=torch.float64)
     assert hs.dim == 6 and isinstance(hs.dim, int)
     empty = torch.zeros(0, 6, dtype=torch.float64)
     assert hs(empty, torch.zeros(0, dtype=torch.int64), reduction="none").shape == (0,)
@@ -533,7 +560,7 @@ def test_cuda_kernels_bounds_check_every_index():
     good = pyneg.cuda.hs_forward(x, w, target, off, nodes, codes)
     assert bool(torch.isfinite(good).all())
     bad_nodes = nodes.clone()
-    bad_nodes[int(off[1]):int(off[2])] = 10**6  # class 1's path
+    bad_nodes[int(off[1]) : int(off[2])] = 10**6  # class 1's path
     bad_off = off.clone()
     bad_off[3] = 10**9  # the end of class 2's path and the start of class 3's
     for o, n, bad in ((off, bad_nodes, [1]), (bad_off, nodes, [2, 3])):

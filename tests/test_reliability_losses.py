@@ -11,6 +11,7 @@ formula on the same (rounded) inputs, with finite gradients wherever the
 float64 gradient fits the input's dtype; an invalid one must raise ValueError
 or TypeError whose message names the argument.
 """
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,9 @@ def call(name, t, temperature, weight, reduction):
     if name == "in_batch":
         return PF.in_batch_softmax_loss(t["query"], t["positive"], **kw)
     if name == "mixed":
-        return PF.mixed_negatives_loss(t["query"], t["positive"],
-                                       [NegativeSource.batch(), NegativeSource(t["negative"])], **kw)
+        return PF.mixed_negatives_loss(
+            t["query"], t["positive"], [NegativeSource.batch(), NegativeSource(t["negative"])], **kw
+        )
     fn = PF.sampled_softmax_loss if name == "sampled" else PF.nce_loss
     return fn(t["query"], t["positive"], t["negative"], **kw)
 
@@ -96,8 +98,7 @@ def cases(draw):
     weighted = draw(st.booleans())
     seed = draw(st.integers(0, 2**16))
     g = torch.Generator().manual_seed(seed)
-    shapes = {"query": (b, d), "positive": (b, d),
-              "negative": (b, n, d) if name == "negative_sampling" else (n, d)}
+    shapes = {"query": (b, d), "positive": (b, d), "negative": (b, n, d) if name == "negative_sampling" else (n, d)}
     shapes = {k: v for k, v in shapes.items() if k in ARG_NAMES[name]}
     tensors = {k: (torch.randn(*s, generator=g, dtype=torch.float64) * scale).to(dtype) for k, s in shapes.items()}
     weight = torch.rand(b, generator=g, dtype=torch.float64) * 2 if weighted else None
@@ -129,8 +130,9 @@ def _fits(x: torch.Tensor, dtype: torch.dtype) -> bool:
     return bool(x.abs().max() < torch.finfo(dtype).max / 4) if x.numel() else True
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=300, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(cases())
 def test_loss_is_finite_and_exact_or_an_error_names_the_argument(case):
     name, tensors, temperature, weight, reduction, corrupt, target, b = case
@@ -199,8 +201,9 @@ LOSS_CALLS = {
     "in_batch": lambda q, p, n, **kw: PF.in_batch_softmax_loss(q, p, temperature=0.5, **kw),
     "sampled": lambda q, p, n, **kw: PF.sampled_softmax_loss(q, p, n, temperature=0.5, chunk_size=2, **kw),
     "nce": lambda q, p, n, **kw: PF.nce_loss(q, p, n, temperature=0.5, chunk_size=2, **kw),
-    "mixed": lambda q, p, n, **kw: PF.mixed_negatives_loss(q, p, [NegativeSource.batch(), NegativeSource(n)],
-                                                          temperature=0.5, **kw),
+    "mixed": lambda q, p, n, **kw: PF.mixed_negatives_loss(
+        q, p, [NegativeSource.batch(), NegativeSource(n)], temperature=0.5, **kw
+    ),
     "negative_sampling": lambda q, p, n, **kw: PF.negative_sampling_loss(q, p, n.expand(len(q), -1, -1), **kw),
 }
 
@@ -215,17 +218,25 @@ def test_sample_weight_follows_keras_reduction(loss):
     torch.testing.assert_close(fn(q, p, n, reduction="none", sample_weight=w), w * plain, rtol=1e-14, atol=0)
     torch.testing.assert_close(fn(q, p, n, reduction="sum", sample_weight=w), (w * plain).sum(), rtol=1e-14, atol=0)
     # "mean": Σ w·l / B, not / Σ w
-    torch.testing.assert_close(fn(q, p, n, reduction="mean", sample_weight=w), (w * plain).sum() / 5,
-                               rtol=1e-14, atol=0)
-    torch.testing.assert_close(fn(q, p, n, reduction="mean", sample_weight=w.numpy()),
-                               (w * plain).sum() / 5, rtol=1e-14, atol=0)
+    torch.testing.assert_close(
+        fn(q, p, n, reduction="mean", sample_weight=w), (w * plain).sum() / 5, rtol=1e-14, atol=0
+    )
+    torch.testing.assert_close(
+        fn(q, p, n, reduction="mean", sample_weight=w.numpy()), (w * plain).sum() / 5, rtol=1e-14, atol=0
+    )
     assert torch.equal(fn(q, p, n, sample_weight=torch.ones(5, dtype=torch.float64)), fn(q, p, n))
     # a row of weight 0 sends no gradient to its query
     qq = q.clone().requires_grad_()
     fn(qq, p, n, sample_weight=w).backward()
     assert (qq.grad[0] == 0).all() and (qq.grad[1:] != 0).any()
-    for bad, exc in ((-w, ValueError), (w[:3], ValueError), (w.to(torch.complex128), TypeError),
-                     (w.to("meta"), ValueError), (w.to_sparse(), TypeError), ("w", TypeError)):
+    for bad, exc in (
+        (-w, ValueError),
+        (w[:3], ValueError),
+        (w.to(torch.complex128), TypeError),
+        (w.to("meta"), ValueError),
+        (w.to_sparse(), TypeError),
+        ("w", TypeError),
+    ):
         with pytest.raises(exc, match="sample_weight"):
             fn(q, p, n, sample_weight=bad)
 
@@ -243,9 +254,11 @@ def test_numpy_scalar_temperature_is_a_number():
 @pytest.mark.parametrize("reduction", ["avg", None, 1, ["mean"]])
 def test_bad_reduction_is_named(reduction):
     q = torch.randn(2, 3)
-    for fn in (lambda: PF.in_batch_softmax_loss(q, q, reduction=reduction),
-               lambda: PF.negative_sampling_loss(q, q, q.unsqueeze(1), reduction=reduction),
-               lambda: PF.nce_loss(q, q, q, reduction=reduction)):
+    for fn in (
+        lambda: PF.in_batch_softmax_loss(q, q, reduction=reduction),
+        lambda: PF.negative_sampling_loss(q, q, q.unsqueeze(1), reduction=reduction),
+        lambda: PF.nce_loss(q, q, q, reduction=reduction),
+    ):
         with pytest.raises(ValueError, match="reduction"):
             fn()
 
@@ -278,8 +291,9 @@ def test_unsigned_ids_are_compared_exactly_or_refused():
     q, c = torch.randn(4, 3, generator=g), torch.randn(4, 3, generator=g)
     ids = torch.tensor([1, 2, 1, 3])
     want = PF.in_batch_softmax_loss(q, c, candidate_ids=ids)
-    for dtype in (torch.uint8, torch.int32) + tuple(getattr(torch, n) for n in ("uint32", "uint64")
-                                                    if hasattr(torch, n)):
+    for dtype in (torch.uint8, torch.int32) + tuple(
+        getattr(torch, n) for n in ("uint32", "uint64") if hasattr(torch, n)
+    ):
         assert torch.equal(PF.in_batch_softmax_loss(q, c, candidate_ids=ids.to(dtype)), want), dtype
     if hasattr(torch, "uint64"):
         wrapped = torch.tensor([1, 2, 2**64 - 1, 3], dtype=torch.uint64)  # would wrap to -1 as int64

@@ -11,6 +11,7 @@
 * threads: concurrent enqueues and updates equal some serial order;
 * peak memory of hit masks and the mixed loss with all-equal ids.
 """
+
 from __future__ import annotations
 
 import copy
@@ -18,7 +19,6 @@ import io
 import pickle
 import sys
 import threading
-from collections import deque
 
 import numpy as np
 import pytest
@@ -80,8 +80,7 @@ COPIES = {
 
 # ------------------------------------------------------------- round trips
 @pytest.mark.parametrize("how", COPIES)
-@pytest.mark.parametrize("kwargs", [{}, {"max_age": 2}, {"warmup": 9}, {"capacity": 64},
-                                    {"dtype": torch.float16}])
+@pytest.mark.parametrize("kwargs", [{}, {"max_age": 2}, {"warmup": 9}, {"capacity": 64}, {"dtype": torch.float16}])
 def test_bank_copies_continue_exactly_like_the_original(how, kwargs):
     bank = _filled_bank(**kwargs)
     twin = COPIES[how](bank)
@@ -152,15 +151,33 @@ def _tampered(state, key, value):
 
 
 BANK_TAMPERING = [
-    ("capacity", 11), ("capacity", torch.tensor([10, 10])), ("dim", 4), ("dim", "3"),
-    ("step", 2**53 + 1), ("step", -1), ("step", 2.0), ("step", KeyError),
-    ("head", 10), ("head", -1), ("head", True), ("head", 2.5),
-    ("ids", lambda t: t[:-1]), ("ids", lambda t: t.float()), ("ids", lambda t: t - 100),
-    ("ids", lambda t: t.to("meta")), ("ids", lambda t: t.to_sparse()), ("ids", [1, 2]),
-    ("embeddings", lambda t: t[:, :2]), ("embeddings", lambda t: t.to(torch.int64)),
-    ("embeddings", lambda t: t.to("meta")), ("embeddings", lambda t: t.to(torch.complex64)),
-    ("log_q", lambda t: t.double()), ("log_q", lambda t: t[:3]),
-    ("steps", lambda t: t.flip(0)), ("steps", lambda t: t * 0), ("steps", lambda t: t + 100),
+    ("capacity", 11),
+    ("capacity", torch.tensor([10, 10])),
+    ("dim", 4),
+    ("dim", "3"),
+    ("step", 2**53 + 1),
+    ("step", -1),
+    ("step", 2.0),
+    ("step", KeyError),
+    ("head", 10),
+    ("head", -1),
+    ("head", True),
+    ("head", 2.5),
+    ("ids", lambda t: t[:-1]),
+    ("ids", lambda t: t.float()),
+    ("ids", lambda t: t - 100),
+    ("ids", lambda t: t.to("meta")),
+    ("ids", lambda t: t.to_sparse()),
+    ("ids", [1, 2]),
+    ("embeddings", lambda t: t[:, :2]),
+    ("embeddings", lambda t: t.to(torch.int64)),
+    ("embeddings", lambda t: t.to("meta")),
+    ("embeddings", lambda t: t.to(torch.complex64)),
+    ("log_q", lambda t: t.double()),
+    ("log_q", lambda t: t[:3]),
+    ("steps", lambda t: t.flip(0)),
+    ("steps", lambda t: t * 0),
+    ("steps", lambda t: t + 100),
     ("steps", lambda t: t.int()),
 ]
 
@@ -178,11 +195,22 @@ def test_bank_refuses_a_mismatched_state_and_changes_nothing(key, value):
 
 
 ESTIMATOR_TAMPERING = [
-    ("num_buckets", 65), ("num_hashes", 3), ("alpha", 0.2), ("alpha", "0.1"), ("alpha", KeyError),
-    ("step", 2**53 + 1), ("step", 1), ("step", -2),
-    ("last_step", lambda t: t.double()), ("last_step", lambda t: t - 1), ("last_step", lambda t: t[:1]),
-    ("last_step", lambda t: t.to("meta")), ("gap", lambda t: t.float()), ("gap", lambda t: t * float("nan")),
-    ("gap", lambda t: -t), ("gap", lambda t: t.to_sparse()),
+    ("num_buckets", 65),
+    ("num_hashes", 3),
+    ("alpha", 0.2),
+    ("alpha", "0.1"),
+    ("alpha", KeyError),
+    ("step", 2**53 + 1),
+    ("step", 1),
+    ("step", -2),
+    ("last_step", lambda t: t.double()),
+    ("last_step", lambda t: t - 1),
+    ("last_step", lambda t: t[:1]),
+    ("last_step", lambda t: t.to("meta")),
+    ("gap", lambda t: t.float()),
+    ("gap", lambda t: t * float("nan")),
+    ("gap", lambda t: -t),
+    ("gap", lambda t: t.to_sparse()),
 ]
 
 
@@ -227,8 +255,7 @@ def test_steps_past_two_to_the_53_are_refused():
 
 # ---------------------------------------------------- arguments, properties
 def test_numpy_scalars_are_numbers():
-    bank = pyneg.MemoryBank(np.int64(8), np.int32(2), max_age=np.int64(3), warmup=np.int8(0),
-                            sync=np.bool_(False))
+    bank = pyneg.MemoryBank(np.int64(8), np.int32(2), max_age=np.int64(3), warmup=np.int8(0), sync=np.bool_(False))
     bank.enqueue(torch.ones(2, 2), np.array([1, 2], dtype=np.int32))
     assert bank.capacity == 8 and bank.max_age == 3 and bank.ids.tolist() == [1, 2]
     est = pyneg.FrequencyEstimator(np.int64(16), alpha=np.float32(0.01), num_hashes=np.uint8(2))
@@ -237,23 +264,32 @@ def test_numpy_scalars_are_numbers():
     assert collate.num_negatives == 2 and collate.exclude_positives is True
 
 
-@pytest.mark.parametrize("make,kwargs,name", [
-    (pyneg.MemoryBank, dict(capacity=4, dim=2, sync="no"), "sync"),
-    (pyneg.MemoryBank, dict(capacity=True, dim=2), "capacity"),
-    (pyneg.MemoryBank, dict(capacity=4, dim=2.0), "dim"),
-    (pyneg.MemoryBank, dict(capacity=4, dim=2, device="meta"), "device"),
-    (pyneg.MemoryBank, dict(capacity=2**30, dim=2**40), "bank"),
-    (pyneg.MemoryBank, dict(capacity=2**31, dim=1), "capacity"),
-    (pyneg.FrequencyEstimator, dict(num_buckets=8, alpha=True), "alpha"),
-    (pyneg.FrequencyEstimator, dict(num_buckets=8, alpha=float("nan")), "alpha"),
-    (pyneg.FrequencyEstimator, dict(num_buckets=2**31 - 1, num_hashes=2**40), "num_hashes"),
-    (pyneg.FrequencyEstimator, dict(num_buckets=8, sync=1), "sync"),
-    (pyneg.NegativeSamplingCollator, dict(sampler=pyneg.UniformSampler(3), num_negatives=2,
-                                          exclude_positives="no"), "exclude_positives"),
-    (pyneg.NegativeSamplingCollator, dict(sampler=pyneg.UniformSampler(3), num_negatives=2, unique=1), "unique"),
-    (pyneg.NegativeSamplingCollator, dict(sampler=pyneg.UniformSampler(3), num_negatives=2, collate_fn=3),
-     "collate_fn"),
-])
+@pytest.mark.parametrize(
+    "make,kwargs,name",
+    [
+        (pyneg.MemoryBank, dict(capacity=4, dim=2, sync="no"), "sync"),
+        (pyneg.MemoryBank, dict(capacity=True, dim=2), "capacity"),
+        (pyneg.MemoryBank, dict(capacity=4, dim=2.0), "dim"),
+        (pyneg.MemoryBank, dict(capacity=4, dim=2, device="meta"), "device"),
+        (pyneg.MemoryBank, dict(capacity=2**30, dim=2**40), "bank"),
+        (pyneg.MemoryBank, dict(capacity=2**31, dim=1), "capacity"),
+        (pyneg.FrequencyEstimator, dict(num_buckets=8, alpha=True), "alpha"),
+        (pyneg.FrequencyEstimator, dict(num_buckets=8, alpha=float("nan")), "alpha"),
+        (pyneg.FrequencyEstimator, dict(num_buckets=2**31 - 1, num_hashes=2**40), "num_hashes"),
+        (pyneg.FrequencyEstimator, dict(num_buckets=8, sync=1), "sync"),
+        (
+            pyneg.NegativeSamplingCollator,
+            dict(sampler=pyneg.UniformSampler(3), num_negatives=2, exclude_positives="no"),
+            "exclude_positives",
+        ),
+        (pyneg.NegativeSamplingCollator, dict(sampler=pyneg.UniformSampler(3), num_negatives=2, unique=1), "unique"),
+        (
+            pyneg.NegativeSamplingCollator,
+            dict(sampler=pyneg.UniformSampler(3), num_negatives=2, collate_fn=3),
+            "collate_fn",
+        ),
+    ],
+)
 def test_bad_constructor_arguments_are_named(make, kwargs, name):
     with pytest.raises((ValueError, TypeError), match=name):
         make(**kwargs)
@@ -264,8 +300,17 @@ _UNSIGNED = (torch.uint64,) if hasattr(torch, "uint64") else ()
 
 def _odd_inputs():
     """Values of every kind a user might pass where ids or floats are expected."""
-    dtypes = [torch.int64, torch.int32, torch.uint8, torch.float16, torch.bfloat16, torch.float32,
-              torch.float64, torch.bool, torch.complex64] + ([torch.uint64] if hasattr(torch, "uint64") else [])
+    dtypes = [
+        torch.int64,
+        torch.int32,
+        torch.uint8,
+        torch.float16,
+        torch.bfloat16,
+        torch.float32,
+        torch.float64,
+        torch.bool,
+        torch.complex64,
+    ] + ([torch.uint64] if hasattr(torch, "uint64") else [])
     shapes = st.sampled_from([(0,), (1,), (3,), (4,), (2, 3), (3, 3), ()])
 
     @st.composite
@@ -289,8 +334,10 @@ def _odd_inputs():
         return t
 
     big = np.array([2**64 - 1], dtype=np.uint64)
-    return st.one_of(tensors(), st.sampled_from([None, "ids", 3, 2.5, [], [[]], [1, "a"], big, [2**70],
-                                                   np.array([1, 2], dtype=">i8")]))
+    return st.one_of(
+        tensors(),
+        st.sampled_from([None, "ids", 3, 2.5, [], [[]], [1, "a"], big, [2**70], np.array([1, 2], dtype=">i8")]),
+    )
 
 
 def _named(exc: BaseException, names) -> bool:
@@ -331,8 +378,9 @@ def test_bank_reads_of_anything_are_a_result_or_a_named_error(pos, max_age):
             if pos is None:
                 assert mask is None
             else:
-                ref = torch.as_tensor(np.asarray(pos.tolist() if isinstance(pos, torch.Tensor) else pos,
-                                                 dtype=np.int64)).reshape(-1)
+                ref = torch.as_tensor(
+                    np.asarray(pos.tolist() if isinstance(pos, torch.Tensor) else pos, dtype=np.int64)
+                ).reshape(-1)
                 assert torch.equal(mask, ref.unsqueeze(1) == ids.unsqueeze(0))
         assert _same(bank.state_dict(), before)
 
@@ -353,8 +401,9 @@ def test_estimator_calls_with_anything_are_a_result_or_a_named_error(ids):
         except (ValueError, TypeError) as e:
             assert _named(e, ["ids"]), e
         else:
-            assert out.dtype == torch.float32 and bool(((out <= 0) if call == est.log_prob else
-                                                          ((out > 0) & (out <= 1))).all())
+            assert out.dtype == torch.float32 and bool(
+                ((out <= 0) if call == est.log_prob else ((out > 0) & (out <= 1))).all()
+            )
 
 
 @FAST
@@ -388,8 +437,11 @@ def test_estimator_load_state_dict_of_anything_is_loaded_or_refused(value, key):
 
 
 @FAST
-@given(capacity=_odd_inputs(), dim=st.sampled_from([1, 0, -1, 2.0, True, np.int64(3), "3"]),
-       dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.int64, torch.bool, torch.complex64, "float"]))
+@given(
+    capacity=_odd_inputs(),
+    dim=st.sampled_from([1, 0, -1, 2.0, True, np.int64(3), "3"]),
+    dtype=st.sampled_from([torch.float32, torch.bfloat16, torch.int64, torch.bool, torch.complex64, "float"]),
+)
 def test_bank_constructor_of_anything_is_a_bank_or_a_named_error(capacity, dim, dtype):
     try:
         bank = pyneg.MemoryBank(capacity, dim, dtype=dtype)
@@ -400,8 +452,10 @@ def test_bank_constructor_of_anything_is_a_bank_or_a_named_error(capacity, dim, 
 
 
 @FAST
-@given(num_buckets=_odd_inputs(), alpha=st.sampled_from([0.5, 0.0, 1.5, np.float32(0.1), np.float16(1), True, "x",
-                                                         float("inf")]))
+@given(
+    num_buckets=_odd_inputs(),
+    alpha=st.sampled_from([0.5, 0.0, 1.5, np.float32(0.1), np.float16(1), True, "x", float("inf")]),
+)
 def test_estimator_constructor_of_anything_is_an_estimator_or_a_named_error(num_buckets, alpha):
     try:
         est = pyneg.FrequencyEstimator(num_buckets, alpha=alpha)
@@ -457,8 +511,10 @@ def test_threads_updating_one_estimator_equal_a_serial_order():
     est = pyneg.FrequencyEstimator(nb, alpha=0.3, num_hashes=1)
     # Call (t, c) records id 1 + t * calls + c (its marker: no two markers share a bucket) and id 0.
     markers = {(t, c): 1 + t * calls + c for t in range(threads_) for c in range(calls)}
-    assert len({_core.frequency_bucket(m, 0, nb) for m in markers.values()} | {_core.frequency_bucket(0, 0, nb)}) \
+    assert (
+        len({_core.frequency_bucket(m, 0, nb) for m in markers.values()} | {_core.frequency_bucket(0, 0, nb)})
         == len(markers) + 1
+    )
 
     def work(t):
         for c in range(calls):
@@ -502,7 +558,9 @@ def agree(bank, ref, pos):
 
 
 def test_writes_through_every_handed_out_tensor_leave_the_bank_consistent(run_child):
-    proc = run_child(_REFERENCE + """
+    proc = run_child(
+        _REFERENCE
+        + """
 bank, ref = pyneg.MemoryBank(16, 2), Ref(16)
 rng = np.random.default_rng(0)
 for step in range(30):
@@ -542,13 +600,16 @@ for call in (lambda: bank.enqueue(torch.ones(1, 2), [1]), lambda: bank.negatives
     except RuntimeError as e:
         assert "resized" in str(e), e
 print("OK")
-""".replace("# Writing negatives()", "import pickle\n# Writing negatives()"))
+""".replace("# Writing negatives()", "import pickle\n# Writing negatives()")
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "OK", proc.stdout
 
 
 def test_concurrent_writers_while_the_bank_works(run_child):
-    proc = run_child(_REFERENCE + """
+    proc = run_child(
+        _REFERENCE
+        + """
 stop = threading.Event()
 shared = torch.zeros(200_000, dtype=torch.int64)
 def writer():
@@ -585,13 +646,16 @@ try:
 finally:
     stop.set(); t.join()
 print("OK", done + refused == 300)
-""")
+"""
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "OK True", proc.stdout
 
 
 def test_threads_writing_negatives_while_others_enqueue(run_child):
-    proc = run_child(_REFERENCE + """
+    proc = run_child(
+        _REFERENCE
+        + """
 bank, ref = pyneg.MemoryBank(32, 2), Ref(32)
 lock = threading.Lock()
 stop = threading.Event()
@@ -614,7 +678,8 @@ finally:
     for t in threads: t.join()
 assert torch.equal(bank.embeddings, ref.emb())
 print("OK")
-""")
+"""
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "OK", proc.stdout
 
@@ -649,7 +714,9 @@ _MB = 1 << 20
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
 def test_hit_mask_memory_is_bounded_by_the_mask_whatever_the_ids(run_child):
-    proc = run_child(_PEAK + """
+    proc = run_child(
+        _PEAK
+        + """
 same = bank_of(torch.full((M,), 7))
 pos = torch.full((B,), 7)
 same.hit_mask(pos[:8]); same.negatives(pos[:8])  # warm up
@@ -657,7 +724,8 @@ g_mask = peak_growth(lambda: same.hit_mask(pos))
 g_neg = peak_growth(lambda: same.negatives(pos))
 assert bool(same.hit_mask(pos).all())
 print(g_mask, g_neg)
-""")
+"""
+    )
     assert proc.returncode == 0, proc.stderr
     mask_bytes = 512 * 8192
     for growth in map(int, proc.stdout.split()):
@@ -668,7 +736,9 @@ print(g_mask, g_neg)
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self")
 def test_mixed_loss_memory_does_not_grow_with_repeated_ids(run_child):
-    proc = run_child(_PEAK + """
+    proc = run_child(
+        _PEAK
+        + """
 def loss_with(bank_ids, pos_ids):
     bank = bank_of(bank_ids)
     q = torch.randn(B, D, requires_grad=True)
@@ -682,7 +752,8 @@ def loss_with(bank_ids, pos_ids):
 distinct = loss_with(torch.arange(M) + 10**6, torch.arange(B))
 same = loss_with(torch.full((M,), 7), torch.full((B,), 7))
 print(distinct, same)
-""")
+"""
+    )
     assert proc.returncode == 0, proc.stderr
     distinct, same = map(int, proc.stdout.split())
     mask_bytes = 512 * 8192

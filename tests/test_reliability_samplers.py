@@ -8,11 +8,11 @@ or silently corrupts a sampler's state.
 * Concurrent writers of the caller's inputs cannot crash a kernel (crash suite).
 * Several Python threads sampling one sampler get the serial results.
 """
+
 from __future__ import annotations
 
 import copy
 import io
-import math
 import pickle
 import threading
 
@@ -215,16 +215,19 @@ def test_valid_inputs_the_issue_names_are_accepted():
     assert u.expected_count([0], np.int64(2), num_tries=np.float32(3)).item() == pytest.approx(1 - (6 / 7) ** 3)
 
 
-@pytest.mark.parametrize("call, err, name", [
-    (lambda: pyneg.UniformSampler(2**31), ValueError, "num_classes"),
-    (lambda: pyneg.LogUniformSampler(2**40), ValueError, "num_classes"),
-    (lambda: pyneg.UnigramSampler([1.0], power=True), TypeError, "power"),
-    (lambda: pyneg.UnigramSampler([1.0], power=10**400), ValueError, "power"),
-    (lambda: pyneg.UnigramSampler([1.0, float("inf")], power=0.5), ValueError, "counts"),
-    (lambda: pyneg.AliasSampler(torch.ones(3, device="meta")), ValueError, "weights"),
-    (lambda: pyneg.AliasSampler(torch.ones(3).to_sparse()), TypeError, "weights"),
-    (lambda: pyneg.AliasSampler([2**64]), TypeError, "weights"),
-])
+@pytest.mark.parametrize(
+    "call, err, name",
+    [
+        (lambda: pyneg.UniformSampler(2**31), ValueError, "num_classes"),
+        (lambda: pyneg.LogUniformSampler(2**40), ValueError, "num_classes"),
+        (lambda: pyneg.UnigramSampler([1.0], power=True), TypeError, "power"),
+        (lambda: pyneg.UnigramSampler([1.0], power=10**400), ValueError, "power"),
+        (lambda: pyneg.UnigramSampler([1.0, float("inf")], power=0.5), ValueError, "counts"),
+        (lambda: pyneg.AliasSampler(torch.ones(3, device="meta")), ValueError, "weights"),
+        (lambda: pyneg.AliasSampler(torch.ones(3).to_sparse()), TypeError, "weights"),
+        (lambda: pyneg.AliasSampler([2**64]), TypeError, "weights"),
+    ],
+)
 def test_constructor_errors_name_the_argument(call, err, name):
     with pytest.raises(err, match=name):
         call()
@@ -233,45 +236,48 @@ def test_constructor_errors_name_the_argument(call, err, name):
 S = pyneg.AliasSampler([1.0, 2.0, 0.0, 5.0])
 
 
-@pytest.mark.parametrize("call, err, name", [
-    (lambda: S.sample(2**63), ValueError, "size"),
-    (lambda: S.sample((2**32, 2**32)), ValueError, "size"),
-    (lambda: S.sample((2**62, 2**62, 0)), ValueError, "size"),
-    (lambda: S.sample(3, offset=2**64), ValueError, "offset"),
-    (lambda: S.sample(3, offset=2**64 - 2), ValueError, "offset"),
-    (lambda: S.sample(3, offset=-1), ValueError, "offset"),
-    (lambda: S.sample(3, seed=2**64), ValueError, "seed"),
-    (lambda: S.sample(3, unique="no"), TypeError, "unique"),
-    (lambda: S.sample(3, unique=1), TypeError, "unique"),
-    (lambda: S.sample(3, device="meta"), ValueError, "device"),
-    (lambda: S.sample(3, generator=3), TypeError, "generator"),
-    (lambda: S.sample((2, 2), exclude=np.array([[2**64 - 1], [0]], dtype=np.uint64)), ValueError, "exclude"),
-    (lambda: S.sample((2, 2), exclude=torch.zeros(2, 1, dtype=torch.int64, device="meta")), ValueError, "exclude"),
-    (lambda: S.sample((2, 2), exclude=torch.zeros(2, 1, dtype=torch.int64).to_sparse()), TypeError, "exclude"),
-    (lambda: S.sample((2, 2), exclude=torch.zeros(2, 1)), TypeError, "exclude"),
-    (lambda: S.log_prob(np.array([2**64 - 1], dtype=np.uint64)), ValueError, "ids"),
-    (lambda: S.log_prob(torch.tensor([2**64 - 1], dtype=torch.uint64)), ValueError, "ids"),
-    (lambda: S.log_prob([2**64]), TypeError, "ids"),
-    (lambda: S.log_prob(torch.zeros(2, dtype=torch.int64, device="meta")), ValueError, "ids"),
-    (lambda: S.log_prob(torch.zeros(2, dtype=torch.int64).to_sparse()), TypeError, "ids"),
-    (lambda: S.log_prob([True]), TypeError, "ids"),
-    (lambda: S.expected_count([0], 2, num_tries=float("nan")), ValueError, "num_tries"),
-    (lambda: S.expected_count([0], 2, num_tries=float("inf")), ValueError, "num_tries"),
-    (lambda: S.expected_count([0], 2, num_tries=-3), ValueError, "num_tries"),
-    (lambda: S.expected_count([0], 2, num_tries=0.5), ValueError, "num_tries"),
-    (lambda: S.expected_count([0], 2, num_tries="3"), TypeError, "num_tries"),
-    (lambda: S.expected_count([0], 2, num_tries=True), TypeError, "num_tries"),
-    (lambda: S.expected_count([0, 1], 2, num_tries=torch.tensor([3, 4, 5])), ValueError, "num_tries"),
-    (lambda: S.expected_count([[0, 1]], 2, num_tries=torch.ones(1, 1, 1)), ValueError, "num_tries"),
-    (lambda: S.expected_count([0, 1], 2, num_tries=torch.tensor([3.0, float("nan")])), ValueError, "num_tries"),
-    (lambda: S.expected_count([0], 2, num_tries=torch.tensor([True])), TypeError, "num_tries"),
-    (lambda: S.expected_count([0], 2, num_tries=torch.ones(1, device="meta")), ValueError, "num_tries"),
-    (lambda: S.expected_count([0], 2, num_tries=torch.ones(1, dtype=torch.complex64)), TypeError, "num_tries"),
-    (lambda: S.expected_count([0], 0), ValueError, "num_sampled"),
-    (lambda: S.sample_candidates(2**62), ValueError, "num_sampled"),
-    (lambda: S.sample_candidates(3, true_classes=[7]), ValueError, "true_classes"),
-    (lambda: S.sample_candidates(3, unique="yes"), TypeError, "unique"),
-])
+@pytest.mark.parametrize(
+    "call, err, name",
+    [
+        (lambda: S.sample(2**63), ValueError, "size"),
+        (lambda: S.sample((2**32, 2**32)), ValueError, "size"),
+        (lambda: S.sample((2**62, 2**62, 0)), ValueError, "size"),
+        (lambda: S.sample(3, offset=2**64), ValueError, "offset"),
+        (lambda: S.sample(3, offset=2**64 - 2), ValueError, "offset"),
+        (lambda: S.sample(3, offset=-1), ValueError, "offset"),
+        (lambda: S.sample(3, seed=2**64), ValueError, "seed"),
+        (lambda: S.sample(3, unique="no"), TypeError, "unique"),
+        (lambda: S.sample(3, unique=1), TypeError, "unique"),
+        (lambda: S.sample(3, device="meta"), ValueError, "device"),
+        (lambda: S.sample(3, generator=3), TypeError, "generator"),
+        (lambda: S.sample((2, 2), exclude=np.array([[2**64 - 1], [0]], dtype=np.uint64)), ValueError, "exclude"),
+        (lambda: S.sample((2, 2), exclude=torch.zeros(2, 1, dtype=torch.int64, device="meta")), ValueError, "exclude"),
+        (lambda: S.sample((2, 2), exclude=torch.zeros(2, 1, dtype=torch.int64).to_sparse()), TypeError, "exclude"),
+        (lambda: S.sample((2, 2), exclude=torch.zeros(2, 1)), TypeError, "exclude"),
+        (lambda: S.log_prob(np.array([2**64 - 1], dtype=np.uint64)), ValueError, "ids"),
+        (lambda: S.log_prob(torch.tensor([2**64 - 1], dtype=torch.uint64)), ValueError, "ids"),
+        (lambda: S.log_prob([2**64]), TypeError, "ids"),
+        (lambda: S.log_prob(torch.zeros(2, dtype=torch.int64, device="meta")), ValueError, "ids"),
+        (lambda: S.log_prob(torch.zeros(2, dtype=torch.int64).to_sparse()), TypeError, "ids"),
+        (lambda: S.log_prob([True]), TypeError, "ids"),
+        (lambda: S.expected_count([0], 2, num_tries=float("nan")), ValueError, "num_tries"),
+        (lambda: S.expected_count([0], 2, num_tries=float("inf")), ValueError, "num_tries"),
+        (lambda: S.expected_count([0], 2, num_tries=-3), ValueError, "num_tries"),
+        (lambda: S.expected_count([0], 2, num_tries=0.5), ValueError, "num_tries"),
+        (lambda: S.expected_count([0], 2, num_tries="3"), TypeError, "num_tries"),
+        (lambda: S.expected_count([0], 2, num_tries=True), TypeError, "num_tries"),
+        (lambda: S.expected_count([0, 1], 2, num_tries=torch.tensor([3, 4, 5])), ValueError, "num_tries"),
+        (lambda: S.expected_count([[0, 1]], 2, num_tries=torch.ones(1, 1, 1)), ValueError, "num_tries"),
+        (lambda: S.expected_count([0, 1], 2, num_tries=torch.tensor([3.0, float("nan")])), ValueError, "num_tries"),
+        (lambda: S.expected_count([0], 2, num_tries=torch.tensor([True])), TypeError, "num_tries"),
+        (lambda: S.expected_count([0], 2, num_tries=torch.ones(1, device="meta")), ValueError, "num_tries"),
+        (lambda: S.expected_count([0], 2, num_tries=torch.ones(1, dtype=torch.complex64)), TypeError, "num_tries"),
+        (lambda: S.expected_count([0], 0), ValueError, "num_sampled"),
+        (lambda: S.sample_candidates(2**62), ValueError, "num_sampled"),
+        (lambda: S.sample_candidates(3, true_classes=[7]), ValueError, "true_classes"),
+        (lambda: S.sample_candidates(3, unique="yes"), TypeError, "unique"),
+    ],
+)
 def test_call_errors_name_the_argument(call, err, name):
     before = S.state_dict()
     torch.manual_seed(0)
@@ -284,10 +290,13 @@ def test_call_errors_name_the_argument(call, err, name):
     assert torch.equal(after, S.sample(20))
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(size=(2, 2), exclude=[[0, 1, 3], [-1, -1, -1]]),               # row 0 leaves only zero weight
-    dict(size=(2, 2), exclude=[[0, 1, -1], [3, -1, -1]], unique=True),  # row 0: one id left for two
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(size=(2, 2), exclude=[[0, 1, 3], [-1, -1, -1]]),  # row 0 leaves only zero weight
+        dict(size=(2, 2), exclude=[[0, 1, -1], [3, -1, -1]], unique=True),  # row 0: one id left for two
+    ],
+)
 def test_kernel_refusals_leave_the_generator_alone(kwargs):
     g = torch.Generator().manual_seed(5)
     state = g.get_state()
@@ -313,8 +322,12 @@ def test_empty_id_lists():
 
 
 def test_expected_counts_are_never_nan():
-    for s in (pyneg.UniformSampler(1), pyneg.LogUniformSampler(1), pyneg.AliasSampler([1e-300, 1.0, 0.0]),
-              pyneg.LogUniformSampler(1000)):
+    for s in (
+        pyneg.UniformSampler(1),
+        pyneg.LogUniformSampler(1),
+        pyneg.AliasSampler([1e-300, 1.0, 0.0]),
+        pyneg.LogUniformSampler(1000),
+    ):
         ids = torch.arange(s.num_classes)
         p = s.probs
         for tries in (1, 2, 10**6, 1e300, torch.full((s.num_classes,), 3.0)):
@@ -387,9 +400,13 @@ def test_threads_sampling_one_sampler_get_the_serial_results():
     ex = torch.randint(0, 2000, (64, 5), generator=torch.Generator().manual_seed(0))
 
     def work(i):
-        return [s.sample((64, 50), seed=i), s.sample((64, 20), seed=i, exclude=ex),
-                s.sample((64, 20), seed=i, exclude=ex, unique=True), s.log_prob(ex + 0),
-                s.sample_candidates(30, ex[0], seed=i).sampled_candidates]
+        return [
+            s.sample((64, 50), seed=i),
+            s.sample((64, 20), seed=i, exclude=ex),
+            s.sample((64, 20), seed=i, exclude=ex, unique=True),
+            s.log_prob(ex + 0),
+            s.sample_candidates(30, ex[0], seed=i).sampled_candidates,
+        ]
 
     serial = [work(i) for i in range(16)]
     results = [None] * 16
@@ -401,7 +418,7 @@ def test_threads_sampling_one_sampler_get_the_serial_results():
                 got = work(i)
                 assert all(torch.equal(a, b) for a, b in zip(got, serial[i]))
             results[i] = got
-        except BaseException as exc:  # noqa: BLE001 - reported below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(16)]
@@ -464,7 +481,9 @@ def chi2_ok(x, p):
 
 
 def test_writes_through_every_handed_out_tensor(run_child):
-    proc = run_child(_PRELUDE + """
+    proc = run_child(
+        _PRELUDE
+        + """
 w = np.arange(1, 51, dtype=np.float64); w[7] = 0.0
 p_ref = w / w.sum()
 for s in (pyneg.AliasSampler(w), pyneg.UnigramSampler(w, power=1.0)):
@@ -491,13 +510,16 @@ for s in (pyneg.AliasSampler(w), pyneg.UnigramSampler(w, power=1.0)):
     ex = s.sample((400, 5), seed=6, exclude=torch.full((400, 1), 3), unique=True)
     assert not (ex == 3).any() and not (ex == 7).any()
 print("handed-out writes harmless")
-""")
+"""
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "handed-out writes harmless" in proc.stdout
 
 
 def test_concurrent_writer_of_the_exclusion_list(run_child):
-    proc = run_child(_PRELUDE + """
+    proc = run_child(
+        _PRELUDE
+        + """
 V = 64
 s = pyneg.UniformSampler(V)
 ex = torch.arange(48).repeat(32, 1)  # rows exclude 0..47: only 48..63 may be drawn
@@ -545,14 +567,17 @@ for it in range(300):
         assert "ids" in str(e)
 stop.set(); t.join()
 print("exclude writer", ok, refused)
-""")
+"""
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     ok = int(proc.stdout.split("exclude writer")[1].split()[0])
     assert ok > 0, proc.stdout
 
 
 def test_concurrent_writer_of_ids_and_weights(run_child):
-    proc = run_child(_PRELUDE + """
+    proc = run_child(
+        _PRELUDE
+        + """
 V = 64
 s = pyneg.AliasSampler(np.arange(1, V + 1, dtype=np.float64))
 ref = torch.log(torch.arange(1, V + 1, dtype=torch.float64) / (V * (V + 1) / 2))
@@ -583,13 +608,16 @@ for it in range(100):
         assert "weights" in str(e)
 stop.set(); t.join()
 print("ids writer done", built)
-""")
+"""
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ids writer done" in proc.stdout
 
 
 def test_concurrent_writer_of_out_and_state(run_child):
-    proc = run_child(_PRELUDE + """
+    proc = run_child(
+        _PRELUDE
+        + """
 s = pyneg.LogUniformSampler(1000)
 out = torch.empty(64, 100, dtype=torch.int64)
 stop = threading.Event()
@@ -616,6 +644,7 @@ for it in range(100):
     assert int(y.max()) < 1000 and int(y.min()) >= 0
 t.join()
 print("out writer done")
-""")
+"""
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "out writer done" in proc.stdout

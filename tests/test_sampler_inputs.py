@@ -4,6 +4,7 @@ The hypothesis test throws generated inputs (well over 1,000 of them) at the
 public sampler API and asserts each call either returns valid samples or raises
 one of those errors.
 """
+
 from __future__ import annotations
 
 import math
@@ -179,8 +180,9 @@ def test_fuzz_sampler_api(weights, size, unique, use_exclude, exclude_width, exc
         rows = data.draw(st.sampled_from([rows, rows, rows, rows + 1]))  # mostly matching
         shape = (rows, exclude_width) if exclude_width else (rows,)
         exclude = data.draw(
-            st.lists(st.integers(min_value=-2, max_value=exclude_hi), min_size=math.prod(shape),
-                     max_size=math.prod(shape))
+            st.lists(
+                st.integers(min_value=-2, max_value=exclude_hi), min_size=math.prod(shape), max_size=math.prod(shape)
+            )
         )
         exclude = torch.tensor(exclude, dtype=torch.int64).reshape(shape)
     try:

@@ -1,5 +1,6 @@
 """Samplers against their definitions: goodness of fit (scipy chi-square),
 exclusion, sampling without replacement, determinism and persistence."""
+
 from __future__ import annotations
 
 import math
@@ -52,7 +53,9 @@ WEIGHTS = {
     "v2_zero": torch.tensor([0.0, 3.0]),
     "small": torch.tensor([1.0, 2.0, 3.0, 4.0, 0.5]),
     "zipf_1000": zipf(1000),
-    "many_zeros": torch.where(torch.arange(500) % 7 == 0, torch.rand(500, generator=torch.Generator().manual_seed(1)) + 0.1, torch.zeros(500)),
+    "many_zeros": torch.where(
+        torch.arange(500) % 7 == 0, torch.rand(500, generator=torch.Generator().manual_seed(1)) + 0.1, torch.zeros(500)
+    ),
     "20_orders": torch.logspace(-10, 10, 41, dtype=torch.float64),
     "uniform_4097": torch.ones(4097),
 }
@@ -296,7 +299,11 @@ def test_philox_known_answers():
     # Random123's known-answer vectors for philox4x32-10.
     assert philox4x32_10((0, 0, 0, 0), (0, 0)) == (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)
     assert philox4x32_10((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0)) == (
-        0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)
+        0xD16CFE09,
+        0x94FDCCEB,
+        0x5001E420,
+        0x24126EA1,
+    )
 
 
 @pytest.mark.parametrize("offset", [0, 1, 7, 2 * (2**32 - 3) + 1])

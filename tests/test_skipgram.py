@@ -1,5 +1,6 @@
 """pyneg.skipgram: pair generation, the fused negative-sampling loss and the in-place SGD steps,
 each against a plain PyTorch / Python reference."""
+
 from __future__ import annotations
 
 import math
@@ -7,11 +8,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from test_samplers import philox4x32_10  # the plain-Python Philox reference
 from torch import nn
 
 import pyneg
 from pyneg import skipgram as sg
-from test_samplers import philox4x32_10  # the plain-Python Philox reference
 
 
 # ----------------------------------------------------------------- references
@@ -70,8 +71,9 @@ def test_gradcheck_float64():
     w_in, w_out, c, x, n = make_batch(v_in=7, v_out=6, d=4, b=5, k=3)
     w_in.requires_grad_()
     w_out.requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: sg.negative_sampling_embedding_loss(a, b, c, x, n, "none"),
-                                    (w_in, w_out))
+    assert torch.autograd.gradcheck(
+        lambda a, b: sg.negative_sampling_embedding_loss(a, b, c, x, n, "none"), (w_in, w_out)
+    )
 
 
 def test_only_one_table_needs_grad():
@@ -199,7 +201,7 @@ def test_hierarchical_softmax_sgd_equals_torch_optim_sgd(bias):
     for first in range(0, 250, 100):
         for group in opt.param_groups:
             group["lr"] = 0.1 + (0.02 - 0.1) * first / 250
-        loss = ref_hs(ra[c[first:first + 100]], x[first:first + 100], reduction="sum")
+        loss = ref_hs(ra[c[first : first + 100]], x[first : first + 100], reduction="sum")
         rtotal += loss.item()
         opt.zero_grad()
         loss.backward()
@@ -301,7 +303,7 @@ def test_pairs_dataset_batches_and_epochs():
     ds = pyneg.SkipGramPairs(tokens, 3, offsets=offsets, batch_size=100, seed=8, chunk_tokens=700, shuffle=False)
     chunks = list(ds.chunks())
     assert chunks[0][0] == 0 and chunks[-1][1] == 3000
-    assert all(lo % 10 == 0 and hi - lo >= 700 or hi == 3000 for lo, hi in chunks)
+    assert all((lo % 10 == 0 and hi - lo >= 700) or hi == 3000 for lo, hi in chunks)
     epoch0 = list(ds)
     assert all(b[0].numel() <= 100 for b in epoch0)
     c = torch.cat([b[0] for b in epoch0])

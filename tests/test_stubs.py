@@ -1,4 +1,5 @@
 """pyneg/_core.pyi must describe pyneg._core: the same names, classes and members."""
+
 from __future__ import annotations
 
 import ast

@@ -6,6 +6,7 @@ as ``sampled_values``) go through ``tf.nn.nce_loss``,
 and gradients must agree to float64 precision. TensorFlow's own candidate
 samplers are compared with pyneg's expected-count formula.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,19 +32,32 @@ def setup(t, seed=0, v=15, d=6, b=8, s=7):
 
 def tf_loss(fn, weights, biases, inputs, labels, cand, remove):
     w, b, x = (tf.Variable(a.numpy()) for a in (weights, biases, inputs))
-    sampled = (tf.constant(cand.sampled_candidates.numpy()), tf.constant(cand.true_expected_count.numpy()),
-               tf.constant(cand.sampled_expected_count.numpy()))
+    sampled = (
+        tf.constant(cand.sampled_candidates.numpy()),
+        tf.constant(cand.true_expected_count.numpy()),
+        tf.constant(cand.sampled_expected_count.numpy()),
+    )
     with tf.GradientTape() as tape:
-        loss = fn(weights=w, biases=b, labels=tf.constant(labels.numpy()), inputs=x,
-                  num_sampled=len(cand.sampled_candidates), num_classes=weights.shape[0],
-                  num_true=labels.shape[1], sampled_values=sampled, remove_accidental_hits=remove)
+        loss = fn(
+            weights=w,
+            biases=b,
+            labels=tf.constant(labels.numpy()),
+            inputs=x,
+            num_sampled=len(cand.sampled_candidates),
+            num_classes=weights.shape[0],
+            num_true=labels.shape[1],
+            sampled_values=sampled,
+            remove_accidental_hits=remove,
+        )
         total = tf.reduce_sum(loss)
     grads = [tf.convert_to_tensor(g).numpy() for g in tape.gradient(total, [w, b, x])]
     return loss.numpy(), grads
 
 
-PAIRS = {"nce": (PF.nce_loss, lambda: tf.nn.nce_loss),
-         "sampled_softmax": (PF.sampled_softmax_loss, lambda: tf.nn.sampled_softmax_loss)}
+PAIRS = {
+    "nce": (PF.nce_loss, lambda: tf.nn.nce_loss),
+    "sampled_softmax": (PF.sampled_softmax_loss, lambda: tf.nn.sampled_softmax_loss),
+}
 
 
 @pytest.mark.parametrize("loss", sorted(PAIRS))
@@ -55,9 +69,18 @@ def test_losses_and_gradients_match_tensorflow(loss, t, remove):
     leaves = [a.clone().requires_grad_() for a in (weights, biases, inputs)]
     w, b, x = leaves
     sampled = cand.sampled_candidates
-    got = ours(x, w[labels], w[sampled], positive_log_q=cand.true_expected_count.log(),
-               negative_log_q=cand.sampled_expected_count.log(), positive_ids=labels, negative_ids=sampled,
-               bias=b, remove_accidental_hits=remove, reduction="none")
+    got = ours(
+        x,
+        w[labels],
+        w[sampled],
+        positive_log_q=cand.true_expected_count.log(),
+        negative_log_q=cand.sampled_expected_count.log(),
+        positive_ids=labels,
+        negative_ids=sampled,
+        bias=b,
+        remove_accidental_hits=remove,
+        reduction="none",
+    )
     grads = torch.autograd.grad(got.sum(), leaves)
     want, want_grads = tf_loss(theirs(), weights, biases, inputs, labels, cand, remove)
     np.testing.assert_allclose(got.detach().numpy(), want, rtol=1e-10, atol=1e-10)
@@ -68,8 +91,9 @@ def test_losses_and_gradients_match_tensorflow(loss, t, remove):
 def test_compute_accidental_hits_matches_tensorflow_for_distinct_candidates():
     _, _, _, labels, cand = setup(3)
     rows, cols = PF.compute_accidental_hits(labels, cand.sampled_candidates)
-    res = tf.nn.compute_accidental_hits(tf.constant(labels.numpy()), tf.constant(cand.sampled_candidates.numpy()),
-                                        num_true=3)
+    res = tf.nn.compute_accidental_hits(
+        tf.constant(labels.numpy()), tf.constant(cand.sampled_candidates.numpy()), num_true=3
+    )
     theirs = sorted(zip(res.indices.numpy().tolist(), res.ids.numpy().tolist()))
     assert list(zip(rows.tolist(), cols.tolist())) == theirs and len(theirs) > 0
     assert np.all(res.weights.numpy() == -np.finfo(np.float32).max)
@@ -92,10 +116,12 @@ def test_unique_expected_count_without_collisions_is_k_p_as_in_tensorflow():
     np.testing.assert_allclose(res.sampled_expected_count.numpy(), k / v, rtol=1e-6)  # TensorFlow: k·p
     s = pyneg.UniformSampler(v)
     ids = torch.from_numpy(res.sampled_candidates.numpy())
-    np.testing.assert_allclose(s.expected_count(ids, k, num_tries=k).numpy(), res.sampled_expected_count.numpy(),
-                               rtol=1e-6)
-    np.testing.assert_allclose(s.expected_count(torch.from_numpy(true), k, num_tries=k).numpy(),
-                               res.true_expected_count.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        s.expected_count(ids, k, num_tries=k).numpy(), res.sampled_expected_count.numpy(), rtol=1e-6
+    )
+    np.testing.assert_allclose(
+        s.expected_count(torch.from_numpy(true), k, num_tries=k).numpy(), res.true_expected_count.numpy(), rtol=1e-6
+    )
 
 
 def test_unique_expected_count_with_collisions_matches_tensorflow():
@@ -107,12 +133,13 @@ def test_unique_expected_count_with_collisions_matches_tensorflow():
     p = s.probs[ids].numpy()
     # TensorFlow does not report num_tries: recover it from one count, then every count must follow.
     ec = res.sampled_expected_count.numpy().astype(np.float64)
-    tries = int(round(np.log1p(-ec[0]) / np.log1p(-p[0])))
+    tries = round(np.log1p(-ec[0]) / np.log1p(-p[0]))
     assert tries > k
     np.testing.assert_allclose(s.expected_count(ids, k, num_tries=tries).numpy(), ec, rtol=1e-5)
-    np.testing.assert_allclose(s.expected_count(torch.from_numpy(true), k, num_tries=tries).numpy(),
-                               res.true_expected_count.numpy(), rtol=1e-5)
-    rep = tf.random.log_uniform_candidate_sampler(true, num_true=2, num_sampled=k, unique=False, range_max=v,
-                                                  seed=3)
-    np.testing.assert_allclose(s.expected_count(torch.from_numpy(true), k).numpy(), rep.true_expected_count.numpy(),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        s.expected_count(torch.from_numpy(true), k, num_tries=tries).numpy(), res.true_expected_count.numpy(), rtol=1e-5
+    )
+    rep = tf.random.log_uniform_candidate_sampler(true, num_true=2, num_sampled=k, unique=False, range_max=v, seed=3)
+    np.testing.assert_allclose(
+        s.expected_count(torch.from_numpy(true), k).numpy(), rep.true_expected_count.numpy(), rtol=1e-5
+    )

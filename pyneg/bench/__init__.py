@@ -32,6 +32,7 @@ are shown as throughput, never judged. A target is judged where ``size(state)
 size only" instead of a verdict. The JSON (``results.json``) keeps, per target,
 the measured ratio, whether it was judged and the verdict.
 """
+
 from pyneg.bench.workload import Target, Workload
 
 __all__ = ["Target", "Workload"]

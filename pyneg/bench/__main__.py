@@ -12,6 +12,7 @@ marks their targets "full size only". The header and the JSON give the
 machine's load average before and after the run, so a reader can tell an idle
 run from a shared one.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,21 +67,27 @@ def run(quick: bool, name_filter: str, progress: bool = True) -> List[Dict[str, 
         items = w.num_items(state)
         pyneg_s = median(time_calls(w.run, state, repeat=repeat, min_time=min_time))
         base_s = {
-            name: median(time_calls(fn, state, repeat=repeat, min_time=min_time))
-            for name, fn in w.baselines.items()
+            name: median(time_calls(fn, state, repeat=repeat, min_time=min_time)) for name, fn in w.baselines.items()
         }
         peaks: Dict[str, Any] = {}
         if w.measure_memory:
-            peaks = {name: peak_memory_bytes(fn, state)
-                     for name, fn in [("pyneg", w.run)] + list(w.baselines.items())}
+            peaks = {name: peak_memory_bytes(fn, state) for name, fn in [("pyneg", w.run)] + list(w.baselines.items())}
         ratios = {name: t / pyneg_s for name, t in base_s.items()}
         judged = w.judged(state, quick)
         targets = []
         for t in w.targets:
             ratio = t.ratio(pyneg_s, base_s, peaks)
-            targets.append({"target": t.describe(), "kind": t.kind, "baseline": t.baseline, "value": t.value,
-                            "ratio": ratio, "judged": judged and ratio is not None,
-                            "verdict": t.judge(ratio, judged, quick)})
+            targets.append(
+                {
+                    "target": t.describe(),
+                    "kind": t.kind,
+                    "baseline": t.baseline,
+                    "value": t.value,
+                    "ratio": ratio,
+                    "judged": judged and ratio is not None,
+                    "verdict": t.judge(ratio, judged, quick),
+                }
+            )
         rows.append(
             {
                 "name": w.name,
@@ -113,13 +120,19 @@ def _verdict(t: Dict[str, Any], markdown: bool = False) -> str:
 
 
 def format_table(rows: List[Dict[str, Any]]) -> str:
-    header = (f"{'workload':<30} {'impl':<28} {'median':>11} {'throughput':>14} {'ratio':>9} "
-              f"{'peak mem':>9}  target: verdict (measured ratio)")
+    header = (
+        f"{'workload':<30} {'impl':<28} {'median':>11} {'throughput':>14} {'ratio':>9} "
+        f"{'peak mem':>9}  target: verdict (measured ratio)"
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
-        def line(impl: str, s: float, ratio: str, target: str) -> str:
-            return (f"{r['name']:<30} {impl:<28} {_fmt_time(s):>11} "
-                    f"{_fmt_rate(r['items'] / s):>14} {ratio:>9} {_fmt_peak(r, impl):>9}  {target}")
+
+        def line(impl: str, s: float, ratio: str, target: str, r: dict = r) -> str:
+            return (
+                f"{r['name']:<30} {impl:<28} {_fmt_time(s):>11} "
+                f"{_fmt_rate(r['items'] / s):>14} {ratio:>9} {_fmt_peak(r, impl):>9}  {target}"
+            )
+
         tgt = "; ".join(f"{t['target']}: {_verdict(t)}" for t in r["targets"])
         lines.append(line("pyneg", r["pyneg_s"], "1.0x", tgt))
         for name, s in r["baselines_s"].items():
@@ -129,27 +142,37 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
 
 def format_markdown(rows: List[Dict[str, Any]]) -> str:
     """The table as GitHub markdown, one row per implementation (for the README)."""
-    lines = ["| workload | implementation | median | throughput | speed-up of pyneg | peak memory | target | verdict |",
-             "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |"]
+    lines = [
+        "| workload | implementation | median | throughput | speed-up of pyneg | peak memory | target | verdict |",
+        "| --- | --- | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
     for r in rows:
         tgt = "; ".join(t["target"] for t in r["targets"])
         verdict = "; ".join(_verdict(t, markdown=True) for t in r["targets"])
-        lines.append(f"| `{r['name']}` | **pyneg** | {_fmt_time(r['pyneg_s'])} | "
-                     f"{_fmt_rate(r['items'] / r['pyneg_s'])} | | {_fmt_peak(r, 'pyneg')} | {tgt} | {verdict} |")
+        lines.append(
+            f"| `{r['name']}` | **pyneg** | {_fmt_time(r['pyneg_s'])} | "
+            f"{_fmt_rate(r['items'] / r['pyneg_s'])} | | {_fmt_peak(r, 'pyneg')} | {tgt} | {verdict} |"
+        )
         for name, s in r["baselines_s"].items():
-            lines.append(f"| | {name} | {_fmt_time(s)} | {_fmt_rate(r['items'] / s)} | "
-                         f"{r['ratios'][name]:.1f}x | {_fmt_peak(r, name)} | | |")
+            lines.append(
+                f"| | {name} | {_fmt_time(s)} | {_fmt_rate(r['items'] / s)} | "
+                f"{r['ratios'][name]:.1f}x | {_fmt_peak(r, name)} | | |"
+            )
     return "\n".join(lines)
 
 
 def format_header(machine: Dict[str, Any], quick: bool, elapsed_s: float, load: Dict[str, Any]) -> str:
     """One line: the machine, the kind of run, its length and the load average around it."""
+
     def avg(x: Any) -> str:
         return "n/a" if x is None else " / ".join(f"{v:.2f}" for v in x)
-    return (f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
-            f"({machine['torch_threads']} threads); {'quick' if quick else 'full'} run, {elapsed_s:.0f} s; "
-            f"load average (1 / 5 / 15 min) before {avg(load['before'])}, after {avg(load['after'])}"
-            + ("; targets marked 'full size only' are judged by the full run" if quick else ""))
+
+    return (
+        f"machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
+        f"({machine['torch_threads']} threads); {'quick' if quick else 'full'} run, {elapsed_s:.0f} s; "
+        f"load average (1 / 5 / 15 min) before {avg(load['before'])}, after {avg(load['after'])}"
+        + ("; targets marked 'full size only' are judged by the full run" if quick else "")
+    )
 
 
 def load_average() -> List[float] | None:
@@ -217,8 +240,9 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
     ax1.set_yticks(ys, [r["name"] for r in rows])
     ax1.set_xscale("log")
     ax1.axvline(1.0, color="black", linewidth=0.8)
-    ax1.set_xlabel("speed-up over the primary baseline (median time ratio; | the target; "
-                   "green met, red missed, grey not judged)")
+    ax1.set_xlabel(
+        "speed-up over the primary baseline (median time ratio; | the target; green met, red missed, grey not judged)"
+    )
     for y, (x, lab) in enumerate(zip(ratios, labels)):
         ax1.text(x, y, f" {x:.1f}x vs {lab}", va="center", fontsize=7)
     rates = [r["items"] / r["pyneg_s"] for r in rows]
@@ -236,8 +260,11 @@ def plot(rows: List[Dict[str, Any]], path: str) -> None:
 
 def main(argv: List[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyneg.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="smaller sizes, fewer repeats; judges only the targets of "
-                        "workloads that keep their target's size")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="smaller sizes, fewer repeats; judges only the targets of workloads that keep their target's size",
+    )
     parser.add_argument("--filter", default="", help="only workloads whose name or group contains TEXT")
     parser.add_argument("--out", default="bench_results", help="folder for results.json, results.md and results.png")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG plot")
@@ -254,8 +281,11 @@ def main(argv: List[str] | None = None) -> int:
     print(format_table(rows))
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"machine": machine, "quick": args.quick, "elapsed_s": elapsed, "load_average": load,
-                   "results": rows}, f, indent=2)
+        json.dump(
+            {"machine": machine, "quick": args.quick, "elapsed_s": elapsed, "load_average": load, "results": rows},
+            f,
+            indent=2,
+        )
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(header + "\n\n" + format_markdown(rows) + "\n")
     if not args.no_plot:
@@ -263,8 +293,10 @@ def main(argv: List[str] | None = None) -> int:
             plot(rows, os.path.join(args.out, "results.png"))
         except ImportError:
             print("matplotlib is not installed (pip install 'pyneg[bench]'): no plot written")
-    print(f"wrote {os.path.join(args.out, 'results.json')}, results.md"
-          + ("" if args.no_plot else f" and {os.path.join(args.out, 'results.png')}"))
+    print(
+        f"wrote {os.path.join(args.out, 'results.json')}, results.md"
+        + ("" if args.no_plot else f" and {os.path.join(args.out, 'results.png')}")
+    )
     return 0
 
 

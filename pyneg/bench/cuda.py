@@ -5,6 +5,7 @@ GPU, and hierarchical softmax forward + backward against a plain PyTorch
 gather implementation on the same GPU. Every timed function synchronises the
 device, so wall-clock times are the GPU's.
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -15,11 +16,11 @@ import torch
 
 import pyneg
 from pyneg import cuda
-from pyneg.cuda import cuda_available
 from pyneg._hsoftmax_reference import gather_nll, padded_paths
-from pyneg.hsoftmax import HuffmanTree
 from pyneg.bench.sampling import assert_follows, zipf_counts
 from pyneg.bench.workload import Target, Workload
+from pyneg.cuda import cuda_available
+from pyneg.hsoftmax import HuffmanTree
 
 
 def balanced_tree(num_classes: int, device: Any = "cpu") -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -32,9 +33,15 @@ def balanced_tree(num_classes: int, device: Any = "cpu") -> Tuple[torch.Tensor, 
     return tuple(t.to(device) for t in (tree.path_offsets, tree.path_nodes, tree.path_codes))  # type: ignore[return-value]
 
 
-def hs_gather_reference(input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                        target: torch.Tensor, offsets: torch.Tensor, nodes: torch.Tensor,
-                        codes: torch.Tensor) -> torch.Tensor:
+def hs_gather_reference(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    target: torch.Tensor,
+    offsets: torch.Tensor,
+    nodes: torch.Tensor,
+    codes: torch.Tensor,
+) -> torch.Tensor:
     """Per-example NLL with plain PyTorch: the gather path of HierarchicalSoftmax (every path
     padded to the longest, gathered, masked), padding included in the call."""
     paths = padded_paths(offsets, nodes, codes, dtype=input.dtype, device=input.device)
@@ -46,9 +53,15 @@ def _draw_setup(quick: bool) -> SimpleNamespace:
     v, n = (10**7, 10**8) if not quick else (10**6, 10**7)
     sampler = pyneg.UnigramSampler(zipf_counts(v), power=0.75)
     dev = torch.device("cuda")
-    st = SimpleNamespace(sampler=sampler, v=v, n=n, probs=sampler.probs, seed=[0],
-                         probs32=sampler.probs.to(device=dev, dtype=torch.float32),
-                         out=torch.empty(n, dtype=torch.int64, device=dev))
+    st = SimpleNamespace(
+        sampler=sampler,
+        v=v,
+        n=n,
+        probs=sampler.probs,
+        seed=[0],
+        probs32=sampler.probs.to(device=dev, dtype=torch.float32),
+        out=torch.empty(n, dtype=torch.int64, device=dev),
+    )
     sampler.sample(1, seed=0, device=dev)  # upload the table once (not timed)
     return st
 
@@ -72,7 +85,7 @@ def _check_draws(st: SimpleNamespace, result: torch.Tensor, baselines: Dict[str,
     assert_follows(head, st.probs)
     assert_follows(baselines["torch.multinomial (GPU)"][: 2 * 10**6], st.probs)
     # Bit-identical to the CPU kernels for the same seed and positions.
-    assert torch.equal(head[:10**5], st.sampler.sample(10**5, seed=st.seed[0]))
+    assert torch.equal(head[: 10**5], st.sampler.sample(10**5, seed=st.seed[0]))
 
 
 # ------------------------------------------------------ hierarchical softmax
@@ -82,7 +95,11 @@ def _hs_setup(quick: bool) -> SimpleNamespace:
     g = torch.Generator(device=dev).manual_seed(0)
     offsets, nodes, codes = balanced_tree(v, dev)
     return SimpleNamespace(
-        offsets=offsets, nodes=nodes, codes=codes, b=b, v=v,
+        offsets=offsets,
+        nodes=nodes,
+        codes=codes,
+        b=b,
+        v=v,
         x=torch.randn(b, d, device=dev, generator=g),
         w=0.1 * torch.randn(v - 1, d, device=dev, generator=g),
         target=torch.randint(0, v, (b,), device=dev, generator=g),

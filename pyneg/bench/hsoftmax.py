@@ -9,6 +9,7 @@ paths (``F.embedding`` gather, ``bmm``, ``logsigmoid``); and the full softmax
 The forward + backward workloads also report peak memory in the
 ``python -m pyneg.bench`` table (``measure_memory``).
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -61,8 +62,17 @@ def _hs_setup(v: int, batch: int, dim: int, *, sparse: bool):
         # Targets drawn from the counts, as a training batch's would be.
         target = torch.from_numpy(rng.choice(vv, size=b, p=counts / counts.sum()))
         x = torch.randn(b, dim, generator=gen).requires_grad_()
-        return SimpleNamespace(hs=hs, paths=hs.tree.padded_paths(torch.float32), x=x, target=target,
-                               weight=hs.weight, sparse=sparse, batch=b, v=vv)
+        return SimpleNamespace(
+            hs=hs,
+            paths=hs.tree.padded_paths(torch.float32),
+            x=x,
+            target=target,
+            weight=hs.weight,
+            sparse=sparse,
+            batch=b,
+            v=vv,
+        )
+
     return setup
 
 
@@ -97,6 +107,7 @@ def _softmax_setup(v: int, batch: int, dim: int):
         gen = torch.Generator().manual_seed(2)
         st.full_weight = (torch.randn(vv, dim, generator=gen) * 0.1).requires_grad_()
         return st
+
     return setup
 
 
@@ -129,7 +140,7 @@ def _fwd_bwd_workload(name: str, *, sparse: bool) -> Workload:
         name=name,
         group="hsoftmax",
         description="HS loss forward + backward, B = 4096, d = 128, V = 10^5 "
-                    f"({'sparse' if sparse else 'dense'} grads)",
+        f"({'sparse' if sparse else 'dense'} grads)",
         setup=_hs_setup(10**5, 4096, 128, sparse=sparse),
         run=_pyneg_fwd_bwd,
         baselines={GATHER: _gather_fwd_bwd},

@@ -6,6 +6,7 @@ last M rows (allocates and copies the whole queue every step), and a
 vectorised NumPy transcription of the frequency estimator's update (hashes,
 ``np.unique`` for the once-per-step rule, fancy-indexed updates).
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -29,12 +30,19 @@ def _queue_setup(capacity: int, dim: int, batch: int):
         fill_ids = torch.randint(0, 10**6, (capacity,), generator=g)
         fill_lq = -torch.rand(capacity, generator=g)
         st = SimpleNamespace(capacity=capacity, batch=batch, calls={"pyneg": 0, "cat": 0})
-        st.batches = [(torch.randn(batch, dim, generator=g), torch.randint(0, 10**6, (batch,), generator=g),
-                       -torch.rand(batch, generator=g)) for _ in range(_QUEUE_BATCHES)]
+        st.batches = [
+            (
+                torch.randn(batch, dim, generator=g),
+                torch.randint(0, 10**6, (batch,), generator=g),
+                -torch.rand(batch, generator=g),
+            )
+            for _ in range(_QUEUE_BATCHES)
+        ]
         st.bank = pyneg.MemoryBank(capacity, dim)
         st.bank.enqueue(fill, fill_ids, fill_lq)
         st.queue = (fill.clone(), fill_ids.clone(), fill_lq.clone())
         return st
+
     return setup
 
 
@@ -62,11 +70,11 @@ def _cat_and_slice(st: SimpleNamespace):
 def _check_queue(st: SimpleNamespace, result: pyneg.MemoryBank, baselines: Dict[str, Any]) -> None:
     # Both hold the batch they wrote last as their newest rows...
     emb, ids, _ = st.batches[(st.calls["pyneg"] - 1) % len(st.batches)]
-    assert torch.equal(result.embeddings[-st.batch:], emb) and torch.equal(result.ids[-st.batch:], ids)
+    assert torch.equal(result.embeddings[-st.batch :], emb) and torch.equal(result.ids[-st.batch :], ids)
     emb, ids, _ = st.batches[(st.calls["cat"] - 1) % len(st.batches)]
     queue = baselines["torch.cat + slice (MoCo-style)"]
     assert len(result) == queue[0].shape[0] == st.capacity
-    assert torch.equal(queue[0][-st.batch:], emb) and torch.equal(queue[1][-st.batch:], ids)
+    assert torch.equal(queue[0][-st.batch :], emb) and torch.equal(queue[1][-st.batch :], ids)
     # ...and, fed the same batches from the same start, the same queue.
     fresh = _queue_setup(st.capacity, result.dim, st.batch)(True)
     for _ in range(_QUEUE_BATCHES + 1):
@@ -117,10 +125,16 @@ def _freq_setup(num_buckets: int, batch: int):
     def setup(quick: bool) -> SimpleNamespace:
         sampler = pyneg.UnigramSampler(zipf_counts(10**6), power=1.0)
         batches = [sampler.sample(batch, seed=s) for s in range(16)]
-        return SimpleNamespace(num_buckets=num_buckets, batch=batch, batches=batches, calls={"pyneg": 0, "np": 0},
-                               est=pyneg.FrequencyEstimator(num_buckets),
-                               np_est=NumpyFrequencyEstimator(num_buckets),
-                               np_batches=[b.numpy() for b in batches])
+        return SimpleNamespace(
+            num_buckets=num_buckets,
+            batch=batch,
+            batches=batches,
+            calls={"pyneg": 0, "np": 0},
+            est=pyneg.FrequencyEstimator(num_buckets),
+            np_est=NumpyFrequencyEstimator(num_buckets),
+            np_batches=[b.numpy() for b in batches],
+        )
+
     return setup
 
 

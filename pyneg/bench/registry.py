@@ -5,6 +5,7 @@ A module of ``pyneg/bench/`` that defines ``WORKLOADS`` (a list of
 order listed, areas in the order of ``_AREA_ORDER`` and then by module name, so
 a new area needs no change here.
 """
+
 from __future__ import annotations
 
 import importlib

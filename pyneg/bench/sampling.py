@@ -8,6 +8,7 @@ raw-throughput and small-call targets are ratios against it) and
 ``torch.cumsum`` of the same weights (a CDF build; the alias-build target is a
 ratio against it).
 """
+
 from __future__ import annotations
 
 import math
@@ -75,13 +76,21 @@ def _draw_setup(num_classes: int, draws: int, *, shape=None, table: bool = True)
     def setup(quick: bool) -> SimpleNamespace:
         v = num_classes if not quick else min(num_classes, 10**6)
         sampler = pyneg.UnigramSampler(zipf_counts(v), power=0.75)
-        st = SimpleNamespace(sampler=sampler, probs=sampler.probs, n=draws, v=v,
-                             probs32=sampler.probs.to(torch.float32), rng=np.random.default_rng(0),
-                             out=torch.empty(shape or (draws,), dtype=torch.int64), seed=[0])
+        st = SimpleNamespace(
+            sampler=sampler,
+            probs=sampler.probs,
+            n=draws,
+            v=v,
+            probs32=sampler.probs.to(torch.float32),
+            rng=np.random.default_rng(0),
+            out=torch.empty(shape or (draws,), dtype=torch.int64),
+            seed=[0],
+        )
         st.out_base = torch.empty_like(st.out)
         if table:
             st.w2v = word2vec_table(sampler.probs.numpy())
         return st
+
     return setup
 
 
@@ -110,8 +119,7 @@ def _unique_setup(quick: bool) -> SimpleNamespace:
     v = 10**7 if not quick else 10**6
     rows = 64 if not quick else 8
     sampler = pyneg.UnigramSampler(zipf_counts(v), power=0.75)
-    return SimpleNamespace(sampler=sampler, probs32=sampler.probs.to(torch.float32), rows=rows, k=1000,
-                           v=v, seed=[0])
+    return SimpleNamespace(sampler=sampler, probs32=sampler.probs.to(torch.float32), rows=rows, k=1000, v=v, seed=[0])
 
 
 def _pyneg_unique(st: SimpleNamespace) -> torch.Tensor:
@@ -162,9 +170,16 @@ def _raw_setup(num_classes: int):
     def setup(quick: bool) -> SimpleNamespace:
         n = 10**7 if not quick else 2 * 10**6
         sampler = pyneg.UnigramSampler(zipf_counts(num_classes), power=0.75)
-        return SimpleNamespace(sampler=sampler, probs=sampler.probs, n=n, v=num_classes,
-                               out=torch.empty(n, dtype=torch.int64), out_base=torch.empty(n, dtype=torch.int64),
-                               seed=[0])
+        return SimpleNamespace(
+            sampler=sampler,
+            probs=sampler.probs,
+            n=n,
+            v=num_classes,
+            out=torch.empty(n, dtype=torch.int64),
+            out_base=torch.empty(n, dtype=torch.int64),
+            seed=[0],
+        )
+
     return setup
 
 
@@ -176,8 +191,10 @@ SMALL_CALL_V = 10**5
 def _small_setup(shape):
     def setup(quick: bool) -> SimpleNamespace:
         sampler = pyneg.UnigramSampler(zipf_counts(SMALL_CALL_V), power=0.75)
-        return SimpleNamespace(sampler=sampler, probs=sampler.probs, shape=tuple(shape), v=SMALL_CALL_V,
-                               n=math.prod(shape))
+        return SimpleNamespace(
+            sampler=sampler, probs=sampler.probs, shape=tuple(shape), v=SMALL_CALL_V, n=math.prod(shape)
+        )
+
     return setup
 
 
@@ -193,8 +210,7 @@ def _check_small(st: SimpleNamespace, result: torch.Tensor, baselines: Dict[str,
     assert result.shape == st.shape and result.dtype == torch.int64
     assert baselines[RANDINT].shape == st.shape
     # One call is too few draws for a chi-square: check the sampler's law on many calls' worth.
-    assert_follows(torch.cat([st.sampler.sample(st.shape).reshape(-1) for _ in range(max(1, 10**6 // st.n))]),
-                   st.probs)
+    assert_follows(torch.cat([st.sampler.sample(st.shape).reshape(-1) for _ in range(max(1, 10**6 // st.n))]), st.probs)
 
 
 def _draws_size(st: SimpleNamespace) -> Dict[str, Any]:
@@ -243,8 +259,12 @@ WORKLOADS = [
         description="10^6 draws per call from unigram^0.75 over V = 10^6",
         setup=_draw_setup(10**6, 10**6),
         run=_pyneg_draw,
-        baselines={MULTINOMIAL: _multinomial, "numpy choice": _numpy_choice,
-                   "word2vec table (10^7)": _w2v_table, RANDINT: _randint},
+        baselines={
+            MULTINOMIAL: _multinomial,
+            "numpy choice": _numpy_choice,
+            "word2vec table (10^7)": _w2v_table,
+            RANDINT: _randint,
+        },
         check=_check_draws,
         items=lambda st: st.n,
         targets=(Target("ratio", 30, MULTINOMIAL),),

@@ -10,6 +10,7 @@ generator against what users write today.
 - (centre, context) pairs of 10^6 tokens against a vectorised NumPy version of
   the same rule (word2vec's reduced window, sentences respected).
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -43,8 +44,18 @@ def _loss_setup(v: int, batch: int, k: int, dim: int):
         centres = torch.from_numpy(rng.choice(vv, size=b, p=p))
         contexts = torch.from_numpy(rng.choice(vv, size=b, p=p))
         negatives = pyneg.UnigramSampler(counts).sample((b, k), seed=2)
-        return SimpleNamespace(w_in=w_in.requires_grad_(), w_out=w_out.requires_grad_(), centres=centres,
-                               contexts=contexts, negatives=negatives, batch=b, k=k, dim=dim, v=vv)
+        return SimpleNamespace(
+            w_in=w_in.requires_grad_(),
+            w_out=w_out.requires_grad_(),
+            centres=centres,
+            contexts=contexts,
+            negatives=negatives,
+            batch=b,
+            k=k,
+            dim=dim,
+            v=vv,
+        )
+
     return setup
 
 
@@ -53,14 +64,22 @@ def _grads(loss: torch.Tensor, st: SimpleNamespace) -> Tuple[torch.Tensor, ...]:
 
 
 def _pyneg_loss(st: SimpleNamespace):
-    return _grads(sg.negative_sampling_embedding_loss(st.w_in, st.w_out, st.centres, st.contexts, st.negatives,
-                                                      "sum", sparse=True), st)
+    return _grads(
+        sg.negative_sampling_embedding_loss(
+            st.w_in, st.w_out, st.centres, st.contexts, st.negatives, "sum", sparse=True
+        ),
+        st,
+    )
 
 
 def _today_loss(st: SimpleNamespace):
     v = F.embedding(st.centres, st.w_in, sparse=True)
-    loss = pyneg.functional.negative_sampling_loss(v, F.embedding(st.contexts, st.w_out, sparse=True),
-                                                   F.embedding(st.negatives, st.w_out, sparse=True), reduction="sum")
+    loss = pyneg.functional.negative_sampling_loss(
+        v,
+        F.embedding(st.contexts, st.w_out, sparse=True),
+        F.embedding(st.negatives, st.w_out, sparse=True),
+        reduction="sum",
+    )
     return _grads(loss, st)
 
 
@@ -97,19 +116,22 @@ def _step_setup(v: int, batch: int, k: int, dim: int):
         st.opt = torch.optim.SGD(list(st.torch), lr=0.025)
         st.start = (w_in.clone(), w_out.clone())
         return st
+
     return setup
 
 
 def _fused_step(st: SimpleNamespace):
-    sg.negative_sampling_sgd_(*st.fused, st.centres, st.contexts, st.negatives, 0.025, batch_size=st.batch)
+    w_in, w_out = st.fused
+    sg.negative_sampling_sgd_(w_in, w_out, st.centres, st.contexts, st.negatives, 0.025, batch_size=st.batch)
     return st.fused
 
 
 def _torch_step(st: SimpleNamespace):
     a, b = st.torch
     v = F.embedding(st.centres, a, sparse=True)
-    loss = pyneg.functional.negative_sampling_loss(v, F.embedding(st.contexts, b, sparse=True),
-                                                   F.embedding(st.negatives, b, sparse=True), reduction="sum")
+    loss = pyneg.functional.negative_sampling_loss(
+        v, F.embedding(st.contexts, b, sparse=True), F.embedding(st.negatives, b, sparse=True), reduction="sum"
+    )
     st.opt.zero_grad(set_to_none=True)
     loss.backward()
     st.opt.step()
@@ -140,8 +162,14 @@ def _pairs_setup(n: int, window: int):
         sent = np.zeros(nn, dtype=np.int64)
         sent[offsets[1:]] = 1
         # Token id = position, so a check can read distances and sentences back from the pairs.
-        return SimpleNamespace(tokens=np.arange(nn, dtype=np.int64), offsets=offsets.astype(np.int64),
-                               sent=np.cumsum(sent), window=window, n=nn)
+        return SimpleNamespace(
+            tokens=np.arange(nn, dtype=np.int64),
+            offsets=offsets.astype(np.int64),
+            sent=np.cumsum(sent),
+            window=window,
+            n=nn,
+        )
+
     return setup
 
 

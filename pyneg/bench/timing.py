@@ -1,4 +1,5 @@
 """Timing and memory measurement shared by the CLI and the pytest-benchmark suite."""
+
 from __future__ import annotations
 
 import ctypes
@@ -8,8 +9,9 @@ import time
 from typing import Any, Callable, List, Optional
 
 
-def time_calls(fn: Callable[[Any], Any], state: Any, *, repeat: int = 7, min_time: float = 0.05,
-               max_time: float = 5.0) -> List[float]:
+def time_calls(
+    fn: Callable[[Any], Any], state: Any, *, repeat: int = 7, min_time: float = 0.05, max_time: float = 5.0
+) -> List[float]:
     """Seconds per call of ``fn(state)``: ``repeat`` samples after one warm-up call.
 
     Each sample averages enough back-to-back calls to last ``min_time``; the

@@ -11,6 +11,7 @@ target is judged only where the workload ran at the size the target is stated
 for (:meth:`Workload.judged`): a ``--quick`` run reports its smaller workloads'
 figures but does not judge them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -43,15 +44,18 @@ class Target:
 
     def __post_init__(self) -> None:
         if self.kind not in _KINDS:
-            raise ValueError(f"Target kind must be one of {_KINDS} (targets are ratios against a baseline "
-                             f"measured in the same run), got {self.kind!r}")
+            raise ValueError(
+                f"Target kind must be one of {_KINDS} (targets are ratios against a baseline "
+                f"measured in the same run), got {self.kind!r}"
+            )
         if not self.value > 0:
             raise ValueError(f"Target value must be > 0, got {self.value!r}")
         if not isinstance(self.baseline, str) or not self.baseline:
             raise ValueError("Target baseline must name one of the workload's baselines")
 
-    def ratio(self, pyneg_s: float, baselines_s: Mapping[str, float],
-              peak_bytes: Mapping[str, Optional[int]]) -> Optional[float]:
+    def ratio(
+        self, pyneg_s: float, baselines_s: Mapping[str, float], peak_bytes: Mapping[str, Optional[int]]
+    ) -> Optional[float]:
         """The measured ratio (baseline over pyneg), or None where it was not measured."""
         if self.kind == "ratio":
             base = baselines_s.get(self.baseline)
