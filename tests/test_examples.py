@@ -47,8 +47,10 @@ WORD2VEC = Path(__file__).resolve().parents[1] / "examples" / "word2vec.py"
 
 
 def _run_word2vec(args, tmp_path: Path) -> str:
-    # The child imports the pyneg these tests import (a source checkout's, not another installed one).
-    root = str(Path(__file__).resolve().parents[1])
+    # The child imports the pyneg these tests import (an installed one, or a checkout built in place).
+    import pyneg
+
+    root = str(Path(pyneg.__file__).resolve().parents[1])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     proc = subprocess.run(
         [sys.executable, str(WORD2VEC)] + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
