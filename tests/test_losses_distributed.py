@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _rank_outcomes import outcomes
 from torch.nn.parallel import DistributedDataParallel
 
 import pyneg.functional as PF
@@ -155,7 +156,6 @@ def test_batch_has_cross_rank_accidental_hits():
 
 def _failing_loss_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import datetime
-    import time
 
     # A short group timeout: a rank left waiting in a gather would fail after 20 s.
     dist.init_process_group(
@@ -186,14 +186,7 @@ def _failing_loss_worker(rank: int, world: int, init_file: str, out_dir: str) ->
                 q, c, [NegativeSource.batch(log_q if bad else None)], positive_ids=ids, gather=True
             ),
         }
-        outcome = {}
-        for name, call in calls.items():
-            start = time.monotonic()
-            try:
-                call()
-                outcome[name] = ("no error", "", time.monotonic() - start)
-            except Exception as e:
-                outcome[name] = (type(e).__name__, str(e), time.monotonic() - start)
+        outcome = outcomes(calls)
         # The ranks are still in step: a valid gathering loss works on both.
         outcome["after"] = float(PF.in_batch_softmax_loss(q, c, candidate_ids=ids, gather=True))
         torch.save(outcome, os.path.join(out_dir, f"{rank}.pt"))

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from _rank_outcomes import outcomes
 
 import pyneg
 
@@ -162,7 +163,6 @@ class _OddTensor(torch.Tensor):
 
 def _failing_checks_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     import datetime
-    import time
 
     # A short process-group timeout: were a rank left waiting, its collective
     # would fail after 20 s (and the elapsed times below would show it).
@@ -189,14 +189,7 @@ def _failing_checks_worker(rank: int, world: int, init_file: str, out_dir: str) 
             "rank_offset": lambda: pyneg.distributed.rank_offset(_Exploding() if bad else 4),
             "sampler_seed": lambda: pyneg.distributed.sampler_seed(streams="nope" if bad else "shared"),
         }
-        outcome = {}
-        for name, call in calls.items():
-            start = time.monotonic()
-            try:
-                call()
-                outcome[name] = ("no error", "", time.monotonic() - start)
-            except Exception as e:
-                outcome[name] = (type(e).__name__, str(e), time.monotonic() - start)
+        outcome = outcomes(calls)
         # Nothing was recorded, and the ranks are still in step: a valid synced call works.
         outcome["steps_before"] = (bank.step, est.step)
         bank.enqueue(torch.ones(1, DIM), torch.tensor([rank]))
