@@ -701,9 +701,8 @@ def _checked_before_gather(
         return check()
     try:
         result = check()
-    except Exception as exc:  # every rank must hear of it: see _raise_if_any_rank_failed
+    except Exception as exc:  # every rank must hear of it; the helper re-raises exc here
         _raise_if_any_rank_failed(exc, group)
-        raise
     _raise_if_any_rank_failed(None, group, flags=flags(result))
     return result
 

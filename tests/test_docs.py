@@ -34,6 +34,8 @@ def test_docs_have_examples():
     pages = {page for page, _, _ in BLOCKS}
     assert {"getting-started.md", "guide/samplers.md", "guide/hsoftmax.md", "guide/memory.md"} <= pages
     assert len(BLOCKS) >= 10
+    # The NCE / several-positives / biases / weights page shows each feature.
+    assert sum(page == "losses.md" for page, _, _ in BLOCKS) >= 6
 
 
 PAGES = sorted({page for page, _, _ in BLOCKS})
