@@ -94,7 +94,7 @@ def _setup(batch: int, num_items: int, dim: int, num_negatives: int, bank_size: 
         model = TwoTowerStep(v, d, n, bank)
         users = torch.randint(0, v, (b,), generator=gen)
         items = torch.randint(0, v, (b,), generator=gen)
-        st = SimpleNamespace(model=model, compiled=model, users=users, items=items, quick=quick)
+        st = SimpleNamespace(model=model, compiled=model, users=users, items=items, compile_s=None)
         st.size = {"B": b, "V": v, "d": d, "negatives": n, "bank": m}
         if not quick:
             _compile(st)
@@ -103,7 +103,7 @@ def _setup(batch: int, num_items: int, dim: int, num_negatives: int, bank_size: 
     return setup
 
 
-def _compile(st: SimpleNamespace) -> None:
+def _compile(st: SimpleNamespace, backend: str = "inductor") -> None:
     """Counts the graph breaks, then compiles the step and times the first compiled call."""
     quiet = [logging.getLogger(name) for name in ("torch._dynamo", "torch._inductor")]
     levels = [log.level for log in quiet]
@@ -116,13 +116,14 @@ def _compile(st: SimpleNamespace) -> None:
             torch._dynamo.reset()
             explained = torch._dynamo.explain(st.model)(st.users, st.items)
             torch._dynamo.reset()
-            st.compiled = torch.compile(st.model)  # no fullgraph: a step with breaks still runs
+            st.compiled = torch.compile(st.model, backend=backend)  # no fullgraph: a step with breaks still runs
             t0 = time.perf_counter()
             _train_step(st.compiled, st)  # compiles forward and backward
             st.compile_s = time.perf_counter() - t0
     finally:
         for log, level in zip(quiet, levels):
             log.setLevel(level)
+    st.backend = backend
     st.graph_breaks = int(explained.graph_break_count)
     st.graphs = int(explained.graph_count)
 
@@ -146,9 +147,14 @@ def _check(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
 
 
 def _notes(st: SimpleNamespace) -> Dict[str, Any]:
-    if st.quick:
+    if st.compile_s is None:
         return {"compile": "skipped in --quick (compiling takes minutes on small machines): both rows ran eager"}
-    return {"compile_s": round(st.compile_s, 2), "graph_breaks": st.graph_breaks, "graphs": st.graphs}
+    return {
+        "backend": st.backend,
+        "compile_s": round(st.compile_s, 2),
+        "graph_breaks": st.graph_breaks,
+        "graphs": st.graphs,
+    }
 
 
 def _workload(name: str, batch: int, num_items: int, dim: int, num_negatives: int, bank_size: int) -> Workload:
