@@ -246,7 +246,7 @@ def test_notes_reach_the_table_markdown_and_json(tmp_path, capsys):
     data, md = _run_cli(tmp_path, "--quick", "--filter", "compiled_step_small")
     printed = capsys.readouterr().out
     (row,) = data["results"]
-    assert row["notes"] == {"compile": "skipped in --quick (compiling takes minutes on small machines): both rows ran eager"}
+    assert row["notes"]["compile"].startswith("skipped in --quick")
     assert "notes: compile skipped in --quick" in printed
     assert "| | notes: compile skipped in --quick" in md
     assert set(row["baselines_s"]) == {"eager step"}

@@ -24,6 +24,7 @@ the step runs, and the table says so.
 from __future__ import annotations
 
 import logging
+import math
 import time
 import warnings
 from types import SimpleNamespace
@@ -61,9 +62,7 @@ class TwoTowerStep(torch.nn.Module):
         neg_lq = self.sampler.log_expected_count(neg_ids, self.num_negatives)
         pos_lq = self.sampler.log_expected_count(items, items.shape[0])
         hs = self.hs(q, items)
-        sampled = F.sampled_softmax_loss(
-            q, pos, neg, positive_ids=items, negative_ids=neg_ids, negative_log_q=neg_lq
-        )
+        sampled = F.sampled_softmax_loss(q, pos, neg, positive_ids=items, negative_ids=neg_ids, negative_log_q=neg_lq)
         in_batch = F.in_batch_softmax_loss(q, pos, log_q=pos_lq, candidate_ids=items)
         mixed = F.mixed_negatives_loss(
             q,
@@ -90,7 +89,8 @@ def _setup(batch: int, num_items: int, dim: int, num_negatives: int, bank_size: 
         gen = torch.Generator().manual_seed(1)
         bank = pyneg.MemoryBank(m, d)
         bank_ids = torch.randint(0, v, (m,), generator=gen)
-        bank.enqueue(torch.randn(m, d, generator=gen) * 0.1, bank_ids, torch.full((m,), -float(torch.log(torch.tensor(v)))))
+        # log q of a uniform draw over the catalogue
+        bank.enqueue(torch.randn(m, d, generator=gen) * 0.1, bank_ids, torch.full((m,), -math.log(v)))
         model = TwoTowerStep(v, d, n, bank)
         users = torch.randint(0, v, (b,), generator=gen)
         items = torch.randint(0, v, (b,), generator=gen)
