@@ -32,6 +32,9 @@ from torch import nn
 from pyneg import _core
 from pyneg import cuda as pyneg_cuda
 from pyneg._hsoftmax_reference import PaddedPaths, gather_log_prob, gather_nll, log_prob_from_scores, padded_paths
+from pyneg._reduction import acc_dtype as _acc_dtype
+from pyneg._reduction import check_reduction as _check_reduction
+from pyneg._reduction import reduce_loss as _reduce
 from pyneg._validation import (
     MAX_CLASSES,
     ArrayLike,
@@ -42,7 +45,6 @@ from pyneg._validation import (
     check_int,
     check_tensor,
 )
-from pyneg.functional import _acc_dtype, _check_reduction, _reduce
 
 __all__ = ["HuffmanTree", "HierarchicalSoftmax"]
 
