@@ -36,7 +36,7 @@ def _require_compiled_core() -> None:
 
 _require_compiled_core()
 
-from pyneg import distributed, functional, losses, mining, skipgram
+from pyneg import _ops, distributed, functional, losses, mining, skipgram  # _ops: registers torch.ops.pyneg
 from pyneg.cuda import cuda_available
 from pyneg.data import NegativeSamplingCollator
 from pyneg.functional import NegativeSource
