@@ -46,7 +46,40 @@ class AliasTable:
         npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int
     ]: ...
     def cumulative_mass(self) -> npt.NDArray[np.uint64]: ...
+    def _storage(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
 
+# The kernels of the pyneg::alias_* operators: the table comes as int64 arrays.
+def alias_draw(
+    entries: npt.ArrayLike, seed: int, offset: int, out: npt.NDArray[np.int64], num_threads: int = 1
+) -> None: ...
+def alias_draw_excluding(
+    entries: npt.ArrayLike,
+    mass: npt.ArrayLike,
+    num_positive: int,
+    seed: int,
+    offset: int,
+    exclude: npt.ArrayLike,
+    k: int,
+    out: npt.NDArray[np.int64],
+    num_threads: int = 1,
+) -> None: ...
+def alias_draw_unique(
+    entries: npt.ArrayLike,
+    mass: npt.ArrayLike,
+    num_positive: int,
+    seed: int,
+    offset: int,
+    exclude: npt.ArrayLike,
+    k: int,
+    out: npt.NDArray[np.int64],
+    tries: npt.NDArray[np.int64] | None = None,
+    num_threads: int = 1,
+) -> None: ...
+def alias_prepare_exclude(
+    num_classes: int, num_positive: int, exclude: npt.ArrayLike, id_mass: npt.ArrayLike, rows: int, unique_k: int = 0
+) -> tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int
+]: ...
 def draw_randoms(seed: int, offset: int, out: npt.NDArray[np.uint64]) -> None: ...
 def philox_isa() -> str: ...
 def hardware_threads() -> int: ...
