@@ -250,4 +250,3 @@ def test_worker_exceptions_reach_python_as_value_error(threads):
     # and the pool still works after a failed call
     ok = mine_hard_negatives(q, c[:2000], 4, num_threads=threads, block_size=(8, 64))
     assert ok.ids.shape == (40, 4)
-

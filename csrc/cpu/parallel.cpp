@@ -30,7 +30,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <mutex>
-#include <system_error>
 #include <thread>
 
 namespace pyneg {
@@ -112,7 +111,7 @@ class Pool {
     while (static_cast<int64_t>(threads_.size()) < want) {
       try {
         threads_.emplace_back([this, seen = generation_] { work(seen); });
-      } catch (const std::system_error&) {
+      } catch (...) {  // std::system_error (no more threads) or std::bad_alloc
         break;
       }
     }
