@@ -32,7 +32,7 @@ Ops:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -46,6 +46,7 @@ __all__ = [
     "alias_sample_unique",
     "alias_log_prob",
     "alias_check_tries",
+    "allocate",
     "draw_into",
     "torch_ops_draw",
 ]
@@ -59,7 +60,7 @@ def _u64(t: Tensor) -> int:
     return int(t.item()) & _MASK64
 
 
-def _allocate(shape: Sequence[int], device: torch.device) -> Tensor:
+def allocate(shape: Sequence[int], device: torch.device) -> Tensor:
     """An int64 tensor for the draws; a size the machine cannot hold is a MemoryError naming it."""
     try:
         return torch.empty(tuple(shape), dtype=torch.int64, device=device)
@@ -80,16 +81,19 @@ def _check_exclude_ids(exclude: Tensor, num_classes: int) -> None:
         raise ValueError(f"exclude holds id {bad} outside [0, {num_classes}) (use -1 for padding)")
 
 
-def _cpu_array(t: Tensor) -> np.ndarray:
-    """A CPU tensor's values as a contiguous NumPy array (no copy when already so)."""
+def _cpu_array(t: Union[Tensor, np.ndarray]) -> np.ndarray:
+    """A CPU tensor's values as a contiguous NumPy array (no copy when already so; an
+    array, such as the NumPy view of a sampler's table, passes through)."""
+    if isinstance(t, np.ndarray):
+        return t
     return t.detach().contiguous().numpy()
 
 
 # ------------------------------------------------------------- CPU kernels
 def draw_into(
     out: Tensor,
-    entries: Tensor,
-    mass: Optional[Tensor],
+    entries: Union[Tensor, np.ndarray],
+    mass: Union[Tensor, np.ndarray, None],
     num_positive: int,
     exclude: Optional[Tensor],
     seed: int,
@@ -103,11 +107,12 @@ def draw_into(
     The one place the CPU kernels are called: the ops' CPU implementations
     and eager ``sample(..., out=...)`` (which writes straight into the caller's
     buffer) both come here. ``exclude`` is (L, P) int64 or None; ``tries``
-    (rows,) receives each unique row's tries when given.
+    (rows,) receives each unique row's tries when given. The table may come as
+    tensors or as their NumPy views.
     """
     if out.numel() == 0:
         return
-    flat = out.view(-1).numpy()
+    flat = out.numpy()  # the kernels read any C-contiguous shape as rows of k
     threads = torch.get_num_threads()
     ent = _cpu_array(entries)
     if exclude is not None:
@@ -156,7 +161,7 @@ def _rows_k(shape: Sequence[int], k: int) -> Tuple[int, int]:
 def alias_sample(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Tensor:
     """Independent draws of shape ``size`` from the table ``entries``: draw ``j`` (row-major)
     uses Philox position ``offset + j`` of ``seed``."""
-    out = _allocate(size, entries.device)
+    out = allocate(size, entries.device)
     draw_into(out, entries, None, 0, None, _u64(seed), _u64(offset), 1, False, None)
     return out
 
@@ -170,7 +175,7 @@ def _(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Ten
 def _(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Tensor:
     if not cuda.cuda_available():  # pyneg._cuda not built: torch ops on the device's table
         return torch_ops_draw(entries, size, _u64(seed))
-    out = _allocate(size, entries.device)
+    out = allocate(size, entries.device)
     if out.numel():
         cuda.draw_into(out, entries, None, 0, None, _u64(seed), _u64(offset), 1, False, False)
     return out
@@ -189,7 +194,7 @@ def alias_sample_excluding(
 ) -> Tensor:
     """Rows of ``k`` draws (``size`` holds ``R * k`` of them) that avoid their exclusion list;
     excluded draws are redrawn (the distribution renormalised over the allowed ids)."""
-    out = _allocate(size, entries.device)
+    out = allocate(size, entries.device)
     draw_into(out, entries, mass, num_positive, exclude, _u64(seed), _u64(offset), k, False, None)
     return out
 
@@ -205,7 +210,7 @@ def _(entries, mass, num_positive, exclude, seed, offset, size, k):  # type: ign
         return alias_sample_excluding(
             entries.cpu(), mass.cpu(), num_positive, exclude.cpu(), seed.cpu(), offset.cpu(), size, k
         ).to(entries.device)
-    out = _allocate(size, entries.device)
+    out = allocate(size, entries.device)
     if out.numel():
         cuda.draw_into(out, entries, mass, num_positive, exclude, _u64(seed), _u64(offset), k, False, False)
     return out
@@ -225,7 +230,7 @@ def alias_sample_unique(
 ) -> Tuple[Tensor, Tensor]:
     """Rows of ``k`` ids distinct within the row (successive sampling), and the candidate
     draws each row took (``num_tries``; shape (R,), or (0,) without ``with_tries``)."""
-    out = _allocate(size, entries.device)
+    out = allocate(size, entries.device)
     _, rows = _rows_k(size, k)
     tries = torch.empty(rows if with_tries else 0, dtype=torch.int64)
     draw_into(
@@ -249,7 +254,7 @@ def _(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries): 
             seed.cpu(), offset.cpu(), size, k, with_tries,
         )  # fmt: skip
         return ids.to(device), tries.to(device)
-    out = _allocate(size, device)
+    out = allocate(size, device)
     _, rows = _rows_k(size, k)
     tries = torch.empty(rows if with_tries else 0, dtype=torch.int64, device=device)
     if out.numel():
