@@ -36,7 +36,14 @@ def _require_compiled_core() -> None:
 
 _require_compiled_core()
 
-from pyneg import _ops, distributed, functional, losses, mining, skipgram  # _ops: registers torch.ops.pyneg
+from pyneg import (
+    _ops,  # noqa: F401  (registers the torch.ops.pyneg operators)
+    distributed,
+    functional,
+    losses,
+    mining,
+    skipgram,
+)
 from pyneg.cuda import cuda_available
 from pyneg.data import NegativeSamplingCollator
 from pyneg.functional import NegativeSource

@@ -246,6 +246,7 @@ class AliasSampler:
         (the range check runs in the ``pyneg::alias_log_prob`` op).
         """
         dist = self._dist
+        dev: Optional[torch.device]
         if isinstance(ids, torch.Tensor) and ids.dtype in _OP_INT_DTYPES:
             check_tensor(ids, "ids")
             dev = ids.device
@@ -321,9 +322,14 @@ class AliasSampler:
             generator: where to take a seed from when ``seed`` is None
                 (torch's default generator when both are None).
             seed: draws are a pure function of ``(seed, offset + position)``.
+                An int in [0, 2**64) or a one-element integer tensor (its 64
+                bits); inside ``torch.compile`` a 0-dim int64 tensor seed is
+                data, so a new seed never recompiles. Without a seed one is
+                drawn from the generator, inside a compiled graph as a tensor
+                (``torch.randint(0, 2**63 - 1, ())``).
             offset: position of the first draw in the seed's stream; draws of
                 one call with ``offset=0`` equal those of two calls split at
-                ``n`` with offsets 0 and ``n``.
+                ``n`` with offsets 0 and ``n``. An int or a tensor, like ``seed``.
             device: where the result lives (default: ``out``'s device, else CPU).
                 On a CUDA device pyneg's CUDA kernels draw there, bit-identical
                 to the CPU for the same seed (when ``pyneg.cuda_available()``).
@@ -333,8 +339,13 @@ class AliasSampler:
 
         Raises:
             ValueError, TypeError: for a bad argument, naming it; the call then
-                changes nothing (not ``out``, not the generator).
+                changes nothing (not ``out``, not the generator; inside a
+                compiled graph the seed already drawn is not given back).
             MemoryError: ``size`` fits in int64 but not in memory.
+
+        The draws are the ``torch.ops.pyneg.alias_sample*`` operators, so the
+        call works inside ``torch.compile(fullgraph=True)`` and ``torch.export``
+        (see the samplers guide, "Inside torch.compile and torch.export").
         """
         return self._sample(size, exclude, unique, generator, seed, offset, device, out, want_tries=False)[0]
 
@@ -496,8 +507,8 @@ class AliasSampler:
         k: int,
         ex: Optional[torch.Tensor],
         unique: bool,
-        seed: torch.Tensor,
-        offset: torch.Tensor,
+        seed: Union[int, torch.Tensor],
+        offset: Union[int, torch.Tensor],
         dev: torch.device,
         out: Optional[torch.Tensor],
         want_tries: bool,

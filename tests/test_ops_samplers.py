@@ -95,7 +95,9 @@ def test_ops_check_data_values(sampler):
     with pytest.raises(ValueError, match=r"exclude holds id 50 outside \[0, 50\) \(use -1 for padding\)"):
         OPS.alias_sample_excluding(d.entries, d.mass, d.num_positive, torch.tensor([[50]]), seed(1), seed(0), [1, 2], 2)
     with pytest.raises(ValueError, match="exclude holds id -3 outside"):
-        OPS.alias_sample_unique(d.entries, d.mass, d.num_positive, torch.tensor([[-3]]), seed(1), seed(0), [1, 2], 2, True)
+        OPS.alias_sample_unique(
+            d.entries, d.mass, d.num_positive, torch.tensor([[-3]]), seed(1), seed(0), [1, 2], 2, True
+        )
     everything = torch.arange(V).reshape(1, V)
     with pytest.raises(ValueError, match="leaves no id with positive weight"):
         OPS.alias_sample_excluding(d.entries, d.mass, d.num_positive, everything, seed(1), seed(0), [1, 2], 2)
@@ -276,7 +278,9 @@ def test_tensor_seeds_and_offsets_equal_int_ones(sampler):
     a = sampler.sample((4, 4), seed=torch.tensor(2**63 + 3, dtype=torch.uint64) if hasattr(torch, "uint64") else 9)
     b = sampler.sample((4, 4), seed=2**63 + 3 if hasattr(torch, "uint64") else 9)
     assert torch.equal(a, b)
-    assert torch.equal(sampler.sample((5,), seed=seed(4), offset=torch.tensor(3)), sampler.sample((5,), seed=4, offset=3))
+    assert torch.equal(
+        sampler.sample((5,), seed=seed(4), offset=torch.tensor(3)), sampler.sample((5,), seed=4, offset=3)
+    )
     with pytest.raises(TypeError, match="seed must be an int or a one-element integer tensor"):
         sampler.sample((2,), seed=torch.tensor([1.0]))
     with pytest.raises(ValueError, match="seed must be in"):
