@@ -103,17 +103,6 @@ def _u64(value: Union[int, torch.Tensor]) -> int:
     return (int(value) if isinstance(value, torch.Tensor) else value) & (_POSITIONS - 1)
 
 
-def _direct_call_ok(ex: Optional[torch.Tensor]) -> bool:
-    """Whether an op's CPU implementation may run without the dispatcher: eagerly (not
-    compiling, exporting or tracing), on plain tensors, with no torch mode to see the call."""
-    return (
-        not torch.compiler.is_compiling()
-        and torch._C._len_torch_dispatch_stack() == 0
-        and not torch._C._is_torch_function_mode_enabled()
-        and (ex is None or type(ex) is torch.Tensor)
-    )
-
-
 class _Distribution:
     """One sampler's whole state, replaced as a unit (never mutated in place).
 
@@ -250,11 +239,14 @@ class AliasSampler:
         if isinstance(ids, torch.Tensor) and ids.dtype in _OP_INT_DTYPES:
             check_tensor(ids, "ids")
             dev = ids.device
-            idx = ids.to(device="cpu", dtype=torch.int64)
+            idx = ids if ids.dtype == torch.int64 and dev.type == "cpu" else ids.to(device="cpu", dtype=torch.int64)
         else:
             dev = ids.device if isinstance(ids, torch.Tensor) else None
             idx = as_index_tensor(ids, "ids", dist.num_classes)
-        out = _OPS.alias_log_prob(dist.log_probs, idx)
+        if idx.device.type == "cpu" and _alias_ops.direct_call_ok(idx):
+            out = _alias_ops.log_prob_impl(dist.log_probs, idx)
+        else:
+            out = _OPS.alias_log_prob(dist.log_probs, idx)
         return out if dev is None else out.to(dev)
 
     def _compute_log_probs(self, probs: torch.Tensor) -> torch.Tensor:
@@ -520,7 +512,7 @@ class AliasSampler:
         implementation directly: the same code, without the dispatcher's Python
         round trips (most of a small draw's cost otherwise).
         """
-        if dev.type == "cpu" and _direct_call_ok(ex):
+        if dev.type == "cpu" and _alias_ops.direct_call_ok(ex):
             result = out if out is not None else _alias_ops.allocate(shape, dev)
             numel = result.numel()
             rows = numel // k if numel else 0
@@ -688,7 +680,8 @@ def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> Union[float, tor
                 f"num_tries must be a number or hold one value per leading index of ids "
                 f"(shape {shape}), got shape {tuple(t.shape)}"
             )
-        return _OPS.alias_check_tries(t.detach())
+        t = t.detach()
+        return _alias_ops.check_tries_impl(t) if _alias_ops.direct_call_ok(t) else _OPS.alias_check_tries(t)
     x = check_float(num_tries, "num_tries", minimum=1.0)
     if x != round(x):
         raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")

@@ -343,3 +343,23 @@ def test_reference_distribution_of_op_draws(sampler):
     assert counts[~keep].sum() == 0
     assert chi2 < 1.5 * keep.sum() + 30, chi2  # dof = 48: a wrong table lands far above
     assert math.isclose(counts.sum(), 200_000)
+
+
+@pytest.mark.skipif(pyneg.cuda_available(), reason="checks the fallback used when pyneg._cuda is missing")
+def test_cuda_implementations_fall_back_without_pyneg_cuda(sampler):
+    # The CUDA implementations' branches for a build without pyneg._cuda, run on
+    # CPU tensors (they keep the inputs' device): exclusions and unique rows are
+    # the CPU kernels' draws, plain draws come from torch ops on the table.
+    from pyneg._ops import alias as impl
+
+    d = sampler._dist
+    e, m, npos = d.entries, d.mass, d.num_positive
+    ex = torch.tensor([[0, 3, -1], [5, 5, 49]])
+    got = impl._alias_sample_excluding_cuda(e, m, npos, ex, seed(4), seed(2), [2, 9], 9)
+    assert torch.equal(got, sampler.sample((2, 9), exclude=ex, seed=4, offset=2))
+    ids, tries = impl._alias_sample_unique_cuda(e, m, npos, ex, seed(4), seed(0), [2, 12], 12, True)
+    assert torch.equal(ids, sampler.sample((2, 12), exclude=ex, unique=True, seed=4)) and tries.shape == (2,)
+    plain = impl._alias_sample_cuda(e, seed(9), seed(0), [100_000])
+    assert torch.equal(plain, sampler._sample_torch_ops((100_000,), 9, torch.device("cpu")))
+    counts = np.bincount(plain.numpy(), minlength=V) / 100_000
+    assert counts[7] == 0 and np.abs(counts - sampler.probs.numpy()).max() < 0.01

@@ -47,7 +47,10 @@ __all__ = [
     "alias_log_prob",
     "alias_check_tries",
     "allocate",
+    "check_tries_impl",
+    "direct_call_ok",
     "draw_into",
+    "log_prob_impl",
     "torch_ops_draw",
 ]
 
@@ -79,6 +82,22 @@ def _check_exclude_ids(exclude: Tensor, num_classes: int) -> None:
     if lo < -1 or hi >= num_classes:
         bad = lo if lo < -1 else hi
         raise ValueError(f"exclude holds id {bad} outside [0, {num_classes}) (use -1 for padding)")
+
+
+def direct_call_ok(*tensors: Optional[Tensor]) -> bool:
+    """Whether an op's implementation may run without the dispatcher: eagerly (not
+    compiling, exporting or tracing), on plain tensors (or None), with no torch
+    function or dispatch mode to see the call. Then calling it is what the op
+    would do, without the dispatcher's Python round trips (most of a small call's cost)."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or _function_mode_on():
+        return False
+    for t in tensors:
+        if t is not None and type(t) is not Tensor:
+            return False
+    return True
+
+
+_function_mode_on = torch._C._is_torch_function_mode_enabled
 
 
 def _cpu_array(t: Union[Tensor, np.ndarray]) -> np.ndarray:
@@ -172,7 +191,7 @@ def _(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Ten
 
 
 @alias_sample.register_kernel("cuda")
-def _(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Tensor:
+def _alias_sample_cuda(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Tensor:
     if not cuda.cuda_available():  # pyneg._cuda not built: torch ops on the device's table
         return torch_ops_draw(entries, size, _u64(seed))
     out = allocate(size, entries.device)
@@ -205,7 +224,7 @@ def _(entries, mass, num_positive, exclude, seed, offset, size, k):  # type: ign
 
 
 @alias_sample_excluding.register_kernel("cuda")
-def _(entries, mass, num_positive, exclude, seed, offset, size, k):  # type: ignore[no-untyped-def]
+def _alias_sample_excluding_cuda(entries, mass, num_positive, exclude, seed, offset, size, k):  # type: ignore[no-untyped-def]
     if not cuda.cuda_available():  # the CPU kernels on a host copy
         return alias_sample_excluding(
             entries.cpu(), mass.cpu(), num_positive, exclude.cpu(), seed.cpu(), offset.cpu(), size, k
@@ -246,7 +265,7 @@ def _(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries): 
 
 
 @alias_sample_unique.register_kernel("cuda")
-def _(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries):  # type: ignore[no-untyped-def]
+def _alias_sample_unique_cuda(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries):  # type: ignore[no-untyped-def]
     device = entries.device
     if not cuda.cuda_available():  # the CPU kernels on a host copy
         ids, tries = alias_sample_unique(
@@ -264,16 +283,34 @@ def _(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries): 
     return out, tries
 
 
+def log_prob_impl(log_probs: Tensor, ids: Tensor) -> Tensor:
+    """What ``pyneg::alias_log_prob`` computes (eager callers may run it without the dispatcher)."""
+    v = log_probs.numel()
+    if ids.numel():
+        lo, hi = torch.aminmax(ids)
+        if lo < 0 or hi >= v:  # (tensor comparisons: one synchronisation on a device)
+            lo_i, hi_i = int(lo), int(hi)
+            raise ValueError(f"ids holds id {lo_i if lo_i < 0 else hi_i} outside [0, {v})")
+    if ids.dim() == 1:
+        return log_probs.index_select(0, ids.to(log_probs.device))
+    return log_probs.index_select(0, ids.reshape(-1).to(log_probs.device)).reshape(ids.shape)
+
+
+def check_tries_impl(num_tries: Tensor) -> Tensor:
+    """What ``pyneg::alias_check_tries`` computes (eager callers may run it without the dispatcher)."""
+    t = num_tries.to(torch.float64, copy=True)
+    if t.numel():
+        if not bool(torch.isfinite(t).all()) or bool((t < 1).any()):
+            raise ValueError("num_tries must be finite and >= 1")
+        if bool((t != t.round()).any()):
+            raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")
+    return t
+
+
 @torch.library.custom_op("pyneg::alias_log_prob", mutates_args=())
 def alias_log_prob(log_probs: Tensor, ids: Tensor) -> Tensor:
     """``log_probs[ids]`` (float64, the shape of ``ids``) with every id checked in [0, V)."""
-    v = log_probs.numel()
-    if ids.numel():
-        low, high = torch.aminmax(ids)
-        lo, hi = int(low), int(high)
-        if lo < 0 or hi >= v:
-            raise ValueError(f"ids holds id {lo if lo < 0 else hi} outside [0, {v})")
-    return log_probs.index_select(0, ids.reshape(-1).to(log_probs.device)).reshape(ids.shape)
+    return log_prob_impl(log_probs, ids)
 
 
 @alias_log_prob.register_fake
@@ -284,13 +321,7 @@ def _(log_probs: Tensor, ids: Tensor) -> Tensor:
 @torch.library.custom_op("pyneg::alias_check_tries", mutates_args=())
 def alias_check_tries(num_tries: Tensor) -> Tensor:
     """A float64 copy of ``num_tries`` after checking it holds whole numbers >= 1."""
-    t = num_tries.to(torch.float64, copy=True)
-    if t.numel():
-        if not bool(torch.isfinite(t).all()) or bool((t < 1).any()):
-            raise ValueError("num_tries must be finite and >= 1")
-        if bool((t != t.round()).any()):
-            raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")
-    return t
+    return check_tries_impl(num_tries)
 
 
 @alias_check_tries.register_fake
