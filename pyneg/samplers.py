@@ -20,7 +20,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from pyneg import _core
+from pyneg import _core, cuda
 from pyneg._ops import alias as _alias_ops
 from pyneg._validation import (
     MAX_CLASSES,
@@ -96,7 +96,7 @@ def _check_seed_arg(value: Union[int, torch.Tensor], name: str, compiling: bool)
 
 def _int64_tensor(value: int) -> torch.Tensor:
     """An int in [0, 2**64) as a 0-dim int64 tensor holding its 64 bits."""
-    return torch.tensor(value - _POSITIONS if value >= 2**63 else value, dtype=torch.int64)
+    return torch.tensor(value - _POSITIONS if value >= 2**63 else value, dtype=torch.int64, device="cpu")
 
 
 def _u64(value: Union[int, torch.Tensor]) -> int:
@@ -454,7 +454,7 @@ class AliasSampler:
         if compiling:
             # The seed is drawn inside the graph from torch's generator, as a
             # tensor; a refused call cannot rewind it there (see the samplers guide).
-            seed = torch.randint(0, 2**63 - 1, (), generator=generator)
+            seed = torch.randint(0, 2**63 - 1, (), generator=generator, device=_CPU if generator is None else None)
             return self._draw(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
         # A refused call must leave the generator as it found it: the kernels may
         # still refuse an exclusion list (one that leaves nothing to draw), and a
@@ -462,7 +462,8 @@ class AliasSampler:
         gen = generator if generator is not None else torch.default_generator
         may_refuse = ex is not None or numel > _REWIND_NUMEL
         gen_state = gen.get_state() if may_refuse else None
-        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=gen.device))  # as draw_seed
+        gen_device = _CPU if generator is None else generator.device
+        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=gen_device))  # as draw_seed
         if gen_state is None:
             return self._draw(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
         # Rewind only if no other thread has drawn from the generator since.
@@ -521,7 +522,24 @@ class AliasSampler:
                 result, dist.entries_np, dist.mass_np, dist.num_positive, ex, _u64(seed), _u64(offset), k, unique, tries
             )
             return result, tries
+        direct = _alias_ops.direct_call_ok(ex)
+        if dev.type == "cuda" and direct:
+            dev = cuda.normalize_device(dev)  # one table copy per device, whichever way it is named
         entries, mass = dist.tables(dev)
+        if dev.type == "cuda" and direct and cuda.cuda_available():
+            # Eager CUDA calls: the ops' CUDA implementation, straight into out when given.
+            result = out if out is not None else _alias_ops.allocate(shape, dev)
+            numel = result.numel()
+            host = None
+            if numel:
+                host = cuda.draw_into(
+                    result, entries, mass, dist.num_positive, ex, _u64(seed), _u64(offset), k, unique,
+                    unique and want_tries,
+                )  # fmt: skip
+            tries = None
+            if unique and want_tries:
+                tries = host if host is not None else torch.empty(numel // k if numel else 0, dtype=torch.int64)
+            return result, tries
         seed = seed if isinstance(seed, torch.Tensor) else _int64_tensor(seed)
         offset = offset if isinstance(offset, torch.Tensor) else _ZERO if offset == 0 else _int64_tensor(offset)
         tries = None
@@ -642,7 +660,7 @@ class AliasSampler:
 
 _CPU = torch.device("cpu")
 # The offset of most calls (never handed out, never written: the ops only read it).
-_ZERO = torch.zeros((), dtype=torch.int64)
+_ZERO = torch.zeros((), dtype=torch.int64, device="cpu")
 
 
 def _log_count(logp: torch.Tensor, num_sampled: int, tries: Union[float, torch.Tensor, None]) -> torch.Tensor:
