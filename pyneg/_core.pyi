@@ -100,20 +100,13 @@ MAX_RING_CAPACITY: int
 class RingIndex:
     def __init__(self, capacity: int) -> None: ...
     @property
-    def capacity(self) -> int: ...
-    @property
     def size(self) -> int: ...
     @property
     def head(self) -> int: ...
     @property
-    def oldest(self) -> int: ...
-    @property
-    def slot_ids(self) -> npt.NDArray[np.int64]: ...
-    @property
     def slot_steps(self) -> npt.NDArray[np.int64]: ...
     def push(self, ids: npt.ArrayLike, step: int) -> tuple[int, int, int, int]: ...
     def restore(self, ids: npt.ArrayLike, steps: npt.ArrayLike, head: int) -> None: ...
-    def clear(self) -> None: ...
     def count_since(self, min_step: int) -> int: ...
     def find_hits(
         self, positive_ids: npt.ArrayLike, min_step: int = 0, max_pairs: int = ...
@@ -141,22 +134,28 @@ class HuffmanTree:
     def children(self) -> npt.NDArray[np.int32]: ...
     def batch_path_length(self, target: npt.ArrayLike, name: str = "target") -> int: ...
 
-# Each kernel is bound for float32 and float64 arrays (outputs exactly that dtype).
+# Each kernel is bound for float32 and float64 arrays (outputs exactly that dtype). They take the
+# tree's flat arrays (path_offsets int64, path_nodes int32, path_codes uint8, children int32), copy
+# what they read and check the copies (ValueError), so any arrays are safe to pass.
 def hs_forward(
-    tree: HuffmanTree,
     input: npt.ArrayLike,
     target: npt.ArrayLike,
     weight: npt.ArrayLike,
     bias: npt.ArrayLike | None,
+    path_offsets: npt.ArrayLike,
+    path_nodes: npt.ArrayLike,
+    path_codes: npt.ArrayLike,
     loss: npt.NDArray[Any],
     dz: npt.NDArray[Any],
     num_threads: int = 1,
 ) -> None: ...
 def hs_backward(
-    tree: HuffmanTree,
     input: npt.ArrayLike,
     target: npt.ArrayLike,
     weight: npt.ArrayLike,
+    path_offsets: npt.ArrayLike,
+    path_nodes: npt.ArrayLike,
+    path_codes: npt.ArrayLike,
     dz: npt.ArrayLike,
     grad_loss: npt.ArrayLike,
     grad_input: npt.NDArray[Any] | None = None,
@@ -165,9 +164,9 @@ def hs_backward(
     touched: npt.NDArray[np.int64] | None = None,
     num_threads: int = 1,
 ) -> int: ...
-def hs_log_prob(tree: HuffmanTree, logits: npt.ArrayLike, out: npt.NDArray[Any], num_threads: int = 1) -> None: ...
+def hs_log_prob(children: npt.ArrayLike, logits: npt.ArrayLike, out: npt.NDArray[Any], num_threads: int = 1) -> None: ...
 def hs_log_prob_backward(
-    tree: HuffmanTree,
+    children: npt.ArrayLike,
     logits: npt.ArrayLike,
     grad_out: npt.ArrayLike,
     grad_logits: npt.NDArray[Any],

@@ -8,3 +8,4 @@ registers every op.
 """
 
 from pyneg._ops import alias  # noqa: F401  (pyneg::alias_*)
+from pyneg._ops import hsoftmax  # noqa: F401  (pyneg::hs_*)
