@@ -124,7 +124,8 @@ def draw_into(
     else:
         ex = exclude.detach().to("cpu", torch.int64).contiguous().numpy().copy()  # owned, then checked
         _check_exclude_ids(ex, v)
-        gathered = mass.index_select(0, torch.from_numpy(ex.reshape(-1)).clamp_(0, v - 1).to(device))
+        # (clamp, not clamp_: the tensor shares ex's memory, whose -1 padding must stay)
+        gathered = mass.index_select(0, torch.from_numpy(ex.reshape(-1)).clamp(0, v - 1).to(device))
         id_mass = gathered.cpu().numpy().reshape(ex.shape)
     offsets, ids, cum, allowed, rows_per_list, longest = _core.alias_prepare_exclude(
         v, num_positive, ex, id_mass, rows, k if unique else 0

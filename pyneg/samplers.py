@@ -20,7 +20,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 import numpy as np
 import torch
 
-from pyneg import _core
+from pyneg import _core, cuda
 from pyneg._ops import alias as _alias_ops
 from pyneg._validation import (
     MAX_CLASSES,
@@ -76,18 +76,31 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
 
 
-def _as_int64_tensor(value: Union[int, torch.Tensor], name: str, compiling: bool) -> torch.Tensor:
-    """A seed or offset (an int in [0, 2**64), or a one-element integer tensor) as the 0-dim
-    int64 CPU tensor the ops take, its 64 bits read as unsigned."""
+def _check_seed_arg(value: Union[int, torch.Tensor], name: str, compiling: bool) -> Union[int, torch.Tensor]:
+    """A seed or offset: an int in [0, 2**64), or a one-element integer tensor (a 0-dim int64
+    CPU tensor is what the ops take: under torch.compile a new value is then new data, not a
+    recompilation; its 64 bits are read as unsigned, and its range is checked only eagerly)."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
-            raise TypeError(f"{name} must be an int or a one-element integer tensor, got {value.dtype} of shape {tuple(value.shape)}")
-        if not compiling:  # the value is data: checked eagerly, taken as 64 bits when compiled
-            check_seed(value, name)
+            raise TypeError(
+                f"{name} must be an int or a one-element integer tensor, got {value.dtype} of shape "
+                f"{tuple(value.shape)}"
+            )
+        if not compiling:  # the value is data: checked eagerly
+            return check_seed(value, name)
         return value.reshape(()).to(device="cpu", dtype=torch.int64)
-    if not compiling or type(value) is not int:
-        value = check_seed(value, name)
-    return torch.tensor(value - _POSITIONS if value >= 2**63 else value, dtype=torch.int64)
+    if type(value) is int and 0 <= value < _POSITIONS:
+        return value
+    return check_seed(value, name)
+
+
+def _int64_tensor(value: int) -> torch.Tensor:
+    """An int in [0, 2**64) as a 0-dim int64 tensor holding its 64 bits."""
+    return torch.tensor(value - _POSITIONS if value >= 2**63 else value, dtype=torch.int64, device="cpu")
+
+
+def _u64(value: Union[int, torch.Tensor]) -> int:
+    return (int(value) if isinstance(value, torch.Tensor) else value) & (_POSITIONS - 1)
 
 
 class _Distribution:
@@ -102,12 +115,24 @@ class _Distribution:
     Per-device copies of the table tensors are uploaded on first use.
     """
 
-    __slots__ = ("device_tables", "entries", "log_probs", "mass", "num_classes", "num_positive", "probs", "table")
+    __slots__ = (
+        "device_tables",
+        "entries",
+        "entries_np",
+        "log_probs",
+        "mass",
+        "mass_np",
+        "num_classes",
+        "num_positive",
+        "probs",
+        "table",
+    )
 
     def __init__(self, probs: np.ndarray, table: Any, log_probs: Any) -> None:
         self.probs = torch.from_numpy(probs)
         self.table = table
         entries, mass = table._storage()
+        self.entries_np, self.mass_np = entries, mass  # what eager CPU calls hand the kernels
         self.entries = torch.from_numpy(entries)
         self.mass = torch.from_numpy(mass)
         self.num_classes = int(table.num_classes)
@@ -210,14 +235,18 @@ class AliasSampler:
         (the range check runs in the ``pyneg::alias_log_prob`` op).
         """
         dist = self._dist
+        dev: Optional[torch.device]
         if isinstance(ids, torch.Tensor) and ids.dtype in _OP_INT_DTYPES:
             check_tensor(ids, "ids")
             dev = ids.device
-            idx = ids.to(device="cpu", dtype=torch.int64)
+            idx = ids if ids.dtype == torch.int64 and dev.type == "cpu" else ids.to(device="cpu", dtype=torch.int64)
         else:
             dev = ids.device if isinstance(ids, torch.Tensor) else None
             idx = as_index_tensor(ids, "ids", dist.num_classes)
-        out = _OPS.alias_log_prob(dist.log_probs, idx)
+        if idx.device.type == "cpu" and _alias_ops.direct_call_ok(idx):
+            out = _alias_ops.log_prob_impl(dist.log_probs, idx)
+        else:
+            out = _OPS.alias_log_prob(dist.log_probs, idx)
         return out if dev is None else out.to(dev)
 
     def _compute_log_probs(self, probs: torch.Tensor) -> torch.Tensor:
@@ -285,9 +314,14 @@ class AliasSampler:
             generator: where to take a seed from when ``seed`` is None
                 (torch's default generator when both are None).
             seed: draws are a pure function of ``(seed, offset + position)``.
+                An int in [0, 2**64) or a one-element integer tensor (its 64
+                bits); inside ``torch.compile`` a 0-dim int64 tensor seed is
+                data, so a new seed never recompiles. Without a seed one is
+                drawn from the generator, inside a compiled graph as a tensor
+                (``torch.randint(0, 2**63 - 1, ())``).
             offset: position of the first draw in the seed's stream; draws of
                 one call with ``offset=0`` equal those of two calls split at
-                ``n`` with offsets 0 and ``n``.
+                ``n`` with offsets 0 and ``n``. An int or a tensor, like ``seed``.
             device: where the result lives (default: ``out``'s device, else CPU).
                 On a CUDA device pyneg's CUDA kernels draw there, bit-identical
                 to the CPU for the same seed (when ``pyneg.cuda_available()``).
@@ -297,8 +331,13 @@ class AliasSampler:
 
         Raises:
             ValueError, TypeError: for a bad argument, naming it; the call then
-                changes nothing (not ``out``, not the generator).
+                changes nothing (not ``out``, not the generator; inside a
+                compiled graph the seed already drawn is not given back).
             MemoryError: ``size`` fits in int64 but not in memory.
+
+        The draws are the ``torch.ops.pyneg.alias_sample*`` operators, so the
+        call works inside ``torch.compile(fullgraph=True)`` and ``torch.export``
+        (see the samplers guide, "Inside torch.compile and torch.export").
         """
         return self._sample(size, exclude, unique, generator, seed, offset, device, out, want_tries=False)[0]
 
@@ -373,7 +412,7 @@ class AliasSampler:
         if unique is not False:
             unique = check_bool(unique, "unique")
         if isinstance(offset, torch.Tensor):
-            offset_t = _as_int64_tensor(offset, "offset", compiling)
+            offset = _check_seed_arg(offset, "offset", compiling)
         else:
             if type(offset) is not int or offset < 0:
                 offset = check_int(offset, "offset", minimum=0, maximum=_POSITIONS - 1)
@@ -382,7 +421,6 @@ class AliasSampler:
                     f"offset + the number of draws must not exceed 2**64 (the positions of a "
                     f"seed's stream), got offset {offset} and {numel} draws"
                 )
-            offset_t = _ZERO if offset == 0 else _as_int64_tensor(offset, "offset", compiling)
         dev = None if device is None else check_device(device)
         if out is not None:
             check_out(out, "out", shape, torch.int64, inputs=[("exclude", exclude)])
@@ -395,7 +433,8 @@ class AliasSampler:
             raise ValueError(f"device is {dev}, but torch has no usable CUDA device")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
-        seed_t = None if seed is None else _as_int64_tensor(seed, "seed", compiling)
+        if seed is not None:
+            seed = _check_seed_arg(seed, "seed", compiling)
 
         # Rows: the last dimension is a row of negatives; a 1-D size with an
         # exclusion list has one row per element.
@@ -410,28 +449,27 @@ class AliasSampler:
             raise ValueError(
                 f"size asks for {k} distinct ids per row but only {dist.num_positive} classes have positive weight"
             )
-        if seed_t is not None:
-            return self._draw(dist, shape, k, ex, unique, seed_t, offset_t, dev, out, want_tries)
+        if seed is not None:
+            return self._draw(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
         if compiling:
-            # The seed is drawn inside the graph from torch's generator; a refused
-            # call cannot rewind it there (see the samplers guide).
-            seed_t = torch.randint(0, 2**63 - 1, (), generator=generator)
-            return self._draw(dist, shape, k, ex, unique, seed_t, offset_t, dev, out, want_tries)
+            # The seed is drawn inside the graph from torch's generator, as a
+            # tensor; a refused call cannot rewind it there (see the samplers guide).
+            seed = torch.randint(0, 2**63 - 1, (), generator=generator, device=_CPU if generator is None else None)
+            return self._draw(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
         # A refused call must leave the generator as it found it: the kernels may
         # still refuse an exclusion list (one that leaves nothing to draw), and a
         # huge size its allocation. Other calls cannot fail once the seed is drawn.
         gen = generator if generator is not None else torch.default_generator
         may_refuse = ex is not None or numel > _REWIND_NUMEL
         gen_state = gen.get_state() if may_refuse else None
-        seed_t = torch.randint(0, 2**63 - 1, (), generator=generator, device=gen.device)
-        if seed_t.device.type != "cpu":
-            seed_t = seed_t.cpu()
+        gen_device = _CPU if generator is None else generator.device
+        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=gen_device))  # as draw_seed
         if gen_state is None:
-            return self._draw(dist, shape, k, ex, unique, seed_t, offset_t, dev, out, want_tries)
+            return self._draw(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
         # Rewind only if no other thread has drawn from the generator since.
         drawn_state = gen.get_state()
         try:
-            return self._draw(dist, shape, k, ex, unique, seed_t, offset_t, dev, out, want_tries)
+            return self._draw(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
         except (ValueError, TypeError, MemoryError):
             if torch.equal(gen.get_state(), drawn_state):
                 gen.set_state(gen_state)
@@ -462,23 +500,48 @@ class AliasSampler:
         k: int,
         ex: Optional[torch.Tensor],
         unique: bool,
-        seed: torch.Tensor,
-        offset: torch.Tensor,
+        seed: Union[int, torch.Tensor],
+        offset: Union[int, torch.Tensor],
         dev: torch.device,
         out: Optional[torch.Tensor],
         want_tries: bool,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Draws checked arguments with the ``pyneg::alias_*`` ops (CPU or CUDA by the tables' device)."""
-        entries, mass = dist.tables(dev)
-        if out is not None and dev.type == "cpu" and not torch.compiler.is_compiling():
-            # Eager out=: the ops' CPU kernel writes straight into the caller's buffer.
-            rows = math.prod(shape) // k if k and out.numel() else 0
+        """Draws checked arguments with the ``pyneg::alias_*`` ops (CPU or CUDA by the tables' device).
+
+        ``seed`` and ``offset`` are ints or 0-dim int64 tensors. Eager CPU calls on plain
+        tensors, with no torch function or dispatch mode active, run the ops' CPU
+        implementation directly: the same code, without the dispatcher's Python
+        round trips (most of a small draw's cost otherwise).
+        """
+        if dev.type == "cpu" and _alias_ops.direct_call_ok(ex):
+            result = out if out is not None else _alias_ops.allocate(shape, dev)
+            numel = result.numel()
+            rows = numel // k if numel else 0
             tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
             _alias_ops.draw_into(
-                out, entries, mass, dist.num_positive, ex, int(seed) & (_POSITIONS - 1),
-                int(offset) & (_POSITIONS - 1), k, unique, tries,
-            )  # fmt: skip
-            return out, tries
+                result, dist.entries_np, dist.mass_np, dist.num_positive, ex, _u64(seed), _u64(offset), k, unique, tries
+            )
+            return result, tries
+        direct = _alias_ops.direct_call_ok(ex)
+        if dev.type == "cuda" and direct:
+            dev = cuda.normalize_device(dev)  # one table copy per device, whichever way it is named
+        entries, mass = dist.tables(dev)
+        if dev.type == "cuda" and direct and cuda.cuda_available():
+            # Eager CUDA calls: the ops' CUDA implementation, straight into out when given.
+            result = out if out is not None else _alias_ops.allocate(shape, dev)
+            numel = result.numel()
+            host = None
+            if numel:
+                host = cuda.draw_into(
+                    result, entries, mass, dist.num_positive, ex, _u64(seed), _u64(offset), k, unique,
+                    unique and want_tries,
+                )  # fmt: skip
+            tries = None
+            if unique and want_tries:
+                tries = host if host is not None else torch.empty(numel // k if numel else 0, dtype=torch.int64)
+            return result, tries
+        seed = seed if isinstance(seed, torch.Tensor) else _int64_tensor(seed)
+        offset = offset if isinstance(offset, torch.Tensor) else _ZERO if offset == 0 else _int64_tensor(offset)
         tries = None
         if unique:
             ids, t = _OPS.alias_sample_unique(entries, mass, dist.num_positive, ex, seed, offset, shape, k, want_tries)
@@ -597,7 +660,7 @@ class AliasSampler:
 
 _CPU = torch.device("cpu")
 # The offset of most calls (never handed out, never written: the ops only read it).
-_ZERO = torch.zeros((), dtype=torch.int64)
+_ZERO = torch.zeros((), dtype=torch.int64, device="cpu")
 
 
 def _log_count(logp: torch.Tensor, num_sampled: int, tries: Union[float, torch.Tensor, None]) -> torch.Tensor:
@@ -635,7 +698,8 @@ def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> Union[float, tor
                 f"num_tries must be a number or hold one value per leading index of ids "
                 f"(shape {shape}), got shape {tuple(t.shape)}"
             )
-        return _OPS.alias_check_tries(t.detach())
+        t = t.detach()
+        return _alias_ops.check_tries_impl(t) if _alias_ops.direct_call_ok(t) else _OPS.alias_check_tries(t)
     x = check_float(num_tries, "num_tries", minimum=1.0)
     if x != round(x):
         raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")

@@ -32,7 +32,7 @@ Ops:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -46,7 +46,11 @@ __all__ = [
     "alias_sample_unique",
     "alias_log_prob",
     "alias_check_tries",
+    "allocate",
+    "check_tries_impl",
+    "direct_call_ok",
     "draw_into",
+    "log_prob_impl",
     "torch_ops_draw",
 ]
 
@@ -59,7 +63,7 @@ def _u64(t: Tensor) -> int:
     return int(t.item()) & _MASK64
 
 
-def _allocate(shape: Sequence[int], device: torch.device) -> Tensor:
+def allocate(shape: Sequence[int], device: torch.device) -> Tensor:
     """An int64 tensor for the draws; a size the machine cannot hold is a MemoryError naming it."""
     try:
         return torch.empty(tuple(shape), dtype=torch.int64, device=device)
@@ -80,16 +84,35 @@ def _check_exclude_ids(exclude: Tensor, num_classes: int) -> None:
         raise ValueError(f"exclude holds id {bad} outside [0, {num_classes}) (use -1 for padding)")
 
 
-def _cpu_array(t: Tensor) -> np.ndarray:
-    """A CPU tensor's values as a contiguous NumPy array (no copy when already so)."""
+def direct_call_ok(*tensors: Optional[Tensor]) -> bool:
+    """Whether an op's implementation may run without the dispatcher: eagerly (not
+    compiling, exporting or tracing), on plain tensors (or None), with no torch
+    function or dispatch mode to see the call. Then calling it is what the op
+    would do, without the dispatcher's Python round trips (most of a small call's cost)."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() or _function_mode_on():
+        return False
+    for t in tensors:
+        if t is not None and type(t) is not Tensor:
+            return False
+    return True
+
+
+_function_mode_on = torch._C._is_torch_function_mode_enabled
+
+
+def _cpu_array(t: Union[Tensor, np.ndarray]) -> np.ndarray:
+    """A CPU tensor's values as a contiguous NumPy array (no copy when already so; an
+    array, such as the NumPy view of a sampler's table, passes through)."""
+    if isinstance(t, np.ndarray):
+        return t
     return t.detach().contiguous().numpy()
 
 
 # ------------------------------------------------------------- CPU kernels
 def draw_into(
     out: Tensor,
-    entries: Tensor,
-    mass: Optional[Tensor],
+    entries: Union[Tensor, np.ndarray],
+    mass: Union[Tensor, np.ndarray, None],
     num_positive: int,
     exclude: Optional[Tensor],
     seed: int,
@@ -103,11 +126,12 @@ def draw_into(
     The one place the CPU kernels are called: the ops' CPU implementations
     and eager ``sample(..., out=...)`` (which writes straight into the caller's
     buffer) both come here. ``exclude`` is (L, P) int64 or None; ``tries``
-    (rows,) receives each unique row's tries when given.
+    (rows,) receives each unique row's tries when given. The table may come as
+    tensors or as their NumPy views.
     """
     if out.numel() == 0:
         return
-    flat = out.view(-1).numpy()
+    flat = out.numpy()  # the kernels read any C-contiguous shape as rows of k
     threads = torch.get_num_threads()
     ent = _cpu_array(entries)
     if exclude is not None:
@@ -156,7 +180,7 @@ def _rows_k(shape: Sequence[int], k: int) -> Tuple[int, int]:
 def alias_sample(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Tensor:
     """Independent draws of shape ``size`` from the table ``entries``: draw ``j`` (row-major)
     uses Philox position ``offset + j`` of ``seed``."""
-    out = _allocate(size, entries.device)
+    out = allocate(size, entries.device)
     draw_into(out, entries, None, 0, None, _u64(seed), _u64(offset), 1, False, None)
     return out
 
@@ -167,10 +191,10 @@ def _(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Ten
 
 
 @alias_sample.register_kernel("cuda")
-def _(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Tensor:
+def _alias_sample_cuda(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Tensor:
     if not cuda.cuda_available():  # pyneg._cuda not built: torch ops on the device's table
         return torch_ops_draw(entries, size, _u64(seed))
-    out = _allocate(size, entries.device)
+    out = allocate(size, entries.device)
     if out.numel():
         cuda.draw_into(out, entries, None, 0, None, _u64(seed), _u64(offset), 1, False, False)
     return out
@@ -189,7 +213,7 @@ def alias_sample_excluding(
 ) -> Tensor:
     """Rows of ``k`` draws (``size`` holds ``R * k`` of them) that avoid their exclusion list;
     excluded draws are redrawn (the distribution renormalised over the allowed ids)."""
-    out = _allocate(size, entries.device)
+    out = allocate(size, entries.device)
     draw_into(out, entries, mass, num_positive, exclude, _u64(seed), _u64(offset), k, False, None)
     return out
 
@@ -200,12 +224,12 @@ def _(entries, mass, num_positive, exclude, seed, offset, size, k):  # type: ign
 
 
 @alias_sample_excluding.register_kernel("cuda")
-def _(entries, mass, num_positive, exclude, seed, offset, size, k):  # type: ignore[no-untyped-def]
+def _alias_sample_excluding_cuda(entries, mass, num_positive, exclude, seed, offset, size, k):  # type: ignore[no-untyped-def]
     if not cuda.cuda_available():  # the CPU kernels on a host copy
         return alias_sample_excluding(
             entries.cpu(), mass.cpu(), num_positive, exclude.cpu(), seed.cpu(), offset.cpu(), size, k
         ).to(entries.device)
-    out = _allocate(size, entries.device)
+    out = allocate(size, entries.device)
     if out.numel():
         cuda.draw_into(out, entries, mass, num_positive, exclude, _u64(seed), _u64(offset), k, False, False)
     return out
@@ -225,7 +249,7 @@ def alias_sample_unique(
 ) -> Tuple[Tensor, Tensor]:
     """Rows of ``k`` ids distinct within the row (successive sampling), and the candidate
     draws each row took (``num_tries``; shape (R,), or (0,) without ``with_tries``)."""
-    out = _allocate(size, entries.device)
+    out = allocate(size, entries.device)
     _, rows = _rows_k(size, k)
     tries = torch.empty(rows if with_tries else 0, dtype=torch.int64)
     draw_into(
@@ -241,7 +265,7 @@ def _(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries): 
 
 
 @alias_sample_unique.register_kernel("cuda")
-def _(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries):  # type: ignore[no-untyped-def]
+def _alias_sample_unique_cuda(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries):  # type: ignore[no-untyped-def]
     device = entries.device
     if not cuda.cuda_available():  # the CPU kernels on a host copy
         ids, tries = alias_sample_unique(
@@ -249,7 +273,7 @@ def _(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries): 
             seed.cpu(), offset.cpu(), size, k, with_tries,
         )  # fmt: skip
         return ids.to(device), tries.to(device)
-    out = _allocate(size, device)
+    out = allocate(size, device)
     _, rows = _rows_k(size, k)
     tries = torch.empty(rows if with_tries else 0, dtype=torch.int64, device=device)
     if out.numel():
@@ -259,16 +283,34 @@ def _(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries): 
     return out, tries
 
 
+def log_prob_impl(log_probs: Tensor, ids: Tensor) -> Tensor:
+    """What ``pyneg::alias_log_prob`` computes (eager callers may run it without the dispatcher)."""
+    v = log_probs.numel()
+    if ids.numel():
+        lo, hi = torch.aminmax(ids)
+        if lo < 0 or hi >= v:  # (tensor comparisons: one synchronisation on a device)
+            lo_i, hi_i = int(lo), int(hi)
+            raise ValueError(f"ids holds id {lo_i if lo_i < 0 else hi_i} outside [0, {v})")
+    if ids.dim() == 1:
+        return log_probs.index_select(0, ids.to(log_probs.device))
+    return log_probs.index_select(0, ids.reshape(-1).to(log_probs.device)).reshape(ids.shape)
+
+
+def check_tries_impl(num_tries: Tensor) -> Tensor:
+    """What ``pyneg::alias_check_tries`` computes (eager callers may run it without the dispatcher)."""
+    t = num_tries.to(torch.float64, copy=True)
+    if t.numel():
+        if not bool(torch.isfinite(t).all()) or bool((t < 1).any()):
+            raise ValueError("num_tries must be finite and >= 1")
+        if bool((t != t.round()).any()):
+            raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")
+    return t
+
+
 @torch.library.custom_op("pyneg::alias_log_prob", mutates_args=())
 def alias_log_prob(log_probs: Tensor, ids: Tensor) -> Tensor:
     """``log_probs[ids]`` (float64, the shape of ``ids``) with every id checked in [0, V)."""
-    v = log_probs.numel()
-    if ids.numel():
-        low, high = torch.aminmax(ids)
-        lo, hi = int(low), int(high)
-        if lo < 0 or hi >= v:
-            raise ValueError(f"ids holds id {lo if lo < 0 else hi} outside [0, {v})")
-    return log_probs.index_select(0, ids.reshape(-1).to(log_probs.device)).reshape(ids.shape)
+    return log_prob_impl(log_probs, ids)
 
 
 @alias_log_prob.register_fake
@@ -279,13 +321,7 @@ def _(log_probs: Tensor, ids: Tensor) -> Tensor:
 @torch.library.custom_op("pyneg::alias_check_tries", mutates_args=())
 def alias_check_tries(num_tries: Tensor) -> Tensor:
     """A float64 copy of ``num_tries`` after checking it holds whole numbers >= 1."""
-    t = num_tries.to(torch.float64, copy=True)
-    if t.numel():
-        if not bool(torch.isfinite(t).all()) or bool((t < 1).any()):
-            raise ValueError("num_tries must be finite and >= 1")
-        if bool((t != t.round()).any()):
-            raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")
-    return t
+    return check_tries_impl(num_tries)
 
 
 @alias_check_tries.register_fake
