@@ -40,6 +40,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from pyneg import _core
 from pyneg import cuda as pyneg_cuda
@@ -404,7 +405,7 @@ def _backward_nll(ctx: Any, grad_loss: torch.Tensor, grad_dz: Optional[torch.Ten
         gi, gw, gb = hs_nll_backward(*args)
         return (gi if need_input else None, gw if need_weight else None, gb if need_bias and bias is not None else None) + tail
     gi, touched, rows, bias_rows, count = hs_nll_backward_sparse(*args)
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or is_fake(count):
         # No data-dependent shapes in a graph: keep every slot (the unused ones add -0.0 to node 0).
         idx, coalesced = touched.unsqueeze(0), False
     else:
