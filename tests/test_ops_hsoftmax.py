@@ -148,14 +148,14 @@ def test_reference_implementation_matches_the_cpu_kernels():
     torch.testing.assert_close(ref_loss, loss, rtol=1e-12, atol=1e-12)
     grad = torch.randn(13, dtype=x.dtype)
     cpu = OPS.hs_nll_backward_sparse(grad, x, w, b, t, dz, off, nodes, codes, depth)
-    ref = ops.hs_nll_backward_sparse._init_fn(grad, x, w, b, t, dz, off, nodes, codes, depth)
+    ref = ops._hs_nll_backward_sparse_reference(grad, x, w, b, t, dz, off, nodes, codes, depth)
     for got, want in zip(ref, cpu):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     tree = pyneg.HuffmanTree.from_counts(COUNTS)
     _, _, _, children, _ = tree_args(tree)
     scores = torch.randn(4, tree.num_inner, dtype=torch.float64)
     lp = OPS.hs_log_prob(scores, children, off, nodes, codes, depth)
-    torch.testing.assert_close(ops.hs_log_prob._init_fn(scores, children, off, nodes, codes, depth), lp)
+    torch.testing.assert_close(ops._hs_log_prob_reference(scores, children, off, nodes, codes, depth), lp)
     g = torch.randn(4, tree.num_classes, dtype=torch.float64)
     torch.testing.assert_close(
         flat_log_prob_grad(g, scores, off, nodes, codes, depth),
@@ -344,7 +344,7 @@ def test_double_backward_goes_through_the_reference():
 @pytest.mark.parametrize("case", [dict(batch=7), dict(batch=9, dtype=torch.float32, bias=False), dict(batch=5, sparse=True), dict(batch=0)], ids=case_id)
 def test_opcheck_on_cuda(case):
     args = nll_args(**case, device="cuda")
-    torch.library.opcheck(OPS.hs_nll, args)
+    torch.library.opcheck(OPS.hs_nll, args, **({"test_utils": _SPARSE_UTILS} if case.get("sparse") else {}))
     x, w, b, t, off, nodes, codes, depth, _ = (a.detach() if isinstance(a, torch.Tensor) else a for a in args)
     _, dz = OPS.hs_nll(x, w, b, t, off, nodes, codes, depth)
     grad = torch.randn(x.shape[0], dtype=x.dtype, device="cuda")
@@ -369,3 +369,14 @@ def test_cuda_module_compiles_and_matches_cpu(sparse):
     want = step_outputs(lambda i, t: cpu(i, t, reduction="sum"), cpu, x, target)
     assert_close_all([g.cpu() for g in got], want)
     torch.testing.assert_close(gpu.log_prob(x.cuda()).cpu(), cpu.log_prob(x))
+
+
+def test_backward_ops_refuse_to_be_differentiated():
+    x, w, b, t, off, nodes, codes, depth, _ = nll_args(3)
+    _, dz = OPS.hs_nll(x.detach(), w.detach(), b.detach(), t, off, nodes, codes, depth)
+    grad = torch.ones(3, dtype=x.dtype)
+    for op in (OPS.hs_nll_backward, OPS.hs_nll_backward_sparse):
+        with pytest.raises(RuntimeError, match="not differentiable.*create_graph=True"):
+            op(grad, x, w, b, t, dz, off, nodes, codes, depth)
+        with torch.no_grad():  # outside a graph they run
+            assert op(grad, x, w, b, t, dz, off, nodes, codes, depth)[0].shape == x.shape
