@@ -163,6 +163,7 @@ def hs_backward(
     grad_bias: npt.NDArray[Any] | None = None,
     touched: npt.NDArray[np.int64] | None = None,
     num_threads: int = 1,
+    pad_unused: bool = True,
 ) -> int: ...
 def hs_log_prob(children: npt.ArrayLike, logits: npt.ArrayLike, out: npt.NDArray[Any], num_threads: int = 1) -> None: ...
 def hs_log_prob_backward(

@@ -307,6 +307,11 @@ class HierarchicalSoftmax(nn.Module):
         bias: (V - 1,) or None.
         tree: the :class:`HuffmanTree` (read-only attribute; the tree is immutable).
 
+    The loss and ``log_prob`` are PyTorch operators (``torch.ops.pyneg.hs_nll``,
+    ``hs_log_prob``; see pyneg/_ops/hsoftmax.py): a module call with tensor
+    inputs compiles with ``torch.compile(fullgraph=True)`` without graph breaks
+    and exports with ``torch.export``.
+
     Second derivatives: under ``create_graph=True`` the backward pass runs in
     differentiable PyTorch ops (the padded-path reference), so gradient
     penalties get exact second derivatives (dense ones, also for ``sparse``).

@@ -132,7 +132,7 @@ void bind_kernels(py::module_& m) {
          const input_array<uint8_t>& path_codes, const input_array<T>& dz, const input_array<T>& grad_loss,
          std::optional<output_array<T>> grad_input, std::optional<output_array<T>> grad_weight,
          std::optional<output_array<T>> grad_bias, std::optional<output_array<int64_t>> touched,
-         int num_threads) {
+         int num_threads, bool pad_unused) {
         BoundBatch<T> bb =
             bind_batch<T>(input, target, weight, std::nullopt, path_offsets, path_nodes, path_codes, dz);
         const int64_t batch = bb.batch.batch, dim = bb.batch.dim, inner = bb.batch.num_inner;
@@ -170,7 +170,7 @@ void bind_kernels(py::module_& m) {
                                       std::to_string(std::min(steps, inner)) + " nodes");
         }
         const int64_t used = hs_backward(bb.batch, dz_p, gl, gi, gw, gb, tp, num_threads);
-        if (tp != nullptr) {
+        if (tp != nullptr && pad_unused) {
           // Slots past the distinct nodes: node 0 (the root, on every path when there is a
           // step at all) and -0.0, which adds nothing to any value, so the slots may be kept.
           for (int64_t u = used; u < rows; ++u) {
@@ -184,10 +184,11 @@ void bind_kernels(py::module_& m) {
       py::arg("input"), py::arg("target"), py::arg("weight"), py::arg("path_offsets"), py::arg("path_nodes"),
       py::arg("path_codes"), py::arg("dz"), py::arg("grad_loss"), py::arg("grad_input").noconvert() = py::none(),
       py::arg("grad_weight").noconvert() = py::none(), py::arg("grad_bias").noconvert() = py::none(),
-      py::arg("touched").noconvert() = py::none(), py::arg("num_threads") = 1,
+      py::arg("touched").noconvert() = py::none(), py::arg("num_threads") = 1, py::arg("pad_unused") = true,
       "Gradients of sum(grad_loss * loss). Node rows are written densely (rows of V - 1), or "
-      "compactly when touched is given (row u is node touched[u]; slots past the distinct nodes "
-      "get node 0 and -0.0); returns the number of distinct nodes.");
+      "compactly when touched is given (row u is node touched[u]; with pad_unused the slots past "
+      "the distinct nodes get node 0 and -0.0, otherwise they are left as they were); returns "
+      "the number of distinct nodes.");
   m.def(
       "hs_log_prob",
       [](const input_array<int32_t>& children, const input_array<T>& logits, output_array<T> out,

@@ -40,6 +40,7 @@ from __future__ import annotations
 from typing import Any, Optional, Tuple
 
 import torch
+from torch._subclasses.fake_tensor import is_fake
 
 from pyneg import _core
 from pyneg import cuda as pyneg_cuda
@@ -112,7 +113,8 @@ def _threads() -> int:
 
 
 def _np(t: torch.Tensor) -> Any:
-    return t.detach().contiguous().numpy()
+    # A NumPy view for the bindings (which copy what is not C-contiguous into their input arrays).
+    return (t.detach() if t.requires_grad else t).numpy()
 
 
 def _np_opt(t: Optional[torch.Tensor]) -> Any:
@@ -126,8 +128,7 @@ def _nll_reference(input, weight, bias, target, path_offsets, path_nodes, path_c
     return loss, input.new_zeros(input.shape[0], _dz_width(input.device, max_depth))
 
 
-@torch.library.custom_op("pyneg::hs_nll", mutates_args=())
-def hs_nll(
+def _hs_nll_reference(
     input: torch.Tensor,
     weight: torch.Tensor,
     bias: Optional[torch.Tensor],
@@ -147,7 +148,6 @@ def hs_nll(
     return _nll_reference(input, weight, bias, target, path_offsets, path_nodes, path_codes, max_depth)
 
 
-@hs_nll.register_kernel("cpu")
 def _hs_nll_cpu(input, weight, bias, target, path_offsets, path_nodes, path_codes, max_depth, sparse=False):
     _check_nll(input, weight, bias, target, path_offsets, path_nodes, path_codes, max_depth)
     loss = torch.empty(input.shape[0], dtype=input.dtype)
@@ -177,7 +177,6 @@ def _cuda_args(*tensors: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor]
     return tuple(None if t is None else t.detach().contiguous() for t in tensors)
 
 
-@hs_nll.register_kernel("cuda")
 def _hs_nll_cuda(input, weight, bias, target, path_offsets, path_nodes, path_codes, max_depth, sparse=False):
     _check_nll(input, weight, bias, target, path_offsets, path_nodes, path_codes, max_depth)
     if not _cuda_kernels(input, weight):
@@ -190,7 +189,6 @@ def _hs_nll_cuda(input, weight, bias, target, path_offsets, path_nodes, path_cod
     return loss, input.new_zeros(input.shape[0], 0)
 
 
-@hs_nll.register_fake
 def _hs_nll_fake(input, weight, bias, target, path_offsets, path_nodes, path_codes, max_depth, sparse=False):
     _check_nll(input, weight, bias, target, path_offsets, path_nodes, path_codes, max_depth)
     return input.new_empty(input.shape[0]), input.new_empty(input.shape[0], _dz_width(input.device, max_depth))
@@ -206,7 +204,9 @@ def _check_backward(grad_loss, input, weight, bias, target, dz, path_offsets, pa
         raise ValueError(f"dz must be hs_nll's ({input.shape[0]}, {width}) {input.dtype} output, got {tuple(dz.shape)}")
 
 
-def _cpu_backward(grad_loss, input, weight, target, dz, path_offsets, path_nodes, path_codes, gi, gw, gb, touched):
+def _cpu_backward(
+    grad_loss, input, weight, target, dz, path_offsets, path_nodes, path_codes, gi, gw, gb, touched, pad=True
+):
     return _core.hs_backward(
         _np(input),
         _np(target),
@@ -221,6 +221,7 @@ def _cpu_backward(grad_loss, input, weight, target, dz, path_offsets, path_nodes
         None if gb is None else gb.numpy(),
         None if touched is None else touched.numpy(),
         _threads(),
+        pad,
     )
 
 
@@ -228,8 +229,7 @@ def _no_bias(input: torch.Tensor) -> torch.Tensor:
     return input.new_empty(0)
 
 
-@torch.library.custom_op("pyneg::hs_nll_backward", mutates_args=())
-def hs_nll_backward(
+def _hs_nll_backward_reference(
     grad_loss: torch.Tensor,
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -251,7 +251,6 @@ def hs_nll_backward(
     return gi, gw, _no_bias(input) if gb is None else gb
 
 
-@hs_nll_backward.register_kernel("cpu")
 def _hs_nll_backward_cpu(grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth):
     _check_backward(grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth)
     gi = torch.empty_like(input, memory_format=torch.contiguous_format)
@@ -262,7 +261,6 @@ def _hs_nll_backward_cpu(grad_loss, input, weight, bias, target, dz, path_offset
     return gi, gw, _no_bias(input) if gb is None else gb
 
 
-@hs_nll_backward.register_kernel("cuda")
 def _hs_nll_backward_cuda(
     grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth
 ):
@@ -278,7 +276,6 @@ def _hs_nll_backward_cuda(
     return gi, gw, _no_bias(input) if gb is None else gb
 
 
-@hs_nll_backward.register_fake
 def _hs_nll_backward_fake(grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth):
     _check_backward(grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth)
     gb = _no_bias(input) if bias is None else torch.empty_like(bias)
@@ -291,8 +288,7 @@ def _sparse_capacity(input: torch.Tensor, weight: torch.Tensor, max_depth: int) 
     return min(input.shape[0] * max_depth, weight.shape[0])
 
 
-@torch.library.custom_op("pyneg::hs_nll_backward_sparse", mutates_args=())
-def hs_nll_backward_sparse(
+def _hs_nll_backward_sparse_reference(
     grad_loss: torch.Tensor,
     input: torch.Tensor,
     weight: torch.Tensor,
@@ -330,10 +326,10 @@ def hs_nll_backward_sparse(
     return gi, touched, rows, bias_rows, torch.tensor(n, dtype=torch.int64, device=input.device)
 
 
-@hs_nll_backward_sparse.register_kernel("cpu")
 def _hs_nll_backward_sparse_cpu(
-    grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth
+    grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth, *, _pad=True
 ):
+    # _pad=False (eager backward passes only, which keep the first `count` slots) skips writing the unused slots.
     _check_backward(grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth)
     cap = _sparse_capacity(input, weight, max_depth)
     gi = torch.empty_like(input, memory_format=torch.contiguous_format)
@@ -353,11 +349,11 @@ def _hs_nll_backward_sparse_cpu(
         rows,
         None if bias is None else bias_rows,
         touched,
+        _pad,
     )
     return gi, touched, rows, bias_rows, torch.tensor(used, dtype=torch.int64)
 
 
-@hs_nll_backward_sparse.register_fake
 def _hs_nll_backward_sparse_fake(
     grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth
 ):
@@ -400,11 +396,17 @@ def _backward_nll(ctx: Any, grad_loss: torch.Tensor, grad_dz: Optional[torch.Ten
         grads = tuple(next(got) if n and t is not None else None for t, n in zip((input, weight, bias), (need_input, need_weight, need_bias)))
         return grads + tail
     args = (grad_loss, input, weight, bias, target, dz, offsets, nodes, codes, ctx.max_depth)
+    # Eager CPU backward passes call the kernels' implementations directly: the same function the
+    # op dispatches to, without the dispatcher's Python overhead (a traced graph records the op).
+    direct = input.device.type == "cpu" and not (torch.compiler.is_compiling() or is_fake(dz))
     if not ctx.sparse:
-        gi, gw, gb = hs_nll_backward(*args)
+        gi, gw, gb = (_hs_nll_backward_cpu if direct else hs_nll_backward)(*args)
         return (gi if need_input else None, gw if need_weight else None, gb if need_bias and bias is not None else None) + tail
-    gi, touched, rows, bias_rows, count = hs_nll_backward_sparse(*args)
-    if torch.compiler.is_compiling():
+    if direct:
+        gi, touched, rows, bias_rows, count = _hs_nll_backward_sparse_cpu(*args, _pad=False)
+    else:
+        gi, touched, rows, bias_rows, count = hs_nll_backward_sparse(*args)
+    if not direct and (torch.compiler.is_compiling() or is_fake(count)):
         # No data-dependent shapes in a graph: keep every slot (the unused ones add -0.0 to node 0).
         idx, coalesced = touched.unsqueeze(0), False
     else:
@@ -416,7 +418,6 @@ def _backward_nll(ctx: Any, grad_loss: torch.Tensor, grad_dz: Optional[torch.Ten
     return (gi if need_input else None, gw, gb) + tail
 
 
-hs_nll.register_autograd(_backward_nll, setup_context=_setup_nll)
 
 
 # --------------------------------------------------------------- hs_log_prob
@@ -429,8 +430,7 @@ def _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_
     return v
 
 
-@torch.library.custom_op("pyneg::hs_log_prob", mutates_args=())
-def hs_log_prob(
+def _hs_log_prob_reference(
     scores: torch.Tensor,
     children: torch.Tensor,
     path_offsets: torch.Tensor,
@@ -448,7 +448,6 @@ def hs_log_prob(
         return flat_log_prob(scores, path_offsets, path_nodes, path_codes, max_depth)
 
 
-@hs_log_prob.register_kernel("cpu")
 def _hs_log_prob_cpu(scores, children, path_offsets, path_nodes, path_codes, max_depth):
     v = _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
     out = torch.empty(scores.shape[0], v, dtype=scores.dtype)
@@ -456,14 +455,12 @@ def _hs_log_prob_cpu(scores, children, path_offsets, path_nodes, path_codes, max
     return out
 
 
-@hs_log_prob.register_fake
 def _hs_log_prob_fake(scores, children, path_offsets, path_nodes, path_codes, max_depth):
     v = _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
     return scores.new_empty(scores.shape[0], v)
 
 
-@torch.library.custom_op("pyneg::hs_log_prob_backward", mutates_args=())
-def hs_log_prob_backward(
+def _hs_log_prob_backward_reference(
     grad_out: torch.Tensor,
     scores: torch.Tensor,
     children: torch.Tensor,
@@ -477,7 +474,6 @@ def hs_log_prob_backward(
     return flat_log_prob_grad(grad_out, scores, path_offsets, path_nodes, path_codes, max_depth)
 
 
-@hs_log_prob_backward.register_kernel("cpu")
 def _hs_log_prob_backward_cpu(grad_out, scores, children, path_offsets, path_nodes, path_codes, max_depth):
     _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
     grad = torch.empty(scores.shape, dtype=scores.dtype)
@@ -485,7 +481,6 @@ def _hs_log_prob_backward_cpu(grad_out, scores, children, path_offsets, path_nod
     return grad
 
 
-@hs_log_prob_backward.register_fake
 def _hs_log_prob_backward_fake(grad_out, scores, children, path_offsets, path_nodes, path_codes, max_depth):
     _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
     return torch.empty_like(scores)
@@ -508,4 +503,129 @@ def _backward_log_prob(ctx: Any, grad_out: torch.Tensor):
     return (hs_log_prob_backward(grad_out, scores, children, offsets, nodes, codes, ctx.max_depth),) + tail
 
 
-hs_log_prob.register_autograd(_backward_log_prob, setup_context=_setup_log_prob)
+
+
+# -------------------------------------------------------------- registration
+# The ops are defined with torch.library.Library rather than torch.library.custom_op: custom_op's
+# Python wrappers (argument re-binding, alias checks, its generated autograd.Function) cost about
+# 60-80 us per call on a loss that takes ~100 us at B = 256, which the hierarchical softmax's
+# small-batch training steps would pay twice per step. The registrations are the same ones
+# custom_op makes: a schema, a kernel per device, a fake kernel and an Autograd kernel.
+_LIB = torch.library.Library("pyneg", "FRAGMENT")  # kept alive here: the registrations last as long as it
+
+_PATHS = "Tensor path_offsets, Tensor path_nodes, Tensor path_codes, int max_depth"
+_BACKWARD_ARGS = f"Tensor grad_loss, Tensor input, Tensor weight, Tensor? bias, Tensor target, Tensor dz, {_PATHS}"
+
+
+def _register(schema: str, *, reference: Any, cpu: Any, fake: Any, cuda: Any = None, autograd: Any = None) -> Any:
+    """Defines ``pyneg::<name>`` with a reference kernel for every device, CPU (and CUDA) kernels,
+    a fake kernel and an Autograd kernel (``autograd`` or a refusal to differentiate)."""
+    name = schema.split("(", 1)[0]
+    _LIB.define(schema)
+    _LIB.impl(name, reference, "CompositeExplicitAutograd")  # devices without pyneg kernels
+    _LIB.impl(name, cpu, "CPU")
+    _LIB.impl(name, cuda if cuda is not None else reference, "CUDA")
+    torch.library.register_fake(f"pyneg::{name}", fake, lib=_LIB)
+    op = getattr(torch.ops.pyneg, name)
+    _LIB.impl(name, autograd if autograd is not None else _not_differentiable(op), "Autograd")
+    return op
+
+
+def _below_autograd(op: Any, *args: Any) -> Any:
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+def _not_differentiable(op: Any) -> Any:
+    def kernel(*args: Any) -> Any:
+        if torch.is_grad_enabled() and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            raise RuntimeError(
+                f"{op._qualified_op_name} is not differentiable: second derivatives of the hierarchical "
+                "softmax come from backward(create_graph=True) through pyneg::hs_nll / pyneg::hs_log_prob"
+            )
+        return _below_autograd(op, *args)
+
+    return kernel
+
+
+class _HSNll(torch.autograd.Function):
+    """hs_nll's autograd: the forward op below autograd, :func:`_backward_nll` backward."""
+
+    @staticmethod
+    def forward(ctx: Any, *args: Any) -> Any:  # type: ignore[override]
+        out = _below_autograd(hs_nll, *args)
+        _setup_nll(ctx, args, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:  # type: ignore[override]
+        return _backward_nll(ctx, *grads)
+
+
+class _HSLogProb(torch.autograd.Function):
+    """hs_log_prob's autograd: the op below autograd, :func:`_backward_log_prob` backward."""
+
+    @staticmethod
+    def forward(ctx: Any, *args: Any) -> Any:  # type: ignore[override]
+        out = _below_autograd(hs_log_prob, *args)
+        _setup_log_prob(ctx, args, out)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> Any:  # type: ignore[override]
+        return _backward_log_prob(ctx, grad)
+
+
+def _needs_graph(*tensors: Optional[torch.Tensor]) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _hs_nll_autograd(input, weight, bias, target, path_offsets, path_nodes, path_codes, max_depth, sparse=False):
+    args = (input, weight, bias, target, path_offsets, path_nodes, path_codes, max_depth, sparse)
+    if _needs_graph(input, weight, bias):
+        return _HSNll.apply(*args)
+    return _below_autograd(hs_nll, *args)
+
+
+def _hs_log_prob_autograd(scores, children, path_offsets, path_nodes, path_codes, max_depth):
+    args = (scores, children, path_offsets, path_nodes, path_codes, max_depth)
+    if _needs_graph(scores):
+        return _HSLogProb.apply(*args)
+    return _below_autograd(hs_log_prob, *args)
+
+
+hs_nll = _register(
+    "hs_nll(Tensor input, Tensor weight, Tensor? bias, Tensor target, "
+    f"{_PATHS}, bool sparse=False) -> (Tensor, Tensor)",
+    reference=_hs_nll_reference,
+    cpu=_hs_nll_cpu,
+    cuda=_hs_nll_cuda,
+    fake=_hs_nll_fake,
+    autograd=_hs_nll_autograd,
+)
+hs_nll_backward = _register(
+    f"hs_nll_backward({_BACKWARD_ARGS}) -> (Tensor, Tensor, Tensor)",
+    reference=_hs_nll_backward_reference,
+    cpu=_hs_nll_backward_cpu,
+    cuda=_hs_nll_backward_cuda,
+    fake=_hs_nll_backward_fake,
+)
+hs_nll_backward_sparse = _register(
+    f"hs_nll_backward_sparse({_BACKWARD_ARGS}) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    reference=_hs_nll_backward_sparse_reference,
+    cpu=_hs_nll_backward_sparse_cpu,
+    fake=_hs_nll_backward_sparse_fake,
+)
+hs_log_prob = _register(
+    f"hs_log_prob(Tensor scores, Tensor children, {_PATHS}) -> Tensor",
+    reference=_hs_log_prob_reference,
+    cpu=_hs_log_prob_cpu,
+    fake=_hs_log_prob_fake,
+    autograd=_hs_log_prob_autograd,
+)
+hs_log_prob_backward = _register(
+    f"hs_log_prob_backward(Tensor grad_out, Tensor scores, Tensor children, {_PATHS}) -> Tensor",
+    reference=_hs_log_prob_backward_reference,
+    cpu=_hs_log_prob_backward_cpu,
+    fake=_hs_log_prob_backward_fake,
+)
