@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
-from pyneg._hits import block_hits
+from pyneg._hits import find_hits, hit_mask
 from pyneg._loss_checks import (
     check_chunk_size,
     check_embeddings,
@@ -465,15 +465,15 @@ def compute_accidental_hits(positive_ids: ArrayLike, negative_ids: ArrayLike) ->
     empty = torch.empty(0, dtype=torch.int64, device=dev)
     if b == 0 or n == 0 or pos.numel() == 0:
         return empty, empty.clone()
-    row_ids = pos.to(torch.int64).reshape(b, -1)
-    neg = neg.to(torch.int64)
+    row_ids = pos.reshape(b, -1)
     if neg.dim() == 1:
-        hits = block_hits(neg, row_ids, None, b, dev)
-        if hits is None:
-            return empty, empty.clone()
+        hits = find_hits(neg, row_ids)
+        assert hits is not None  # no max_pairs
         rows, cols = hits
+        if row_ids.shape[1] == 1:
+            return rows, cols  # already sorted by row, then column, each pair once
     else:
-        rows, cols = (neg.unsqueeze(-1) == row_ids.unsqueeze(1)).any(-1).nonzero(as_tuple=True)
+        rows, cols = hit_mask(neg, row_ids).nonzero(as_tuple=True)
     key = torch.unique(rows * n + cols)  # sorted, each pair once
     return key // n, key % n
 

@@ -6,3 +6,5 @@ Each area module defines its ops with :func:`torch.library.custom_op`, a fake
 implementation per device. Importing :mod:`pyneg` imports this package, which
 registers every op.
 """
+
+from pyneg._ops import softmax  # noqa: F401  (pyneg::softmax_*: the softmax losses' core)
