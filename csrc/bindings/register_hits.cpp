@@ -10,7 +10,8 @@ namespace pyneg::bindings {
 void register_hits(py::module_& m) {
   m.def(
       "find_accidental_hits",
-      [](const input_array<int64_t>& candidates, const input_array<int64_t>& positives, int64_t max_pairs) -> py::object {
+      [](const input_array<int64_t>& candidates, const input_array<int64_t>& positives,
+         int64_t max_pairs) -> py::object {
         require_ndim(candidates, 1, "negative_ids");
         require_ndim(positives, 2, "positive_ids");
         if (max_pairs < 0) throw std::invalid_argument("max_pairs must be >= 0");
@@ -22,8 +23,8 @@ void register_hits(py::module_& m) {
         bool complete;
         {
           py::gil_scoped_release release;
-          complete = find_accidental_hits(cand.data(), static_cast<int64_t>(cand.size()), pos.data(), b, t, max_pairs,
-                                          &rows, &cols);
+          complete = find_accidental_hits(cand.data(), static_cast<int64_t>(cand.size()), pos.data(), b, t,
+                                          max_pairs, &rows, &cols);
         }
         if (!complete) return py::none();
         return py::make_tuple(to_array(rows), to_array(cols));

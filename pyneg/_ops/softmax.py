@@ -262,8 +262,8 @@ def block_lse(
     if chunk_size >= n:
         s = _chunk_scores(qs, emb, shift, ids, row_ids, diag, hits, dense, 0, n)
         if nce:
-            out = _softplus_sum(s)
-            return out, s.sigmoid_()
+            total = _softplus_sum(s)
+            return total, s.sigmoid_()
         return _exp_normalise_(s, normalise=True), s  # the softmax, in the logits' buffer
     out: Optional[torch.Tensor] = None
     for start in range(0, n, chunk_size):
@@ -332,7 +332,7 @@ def block_lse_backward(
             p = s.sigmoid_() if nce else s.sub_(_finite_or_zero(out).unsqueeze(1)).exp_()
         if need_qs:
             grad_q.add_((p @ emb[start:stop]).mul_(grad.unsqueeze(1)))
-        if need_emb:
+        if wq is not None:  # need_emb
             torch.mm(p.t(), wq, out=grad_e[start:stop])
         if need_shift:
             torch.mv(p.t(), grad, out=grad_s[start:stop])
