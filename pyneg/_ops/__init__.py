@@ -9,3 +9,4 @@ registers every op.
 
 from pyneg._ops import alias  # noqa: F401  (pyneg::alias_*)
 from pyneg._ops import hsoftmax  # noqa: F401  (pyneg::hs_*)
+from pyneg._ops import softmax  # noqa: F401  (pyneg::softmax_*: the softmax losses' core)
