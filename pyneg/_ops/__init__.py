@@ -6,3 +6,5 @@ Each area module defines its ops with :func:`torch.library.custom_op`, a fake
 implementation per device. Importing :mod:`pyneg` imports this package, which
 registers every op.
 """
+
+from pyneg._ops import memory  # noqa: F401  (registers pyneg::frequency_estimate, pyneg::bank_*)
