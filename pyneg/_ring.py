@@ -47,5 +47,5 @@ def negative_segments(
     if step < warmup:
         return [(0, 0)]
     capacity = steps.shape[0]
-    young = count_since(steps, head, size, 0 if max_age is None else step - max_age)
+    young = size if max_age is None else count_since(steps, head, size, step - max_age)
     return [(0, capacity)] if young == capacity else newest(head, young, capacity)
