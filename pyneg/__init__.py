@@ -37,7 +37,7 @@ def _require_compiled_core() -> None:
 _require_compiled_core()
 
 from pyneg import (
-    _ops,  # noqa: F401  (registers pyneg's torch.library operators)
+    _ops,  # noqa: F401  (registers the torch.ops.pyneg operators)
     distributed,
     functional,
     losses,

@@ -76,6 +76,26 @@ def as_tensor(data: ArrayLike, name: str) -> torch.Tensor:
     return torch.from_numpy(arr)
 
 
+def check_float_tensor(t: Any, name: str) -> torch.Tensor:
+    """A readable floating-point tensor (TypeError for anything else)."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    check_tensor(t, name)
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    return t
+
+
+def as_tensor_on(x: Any, name: str, device: torch.device, *, other: str = "query") -> torch.Tensor:
+    """Tensors stay where they are (a device other than ``other``'s is an error); arrays go to ``device``."""
+    if isinstance(x, torch.Tensor):
+        check_tensor(x, name)
+        if x.device != device:
+            raise ValueError(f"{name} is on {x.device} but {other} is on {device}")
+        return x
+    return as_tensor(x, name).to(device)
+
+
 def as_float64_numpy(data: ArrayLike, name: str, *, ndim: int = 1, max_len: Optional[int] = None) -> np.ndarray:
     """A contiguous float64 NumPy array of real numbers of the given rank (CPU copy if needed).
 

@@ -35,8 +35,9 @@ import torch
 from torch import nn
 
 from pyneg import _core
+from pyneg._reduction import check_reduction as _check_reduction
+from pyneg._reduction import reduce_loss as _reduce
 from pyneg._validation import ArrayLike, as_float64_numpy, as_index_tensor, as_tensor, check_bool, check_int, check_seed
-from pyneg.functional import _check_reduction, _reduce
 from pyneg.hsoftmax import HierarchicalSoftmax
 from pyneg.samplers import draw_seed
 
