@@ -97,9 +97,17 @@ class MemoryBank:
       ``negatives()`` show them, nothing else changes, no kernel trusts them.
       (Resizing or freeing that view's storage is refused at the next call.)
 
-    Thread-safety: every method takes the bank's lock, so calls from several
-    threads are serialised (enqueues get consecutive steps in the order they
-    take the lock). A call that raises leaves the bank as it was. Copies
+    Under ``torch.compile`` (``fullgraph=True`` too), :meth:`negatives`,
+    ``embeddings``, ``ids`` and ``log_q`` trace without a graph break and read
+    the bank as it is at each call (its state comes in as graph inputs, see
+    ``docs/guide/memory.md``); there :meth:`negatives` returns copies gathered
+    from the bank, not views, and its ``positive_ids`` must be an integer
+    tensor. :meth:`enqueue` stays eager (``torch.compiler.disable``): call it
+    outside the compiled step.
+
+    Thread-safety: every method takes the bank's lock (compiled reads do not:
+    Dynamo cannot trace a lock), so calls from several threads are serialised
+    (enqueues get consecutive steps in the order they take the lock). A call that raises leaves the bank as it was. Copies
     (``copy.deepcopy``, pickle, ``torch.save``) are independent banks that
     continue exactly as the original would (same next negatives).
 

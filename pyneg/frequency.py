@@ -68,6 +68,12 @@ class FrequencyEstimator:
     The estimate converges over about ``1 / alpha`` steps: smaller ``alpha``
     is smoother but adapts more slowly to a drifting distribution.
 
+    Under ``torch.compile`` (``fullgraph=True`` too), :meth:`probability` and
+    :meth:`log_prob` of an integer tensor trace without a graph break (the op
+    ``pyneg::frequency_estimate``, with the table and the step as graph inputs,
+    so each call reads the current estimate); :meth:`update` stays eager
+    (``torch.compiler.disable``): call it outside the compiled step.
+
     Thread-safe: :meth:`update` takes a lock around assigning the step number
     and running the kernel, so concurrent calls are serialised (each gets a
     step of its own, in the order they take the lock), and estimates read a
