@@ -107,9 +107,10 @@ class MemoryBank:
 
     Thread-safety: every method takes the bank's lock (compiled reads do not:
     Dynamo cannot trace a lock), so calls from several threads are serialised
-    (enqueues get consecutive steps in the order they take the lock). A call that raises leaves the bank as it was. Copies
-    (``copy.deepcopy``, pickle, ``torch.save``) are independent banks that
-    continue exactly as the original would (same next negatives).
+    (enqueues get consecutive steps in the order they take the lock). A call
+    that raises leaves the bank as it was. Copies (``copy.deepcopy``, pickle,
+    ``torch.save``) are independent banks that continue exactly as the
+    original would (same next negatives).
 
     Args:
         capacity: number of entries kept (M).
