@@ -295,3 +295,24 @@ def test_ring_helpers_against_a_plain_reference():
             assert [s for a, b in _ring.newest(head, size, capacity) for s in range(a, b)] == order
             for min_step in range(step + 2):
                 assert _ring.count_since(steps, head, size, min_step) == sum(steps[s] >= min_step for s in order)
+
+
+# ------------------------------------------------------------------- CUDA
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_compiled_reads_on_cuda():
+    """A bank on the GPU and ids on the GPU: the compiled reads give the eager results on the GPU."""
+    bank = _filled_bank(8, enqueues=4).to("cuda")
+    est = _estimator()
+    pos = torch.tensor([0, 3, 5], device="cuda")
+
+    def reads(bank, est, pos):
+        return _bank_reads(bank, pos) + _estimator_reads(est, pos)
+
+    compiled = torch.compile(reads, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(bank, est, pos), reads(bank, est, pos)):
+        assert got.device.type == "cuda"
+        _assert_same(got, want)
+    bank.enqueue(torch.ones(2, 3, device="cuda"), torch.tensor([5, 6]))
+    for got, want in zip(compiled(bank, est, pos), reads(bank, est, pos)):
+        _assert_same(got, want)
