@@ -202,6 +202,23 @@ def as_id_array(ids: ArrayLike, name: str, *, ndim: Optional[int] = 1) -> np.nda
     return t.numpy()
 
 
+def check_id_tensor(ids: Any, name: str, *, ndim: Optional[int] = None) -> torch.Tensor:
+    """Ids as an int64 tensor, from static metadata only (what ``torch.compile`` sees).
+
+    The compiled-path twin of :func:`as_id_array`: it refuses what is not an
+    integer tensor of rank ``ndim`` (None: any) without reading the values
+    (the ops that take the ids check those, e.g. for negative ids).
+    """
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor inside a compiled step, got {type(ids).__name__}")
+    check_tensor(ids, name)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer ids, got {ids.dtype}")
+    if ndim is not None and ids.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(ids.shape)}")
+    return ids.to(torch.int64)
+
+
 def allocate(make: Callable[[], Any], what: str) -> Any:
     """``make()``, with an allocator failure reported as MemoryError naming ``what``."""
     try:

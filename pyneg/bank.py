@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
+from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 import torch
 
-from pyneg import _core
+from pyneg import _core, _ring
+from pyneg._ops import memory as _ops
+from pyneg._ring import Segments
 from pyneg._state import MAX_STEP, check_dense, copy_on_write, state_int, state_must_match, state_tensor, state_value
 from pyneg._validation import (
     ArrayLike,
@@ -33,6 +35,7 @@ from pyneg._validation import (
     check_bool,
     check_device,
     check_holds_data,
+    check_id_tensor,
     check_int,
     check_nbytes,
     check_tensor,
@@ -60,9 +63,6 @@ class BankNegatives(NamedTuple):
     ids: torch.Tensor
     log_q: torch.Tensor
     hit_mask: Optional[torch.Tensor]
-
-
-Segments = List[Tuple[int, int]]
 
 
 class MemoryBank:
@@ -97,11 +97,20 @@ class MemoryBank:
       ``negatives()`` show them, nothing else changes, no kernel trusts them.
       (Resizing or freeing that view's storage is refused at the next call.)
 
-    Thread-safety: every method takes the bank's lock, so calls from several
-    threads are serialised (enqueues get consecutive steps in the order they
-    take the lock). A call that raises leaves the bank as it was. Copies
-    (``copy.deepcopy``, pickle, ``torch.save``) are independent banks that
-    continue exactly as the original would (same next negatives).
+    Under ``torch.compile`` (``fullgraph=True`` too), :meth:`negatives`,
+    ``embeddings``, ``ids`` and ``log_q`` trace without a graph break and read
+    the bank as it is at each call (its state comes in as graph inputs, see
+    ``docs/guide/memory.md``); there :meth:`negatives` returns copies gathered
+    from the bank, not views, and its ``positive_ids`` must be an integer
+    tensor. :meth:`enqueue` stays eager (``torch.compiler.disable``): call it
+    outside the compiled step.
+
+    Thread-safety: every method takes the bank's lock (compiled reads do not:
+    Dynamo cannot trace a lock), so calls from several threads are serialised
+    (enqueues get consecutive steps in the order they take the lock). A call
+    that raises leaves the bank as it was. Copies (``copy.deepcopy``, pickle,
+    ``torch.save``) are independent banks that continue exactly as the
+    original would (same next negatives).
 
     Args:
         capacity: number of entries kept (M).
@@ -164,7 +173,16 @@ class MemoryBank:
         # them), so they always agree with the index's own ids.
         self._ids = allocate(lambda: torch.empty(capacity, dtype=torch.int64, device=dev), what)
         self._log_q = allocate(lambda: torch.empty(capacity, dtype=torch.float32, device=dev), what)
+        # The step that wrote each slot (the index keeps its own copy for its lookups).
+        self._steps = allocate(lambda: torch.zeros(capacity, dtype=torch.int64), what)
+        # Where the reads start, as data a compiled read takes (see _set_layout);
+        # written through its NumPy view (a few hundred ns per enqueue).
+        self._starts = torch.zeros(2, dtype=torch.int64)
+        self._starts_np = self._starts.numpy()
+        self._length_bufs = [allocate(lambda: torch.empty(capacity, dtype=torch.uint8), what) for _ in range(2)]
         self._step = 0
+        self._runs = ((0, -1), (0, -1))
+        self._set_layout()
 
     def _set_storage(self, emb: torch.Tensor) -> None:
         self._emb = emb
@@ -250,6 +268,7 @@ class MemoryBank:
         )
 
     # ---------------------------------------------------------------- writing
+    @torch.compiler.disable
     def enqueue(self, embeddings: torch.Tensor, ids: ArrayLike, log_q: Optional[ArrayLike] = None) -> None:
         """Appends a batch: ``embeddings`` (B, dim) (stored detached), ``ids`` (B,) >= 0,
         ``log_q`` (B,) or None (stored as NaN).
@@ -323,6 +342,8 @@ class MemoryBank:
         # after it, the copies below cannot fail (shapes, devices and dtypes are checked).
         write = self._index.push(id_arr, self._step + 1)
         self._step += 1
+        _fill_rows(self._steps, self._step, write)
+        self._set_layout()
         if fast:
             # Bytes straight into the ring, single-threaded with the GIL released.
             _core.ring_copy_rows(dst_bytes, src_bytes, write)
@@ -339,44 +360,58 @@ class MemoryBank:
         else:
             _copy_rows(self._log_q, lq, write)
 
+    def _set_layout(self) -> None:
+        """Lays out the reads after every write: which run of slots :meth:`negatives`
+        and the oldest-first columns take (``start``, ``count``; the run wraps past
+        the last slot).
+
+        For compiled reads the starts are data (``_starts``, a tensor updated in
+        place) and the counts are the lengths of two views (``_counts``): a
+        compiled step takes both as graph inputs, so it reads the current run
+        after every enqueue, with the count a dynamic size (after one
+        recompilation) instead of a constant of the graph.
+        """
+        head, size, cap = int(self._index.head), int(self._index.size), self.capacity
+        neg = _ring.negative_segments(self._steps.numpy(), head, size, self._step, self._max_age, self._warmup)
+        runs = ((neg[0][0], sum(b - a for a, b in neg)), ((head - size) % cap, size))
+        self._starts_np[:] = (runs[0][0], runs[1][0])
+        if [count for _, count in runs] != [count for _, count in self._runs]:  # new views only for new counts
+            self._counts = tuple(buf[:count] for buf, (_, count) in zip(self._length_bufs, runs))
+        self._runs = runs
+
     # ------------------------------------------------------ oldest-first views
     def _fifo(self, count: int) -> Segments:
         """Storage slices holding the newest ``count`` entries, oldest first."""
-        if count == 0:
-            return [(0, 0)]
-        cap, head = self.capacity, int(self._index.head)
-        start = (head - count) % cap
-        if start + count <= cap:
-            return [(start, start + count)]
-        return [(start, cap), (0, head)]
+        return _ring.newest(int(self._index.head), count, self.capacity)
 
     def _column(self, t: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return t.index_select(0, self._traced_slots(1))
         with self._lock:
             self._check_storage()
             return _take(t, self._fifo(len(self)), copy=True)
 
     @property
     def embeddings(self) -> torch.Tensor:
-        """(len(bank), dim) stored embeddings, oldest first (a copy)."""
+        """(len(bank), dim) stored embeddings, oldest first (a copy). Readable in a compiled step."""
         return self._column(self._emb)
 
     @property
     def ids(self) -> torch.Tensor:
-        """(len(bank),) int64 ids, oldest first (a copy)."""
+        """(len(bank),) int64 ids, oldest first (a copy). Readable in a compiled step."""
         return self._column(self._ids)
 
     @property
     def log_q(self) -> torch.Tensor:
-        """(len(bank),) float32 log q, NaN where none was given, oldest first (a copy)."""
+        """(len(bank),) float32 log q, NaN where none was given, oldest first (a copy).
+        Readable in a compiled step."""
         return self._column(self._log_q)
 
     @property
     def steps(self) -> torch.Tensor:
         """(len(bank),) int64 step that wrote each entry, oldest first (a copy)."""
         with self._lock:
-            view = self._index.slot_steps  # read-only NumPy view of the index
-            steps = np.concatenate([view[a:b] for a, b in self._fifo(len(self))])  # a copy
-        return torch.from_numpy(steps).to(self.device)
+            return _take(self._steps, self._fifo(len(self)), copy=True).to(self.device)
 
     @property
     def ages(self) -> torch.Tensor:
@@ -391,7 +426,7 @@ class MemoryBank:
         """(len(bank),) bool, oldest first: True for entries no older than ``max_age``."""
         with self._lock:
             n = len(self)
-            young = int(self._index.count_since(self._min_step()))
+            young = _ring.count_since(self._steps.numpy(), int(self._index.head), n, self._min_step())
         return torch.arange(n, device=self.device) >= n - young
 
     def hit_mask(self, positive_ids: ArrayLike) -> torch.Tensor:
@@ -440,14 +475,11 @@ class MemoryBank:
         enqueue after backward); ids and log q are copies. With
         ``positive_ids`` (B,), also the (B, N) hit mask.
         """
+        if torch.compiler.is_compiling():
+            return self._traced_negatives(positive_ids)
         with self._lock:
             self._check_storage()
-            if not self.ready:
-                segments: Segments = [(0, 0)]
-            else:
-                young = int(self._index.count_since(self._min_step()))
-                # A full bank of young entries is the whole buffer: one view, storage order.
-                segments = [(0, self.capacity)] if young == self.capacity else self._fifo(young)
+            segments = _ring.run(*self._runs[0], self.capacity)
             mask = None if positive_ids is None else self._hits(positive_ids, self._min_step(), segments)
             return BankNegatives(
                 _take(self._emb, segments, copy=False),
@@ -455,6 +487,28 @@ class MemoryBank:
                 _take(self._log_q, segments, copy=True),
                 mask,
             )
+
+    # ------------------------------------------------------- compiled reads
+    def _traced_slots(self, which: int) -> torch.Tensor:
+        """The slots of run ``which`` (0: negatives, 1: every entry oldest first), in order."""
+        count = self._counts[which].shape[0]
+        return (torch.arange(count, device=self.device) + self._starts[which].to(self.device)) % self.capacity
+
+    def _traced_negatives(self, positive_ids: Optional[ArrayLike]) -> BankNegatives:
+        """:meth:`negatives` inside ``torch.compile``: the same entries, through pyneg's ops.
+
+        The bank's state comes in as tensors (nothing about it is a constant of
+        the graph), the columns are gathered copies (an op cannot return a view
+        of the bank), and the lock is not taken (Dynamo cannot trace it): enqueue
+        from the training loop's own thread, after backward, as in eager mode.
+        """
+        slots = self._traced_slots(0)
+        ids = self._ids.index_select(0, slots)
+        mask = None
+        if positive_ids is not None:
+            pos = check_id_tensor(positive_ids, "positive_ids", ndim=1).to(self.device)
+            mask = _ops.bank_hit_mask(ids, pos)
+        return BankNegatives(self._emb.index_select(0, slots), ids, self._log_q.index_select(0, slots), mask)
 
     # ------------------------------------------------------------ state dict
     def state_dict(self) -> Dict[str, Any]:
@@ -519,6 +573,8 @@ class MemoryBank:
             self._step = step
             (start, stop) = self._fifo(n)[0]  # a wrapped second segment starts at slot 0
             write = (0, start, stop - start, n - (stop - start))
+            _copy_rows(self._steps, steps, write)
+            self._set_layout()
             _copy_rows(self._emb, emb, write)
             _copy_rows(self._ids, ids.to(self.device), write)
             _copy_rows(self._log_q, log_q, write)
@@ -547,6 +603,13 @@ def _copy_rows(dst: torch.Tensor, src: torch.Tensor, write: Tuple[int, int, int,
     dst[d : d + first].copy_(src[s : s + first])
     if second:
         dst[:second].copy_(src[s + first : s + first + second])
+
+
+def _fill_rows(dst: torch.Tensor, value: int, write: Tuple[int, int, int, int]) -> None:
+    """Sets the slots the ring index planned (as :func:`_copy_rows` writes them) to ``value``."""
+    _, d, first, second = write
+    dst[d : d + first].fill_(value)
+    dst[:second].fill_(value)
 
 
 def _take(t: torch.Tensor, segments: Segments, *, copy: bool) -> torch.Tensor:

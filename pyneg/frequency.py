@@ -20,8 +20,18 @@ import numpy as np
 import torch
 
 from pyneg import _core
+from pyneg._ops import memory as _ops
 from pyneg._state import MAX_STEP, copy_on_write, state_int, state_must_match, state_tensor
-from pyneg._validation import ArrayLike, allocate, as_id_array, check_bool, check_float, check_int, check_nbytes
+from pyneg._validation import (
+    ArrayLike,
+    allocate,
+    as_id_array,
+    check_bool,
+    check_float,
+    check_id_tensor,
+    check_int,
+    check_nbytes,
+)
 from pyneg.distributed import _checked_on_every_rank, _gather_rows, _sync_group
 
 __all__ = ["FrequencyEstimator"]
@@ -57,6 +67,12 @@ class FrequencyEstimator:
 
     The estimate converges over about ``1 / alpha`` steps: smaller ``alpha``
     is smoother but adapts more slowly to a drifting distribution.
+
+    Under ``torch.compile`` (``fullgraph=True`` too), :meth:`probability` and
+    :meth:`log_prob` of an integer tensor trace without a graph break (the op
+    ``pyneg::frequency_estimate``, with the table and the step as graph inputs,
+    so each call reads the current estimate); :meth:`update` stays eager
+    (``torch.compiler.disable``): call it outside the compiled step.
 
     Thread-safe: :meth:`update` takes a lock around assigning the step number
     and running the kernel, so concurrent calls are serialised (each gets a
@@ -114,10 +130,17 @@ class FrequencyEstimator:
     def _set_state(self, state: torch.Tensor, step: int) -> None:
         self._state = state  # never handed out: state_dict() copies
         self._cells = state.numpy()  # the same memory, as the kernels take it
-        self._step = step
+        # The step as a 0-dim tensor too, updated in place: a compiled read takes it
+        # as a graph input, so it sees every update (nothing recompiles).
+        self._step_t = torch.zeros((), dtype=torch.int64)
+        self._set_step(step)
         # update() assigns step numbers and runs the kernel under this lock, so
         # calls from several threads each get their own step (see the class docs).
         self._lock = threading.RLock()
+
+    def _set_step(self, step: int) -> None:
+        self._step = step
+        self._step_t.fill_(step)
 
     # ------------------------------------------------------- copies, pickling
     def __getstate__(self) -> Dict[str, Any]:
@@ -165,6 +188,7 @@ class FrequencyEstimator:
         )
 
     # --------------------------------------------------------------- updates
+    @torch.compiler.disable
     def update(self, ids: ArrayLike) -> None:
         """Records one training step's item ids (1-D, >= 0; repeats count once).
 
@@ -189,7 +213,7 @@ class FrequencyEstimator:
             if arr.size == 0:  # checked after the gather, so every rank agrees
                 raise ValueError("ids must not be empty")
             _core.frequency_update(self._cells, arr, self._step + 1, self._alpha, torch.get_num_threads())
-            self._step += 1
+            self._set_step(self._step + 1)
 
     def probability(self, ids: ArrayLike) -> torch.Tensor:
         """Estimated probability that each id is in a step's batch.
@@ -204,11 +228,14 @@ class FrequencyEstimator:
         return self._estimate(ids, log=True)
 
     def _estimate(self, ids: ArrayLike, *, log: bool) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            # The op pyneg::frequency_estimate, with the table and the step as graph inputs.
+            t = check_id_tensor(ids, "ids")
+            return _ops.frequency_estimate(self._state, t.cpu(), self._step_t, log).to(t.device)
         dev = ids.device if isinstance(ids, torch.Tensor) else None
-        arr = as_id_array(ids, "ids", ndim=None)
-        out = torch.empty(arr.shape, dtype=torch.float32)
+        arr = torch.from_numpy(as_id_array(ids, "ids", ndim=None))
         with self._lock:  # a consistent snapshot while another thread updates
-            _core.frequency_estimate(self._cells, arr.reshape(-1), self._step, log, out.view(-1).numpy())
+            out = _ops.estimate(self._state, arr, self._step, log)
         return out if dev is None or dev.type == "cpu" else out.to(dev)
 
     # ------------------------------------------------------------ state dict
@@ -249,4 +276,4 @@ class FrequencyEstimator:
         with self._lock:
             self._state[..., 0] = last.to(torch.float64)
             self._state[..., 1] = gap
-            self._step = step
+            self._set_step(step)
