@@ -46,7 +46,40 @@ class AliasTable:
         npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int
     ]: ...
     def cumulative_mass(self) -> npt.NDArray[np.uint64]: ...
+    def _storage(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
 
+# The kernels of the pyneg::alias_* operators: the table comes as int64 arrays.
+def alias_draw(
+    entries: npt.ArrayLike, seed: int, offset: int, out: npt.NDArray[np.int64], num_threads: int = 1
+) -> None: ...
+def alias_draw_excluding(
+    entries: npt.ArrayLike,
+    mass: npt.ArrayLike,
+    num_positive: int,
+    seed: int,
+    offset: int,
+    exclude: npt.ArrayLike,
+    k: int,
+    out: npt.NDArray[np.int64],
+    num_threads: int = 1,
+) -> None: ...
+def alias_draw_unique(
+    entries: npt.ArrayLike,
+    mass: npt.ArrayLike,
+    num_positive: int,
+    seed: int,
+    offset: int,
+    exclude: npt.ArrayLike,
+    k: int,
+    out: npt.NDArray[np.int64],
+    tries: npt.NDArray[np.int64] | None = None,
+    num_threads: int = 1,
+) -> None: ...
+def alias_prepare_exclude(
+    num_classes: int, num_positive: int, exclude: npt.ArrayLike, id_mass: npt.ArrayLike, rows: int, unique_k: int = 0
+) -> tuple[
+    npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int
+]: ...
 def draw_randoms(seed: int, offset: int, out: npt.NDArray[np.uint64]) -> None: ...
 def philox_isa() -> str: ...
 def hardware_threads() -> int: ...
@@ -67,21 +100,11 @@ MAX_RING_CAPACITY: int
 class RingIndex:
     def __init__(self, capacity: int) -> None: ...
     @property
-    def capacity(self) -> int: ...
-    @property
     def size(self) -> int: ...
     @property
     def head(self) -> int: ...
-    @property
-    def oldest(self) -> int: ...
-    @property
-    def slot_ids(self) -> npt.NDArray[np.int64]: ...
-    @property
-    def slot_steps(self) -> npt.NDArray[np.int64]: ...
     def push(self, ids: npt.ArrayLike, step: int) -> tuple[int, int, int, int]: ...
     def restore(self, ids: npt.ArrayLike, steps: npt.ArrayLike, head: int) -> None: ...
-    def clear(self) -> None: ...
-    def count_since(self, min_step: int) -> int: ...
     def find_hits(
         self, positive_ids: npt.ArrayLike, min_step: int = 0, max_pairs: int = ...
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None: ...
@@ -108,22 +131,28 @@ class HuffmanTree:
     def children(self) -> npt.NDArray[np.int32]: ...
     def batch_path_length(self, target: npt.ArrayLike, name: str = "target") -> int: ...
 
-# Each kernel is bound for float32 and float64 arrays (outputs exactly that dtype).
+# Each kernel is bound for float32 and float64 arrays (outputs exactly that dtype). They take the
+# tree's flat arrays (path_offsets int64, path_nodes int32, path_codes uint8, children int32), copy
+# what they read and check the copies (ValueError), so any arrays are safe to pass.
 def hs_forward(
-    tree: HuffmanTree,
     input: npt.ArrayLike,
     target: npt.ArrayLike,
     weight: npt.ArrayLike,
     bias: npt.ArrayLike | None,
+    path_offsets: npt.ArrayLike,
+    path_nodes: npt.ArrayLike,
+    path_codes: npt.ArrayLike,
     loss: npt.NDArray[Any],
     dz: npt.NDArray[Any],
     num_threads: int = 1,
 ) -> None: ...
 def hs_backward(
-    tree: HuffmanTree,
     input: npt.ArrayLike,
     target: npt.ArrayLike,
     weight: npt.ArrayLike,
+    path_offsets: npt.ArrayLike,
+    path_nodes: npt.ArrayLike,
+    path_codes: npt.ArrayLike,
     dz: npt.ArrayLike,
     grad_loss: npt.ArrayLike,
     grad_input: npt.NDArray[Any] | None = None,
@@ -131,10 +160,11 @@ def hs_backward(
     grad_bias: npt.NDArray[Any] | None = None,
     touched: npt.NDArray[np.int64] | None = None,
     num_threads: int = 1,
+    pad_unused: bool = True,
 ) -> int: ...
-def hs_log_prob(tree: HuffmanTree, logits: npt.ArrayLike, out: npt.NDArray[Any], num_threads: int = 1) -> None: ...
+def hs_log_prob(children: npt.ArrayLike, logits: npt.ArrayLike, out: npt.NDArray[Any], num_threads: int = 1) -> None: ...
 def hs_log_prob_backward(
-    tree: HuffmanTree,
+    children: npt.ArrayLike,
     logits: npt.ArrayLike,
     grad_out: npt.ArrayLike,
     grad_logits: npt.NDArray[Any],
@@ -235,3 +265,8 @@ def hs_sgd(
     num_threads: int = 1,
     hogwild: bool = False,
 ) -> float: ...
+
+# ----------------------------------------------------------------- register_hits
+def find_accidental_hits(
+    negative_ids: npt.ArrayLike, positive_ids: npt.ArrayLike, max_pairs: int = ...
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None: ...

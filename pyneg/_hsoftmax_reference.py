@@ -140,3 +140,139 @@ def log_prob_from_scores(scores: torch.Tensor, paths: PaddedPaths) -> torch.Tens
     signs = paths.signs.to(scores.dtype)  # (V, L)
     picked = scores[:, paths.nodes]  # (B, V, L)
     return (F.logsigmoid(signs * picked) * (signs != 0)).sum(-1)
+
+
+def check_flat_batch(
+    target: torch.Tensor, offsets: torch.Tensor, nodes: torch.Tensor, max_depth: int, num_inner: int
+) -> None:
+    """Raises ValueError unless the flat layout gives every ``target`` a path pyneg may read.
+
+    The checks the C++ kernels make (a target outside [0, V) is named as there),
+    with one synchronisation on an accelerator: ids in range, paths inside
+    ``nodes`` and at most ``max_depth`` long, nodes in [0, num_inner).
+    """
+    v = offsets.numel() - 1
+    if target.numel() == 0:
+        return
+    bad_id = (target < 0) | (target >= v)
+    if bool(bad_id.any()):
+        raise ValueError(f"target holds id {int(target[bad_id][0])} outside [0, {v})")
+    lo, hi = offsets[target], offsets[target + 1]
+    if bool(((lo < 0) | (hi < lo) | (hi > nodes.numel()) | (hi - lo > max_depth)).any()):
+        raise ValueError(f"path_offsets do not describe paths of at most max_depth {max_depth} in the path steps")
+    if nodes.numel() and bool(((nodes < 0) | (nodes >= num_inner)).any()):
+        raise ValueError(f"path_nodes holds nodes outside [0, {num_inner})")
+
+
+def batch_paths(
+    target: torch.Tensor,
+    offsets: torch.Tensor,
+    nodes: torch.Tensor,
+    codes: torch.Tensor,
+    max_depth: int,
+    dtype: torch.dtype,
+) -> PaddedPaths:
+    """The paths of ``target`` (B,) from the flat layout, padded to ``max_depth``: (B, L) rows and signs.
+
+    Only the batch's paths are gathered (O(B L), no synchronisation); the
+    layout must have passed :func:`check_flat_batch`.
+    """
+    width = max(max_depth, 1)
+    lo = offsets[target]
+    depth = offsets[target + 1] - lo
+    pos = torch.arange(width, dtype=torch.int64, device=target.device)
+    mask = pos[None, :] < depth[:, None]
+    if nodes.numel() == 0:  # V = 1: every path is empty
+        zeros = torch.zeros(mask.shape, dtype=torch.int64, device=target.device)
+        return PaddedPaths(zeros, zeros.to(dtype))
+    idx = (lo[:, None] + pos[None, :]).clamp(0, nodes.numel() - 1)
+    batch_nodes = torch.where(mask, nodes.to(torch.int64)[idx], 0)
+    signs = torch.where(mask, 1.0 - 2.0 * codes.to(dtype)[idx], 0.0).to(dtype)
+    return PaddedPaths(batch_nodes, signs)
+
+
+def flat_nll(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    target: torch.Tensor,
+    offsets: torch.Tensor,
+    nodes: torch.Tensor,
+    codes: torch.Tensor,
+    max_depth: int,
+) -> torch.Tensor:
+    """:func:`gather_nll` over the flat layout (checked first): differentiable, any device."""
+    check_flat_batch(target, offsets, nodes, max_depth, weight.shape[0])
+    paths = batch_paths(target, offsets, nodes, codes, max_depth, input.dtype)
+    rows = torch.arange(target.shape[0], device=target.device)
+    return gather_nll(input, rows, weight, bias, paths)
+
+
+def flat_log_prob(
+    scores: torch.Tensor, offsets: torch.Tensor, nodes: torch.Tensor, codes: torch.Tensor, max_depth: int
+) -> torch.Tensor:
+    """:func:`log_prob_from_scores` over the flat layout (checked first): (B, V), differentiable."""
+    classes = torch.arange(offsets.numel() - 1, device=scores.device)
+    check_flat_batch(classes, offsets, nodes, max_depth, scores.shape[1])
+    return log_prob_from_scores(scores, batch_paths(classes, offsets, nodes, codes, max_depth, scores.dtype))
+
+
+def flat_nll_grads(
+    grad_loss: torch.Tensor,
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    target: torch.Tensor,
+    offsets: torch.Tensor,
+    nodes: torch.Tensor,
+    codes: torch.Tensor,
+    max_depth: int,
+) -> "tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]":
+    """Gradients of ``sum(grad_loss * flat_nll(...))`` by the closed form, without autograd.
+
+    With ``z_j = s_j (u_{n_j} . v + b_{n_j})``, ``dNLL/d(u.v + b) = s_j (sigmoid(z_j) - 1)``;
+    node rows accumulate with ``index_add_``. Returns (grad_input, grad_weight,
+    grad_bias or None).
+    """
+    check_flat_batch(target, offsets, nodes, max_depth, weight.shape[0])
+    grad_input = torch.zeros_like(input)
+    grad_weight = torch.zeros_like(weight)
+    grad_bias = None if bias is None else torch.zeros_like(bias)
+    if weight.shape[0] == 0 or input.shape[0] == 0:
+        return grad_input, grad_weight, grad_bias
+    paths = batch_paths(target, offsets, nodes, codes, max_depth, input.dtype)
+    rows = weight[paths.nodes]  # (B, L, d)
+    scores = torch.bmm(rows, input.unsqueeze(-1)).squeeze(-1)
+    if bias is not None:
+        scores = scores + bias[paths.nodes]
+    coef = grad_loss.to(input.dtype)[:, None] * paths.signs * (torch.sigmoid(paths.signs * scores) - 1)
+    coef = coef * (paths.signs != 0)  # (B, L): 0 in the padding
+    grad_input = torch.bmm(coef.unsqueeze(1), rows).squeeze(1)
+    flat = paths.nodes.reshape(-1)
+    grad_weight.index_add_(0, flat, (coef.unsqueeze(-1) * input.unsqueeze(1)).reshape(-1, input.shape[1]))
+    if grad_bias is not None:
+        grad_bias.index_add_(0, flat, coef.reshape(-1))
+    return grad_input, grad_weight, grad_bias
+
+
+def flat_log_prob_grad(
+    grad_out: torch.Tensor,
+    scores: torch.Tensor,
+    offsets: torch.Tensor,
+    nodes: torch.Tensor,
+    codes: torch.Tensor,
+    max_depth: int,
+) -> torch.Tensor:
+    """Gradient of ``sum(grad_out * flat_log_prob(scores, ...))`` by the closed form (B, V - 1)."""
+    classes = torch.arange(offsets.numel() - 1, device=scores.device)
+    check_flat_batch(classes, offsets, nodes, max_depth, scores.shape[1])
+    grad = torch.zeros_like(scores)
+    if scores.shape[1] == 0:
+        return grad
+    paths = batch_paths(classes, offsets, nodes, codes, max_depth, scores.dtype)  # (V, L)
+    picked = scores[:, paths.nodes]  # (B, V, L)
+    # d log sigmoid(s a) / da = s sigmoid(-s a)
+    term = grad_out.to(scores.dtype).unsqueeze(-1) * paths.signs * torch.sigmoid(-paths.signs * picked)
+    term = term * (paths.signs != 0)
+    grad.index_add_(1, paths.nodes.reshape(-1), term.reshape(scores.shape[0], -1))
+    return grad

@@ -30,9 +30,13 @@ import torch
 from torch import nn
 
 from pyneg import _core
-from pyneg import cuda as pyneg_cuda
-from pyneg._hsoftmax_reference import PaddedPaths, gather_log_prob, gather_nll, log_prob_from_scores, padded_paths
+from pyneg._hsoftmax_reference import PaddedPaths, padded_paths
+from pyneg._ops import hsoftmax as _hs_ops
+from pyneg._reduction import acc_dtype as _acc_dtype
+from pyneg._reduction import check_reduction as _check_reduction
+from pyneg._reduction import reduce_loss as _reduce
 from pyneg._validation import (
+    _WIDE_UNSIGNED,
     MAX_CLASSES,
     ArrayLike,
     as_float64_numpy,
@@ -42,11 +46,13 @@ from pyneg._validation import (
     check_int,
     check_tensor,
 )
-from pyneg.functional import _acc_dtype, _check_reduction, _reduce
 
 __all__ = ["HuffmanTree", "HierarchicalSoftmax"]
 
 _PARAM_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The tree arrays the ops take, in their argument order.
+_FLAT_NAMES = ("path_offsets", "path_nodes", "path_codes", "children")
+_FlatPaths = Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 # Format of the tree fingerprint a module's state_dict carries (its "_extra_state").
 _STATE_FORMAT = 1
 
@@ -118,11 +124,16 @@ class HuffmanTree:
         self._counts = torch.from_numpy(c)
         # Built here, once (catch_warnings in _private_view is not thread-safe): never handed out.
         self._arrays: Dict[str, torch.Tensor] = {
-            name: _private_view(getattr(core, name)) for name in ("path_offsets", "path_nodes", "path_codes", "depths")
+            name: _private_view(getattr(core, name))
+            for name in ("path_offsets", "path_nodes", "path_codes", "children", "depths")
         }
-        # Derived tensors the kernels and the fallback read, built once per dtype / device.
-        self._padded: Dict[Tuple[torch.dtype, torch.device], PaddedPaths] = {}
-        self._flat: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        # Plain ints, read once: torch.compile traces attribute reads, not calls into pybind11.
+        self._num_classes = int(core.num_classes)
+        self._max_depth = int(core.max_depth)
+        # The arrays the ops take, per device (the CPU's are views of the C++ tree's own).
+        self._flat: Dict[torch.device, _FlatPaths] = {
+            torch.device("cpu"): tuple(self._arrays[n] for n in _FLAT_NAMES)  # type: ignore[dict-item]
+        }
         self._fingerprint: Optional[str] = None
 
     @classmethod
@@ -140,7 +151,7 @@ class HuffmanTree:
     @property
     def num_classes(self) -> int:
         """V, the number of classes (leaves)."""
-        return int(self._core.num_classes)
+        return self._num_classes
 
     @property
     def num_inner(self) -> int:
@@ -150,7 +161,7 @@ class HuffmanTree:
     @property
     def max_depth(self) -> int:
         """The longest path length."""
-        return int(self._core.max_depth)
+        return self._max_depth
 
     @property
     def counts(self) -> torch.Tensor:
@@ -224,20 +235,15 @@ class HuffmanTree:
         return self._fingerprint
 
     # ------------------------------------------------- pyneg's private copies
-    def _padded_paths(self, dtype: torch.dtype, device: torch.device) -> PaddedPaths:
-        """Padded paths for the pure-PyTorch paths, cached (never handed out)."""
-        key = (dtype, device)
-        p = self._padded.get(key)
-        if p is None:
-            p = self._padded[key] = self.padded_paths(dtype, device)
-        return p
+    def _flat_paths(self, device: torch.device) -> _FlatPaths:
+        """(path_offsets, path_nodes, path_codes, children) on ``device``, for the ops (never handed out).
 
-    def _flat_paths(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(offsets, nodes, codes) on ``device`` for the CUDA kernels, uploaded once (never handed out)."""
+        The CPU's are the tree's own arrays; other devices get copies, uploaded once.
+        """
         f = self._flat.get(device)
         if f is None:
             f = self._flat[device] = tuple(  # type: ignore[assignment]
-                self._array(n).to(device, copy=True) for n in ("path_offsets", "path_nodes", "path_codes")
+                self._arrays[n].to(device, copy=True) for n in _FLAT_NAMES
             )
         return f  # type: ignore[return-value]
 
@@ -253,148 +259,6 @@ class HuffmanTree:
 
     def __repr__(self) -> str:
         return f"HuffmanTree(num_classes={self.num_classes}, max_depth={self.max_depth})"
-
-
-def _kernel_threads() -> int:
-    return torch.get_num_threads()
-
-
-def _torch_grads(
-    outputs: torch.Tensor,
-    grad_outputs: torch.Tensor,
-    inputs: Tuple[Optional[torch.Tensor], ...],
-    needs: Tuple[bool, ...],
-) -> Tuple[Optional[torch.Tensor], ...]:
-    """Backward under create_graph=True: autograd over the pure-PyTorch recomputation.
-
-    ``outputs`` was computed (with grad enabled) from ``inputs`` by the
-    reference in pyneg._hsoftmax_reference, so the gradients returned are
-    themselves differentiable and second derivatives reach every input.
-    """
-    wrt = [t for t, n in zip(inputs, needs) if n and t is not None]
-    got = iter(torch.autograd.grad(outputs, wrt, grad_outputs, create_graph=True, allow_unused=True) if wrt else ())
-    return tuple(next(got) if n and t is not None else None for t, n in zip(inputs, needs))
-
-
-class _HSLoss(torch.autograd.Function):
-    """Per-example NLL through the C++ kernels (CPU, float32 / float64).
-
-    ``target`` is a private int64 copy (pyneg's, checked); the C++ layer copies
-    it again before checking, so even a target tensor reached through the
-    graph and written concurrently cannot make the kernels index out of bounds.
-    """
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        input: torch.Tensor,
-        weight: torch.Tensor,
-        bias: Optional[torch.Tensor],
-        target: torch.Tensor,
-        tree: HuffmanTree,
-        sparse: bool,
-    ) -> torch.Tensor:
-        x = input.detach().contiguous()
-        w = weight.detach().contiguous()
-        b = None if bias is None else bias.detach().contiguous()
-        tgt = target.numpy()
-        steps = tree._core.batch_path_length(tgt)
-        loss = torch.empty(x.shape[0], dtype=x.dtype)
-        dz = torch.empty(steps, dtype=x.dtype)
-        _core.hs_forward(
-            tree._core,
-            x.numpy(),
-            tgt,
-            w.numpy(),
-            None if b is None else b.numpy(),
-            loss.numpy(),
-            dz.numpy(),
-            _kernel_threads(),
-        )
-        # The inputs themselves (not detached copies): create_graph=True differentiates through them.
-        ctx.save_for_backward(input, weight, bias, target, dz)
-        ctx.tree = tree
-        ctx.sparse = sparse
-        return loss
-
-    @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor):
-        input, weight, bias, target, dz = ctx.saved_tensors
-        tree: HuffmanTree = ctx.tree
-        needs = tuple(ctx.needs_input_grad[:3])
-        if torch.is_grad_enabled():  # create_graph=True
-            with torch.enable_grad():
-                nll = gather_nll(input, target, weight, bias, tree._padded_paths(input.dtype, input.device))
-            return _torch_grads(nll, grad_loss, (input, weight, bias), needs) + (None, None, None)
-        need_input, need_weight, need_bias = needs
-        need_bias = need_bias and bias is not None
-        x, w = input.detach().contiguous(), weight.detach().contiguous()
-        grad_loss = grad_loss.detach().to(x.dtype).contiguous()
-        inner, dim, dtype = tree.num_inner, x.shape[1], x.dtype
-        gi = torch.empty_like(x) if need_input else None
-        gw = gb = touched = None
-        if ctx.sparse and (need_weight or need_bias):
-            cap = min(dz.numel(), inner)
-            touched = torch.empty(cap, dtype=torch.int64)
-            gw = torch.empty(cap, dim, dtype=dtype) if need_weight else None
-            gb = torch.empty(cap, dtype=dtype) if need_bias else None
-        else:
-            # Rows off the batch's paths stay zero; torch.zeros maps zero pages lazily.
-            gw = torch.zeros(inner, dim, dtype=dtype) if need_weight else None
-            gb = torch.zeros(inner, dtype=dtype) if need_bias else None
-        used = _core.hs_backward(
-            tree._core,
-            x.numpy(),
-            target.numpy(),
-            w.numpy(),
-            dz.numpy(),
-            grad_loss.numpy(),
-            None if gi is None else gi.numpy(),
-            None if gw is None else gw.numpy(),
-            None if gb is None else gb.numpy(),
-            None if touched is None else touched.numpy(),
-            _kernel_threads(),
-        )
-        if touched is not None:
-            idx = touched[:used].unsqueeze(0)
-            if gw is not None:
-                gw = _sparse(idx, gw[:used], (inner, dim))
-            if gb is not None:
-                gb = _sparse(idx, gb[:used], (inner,))
-        return gi, gw, gb, None, None, None
-
-
-class _HSLossCUDA(torch.autograd.Function):
-    """Per-example NLL through pyneg's CUDA kernels (dense gradients, float32 / float64)."""
-
-    @staticmethod
-    def forward(
-        ctx: Any,
-        input: torch.Tensor,
-        weight: torch.Tensor,
-        bias: Optional[torch.Tensor],
-        target: torch.Tensor,
-        tree: HuffmanTree,
-    ) -> torch.Tensor:
-        x, w = input.detach().contiguous(), weight.detach().contiguous()
-        b = None if bias is None else bias.detach().contiguous()
-        loss = pyneg_cuda.hs_forward(x, w, target, *tree._flat_paths(x.device), bias=b)
-        ctx.save_for_backward(input, weight, bias, target)
-        ctx.tree = tree
-        return loss
-
-    @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor):
-        input, weight, bias, target = ctx.saved_tensors
-        tree: HuffmanTree = ctx.tree
-        if torch.is_grad_enabled():  # create_graph=True
-            with torch.enable_grad():
-                nll = gather_nll(input, target, weight, bias, tree._padded_paths(input.dtype, input.device))
-            return _torch_grads(nll, grad_loss, (input, weight, bias), tuple(ctx.needs_input_grad[:3])) + (None, None)
-        x, w = input.detach().contiguous(), weight.detach().contiguous()
-        b = None if bias is None else bias.detach().contiguous()
-        gi, gw, gb = pyneg_cuda.hs_backward(grad_loss, x, w, target, *tree._flat_paths(x.device), bias=b)
-        return gi, gw, gb, None, None
 
 
 class _Cast(torch.autograd.Function):
@@ -414,38 +278,6 @@ def _to_acc(t: torch.Tensor) -> torch.Tensor:
     """``t`` in its accumulation dtype (16-bit -> float32; others as they are)."""
     acc = _acc_dtype(t.dtype)
     return t if acc == t.dtype else _Cast.apply(t, acc)
-
-
-def _sparse(indices: torch.Tensor, values: torch.Tensor, size: Tuple[int, ...]) -> torch.Tensor:
-    # Indices come out sorted and distinct: the tensor is coalesced by construction.
-    return torch.sparse_coo_tensor(indices, values, size, is_coalesced=True, check_invariants=False)
-
-
-class _HSLogProb(torch.autograd.Function):
-    """(B, V - 1) inner-node scores -> (B, V) log-probabilities, one tree walk per row."""
-
-    @staticmethod
-    def forward(ctx: Any, logits: torch.Tensor, tree: HuffmanTree) -> torch.Tensor:
-        x = logits.detach().contiguous()
-        out = torch.empty(x.shape[0], tree.num_classes, dtype=x.dtype)
-        _core.hs_log_prob(tree._core, x.numpy(), out.numpy(), _kernel_threads())
-        ctx.save_for_backward(logits)
-        ctx.tree = tree
-        return out
-
-    @staticmethod
-    def backward(ctx: Any, grad_out: torch.Tensor):
-        (logits,) = ctx.saved_tensors
-        tree: HuffmanTree = ctx.tree
-        if torch.is_grad_enabled():  # create_graph=True
-            with torch.enable_grad():
-                lp = log_prob_from_scores(logits, tree._padded_paths(logits.dtype, logits.device))
-            return _torch_grads(lp, grad_out, (logits,), (True,)) + (None,)
-        x = logits.detach().contiguous()
-        grad_out = grad_out.detach().to(x.dtype).contiguous()
-        grad = torch.empty_like(x)
-        _core.hs_log_prob_backward(tree._core, x.numpy(), grad_out.numpy(), grad.numpy(), _kernel_threads())
-        return grad, None
 
 
 class HierarchicalSoftmax(nn.Module):
@@ -474,6 +306,11 @@ class HierarchicalSoftmax(nn.Module):
             Huffman code's own prior, and the inputs break the symmetry.
         bias: (V - 1,) or None.
         tree: the :class:`HuffmanTree` (read-only attribute; the tree is immutable).
+
+    The loss and ``log_prob`` are PyTorch operators (``torch.ops.pyneg.hs_nll``,
+    ``hs_log_prob``; see pyneg/_ops/hsoftmax.py): a module call with tensor
+    inputs compiles with ``torch.compile(fullgraph=True)`` without graph breaks
+    and exports with ``torch.export``.
 
     Second derivatives: under ``create_graph=True`` the backward pass runs in
     differentiable PyTorch ops (the padded-path reference), so gradient
@@ -672,14 +509,20 @@ class HierarchicalSoftmax(nn.Module):
             raise ValueError(f"input is on {input.device} but the module's weight is on {weight.device}")
         return input
 
-    def _on_cuda_kernels(self, input: torch.Tensor) -> bool:
-        # Sparse gradients stay on the gather path: the CUDA backward writes dense rows.
-        return (
-            input.device.type == "cuda"
-            and not self._sparse
-            and self._tree.num_inner > 0
-            and pyneg_cuda.cuda_available()
-        )
+    def _target(self, target: ArrayLike, device: torch.device) -> torch.Tensor:
+        """A private int64 copy of ``target`` on ``device``.
+
+        Tensors are checked here for what their metadata shows (layout, dtype);
+        their ids are range-checked by the op, on the copy it reads (the same
+        ValueError wording), so a compiled graph needs no values. Arrays and
+        sequences (and uint64 tensors, which could wrap) are checked in full here.
+        """
+        if isinstance(target, torch.Tensor) and target.dtype not in _WIDE_UNSIGNED:
+            check_tensor(target, "target")
+            if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+                raise TypeError(f"target must hold integer ids, got {target.dtype}")
+            return target.detach().to(device=device, dtype=torch.int64, copy=True)
+        return as_index_tensor(target, "target", self.num_classes).to(device)
 
     # ---------------------------------------------------------------- compute
     def forward(self, input: torch.Tensor, target: ArrayLike, reduction: str = "mean") -> torch.Tensor:
@@ -691,41 +534,37 @@ class HierarchicalSoftmax(nn.Module):
             reduction: "none" (B,), "mean" or "sum". "mean" needs B >= 1.
 
         Returns float32 for 16-bit modules, the weight's dtype otherwise.
+        Runs ``torch.ops.pyneg.hs_nll`` (compiles with ``torch.compile(fullgraph=True)``
+        and exports with ``torch.export`` for tensor targets).
         """
         _check_reduction(reduction)
         weight, bias = self._checked_parameters()
         input = self._check_input(input, weight)
-        # A private copy, checked after copying: what the kernels (and the backward pass) read is
-        # what was checked, whatever the caller (or another thread) writes into its target.
-        tgt = as_index_tensor(target, "target", self.num_classes)
+        # A private copy: what the op (and the backward pass) reads is what it checks, whatever
+        # the caller (or another thread) writes into its target.
+        tgt = self._target(target, input.device)
         if tgt.shape != input.shape[:1]:
             raise ValueError(f"target must be ({input.shape[0]},) to match input, got shape {tuple(tgt.shape)}")
         if reduction == "mean" and input.shape[0] == 0:
             raise ValueError("input has no rows: the mean over an empty batch is undefined (use reduction='sum')")
-        acc = _acc_dtype(input.dtype)
         x, w = _to_acc(input), _to_acc(weight)  # 16-bit modules compute in float32
         b = None if bias is None else _to_acc(bias)
-        if x.device.type == "cpu":
-            loss = _HSLoss.apply(x, w, b, tgt, self._tree, self._sparse)
-        elif self._on_cuda_kernels(x):
-            loss = _HSLossCUDA.apply(x, w, b, tgt.to(x.device), self._tree)
-        else:
-            loss = gather_nll(x, tgt.to(x.device), w, b, self._tree._padded_paths(acc, x.device), sparse=self._sparse)
+        offsets, nodes, codes, _ = self._tree._flat_paths(x.device)
+        loss, _ = _hs_ops.hs_nll(x, w, b, tgt, offsets, nodes, codes, self._tree.max_depth, self._sparse)
         return _reduce(loss, reduction)
 
     def log_prob(self, input: torch.Tensor) -> torch.Tensor:
         """(B, V) log-probabilities of every class (differentiable).
 
         Scores every inner node once per input (one matrix product), then walks
-        the tree top-down accumulating log-probabilities: O(B V dim) like a full
-        softmax, meant for evaluation rather than training. float32 for 16-bit
-        modules, the weight's dtype otherwise.
+        the tree top-down accumulating log-probabilities (``torch.ops.pyneg.hs_log_prob``):
+        O(B V dim) like a full softmax, meant for evaluation rather than training.
+        float32 for 16-bit modules, the weight's dtype otherwise.
         """
         weight, bias = self._checked_parameters()
         input = self._check_input(input, weight)
-        acc = _acc_dtype(input.dtype)
         x, w = _to_acc(input), _to_acc(weight)
         b = None if bias is None else _to_acc(bias)
-        if x.device.type == "cpu":
-            return _HSLogProb.apply(nn.functional.linear(x, w, b), self._tree)
-        return gather_log_prob(x, w, b, self._tree._padded_paths(acc, x.device))
+        offsets, nodes, codes, children = self._tree._flat_paths(x.device)
+        scores = nn.functional.linear(x, w, b)
+        return _hs_ops.hs_log_prob(scores, children, offsets, nodes, codes, self._tree.max_depth)

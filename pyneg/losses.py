@@ -13,8 +13,11 @@ import torch
 from torch import nn
 
 from pyneg import functional as PF
+from pyneg._loss_checks import check_chunk_size, check_temperature
+from pyneg._reduction import check_reduction
+from pyneg._softmax import DEFAULT_CHUNK_SIZE
+from pyneg._sources import NegativeSource
 from pyneg._validation import check_bool
-from pyneg.functional import NegativeSource
 
 __all__ = [
     "InBatchSoftmaxLoss",
@@ -28,14 +31,14 @@ __all__ = [
 
 class _SoftmaxLoss(nn.Module):
     def __init__(
-        self, *, temperature: float = 1.0, reduction: str = "mean", chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE
+        self, *, temperature: float = 1.0, reduction: str = "mean", chunk_size: Optional[int] = DEFAULT_CHUNK_SIZE
     ) -> None:
         super().__init__()
         # Validate now so a bad setting fails where the module is built.
-        self.temperature = PF._check_temperature(temperature)
-        PF._check_reduction(reduction)
+        self.temperature = check_temperature(temperature)
+        check_reduction(reduction)
         self.reduction = reduction
-        self.chunk_size = PF._check_chunk_size(chunk_size)
+        self.chunk_size = check_chunk_size(chunk_size)
 
     def extra_repr(self) -> str:
         return f"temperature={self.temperature}, reduction={self.reduction!r}, chunk_size={self.chunk_size}"
@@ -49,7 +52,7 @@ class _GatheringLoss(_SoftmaxLoss):
         reduction: str = "mean",
         gather: bool = False,
         group: Optional[Any] = None,
-        chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE,
+        chunk_size: Optional[int] = DEFAULT_CHUNK_SIZE,
     ) -> None:
         super().__init__(temperature=temperature, reduction=reduction, chunk_size=chunk_size)
         self.gather = check_bool(gather, "gather")
@@ -97,7 +100,7 @@ class _SampledLoss(_SoftmaxLoss):
         *,
         temperature: float = 1.0,
         reduction: str = "mean",
-        chunk_size: Optional[int] = PF.DEFAULT_CHUNK_SIZE,
+        chunk_size: Optional[int] = DEFAULT_CHUNK_SIZE,
         remove_accidental_hits: bool = True,
     ) -> None:
         super().__init__(temperature=temperature, reduction=reduction, chunk_size=chunk_size)
@@ -193,7 +196,7 @@ class NegativeSamplingLoss(nn.Module):
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
-        PF._check_reduction(reduction)
+        check_reduction(reduction)
         self.reduction = reduction
 
     def forward(

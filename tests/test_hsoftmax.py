@@ -234,9 +234,12 @@ def test_gradcheck(bias):
         return functional_call(hs, p, (x, target), {"reduction": "none"})
 
     assert torch.autograd.gradcheck(nll, params)
-    # log_prob = the tree walk (a C++ autograd Function) over F.linear's scores.
+    # log_prob = the tree walk (the operator pyneg::hs_log_prob) over F.linear's scores.
     logits = torch.randn(4, 12, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda z: pyneg.hsoftmax._HSLogProb.apply(z, hs.tree), (logits,))
+    t = hs.tree
+    paths = (t.path_offsets, t.path_nodes, t.path_codes, t.max_depth)
+    children = t._flat_paths(torch.device("cpu"))[3]
+    assert torch.autograd.gradcheck(lambda z: torch.ops.pyneg.hs_log_prob(z, children, *paths), (logits,))
 
 
 def test_tiny_vocabulary_losses():

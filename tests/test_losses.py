@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 import pyneg
 import pyneg.functional as PF
+from pyneg import _hits
 from pyneg.functional import NegativeSource
 
 INF = float("inf")
@@ -102,7 +103,7 @@ def tf_sampled_softmax_loss(
 @pytest.fixture(params=["sparse", "dense"])
 def mask_mode(request, monkeypatch):
     """Masks are lists of hits, or dense comparisons when ids repeat a lot: test both."""
-    monkeypatch.setattr(PF, "_DENSE_MASK_FRACTION", 2.0 if request.param == "sparse" else 0.0)
+    monkeypatch.setattr(_hits, "DENSE_MASK_FRACTION", 2.0 if request.param == "sparse" else 0.0)
     return request.param
 
 

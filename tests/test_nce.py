@@ -21,6 +21,7 @@ import torch
 
 import pyneg
 import pyneg.functional as PF
+from pyneg import _hits
 
 FLOAT_MAX = float(np.finfo(np.float32).max)
 
@@ -66,7 +67,7 @@ def tf_sampled_softmax(*args, **kw):
 
 @pytest.fixture(params=["sparse", "dense"])
 def mask_mode(request, monkeypatch):
-    monkeypatch.setattr(PF, "_DENSE_MASK_FRACTION", 2.0 if request.param == "sparse" else 0.0)
+    monkeypatch.setattr(_hits, "DENSE_MASK_FRACTION", 2.0 if request.param == "sparse" else 0.0)
     return request.param
 
 

@@ -51,17 +51,15 @@ constexpr int64_t kRowGrain = 64;  // examples per chunk: enough to amortise a t
 template <class T>
 void input_gradient(const HSBatch<T>& a, const T* dz, const T* grad_loss, T* grad_input,
                     int num_threads) {
-  const HuffmanTree& t = *a.tree;
   const int64_t d = a.dim;
   parallel_for(a.batch, num_threads, kRowGrain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       T* gi = grad_input + b * d;
       std::fill(gi, gi + d, T(0));
-      const int64_t c = a.target[b];
-      const int64_t first = t.offsets[c], len = t.offsets[c + 1] - first;
+      const int64_t first = a.row_offsets[b], len = a.row_offsets[b + 1] - first;
       const T g = grad_loss[b];
-      const T* dzb = dz + a.row_offsets[b];
-      for (int64_t j = 0; j < len; ++j) axpy(g * dzb[j], a.weight + int64_t{t.nodes[first + j]} * d, gi, d);
+      const T* dzb = dz + b * a.dz_stride;
+      for (int64_t j = 0; j < len; ++j) axpy(g * dzb[j], a.weight + int64_t{a.nodes[first + j]} * d, gi, d);
     }
   });
 }
@@ -70,21 +68,20 @@ void input_gradient(const HSBatch<T>& a, const T* dz, const T* grad_loss, T* gra
 
 template <class T>
 void hs_forward(const HSBatch<T>& a, T* loss, T* dz, int num_threads) {
-  const HuffmanTree& t = *a.tree;
   const int64_t d = a.dim;
   parallel_for(a.batch, num_threads, kRowGrain, [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const T* v = a.input + b * d;
-      const int64_t c = a.target[b];
-      const int64_t first = t.offsets[c], len = t.offsets[c + 1] - first;
-      T* dzb = dz + a.row_offsets[b];
+      const int64_t first = a.row_offsets[b], len = a.row_offsets[b + 1] - first;
+      T* dzb = dz + b * a.dz_stride;
+      std::fill(dzb + len, dzb + a.dz_stride, T(0));  // the padding: the output is fully defined
       double nll = 0.0;  // a handful of terms; double keeps float32 losses exact to rounding
       for (int64_t j = 0; j < len; ++j) {
-        const int64_t n = t.nodes[first + j];
-        if (j + 1 < len) __builtin_prefetch(a.weight + int64_t{t.nodes[first + j + 1]} * d);
+        const int64_t n = a.nodes[first + j];
+        if (j + 1 < len) __builtin_prefetch(a.weight + int64_t{a.nodes[first + j + 1]} * d);
         T x = dot(a.weight + n * d, v, d);
         if (a.bias != nullptr) x += a.bias[n];
-        const T s = t.codes[first + j] ? T(-1) : T(1);
+        const T s = a.codes[first + j] ? T(-1) : T(1);
         T pos, neg;
         log_sigmoid_pair(s * x, pos, neg);
         nll -= static_cast<double>(pos);
@@ -98,20 +95,16 @@ void hs_forward(const HSBatch<T>& a, T* loss, T* dz, int num_threads) {
 template <class T>
 int64_t hs_backward(const HSBatch<T>& a, const T* dz, const T* grad_loss, T* grad_input,
                     T* grad_weight, T* grad_bias, int64_t* touched, int num_threads) {
-  const HuffmanTree& t = *a.tree;
   const int64_t d = a.dim;
   if (grad_input != nullptr) input_gradient(a, dz, grad_loss, grad_input, num_threads);
-  const int64_t inner = t.num_inner();
+  const int64_t inner = a.num_inner;
   const int64_t steps = a.row_offsets[a.batch];
   if (inner == 0 || steps == 0) return 0;
 
   // Bucket the batch's path steps by node (stable: example order within a
   // node), keeping the example and the coefficient g_b * dz of each step.
   std::vector<int64_t> start(static_cast<size_t>(inner + 1), 0);
-  for (int64_t b = 0; b < a.batch; ++b) {
-    const int64_t c = a.target[b];
-    for (int64_t p = t.offsets[c]; p < t.offsets[c + 1]; ++p) ++start[t.nodes[p] + 1];
-  }
+  for (int64_t p = 0; p < steps; ++p) ++start[a.nodes[p] + 1];
   std::vector<int64_t> node_list;  // distinct nodes, ascending
   for (int64_t n = 0; n < inner; ++n) {
     if (start[n + 1] > 0) node_list.push_back(n);
@@ -121,11 +114,10 @@ int64_t hs_backward(const HSBatch<T>& a, const T* dz, const T* grad_loss, T* gra
   std::vector<int64_t> step_example(static_cast<size_t>(steps));
   std::vector<T> step_coef(static_cast<size_t>(steps));
   for (int64_t b = 0; b < a.batch; ++b) {
-    const int64_t c = a.target[b];
-    const int64_t first = t.offsets[c];
-    const T* dzb = dz + a.row_offsets[b];
-    for (int64_t p = first; p < t.offsets[c + 1]; ++p) {
-      const int64_t slot = fill[t.nodes[p]]++;
+    const int64_t first = a.row_offsets[b];
+    const T* dzb = dz + b * a.dz_stride;
+    for (int64_t p = first; p < a.row_offsets[b + 1]; ++p) {
+      const int64_t slot = fill[a.nodes[p]]++;
       step_example[slot] = b;
       step_coef[slot] = grad_loss[b] * dzb[p - first];
     }
@@ -160,9 +152,9 @@ int64_t hs_backward(const HSBatch<T>& a, const T* dz, const T* grad_loss, T* gra
 }
 
 template <class T>
-void hs_log_prob(const HuffmanTree& tree, const T* logits, int64_t batch, T* out, int num_threads) {
-  const int64_t v = tree.num_classes, inner = tree.num_inner();
-  const int32_t* children = tree.children.data();
+void hs_log_prob(const int32_t* children, int64_t num_classes, const T* logits, int64_t batch, T* out,
+                 int num_threads) {
+  const int64_t v = num_classes, inner = num_classes > 0 ? num_classes - 1 : 0;
   parallel_for(batch, num_threads, 16, [&](int64_t begin, int64_t end) {
     std::vector<T> cum(static_cast<size_t>(std::max<int64_t>(inner, 1)));
     for (int64_t b = begin; b < end; ++b) {
@@ -191,11 +183,10 @@ void hs_log_prob(const HuffmanTree& tree, const T* logits, int64_t batch, T* out
 }
 
 template <class T>
-void hs_log_prob_backward(const HuffmanTree& tree, const T* logits, const T* grad_out,
-                          int64_t batch, T* grad_logits, int num_threads) {
-  const int64_t v = tree.num_classes, inner = tree.num_inner();
+void hs_log_prob_backward(const int32_t* children, int64_t num_classes, const T* logits,
+                          const T* grad_out, int64_t batch, T* grad_logits, int num_threads) {
+  const int64_t v = num_classes, inner = num_classes > 0 ? num_classes - 1 : 0;
   if (inner == 0) return;
-  const int32_t* children = tree.children.data();
   parallel_for(batch, num_threads, 16, [&](int64_t begin, int64_t end) {
     std::vector<T> below(static_cast<size_t>(inner));  // sum of grad_out over a node's leaves
     for (int64_t b = begin; b < end; ++b) {
@@ -220,8 +211,8 @@ void hs_log_prob_backward(const HuffmanTree& tree, const T* logits, const T* gra
   template void hs_forward<T>(const HSBatch<T>&, T*, T*, int);                                   \
   template int64_t hs_backward<T>(const HSBatch<T>&, const T*, const T*, T*, T*, T*, int64_t*, \
                                   int);                                                          \
-  template void hs_log_prob<T>(const HuffmanTree&, const T*, int64_t, T*, int);                  \
-  template void hs_log_prob_backward<T>(const HuffmanTree&, const T*, const T*, int64_t, T*, int);
+  template void hs_log_prob<T>(const int32_t*, int64_t, const T*, int64_t, T*, int);             \
+  template void hs_log_prob_backward<T>(const int32_t*, int64_t, const T*, const T*, int64_t, T*, int);
 
 PYNEG_INSTANTIATE_HS(float)
 PYNEG_INSTANTIATE_HS(double)

@@ -198,4 +198,57 @@ int64_t huffman_batch_offsets(const HuffmanTree& tree, const int64_t* target, in
   return out[batch];
 }
 
+void gather_batch_paths(const HuffmanPathsView& paths, const int64_t* target, int64_t batch,
+                        int64_t num_inner, int64_t max_len, const char* name, BatchPaths* out) {
+  const int64_t v = paths.num_classes;
+  out->row_offsets.assign(static_cast<size_t>(batch) + 1, 0);
+  // Each class's bounds are read once: later writes to offsets cannot change what is copied.
+  std::vector<int64_t> first(static_cast<size_t>(batch));
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t c = target[b];
+    if (c < 0 || c >= v) {
+      throw std::invalid_argument(std::string(name) + " holds id " + std::to_string(c) +
+                                  " outside [0, " + std::to_string(v) + ")");
+    }
+    const int64_t lo = paths.offsets[c], hi = paths.offsets[c + 1];
+    if (lo < 0 || hi < lo || hi > paths.num_steps || hi - lo > max_len) {
+      throw std::invalid_argument("path_offsets give class " + std::to_string(c) + " the path [" +
+                                  std::to_string(lo) + ", " + std::to_string(hi) +
+                                  "), not within the " + std::to_string(paths.num_steps) +
+                                  " path steps or longer than max_depth " + std::to_string(max_len));
+    }
+    first[static_cast<size_t>(b)] = lo;
+    out->row_offsets[static_cast<size_t>(b) + 1] = out->row_offsets[static_cast<size_t>(b)] + (hi - lo);
+  }
+  const int64_t steps = out->row_offsets[static_cast<size_t>(batch)];
+  out->nodes.resize(static_cast<size_t>(steps));
+  out->codes.resize(static_cast<size_t>(steps));
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t at = out->row_offsets[static_cast<size_t>(b)];
+    const int64_t len = out->row_offsets[static_cast<size_t>(b) + 1] - at;
+    const int64_t lo = first[static_cast<size_t>(b)];
+    std::memcpy(out->nodes.data() + at, paths.nodes + lo, sizeof(int32_t) * static_cast<size_t>(len));
+    std::memcpy(out->codes.data() + at, paths.codes + lo, static_cast<size_t>(len));
+  }
+  for (int64_t p = 0; p < steps; ++p) {  // checked after copying
+    const int32_t n = out->nodes[static_cast<size_t>(p)];
+    if (n < 0 || n >= num_inner) {
+      throw std::invalid_argument("path_nodes holds node " + std::to_string(n) + " outside [0, " +
+                                  std::to_string(num_inner) + ")");
+    }
+  }
+}
+
+void check_children(const int32_t* children, int64_t num_classes, const char* name) {
+  const int64_t inner = num_classes > 0 ? num_classes - 1 : 0;
+  for (int64_t i = 0; i < 2 * inner; ++i) {
+    const int32_t ch = children[i];
+    if (ch >= 0 ? ch >= inner : static_cast<int64_t>(~ch) >= num_classes) {
+      throw std::invalid_argument(std::string(name) + " holds " + std::to_string(ch) +
+                                  ", neither an inner node in [0, " + std::to_string(inner) +
+                                  ") nor the leaf of a class in [0, " + std::to_string(num_classes) + ")");
+    }
+  }
+}
+
 }  // namespace pyneg

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "cpu/huge_buffer.h"
 
@@ -57,5 +58,37 @@ HuffmanTree build_huffman_tree(const double* counts, int64_t n, const char* name
 // Throws std::invalid_argument, naming `name`, for a target outside [0, V).
 int64_t huffman_batch_offsets(const HuffmanTree& tree, const int64_t* target, int64_t batch,
                               const char* name, int64_t* out);
+
+// Flat path arrays in the layout above held by someone else (a tensor a caller
+// passed to a pyneg operator): nothing about them is trusted.
+struct HuffmanPathsView {
+  int64_t num_classes = 0;          // V: entries of offsets minus one
+  const int64_t* offsets = nullptr;  // (V + 1)
+  const int32_t* nodes = nullptr;    // (num_steps)
+  const uint8_t* codes = nullptr;    // (num_steps)
+  int64_t num_steps = 0;
+};
+
+// The paths of one batch, copied out of a view and checked after copying, so
+// kernels that read only these copies stay in bounds whatever anyone writes
+// into the view's arrays meanwhile. Example b's path is positions
+// row_offsets[b] .. row_offsets[b + 1] - 1 of nodes and codes.
+struct BatchPaths {
+  std::vector<int64_t> row_offsets;  // (batch + 1)
+  std::vector<int32_t> nodes;        // every node in [0, num_inner)
+  std::vector<uint8_t> codes;
+};
+
+// Copies the paths of target[0 .. batch) (targets the caller already owns) out
+// of `paths`. Throws std::invalid_argument for a target outside [0, V)
+// (naming `name`, as huffman_batch_offsets does), and for a path that leaves
+// the arrays, is longer than max_len or holds a node outside [0, num_inner).
+void gather_batch_paths(const HuffmanPathsView& paths, const int64_t* target, int64_t batch,
+                        int64_t num_inner, int64_t max_len, const char* name, BatchPaths* out);
+
+// Checks a copy of a tree's children array (2 (V - 1) entries, layout of
+// HuffmanTree::children): every entry an inner node in [0, V - 1) or the leaf of
+// a class in [0, V). Throws std::invalid_argument naming `name` otherwise.
+void check_children(const int32_t* children, int64_t num_classes, const char* name);
 
 }  // namespace pyneg
