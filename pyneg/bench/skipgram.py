@@ -325,6 +325,8 @@ WORKLOADS = [
         check=_check_pass,
         items=lambda st: st.n,
         targets=(Target("ratio", 1, PASS_TORCH),),
+        target_size={"V": 25_000, "pairs": 1 << 16},
+        size=lambda st: {"V": st.v, "pairs": st.n},
         measure_memory=True,
     ),
     Workload(
