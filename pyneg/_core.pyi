@@ -138,7 +138,9 @@ def hs_backward(
     num_threads: int = 1,
     pad_unused: bool = True,
 ) -> int: ...
-def hs_log_prob(children: npt.ArrayLike, logits: npt.ArrayLike, out: npt.NDArray[Any], num_threads: int = 1) -> None: ...
+def hs_log_prob(
+    children: npt.ArrayLike, logits: npt.ArrayLike, out: npt.NDArray[Any], num_threads: int = 1
+) -> None: ...
 def hs_log_prob_backward(
     children: npt.ArrayLike,
     logits: npt.ArrayLike,

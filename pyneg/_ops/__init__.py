@@ -7,4 +7,4 @@ implementation per device. Importing :mod:`pyneg` imports this package, which
 registers every op.
 """
 
-from pyneg._ops import hsoftmax  # noqa: F401,E402  (pyneg::hs_*)
+from pyneg._ops import hsoftmax  # noqa: F401  (pyneg::hs_*)
