@@ -36,14 +36,7 @@ def _require_compiled_core() -> None:
 
 _require_compiled_core()
 
-from pyneg import (
-    _ops,  # noqa: F401  (registers pyneg's kernels as torch.ops.pyneg.*)
-    distributed,
-    functional,
-    losses,
-    mining,
-    skipgram,
-)
+from pyneg import distributed, functional, losses, mining, skipgram
 from pyneg.cuda import cuda_available
 from pyneg.data import NegativeSamplingCollator
 from pyneg.functional import NegativeSource

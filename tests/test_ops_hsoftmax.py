@@ -392,3 +392,13 @@ def test_backward_ops_refuse_to_be_differentiated():
             op(grad, x, w, b, t, dz, off, nodes, codes, depth)
         with torch.no_grad():  # outside a graph they run
             assert op(grad, x, w, b, t, dz, off, nodes, codes, depth)[0].shape == x.shape
+
+
+def test_import_pyneg_registers_the_ops(run_child):
+    proc = run_child(
+        "import torch, pyneg, sys\n"
+        "print('pyneg._ops' in sys.modules, all(hasattr(torch.ops.pyneg, n) for n in "
+        "('hs_nll', 'hs_nll_backward', 'hs_nll_backward_sparse', 'hs_log_prob', 'hs_log_prob_backward')))\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"], proc.stdout + proc.stderr
