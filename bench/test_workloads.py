@@ -18,6 +18,8 @@ def test_benchmark(benchmark, state_of, workload, baseline):
     fn = workload.run if baseline is None else workload.baselines[baseline]
     result = benchmark(fn, state)
     assert result is not None
+    if workload.notes is not None:  # e.g. the compiled step's compile time and graph breaks
+        benchmark.extra_info.update(workload.notes(state))
 
 
 @pytest.mark.parametrize("workload", WORKLOADS, ids=[w.name for w in WORKLOADS])

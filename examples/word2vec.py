@@ -33,6 +33,7 @@ Needs ``pip install 'pyneg[examples]'`` (gensim and scipy).
 from __future__ import annotations
 
 import argparse
+import os
 import string
 import time
 from collections import Counter
@@ -45,7 +46,7 @@ from torch import nn
 import pyneg
 
 CHUNK_TOKENS = 1 << 20  # pairs are built (and shuffled) for this many tokens at a time
-SLICE_PAIRS = 1 << 16  # pairs per fused call: negatives for them are drawn in one go
+SLICE_PAIRS = 1 << 18  # pairs per fused call: negatives for them are drawn in one go
 GCIDE = "/usr/share/dictd/gcide.dict.dz"  # Debian's dict-gcide: an English dictionary as text
 
 
@@ -57,7 +58,6 @@ def read_gcide(path: str, max_tokens: int) -> List[List[str]]:
     inner apostrophes. Reads only the installed file (``apt-get install dict-gcide``).
     """
     import gzip
-    import os
     import re
 
     if not os.path.exists(path):
@@ -159,8 +159,17 @@ def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray,
             else torch.optim.SGD(params, lr=base_lr)
         )
     keep = pyneg.skipgram.keep_probability(vocab.counts, args.sample)
+    batch = args.batch if args.batch is not None else (1 if args.hogwild and fused else 1024)
+    # Mini-batches should mix sentences (shuffled pairs); per-pair steps run in
+    # corpus order as word2vec does, which also keeps a centre's row in cache.
     pairs = pyneg.SkipGramPairs(
-        ids, args.window, offsets=sentence_offsets(sent), keep=keep, seed=args.seed, chunk_tokens=CHUNK_TOKENS
+        ids,
+        args.window,
+        offsets=sentence_offsets(sent),
+        keep=keep,
+        seed=args.seed,
+        chunk_tokens=CHUNK_TOKENS,
+        shuffle=batch > 1,
     )
     total_tokens = args.epochs * ids.shape[0]
     done_tokens = 0
@@ -174,7 +183,7 @@ def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray,
         for c, (lo, hi) in enumerate(pairs.chunks()):
             centres, contexts = pairs.chunk_pairs(lo, hi, epoch, c)
             n = centres.shape[0]
-            step = SLICE_PAIRS if fused else args.batch
+            step = SLICE_PAIRS if fused else batch
             for s in range(0, n, step):
                 cs, xs = centres[s : s + step], contexts[s : s + step]
                 t0 = done_tokens + (hi - lo) * s / max(n, 1)
@@ -185,11 +194,11 @@ def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray,
                     drawn += neg.numel()
                 if fused and objective == "ns":
                     model.sgd_step_(
-                        cs, xs, neg, lr_at(t0), lr_end=lr_at(t1), batch_size=args.batch, hogwild=args.hogwild
+                        cs, xs, neg, lr_at(t0), lr_end=lr_at(t1), batch_size=batch, hogwild=args.hogwild
                     )
                 elif fused:
                     pyneg.skipgram.hierarchical_softmax_sgd_(
-                        emb.weight, hs, cs, xs, lr_at(t0), lr_end=lr_at(t1), batch_size=args.batch, hogwild=args.hogwild
+                        emb.weight, hs, cs, xs, lr_at(t0), lr_end=lr_at(t1), batch_size=batch, hogwild=args.hogwild
                     )
                 else:
                     for group in opt.param_groups:
@@ -331,7 +340,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "large batches (a shared node such as the tree's root sums a whole batch)",
     )
     p.add_argument("--lr", type=float, default=None, help="pyneg's initial learning rate (default: --alpha)")
-    p.add_argument("--batch", type=int, default=1024, help="pairs per SGD step")
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="pairs per SGD step (default: 1024; 1 with --hogwild, word2vec's per-pair steps)",
+    )
     p.add_argument(
         "--autograd",
         action="store_true",
@@ -340,8 +354,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--hogwild",
         action="store_true",
-        help="fused path: threads train their own shares of the pairs lock-free (as gensim does) "
-        "instead of splitting each mini-batch deterministically",
+        help="fused path: threads train their own shares of the pairs lock-free, one pair per step "
+        "by default (as word2vec and gensim do), instead of splitting each mini-batch deterministically",
     )
     p.add_argument(
         "--threads",
@@ -399,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{name:<11} {ws:>9.3f} {n_ws:>6} {sl:>9.3f} {n_sl:>6} {an:>7.3f} {n_an:>6} "
             f"{raw_words * args.epochs / secs:>10,.0f} {secs:>8.1f}"
         )
+    print(f"load average (1, 5, 15 min): {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     for word in shown:
         print(f"\nnearest neighbours of {word!r}:")
         for name, index, words, unit, _ in rows:

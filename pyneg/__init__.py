@@ -36,13 +36,22 @@ def _require_compiled_core() -> None:
 
 _require_compiled_core()
 
-from pyneg import distributed, functional, losses, mining, skipgram
+from pyneg import (
+    _ops,  # noqa: F401  (registers the torch.ops.pyneg operators)
+    distributed,
+    functional,
+    losses,
+    memory,  # noqa: F401  (the historical home of MemoryBank: pyneg.memory stays an attribute)
+    mining,
+    skipgram,
+)
+from pyneg.bank import MemoryBank
 from pyneg.cuda import cuda_available
 from pyneg.data import NegativeSamplingCollator
+from pyneg.frequency import FrequencyEstimator
 from pyneg.functional import NegativeSource
 from pyneg.hsoftmax import HierarchicalSoftmax, HuffmanTree
 from pyneg.learned_sampler import LearnedUnigramSampler
-from pyneg.memory import FrequencyEstimator, MemoryBank
 from pyneg.mining import MinedNegatives, mine_hard_negatives
 from pyneg.samplers import (
     AliasSampler,

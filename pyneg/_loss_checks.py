@@ -31,18 +31,14 @@ def check_weight(weight: Any, rows: int, device: torch.device, dtype: torch.dtyp
     if weight is None:
         return None
     t = as_tensor_on(weight, "sample_weight", device)
-    if not isinstance(weight, torch.Tensor):
-        t = t.clone()
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"sample_weight must hold real numbers, got {t.dtype}")
     if tuple(t.shape) != (rows,):
         raise ValueError(f"sample_weight must have shape ({rows},), one weight per row, got {tuple(t.shape)}")
-    if t.numel():
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError("sample_weight must be finite")
-        if bool((t < 0).any()):
-            raise ValueError(f"sample_weight must be >= 0, got {float(t.min())}")
-    return t.to(dtype)
+    if not t.is_floating_point():
+        t = t.to(dtype)
+    # The op checks the values and returns a copy (what autograd saves), the identity for gradients.
+    return torch.ops.pyneg.softmax_check_real(t, "sample_weight", "weight").to(dtype)
 
 
 def check_temperature(temperature: Any) -> float:
@@ -102,23 +98,23 @@ def check_ids(ids: Any, name: str, shape: Tuple[int, ...], device: torch.device)
     if ids is None:
         return None
     t = as_tensor_on(ids, name, device)
-    if not isinstance(ids, torch.Tensor) and t.device.type == "cpu":
-        # NumPy memory is wrapped, not copied, and autograd cannot see writes to it; the
-        # backward pass may rebuild the mask from these ids.
-        t = t.clone()
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids, got {t.dtype}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    if t.dtype == getattr(torch, "uint64", None):  # reinterpreted, ids past 2**63 are negative
+    wide = t.dtype == getattr(torch, "uint64", None)
+    if wide:  # reinterpreted, ids past 2**63 are negative
         t = t.view(torch.int64)
-        if t.numel() and bool((t < 0).any()):
-            raise ValueError(f"{name} holds an id >= 2**63 (ids are compared as int64)")
     elif t.dtype in _WIDE_UNSIGNED:
         t = t.to(torch.int64)
-    if t.numel() and bool((t < 0).any()):
-        raise ValueError(f"{name} holds a negative id ({int(t.min())}); ids must be >= 0")
-    return t.detach()
+    # The op checks the values and returns an int64 copy: what the loss (and its backward
+    # pass, which may rebuild the mask) reads is what was checked, whoever writes the input.
+    return torch.ops.pyneg.softmax_check_ids(t.detach(), name, -1, "", wide)
+
+
+def check_ids_below(ids: torch.Tensor, name: str, upper: int, what: str) -> torch.Tensor:
+    """Checked int64 ids (from :func:`check_ids`) that must also be < ``upper`` (``what`` says why)."""
+    return torch.ops.pyneg.softmax_check_ids(ids, name, upper, what, False)
 
 
 def check_log_q(
@@ -132,9 +128,7 @@ def check_log_q(
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
     if tuple(t.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    if t.numel() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} must be finite (log-probabilities of items that can be drawn)")
-    return t.detach().to(dtype)
+    return torch.ops.pyneg.softmax_check_real(t.detach(), name, "log_q").to(dtype)
 
 
 class SampledInputs(NamedTuple):
@@ -200,9 +194,10 @@ def check_sampled(
         check_bias(bias, "bias", tuple(bias.shape), query)
         if pos_ids is None:
             raise ValueError("bias is a table indexed by ids: give positive_ids and negative_ids")
-        for t, name in ((pos_ids, "positive_ids"), (neg_ids, "negative_ids")):
-            if t is not None and t.numel() and int(t.max()) >= bias.shape[0]:
-                raise ValueError(f"{name} holds id {int(t.max())} but bias has {bias.shape[0]} entries")
+        what = f"bias has {bias.shape[0]} entries"
+        pos_ids = check_ids_below(pos_ids, "positive_ids", bias.shape[0], what)
+        if neg_ids is not None:
+            neg_ids = check_ids_below(neg_ids, "negative_ids", bias.shape[0], what)
         pos_bias, neg_bias = bias[pos_ids], bias[neg_ids]
     weight = check_weight(sample_weight, b, dev, acc)
     if not check_bool(remove_accidental_hits, "remove_accidental_hits"):
@@ -269,7 +264,10 @@ def check_mixed(
 def split_padding(ids: Any, log_q: Any, name: str, dev: torch.device):
     """Per-row negatives may be padded (id -1, log q -inf, as mining pads): (ids, log_q, pad mask).
 
-    Padded entries get id 0 and log q 0 (so the checks pass) and are masked out by the loss.
+    Padded entries get id 0 and log q 0 (so the checks pass) and are masked out by
+    the loss. The mask is built whether or not anything is padded (no branch on
+    values: the loss compiles into one graph); it is None only when neither ids
+    nor log q can mark padding.
     """
     pad = None
     if ids is not None:
@@ -280,13 +278,14 @@ def split_padding(ids: Any, log_q: Any, name: str, dev: torch.device):
         log_q = as_tensor_on(log_q, f"{name}.log_q", dev)
         if log_q.is_floating_point():
             lq_pad = log_q == -math.inf
-            if pad is not None and lq_pad.shape == pad.shape and not torch.equal(lq_pad, pad):
-                raise ValueError(f"{name}: padded entries must have id -1 and log q -inf together")
-            pad = lq_pad if pad is None else pad
-    if pad is None or pad.shape != (ids if ids is not None else log_q).shape or not bool(pad.any()):
+            if pad is None:
+                pad = lq_pad
+            elif lq_pad.shape == pad.shape:
+                pad = torch.ops.pyneg.softmax_check_padding(pad, lq_pad, name)
+    if pad is None:
         return ids, log_q, None
-    if ids is not None:
+    if ids is not None and ids.shape == pad.shape:
         ids = ids.masked_fill(pad, 0)
-    if log_q is not None:
+    if log_q is not None and log_q.shape == pad.shape and log_q.is_floating_point():
         log_q = log_q.masked_fill(pad, 0.0)
     return ids, log_q, pad

@@ -62,9 +62,11 @@ class NegativeSource:
         log_q = entries.log_q
         if log_q is not None:
             missing = torch.isnan(log_q)
-            if bool(missing.all()):
+            # Eager: a bank without any log q gives None (no correction to apply). Compiled: no
+            # branch on the values (reading a bank stays in the step's graph); zeros are the same loss.
+            if not torch.compiler.is_compiling() and bool(missing.all()):
                 log_q = None
-            elif bool(missing.any()):
+            else:
                 log_q = torch.where(missing, torch.zeros_like(log_q), log_q)
         return cls(entries.embeddings.detach(), entries.ids, log_q)
 

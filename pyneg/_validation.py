@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Iterable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -161,6 +161,74 @@ def as_index_tensor(
     return out
 
 
+def check_holds_data(t: torch.Tensor, name: str) -> None:
+    """Refuses a strided tensor whose storage is smaller than its view (its storage was resized or freed).
+
+    torch itself reads such a tensor out of bounds; pyneg refuses it by name.
+    """
+    if t.layout != torch.strided or t.is_nested or t.device.type == "meta" or t.numel() == 0:
+        return  # refused elsewhere by name, or nothing to read
+    extent = t.storage_offset() + 1 + sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))
+    if extent * t.element_size() > t.untyped_storage().nbytes():
+        raise ValueError(
+            f"{name} views {extent * t.element_size()} bytes but its storage holds only "
+            f"{t.untyped_storage().nbytes()} (was the storage resized or freed?)"
+        )
+
+
+def as_id_array(ids: ArrayLike, name: str, *, ndim: Optional[int] = 1) -> np.ndarray:
+    """Ids that are keys (>= 0, any int64) as a private C-contiguous int64 NumPy array.
+
+    Always a copy pyneg owns: what gets checked is what the kernels and the
+    caller's own columns read, whatever another thread writes to the caller's
+    tensor meanwhile (torch ops run without the GIL). ``ndim=None`` accepts any
+    shape. An int64 CPU tensor, the fast path of a training loop, is copied
+    without a range check: the C++ kernels check the copy for negative ids.
+    Anything else goes through :func:`as_index_tensor`.
+    """
+    if isinstance(ids, torch.Tensor):
+        check_holds_data(ids, name)
+    if (
+        type(ids) is torch.Tensor
+        and ids.dtype is torch.int64
+        and ids.layout == torch.strided
+        and ids.device.type == "cpu"
+        and (ndim is None or ids.dim() == ndim)
+    ):
+        return ids.detach().numpy().copy()
+    t = as_index_tensor(ids, name, None)
+    if ndim is not None and t.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+    return t.numpy()
+
+
+def check_id_tensor(ids: Any, name: str, *, ndim: Optional[int] = None) -> torch.Tensor:
+    """Ids as an int64 tensor, from static metadata only (what ``torch.compile`` sees).
+
+    The compiled-path twin of :func:`as_id_array`: it refuses what is not an
+    integer tensor of rank ``ndim`` (None: any) without reading the values
+    (the ops that take the ids check those, e.g. for negative ids).
+    """
+    if not isinstance(ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor inside a compiled step, got {type(ids).__name__}")
+    check_tensor(ids, name)
+    if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer ids, got {ids.dtype}")
+    if ndim is not None and ids.dim() != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(ids.shape)}")
+    return ids.to(torch.int64)
+
+
+def allocate(make: Callable[[], Any], what: str) -> Any:
+    """``make()``, with an allocator failure reported as MemoryError naming ``what``."""
+    try:
+        return make()
+    except (RuntimeError, MemoryError) as e:
+        if isinstance(e, MemoryError) or "alloc" in str(e) or "memory" in str(e):
+            raise MemoryError(f"cannot allocate {what}: {e}") from None
+        raise
+
+
 def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether the bytes two strided tensors can address intersect (conservative)."""
     if a.numel() == 0 or b.numel() == 0 or a.device != b.device:
@@ -278,6 +346,11 @@ def check_size(size: SizeLike, name: str = "size", *, max_numel: int = MAX_NUMEL
     if numel > max_numel:
         raise ValueError(f"{name} {dims} has {numel} elements, more than the {max_numel} supported")
     return dims
+
+
+def check_nbytes(dims: Tuple[int, ...], item_bytes: int, what: str) -> None:
+    """Refuses (ValueError, before anything is allocated) a buffer of ``dims`` whose byte count overflows int64."""
+    check_size(dims, what, max_numel=MAX_NUMEL // item_bytes)
 
 
 def check_seed(seed: Any, name: str = "seed") -> int:

@@ -17,6 +17,8 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 
+from pyneg import _core
+
 try:
     from pyneg import _cuda
 except ImportError:  # built without nvcc: the CPU kernels and torch fallbacks remain
@@ -69,54 +71,39 @@ def _upload(arr: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ sampling
-def table_tensors(
-    table: Any, cache: Dict[Any, torch.Tensor], device: torch.device, *, cumulative: bool = False
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The alias table's entries (and, when asked, its cumulative masses) on ``device``.
-
-    Uploaded once per device and kept in ``cache`` (a sampler's per-device dict).
-    """
-    entries = cache.get(device)
-    if entries is None:
-        entries = torch.from_numpy(table.entries.view(np.int64).copy()).to(device)
-        cache[device] = entries
-    cum = None
-    if cumulative:
-        key = ("cumulative_mass", device)
-        cum = cache.get(key)
-        if cum is None:
-            cum = _upload(table.cumulative_mass(), device)
-            cache[key] = cum
-    return entries, cum
-
-
-def sample_into(
-    table: Any,
-    cache: Dict[Any, torch.Tensor],
+def draw_into(
     out: torch.Tensor,
-    rows: int,
-    k: int,
-    lists: Optional[np.ndarray],
-    unique: bool,
+    entries: torch.Tensor,
+    mass: Optional[torch.Tensor],
+    num_positive: int,
+    exclude: Optional[torch.Tensor],
     seed: int,
     offset: int,
+    k: int,
+    unique: bool,
     want_tries: bool,
 ) -> Optional[torch.Tensor]:
     """Fills the contiguous int64 CUDA tensor ``out`` (rows x k draws) with pyneg's kernels.
 
-    The same draws as the CPU kernels give for ``(seed, offset)``. Exclusion
-    lists are validated and prepared on the host (by the CPU code) and
-    uploaded. Rows drawn without replacement that exhaust their candidate
-    budget are finished by the CPU kernel (it reads every class), which needs
-    one synchronisation; returns the per-row tries (CPU) when ``want_tries``.
+    The CUDA implementation of the ``pyneg::alias_*`` ops: the table is the
+    sampler's ``entries`` and ``mass`` tensors on ``out``'s device, so nothing of
+    size V crosses to the host. The same draws as the CPU kernels give for
+    ``(seed, offset)``. Exclusion lists ((L, P) int64, any device) are checked
+    and prepared on the host (by the CPU code, from the masses of the listed
+    ids, gathered on the device) and uploaded; the exclusion kernels' exact-CDF
+    fallback reads the running masses, a ``cumsum`` of ``mass`` on the device.
+    Rows drawn without replacement that exhaust their candidate budget are
+    finished by the CPU kernel (on a host copy of the table, made only then),
+    which needs one synchronisation; returns the per-row tries (CPU) when
+    ``want_tries``.
     """
     _require()
     device = normalize_device(out.device)
     idx, stream = device.index, _stream(device)
-    v = int(table.num_classes)
+    v = entries.numel()
     n = out.numel()
-    if lists is None and not unique:
-        entries, _ = table_tensors(table, cache, device)
+    entries = entries.to(device).contiguous()
+    if exclude is None and not unique:
         _cuda.alias_sample(
             device=idx,
             stream=stream,
@@ -128,8 +115,21 @@ def sample_into(
             n=n,
         )
         return None
-    ex = _NO_EXCLUDE if lists is None else lists
-    offsets, ids, cum, allowed, rows_per_list, longest = table.prepare_exclude(ex, rows, k if unique else 0)
+    assert mass is not None
+    mass = mass.to(device).contiguous()
+    rows = n // k
+    if exclude is None:
+        ex = _NO_EXCLUDE
+        id_mass = np.zeros_like(ex)
+    else:
+        ex = exclude.detach().to("cpu", torch.int64).contiguous().numpy().copy()  # owned, then checked
+        _check_exclude_ids(ex, v)
+        # (clamp, not clamp_: the tensor shares ex's memory, whose -1 padding must stay)
+        gathered = mass.index_select(0, torch.from_numpy(ex.reshape(-1)).clamp(0, v - 1).to(device))
+        id_mass = gathered.cpu().numpy().reshape(ex.shape)
+    offsets, ids, cum, allowed, rows_per_list, longest = _core.alias_prepare_exclude(
+        v, num_positive, ex, id_mass, rows, k if unique else 0
+    )
     d_offsets, d_ids, d_cum, d_allowed = (_upload(a, device) for a in (offsets, ids, cum, allowed))
     common = dict(
         device=idx,
@@ -146,11 +146,9 @@ def sample_into(
         out=out.data_ptr(),
     )
     if not unique:
-        entries, table_cum = table_tensors(table, cache, device, cumulative=True)
-        assert table_cum is not None  # cumulative=True gives one
+        table_cum = torch.cumsum(mass, 0)  # masses sum to V * 2**32 < 2**63: no overflow
         _cuda.alias_sample_excluding(entries=entries.data_ptr(), table_cum=table_cum.data_ptr(), rows=rows, **common)
         return None
-    entries, _ = table_tensors(table, cache, device)
     capacity = _cuda.id_set_capacity(k + longest)
     # Each row's hash set lives in scratch memory: bound it by running the rows
     # in chunks (launches on one stream run in order, so chunks reuse it).
@@ -169,16 +167,30 @@ def sample_into(
         )
     host_tries = tries.cpu()
     grid = out.view(rows, k)
-    for row in (host_tries < 0).nonzero().flatten().tolist():
+    leftover = (host_tries < 0).nonzero().flatten().tolist()
+    if leftover:
         # The exponential race reads all V classes: the CPU kernel finishes the
         # row (the same code, so the same ids as a CPU call would give).
-        lst = ex[row // rows_per_list : row // rows_per_list + 1] if lists is not None else _NO_EXCLUDE
+        host_entries, host_mass = entries.cpu().numpy(), mass.cpu().numpy()
+    for row in leftover:
+        lst = ex[row // rows_per_list : row // rows_per_list + 1] if exclude is not None else _NO_EXCLUDE
         buf = np.empty((1, k), dtype=np.int64)
         tr = np.empty(1, dtype=np.int64)
-        table.sample_unique(seed, offset + row * k, lst, k, buf, tr if want_tries else None, 1)
+        _core.alias_draw_unique(
+            host_entries, host_mass, num_positive, seed, offset + row * k, lst, k, buf, tr if want_tries else None, 1
+        )
         grid[row].copy_(torch.from_numpy(buf[0]))
         host_tries[row] = int(tr[0]) if want_tries else -1
     return host_tries if want_tries else None
+
+
+def _check_exclude_ids(ex: np.ndarray, num_classes: int) -> None:
+    """The eager check's wording (pyneg._validation.as_index_tensor): ids in [-1, V)."""
+    if ex.size:
+        lo, hi = int(ex.min()), int(ex.max())
+        if lo < -1 or hi >= num_classes:
+            bad = lo if lo < -1 else hi
+            raise ValueError(f"exclude holds id {bad} outside [0, {num_classes}) (use -1 for padding)")
 
 
 # ----------------------------------------------------- hierarchical softmax

@@ -20,7 +20,7 @@ different numbers of rows ``b_r``, scale rank ``r``'s mean by
 from __future__ import annotations
 
 import zlib
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -44,6 +44,7 @@ def rank_and_world_size(group: Optional[dist.ProcessGroup] = None) -> Tuple[int,
 
 
 def _collective_device(group) -> torch.device:
+    """Where collectives of ``group`` take their tensors: NCCL means a CUDA device."""
     return (
         torch.device("cuda", torch.cuda.current_device()) if dist.get_backend(group) == "nccl" else torch.device("cpu")
     )
@@ -269,6 +270,41 @@ def sampler_seed(
     if streams == "shared":
         return seed
     return _splitmix64(seed + rank)
+
+
+# ------------------------------------------------- synchronised state (bank, estimator)
+def _sync_group(sync: bool, group: Optional[Any]) -> Optional[Any]:
+    """The group a ``sync=True`` object gathers over, or None when there is nothing to gather."""
+    if not sync:
+        return None
+    _, world = rank_and_world_size(group)
+    return (group if group is not None else dist.group.WORLD) if world > 1 else None
+
+
+def _gather_rows(t: torch.Tensor, group: Any) -> torch.Tensor:
+    """:func:`all_gather` on the device the backend needs, the result back on ``t``'s device."""
+    return all_gather(t.to(_collective_device(group)), group).to(t.device)
+
+
+def _checked_on_every_rank(check: Callable[[], Any], group: Optional[Any]) -> Any:
+    """Runs the input checks ``check()``; under ``group`` the ranks agree first.
+
+    A rank whose checks fail, with any exception (a ValueError for bad input,
+    but also whatever an odd input object raises), must not leave the others
+    waiting in the gather that follows: every rank reports whether its checks
+    passed (one small all-reduce), and if any failed, all raise (the failing
+    rank its own error, the others a ValueError saying so).
+    """
+    if group is None:
+        return check()
+    error: Optional[BaseException] = None
+    result = None
+    try:
+        result = check()
+    except Exception as e:
+        error = e
+    _raise_if_any_rank_failed(error, group, _collective_device(group))
+    return result
 
 
 def _check_streams(streams: str) -> None:

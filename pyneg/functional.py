@@ -14,12 +14,13 @@ temperatures) stays finite; gradients reach the inputs in their own dtype.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
-from pyneg._hits import block_hits
+from pyneg._hits import find_hits, hit_mask
 from pyneg._loss_checks import (
     check_chunk_size,
     check_embeddings,
@@ -36,7 +37,13 @@ from pyneg._reduction import acc_dtype, check_reduction, reduce_loss
 from pyneg._softmax import DEFAULT_CHUNK_SIZE, Block, sigmoid_loss, softmax_loss
 from pyneg._sources import NegativeSource
 from pyneg._validation import ArrayLike, check_bool, check_float_tensor
-from pyneg.distributed import _raise_if_any_rank_failed, all_gather, all_gather_with_grad, rank_offset
+from pyneg.distributed import (
+    _raise_if_any_rank_failed,
+    all_gather,
+    all_gather_with_grad,
+    rank_and_world_size,
+    rank_offset,
+)
 
 __all__ = [
     "negative_sampling_loss",
@@ -103,6 +110,28 @@ def negative_sampling_loss(
     return reduce_loss(loss, reduction, weight)
 
 
+def _gather_runs_eagerly(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``loss`` as is, except that a compiled call with ``gather=True`` over several ranks runs eagerly.
+
+    The gathers, and the all-ranks agreement on the checks that precedes them
+    (a rank whose input is refused must tell the others before they enter a
+    collective), need their values at once: traced, a value check would only
+    fail when the graph runs, after the other ranks had entered the gather.
+    Such a call is one graph break (``torch.compiler.disable``); one process
+    (no group, or a world of one) traces as usual.
+    """
+    eager = torch.compiler.disable(loss)
+
+    @functools.wraps(loss)
+    def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if torch.compiler.is_compiling() and kwargs.get("gather") is True:
+            if rank_and_world_size(kwargs.get("group"))[1] > 1:
+                return eager(*args, **kwargs)
+        return loss(*args, **kwargs)
+
+    return wrapper
+
+
 def _checked_before_gather(
     check: Callable[[], Any], gather: bool, group, flags: Callable[[Any], Dict[str, bool]]
 ) -> Any:
@@ -133,6 +162,7 @@ def _gather_batch(
     return candidate, ids, log_q, offset
 
 
+@_gather_runs_eagerly
 def in_batch_softmax_loss(
     query: torch.Tensor,
     candidate: torch.Tensor,
@@ -465,19 +495,20 @@ def compute_accidental_hits(positive_ids: ArrayLike, negative_ids: ArrayLike) ->
     empty = torch.empty(0, dtype=torch.int64, device=dev)
     if b == 0 or n == 0 or pos.numel() == 0:
         return empty, empty.clone()
-    row_ids = pos.to(torch.int64).reshape(b, -1)
-    neg = neg.to(torch.int64)
+    row_ids = pos.reshape(b, -1)
     if neg.dim() == 1:
-        hits = block_hits(neg, row_ids, None, b, dev)
-        if hits is None:
-            return empty, empty.clone()
+        hits = find_hits(neg, row_ids)
+        assert hits is not None  # no max_pairs
         rows, cols = hits
+        if row_ids.shape[1] == 1:
+            return rows, cols  # already sorted by row, then column, each pair once
     else:
-        rows, cols = (neg.unsqueeze(-1) == row_ids.unsqueeze(1)).any(-1).nonzero(as_tuple=True)
+        rows, cols = hit_mask(neg, row_ids).nonzero(as_tuple=True)
     key = torch.unique(rows * n + cols)  # sorted, each pair once
     return key // n, key % n
 
 
+@_gather_runs_eagerly
 def mixed_negatives_loss(
     query: torch.Tensor,
     positive: torch.Tensor,

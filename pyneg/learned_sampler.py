@@ -39,7 +39,7 @@ from pyneg._validation import (
     check_int,
     owned_copy,
 )
-from pyneg.memory import FrequencyEstimator
+from pyneg.frequency import FrequencyEstimator
 from pyneg.samplers import AliasSampler
 
 __all__ = ["LearnedUnigramSampler"]

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from pyneg import _core, cuda
+from pyneg._ops import alias as _alias_ops
 from pyneg._validation import (
     MAX_CLASSES,
     ArrayLike,
@@ -35,6 +36,7 @@ from pyneg._validation import (
     check_out,
     check_seed,
     check_size,
+    check_tensor,
     owned_copy,
 )
 
@@ -47,11 +49,18 @@ __all__ = [
     "draw_seed",
 ]
 
-_NO_EXCLUDE = np.full((1, 1), -1, dtype=np.int64)
 # Draws of one call: the int64 result's bytes must fit in int64.
 _MAX_DRAWS = 2**60 - 1
 # Draw positions are 64-bit counters.
 _POSITIONS = 2**64
+# Plain draws of at most this many ids cannot be refused once their seed is
+# drawn (the allocation cannot fail in practice), so they skip saving the
+# generator's state; larger ones save it to rewind after a MemoryError.
+_REWIND_NUMEL = 1 << 24
+# Integer dtypes that go to the ops as they are (converted to int64 by torch);
+# anything else (uint64, floats, bools, arrays, lists) takes the eager checks.
+_OP_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+_OPS = torch.ops.pyneg
 
 
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:
@@ -67,25 +76,79 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     return int(torch.randint(0, 2**63 - 1, (), generator=generator, device=device))
 
 
+def _check_seed_arg(value: Union[int, torch.Tensor], name: str, compiling: bool) -> Union[int, torch.Tensor]:
+    """A seed or offset: an int in [0, 2**64), or a one-element integer tensor (a 0-dim int64
+    CPU tensor is what the ops take: under torch.compile a new value is then new data, not a
+    recompilation; its 64 bits are read as unsigned, and its range is checked only eagerly)."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(
+                f"{name} must be an int or a one-element integer tensor, got {value.dtype} of shape "
+                f"{tuple(value.shape)}"
+            )
+        if not compiling:  # the value is data: checked eagerly
+            return check_seed(value, name)
+        return value.reshape(()).to(device="cpu", dtype=torch.int64)
+    if type(value) is int and 0 <= value < _POSITIONS:
+        return value
+    return check_seed(value, name)
+
+
+def _int64_tensor(value: int) -> torch.Tensor:
+    """An int in [0, 2**64) as a 0-dim int64 tensor holding its 64 bits."""
+    return torch.tensor(value - _POSITIONS if value >= 2**63 else value, dtype=torch.int64, device="cpu")
+
+
+def _u64(value: Union[int, torch.Tensor]) -> int:
+    return (int(value) if isinstance(value, torch.Tensor) else value) & (_POSITIONS - 1)
+
+
 class _Distribution:
     """One sampler's whole state, replaced as a unit (never mutated in place).
 
     ``probs`` is what log_prob and state_dict read and ``table`` what the
-    kernels draw from; both are built together from memory pyneg owns. Caches
-    (log-probabilities, per-device table copies) live here too, so a thread
-    that loads a new state while another samples can never pair one state's
-    table with another's cache.
+    kernels draw from; both are built together from memory pyneg owns. The
+    ops take the table as the tensors ``entries`` and ``mass`` (int64 views of
+    the table's own memory, never written) and ``log_prob`` reads
+    ``log_probs``, all made here, so a thread that loads a new state while
+    another samples can never pair one state's table with another's tensors.
+    Per-device copies of the table tensors are uploaded on first use.
     """
 
-    __slots__ = ("device_entries", "log_probs", "probs", "table")
+    __slots__ = (
+        "device_tables",
+        "entries",
+        "entries_np",
+        "log_probs",
+        "mass",
+        "mass_np",
+        "num_classes",
+        "num_positive",
+        "probs",
+        "table",
+    )
 
-    def __init__(self, probs: np.ndarray, table: Any) -> None:
+    def __init__(self, probs: np.ndarray, table: Any, log_probs: Any) -> None:
         self.probs = torch.from_numpy(probs)
         self.table = table
-        self.log_probs: Optional[torch.Tensor] = None
-        # Per-device copies of the table (entries; cumulative masses for the CUDA
-        # exclusion kernels), uploaded on first use.
-        self.device_entries: Dict[Any, torch.Tensor] = {}
+        entries, mass = table._storage()
+        self.entries_np, self.mass_np = entries, mass  # what eager CPU calls hand the kernels
+        self.entries = torch.from_numpy(entries)
+        self.mass = torch.from_numpy(mass)
+        self.num_classes = int(table.num_classes)
+        self.num_positive = int(table.num_positive)
+        self.log_probs: torch.Tensor = log_probs(self.probs)
+        self.device_tables: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def tables(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(entries, mass)`` on ``device`` (copies uploaded once per device)."""
+        if device.type == "cpu":
+            return self.entries, self.mass
+        got = self.device_tables.get(device)
+        if got is None:  # racing threads upload the same values
+            got = (self.entries.to(device), self.mass.to(device))
+            self.device_tables[device] = got
+        return got
 
 
 class CandidateSample(NamedTuple):
@@ -94,12 +157,15 @@ class CandidateSample(NamedTuple):
     ``true_expected_count`` and ``sampled_expected_count`` are the expected
     number of times each id appears among the sampled candidates; sampled
     softmax subtracts their logarithms from the logits (``log Q``).
+    ``num_tries`` is an int; inside ``torch.compile`` it is a 0-dim int64
+    tensor (it is data of the draw, which a compiled graph cannot turn into a
+    Python int without a break).
     """
 
     sampled_candidates: torch.Tensor
     true_expected_count: torch.Tensor
     sampled_expected_count: torch.Tensor
-    num_tries: int
+    num_tries: Union[int, torch.Tensor]
 
 
 class AliasSampler:
@@ -132,7 +198,7 @@ class AliasSampler:
         """Makes ``probs`` (owned, validated) and the table built from it the sampler's state."""
         # Private: kernels draw from the table, log_prob reads probs, and both
         # must describe one distribution, so neither is ever handed out.
-        self._dist = _Distribution(probs, table)
+        self._dist = _Distribution(probs, table, self._compute_log_probs)
 
     @property
     def _table(self) -> Any:
@@ -146,12 +212,12 @@ class AliasSampler:
     @property
     def num_classes(self) -> int:
         """V, the number of classes."""
-        return int(self._table.num_classes)
+        return self._dist.num_classes
 
     @property
     def num_positive(self) -> int:
         """How many classes can be drawn (positive weight at the table's resolution)."""
-        return int(self._table.num_positive)
+        return self._dist.num_positive
 
     @property
     def probs(self) -> torch.Tensor:
@@ -163,13 +229,24 @@ class AliasSampler:
         return self._dist.probs.clone()
 
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
-        """log P(one draw == id), float64, with the shape of ``ids`` (-inf for zero weight)."""
-        dev = ids.device if isinstance(ids, torch.Tensor) else None
+        """log P(one draw == id), float64, with the shape of ``ids`` (-inf for zero weight).
+
+        Works inside ``torch.compile(fullgraph=True)`` for integer tensor ``ids``
+        (the range check runs in the ``pyneg::alias_log_prob`` op).
+        """
         dist = self._dist
-        idx = as_index_tensor(ids, "ids", dist.table.num_classes)
-        if dist.log_probs is None:  # racing threads compute the same values
-            dist.log_probs = self._compute_log_probs(dist.probs)
-        out = dist.log_probs[idx]
+        dev: Optional[torch.device]
+        if isinstance(ids, torch.Tensor) and ids.dtype in _OP_INT_DTYPES:
+            check_tensor(ids, "ids")
+            dev = ids.device
+            idx = ids if ids.dtype == torch.int64 and dev.type == "cpu" else ids.to(device="cpu", dtype=torch.int64)
+        else:
+            dev = ids.device if isinstance(ids, torch.Tensor) else None
+            idx = as_index_tensor(ids, "ids", dist.num_classes)
+        if idx.device.type == "cpu" and _alias_ops.direct_call_ok(idx):
+            out = _alias_ops.log_prob_impl(dist.log_probs, idx)
+        else:
+            out = _OPS.alias_log_prob(dist.log_probs, idx)
         return out if dev is None else out.to(dev)
 
     def _compute_log_probs(self, probs: torch.Tensor) -> torch.Tensor:
@@ -207,16 +284,7 @@ class AliasSampler:
         logp = self.log_prob(ids)
         if num_tries is None:
             return logp + math.log(num_sampled)
-        tries = _check_num_tries(num_tries, tuple(logp.shape)).to(logp.device)
-        while tries.dim() and tries.dim() < logp.dim():
-            tries = tries.unsqueeze(-1)
-        # log(1 - (1 - p)^t) = log(-expm1(t * log1p(-p))); p is clamped to [0, 1]
-        # so a rounding excess of exp(log p) over 1 cannot turn into NaN.
-        p = torch.exp(logp).clamp_(max=1.0)
-        counted = torch.log(-torch.expm1(tries * torch.log1p(-p)))
-        # TensorFlow's shortcut: a unique draw that rejected nothing (t == k) counts k·p.
-        # (compared as float64, like tries: a Python int past int64 cannot enter a tensor op)
-        return torch.where(tries == float(num_sampled), logp + math.log(num_sampled), counted)
+        return _log_count(logp, num_sampled, _check_num_tries(num_tries, tuple(logp.shape)))
 
     # ---------------------------------------------------------------- drawing
     def sample(
@@ -246,9 +314,14 @@ class AliasSampler:
             generator: where to take a seed from when ``seed`` is None
                 (torch's default generator when both are None).
             seed: draws are a pure function of ``(seed, offset + position)``.
+                An int in [0, 2**64) or a one-element integer tensor (its 64
+                bits); inside ``torch.compile`` a 0-dim int64 tensor seed is
+                data, so a new seed never recompiles. Without a seed one is
+                drawn from the generator, inside a compiled graph as a tensor
+                (``torch.randint(0, 2**63 - 1, ())``).
             offset: position of the first draw in the seed's stream; draws of
                 one call with ``offset=0`` equal those of two calls split at
-                ``n`` with offsets 0 and ``n``.
+                ``n`` with offsets 0 and ``n``. An int or a tensor, like ``seed``.
             device: where the result lives (default: ``out``'s device, else CPU).
                 On a CUDA device pyneg's CUDA kernels draw there, bit-identical
                 to the CPU for the same seed (when ``pyneg.cuda_available()``).
@@ -258,8 +331,13 @@ class AliasSampler:
 
         Raises:
             ValueError, TypeError: for a bad argument, naming it; the call then
-                changes nothing (not ``out``, not the generator).
+                changes nothing (not ``out``, not the generator; inside a
+                compiled graph the seed already drawn is not given back).
             MemoryError: ``size`` fits in int64 but not in memory.
+
+        The draws are the ``torch.ops.pyneg.alias_sample*`` operators, so the
+        call works inside ``torch.compile(fullgraph=True)`` and ``torch.export``
+        (see the samplers guide, "Inside torch.compile and torch.export").
         """
         return self._sample(size, exclude, unique, generator, seed, offset, device, out, want_tries=False)[0]
 
@@ -284,18 +362,28 @@ class AliasSampler:
         """
         num_sampled = check_int(num_sampled, "num_sampled", minimum=1, maximum=_MAX_DRAWS)
         check_bool(unique, "unique")
-        if true_classes is not None:  # checked before drawing: a refused call draws nothing
-            true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
+        if true_classes is not None:
+            if torch.compiler.is_compiling() and isinstance(true_classes, torch.Tensor):
+                # Compiled: static checks here, the range check in log_prob's op.
+                check_tensor(true_classes, "true_classes")
+                if true_classes.dtype not in _OP_INT_DTYPES:
+                    raise TypeError(f"true_classes must hold integer ids, got {true_classes.dtype}")
+            else:  # checked before drawing: a refused call draws nothing
+                true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
             if true_classes.dim() > 2:
                 raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape {tuple(true_classes.shape)}")
         ids, tries = self._sample((num_sampled,), None, unique, generator, seed, 0, None, None)
-        num_tries = int(tries[0]) if unique and tries is not None else None
-        sampled_count = self.expected_count(ids, num_sampled, num_tries=num_tries)
+        logp = self.log_prob(ids)
+        num_tries: Union[int, torch.Tensor, None] = None
+        if unique and tries is not None:
+            t = tries[0]
+            num_tries = t if torch.compiler.is_compiling() else int(t)
+        sampled_count = torch.exp(_log_count(logp, num_sampled, num_tries))
         if true_classes is None:
             true_count = torch.empty(0, dtype=torch.float64)
         else:
-            true_count = self.expected_count(true_classes, num_sampled, num_tries=num_tries)
-        return CandidateSample(ids, true_count, sampled_count, num_tries or num_sampled)
+            true_count = torch.exp(_log_count(self.log_prob(true_classes), num_sampled, num_tries))
+        return CandidateSample(ids, true_count, sampled_count, num_sampled if num_tries is None else num_tries)
 
     def _sample(
         self,
@@ -303,163 +391,177 @@ class AliasSampler:
         exclude: Optional[ArrayLike],
         unique: bool,
         generator: Optional[torch.Generator],
-        seed: Optional[int],
-        offset: int,
+        seed: Union[int, torch.Tensor, None],
+        offset: Union[int, torch.Tensor],
         device: Any,
         out: Optional[torch.Tensor],
         want_tries: bool = True,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         dist = self._dist  # one state for the whole call, whatever other threads load
-        shape = check_size(size, max_numel=_MAX_DRAWS)
-        numel = math.prod(shape)
-        unique = check_bool(unique, "unique")
-        offset = check_int(offset, "offset", minimum=0, maximum=_POSITIONS - 1)
-        if offset + numel > _POSITIONS:
-            raise ValueError(
-                f"offset + the number of draws must not exceed 2**64 (the positions of a "
-                f"seed's stream), got offset {offset} and {numel} draws"
-            )
-        dev = check_device(device)
+        compiling = torch.compiler.is_compiling()
+        # The common call (a tuple of ints, no options) takes cheap checks; anything
+        # else goes through the full ones, which give the errors.
+        if type(size) is tuple and all(type(d) is int and d >= 0 for d in size):
+            shape = size
+            numel = math.prod(shape)
+            if numel == 0 or numel > _MAX_DRAWS:  # empty: dims that multiply past int64 are refused
+                shape = check_size(size, max_numel=_MAX_DRAWS)
+        else:
+            shape = check_size(size, max_numel=_MAX_DRAWS)
+            numel = math.prod(shape)
+        if unique is not False:
+            unique = check_bool(unique, "unique")
+        if isinstance(offset, torch.Tensor):
+            offset = _check_seed_arg(offset, "offset", compiling)
+        else:
+            if type(offset) is not int or offset < 0:
+                offset = check_int(offset, "offset", minimum=0, maximum=_POSITIONS - 1)
+            if offset + numel > _POSITIONS:
+                raise ValueError(
+                    f"offset + the number of draws must not exceed 2**64 (the positions of a "
+                    f"seed's stream), got offset {offset} and {numel} draws"
+                )
+        dev = None if device is None else check_device(device)
         if out is not None:
             check_out(out, "out", shape, torch.int64, inputs=[("exclude", exclude)])
             if dev is None:
                 dev = out.device
             elif out.device != dev:
                 raise ValueError(f"out is on {out.device} but device is {dev}")
-        dev = dev or torch.device("cpu")
+        dev = dev or _CPU
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ValueError(f"device is {dev}, but torch has no usable CUDA device")
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
         if seed is not None:
-            seed = check_seed(seed)
+            seed = _check_seed_arg(seed, "seed", compiling)
 
         # Rows: the last dimension is a row of negatives; a 1-D size with an
         # exclusion list has one row per element.
         if len(shape) >= 2:
-            rows, k = numel // shape[-1] if shape[-1] else 0, shape[-1]
+            k = shape[-1]
         elif exclude is not None:
-            rows, k = numel, 1
+            k = 1
         else:
-            rows, k = 1, numel
-        lists = None
-        if exclude is not None:
-            ex = as_index_tensor(exclude, "exclude", dist.table.num_classes, allow_padding=True)
-            if ex.dim() == 1:
-                ex = ex.unsqueeze(1)
-            if ex.dim() != 2:
-                raise ValueError(f"exclude must be (B,) or (B, P), got shape {tuple(ex.shape)}")
-            lead = shape[0] if shape else 1
-            if ex.shape[0] != lead:
-                raise ValueError(f"exclude has {ex.shape[0]} rows but size {shape} has {lead} in its first dimension")
-            if ex.shape[1] == 0:
-                ex = torch.full((ex.shape[0], 1), -1, dtype=torch.int64)
-            lists = ex.numpy()
-        if unique and k > dist.table.num_positive:
+            k = numel
+        ex = None if exclude is None else self._exclusion_lists(exclude, shape, dev)
+        if unique and k > dist.num_positive:
             raise ValueError(
-                f"size asks for {k} distinct ids per row but only {dist.table.num_positive} classes "
-                "have positive weight"
+                f"size asks for {k} distinct ids per row but only {dist.num_positive} classes have positive weight"
             )
         if seed is not None:
-            return self._draw(dist, shape, rows, k, lists, unique, seed, offset, dev, out, want_tries)
-        # A refused call must leave the generator as it found it: the kernels
-        # may still refuse an exclusion list (one that leaves nothing to draw).
+            return self._draw(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
+        if compiling:
+            # The seed is drawn inside the graph from torch's generator, as a
+            # tensor; a refused call cannot rewind it there (see the samplers guide).
+            seed = torch.randint(0, 2**63 - 1, (), generator=generator, device=_CPU if generator is None else None)
+            return self._draw(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
+        # A refused call must leave the generator as it found it: the kernels may
+        # still refuse an exclusion list (one that leaves nothing to draw), and a
+        # huge size its allocation. Other calls cannot fail once the seed is drawn.
         gen = generator if generator is not None else torch.default_generator
-        gen_state = gen.get_state()
-        seed = draw_seed(generator)
-        # Where the kernels can still refuse, remember the state after our draw:
-        # rewind only if no other thread has drawn from the generator since.
-        drawn_state = gen.get_state() if lists is not None or unique else None
+        may_refuse = ex is not None or numel > _REWIND_NUMEL
+        gen_state = gen.get_state() if may_refuse else None
+        gen_device = _CPU if generator is None else generator.device
+        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator, device=gen_device))  # as draw_seed
+        if gen_state is None:
+            return self._draw(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
+        # Rewind only if no other thread has drawn from the generator since.
+        drawn_state = gen.get_state()
         try:
-            return self._draw(dist, shape, rows, k, lists, unique, seed, offset, dev, out, want_tries)
+            return self._draw(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
         except (ValueError, TypeError, MemoryError):
-            if drawn_state is None or torch.equal(gen.get_state(), drawn_state):
+            if torch.equal(gen.get_state(), drawn_state):
                 gen.set_state(gen_state)
             raise
+
+    def _exclusion_lists(self, exclude: ArrayLike, shape: Tuple[int, ...], dev: torch.device) -> torch.Tensor:
+        """``exclude`` as the (L, P) int64 tensor on ``dev`` the ops take (shape checks only:
+        the ops check the ids' range)."""
+        if isinstance(exclude, torch.Tensor) and exclude.dtype in _OP_INT_DTYPES:
+            ex = check_tensor(exclude, "exclude").to(device=dev, dtype=torch.int64)
+        else:  # arrays, lists, uint64 and non-integer tensors: the eager checks
+            ex = as_index_tensor(exclude, "exclude", self._dist.num_classes, allow_padding=True).to(dev)
+        if ex.dim() == 1:
+            ex = ex.unsqueeze(1)
+        if ex.dim() != 2:
+            raise ValueError(f"exclude must be (B,) or (B, P), got shape {tuple(ex.shape)}")
+        lead = shape[0] if shape else 1
+        if ex.shape[0] != lead:
+            raise ValueError(f"exclude has {ex.shape[0]} rows but size {shape} has {lead} in its first dimension")
+        if ex.shape[1] == 0:
+            ex = torch.full((ex.shape[0], 1), -1, dtype=torch.int64, device=dev)
+        return ex
 
     def _draw(
         self,
         dist: _Distribution,
         shape: Tuple[int, ...],
-        rows: int,
         k: int,
-        lists: Optional[np.ndarray],
+        ex: Optional[torch.Tensor],
         unique: bool,
-        seed: int,
-        offset: int,
+        seed: Union[int, torch.Tensor],
+        offset: Union[int, torch.Tensor],
         dev: torch.device,
         out: Optional[torch.Tensor],
         want_tries: bool,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """Draws checked arguments with the CUDA kernels, the CPU kernels or torch ops."""
-        numel = math.prod(shape)
-        if dev.type == "cuda" and cuda.cuda_available():
-            # pyneg's CUDA kernels: the same draws as the CPU's, made on the device.
-            result = out if out is not None else _allocate(shape, dev)
-            tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
-            if numel:
-                tries = cuda.sample_into(
-                    dist.table, dist.device_entries, result, rows, k, lists, unique, seed, offset, unique and want_tries
-                )
-            return result, tries
+        """Draws checked arguments with the ``pyneg::alias_*`` ops (CPU or CUDA by the tables' device).
 
-        on_cpu = dev.type == "cpu"
-        if on_cpu and out is not None:
-            result = out
+        ``seed`` and ``offset`` are ints or 0-dim int64 tensors. Eager CPU calls on plain
+        tensors, with no torch function or dispatch mode active, run the ops' CPU
+        implementation directly: the same code, without the dispatcher's Python
+        round trips (most of a small draw's cost otherwise).
+        """
+        if dev.type == "cpu" and _alias_ops.direct_call_ok(ex):
+            result = out if out is not None else _alias_ops.allocate(shape, dev)
+            numel = result.numel()
+            rows = numel // k if numel else 0
+            tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
+            _alias_ops.draw_into(
+                result, dist.entries_np, dist.mass_np, dist.num_positive, ex, _u64(seed), _u64(offset), k, unique, tries
+            )
+            return result, tries
+        direct = _alias_ops.direct_call_ok(ex)
+        if dev.type == "cuda" and direct:
+            dev = cuda.normalize_device(dev)  # one table copy per device, whichever way it is named
+        entries, mass = dist.tables(dev)
+        if dev.type == "cuda" and direct and cuda.cuda_available():
+            # Eager CUDA calls: the ops' CUDA implementation, straight into out when given.
+            result = out if out is not None else _alias_ops.allocate(shape, dev)
+            numel = result.numel()
+            host = None
+            if numel:
+                host = cuda.draw_into(
+                    result, entries, mass, dist.num_positive, ex, _u64(seed), _u64(offset), k, unique,
+                    unique and want_tries,
+                )  # fmt: skip
+            tries = None
+            if unique and want_tries:
+                tries = host if host is not None else torch.empty(numel // k if numel else 0, dtype=torch.int64)
+            return result, tries
+        seed = seed if isinstance(seed, torch.Tensor) else _int64_tensor(seed)
+        offset = offset if isinstance(offset, torch.Tensor) else _ZERO if offset == 0 else _int64_tensor(offset)
+        tries = None
+        if unique:
+            ids, t = _OPS.alias_sample_unique(entries, mass, dist.num_positive, ex, seed, offset, shape, k, want_tries)
+            tries = t if want_tries else None
+        elif ex is not None:
+            ids = _OPS.alias_sample_excluding(entries, mass, dist.num_positive, ex, seed, offset, shape, k)
         else:
-            result = _allocate(shape, torch.device("cpu"))
-        tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
-        if numel == 0:
-            pass
-        elif not on_cpu and lists is None and not unique:
-            # pyneg._cuda not built: draw with torch ops on the device's table copy.
-            drawn = self._sample_torch_ops(shape, seed, dev, dist)
-            if out is not None:
-                out.copy_(drawn)
-                return out, None
-            return drawn, None
-        else:
-            flat = result.view(-1).numpy()
-            threads = torch.get_num_threads()
-            if unique:
-                dist.table.sample_unique(
-                    seed,
-                    offset,
-                    _NO_EXCLUDE if lists is None else lists,
-                    k,
-                    flat,
-                    None if tries is None else tries.numpy(),
-                    threads,
-                )
-            elif lists is not None:
-                dist.table.sample_excluding(seed, offset, lists, k, flat, threads)
-            else:
-                dist.table.sample(seed, offset, flat, threads)
-        if not on_cpu:
-            if out is not None:
-                out.copy_(result)
-                return out, tries
-            return result.to(dev), tries
-        return result, tries
+            ids = _OPS.alias_sample(entries, seed, offset, shape)
+        if out is not None:
+            out.copy_(ids)
+            return out, tries
+        return ids, tries
 
     def _sample_torch_ops(
         self, shape: Tuple[int, ...], seed: int, device: torch.device, dist: Optional[_Distribution] = None
     ) -> torch.Tensor:
-        """Alias draws with plain torch ops on ``device`` (the fallback when pyneg._cuda is not built).
-
-        Uses the same table as the C++ kernels but torch's generator for the
-        device, so its samples follow the same distribution without being
-        bit-identical to the CPU ones.
-        """
+        """Alias draws with plain torch ops on ``device`` (the CUDA op's fallback when pyneg._cuda
+        is not built): the same distribution as the kernels, not the same draws."""
         dist = dist or self._dist
-        entries, _ = cuda.table_tensors(dist.table, dist.device_entries, device)
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed % (2**63))
-        bucket = torch.randint(0, int(dist.table.num_classes), shape, generator=gen, device=device)
-        coin = torch.randint(0, 2**32, shape, generator=gen, device=device)
-        word = entries[bucket]
-        keep = coin < (word & 0xFFFFFFFF)
-        return torch.where(keep, bucket, word >> 32)
+        return _alias_ops.torch_ops_draw(dist.tables(device)[0], shape, seed)
 
     # ---------------------------------------------------------- persistence
     def state_dict(self) -> Dict[str, Any]:
@@ -556,38 +658,52 @@ class AliasSampler:
         return f"{type(self).__name__}(num_classes={self.num_classes})"
 
 
-def _allocate(shape: Tuple[int, ...], device: torch.device) -> torch.Tensor:
-    """An int64 tensor for the draws; a size the machine cannot hold is a MemoryError naming it."""
-    try:
-        return torch.empty(shape, dtype=torch.int64, device=device)
-    except (RuntimeError, MemoryError) as exc:  # torch's allocators raise RuntimeError (CPU) or OOM
-        raise MemoryError(
-            f"size {shape}: cannot allocate {8 * math.prod(shape)} bytes of draws on {device} ({exc})"
-        ) from None
+_CPU = torch.device("cpu")
+# The offset of most calls (never handed out, never written: the ops only read it).
+_ZERO = torch.zeros((), dtype=torch.int64, device="cpu")
 
 
-def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> torch.Tensor:
-    """``num_tries`` as a float64 CPU tensor that pyneg owns: whole numbers >= 1, either a
-    number or a tensor whose shape is a leading part of ``shape`` (size-1 dims broadcast)."""
+def _log_count(logp: torch.Tensor, num_sampled: int, tries: Union[float, torch.Tensor, None]) -> torch.Tensor:
+    """log expected counts from log p: ``log(k p)`` with replacement (``tries`` None), else
+    TensorFlow's ``log(1 - (1 - p) ** tries)`` (``log(k p)`` where ``tries == k``)."""
+    with_replacement = logp + math.log(num_sampled)
+    if tries is None:
+        return with_replacement
+    if isinstance(tries, torch.Tensor):
+        tries = tries.to(device=logp.device, dtype=torch.float64)
+        while tries.dim() and tries.dim() < logp.dim():
+            tries = tries.unsqueeze(-1)
+    # log(1 - (1 - p)^t) = log(-expm1(t * log1p(-p))); p is clamped to [0, 1]
+    # so a rounding excess of exp(log p) over 1 cannot turn into NaN.
+    p = torch.exp(logp).clamp_(max=1.0)
+    counted = torch.log(-torch.expm1(tries * torch.log1p(-p)))
+    # TensorFlow's shortcut: a unique draw that rejected nothing (t == k) counts k·p.
+    # (compared as float64, like tries: a Python int past int64 cannot enter a tensor op)
+    if not isinstance(tries, torch.Tensor):
+        return with_replacement if tries == float(num_sampled) else counted
+    return torch.where(tries == float(num_sampled), with_replacement, counted)
+
+
+def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> Union[float, torch.Tensor]:
+    """``num_tries``: whole numbers >= 1, either a number (returned as a float) or a tensor
+    whose shape is a leading part of ``shape`` (size-1 dims broadcast), returned as a float64
+    copy; its values are checked in the ``pyneg::alias_check_tries`` op."""
     if isinstance(num_tries, (torch.Tensor, np.ndarray, list, tuple)):
         t = as_tensor(num_tries, "num_tries")
         if t.dtype == torch.bool or t.is_complex():
             raise TypeError(f"num_tries must hold real numbers, got {t.dtype}")
-        t = owned_copy(t, torch.float64)
         lead = shape[: t.dim()]
         if t.dim() > len(shape) or any(a not in (1, b) for a, b in zip(t.shape, lead)):
             raise ValueError(
                 f"num_tries must be a number or hold one value per leading index of ids "
                 f"(shape {shape}), got shape {tuple(t.shape)}"
             )
-        if not bool(torch.isfinite(t).all()) or bool((t < 1).any()):
-            raise ValueError("num_tries must be finite and >= 1")
-    else:
-        t = torch.tensor(check_float(num_tries, "num_tries", minimum=1.0), dtype=torch.float64)
-    if t.numel():
-        if bool((t != t.round()).any()):
-            raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")
-    return t
+        t = t.detach()
+        return _alias_ops.check_tries_impl(t) if _alias_ops.direct_call_ok(t) else _OPS.alias_check_tries(t)
+    x = check_float(num_tries, "num_tries", minimum=1.0)
+    if x != round(x):
+        raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")
+    return x
 
 
 class UnigramSampler(AliasSampler):

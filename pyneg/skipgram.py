@@ -15,10 +15,12 @@ its time on, as kernels:
   (touched rows only) gradients for the tables;
 - :func:`negative_sampling_sgd_` and :func:`hierarchical_softmax_sgd_`: one call
   that runs forward, backward and the SGD update in place for many mini-batches,
-  with word2vec's linearly decaying learning rate. They are deterministic
-  mini-batch SGD (no Hogwild races): every gradient of a mini-batch is taken
-  at the weights before its update and each row's sum has a fixed order, so
-  the result is the same bits for any thread count.
+  with word2vec's linearly decaying learning rate. By default they are
+  deterministic mini-batch SGD (no Hogwild races): every gradient of a
+  mini-batch is taken at the weights before its update and each row is
+  updated by one thread in pair order, so the result is the same bits for
+  any thread count. ``batch_size=1`` is word2vec's per-pair update (on one
+  thread); ``hogwild=True`` opts in to word2vec's lock-free threading.
 
 Kernels run on CPU float32 / float64 tensors on all of torch's intra-op
 threads with the GIL released; other devices and dtypes use an equivalent
@@ -486,6 +488,13 @@ def negative_sampling_sgd_(
     Deterministic for any thread count; equal to ``torch.optim.SGD`` on the
     summed loss of each mini-batch (see the tests).
 
+    ``batch_size=1`` runs word2vec's inner loop (each pair one SGD step, its
+    rows updated in cache, no grouping): the fastest kernel per pair, on one
+    thread unless ``hogwild``. Larger mini-batches are split across torch's
+    threads with two barriers per mini-batch; on a machine with more runnable
+    threads than cores each barrier waits for a descheduled thread, and
+    ``hogwild=True`` with ``batch_size=1`` is then the fast choice.
+
     Args:
         input_weight: contiguous CPU float32 / float64 tables,
             same dtype and dim, not sharing memory; updated in place.
@@ -499,9 +508,11 @@ def negative_sampling_sgd_(
         compute_loss: also sum the loss (one ``log1p`` per score more; the
             gradients need only the sigmoids).
         hogwild: opt in to word2vec's lock-free threading: each thread trains
-            its own contiguous share of the pairs at once on the shared tables
-            (no barriers, so it scales on a busy machine, but results then
-            depend on scheduling). Default: deterministic mini-batch SGD.
+            its own contiguous share of the pairs at once on the shared tables,
+            mini-batch by mini-batch (no barriers, so it scales on a busy
+            machine, but updates of a row two threads touch at once may be
+            lost and results depend on scheduling; with one thread it is the
+            deterministic path, bit for bit). Default: deterministic.
 
     Returns:
         With ``compute_loss``, the summed loss of all pairs, each taken before

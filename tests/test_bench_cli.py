@@ -239,3 +239,14 @@ def test_peak_memory_counts_what_a_call_touches():
     peak = peak_memory_bytes(lambda n: torch.ones(n // 4).sum(), 64 * mib)
     assert peak is not None and 60 * mib <= peak <= 100 * mib
     assert peak_memory_bytes(lambda n: n + 1, 1) < 8 * mib
+
+
+def test_notes_reach_the_table_markdown_and_json(tmp_path, capsys):
+    # The compiled step reports its compile (skipped when quick) beside its times.
+    data, md = _run_cli(tmp_path, "--quick", "--filter", "compiled_step_small")
+    printed = capsys.readouterr().out
+    (row,) = data["results"]
+    assert row["notes"]["compile"].startswith("skipped in --quick")
+    assert "notes: compile skipped in --quick" in printed
+    assert "| | notes: compile skipped in --quick" in md
+    assert set(row["baselines_s"]) == {"eager step"}

@@ -77,3 +77,8 @@ def test_word2vec_example_trains_both_objectives(tmp_path):
     # The autograd + torch.optim path trains the same model.
     out = _run_word2vec(common + ["--autograd", "--words", "w1"], tmp_path)
     assert [line.split()[1] for line in out.splitlines() if line.startswith("pyneg ")] == ["ns", "hs"], out
+    # Hogwild per-pair steps (word2vec's threading, the example's --hogwild default batch of 1).
+    out = _run_word2vec(common + ["--hogwild", "--threads", "2", "--words", "w1"], tmp_path)
+    rows = [line.split() for line in out.splitlines() if line.startswith("pyneg ")]
+    assert [r[1] for r in rows] == ["ns", "hs"] and all(float(r[8].replace(",", "")) > 0 for r in rows), out
+    assert "load average" in out, out

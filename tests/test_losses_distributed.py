@@ -63,12 +63,16 @@ def global_batch(n: int):
 
 def loss_of(kind: str, model, users, items, log_q, sampled, bank, gather: bool, reduction="mean"):
     q, c, s = model(users, items, sampled)
+    if kind == "compiled":  # the mixed loss under torch.compile: with gather over 2 ranks it runs eagerly
+        mixed = torch.compile(PF.mixed_negatives_loss, backend="eager")
+    else:
+        mixed = PF.mixed_negatives_loss
     if kind == "in_batch":
         return PF.in_batch_softmax_loss(
             q, c, log_q=log_q[items], candidate_ids=items, temperature=0.5, gather=gather, reduction=reduction
         )
     sources = [NegativeSource.batch(log_q[items]), bank, NegativeSource(s, sampled, torch.full((5,), -1.0))]
-    return PF.mixed_negatives_loss(
+    return mixed(
         q,
         c,
         sources,
@@ -81,7 +85,8 @@ def loss_of(kind: str, model, users, items, log_q, sampled, bank, gather: bool, 
     )
 
 
-SCENARIOS = {"in_batch": (4, 4), "mixed": (4, 4), "unequal": (5, 3)}
+SCENARIOS = {"in_batch": (4, 4), "mixed": (4, 4), "unequal": (5, 3), "compiled": (4, 4)}
+KIND = {"mixed": "mixed", "compiled": "compiled"}  # the others: in_batch
 
 
 def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
@@ -109,7 +114,7 @@ def _run_scenarios(rank: int, world: int, out_file: str) -> None:
         start = sum(sizes[:rank])
         rows = slice(start, start + sizes[rank])
         model = DistributedDataParallel(TwoTower())
-        kind = "in_batch" if name != "mixed" else "mixed"
+        kind = KIND.get(name, "in_batch")
         per_row = loss_of(kind, model, users[rows], items[rows], log_q, sampled, bank, True, "none")
         loss = per_row.mean()
         if name == "unequal":  # weight each rank's mean so DDP's average is the global mean
@@ -139,7 +144,7 @@ def test_ddp_equals_one_process_on_the_global_batch(two_ranks, name):
     res = two_ranks[name]
     users, items, log_q, sampled, bank = global_batch(sum(SCENARIOS[name]))
     model = TwoTower()
-    kind = "in_batch" if name != "mixed" else "mixed"
+    kind = KIND.get(name, "in_batch")
     per_row = loss_of(kind, model, users, items, log_q, sampled, bank, gather=False, reduction="none")
     per_row.mean().backward()
     torch.testing.assert_close(res["per_row"], per_row.detach(), **TOL)

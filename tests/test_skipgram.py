@@ -139,14 +139,20 @@ def torch_sgd_reference(w_in, w_out, c, x, n, lr, lr_end, batch_size):
     return a.detach(), b.detach(), total
 
 
-def test_sgd_step_equals_torch_optim_sgd_on_the_summed_loss():
-    w_in, w_out, c, x, n = make_batch(b=300)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_sgd_step_equals_torch_optim_sgd_on_the_summed_loss(dtype, batch_size):
+    # batch_size 1 runs the per-pair kernel (word2vec's inner loop), larger
+    # sizes the mini-batch kernel; make_batch's 37 output rows give repeated
+    # rows within a pair and within a mini-batch.
+    w_in, w_out, c, x, n = make_batch(b=300, dtype=dtype)
     a, b = w_in.clone(), w_out.clone()
-    total = sg.negative_sampling_sgd_(a, b, c, x, n, 0.2, lr_end=0.05, batch_size=64, compute_loss=True)
-    ra, rb, rtotal = torch_sgd_reference(w_in, w_out, c, x, n, 0.2, 0.05, 64)
-    torch.testing.assert_close(a, ra, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(b, rb, rtol=1e-12, atol=1e-12)
-    assert total == pytest.approx(rtotal, rel=1e-12)
+    total = sg.negative_sampling_sgd_(a, b, c, x, n, 0.2, lr_end=0.05, batch_size=batch_size, compute_loss=True)
+    ra, rb, rtotal = torch_sgd_reference(w_in, w_out, c, x, n, 0.2, 0.05, batch_size)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a, ra, **tol)
+    torch.testing.assert_close(b, rb, **tol)
+    assert total == pytest.approx(rtotal, rel=1e-12 if dtype == torch.float64 else 1e-5)
     assert sg.negative_sampling_sgd_(a, b, c, x, n, 0.1) is None  # no loss unless asked
 
 
@@ -180,36 +186,39 @@ def test_module_forward_and_sgd_step():
     assert not torch.equal(before, m.weight.detach())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("batch_size", [1, 100])
 @pytest.mark.parametrize("bias", [False, True])
-def test_hierarchical_softmax_sgd_equals_torch_optim_sgd(bias):
+def test_hierarchical_softmax_sgd_equals_torch_optim_sgd(bias, batch_size, dtype):
     g = torch.Generator().manual_seed(1)
     v, d = 40, 8
     counts = torch.randint(1, 100, (v,), generator=g).double()
-    hs = pyneg.HierarchicalSoftmax(counts, d, bias=bias, dtype=torch.float64)
+    hs = pyneg.HierarchicalSoftmax(counts, d, bias=bias, dtype=dtype)
     with torch.no_grad():
         for p in hs.parameters():
             p.normal_(0, 0.3, generator=g)
-    ref_hs = pyneg.HierarchicalSoftmax(counts, d, bias=bias, dtype=torch.float64)
+    ref_hs = pyneg.HierarchicalSoftmax(counts, d, bias=bias, dtype=dtype)
     ref_hs.load_state_dict(hs.state_dict())
-    w_in = torch.randn(v, d, generator=g, dtype=torch.float64) * 0.3
+    w_in = torch.randn(v, d, generator=g, dtype=dtype) * 0.3
     c, x = torch.randint(0, v, (250,), generator=g), torch.randint(0, v, (250,), generator=g)
     a = w_in.clone()
-    total = sg.hierarchical_softmax_sgd_(a, hs, c, x, 0.1, lr_end=0.02, batch_size=100, compute_loss=True)
+    total = sg.hierarchical_softmax_sgd_(a, hs, c, x, 0.1, lr_end=0.02, batch_size=batch_size, compute_loss=True)
     ra = w_in.clone().requires_grad_()
     opt = torch.optim.SGD([ra, *ref_hs.parameters()], lr=0.1)
     rtotal = 0.0
-    for first in range(0, 250, 100):
+    for first in range(0, 250, batch_size):
         for group in opt.param_groups:
             group["lr"] = 0.1 + (0.02 - 0.1) * first / 250
-        loss = ref_hs(ra[c[first : first + 100]], x[first : first + 100], reduction="sum")
+        loss = ref_hs(ra[c[first : first + batch_size]], x[first : first + batch_size], reduction="sum")
         rtotal += loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    torch.testing.assert_close(a, ra.detach(), rtol=1e-12, atol=1e-12)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(a, ra.detach(), **tol)
     for p, q in zip(hs.parameters(), ref_hs.parameters()):
-        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-12, atol=1e-12)
-    assert total == pytest.approx(rtotal, rel=1e-12)
+        torch.testing.assert_close(p.detach(), q.detach(), **tol)
+    assert total == pytest.approx(rtotal, rel=1e-12 if dtype == torch.float64 else 1e-5)
 
 
 # --------------------------------------------------------- pair generation
@@ -441,3 +450,89 @@ def test_hogwild_sgd_trains_and_equals_the_deterministic_step_on_one_thread():
     two = with_threads(2, lambda: run(True))
     assert torch.isfinite(two[0]).all() and torch.isfinite(two[1]).all()
     assert two[3] < two[2] and two[3] == pytest.approx(det[3], rel=0.05)  # it trains like the deterministic step
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 300])
+def test_sgd_step_is_bitwise_identical_across_thread_counts_for_any_batch_size(batch_size):
+    # Rows are owned by thread (row % threads) in the mini-batch kernel: with
+    # 2, 3 and 4 threads every row changes owner, the bits must not.
+    w_in, w_out, c, x, n = make_batch(v_in=61, v_out=43, d=20, b=3000, dtype=torch.float32, seed=5)
+
+    def run():
+        a, b = w_in.clone(), w_out.clone()
+        loss = sg.negative_sampling_sgd_(a, b, c, x, n, 0.05, lr_end=0.01, batch_size=batch_size, compute_loss=True)
+        return a, b, torch.tensor(loss)
+
+    one = with_threads(1, run)
+    for threads in (2, 3, 4):
+        for got, want in zip(with_threads(threads, run), one):
+            assert torch.equal(got, want)
+    assert not torch.equal(one[0], w_in)
+
+
+def test_per_pair_sgd_is_word2vecs_update():
+    # A NumPy transcription of word2vec's skip-gram inner loop (one pair per
+    # step, g = lr (label - sigmoid(f)), neu1e += g u, u += g v, v += neu1e),
+    # all scores taken before the pair's updates.
+    w_in, w_out, c, x, n = make_batch(v_in=30, v_out=500, d=16, b=200, dtype=torch.float64, seed=9)
+    a, b = w_in.clone(), w_out.clone()
+    sg.negative_sampling_sgd_(a, b, c, x, n, 0.3, lr_end=0.1, batch_size=1)
+    v_in, v_out = w_in.numpy().copy(), w_out.numpy().copy()
+    for p in range(200):
+        lr = 0.3 + (0.1 - 0.3) * p / 200
+        v = v_in[c[p]]
+        slots = [int(x[p])] + [int(j) for j in n[p]]
+        labels = [1.0] + [0.0] * 5
+        g = [lr * (lab - 1.0 / (1.0 + math.exp(-float(v @ v_out[j])))) for j, lab in zip(slots, labels)]
+        neu1e = sum(gt * v_out[j] for gt, j in zip(g, slots))
+        for gt, j in zip(g, slots):
+            v_out[j] = v_out[j] + gt * v
+        v_in[c[p]] = v + neu1e
+    np.testing.assert_allclose(a.numpy(), v_in, rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(b.numpy(), v_out, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("objective", ["ns", "hs"])
+def test_hogwild_per_pair_steps_train_and_equal_the_deterministic_path_on_one_thread(objective):
+    g = torch.Generator().manual_seed(3)
+    v, d, p = 200, 16, 20000
+    counts = 1.0 / torch.arange(1, v + 1, dtype=torch.float64)
+    c = torch.multinomial(counts, p, True, generator=g)
+    x = (c + torch.randint(0, 3, (p,), generator=g)) % v  # learnable: contexts near the centre
+    n = torch.multinomial(counts**0.75, p * 5, True, generator=g).view(p, 5)
+    w_in = (torch.rand(v, d, generator=g) - 0.5) / d
+
+    def run(hogwild):
+        a = w_in.clone()
+        if objective == "ns":
+            b = torch.zeros(v, d)
+            first = sg.negative_sampling_sgd_(a, b, c, x, n, 0.025, batch_size=1, compute_loss=True, hogwild=hogwild)
+            again = sg.negative_sampling_sgd_(a, b, c, x, n, 0.0, batch_size=1, compute_loss=True)
+            return a, b, first, again
+        hs = pyneg.HierarchicalSoftmax(counts, d)
+        first = sg.hierarchical_softmax_sgd_(a, hs, c, x, 0.025, batch_size=1, compute_loss=True, hogwild=hogwild)
+        again = sg.hierarchical_softmax_sgd_(a, hs, c, x, 0.0, batch_size=1, compute_loss=True)
+        return a, hs.weight.detach().clone(), first, again
+
+    det = with_threads(1, lambda: run(False))
+    assert torch.equal(with_threads(1, lambda: run(True))[0], det[0])
+    assert torch.equal(with_threads(3, lambda: run(False))[1], det[1])  # batch 1 without hogwild: one thread
+    two = with_threads(2, lambda: run(True))
+    assert torch.isfinite(two[0]).all() and torch.isfinite(two[1]).all()
+    assert two[3] < 0.9 * two[2] and two[3] == pytest.approx(det[3], rel=0.05)  # it trains like the ordered run
+
+
+def test_refused_hogwild_and_batch_size_arguments_name_the_argument():
+    w_in, w_out, c, x, n = make_batch()
+    a, b = w_in.clone(), w_out.clone()
+    hs = pyneg.HierarchicalSoftmax(torch.ones(37), 12, dtype=torch.float64)
+    for call, exc, name in [
+        (lambda: sg.negative_sampling_sgd_(a, b, c, x, n, 0.1, hogwild="yes"), TypeError, "hogwild"),
+        (lambda: sg.negative_sampling_sgd_(a, b, c, x, n, 0.1, batch_size=1.5), TypeError, "batch_size"),
+        (lambda: sg.hierarchical_softmax_sgd_(a, hs, c, x % 37, 0.1, hogwild=1), TypeError, "hogwild"),
+        (lambda: sg.hierarchical_softmax_sgd_(a, hs, c, x % 37, 0.1, batch_size=0), ValueError, "batch_size"),
+        (lambda: sg.hierarchical_softmax_sgd_(a, hs, c, x % 37, -0.1), ValueError, "lr"),
+    ]:
+        with pytest.raises(exc, match=name):
+            call()
+    assert torch.equal(a, w_in) and torch.equal(b, w_out) and not hs.weight.any()

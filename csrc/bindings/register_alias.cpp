@@ -40,6 +40,35 @@ int64_t checked_rows(output_array<int64_t>& out, int64_t k) {
   return out.size() / k;
 }
 
+// A table given as arrays (the int64 tensors a sampler holds: entries and
+// masses, both read as uint64). Only their shapes can be checked cheaply; the
+// kernels read them but never index memory by their values beyond V, so a
+// malformed table gives wrong ids, not wild reads.
+AliasTableView table_view(const input_array<int64_t>& entries, const input_array<int64_t>* mass,
+                          int64_t num_positive) {
+  require_ndim(entries, 1, "entries");
+  const int64_t n = entries.size();
+  if (n <= 0 || n > kMaxClasses)
+    throw std::invalid_argument("entries must hold 1 to 2**31 - 1 buckets, got " + std::to_string(n));
+  AliasTableView t{reinterpret_cast<const uint64_t*>(entries.data()), nullptr, n, num_positive};
+  if (mass) {
+    require_ndim(*mass, 1, "mass");
+    if (mass->size() != n) throw std::invalid_argument("mass must have as many entries as entries");
+    if (num_positive < 1 || num_positive > n)
+      throw std::invalid_argument("num_positive must be in [1, V], got " + std::to_string(num_positive));
+    t.mass = reinterpret_cast<const uint64_t*>(mass->data());
+  }
+  return t;
+}
+
+// A writable int64 view of a table's buffer (uint64 values below 2**63 in
+// mass; entries are bit patterns), kept alive by the table: the sampler wraps
+// it in a tensor without copying. pyneg never writes it.
+py::array_t<int64_t> storage_view(py::object owner, const uint64_t* data, py::ssize_t n) {
+  return py::array_t<int64_t>({n}, {static_cast<py::ssize_t>(sizeof(int64_t))},
+                              reinterpret_cast<const int64_t*>(data), owner);
+}
+
 }  // namespace
 
 void register_alias(py::module_& m) {
@@ -87,6 +116,15 @@ void register_alias(py::module_& m) {
             return readonly_view(self, t.mass.data(), t.size());
           },
           "Integer mass of every class; masses sum to V * 2**32 (read-only view).")
+      .def(
+          "_storage",
+          [](py::object self) {
+            const auto& t = self.cast<const AliasTable&>();
+            return py::make_tuple(storage_view(self, t.entries.data(), t.size()),
+                                  storage_view(self, t.mass.data(), t.size()));
+          },
+          "(entries, mass) as int64 arrays sharing the table's memory (the tensors the "
+          "sampler's operators take; never written).")
       .def(
           "sample",
           [](const AliasTable& t, uint64_t seed, uint64_t offset, output_array<int64_t> out,
@@ -180,6 +218,85 @@ void register_alias(py::module_& m) {
       py::arg("mode"), py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
       py::arg("out").noconvert(), py::arg("tries").noconvert(),
       "Tests only: the CUDA kernels' per-thread work run serially on the CPU.");
+  // The operators' kernels (pyneg/_ops/alias.py): the table comes as arrays.
+  m.def(
+      "alias_draw",
+      [](const input_array<int64_t>& entries, uint64_t seed, uint64_t offset,
+         output_array<int64_t> out, int num_threads) {
+        const AliasTableView t = table_view(entries, nullptr, 0);
+        int64_t* dst = writable_data(out, "out");
+        const int64_t n = out.size();
+        py::gil_scoped_release release;
+        alias_sample(t, seed, offset, dst, n, num_threads);
+      },
+      py::arg("entries"), py::arg("seed"), py::arg("offset"), py::arg("out").noconvert(),
+      py::arg("num_threads") = 1, "Fill out with independent draws from the table's entries.");
+  m.def(
+      "alias_draw_excluding",
+      [](const input_array<int64_t>& entries, const input_array<int64_t>& mass,
+         int64_t num_positive, uint64_t seed, uint64_t offset, const input_array<int64_t>& exclude,
+         int64_t k, output_array<int64_t> out, int num_threads) {
+        const AliasTableView t = table_view(entries, &mass, num_positive);
+        int64_t* dst = writable_data(out, "out");
+        const int64_t rows = checked_rows(out, k);
+        const std::vector<int64_t> ids = owned_copy(exclude);
+        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+        py::gil_scoped_release release;
+        alias_sample_excluding(t, seed, offset, ex, rows, k, dst, num_threads);
+      },
+      py::arg("entries"), py::arg("mass"), py::arg("num_positive"), py::arg("seed"),
+      py::arg("offset"), py::arg("exclude"), py::arg("k"), py::arg("out").noconvert(),
+      py::arg("num_threads") = 1,
+      "Fill out (rows x k) with draws that avoid each row's exclusion list.");
+  m.def(
+      "alias_draw_unique",
+      [](const input_array<int64_t>& entries, const input_array<int64_t>& mass,
+         int64_t num_positive, uint64_t seed, uint64_t offset, const input_array<int64_t>& exclude,
+         int64_t k, output_array<int64_t> out, std::optional<output_array<int64_t>> tries,
+         int num_threads) {
+        const AliasTableView t = table_view(entries, &mass, num_positive);
+        int64_t* dst = writable_data(out, "out");
+        const int64_t rows = checked_rows(out, k);
+        int64_t* tr = nullptr;
+        if (tries) {
+          tr = writable_data(*tries, "tries");
+          if (tries->size() != rows) throw std::invalid_argument("tries must hold one value per row");
+        }
+        const std::vector<int64_t> ids = owned_copy(exclude);
+        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+        py::gil_scoped_release release;
+        alias_sample_unique(t, seed, offset, ex, rows, k, dst, tr, num_threads);
+      },
+      py::arg("entries"), py::arg("mass"), py::arg("num_positive"), py::arg("seed"),
+      py::arg("offset"), py::arg("exclude"), py::arg("k"), py::arg("out").noconvert(),
+      py::arg("tries").noconvert() = py::none(), py::arg("num_threads") = 1,
+      "Fill out (rows x k) with ids distinct within each row; tries gets the candidate "
+      "draws each row used.");
+  m.def(
+      "alias_prepare_exclude",
+      [](int64_t num_classes, int64_t num_positive, const input_array<int64_t>& exclude,
+         const input_array<int64_t>& id_mass, int64_t rows, int64_t unique_k) {
+        if (num_classes <= 0 || num_classes > kMaxClasses)
+          throw std::invalid_argument("num_classes must be in [1, 2**31 - 1]");
+        if (id_mass.size() != exclude.size())
+          throw std::invalid_argument("id_mass must have one entry per exclude entry");
+        const std::vector<int64_t> ids = owned_copy(exclude);
+        const std::vector<int64_t> masses = owned_copy(id_mass);
+        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+        PreparedExclude p;
+        {
+          py::gil_scoped_release release;
+          p = prepare_exclude_lists_from_masses(num_classes, num_positive, ex,
+                                                reinterpret_cast<const uint64_t*>(masses.data()),
+                                                unique_k);
+        }
+        return py::make_tuple(to_array(p.offsets), to_array(p.ids), to_array(p.cum),
+                              to_array(p.allowed_mass), ex.rows_per_list, p.longest());
+      },
+      py::arg("num_classes"), py::arg("num_positive"), py::arg("exclude"), py::arg("id_mass"),
+      py::arg("rows"), py::arg("unique_k") = 0,
+      "AliasTable.prepare_exclude from the masses of the listed ids alone (id_mass[i] is the "
+      "mass of exclude's i-th entry): what the CUDA path uploads.");
   m.attr("MAX_CLASSES") = kMaxClasses;
   m.def(
       "draw_randoms",

@@ -103,24 +103,8 @@ void register_memory(py::module_& m) {
   py::class_<RingIndex>(m, "RingIndex",
                         "Write pointer, per-slot ids and steps, and id -> slots lookup of a FIFO memory bank.")
       .def(py::init<int64_t>(), py::arg("capacity"))
-      .def_property_readonly("capacity", &RingIndex::capacity)
       .def_property_readonly("size", &RingIndex::size)
       .def_property_readonly("head", &RingIndex::head, "Slot the next entry goes to.")
-      .def_property_readonly("oldest", &RingIndex::oldest, "Slot of the oldest entry.")
-      .def_property_readonly(
-          "slot_ids",
-          [](py::object self) {
-            const auto& r = self.cast<const RingIndex&>();
-            return readonly_view(self, r.slot_ids(), r.capacity());
-          },
-          "Id of every slot (read-only view; meaningless beyond size while not full).")
-      .def_property_readonly(
-          "slot_steps",
-          [](py::object self) {
-            const auto& r = self.cast<const RingIndex&>();
-            return readonly_view(self, r.slot_steps(), r.capacity());
-          },
-          "Step that wrote every slot (read-only view).")
       .def(
           "push",
           [](RingIndex& r, const input_array<int64_t>& ids, int64_t step) {
@@ -143,9 +127,6 @@ void register_memory(py::module_& m) {
           },
           py::arg("ids"), py::arg("steps"), py::arg("head"),
           "Replace the contents with entries given oldest first; the next entry goes to slot `head`.")
-      .def("clear", &RingIndex::clear)
-      .def("count_since", &RingIndex::count_since, py::arg("min_step"),
-           "Number of entries written at a step >= min_step (the newest ones).")
       .def(
           "find_hits",
           [](const RingIndex& r, const input_array<int64_t>& positive_ids, int64_t min_step,

@@ -30,53 +30,61 @@ constexpr size_t kPrefetchBytes = size_t{1} << 20;
 // them (rows drawn from their exact CDF are rare and may never occur).
 class LazyCumulative {
  public:
-  explicit LazyCumulative(const AliasTable& table) : table_(table) {}
+  explicit LazyCumulative(const AliasTableView& table) : table_(table) {}
   const uint64_t* get() {
     std::call_once(once_, [this] { cum_ = cumulative_mass(table_); });
     return cum_.data();
   }
 
  private:
-  const AliasTable& table_;
+  const AliasTableView& table_;
   std::once_flag once_;
   std::vector<uint64_t> cum_;
 };
 
 }  // namespace
 
-PreparedExclude prepare_exclude_lists(const AliasTable& table, const ExcludeLists& ex,
-                                      int64_t unique_k) {
+namespace {
+
+// prepare_exclude_lists over any source of masses: mass_of(i, id) is the mass
+// of id, the i-th entry of the flat lists.
+template <class MassOf>
+PreparedExclude prepare_lists(int64_t n, int64_t num_positive, const ExcludeLists& ex,
+                              int64_t unique_k, MassOf&& mass_of) {
   PreparedExclude p;
-  const int64_t n = table.size();
+  const uint64_t total = static_cast<uint64_t>(n) * kBucketMass;
   p.offsets.assign(static_cast<size_t>(ex.num_lists + 1), 0);
   p.ids.reserve(static_cast<size_t>(ex.num_lists * ex.width));
   p.allowed_mass.resize(static_cast<size_t>(ex.num_lists));
   p.allowed_positive.resize(static_cast<size_t>(ex.num_lists));
+  std::vector<std::pair<int64_t, uint64_t>> row;  // (id, mass) of one list
   for (int64_t l = 0; l < ex.num_lists; ++l) {
-    const size_t start = p.ids.size();
+    row.clear();
     for (int64_t j = 0; j < ex.width; ++j) {
-      const int64_t id = ex.ids[l * ex.width + j];
+      const int64_t i = l * ex.width + j;
+      const int64_t id = ex.ids[i];
       if (id == -1) continue;
       if (id < 0 || id >= n) {
         throw std::invalid_argument("exclude holds id " + std::to_string(id) +
                                     " outside [0, " + std::to_string(n) +
                                     ") (use -1 for padding)");
       }
-      p.ids.push_back(id);
+      row.emplace_back(id, mass_of(i, id));
     }
-    std::sort(p.ids.begin() + static_cast<std::ptrdiff_t>(start), p.ids.end());
-    p.ids.erase(std::unique(p.ids.begin() + static_cast<std::ptrdiff_t>(start), p.ids.end()),
-                p.ids.end());
+    std::sort(row.begin(), row.end());
+    row.erase(std::unique(row.begin(), row.end(),
+                          [](const auto& a, const auto& b) { return a.first == b.first; }),
+              row.end());
     uint64_t excluded = 0;
     int64_t excluded_positive = 0;
-    for (size_t j = start; j < p.ids.size(); ++j) {
-      const uint64_t m = table.mass[static_cast<size_t>(p.ids[j])];
+    for (const auto& [id, m] : row) {
+      p.ids.push_back(id);
       excluded += m;
       excluded_positive += m > 0;
       p.cum.push_back(excluded);
     }
-    p.allowed_mass[static_cast<size_t>(l)] = table.total_mass() - excluded;
-    p.allowed_positive[static_cast<size_t>(l)] = table.num_positive - excluded_positive;
+    p.allowed_mass[static_cast<size_t>(l)] = total - excluded;
+    p.allowed_positive[static_cast<size_t>(l)] = num_positive - excluded_positive;
     if (p.allowed_mass[static_cast<size_t>(l)] == 0) {
       throw std::invalid_argument("exclude row " + std::to_string(l) +
                                   " leaves no id with positive weight to draw");
@@ -93,18 +101,34 @@ PreparedExclude prepare_exclude_lists(const AliasTable& table, const ExcludeList
   return p;
 }
 
-std::vector<uint64_t> cumulative_mass(const AliasTable& table) {
-  std::vector<uint64_t> cum(table.mass.size());
+}  // namespace
+
+PreparedExclude prepare_exclude_lists(const AliasTableView& table, const ExcludeLists& ex,
+                                      int64_t unique_k) {
+  const uint64_t* mass = table.mass;
+  return prepare_lists(table.size(), table.num_positive, ex, unique_k,
+                       [mass](int64_t, int64_t id) { return mass[id]; });
+}
+
+PreparedExclude prepare_exclude_lists_from_masses(int64_t num_classes, int64_t num_positive,
+                                                  const ExcludeLists& ex,
+                                                  const uint64_t* id_mass, int64_t unique_k) {
+  return prepare_lists(num_classes, num_positive, ex, unique_k,
+                       [id_mass](int64_t i, int64_t) { return id_mass[i]; });
+}
+
+std::vector<uint64_t> cumulative_mass(const AliasTableView& table) {
+  std::vector<uint64_t> cum(static_cast<size_t>(table.size()));
   uint64_t acc = 0;
   for (size_t i = 0; i < cum.size(); ++i) cum[i] = acc += table.mass[i];
   return cum;
 }
 
-void alias_sample(const AliasTable& table, uint64_t seed, uint64_t offset, int64_t* out,
+void alias_sample(const AliasTableView& table, uint64_t seed, uint64_t offset, int64_t* out,
                   int64_t n, int num_threads) {
-  const uint64_t* entries = table.entries.data();
+  const uint64_t* entries = table.entries;
   const uint64_t v = static_cast<uint64_t>(table.size());
-  const bool prefetch = table.entries.size() * sizeof(uint64_t) > kPrefetchBytes;
+  const bool prefetch = static_cast<size_t>(table.size()) * sizeof(uint64_t) > kPrefetchBytes;
   parallel_for(n, num_threads, kGrain, [&, entries, v](int64_t b, int64_t e) {
     // entries and v are copied into the closure: as locals, the compiler knows
     // the stores to out cannot change them and keeps them in registers.
@@ -136,12 +160,12 @@ void alias_sample(const AliasTable& table, uint64_t seed, uint64_t offset, int64
   });
 }
 
-void alias_sample_excluding(const AliasTable& table, uint64_t seed, uint64_t offset,
+void alias_sample_excluding(const AliasTableView& table, uint64_t seed, uint64_t offset,
                             const ExcludeLists& exclude, int64_t rows, int64_t k,
                             int64_t* out, int num_threads) {
   const PreparedExclude lists = prepare_exclude_lists(table, exclude);
   LazyCumulative table_cum(table);
-  const uint64_t* entries = table.entries.data();
+  const uint64_t* entries = table.entries;
   const uint64_t v = static_cast<uint64_t>(table.size());
   const uint64_t total = table.total_mass();
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(k, 1));
@@ -200,10 +224,10 @@ class RowSet {
 
 // Expected number of draws with replacement after which `k` distinct allowed
 // ids have been seen: solves sum_i 1 - (1 - p_i)^t = k for t by bisection.
-int64_t expected_tries(const AliasTable& table, const ExcludedIds& excluded, int64_t k) {
+int64_t expected_tries(const AliasTableView& table, const ExcludedIds& excluded, int64_t k) {
   const double total = static_cast<double>(table.total_mass());
   std::vector<double> log1m;  // log(1 - p_i) of the allowed ids
-  for (size_t i = 0; i < table.mass.size(); ++i) {
+  for (size_t i = 0; i < static_cast<size_t>(table.size()); ++i) {
     if (table.mass[i] == 0 || excluded.contains(static_cast<int64_t>(i))) continue;
     log1m.push_back(std::log1p(-static_cast<double>(table.mass[i]) / total));
   }
@@ -223,11 +247,11 @@ int64_t expected_tries(const AliasTable& table, const ExcludedIds& excluded, int
 
 }  // namespace
 
-void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset,
+void alias_sample_unique(const AliasTableView& table, uint64_t seed, uint64_t offset,
                          const ExcludeLists& exclude, int64_t rows, int64_t k,
                          int64_t* out, int64_t* tries_out, int num_threads) {
   const PreparedExclude lists = prepare_exclude_lists(table, exclude, k);
-  const uint64_t* entries = table.entries.data();
+  const uint64_t* entries = table.entries;
   const uint64_t v = static_cast<uint64_t>(table.size());
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(4 * k, 1));
   parallel_for(rows, num_threads, grain, [&](int64_t rb, int64_t re) {
@@ -247,7 +271,7 @@ void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset
         // Successive sampling is memoryless: the rest of the row is the race
         // key_i = E_i / m_i over the ids not yet seen, smallest keys first.
         keys.clear();
-        for (size_t i = 0; i < table.mass.size(); ++i) {
+        for (size_t i = 0; i < static_cast<size_t>(table.size()); ++i) {
           const uint64_t m = table.mass[i];
           if (m == 0 || seen.contains(static_cast<int64_t>(i))) continue;
           const double u = uniform_open0(random64(seed, base, static_cast<uint32_t>(i), kTagRace));
@@ -266,10 +290,10 @@ void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset
   });
 }
 
-void emulate_device_sampling(const AliasTable& table, int mode, uint64_t seed, uint64_t offset,
+void emulate_device_sampling(const AliasTableView& table, int mode, uint64_t seed, uint64_t offset,
                              const ExcludeLists& exclude, int64_t rows, int64_t k, int64_t* out,
                              int64_t* tries) {
-  const uint64_t* entries = table.entries.data();
+  const uint64_t* entries = table.entries;
   const uint64_t v = static_cast<uint64_t>(table.size());
   const uint64_t n = static_cast<uint64_t>(rows * k);
   if (mode == 0) {

@@ -50,22 +50,29 @@ struct PreparedExclude {
 // Validates and prepares exclusion lists. Throws std::invalid_argument for an
 // id outside [-1, V), a list that leaves no id of positive mass or, when
 // unique_k > 0, fewer than unique_k drawable ids (draws without replacement).
-PreparedExclude prepare_exclude_lists(const AliasTable& table, const ExcludeLists& exclude,
+PreparedExclude prepare_exclude_lists(const AliasTableView& table, const ExcludeLists& exclude,
                                       int64_t unique_k = 0);
+
+// The same from the masses of the listed ids alone (id_mass[i] is the mass of
+// exclude.ids[i], ignored for padding): the CUDA path gathers them on the
+// device instead of reading the whole table on the host.
+PreparedExclude prepare_exclude_lists_from_masses(int64_t num_classes, int64_t num_positive,
+                                                  const ExcludeLists& exclude,
+                                                  const uint64_t* id_mass, int64_t unique_k = 0);
 
 // Running sum of the table's masses (V entries): the exact-CDF fallback of
 // heavily excluded rows (see allowed_cdf_pick in alias_draw.h).
-std::vector<uint64_t> cumulative_mass(const AliasTable& table);
+std::vector<uint64_t> cumulative_mass(const AliasTableView& table);
 
 // out[j] for j in [0, n): independent draws from the table.
-void alias_sample(const AliasTable& table, uint64_t seed, uint64_t offset, int64_t* out,
+void alias_sample(const AliasTableView& table, uint64_t seed, uint64_t offset, int64_t* out,
                   int64_t n, int num_threads);
 
 // rows x k draws; row r never contains an id of its exclusion list. Excluded
 // draws are redrawn, which samples the distribution renormalised over the
 // allowed ids. Throws std::invalid_argument when a list leaves no allowed id
 // of positive mass or holds an id outside [-1, V).
-void alias_sample_excluding(const AliasTable& table, uint64_t seed, uint64_t offset,
+void alias_sample_excluding(const AliasTableView& table, uint64_t seed, uint64_t offset,
                             const ExcludeLists& exclude, int64_t rows, int64_t k,
                             int64_t* out, int num_threads);
 
@@ -75,7 +82,7 @@ void alias_sample_excluding(const AliasTable& table, uint64_t seed, uint64_t off
 // with replacement that row r consumed, the `num_tries` of sampled softmax's
 // expected counts. Throws std::invalid_argument when a row asks for more
 // distinct ids than it has allowed ids of positive mass.
-void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset,
+void alias_sample_unique(const AliasTableView& table, uint64_t seed, uint64_t offset,
                          const ExcludeLists& exclude, int64_t rows, int64_t k,
                          int64_t* out, int64_t* tries_out, int num_threads);
 
@@ -85,7 +92,7 @@ void alias_sample_unique(const AliasTable& table, uint64_t seed, uint64_t offset
 // (out holds rows * k), 1: with exclusions, 2: unique (tries gets what the
 // device writes: -1 for rows left to the exponential race, whose ids are
 // then incomplete).
-void emulate_device_sampling(const AliasTable& table, int mode, uint64_t seed, uint64_t offset,
+void emulate_device_sampling(const AliasTableView& table, int mode, uint64_t seed, uint64_t offset,
                              const ExcludeLists& exclude, int64_t rows, int64_t k, int64_t* out,
                              int64_t* tries);
 

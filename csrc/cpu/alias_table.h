@@ -23,6 +23,19 @@ constexpr uint64_t kBucketMass = uint64_t{1} << 32;
 // Alias indices are 32-bit and V * 2^32 must fit in 63 bits.
 constexpr int64_t kMaxClasses = (int64_t{1} << 31) - 1;
 
+// What the samplers read: a table's arrays, wherever they live (an AliasTable's
+// buffers, or tensors a caller holds). The kernels take this view, so they are
+// pure functions of the arrays.
+struct AliasTableView {
+  const uint64_t* entries = nullptr;  // (alias << 32) | threshold, one per bucket
+  const uint64_t* mass = nullptr;     // integer mass of every class, sums to V * 2^32
+  int64_t n = 0;                      // V, the number of classes (and buckets)
+  int64_t num_positive = 0;           // classes with mass > 0 (drawable)
+
+  int64_t size() const { return n; }
+  uint64_t total_mass() const { return static_cast<uint64_t>(n) * kBucketMass; }
+};
+
 struct AliasTable {
   HugeBuffer<uint64_t> entries;   // (alias << 32) | threshold, one per bucket
   HugeBuffer<uint64_t> mass;      // integer mass of every class, sums to V * 2^32
@@ -30,6 +43,8 @@ struct AliasTable {
 
   int64_t size() const { return static_cast<int64_t>(entries.size()); }
   uint64_t total_mass() const { return static_cast<uint64_t>(size()) * kBucketMass; }
+  AliasTableView view() const { return AliasTableView{entries.data(), mass.data(), size(), num_positive}; }
+  operator AliasTableView() const { return view(); }  // NOLINT: a table is its view
 };
 
 // probs_out[i] = weights[i] / sum(weights). Throws std::invalid_argument,

@@ -127,22 +127,6 @@ void RingIndex::clear() {
   for (Entry& e : table_) e.id = kEmpty;
 }
 
-int64_t RingIndex::count_since(int64_t min_step) const {
-  // Binary search over the entries in FIFO order.
-  const int64_t base = oldest();
-  int64_t lo = 0, hi = size_;  // first FIFO position with step >= min_step lies in [lo, hi]
-  while (lo < hi) {
-    const int64_t mid = lo + (hi - lo) / 2;
-    const int64_t slot = (base + mid) % capacity_;
-    if (slot_step_[static_cast<size_t>(slot)] >= min_step) {
-      hi = mid;
-    } else {
-      lo = mid + 1;
-    }
-  }
-  return size_ - lo;
-}
-
 bool RingIndex::find_hits(const int64_t* positives, int64_t b, int64_t min_step, int64_t max_pairs,
                           std::vector<int64_t>* rows, std::vector<int64_t>* slots) const {
   check_non_negative_ids(positives, b, "positive_ids");

@@ -47,8 +47,6 @@ class RingIndex {
   int64_t head() const { return head_; }
   // Slot of the oldest entry (0 while the bank is not full).
   int64_t oldest() const { return size_ < capacity_ ? 0 : head_; }
-  const int64_t* slot_ids() const { return slot_id_.data(); }
-  const int64_t* slot_steps() const { return slot_step_.data(); }
 
   // Records a batch of n ids written at `step`; only the last min(n, capacity)
   // are kept. Throws std::invalid_argument for a negative id, before changing
@@ -62,10 +60,6 @@ class RingIndex {
   void restore(const int64_t* ids, const int64_t* steps, int64_t n, int64_t head);
 
   void clear();
-
-  // Number of entries written at a step >= min_step: the newest ones, since
-  // steps never decrease from oldest to newest.
-  int64_t count_since(int64_t min_step) const;
 
   // For each row r, appends (r, slot) for every entry with id positives[r] and
   // step >= min_step, oldest first. Throws std::invalid_argument for a negative

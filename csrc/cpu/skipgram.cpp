@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <cmath>
 #include <thread>
 #include <numeric>
@@ -25,10 +27,12 @@ void check_range(const int64_t* ids, int64_t n, int64_t bound, const char* name)
   }
 }
 
-// A team of threads kept for one whole SGD call (many mini-batches, four
+// A team of threads kept for one whole SGD call (many mini-batches, two
 // phases each), so a phase costs a barrier rather than a thread start. The
-// barrier spins briefly, then yields: on a busy machine a waiting thread gives
-// its core to whoever is runnable.
+// barrier spins briefly (the other threads are usually microseconds away),
+// then sleeps on a condition variable: on a machine with more runnable
+// threads than cores a waiting thread gives its core to the thread it waits
+// for instead of burning its share of the CPU in yields.
 class Team {
  public:
   explicit Team(int size) : size_(size) {}
@@ -48,26 +52,32 @@ class Team {
     const unsigned gen = generation_.load(std::memory_order_acquire);
     if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == size_) {
       arrived_.store(0, std::memory_order_relaxed);
-      generation_.fetch_add(1, std::memory_order_acq_rel);
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        generation_.fetch_add(1, std::memory_order_acq_rel);
+      }
+      wake_.notify_all();
       return;
     }
-    for (int spin = 0; generation_.load(std::memory_order_acquire) == gen; ++spin) {
-      if (spin < 256) {
+    for (int spin = 0; spin < kSpins; ++spin) {
+      if (generation_.load(std::memory_order_acquire) != gen) return;
 #if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
+      __builtin_ia32_pause();
 #endif
-      } else {
-        std::this_thread::yield();
-      }
     }
+    std::unique_lock<std::mutex> lock(mutex_);
+    wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != gen; });
   }
 
   int size() const { return size_; }
 
  private:
+  static constexpr int kSpins = 2000;  // a few microseconds
   int size_;
   std::atomic<int> arrived_{0};
   std::atomic<unsigned> generation_{0};
+  std::mutex mutex_;
+  std::condition_variable wake_;
 };
 
 }  // namespace

@@ -11,11 +11,13 @@
 // Slot t = 0 of a pair is its context, slots 1..K its negatives.
 //
 // Determinism: pairs are split across threads with no shared writes; every
-// gradient row is summed by one thread over its occurrences in batch order
-// (a stable radix sort groups occurrences by row), so results are the same
-// bits for any thread count. The in-place steps are mini-batch SGD: all
-// gradients of a mini-batch are taken at the weights before its update (no
-// Hogwild races), then the touched rows are updated.
+// gradient row of the fused loss is summed by one thread over its occurrences
+// in batch order (a stable radix sort groups occurrences by row), so results
+// are the same bits for any thread count. The in-place steps are mini-batch
+// SGD: all gradients of a mini-batch are taken at the weights before its
+// update (no Hogwild races), then each touched row is updated by the one
+// thread that owns it (row % threads), its occurrences in pair order. A
+// mini-batch of one pair runs word2vec's per-pair loop instead (one thread).
 #pragma once
 
 #include <cstdint>
@@ -99,9 +101,10 @@ void sgns_backward(const SGNSBatch<T>& a, const T* coef, const T* grad_loss, T* 
 // summed loss: mini-batch m (first pair p) uses lr = lr_begin + (lr_end -
 // lr_begin) * p / batch. The weights are written through input/output (the
 // same memory as a's tables). Returns the sum of the pairs' losses when
-// compute_loss (one log1p per score more), else 0. hogwild (opt-in): threads
-// train contiguous shares of the pairs at once without locks, as word2vec
-// does: no barriers, but results then depend on scheduling.
+// compute_loss (one log1p per score more), else 0. step == 1 runs the
+// per-pair loop (word2vec's update, in cache, no copies). hogwild (opt-in):
+// threads train contiguous shares of the pairs at once without locks, as
+// word2vec does: no barriers, but results then depend on scheduling.
 template <class T>
 double sgns_sgd(const SGNSBatch<T>& a, T* input, T* output, double lr_begin, double lr_end,
                 int64_t step, bool compute_loss, int num_threads, bool hogwild = false);

@@ -7,4 +7,7 @@ implementation per device. Importing :mod:`pyneg` imports this package, which
 registers every op.
 """
 
+from pyneg._ops import alias  # noqa: F401, I001  (pyneg::alias_*)
 from pyneg._ops import hsoftmax  # noqa: F401  (pyneg::hs_*)
+from pyneg._ops import memory  # noqa: F401  (pyneg::frequency_estimate, pyneg::bank_hit_mask)
+from pyneg._ops import softmax  # noqa: F401  (pyneg::softmax_*: the softmax losses' core)

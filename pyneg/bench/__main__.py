@@ -101,6 +101,7 @@ def run(quick: bool, name_filter: str, progress: bool = True) -> List[Dict[str, 
                 "ratios": ratios,
                 "targets": targets,
                 "peak_bytes": peaks,
+                "notes": w.notes(state) if w.notes is not None else {},
             }
         )
         del state
@@ -137,7 +138,14 @@ def format_table(rows: List[Dict[str, Any]]) -> str:
         lines.append(line("pyneg", r["pyneg_s"], "1.0x", tgt))
         for name, s in r["baselines_s"].items():
             lines.append(line(name, s, f"{r['ratios'][name]:.1f}x", ""))
+        if r.get("notes"):
+            lines.append(f"{'':<30} notes: {_fmt_notes(r['notes'])}")
     return "\n".join(lines)
+
+
+def _fmt_notes(notes: Dict[str, Any]) -> str:
+    """A workload's notes (compile time, graph breaks, ...) as ``key value; key value``."""
+    return "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in notes.items())
 
 
 def format_markdown(rows: List[Dict[str, Any]]) -> str:
@@ -158,6 +166,8 @@ def format_markdown(rows: List[Dict[str, Any]]) -> str:
                 f"| | {name} | {_fmt_time(s)} | {_fmt_rate(r['items'] / s)} | "
                 f"{r['ratios'][name]:.1f}x | {_fmt_peak(r, name)} | | |"
             )
+        if r.get("notes"):
+            lines.append(f"| | notes: {_fmt_notes(r['notes'])} | | | | | | |")
     return "\n".join(lines)
 
 

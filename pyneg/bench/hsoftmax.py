@@ -154,6 +154,26 @@ def _fwd_bwd_workload(name: str, *, sparse: bool) -> Workload:
     )
 
 
+def _small_call_workload() -> Workload:
+    """HS forward + backward at B = 256 (one small training step) against the gather version.
+
+    Sparse gradients, as one trains HS at V = 10^5: a dense (V - 1, d) gradient
+    would make both sides' time the zeroing of 50 MB, not the per-call cost.
+    """
+    return Workload(
+        name="hsoftmax_small_call_B256",
+        group="hsoftmax",
+        description="per-call overhead: HS loss forward + backward, B = 256, d = 128, V = 10^5 (sparse grads)",
+        setup=_hs_setup(10**5, 256, 128, sparse=True),
+        run=_pyneg_fwd_bwd,
+        baselines={GATHER: _gather_fwd_bwd},
+        check=_check_fwd_bwd,
+        items=lambda st: st.batch,
+        target_size={"B": 256, "d": 128, "V": 10**5},
+        size=_hs_size,
+    )
+
+
 def _vs_softmax_workload(name: str, exp: int, batch: int) -> Workload:
     """Sparse HS against the full softmax it replaces, V = 10^exp, d = 128; peak memory."""
     return Workload(
@@ -185,6 +205,7 @@ WORKLOADS = [
     ),
     _fwd_bwd_workload("hsoftmax_fwd_bwd_V1e5", sparse=False),
     _fwd_bwd_workload("hsoftmax_fwd_bwd_sparse_V1e5", sparse=True),
+    _small_call_workload(),
     _vs_softmax_workload("hsoftmax_vs_softmax_V1e5", 5, 512),
     _vs_softmax_workload("hsoftmax_vs_softmax_V1e6", 6, 128),
 ]

@@ -7,6 +7,10 @@ generator against what users write today.
   B = 4,096 pairs, K = 5, d = 100, V = 10^5, peak memory in the table;
 - one training step of the same batch: ``negative_sampling_sgd_`` in place
   against autograd + ``torch.optim.SGD`` on sparse gradients;
+- a training pass over 2^16 pairs (V = 25,000 Zipf-distributed words, as on
+  a 2M-token English corpus): per-pair steps (``batch_size=1``, Hogwild over
+  torch's threads, word2vec's update) and deterministic mini-batches of 1,024
+  against autograd + ``torch.optim.SGD`` on the same mini-batches;
 - (centre, context) pairs of 10^6 tokens against a vectorised NumPy version of
   the same rule (word2vec's reduced window, sentences respected).
 """
@@ -151,6 +155,83 @@ def _check_step(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
     assert result[0].shape == st.start[0].shape and not torch.equal(fused[1], st.start[1])
 
 
+# ------------------------------------------------------------- a training pass
+PASS_MINIBATCH = "pyneg mini-batches of 1024 (deterministic)"
+PASS_TORCH = "autograd + torch.optim.SGD, mini-batches of 1024"
+PASS_BATCH = 1024
+
+
+def _pass_setup(v: int, pairs: int, k: int, dim: int):
+    def setup(quick: bool) -> SimpleNamespace:
+        n, v_ = (pairs, v) if not quick else (pairs // 4, v // 10)  # quick: still enough pairs per word to train
+        counts = zipf_counts(v_)
+        gen = torch.Generator().manual_seed(4)
+        p = torch.as_tensor(counts, dtype=torch.float64)
+        centres = torch.multinomial(p, n, replacement=True, generator=gen)
+        contexts = (centres + torch.randint(1, 4, (n,), generator=gen)) % v_  # learnable: neighbours in id
+        negatives = pyneg.UnigramSampler(counts, power=0.75).sample((n, k), seed=5)
+        w_in = (torch.rand(v_, dim, generator=gen) - 0.5) / dim
+        return SimpleNamespace(
+            centres=centres,
+            contexts=contexts,
+            negatives=negatives,
+            start=(w_in, torch.zeros(v_, dim)),
+            n=n,
+            v=v_,
+        )
+
+    return setup
+
+
+def _pass_tables(st: SimpleNamespace) -> Tuple[torch.Tensor, torch.Tensor]:
+    return st.start[0].clone(), st.start[1].clone()
+
+
+def _pass_per_pair(st: SimpleNamespace):
+    w = _pass_tables(st)
+    sg.negative_sampling_sgd_(*w, st.centres, st.contexts, st.negatives, 0.025, lr_end=0.0001, batch_size=1, hogwild=True)
+    return w
+
+
+def _pass_minibatch(st: SimpleNamespace):
+    w = _pass_tables(st)
+    sg.negative_sampling_sgd_(
+        *w, st.centres, st.contexts, st.negatives, 0.025, lr_end=0.0001, batch_size=PASS_BATCH
+    )
+    return w
+
+
+def _pass_torch(st: SimpleNamespace):
+    a, b = (t.requires_grad_() for t in _pass_tables(st))
+    opt = torch.optim.SGD([a, b], lr=0.025)
+    for first in range(0, st.n, PASS_BATCH):
+        for group in opt.param_groups:
+            group["lr"] = 0.025 + (0.0001 - 0.025) * first / st.n
+        s = slice(first, first + PASS_BATCH)
+        loss = pyneg.functional.negative_sampling_loss(
+            F.embedding(st.centres[s], a, sparse=True),
+            F.embedding(st.contexts[s], b, sparse=True),
+            F.embedding(st.negatives[s], b, sparse=True),
+            reduction="sum",
+        )
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return a.detach(), b.detach()
+
+
+def _pass_loss(st: SimpleNamespace, w) -> float:
+    return float(sg.negative_sampling_embedding_loss(*w, st.centres, st.contexts, st.negatives, "mean"))
+
+
+def _check_pass(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
+    before = _pass_loss(st, st.start)
+    mine, det, ref = _pass_loss(st, result), _pass_loss(st, baselines[PASS_MINIBATCH]), _pass_loss(st, baselines[PASS_TORCH])
+    assert mine < 0.97 * before, ("per-pair steps must train", mine, before)
+    assert abs(det - ref) <= 1e-3 * ref, ("mini-batches must equal torch.optim.SGD", det, ref)
+    assert abs(mine - ref) <= 0.1 * ref, ("per-pair and mini-batch SGD must reach a similar loss", mine, ref)
+
+
 # ------------------------------------------------------------ pair generation
 def _pairs_setup(n: int, window: int):
     def setup(quick: bool) -> SimpleNamespace:
@@ -228,6 +309,18 @@ WORKLOADS = [
         targets=(Target("ratio", 1, TORCH_SGD),),
         target_size={"V": 10**5, "B": 4096},
         size=lambda st: {"V": st.v, "B": st.batch},
+        measure_memory=True,
+    ),
+    Workload(
+        name="skipgram_ns_sgd_pass_2e16",
+        group="skipgram",
+        description="SGNS training pass in place, 65,536 pairs, K = 5, d = 100, V = 25,000 (Zipf): per-pair steps",
+        setup=_pass_setup(25_000, 1 << 16, 5, 100),
+        run=_pass_per_pair,
+        baselines={PASS_MINIBATCH: _pass_minibatch, PASS_TORCH: _pass_torch},
+        check=_check_pass,
+        items=lambda st: st.n,
+        targets=(Target("ratio", 1, PASS_TORCH),),
         measure_memory=True,
     ),
     Workload(

@@ -111,6 +111,8 @@ class Workload:
             of the claim, e.g. losses that avoid materialising logits).
         available: ``available() -> bool``; False leaves the workload out of
             the run (e.g. GPU workloads on a machine without one).
+        notes: ``notes(state) -> dict``, figures measured in setup that the
+            table reports beside the times (a compile time, a graph-break count).
     """
 
     name: str
@@ -126,6 +128,7 @@ class Workload:
     size: Optional[Callable[[Any], Dict[str, Any]]] = None
     measure_memory: bool = False
     available: Callable[[], bool] = lambda: True
+    notes: Optional[Callable[[Any], Dict[str, Any]]] = None
 
     def num_items(self, state: Any) -> int:
         return int(self.items(state) if callable(self.items) else self.items)

@@ -1,0 +1,80 @@
+"""Reads of the memory bank and the frequency estimator as PyTorch operators.
+
+A compiled training step reads a :class:`pyneg.MemoryBank` or a
+:class:`pyneg.FrequencyEstimator` through these ops, so ``torch.compile`` (and
+``fullgraph=True``) traces the read instead of breaking the graph. Each op is a
+pure function of its tensors. The objects keep their changing state in
+tensors that they update in place (the estimator's step; where the bank's
+reads start) and in the sizes of views they replace at every write (how many
+entries a bank read returns), so a compiled step takes them as graph inputs
+and sees every enqueue or update made between two calls: nothing about them
+is a constant of the graph. (The bank's reads themselves are plain torch ops
+over those inputs: ``index_select`` of a run of slots.)
+
+Checks that need the data (negative ids) run inside the ops and raise the
+ValueError of pyneg's eager checks; shapes and dtypes are checked by the
+callers (pyneg/bank.py, pyneg/frequency.py) before an op runs.
+
+Ops:
+    ``frequency_estimate(cells, ids, step, log)``: the estimator's probability
+        (or log probability) of each id, float32 of ``ids``' shape (CPU; the C++
+        kernel ``pyneg._core.frequency_estimate``).
+    ``bank_hit_mask(entry_ids, positive_ids)``: the (B, N) accidental-hit mask
+        ``entry_ids[n] == positive_ids[b]`` (any device).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from pyneg import _core
+
+__all__ = ["frequency_estimate", "estimate", "bank_hit_mask"]
+
+
+def _check_non_negative(ids: Tensor, name: str) -> None:
+    """The C++ kernels' wording (csrc/cpu/ids.h) for a negative id."""
+    if ids.numel():
+        lo = int(ids.min())
+        if lo < 0:
+            raise ValueError(f"{name} holds negative id {lo} (ids must be >= 0)")
+
+
+# ------------------------------------------------------- frequency estimator
+def estimate(cells: Tensor, ids: Tensor, step: int, log: bool) -> Tensor:
+    """What ``frequency_estimate`` computes, callable eagerly without the dispatcher."""
+    # A private copy of the ids: what the kernel checks is what it reads.
+    arr = np.array(ids.detach().reshape(-1).numpy(), dtype=np.int64, copy=True)
+    out = torch.empty(tuple(ids.shape), dtype=torch.float32)
+    _core.frequency_estimate(cells.detach().numpy(), arr, step, log, out.view(-1).numpy())
+    return out
+
+
+@torch.library.custom_op("pyneg::frequency_estimate", mutates_args=(), device_types="cpu")
+def frequency_estimate(cells: Tensor, ids: Tensor, step: Tensor, log: bool) -> Tensor:
+    """Estimated probability (``log``: its log) that each id is in a step's batch.
+
+    ``cells``: the estimator's float64 (num_hashes, num_buckets, 2) table;
+    ``ids``: int64 ids >= 0, any shape; ``step``: 0-dim int64, updates so far.
+    """
+    return estimate(cells, ids, int(step), log)
+
+
+@frequency_estimate.register_fake
+def _(cells: Tensor, ids: Tensor, step: Tensor, log: bool) -> Tensor:
+    return ids.new_empty(ids.shape, dtype=torch.float32)
+
+
+# --------------------------------------------------------------- memory bank
+@torch.library.custom_op("pyneg::bank_hit_mask", mutates_args=())
+def bank_hit_mask(entry_ids: Tensor, positive_ids: Tensor) -> Tensor:
+    """(B, N) bool: ``entry_ids[n] == positive_ids[b]``; positive ids must be >= 0."""
+    _check_non_negative(positive_ids, "positive_ids")
+    return positive_ids.unsqueeze(1) == entry_ids.unsqueeze(0)
+
+
+@bank_hit_mask.register_fake
+def _(entry_ids: Tensor, positive_ids: Tensor) -> Tensor:
+    return positive_ids.new_empty((positive_ids.shape[0], entry_ids.shape[0]), dtype=torch.bool)

@@ -1,0 +1,72 @@
+"""Checks of ``load_state_dict`` inputs and copies of pickled state (bank and estimator).
+
+A state dict is checked entirely before anything is loaded, so a refused one
+leaves the object as it was; every error names the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Optional
+
+import torch
+
+from pyneg._validation import check_float, check_holds_data, check_int, check_tensor
+
+#: Steps count updates/enqueues; the estimator keeps them as float64 (exact up
+#: to 2**53) and the bank's steps must round-trip through the same state formats.
+MAX_STEP = 2**53
+
+
+def copy_on_write(state: Dict[str, Any], memo: Dict[int, Any], group: Optional[Any]) -> Dict[str, Any]:
+    """A deep copy of an object's pickled state that keeps its process group (a handle) shared."""
+    if group is not None:
+        memo[id(group)] = group
+    return copy.deepcopy(state, memo)
+
+
+def check_dense(t: torch.Tensor, key: str) -> None:
+    """A tensor with data that copies into the state: strided (not sparse or nested), not meta."""
+    check_tensor(t, f"state_dict[{key!r}]")
+    check_holds_data(t, f"state_dict[{key!r}]")
+    if t.is_nested:
+        raise TypeError(f"state_dict[{key!r}] must be a dense tensor, got a nested one")
+
+
+def state_value(sd: Dict[str, Any], key: str) -> Any:
+    """``sd[key]``, or a ValueError naming the missing key."""
+    if key not in sd:
+        raise ValueError(f"state_dict has no {key!r}")
+    return sd[key]
+
+
+def state_tensor(sd: Dict[str, Any], key: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+    """``sd[key]`` checked, as a private CPU copy (what is checked is what gets loaded)."""
+    t = state_value(sd, key)
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"state_dict[{key!r}] must be a tensor, got {type(t).__name__}")
+    check_dense(t, key)
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"state_dict[{key!r}] has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    if t.dtype != dtype:
+        raise TypeError(f"state_dict[{key!r}] must be {dtype}, got {t.dtype}")
+    out = torch.empty(tuple(shape), dtype=dtype)
+    out.copy_(t.detach())
+    return out
+
+
+def state_int(sd: Dict[str, Any], key: str, *, minimum: int = 0, maximum: Optional[int] = None) -> int:
+    """``sd[key]`` as an int in [minimum, maximum]."""
+    return check_int(state_value(sd, key), f"state_dict[{key!r}]", minimum=minimum, maximum=maximum)
+
+
+def state_must_match(sd: Dict[str, Any], key: str, mine: Any, what: str) -> None:
+    """Refuses a state whose ``key`` (a configuration value) differs from this object's ``mine``."""
+    theirs = state_value(sd, key)
+    value = (
+        check_float(theirs, f"state_dict[{key!r}]")
+        if isinstance(mine, float)
+        else check_int(theirs, f"state_dict[{key!r}]")
+    )
+    if value != mine:
+        raise ValueError(f"state_dict has {key}={theirs!r} but this {what} has {mine!r}")
