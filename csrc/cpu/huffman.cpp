@@ -212,6 +212,7 @@ void gather_batch_paths(const HuffmanPathsView& paths, const int64_t* target, in
     const int64_t at = out->row_offsets[static_cast<size_t>(b)];
     const int64_t len = out->row_offsets[static_cast<size_t>(b) + 1] - at;
     const int64_t lo = first[static_cast<size_t>(b)];
+    if (len == 0) continue;  // empty paths (V = 1): the arrays may be null, and memcpy(null, ..., 0) is UB
     std::memcpy(out->nodes.data() + at, paths.nodes + lo, sizeof(int32_t) * static_cast<size_t>(len));
     std::memcpy(out->codes.data() + at, paths.codes + lo, static_cast<size_t>(len));
   }
