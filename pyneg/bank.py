@@ -42,6 +42,7 @@ from pyneg._validation import (
     check_tensor,
     shares_memory,
 )
+from pyneg._deprecation import renamed_keyword
 from pyneg.distributed import _checked_on_every_rank, _gather_rows, _sync_group
 
 __all__ = ["MemoryBank", "BankNegatives"]
@@ -122,7 +123,8 @@ class MemoryBank:
         sync: when torch.distributed is initialised with world size > 1, make
             ``enqueue`` gather embeddings, ids and log q of all ranks (rank
             order) first, so every rank holds the same bank.
-        process_group: the group to gather over (default: the world).
+        group: the process group to gather over (default: the world);
+            ``process_group=`` is its deprecated name.
 
     Example:
         >>> import torch, pyneg
@@ -135,6 +137,7 @@ class MemoryBank:
         tensor([nan, nan, -1., -2.])
     """
 
+    @renamed_keyword("process_group", "group")
     def __init__(
         self,
         capacity: int,
@@ -145,7 +148,7 @@ class MemoryBank:
         max_age: Optional[int] = None,
         warmup: int = 0,
         sync: bool = False,
-        process_group: Optional[Any] = None,
+        group: Optional[Any] = None,
     ) -> None:
         capacity = check_int(capacity, "capacity", minimum=1)
         if capacity > _core.MAX_RING_CAPACITY:
@@ -160,7 +163,7 @@ class MemoryBank:
         self._max_age = None if max_age is None else check_int(max_age, "max_age", minimum=0)
         self._warmup = check_int(warmup, "warmup", minimum=0)
         self._sync = check_bool(sync, "sync")
-        self._group = process_group
+        self._group = group
         self._lock = threading.RLock()
         what = f"a bank of {capacity} x {dim} {dtype}"
         self._index = allocate(lambda: _core.RingIndex(capacity), what)

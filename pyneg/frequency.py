@@ -32,6 +32,7 @@ from pyneg._validation import (
     check_int,
     check_nbytes,
 )
+from pyneg._deprecation import renamed_keyword
 from pyneg.distributed import _checked_on_every_rank, _gather_rows, _sync_group
 
 __all__ = ["FrequencyEstimator"]
@@ -88,7 +89,8 @@ class FrequencyEstimator:
         sync: when torch.distributed is initialised with world size > 1, make
             ``update`` gather the ids of all ranks (rank order) first, so every
             rank holds the same estimator.
-        process_group: the group to gather over (default: the world).
+        group: the process group to gather over (default: the world);
+            ``process_group=`` is its deprecated name.
 
     Example:
         >>> import torch, pyneg
@@ -98,6 +100,7 @@ class FrequencyEstimator:
         tensor([1., 1.])
     """
 
+    @renamed_keyword("process_group", "group")
     def __init__(
         self,
         num_buckets: int,
@@ -105,7 +108,7 @@ class FrequencyEstimator:
         alpha: float = 0.01,
         num_hashes: int = 2,
         sync: bool = False,
-        process_group: Optional[Any] = None,
+        group: Optional[Any] = None,
     ) -> None:
         num_buckets = check_int(num_buckets, "num_buckets", minimum=1)
         if num_buckets > _core.MAX_FREQUENCY_BUCKETS:
@@ -117,7 +120,7 @@ class FrequencyEstimator:
         check_nbytes((num_hashes, num_buckets), 16, "the estimator's table (num_hashes, num_buckets)")
         self._alpha = alpha
         self._sync = check_bool(sync, "sync")
-        self._group = process_group
+        self._group = group
         # (A, B) interleaved so that one update touches one 16-byte cell.
         self._set_state(
             allocate(

@@ -20,6 +20,7 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from pyneg._deprecation import renamed_keyword
 from pyneg._hits import find_hits, hit_mask
 from pyneg._loss_checks import (
     check_chunk_size,
@@ -56,8 +57,9 @@ __all__ = [
 ]
 
 
+@renamed_keyword("input", "query")
 def negative_sampling_loss(
-    input: torch.Tensor,
+    query: torch.Tensor,
     positive: torch.Tensor,
     negative: torch.Tensor,
     reduction: str = "mean",
@@ -66,12 +68,12 @@ def negative_sampling_loss(
 ) -> torch.Tensor:
     """word2vec's skip-gram negative-sampling (SGNS) loss.
 
-    ``-log σ(u·v) - Σ_k log σ(-u·n_k)`` for each row, with ``u = input[b]``,
+    ``-log σ(u·v) - Σ_k log σ(-u·n_k)`` for each row, with ``u = query[b]``,
     ``v = positive[b]`` and ``n_k = negative[b, k]``. This is :func:`nce_loss`
     with log Q = 0, no biases and no accidental-hit removal.
 
     Args:
-        input: (B, d) centre-word (or query) vectors, B >= 1.
+        query: (B, d) centre-word (or query) vectors, B >= 1.
         positive: (B, d) context (or positive item) vectors, same dtype and device.
         negative: (B, K, d) negative vectors for each row, same dtype and device.
         reduction: "none" (B,), "mean" or "sum".
@@ -79,33 +81,33 @@ def negative_sampling_loss(
             how they combine with ``reduction``).
 
     Returns:
-        The loss, in input's dtype (float32 for 16-bit inputs).
+        The loss, in query's dtype (float32 for 16-bit inputs).
     """
     check_reduction(reduction)
-    for t, name in ((input, "input"), (positive, "positive"), (negative, "negative")):
+    for t, name in ((query, "query"), (positive, "positive"), (negative, "negative")):
         check_float_tensor(t, name)
-    if input.dim() != 2:
-        raise ValueError(f"input must be (B, d), got shape {tuple(input.shape)}")
-    if input.shape[0] == 0:
-        raise ValueError("input must have at least one row")
-    if positive.shape != input.shape:
-        raise ValueError(f"positive must have input's shape {tuple(input.shape)}, got {tuple(positive.shape)}")
-    if negative.dim() != 3 or negative.shape[0] != input.shape[0] or negative.shape[2] != input.shape[1]:
+    if query.dim() != 2:
+        raise ValueError(f"query must be (B, d), got shape {tuple(query.shape)}")
+    if query.shape[0] == 0:
+        raise ValueError("query must have at least one row")
+    if positive.shape != query.shape:
+        raise ValueError(f"positive must have query's shape {tuple(query.shape)}, got {tuple(positive.shape)}")
+    if negative.dim() != 3 or negative.shape[0] != query.shape[0] or negative.shape[2] != query.shape[1]:
         raise ValueError(
-            f"negative must be (B, K, d) = ({input.shape[0]}, K, {input.shape[1]}), got {tuple(negative.shape)}"
+            f"negative must be (B, K, d) = ({query.shape[0]}, K, {query.shape[1]}), got {tuple(negative.shape)}"
         )
     for t, name in ((positive, "positive"), (negative, "negative")):
-        if t.dtype != input.dtype:
-            raise TypeError(f"{name} has dtype {t.dtype} but input has {input.dtype}")
-        if t.device != input.device:
-            raise ValueError(f"{name} is on {t.device} but input is on {input.device}")
-    acc = acc_dtype(input.dtype)
-    weight = check_weight(sample_weight, input.shape[0], input.device, acc)
-    input, positive, negative = input.to(acc), positive.to(acc), negative.to(acc)
-    pos = (input * positive).sum(-1)
+        if t.dtype != query.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
+        if t.device != query.device:
+            raise ValueError(f"{name} is on {t.device} but query is on {query.device}")
+    acc = acc_dtype(query.dtype)
+    weight = check_weight(sample_weight, query.shape[0], query.device, acc)
+    query, positive, negative = query.to(acc), positive.to(acc), negative.to(acc)
+    pos = (query * positive).sum(-1)
     # Broadcast-multiply-and-sum rather than bmm: a batch of matrix-vector
     # products is several times slower in bmm's forward+backward on the CPU.
-    neg = (negative * input.unsqueeze(1)).sum(-1)
+    neg = (negative * query.unsqueeze(1)).sum(-1)
     loss = -F.logsigmoid(pos) - F.logsigmoid(-neg).sum(-1)
     return reduce_loss(loss, reduction, weight)
 

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from pyneg import functional as PF
+from pyneg._deprecation import renamed_keyword
 from pyneg._loss_checks import check_chunk_size, check_temperature
 from pyneg._reduction import check_reduction
 from pyneg._softmax import DEFAULT_CHUNK_SIZE
@@ -199,9 +200,10 @@ class NegativeSamplingLoss(nn.Module):
         check_reduction(reduction)
         self.reduction = reduction
 
+    @renamed_keyword("input", "query")
     def forward(
-        self, input: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *, sample_weight=None
+        self, query: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, *, sample_weight=None
     ) -> torch.Tensor:
         return PF.negative_sampling_loss(
-            input, positive, negative, reduction=self.reduction, sample_weight=sample_weight
+            query, positive, negative, reduction=self.reduction, sample_weight=sample_weight
         )

@@ -77,7 +77,7 @@ def call(name, t, temperature, weight, reduction):
 
 
 ARG_NAMES = {  # what an error about each tensor must name
-    "negative_sampling": {"query": "input", "positive": "positive", "negative": "negative"},
+    "negative_sampling": {"query": "query", "positive": "positive", "negative": "negative"},
     "in_batch": {"query": "query", "positive": "candidate"},
     "mixed": {"query": "query", "positive": "positive", "negative": "sources[1].embeddings"},
     "sampled": {"query": "query", "positive": "positive", "negative": "negative"},
@@ -272,7 +272,7 @@ def test_negative_sampling_checks_dtypes_and_devices():
         PF.negative_sampling_loss(q, q, n.half())
     with pytest.raises(ValueError, match="negative"):
         PF.negative_sampling_loss(q, q, n.to("meta"))
-    with pytest.raises(ValueError, match="input"):
+    with pytest.raises(ValueError, match="query"):
         PF.negative_sampling_loss(q[:0], q[:0], n[:0])
 
 
