@@ -78,9 +78,20 @@ def alias_draw_unique(
 def alias_prepare_exclude(
     num_classes: int, num_positive: int, exclude: npt.ArrayLike, id_mass: npt.ArrayLike, rows: int, unique_k: int = 0
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int]: ...
-def draw_randoms(seed: int, offset: int, out: npt.NDArray[np.uint64]) -> None: ...
-def philox_isa() -> str: ...
-def hardware_threads() -> int: ...
+
+class _Testing:
+    """The submodule ``pyneg._core._testing``: bindings only pyneg's tests call; not API.
+
+    Declared as a namespace here because a ``.pyi`` file cannot hold a
+    submodule; tests/test_stubs.py checks these names against the runtime one.
+    """
+
+    @staticmethod
+    def draw_randoms(seed: int, offset: int, out: npt.NDArray[np.uint64]) -> None: ...
+    @staticmethod
+    def philox_isa() -> str: ...
+
+_testing: _Testing
 
 # --------------------------------------------------------------- register_memory
 MAX_FREQUENCY_BUCKETS: int

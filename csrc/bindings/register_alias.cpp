@@ -2,7 +2,6 @@
 #include <algorithm>
 #include <optional>
 #include <vector>
-#include <thread>
 
 #include <pybind11/stl.h>
 
@@ -298,7 +297,8 @@ void register_alias(py::module_& m) {
       "AliasTable.prepare_exclude from the masses of the listed ids alone (id_mass[i] is the "
       "mass of exclude's i-th entry): what the CUDA path uploads.");
   m.attr("MAX_CLASSES") = kMaxClasses;
-  m.def(
+  py::module_ testing = m.attr("_testing");
+  testing.def(
       "draw_randoms",
       [](uint64_t seed, uint64_t offset, output_array<uint64_t> out) {
         uint64_t* dst = writable_data(out, "out");
@@ -308,8 +308,7 @@ void register_alias(py::module_& m) {
       },
       py::arg("seed"), py::arg("offset"), py::arg("out").noconvert(),
       "The 64-bit Philox4x32-10 numbers behind plain draws offset, offset + 1, ...");
-  m.def("philox_isa", &philox_batch_isa, "Instruction set of the batched Philox generator.");
-  m.def("hardware_threads", [] { return static_cast<int>(std::thread::hardware_concurrency()); });
+  testing.def("philox_isa", &philox_batch_isa, "Instruction set of the batched Philox generator.");
 }
 
 }  // namespace pyneg::bindings
