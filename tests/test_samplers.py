@@ -142,6 +142,34 @@ def test_log_prob_and_expected_counts():
     assert torch.allclose(got, want)
 
 
+def test_probability_is_one_draws_probability():
+    s = pyneg.AliasSampler([1.0, 3.0, 0.0, 4.0])
+    ids = torch.tensor([[0, 1], [3, 2]])
+    p = s.probability(ids)
+    assert p.shape == ids.shape and p.dtype == torch.float64
+    torch.testing.assert_close(p, torch.tensor([[0.125, 0.375], [0.5, 0.0]], dtype=torch.float64), rtol=1e-15, atol=0)
+    assert p[1, 1].item() == 0.0  # zero weight: exactly 0, not a tiny exp(-inf) residue
+    assert s.probability([3, 0]).tolist() == pytest.approx([0.5, 0.125], rel=1e-15)  # lists, like log_prob
+    z = pyneg.LogUniformSampler(1000)
+    ids = torch.randint(0, 1000, (6, 7), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z.probability(ids), z.probs[ids], rtol=1e-14, atol=0)
+    torch.testing.assert_close(z.probability(ids).log(), z.log_prob(ids), rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match=r"ids holds id 4 outside \[0, 4\)"):
+        s.probability(torch.tensor([4]))
+    with pytest.raises(TypeError, match="ids"):
+        s.probability(torch.tensor([0.5]))
+
+
+def test_samplers_and_the_estimator_share_probability_names():
+    # One vocabulary: P(id) is probability(ids), its log is log_prob(ids).
+    est = pyneg.FrequencyEstimator(num_buckets=64, alpha=0.5)
+    for _ in range(4):
+        est.update(torch.tensor([1, 2, 3]))
+    for obj in (pyneg.AliasSampler([1.0, 2.0, 3.0, 4.0]), est):
+        ids = torch.tensor([1, 3])
+        torch.testing.assert_close(obj.probability(ids).log(), obj.log_prob(ids), rtol=1e-5, atol=0)
+
+
 def test_sample_candidates_matches_tensorflow_definitions():
     s = pyneg.LogUniformSampler(100)
     res = s.sample_candidates(10, torch.tensor([0, 5, 99]), unique=True, seed=4)
