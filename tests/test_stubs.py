@@ -50,5 +50,6 @@ def test_stub_describes_the_testing_submodule():
     (cls,) = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "_Testing"]
     stubbed = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
     assert stubbed == _public(dir(testing))
-    assert {"draw_randoms", "philox_isa"} <= stubbed
+    assert {"draw_randoms", "philox_isa", "alias_table_sample", "alias_table_mass"} <= stubbed
     assert not stubbed & set(dir(_core))  # moved, not copied
+    assert not {"mass", "entries", "sample", "sample_excluding", "sample_unique"} & set(dir(_core.AliasTable))
