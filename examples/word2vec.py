@@ -193,9 +193,7 @@ def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray,
                     neg = sampler.sample((cs.shape[0], args.negative), seed=args.seed, offset=drawn)
                     drawn += neg.numel()
                 if fused and objective == "ns":
-                    model.sgd_step_(
-                        cs, xs, neg, lr_at(t0), lr_end=lr_at(t1), batch_size=batch, hogwild=args.hogwild
-                    )
+                    model.sgd_step_(cs, xs, neg, lr_at(t0), lr_end=lr_at(t1), batch_size=batch, hogwild=args.hogwild)
                 elif fused:
                     pyneg.skipgram.hierarchical_softmax_sgd_(
                         emb.weight, hs, cs, xs, lr_at(t0), lr_end=lr_at(t1), batch_size=batch, hogwild=args.hogwild

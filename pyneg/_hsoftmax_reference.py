@@ -227,7 +227,7 @@ def flat_nll_grads(
     nodes: torch.Tensor,
     codes: torch.Tensor,
     max_depth: int,
-) -> "tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]":
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Gradients of ``sum(grad_loss * flat_nll(...))`` by the closed form, without autograd.
 
     With ``z_j = s_j (u_{n_j} . v + b_{n_j})``, ``dNLL/d(u.v + b) = s_j (sigmoid(z_j) - 1)``;

@@ -1,6 +1,4 @@
-"""The private engine of pyneg's softmax losses: blocks of negatives scored by chunks.
-
-Softmax losses: in-batch, sampled and mixed negatives.
+"""The private engine of pyneg's softmax losses: in-batch, sampled and mixed negatives.
 
 Every softmax loss here is one formula. Row i has a positive logit
     s⁺_i = q_i·p_i / T − log q⁺_i
@@ -11,6 +9,10 @@ with the positive in column 0. A column is masked when it is row i's own
 positive (the diagonal of an in-batch block) or an accidental hit (its id
 equals row i's positive id). log q is a constant: it never gets a gradient.
 
+A block shared by all rows collapses to one logsumexp column computed by the
+operator ``torch.ops.pyneg.softmax_block_lse`` (:mod:`pyneg._ops.softmax`),
+chunk by chunk; per-row blocks are (B, N) logits in plain autograd. Nothing
+here reads tensor values, so the losses trace into one graph.
 """
 
 from __future__ import annotations

@@ -104,9 +104,11 @@ class NegativeSource:
             raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
         if embeddings.dim() == 2:
             n = embeddings.shape[0]
-            if ids.numel() and int(ids.max()) >= n:
-                raise ValueError(f"mined.ids holds id {int(ids.max())} but embeddings has only {n} rows")
-            emb = embeddings[ids.clamp_min(0).to(embeddings.device)]
+            # Padding (-1) gathers row 0 (masked by the loss); the op checks the rest (no graph break).
+            rows = torch.ops.pyneg.softmax_check_ids(
+                ids.clamp_min(0).to(embeddings.device), "mined.ids", n, f"embeddings has only {n} rows", False
+            )
+            emb = embeddings[rows]
         elif embeddings.dim() == 3 and tuple(embeddings.shape[:2]) == tuple(ids.shape):
             emb = embeddings
         else:

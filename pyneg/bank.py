@@ -3,9 +3,10 @@
 :class:`MemoryBank` is a FIFO queue of the most recent item embeddings (MoCo
 queues, cross-batch negatives of Wang et al., SIGIR 2021) with their ids,
 ``log q`` and the step that wrote them. Batches are written in place through a
-ring pointer (never concatenated or shifted); a C++ ring index
-(``csrc/cpu/ring_index.cpp``) keeps the pointer, the per-slot steps and an
-id -> slots lookup that finds accidental hits in O(batch + hits).
+ring pointer (never concatenated or shifted) that a C++ ring index
+(``csrc/cpu/ring_index.cpp``) keeps. Accidental hits (entries whose id is a
+row's positive) are found by pyneg's one hit finder, the hash join the
+softmax losses use (:mod:`pyneg._hits`), in O(batch + entries + hits).
 :class:`BankNegatives` is what :meth:`MemoryBank.negatives` returns.
 
 With ``sync=True`` (and an initialised process group of world size > 1) each
@@ -44,11 +45,6 @@ from pyneg._validation import (
 from pyneg.distributed import _checked_on_every_rank, _gather_rows, _sync_group
 
 __all__ = ["MemoryBank", "BankNegatives"]
-
-# A hit list (rows and slots as int64, with the vectors' growth and the copies
-# made from them) costs up to about this many bytes per hit: hits are listed
-# only while the lists stay smaller than the (B, N) bool mask they fill.
-_BYTES_PER_HIT = 64
 
 
 class BankNegatives(NamedTuple):
@@ -340,7 +336,7 @@ class MemoryBank:
             dst_bytes, src_bytes = self._emb.view(torch.uint8).numpy(), src.view(torch.uint8).numpy()
         # The index checks the ids (its own copy) before it changes anything;
         # after it, the copies below cannot fail (shapes, devices and dtypes are checked).
-        write = self._index.push(id_arr, self._step + 1)
+        write = self._index.push(id_arr)
         self._step += 1
         _fill_rows(self._steps, self._step, write)
         self._set_layout()
@@ -440,30 +436,12 @@ class MemoryBank:
         """
         with self._lock:
             self._check_storage()
-            return self._hits(positive_ids, 0, self._fifo(len(self)))
+            return self._hits(positive_ids, self._fifo(len(self)))
 
-    def _hits(self, positive_ids: ArrayLike, min_step: int, segments: Segments) -> torch.Tensor:
-        """Hit mask of the entries in ``segments`` (all written at a step >= min_step)."""
-        pos = as_id_array(positive_ids, "positive_ids")
-        width = sum(b - a for a, b in segments)
-        check_nbytes((pos.shape[0], width), 1, "the hit mask (positive_ids, bank entries)")
-        mask = allocate(
-            lambda: torch.zeros((pos.shape[0], width), dtype=torch.bool, device=self.device),
-            f"a ({pos.shape[0]}, {width}) hit mask",
-        )
-        # Lists of hits only while they are smaller than the mask; otherwise (a
-        # repeated id) the mask is the comparison itself. The index still checks
-        # the ids (negative ones) when it finds too many hits to list.
-        hits = self._index.find_hits(pos, min_step, pos.shape[0] * width // _BYTES_PER_HIT)
-        if hits is None:
-            cols = _take(self._ids, segments, copy=False)
-            torch.eq(cols.unsqueeze(0), torch.from_numpy(pos).to(self.device).unsqueeze(1), out=mask)
-        elif hits[0].size and width:
-            rows, slots = hits
-            (a1, b1) = segments[0]
-            cols = np.where((slots >= a1) & (slots < b1), slots - a1, slots - segments[-1][0] + (b1 - a1))
-            mask[torch.from_numpy(rows).to(self.device), torch.from_numpy(cols).to(self.device)] = True
-        return mask
+    def _hits(self, positive_ids: ArrayLike, segments: Segments) -> torch.Tensor:
+        """Hit mask of the entries in ``segments`` (pyneg's one hit finder, as the compiled path)."""
+        pos = torch.from_numpy(as_id_array(positive_ids, "positive_ids")).to(self.device)
+        return _ops.hit_mask(_take(self._ids, segments, copy=False), pos)
 
     # -------------------------------------------------------------- training
     def negatives(self, positive_ids: Optional[ArrayLike] = None) -> BankNegatives:
@@ -480,7 +458,7 @@ class MemoryBank:
         with self._lock:
             self._check_storage()
             segments = _ring.run(*self._runs[0], self.capacity)
-            mask = None if positive_ids is None else self._hits(positive_ids, self._min_step(), segments)
+            mask = None if positive_ids is None else self._hits(positive_ids, segments)
             return BankNegatives(
                 _take(self._emb, segments, copy=False),
                 _take(self._ids, segments, copy=True),

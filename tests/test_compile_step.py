@@ -9,8 +9,6 @@ gradients.
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -32,7 +30,7 @@ class Step(nn.Module):
         self.tower = nn.Linear(D, D)
         self.bank = pyneg.MemoryBank(64, D)
         self.est = pyneg.FrequencyEstimator(1024)
-        for s in range(3):
+        for _ in range(3):
             ids = torch.randint(0, V, (B,), generator=g)
             self.est.update(ids)
             self.bank.enqueue(torch.randn(B, D, generator=g), ids, torch.randn(B, generator=g))

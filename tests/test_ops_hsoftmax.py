@@ -10,7 +10,6 @@ implementation of devices without pyneg kernels) matches the CPU kernels.
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import torch._dynamo
@@ -44,7 +43,10 @@ def make_hs(counts=COUNTS, dim=6, *, bias=True, sparse=False, dtype=torch.float6
 
 def tree_args(tree, device="cpu"):
     """(path_offsets, path_nodes, path_codes, children, max_depth): the tree as the ops take it."""
-    offsets, nodes, codes, children = (t.to(device) for t in (tree.path_offsets, tree.path_nodes, tree.path_codes, tree._flat_paths(torch.device("cpu"))[3]))
+    offsets, nodes, codes, children = (
+        t.to(device)
+        for t in (tree.path_offsets, tree.path_nodes, tree.path_codes, tree._flat_paths(torch.device("cpu"))[3])
+    )
     return offsets, nodes, codes, children.clone(), tree.max_depth
 
 
@@ -105,7 +107,13 @@ def test_opcheck_hs_nll_backward(case, sparse):
     torch.library.opcheck(op, (grad, x, w, b, t, dz, off, nodes, codes, depth))
 
 
-LOG_PROB_CASES = [(4, torch.float64, COUNTS), (5, torch.float32, COUNTS), (0, torch.float64, COUNTS), (3, torch.float64, [1.0, 2.0]), (2, torch.float64, [4.0])]
+LOG_PROB_CASES = [
+    (4, torch.float64, COUNTS),
+    (5, torch.float32, COUNTS),
+    (0, torch.float64, COUNTS),
+    (3, torch.float64, [1.0, 2.0]),
+    (2, torch.float64, [4.0]),
+]
 
 
 @pytest.mark.parametrize("batch,dtype,counts", LOG_PROB_CASES)
@@ -341,7 +349,11 @@ def test_double_backward_goes_through_the_reference():
 # ------------------------------------------------------------------ CUDA
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("case", [dict(batch=7), dict(batch=9, dtype=torch.float32, bias=False), dict(batch=5, sparse=True), dict(batch=0)], ids=case_id)
+@pytest.mark.parametrize(
+    "case",
+    [dict(batch=7), dict(batch=9, dtype=torch.float32, bias=False), dict(batch=5, sparse=True), dict(batch=0)],
+    ids=case_id,
+)
 def test_opcheck_on_cuda(case):
     args = nll_args(**case, device="cuda")
     torch.library.opcheck(OPS.hs_nll, args, **({"test_utils": _SPARSE_UTILS} if case.get("sparse") else {}))
@@ -380,3 +392,13 @@ def test_backward_ops_refuse_to_be_differentiated():
             op(grad, x, w, b, t, dz, off, nodes, codes, depth)
         with torch.no_grad():  # outside a graph they run
             assert op(grad, x, w, b, t, dz, off, nodes, codes, depth)[0].shape == x.shape
+
+
+def test_import_pyneg_registers_the_ops(run_child):
+    proc = run_child(
+        "import torch, pyneg, sys\n"
+        "print('pyneg._ops' in sys.modules, all(hasattr(torch.ops.pyneg, n) for n in "
+        "('hs_nll', 'hs_nll_backward', 'hs_nll_backward_sparse', 'hs_log_prob', 'hs_log_prob_backward')))\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"], proc.stdout + proc.stderr

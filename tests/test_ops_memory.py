@@ -275,6 +275,32 @@ def test_compiled_training_step_with_bank_negatives_inductor():
     )
 
 
+def test_mixed_negatives_loss_over_bank_negatives_compiles():
+    """mixed_negatives_loss over NegativeSource.from_bank(bank): 0 graph breaks, the eager loss
+    and gradients, and the next call after an enqueue reads the new bank."""
+    import pyneg.functional as PF
+
+    torch.manual_seed(1)
+    bank = pyneg.MemoryBank(64, 8)
+    bank.enqueue(torch.randn(40, 8), torch.randint(0, 30, (40,)), log_q=-torch.rand(40))
+    q, p = torch.randn(6, 8, requires_grad=True), torch.randn(6, 8, requires_grad=True)
+    ids = torch.randint(0, 30, (6,))
+
+    def step(q, p, ids):
+        return PF.mixed_negatives_loss(q, p, [PF.NegativeSource.from_bank(bank)], positive_ids=ids)
+
+    assert _graph_breaks(step, q, p, ids) == 0
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    for _ in range(2):
+        want = step(q, p, ids)
+        got = compiled(q, p, ids)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        for g, w in zip(torch.autograd.grad(got, (q, p)), torch.autograd.grad(want, (q, p))):
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        bank.enqueue(torch.randn(30, 8), ids.repeat(5), log_q=-torch.rand(30))  # hits for every row
+
+
 # ------------------------------------------------------------------ ring
 def test_ring_helpers_against_a_plain_reference():
     """pyneg._ring's segments and counts against a per-slot Python loop over a random history."""

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,7 @@ from pyneg import _core, _hits
 from pyneg.functional import NegativeSource
 
 ops = torch.ops.pyneg
+MinedLike = namedtuple("MinedLike", "ids log_q")  # what NegativeSource.from_mined reads
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
@@ -242,6 +245,13 @@ CASES = {
                         torch.where(x["prids"] == 0, float("-inf"), x["prlq"]))],
         positive_ids=x["ids"], positive_log_q=x["lq"], chunk_size=4,
     ),
+    "mixed_mined": lambda x: PF.mixed_negatives_loss(
+        x["q"], x["c"],
+        [NegativeSource.batch(), NegativeSource.from_mined(
+            MinedLike(torch.where(x["prids"] == 0, -1, x["prids"]),
+                      torch.where(x["prids"] == 0, float("-inf"), x["prlq"])), x["neg"])],
+        positive_ids=x["ids"],
+    ),
 }  # fmt: skip
 
 
@@ -386,3 +396,11 @@ def test_compiled_chunked_graph_holds_no_full_logit_matrix():
 
     assert largest(chunk) == n * d  # the bank itself; no (B, N) = 8192-entry tensor
     assert largest(None) == b * n  # one chunk: the softmax kept for backward
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("name", ["in_batch", "sampled_shared", "nce", "mixed"])
+def test_compiled_loss_on_cuda_equals_eager(name):
+    _need("cuda")
+    x = {k: (v.detach().cuda().requires_grad_(v.requires_grad)) for k, v in _data(torch.float32, seed=11).items()}
+    _compare(CASES[name], x, backend="aot_eager")

@@ -260,19 +260,7 @@ void register_hsoftmax(py::module_& m) {
       .def_property_readonly(
           "children", [](py::object self) { return tree_view(self, self.cast<const HuffmanTree&>().children); },
           "int32 (2 (V - 1)): children[2 n + b] is the branch-b child of inner node n; "
-          ">= 0 an inner node, < 0 the leaf of class ~value (read-only view).")
-      .def(
-          "batch_path_length",
-          [](const HuffmanTree& t, const input_array<int64_t>& target, const std::string& name) {
-            require_ndim(target, 1, name.c_str());
-            const int64_t* p = target.data();
-            const int64_t n = target.size();
-            py::gil_scoped_release release;
-            std::vector<int64_t> offs(static_cast<size_t>(n) + 1);
-            return huffman_batch_offsets(t, p, n, name.c_str(), offs.data());
-          },
-          py::arg("target"), py::arg("name") = "target",
-          "Sum of the path lengths of the target classes; raises ValueError for ids outside [0, V).");
+          ">= 0 an inner node, < 0 the leaf of class ~value (read-only view).");
   bind_kernels<float>(m);
   bind_kernels<double>(m);
 }

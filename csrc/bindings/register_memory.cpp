@@ -72,9 +72,8 @@ void register_memory(py::module_& m) {
   m.def("frequency_bucket", &frequency_bucket, py::arg("id"), py::arg("k"), py::arg("num_buckets"),
         "Bucket of `id` under hash function k (for tests and debugging).");
 
-  // The index is mutable and its lookups follow its hash chains: every method
-  // keeps the GIL, so one Python thread's push can never race another's lookup.
-  // (Each call is O(batch), microseconds.)
+  // The index is mutable: every method keeps the GIL, so one Python thread's
+  // push can never race another's. (Each call is O(batch), microseconds.)
   m.attr("MAX_RING_CAPACITY") = kMaxRingCapacity;
   m.def(
       "ring_copy_rows",
@@ -101,19 +100,19 @@ void register_memory(py::module_& m) {
       py::arg("dst").noconvert(), py::arg("src"), py::arg("write"),
       "Copy the rows of src (bytes) into the bank storage dst as RingIndex.push planned.");
   py::class_<RingIndex>(m, "RingIndex",
-                        "Write pointer, per-slot ids and steps, and id -> slots lookup of a FIFO memory bank.")
+                        "Write pointer and size of a FIFO memory bank.")
       .def(py::init<int64_t>(), py::arg("capacity"))
       .def_property_readonly("size", &RingIndex::size)
       .def_property_readonly("head", &RingIndex::head, "Slot the next entry goes to.")
       .def(
           "push",
-          [](RingIndex& r, const input_array<int64_t>& ids, int64_t step) {
+          [](RingIndex& r, const input_array<int64_t>& ids) {
             const std::vector<int64_t> own = owned_ids(ids, "ids");
-            const RingWrite w = r.push(own.data(), static_cast<int64_t>(own.size()), step);
+            const RingWrite w = r.push(own.data(), static_cast<int64_t>(own.size()));
             return py::make_tuple(w.src_begin, w.dst_begin, w.first, w.second);
           },
-          py::arg("ids"), py::arg("step"),
-          "Record a batch written at `step`; returns (src_begin, dst_begin, first, second): rows "
+          py::arg("ids"),
+          "Record a batch of ids; returns (src_begin, dst_begin, first, second): rows "
           "[src_begin, src_begin + first) go to slots [dst_begin, ...), the next `second` rows to "
           "slots [0, second).")
       .def(
@@ -126,21 +125,7 @@ void register_memory(py::module_& m) {
             r.restore(own_ids.data(), own_steps.data(), static_cast<int64_t>(own_ids.size()), head);
           },
           py::arg("ids"), py::arg("steps"), py::arg("head"),
-          "Replace the contents with entries given oldest first; the next entry goes to slot `head`.")
-      .def(
-          "find_hits",
-          [](const RingIndex& r, const input_array<int64_t>& positive_ids, int64_t min_step,
-             int64_t max_pairs) -> py::object {
-            const std::vector<int64_t> own = owned_ids(positive_ids, "positive_ids");
-            std::vector<int64_t> rows, slots;
-            if (!r.find_hits(own.data(), static_cast<int64_t>(own.size()), min_step, max_pairs, &rows, &slots)) {
-              return py::none();
-            }
-            return py::make_tuple(to_array(rows), to_array(slots));
-          },
-          py::arg("positive_ids"), py::arg("min_step") = 0, py::arg("max_pairs") = INT64_MAX,
-          "(rows, slots) of the entries whose id equals row's positive id and whose step >= min_step; "
-          "None when there are more than max_pairs of them.");
+          "Replace the contents with entries given oldest first; the next entry goes to slot `head`.");
 }
 
 }  // namespace pyneg::bindings

@@ -183,21 +183,6 @@ HuffmanTree build_huffman_tree(const double* counts, int64_t n, const char* name
   return t;
 }
 
-int64_t huffman_batch_offsets(const HuffmanTree& tree, const int64_t* target, int64_t batch,
-                              const char* name, int64_t* out) {
-  const int64_t v = tree.num_classes;
-  out[0] = 0;
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t c = target[b];
-    if (c < 0 || c >= v) {
-      throw std::invalid_argument(std::string(name) + " holds id " + std::to_string(c) +
-                                  " outside [0, " + std::to_string(v) + ")");
-    }
-    out[b + 1] = out[b] + tree.depths[c];
-  }
-  return out[batch];
-}
-
 void gather_batch_paths(const HuffmanPathsView& paths, const int64_t* target, int64_t batch,
                         int64_t num_inner, int64_t max_len, const char* name, BatchPaths* out) {
   const int64_t v = paths.num_classes;

@@ -53,12 +53,6 @@ struct HuffmanTree {
 // gives a single leaf with an empty path (log P = 0); V = 2 one inner node.
 HuffmanTree build_huffman_tree(const double* counts, int64_t n, const char* name);
 
-// out[b] = sum of the path lengths of target[0 .. b), b in [0, batch]: where each
-// example's slice of a flat per-path-step buffer starts. Returns out[batch].
-// Throws std::invalid_argument, naming `name`, for a target outside [0, V).
-int64_t huffman_batch_offsets(const HuffmanTree& tree, const int64_t* target, int64_t batch,
-                              const char* name, int64_t* out);
-
 // Flat path arrays in the layout above held by someone else (a tensor a caller
 // passed to a pyneg operator): nothing about them is trusted.
 struct HuffmanPathsView {
@@ -81,7 +75,7 @@ struct BatchPaths {
 
 // Copies the paths of target[0 .. batch) (targets the caller already owns) out
 // of `paths`. Throws std::invalid_argument for a target outside [0, V)
-// (naming `name`, as huffman_batch_offsets does), and for a path that leaves
+// (naming `name`), and for a path that leaves
 // the arrays, is longer than max_len or holds a node outside [0, num_inner).
 void gather_batch_paths(const HuffmanPathsView& paths, const int64_t* target, int64_t batch,
                         int64_t num_inner, int64_t max_len, const char* name, BatchPaths* out);

@@ -72,7 +72,9 @@ def _check_tree(path_offsets: torch.Tensor, path_nodes: torch.Tensor, path_codes
         if t.dtype != dtype or t.dim() != 1:
             raise TypeError(f"{name} must be a 1-D {dtype} tensor, got {t.dtype} of shape {tuple(t.shape)}")
     if path_codes.shape != path_nodes.shape:
-        raise ValueError(f"path_codes must have path_nodes' shape {tuple(path_nodes.shape)}, got {tuple(path_codes.shape)}")
+        raise ValueError(
+            f"path_codes must have path_nodes' shape {tuple(path_nodes.shape)}, got {tuple(path_codes.shape)}"
+        )
     if path_offsets.shape[0] < 2:
         raise ValueError("path_offsets must have V + 1 >= 2 entries")
     if max_depth < 0:
@@ -92,15 +94,20 @@ def _check_nll(
 ) -> None:
     v = _check_tree(path_offsets, path_nodes, path_codes, max_depth)
     if input.dtype not in _FLOATS or weight.dtype != input.dtype or (bias is not None and bias.dtype != input.dtype):
-        raise TypeError(f"input, weight and bias must share a dtype, float32 or float64; got {input.dtype}, {weight.dtype}")
+        raise TypeError(
+            f"input, weight and bias must share a dtype, float32 or float64; got {input.dtype}, {weight.dtype}"
+        )
     if input.dim() != 2 or tuple(weight.shape) != (v - 1, input.shape[1]):
         raise ValueError(
-            f"input must be (B, d) and weight (V - 1, d) = ({v - 1}, d), got {tuple(input.shape)} and {tuple(weight.shape)}"
+            f"input must be (B, d) and weight (V - 1, d) = ({v - 1}, d), "
+            f"got {tuple(input.shape)} and {tuple(weight.shape)}"
         )
     if bias is not None and tuple(bias.shape) != (v - 1,):
         raise ValueError(f"bias must be ({v - 1},), got {tuple(bias.shape)}")
     if target.dtype != torch.int64 or tuple(target.shape) != (input.shape[0],):
-        raise ValueError(f"target must be an int64 ({input.shape[0]},) tensor, got {target.dtype} {tuple(target.shape)}")
+        raise ValueError(
+            f"target must be an int64 ({input.shape[0]},) tensor, got {target.dtype} {tuple(target.shape)}"
+        )
 
 
 def _dz_width(device: torch.device, max_depth: int) -> int:
@@ -261,9 +268,7 @@ def _hs_nll_backward_cpu(grad_loss, input, weight, bias, target, dz, path_offset
     return gi, gw, _no_bias(input) if gb is None else gb
 
 
-def _hs_nll_backward_cuda(
-    grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth
-):
+def _hs_nll_backward_cuda(grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth):
     _check_backward(grad_loss, input, weight, bias, target, dz, path_offsets, path_nodes, path_codes, max_depth)
     if not _cuda_kernels(input, weight):
         gi, gw, gb = flat_nll_grads(
@@ -393,7 +398,10 @@ def _backward_nll(ctx: Any, grad_loss: torch.Tensor, grad_dz: Optional[torch.Ten
         with torch.enable_grad():
             nll = flat_nll(input, weight, bias, target, offsets, nodes, codes, ctx.max_depth)
         got = iter(torch.autograd.grad(nll, wrt, grad_loss, create_graph=True, allow_unused=True) if wrt else ())
-        grads = tuple(next(got) if n and t is not None else None for t, n in zip((input, weight, bias), (need_input, need_weight, need_bias)))
+        grads = tuple(
+            next(got) if n and t is not None else None
+            for t, n in zip((input, weight, bias), (need_input, need_weight, need_bias))
+        )
         return grads + tail
     args = (grad_loss, input, weight, bias, target, dz, offsets, nodes, codes, ctx.max_depth)
     # Eager CPU backward passes call the kernels' implementations directly: the same function the
@@ -401,7 +409,11 @@ def _backward_nll(ctx: Any, grad_loss: torch.Tensor, grad_dz: Optional[torch.Ten
     direct = input.device.type == "cpu" and not (torch.compiler.is_compiling() or is_fake(dz))
     if not ctx.sparse:
         gi, gw, gb = (_hs_nll_backward_cpu if direct else hs_nll_backward)(*args)
-        return (gi if need_input else None, gw if need_weight else None, gb if need_bias and bias is not None else None) + tail
+        return (
+            gi if need_input else None,
+            gw if need_weight else None,
+            gb if need_bias and bias is not None else None,
+        ) + tail
     if direct:
         gi, touched, rows, bias_rows, count = _hs_nll_backward_sparse_cpu(*args, _pad=False)
     else:
@@ -418,15 +430,18 @@ def _backward_nll(ctx: Any, grad_loss: torch.Tensor, grad_dz: Optional[torch.Ten
     return (gi if need_input else None, gw, gb) + tail
 
 
-
-
 # --------------------------------------------------------------- hs_log_prob
 def _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth) -> int:
     v = _check_tree(path_offsets, path_nodes, path_codes, max_depth)
     if scores.dtype not in _FLOATS or scores.dim() != 2 or scores.shape[1] != v - 1:
-        raise ValueError(f"scores must be a float32 or float64 (B, V - 1) = (B, {v - 1}) tensor, got {scores.dtype} {tuple(scores.shape)}")
+        raise ValueError(
+            f"scores must be a float32 or float64 (B, V - 1) = (B, {v - 1}) tensor, "
+            f"got {scores.dtype} {tuple(scores.shape)}"
+        )
     if children.dtype != torch.int32 or tuple(children.shape) != (2 * (v - 1),):
-        raise ValueError(f"children must be an int32 ({2 * (v - 1)},) tensor, got {children.dtype} {tuple(children.shape)}")
+        raise ValueError(
+            f"children must be an int32 ({2 * (v - 1)},) tensor, got {children.dtype} {tuple(children.shape)}"
+        )
     return v
 
 
@@ -501,8 +516,6 @@ def _backward_log_prob(ctx: Any, grad_out: torch.Tensor):
         (grad,) = torch.autograd.grad(lp, scores, grad_out, create_graph=True)
         return (grad,) + tail
     return (hs_log_prob_backward(grad_out, scores, children, offsets, nodes, codes, ctx.max_depth),) + tail
-
-
 
 
 # -------------------------------------------------------------- registration

@@ -20,7 +20,8 @@ Ops:
         (or log probability) of each id, float32 of ``ids``' shape (CPU; the C++
         kernel ``pyneg._core.frequency_estimate``).
     ``bank_hit_mask(entry_ids, positive_ids)``: the (B, N) accidental-hit mask
-        ``entry_ids[n] == positive_ids[b]`` (any device).
+        ``entry_ids[n] == positive_ids[b]`` (any device; the hits come from
+        :func:`pyneg._hits.find_hits`, the losses' hit finder).
 """
 
 from __future__ import annotations
@@ -29,9 +30,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from pyneg import _core
+from pyneg import _core, _hits
+from pyneg._validation import allocate, check_nbytes
 
-__all__ = ["frequency_estimate", "estimate", "bank_hit_mask"]
+__all__ = ["frequency_estimate", "estimate", "bank_hit_mask", "hit_mask"]
+
+# A hit list (rows and columns as int64, with the vectors' growth and the
+# copies made from them) costs up to about this many bytes per hit: hits are
+# listed only while the lists stay smaller than the (B, N) bool mask they fill.
+_BYTES_PER_HIT = 64
 
 
 def _check_non_negative(ids: Tensor, name: str) -> None:
@@ -68,11 +75,36 @@ def _(cells: Tensor, ids: Tensor, step: Tensor, log: bool) -> Tensor:
 
 
 # --------------------------------------------------------------- memory bank
+def hit_mask(entry_ids: Tensor, positive_ids: Tensor) -> Tensor:
+    """What ``bank_hit_mask`` computes, callable eagerly without the dispatcher.
+
+    The hits come from pyneg's one hit finder (:func:`pyneg._hits.find_hits`,
+    the C++ hash join the softmax losses use), with its hash table built over
+    the smaller side (it hashes its candidates and probes with the positives;
+    the mask is symmetric in the two). With more hits than a list smaller
+    than the mask can hold (a repeated id), the mask is the dense comparison.
+    """
+    _check_non_negative(positive_ids, "positive_ids")
+    b, n = positive_ids.shape[0], entry_ids.shape[0]
+    check_nbytes((b, n), 1, "the hit mask (positive_ids, bank entries)")
+    budget = b * n // _BYTES_PER_HIT
+    if b < n:
+        found = _hits.find_hits(positive_ids, entry_ids, budget)
+        hits = None if found is None else (found[1], found[0])
+    else:
+        hits = _hits.find_hits(entry_ids, positive_ids, budget)
+    if hits is None:
+        return _hits.hit_mask(entry_ids, positive_ids)
+    mask = allocate(lambda: torch.zeros((b, n), dtype=torch.bool, device=positive_ids.device), f"a ({b}, {n}) hit mask")
+    if hits[0].numel():
+        mask[hits[0], hits[1]] = True
+    return mask
+
+
 @torch.library.custom_op("pyneg::bank_hit_mask", mutates_args=())
 def bank_hit_mask(entry_ids: Tensor, positive_ids: Tensor) -> Tensor:
     """(B, N) bool: ``entry_ids[n] == positive_ids[b]``; positive ids must be >= 0."""
-    _check_non_negative(positive_ids, "positive_ids")
-    return positive_ids.unsqueeze(1) == entry_ids.unsqueeze(0)
+    return hit_mask(entry_ids, positive_ids)
 
 
 @bank_hit_mask.register_fake

@@ -355,6 +355,8 @@ def _block_lse_setup(ctx, inputs, output):
     qs, emb, shift, ids, row_ids, diag, chunk_size, nce = inputs
     out, probs = output
     ctx.mark_non_differentiable(probs)
+    # No zero (B, N) gradient for probs (it is not differentiable): that would double the peak memory.
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(qs, emb, shift, ids, row_ids, out, probs)
     ctx.args = (diag, chunk_size, nce)
     ctx.has_shift = shift is not None
@@ -364,6 +366,8 @@ def _block_lse_backward(ctx, grad_out, grad_probs):
     qs, emb, shift, ids, row_ids, out, probs = ctx.saved_tensors
     diag, chunk_size, nce = ctx.args
     need_qs, need_emb, need_shift = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
+    if grad_out is None:  # the loss does not depend on this block
+        return None, None, None, None, None, None, None, None
     gq, ge, gs = torch.ops.pyneg.softmax_block_lse_backward(
         grad_out,
         qs,

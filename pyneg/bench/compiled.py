@@ -177,5 +177,5 @@ def _workload(name: str, batch: int, num_items: int, dim: int, num_negatives: in
 
 WORKLOADS = [
     _workload("compiled_step_small", 256, 10**4, 64, 1024, 4096),
-    _workload("compiled_step_medium", 2048, 10**5, 128, 8192, 65536),
+    _workload("compiled_step_medium", 1024, 10**5, 128, 4096, 16384),
 ]

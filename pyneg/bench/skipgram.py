@@ -189,15 +189,15 @@ def _pass_tables(st: SimpleNamespace) -> Tuple[torch.Tensor, torch.Tensor]:
 
 def _pass_per_pair(st: SimpleNamespace):
     w = _pass_tables(st)
-    sg.negative_sampling_sgd_(*w, st.centres, st.contexts, st.negatives, 0.025, lr_end=0.0001, batch_size=1, hogwild=True)
+    sg.negative_sampling_sgd_(
+        *w, st.centres, st.contexts, st.negatives, 0.025, lr_end=0.0001, batch_size=1, hogwild=True
+    )
     return w
 
 
 def _pass_minibatch(st: SimpleNamespace):
     w = _pass_tables(st)
-    sg.negative_sampling_sgd_(
-        *w, st.centres, st.contexts, st.negatives, 0.025, lr_end=0.0001, batch_size=PASS_BATCH
-    )
+    sg.negative_sampling_sgd_(*w, st.centres, st.contexts, st.negatives, 0.025, lr_end=0.0001, batch_size=PASS_BATCH)
     return w
 
 
@@ -220,13 +220,17 @@ def _pass_torch(st: SimpleNamespace):
     return a.detach(), b.detach()
 
 
-def _pass_loss(st: SimpleNamespace, w) -> float:
-    return float(sg.negative_sampling_embedding_loss(*w, st.centres, st.contexts, st.negatives, "mean"))
+def _pass_loss(st: SimpleNamespace, w: Tuple[torch.Tensor, torch.Tensor]) -> float:
+    return float(sg.negative_sampling_embedding_loss(w[0], w[1], st.centres, st.contexts, st.negatives, "mean"))
 
 
 def _check_pass(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
     before = _pass_loss(st, st.start)
-    mine, det, ref = _pass_loss(st, result), _pass_loss(st, baselines[PASS_MINIBATCH]), _pass_loss(st, baselines[PASS_TORCH])
+    mine, det, ref = (
+        _pass_loss(st, result),
+        _pass_loss(st, baselines[PASS_MINIBATCH]),
+        _pass_loss(st, baselines[PASS_TORCH]),
+    )
     assert mine < 0.97 * before, ("per-pair steps must train", mine, before)
     assert abs(det - ref) <= 1e-3 * ref, ("mini-batches must equal torch.optim.SGD", det, ref)
     assert abs(mine - ref) <= 0.1 * ref, ("per-pair and mini-batch SGD must reach a similar loss", mine, ref)
@@ -321,6 +325,8 @@ WORKLOADS = [
         check=_check_pass,
         items=lambda st: st.n,
         targets=(Target("ratio", 1, PASS_TORCH),),
+        target_size={"V": 25_000, "pairs": 1 << 16},
+        size=lambda st: {"V": st.v, "pairs": st.n},
         measure_memory=True,
     ),
     Workload(
