@@ -16,36 +16,6 @@ class AliasTable:
     def num_classes(self) -> int: ...
     @property
     def num_positive(self) -> int: ...
-    @property
-    def entries(self) -> npt.NDArray[np.uint64]: ...
-    @property
-    def mass(self) -> npt.NDArray[np.uint64]: ...
-    def sample(self, seed: int, offset: int, out: npt.NDArray[np.int64], num_threads: int = 1) -> None: ...
-    def sample_excluding(
-        self,
-        seed: int,
-        offset: int,
-        exclude: npt.ArrayLike,
-        k: int,
-        out: npt.NDArray[np.int64],
-        num_threads: int = 1,
-    ) -> None: ...
-    def sample_unique(
-        self,
-        seed: int,
-        offset: int,
-        exclude: npt.ArrayLike,
-        k: int,
-        out: npt.NDArray[np.int64],
-        tries: npt.NDArray[np.int64] | None = None,
-        num_threads: int = 1,
-    ) -> None: ...
-    def prepare_exclude(
-        self, exclude: npt.ArrayLike, rows: int, unique_k: int = 0
-    ) -> tuple[
-        npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int
-    ]: ...
-    def cumulative_mass(self) -> npt.NDArray[np.uint64]: ...
     def _storage(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
 
 # The kernels of the pyneg::alias_* operators: the table comes as int64 arrays.
@@ -78,9 +48,57 @@ def alias_draw_unique(
 def alias_prepare_exclude(
     num_classes: int, num_positive: int, exclude: npt.ArrayLike, id_mass: npt.ArrayLike, rows: int, unique_k: int = 0
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int]: ...
-def draw_randoms(seed: int, offset: int, out: npt.NDArray[np.uint64]) -> None: ...
-def philox_isa() -> str: ...
-def hardware_threads() -> int: ...
+
+class _Testing:
+    """The submodule ``pyneg._core._testing``: bindings only pyneg's tests call; not API.
+
+    Declared as a namespace here because a ``.pyi`` file cannot hold a
+    submodule; tests/test_stubs.py checks these names against the runtime one.
+    """
+
+    @staticmethod
+    def alias_table_entries(table: AliasTable) -> npt.NDArray[np.uint64]: ...
+    @staticmethod
+    def alias_table_mass(table: AliasTable) -> npt.NDArray[np.uint64]: ...
+    @staticmethod
+    def alias_table_sample(
+        table: AliasTable, seed: int, offset: int, out: npt.NDArray[np.int64], num_threads: int = 1
+    ) -> None: ...
+    @staticmethod
+    def alias_table_sample_excluding(
+        table: AliasTable,
+        seed: int,
+        offset: int,
+        exclude: npt.ArrayLike,
+        k: int,
+        out: npt.NDArray[np.int64],
+        num_threads: int = 1,
+    ) -> None: ...
+    @staticmethod
+    def alias_table_sample_unique(
+        table: AliasTable,
+        seed: int,
+        offset: int,
+        exclude: npt.ArrayLike,
+        k: int,
+        out: npt.NDArray[np.int64],
+        tries: npt.NDArray[np.int64] | None = None,
+        num_threads: int = 1,
+    ) -> None: ...
+    @staticmethod
+    def alias_table_prepare_exclude(
+        table: AliasTable, exclude: npt.ArrayLike, rows: int, unique_k: int = 0
+    ) -> tuple[
+        npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.uint64], npt.NDArray[np.uint64], int, int
+    ]: ...
+    @staticmethod
+    def alias_table_cumulative_mass(table: AliasTable) -> npt.NDArray[np.uint64]: ...
+    @staticmethod
+    def draw_randoms(seed: int, offset: int, out: npt.NDArray[np.uint64]) -> None: ...
+    @staticmethod
+    def philox_isa() -> str: ...
+
+_testing: _Testing
 
 # --------------------------------------------------------------- register_memory
 MAX_FREQUENCY_BUCKETS: int

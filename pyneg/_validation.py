@@ -195,7 +195,8 @@ def as_id_array(ids: ArrayLike, name: str, *, ndim: Optional[int] = 1) -> np.nda
         and ids.device.type == "cpu"
         and (ndim is None or ids.dim() == ndim)
     ):
-        return ids.detach().numpy().copy()
+        copied: np.ndarray = ids.detach().numpy().copy()
+        return copied
     t = as_index_tensor(ids, name, None)
     if ndim is not None and t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
@@ -292,12 +293,12 @@ def check_int(value: Any, name: str, *, minimum: Optional[int] = None, maximum: 
             value = int(value.item())
         else:
             raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    value = int(value)
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    if maximum is not None and value > maximum:
-        raise ValueError(f"{name} must be <= {maximum}, got {value}")
-    return value
+    number = int(value)
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {number}")
+    if maximum is not None and number > maximum:
+        raise ValueError(f"{name} must be <= {maximum}, got {number}")
+    return number
 
 
 def check_float(value: Any, name: str, *, minimum: Optional[float] = None, finite: bool = True) -> float:
@@ -354,10 +355,10 @@ def check_nbytes(dims: Tuple[int, ...], item_bytes: int, what: str) -> None:
 
 
 def check_seed(seed: Any, name: str = "seed") -> int:
-    seed = check_int(seed, name)
-    if not 0 <= seed < 2**64:
-        raise ValueError(f"{name} must be in [0, 2**64), got {seed}")
-    return seed
+    value = check_int(seed, name)
+    if not 0 <= value < 2**64:
+        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
+    return value
 
 
 def check_device(device: Any, name: str = "device") -> Optional[torch.device]:

@@ -13,7 +13,7 @@ iterator reproduces all of them.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable, Optional
+from typing import Any, Callable, Hashable, List, Optional
 
 import torch
 from torch.utils.data import default_collate
@@ -60,7 +60,7 @@ class NegativeSamplingCollator:
         positive_key: Hashable = 1,
         exclude_positives: bool = True,
         unique: bool = False,
-        collate_fn: Callable[[list], Any] = default_collate,
+        collate_fn: Callable[[List[Any]], Any] = default_collate,
         output_key: str = "negatives",
     ) -> None:
         if not isinstance(sampler, AliasSampler):
@@ -80,7 +80,7 @@ class NegativeSamplingCollator:
         self.collate_fn = collate_fn
         self.output_key = output_key
 
-    def __call__(self, batch: list) -> Any:
+    def __call__(self, batch: List[Any]) -> Any:
         collated = self.collate_fn(batch)
         positives: Optional[torch.Tensor] = None
         if self.exclude_positives:

@@ -84,9 +84,11 @@ def _check_real(
     return v
 
 
-def _check_matrix(x: Any, name: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor):
-        x = as_tensor(x, name)
+def _check_matrix(value: Any, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        x = value
+    else:
+        x = as_tensor(value, name)
         if x.dtype not in _FLOATS:
             raise TypeError(f"{name} must hold float32 or float64 values, got {x.dtype}")
     if x.layout != torch.strided:
@@ -207,7 +209,20 @@ def _float_bound(bound: torch.Tensor, dtype: torch.dtype, *, strict: bool) -> to
     return torch.where(high, torch.nextafter(b32, torch.full_like(b32, -math.inf)), b32)
 
 
-def _topk_cpu(query, candidates, hi, exclude, upper, max_score, cosine, block, num_threads):
+_TopK = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (ids, float64 scores, counts), on the CPU
+
+
+def _topk_cpu(
+    query: torch.Tensor,
+    candidates: torch.Tensor,
+    hi: int,
+    exclude: Optional[torch.Tensor],
+    upper: Optional[torch.Tensor],
+    max_score: Optional[float],
+    cosine: bool,
+    block: Tuple[int, int],
+    num_threads: int,
+) -> _TopK:
     b = query.shape[0]
     ids = np.empty((b, hi), dtype=np.int64)
     scores = np.empty((b, hi), dtype=np.float64)
@@ -257,7 +272,16 @@ def _chunk_top(s: torch.Tensor, start: int, k: int) -> Tuple[torch.Tensor, torch
     return vals, cols + start
 
 
-def _topk_torch(query, candidates, hi, exclude, upper, max_score, cosine, chunk):
+def _topk_torch(
+    query: torch.Tensor,
+    candidates: torch.Tensor,
+    hi: int,
+    exclude: Optional[torch.Tensor],
+    upper: Optional[torch.Tensor],
+    max_score: Optional[float],
+    cosine: bool,
+    chunk: int,
+) -> _TopK:
     """Top-hi admissible candidates per row with blocked matmul + topk, on the tensors' device."""
     dev, dtype = query.device, query.dtype
     b, n = query.shape[0], candidates.shape[0]
@@ -308,7 +332,15 @@ def _topk_torch(query, candidates, hi, exclude, upper, max_score, cosine, chunk)
     return best_i.cpu(), best_s.to(torch.float64).cpu(), counts.cpu()
 
 
-def _topk_faiss(query, hi, exclude, upper, max_score, index, search_k):
+def _topk_faiss(
+    query: torch.Tensor,
+    hi: int,
+    exclude: Optional[torch.Tensor],
+    upper: Optional[torch.Tensor],
+    max_score: Optional[float],
+    index: Any,
+    search_k: Any,
+) -> _TopK:
     """Top-hi admissible candidates from a faiss index (approximate unless the index is exact).
 
     The index is searched for ``search_k`` neighbours (default hi + the

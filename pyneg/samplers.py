@@ -249,6 +249,16 @@ class AliasSampler:
             out = _OPS.alias_log_prob(dist.log_probs, idx)
         return out if dev is None else out.to(dev)
 
+    def probability(self, ids: ArrayLike) -> torch.Tensor:
+        """P(one draw == id), float64, with the shape of ``ids`` (0 for zero weight).
+
+        The name :class:`~pyneg.FrequencyEstimator` uses for the same question,
+        so both answer ``probability(ids)`` / ``log_prob(ids)``. ``exp`` of
+        :meth:`log_prob` (equal to ``probs[ids]`` to float64 rounding), so it
+        takes the same ``ids`` and also runs inside ``torch.compile(fullgraph=True)``.
+        """
+        return torch.exp(self.log_prob(ids))
+
     def _compute_log_probs(self, probs: torch.Tensor) -> torch.Tensor:
         return torch.log(probs)
 

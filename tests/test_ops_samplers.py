@@ -239,6 +239,16 @@ def test_compiled_log_prob_and_counts_match_reference(sampler):
     torch.testing.assert_close(lec, torch.log(3 * p))
 
 
+def test_compiled_probability_matches_eager(sampler):
+    torch._dynamo.reset()
+    ids = torch.tensor([[0, 7, 49], [3, 3, 10]])
+    assert torch._dynamo.explain(sampler.probability)(ids).graph_break_count == 0
+    got = torch.compile(sampler.probability, backend="eager", fullgraph=True)(ids)
+    torch.testing.assert_close(got, sampler.probability(ids), rtol=1e-12, atol=0)
+    torch.testing.assert_close(got, sampler.probs[ids], rtol=1e-12, atol=0)
+    torch._dynamo.reset()
+
+
 # -------------------------------------------------------------- torch.export
 class _Negatives(torch.nn.Module):
     """A module that draws negatives for a batch and scores them."""

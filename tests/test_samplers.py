@@ -13,6 +13,7 @@ from scipy import stats
 
 import pyneg
 from pyneg import _core
+from pyneg._core import _testing
 
 ALPHA = 1e-4  # a correct sampler fails a test with probability 1e-4; a wrong one virtually always
 
@@ -85,13 +86,13 @@ def test_chi2_detects_a_wrong_distribution():
 def test_table_masses_are_exact():
     w = torch.logspace(-10, 10, 41, dtype=torch.float64)
     sampler = pyneg.AliasSampler(w)
-    mass = sampler._table.mass.astype(np.float64)
+    mass = _testing.alias_table_mass(sampler._table).astype(np.float64)
     v = sampler.num_classes
-    assert int(sampler._table.mass.astype(object).sum()) == v * 2**32
+    assert int(_testing.alias_table_mass(sampler._table).astype(object).sum()) == v * 2**32
     # Each class's table probability is within 2**-32 of its weight.
     assert np.max(np.abs(mass / (v * 2**32) - sampler.probs.numpy())) <= 2.0**-32
     # And the masses are exactly what the entries encode.
-    entries = sampler._table.entries
+    entries = _testing.alias_table_entries(sampler._table)
     thr = (entries & 0xFFFFFFFF).astype(np.float64)
     alias = (entries >> 32).astype(np.int64)
     full = alias == np.arange(v)
@@ -140,6 +141,34 @@ def test_log_prob_and_expected_counts():
     p = lp.exp()
     want = 1 - (1 - p) ** tries.double().unsqueeze(1)
     assert torch.allclose(got, want)
+
+
+def test_probability_is_one_draws_probability():
+    s = pyneg.AliasSampler([1.0, 3.0, 0.0, 4.0])
+    ids = torch.tensor([[0, 1], [3, 2]])
+    p = s.probability(ids)
+    assert p.shape == ids.shape and p.dtype == torch.float64
+    torch.testing.assert_close(p, torch.tensor([[0.125, 0.375], [0.5, 0.0]], dtype=torch.float64), rtol=1e-15, atol=0)
+    assert p[1, 1].item() == 0.0  # zero weight: exactly 0, not a tiny exp(-inf) residue
+    assert s.probability([3, 0]).tolist() == pytest.approx([0.5, 0.125], rel=1e-15)  # lists, like log_prob
+    z = pyneg.LogUniformSampler(1000)
+    ids = torch.randint(0, 1000, (6, 7), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(z.probability(ids), z.probs[ids], rtol=1e-14, atol=0)
+    torch.testing.assert_close(z.probability(ids).log(), z.log_prob(ids), rtol=1e-14, atol=0)
+    with pytest.raises(ValueError, match=r"ids holds id 4 outside \[0, 4\)"):
+        s.probability(torch.tensor([4]))
+    with pytest.raises(TypeError, match="ids"):
+        s.probability(torch.tensor([0.5]))
+
+
+def test_samplers_and_the_estimator_share_probability_names():
+    # One vocabulary: P(id) is probability(ids), its log is log_prob(ids).
+    est = pyneg.FrequencyEstimator(num_buckets=64, alpha=0.5)
+    for _ in range(4):
+        est.update(torch.tensor([1, 2, 3]))
+    for obj in (pyneg.AliasSampler([1.0, 2.0, 3.0, 4.0]), est):
+        ids = torch.tensor([1, 3])
+        torch.testing.assert_close(obj.probability(ids).log(), obj.log_prob(ids), rtol=1e-5, atol=0)
 
 
 def test_sample_candidates_matches_tensorflow_definitions():
@@ -254,18 +283,20 @@ def test_same_seed_same_samples_any_thread_count():
     n = 300_001
     a = np.empty(n, np.int64)
     b = np.empty(n, np.int64)
-    s._table.sample(42, 0, a, 1)
-    s._table.sample(42, 0, b, 2)
+    _testing.alias_table_sample(s._table, 42, 0, a, 1)
+    _testing.alias_table_sample(s._table, 42, 0, b, 2)
     assert np.array_equal(a, b)
     for th in (1, 2, 3):
         ex = np.empty((2000, 64), np.int64)
-        s._table.sample_excluding(42, 0, np.arange(2000, dtype=np.int64).reshape(-1, 1), 64, ex, th)
+        _testing.alias_table_sample_excluding(
+            s._table, 42, 0, np.arange(2000, dtype=np.int64).reshape(-1, 1), 64, ex, th
+        )
         if th == 1:
             ex1 = ex.copy()
         assert np.array_equal(ex, ex1)
         un = np.empty((600, 100), np.int64)
         tr = np.empty(600, np.int64)
-        s._table.sample_unique(42, 0, np.full((1, 1), -1, np.int64), 100, un, tr, th)
+        _testing.alias_table_sample_unique(s._table, 42, 0, np.full((1, 1), -1, np.int64), 100, un, tr, th)
         if th == 1:
             un1 = un.copy()
         assert np.array_equal(un, un1)
@@ -313,7 +344,7 @@ def test_draw_stream_equals_reference_philox(offset):
     # from odd offsets and across a 2**32 block boundary.
     seed = 0x0123456789ABCDEF
     out = np.empty(37, np.uint64)
-    _core.draw_randoms(seed, offset, out)
+    _core._testing.draw_randoms(seed, offset, out)
     for j, got in enumerate(out.tolist()):
         pos = offset + j
         blk = pos >> 1
@@ -393,4 +424,4 @@ def test_empty_and_zero_sizes():
 
 
 def test_core_reports_its_isa():
-    assert _core.philox_isa() in ("avx2", "scalar")
+    assert _core._testing.philox_isa() in ("avx2", "scalar")

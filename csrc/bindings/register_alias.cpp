@@ -2,7 +2,6 @@
 #include <algorithm>
 #include <optional>
 #include <vector>
-#include <thread>
 
 #include <pybind11/stl.h>
 
@@ -72,6 +71,11 @@ py::array_t<int64_t> storage_view(py::object owner, const uint64_t* data, py::ss
 }  // namespace
 
 void register_alias(py::module_& m) {
+  // Test-only members of the table (golden draw streams, the CUDA path's
+  // preparation checked against the CPU's) live in _core._testing as
+  // alias_table_<name>(table, ...): the package itself draws through the
+  // array-taking kernels below.
+  py::module_ testing = m.attr("_testing");
   py::class_<AliasTable> cls(m, "AliasTable",
                          "Walker/Vose alias table with exact integer bucket masses.");
   cls.def(py::init([](const input_array<double>& weights, const std::string& name,
@@ -102,20 +106,6 @@ void register_alias(py::module_& m) {
       .def_property_readonly("num_classes", &AliasTable::size)
       .def_property_readonly("num_positive",
                              [](const AliasTable& t) { return t.num_positive; })
-      .def_property_readonly(
-          "entries",
-          [](py::object self) {
-            const auto& t = self.cast<const AliasTable&>();
-            return readonly_view(self, t.entries.data(), t.size());
-          },
-          "Packed (alias << 32) | threshold words, one per bucket (read-only view).")
-      .def_property_readonly(
-          "mass",
-          [](py::object self) {
-            const auto& t = self.cast<const AliasTable&>();
-            return readonly_view(self, t.mass.data(), t.size());
-          },
-          "Integer mass of every class; masses sum to V * 2**32 (read-only view).")
       .def(
           "_storage",
           [](py::object self) {
@@ -124,58 +114,72 @@ void register_alias(py::module_& m) {
                                   storage_view(self, t.mass.data(), t.size()));
           },
           "(entries, mass) as int64 arrays sharing the table's memory (the tensors the "
-          "sampler's operators take; never written).")
-      .def(
-          "sample",
-          [](const AliasTable& t, uint64_t seed, uint64_t offset, output_array<int64_t> out,
-             int num_threads) {
-            int64_t* dst = writable_data(out, "out");
-            const int64_t n = out.size();
-            py::gil_scoped_release release;
-            alias_sample(t, seed, offset, dst, n, num_threads);
-          },
-          py::arg("seed"), py::arg("offset"), py::arg("out").noconvert(),
-          py::arg("num_threads") = 1, "Fill out with independent draws.")
-      .def(
-          "sample_excluding",
-          [](const AliasTable& t, uint64_t seed, uint64_t offset,
-             const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
-             int num_threads) {
-            int64_t* dst = writable_data(out, "out");
-            const int64_t rows = checked_rows(out, k);
-            const std::vector<int64_t> ids = owned_copy(exclude);
-            const ExcludeLists ex = exclude_lists(exclude, ids, rows);
-            py::gil_scoped_release release;
-            alias_sample_excluding(t, seed, offset, ex, rows, k, dst, num_threads);
-          },
-          py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
-          py::arg("out").noconvert(), py::arg("num_threads") = 1,
-          "Fill out (rows x k) with draws that avoid each row's exclusion list.")
-      .def(
-          "sample_unique",
-          [](const AliasTable& t, uint64_t seed, uint64_t offset,
-             const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
-             std::optional<output_array<int64_t>> tries, int num_threads) {
-            int64_t* dst = writable_data(out, "out");
-            const int64_t rows = checked_rows(out, k);
-            int64_t* tr = nullptr;
-            if (tries) {
-              tr = writable_data(*tries, "tries");
-              if (tries->size() != rows) throw std::invalid_argument("tries must hold one value per row");
-            }
-            const std::vector<int64_t> ids = owned_copy(exclude);
-            const ExcludeLists ex = exclude_lists(exclude, ids, rows);
-            py::gil_scoped_release release;
-            alias_sample_unique(t, seed, offset, ex, rows, k, dst, tr, num_threads);
-          },
-          py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
-          py::arg("out").noconvert(), py::arg("tries").noconvert() = py::none(),
-          py::arg("num_threads") = 1,
-          "Fill out (rows x k) with ids distinct within each row; tries gets the "
-          "candidate draws each row used.");
+          "sampler's operators take; never written).");
+  testing.def(
+      "alias_table_entries",
+      [](py::object self) {
+        const auto& t = self.cast<const AliasTable&>();
+        return readonly_view(self, t.entries.data(), t.size());
+      },
+      "Packed (alias << 32) | threshold words, one per bucket (read-only view).");
+  testing.def(
+      "alias_table_mass",
+      [](py::object self) {
+        const auto& t = self.cast<const AliasTable&>();
+        return readonly_view(self, t.mass.data(), t.size());
+      },
+      "Integer mass of every class; masses sum to V * 2**32 (read-only view).");
+  testing.def(
+      "alias_table_sample",
+      [](const AliasTable& t, uint64_t seed, uint64_t offset, output_array<int64_t> out,
+         int num_threads) {
+        int64_t* dst = writable_data(out, "out");
+        const int64_t n = out.size();
+        py::gil_scoped_release release;
+        alias_sample(t, seed, offset, dst, n, num_threads);
+      },
+      py::arg("table"), py::arg("seed"), py::arg("offset"), py::arg("out").noconvert(),
+      py::arg("num_threads") = 1, "Fill out with independent draws.");
+  testing.def(
+      "alias_table_sample_excluding",
+      [](const AliasTable& t, uint64_t seed, uint64_t offset,
+         const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
+         int num_threads) {
+        int64_t* dst = writable_data(out, "out");
+        const int64_t rows = checked_rows(out, k);
+        const std::vector<int64_t> ids = owned_copy(exclude);
+        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+        py::gil_scoped_release release;
+        alias_sample_excluding(t, seed, offset, ex, rows, k, dst, num_threads);
+      },
+      py::arg("table"), py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
+      py::arg("out").noconvert(), py::arg("num_threads") = 1,
+      "Fill out (rows x k) with draws that avoid each row's exclusion list.");
+  testing.def(
+      "alias_table_sample_unique",
+      [](const AliasTable& t, uint64_t seed, uint64_t offset,
+         const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
+         std::optional<output_array<int64_t>> tries, int num_threads) {
+        int64_t* dst = writable_data(out, "out");
+        const int64_t rows = checked_rows(out, k);
+        int64_t* tr = nullptr;
+        if (tries) {
+          tr = writable_data(*tries, "tries");
+          if (tries->size() != rows) throw std::invalid_argument("tries must hold one value per row");
+        }
+        const std::vector<int64_t> ids = owned_copy(exclude);
+        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+        py::gil_scoped_release release;
+        alias_sample_unique(t, seed, offset, ex, rows, k, dst, tr, num_threads);
+      },
+      py::arg("table"), py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
+      py::arg("out").noconvert(), py::arg("tries").noconvert() = py::none(),
+      py::arg("num_threads") = 1,
+      "Fill out (rows x k) with ids distinct within each row; tries gets the "
+      "candidate draws each row used.");
   // For the CUDA path: the same preparation as the CPU kernels, as arrays to upload.
-  cls.def(
-      "prepare_exclude",
+  testing.def(
+      "alias_table_prepare_exclude",
       [](const AliasTable& t, const input_array<int64_t>& exclude, int64_t rows, int64_t unique_k) {
         const std::vector<int64_t> ids = owned_copy(exclude);
         const ExcludeLists ex = exclude_lists(exclude, ids, rows);
@@ -187,11 +191,11 @@ void register_alias(py::module_& m) {
         return py::make_tuple(to_array(p.offsets), to_array(p.ids), to_array(p.cum),
                               to_array(p.allowed_mass), ex.rows_per_list, p.longest());
       },
-      py::arg("exclude"), py::arg("rows"), py::arg("unique_k") = 0,
+      py::arg("table"), py::arg("exclude"), py::arg("rows"), py::arg("unique_k") = 0,
       "Sorted, deduplicated exclusion lists as the kernels use them: (offsets, ids, cum, "
       "allowed_mass, rows_per_list, longest list).");
-  cls.def(
-      "cumulative_mass",
+  testing.def(
+      "alias_table_cumulative_mass",
       [](const AliasTable& t) {
         std::vector<uint64_t> cum;
         {
@@ -298,7 +302,7 @@ void register_alias(py::module_& m) {
       "AliasTable.prepare_exclude from the masses of the listed ids alone (id_mass[i] is the "
       "mass of exclude's i-th entry): what the CUDA path uploads.");
   m.attr("MAX_CLASSES") = kMaxClasses;
-  m.def(
+  testing.def(
       "draw_randoms",
       [](uint64_t seed, uint64_t offset, output_array<uint64_t> out) {
         uint64_t* dst = writable_data(out, "out");
@@ -308,8 +312,7 @@ void register_alias(py::module_& m) {
       },
       py::arg("seed"), py::arg("offset"), py::arg("out").noconvert(),
       "The 64-bit Philox4x32-10 numbers behind plain draws offset, offset + 1, ...");
-  m.def("philox_isa", &philox_batch_isa, "Instruction set of the batched Philox generator.");
-  m.def("hardware_threads", [] { return static_cast<int>(std::thread::hardware_concurrency()); });
+  testing.def("philox_isa", &philox_batch_isa, "Instruction set of the batched Philox generator.");
 }
 
 }  // namespace pyneg::bindings
