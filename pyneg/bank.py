@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from pyneg import _core, _ring
+from pyneg._deprecation import renamed_keyword
 from pyneg._ops import memory as _ops
 from pyneg._ring import Segments
 from pyneg._state import MAX_STEP, check_dense, copy_on_write, state_int, state_must_match, state_tensor, state_value
@@ -42,7 +43,6 @@ from pyneg._validation import (
     check_tensor,
     shares_memory,
 )
-from pyneg._deprecation import renamed_keyword
 from pyneg.distributed import _checked_on_every_rank, _gather_rows, _sync_group
 
 __all__ = ["MemoryBank", "BankNegatives"]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from pyneg import _core
+from pyneg._deprecation import renamed_keyword
 from pyneg._ops import memory as _ops
 from pyneg._state import MAX_STEP, copy_on_write, state_int, state_must_match, state_tensor
 from pyneg._validation import (
@@ -32,7 +33,6 @@ from pyneg._validation import (
     check_int,
     check_nbytes,
 )
-from pyneg._deprecation import renamed_keyword
 from pyneg.distributed import _checked_on_every_rank, _gather_rows, _sync_group
 
 __all__ = ["FrequencyEstimator"]
