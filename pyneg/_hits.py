@@ -117,7 +117,9 @@ def block_hits(
     return torch.cat(rows), torch.cat(cols)
 
 
-def dense_mask_(s: torch.Tensor, ids, row_ids, diag: Optional[int], start: int) -> None:
+def dense_mask_(
+    s: torch.Tensor, ids: Optional[torch.Tensor], row_ids: Optional[torch.Tensor], diag: Optional[int], start: int
+) -> None:
     """In place: −inf on the masked entries of columns ``start..start+n`` of a shared block, by comparison.
 
     For blocks whose ids repeat so much that hit lists would be larger than the (B, n) mask.

@@ -7,7 +7,7 @@ leaves the object as it was; every error names the offending key.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -40,7 +40,7 @@ def state_value(sd: Dict[str, Any], key: str) -> Any:
     return sd[key]
 
 
-def state_tensor(sd: Dict[str, Any], key: str, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
+def state_tensor(sd: Dict[str, Any], key: str, shape: Tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """``sd[key]`` checked, as a private CPU copy (what is checked is what gets loaded)."""
     t = state_value(sd, key)
     if not isinstance(t, torch.Tensor):
