@@ -57,6 +57,8 @@ class _Testing:
     """
 
     @staticmethod
+    def frequency_bucket(id: int, k: int, num_buckets: int) -> int: ...
+    @staticmethod
     def alias_table_entries(table: AliasTable) -> npt.NDArray[np.uint64]: ...
     @staticmethod
     def alias_table_mass(table: AliasTable) -> npt.NDArray[np.uint64]: ...
@@ -109,7 +111,6 @@ def frequency_update(
 def frequency_estimate(
     state: npt.NDArray[np.float64], ids: npt.ArrayLike, step: int, log: bool, out: npt.NDArray[np.float32]
 ) -> None: ...
-def frequency_bucket(id: int, k: int, num_buckets: int) -> int: ...
 
 MAX_RING_CAPACITY: int
 

@@ -69,8 +69,10 @@ void register_memory(py::module_& m) {
       py::arg("state").noconvert(), py::arg("ids"), py::arg("step"), py::arg("log"),
       py::arg("out").noconvert(),
       "Estimated probability (or its log) that each id is in a step's batch.");
-  m.def("frequency_bucket", &frequency_bucket, py::arg("id"), py::arg("k"), py::arg("num_buckets"),
-        "Bucket of `id` under hash function k (for tests and debugging).");
+  // Test-only: the hash's buckets, checked against a Python transcription.
+  py::module_ testing = m.attr("_testing");
+  testing.def("frequency_bucket", &frequency_bucket, py::arg("id"), py::arg("k"), py::arg("num_buckets"),
+              "Bucket of `id` under hash function k (for tests).");
 
   // The index is mutable: every method keeps the GIL, so one Python thread's
   // push can never race another's. (Each call is O(batch), microseconds.)
