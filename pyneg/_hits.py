@@ -56,7 +56,7 @@ def find_hits(
     Raises:
         ValueError: an id is negative.
     """
-    pos = positive_ids.reshape(positive_ids.shape[0], -1)
+    pos = positive_ids.unsqueeze(1) if positive_ids.dim() == 1 else positive_ids  # (B, T); B may be 0
     rows, cols, complete = torch.ops.pyneg.softmax_find_hits(
         candidate_ids, pos, -1 if max_pairs is None else int(max_pairs)
     )
@@ -74,7 +74,7 @@ def hit_mask(candidate_ids: torch.Tensor, positive_ids: torch.Tensor) -> torch.T
     (no data-dependent sizes).
     """
     cand = candidate_ids if candidate_ids.dim() == 2 else candidate_ids.unsqueeze(0)
-    pos = positive_ids.reshape(positive_ids.shape[0], -1)
+    pos = positive_ids.unsqueeze(1) if positive_ids.dim() == 1 else positive_ids  # (B, T); B may be 0
     mask = cand == pos[:, :1]
     for t in range(1, pos.shape[1]):
         mask |= cand == pos[:, t : t + 1]

@@ -372,3 +372,11 @@ def test_lookup_survives_heavy_churn():
         pos = torch.cat([ids[:50], torch.from_numpy(rng.integers(0, 40, 20))])
         assert torch.equal(bank.hit_mask(pos), pos.unsqueeze(1) == bank.ids.unsqueeze(0))
         assert_negatives_consistent(bank, pos)
+
+
+def test_hit_mask_of_no_positives_is_empty():
+    # An empty bank asked about its own (empty) ids: a (0, 0) mask, not a reshape error.
+    bank = pyneg.MemoryBank(4, 2)
+    assert bank.hit_mask(bank.ids).shape == (0, 0)
+    bank.enqueue(torch.zeros(3, 2), torch.tensor([1, 2, 1]))
+    assert bank.hit_mask(torch.empty(0, dtype=torch.int64)).shape == (0, 3)

@@ -286,6 +286,9 @@ def _alias_sample_unique_cuda(entries, mass, num_positive, exclude, seed, offset
 def log_prob_impl(log_probs: Tensor, ids: Tensor) -> Tensor:
     """What ``pyneg::alias_log_prob`` computes (eager callers may run it without the dispatcher)."""
     v = log_probs.numel()
+    # Checked after copying: the caller's ids may be written while this runs
+    # (another thread), and what is indexed must be what was checked.
+    ids = ids.clone()
     if ids.numel():
         lo, hi = torch.aminmax(ids)
         if lo < 0 or hi >= v:  # (tensor comparisons: one synchronisation on a device)
