@@ -68,6 +68,44 @@ py::array_t<int64_t> storage_view(py::object owner, const uint64_t* data, py::ss
                               reinterpret_cast<const int64_t*>(data), owner);
 }
 
+
+// One conversion-and-draw per kind: the operators' array-taking bindings and
+// the tests' table-taking ones (an AliasTable converts to a view) share it.
+void draw_into(const AliasTableView& t, uint64_t seed, uint64_t offset, output_array<int64_t>& out,
+               int num_threads) {
+  int64_t* dst = writable_data(out, "out");
+  const int64_t n = out.size();
+  py::gil_scoped_release release;
+  alias_sample(t, seed, offset, dst, n, num_threads);
+}
+
+void draw_excluding_into(const AliasTableView& t, uint64_t seed, uint64_t offset,
+                         const input_array<int64_t>& exclude, int64_t k, output_array<int64_t>& out,
+                         int num_threads) {
+  int64_t* dst = writable_data(out, "out");
+  const int64_t rows = checked_rows(out, k);
+  const std::vector<int64_t> ids = owned_copy(exclude);
+  const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+  py::gil_scoped_release release;
+  alias_sample_excluding(t, seed, offset, ex, rows, k, dst, num_threads);
+}
+
+void draw_unique_into(const AliasTableView& t, uint64_t seed, uint64_t offset,
+                      const input_array<int64_t>& exclude, int64_t k, output_array<int64_t>& out,
+                      std::optional<output_array<int64_t>>& tries, int num_threads) {
+  int64_t* dst = writable_data(out, "out");
+  const int64_t rows = checked_rows(out, k);
+  int64_t* tr = nullptr;
+  if (tries) {
+    tr = writable_data(*tries, "tries");
+    if (tries->size() != rows) throw std::invalid_argument("tries must hold one value per row");
+  }
+  const std::vector<int64_t> ids = owned_copy(exclude);
+  const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+  py::gil_scoped_release release;
+  alias_sample_unique(t, seed, offset, ex, rows, k, dst, tr, num_threads);
+}
+
 }  // namespace
 
 void register_alias(py::module_& m) {
@@ -132,26 +170,14 @@ void register_alias(py::module_& m) {
   testing.def(
       "alias_table_sample",
       [](const AliasTable& t, uint64_t seed, uint64_t offset, output_array<int64_t> out,
-         int num_threads) {
-        int64_t* dst = writable_data(out, "out");
-        const int64_t n = out.size();
-        py::gil_scoped_release release;
-        alias_sample(t, seed, offset, dst, n, num_threads);
-      },
+         int num_threads) { draw_into(t, seed, offset, out, num_threads); },
       py::arg("table"), py::arg("seed"), py::arg("offset"), py::arg("out").noconvert(),
       py::arg("num_threads") = 1, "Fill out with independent draws.");
   testing.def(
       "alias_table_sample_excluding",
       [](const AliasTable& t, uint64_t seed, uint64_t offset,
          const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
-         int num_threads) {
-        int64_t* dst = writable_data(out, "out");
-        const int64_t rows = checked_rows(out, k);
-        const std::vector<int64_t> ids = owned_copy(exclude);
-        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
-        py::gil_scoped_release release;
-        alias_sample_excluding(t, seed, offset, ex, rows, k, dst, num_threads);
-      },
+         int num_threads) { draw_excluding_into(t, seed, offset, exclude, k, out, num_threads); },
       py::arg("table"), py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
       py::arg("out").noconvert(), py::arg("num_threads") = 1,
       "Fill out (rows x k) with draws that avoid each row's exclusion list.");
@@ -160,17 +186,7 @@ void register_alias(py::module_& m) {
       [](const AliasTable& t, uint64_t seed, uint64_t offset,
          const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
          std::optional<output_array<int64_t>> tries, int num_threads) {
-        int64_t* dst = writable_data(out, "out");
-        const int64_t rows = checked_rows(out, k);
-        int64_t* tr = nullptr;
-        if (tries) {
-          tr = writable_data(*tries, "tries");
-          if (tries->size() != rows) throw std::invalid_argument("tries must hold one value per row");
-        }
-        const std::vector<int64_t> ids = owned_copy(exclude);
-        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
-        py::gil_scoped_release release;
-        alias_sample_unique(t, seed, offset, ex, rows, k, dst, tr, num_threads);
+        draw_unique_into(t, seed, offset, exclude, k, out, tries, num_threads);
       },
       py::arg("table"), py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
       py::arg("out").noconvert(), py::arg("tries").noconvert() = py::none(),
@@ -227,11 +243,7 @@ void register_alias(py::module_& m) {
       "alias_draw",
       [](const input_array<int64_t>& entries, uint64_t seed, uint64_t offset,
          output_array<int64_t> out, int num_threads) {
-        const AliasTableView t = table_view(entries, nullptr, 0);
-        int64_t* dst = writable_data(out, "out");
-        const int64_t n = out.size();
-        py::gil_scoped_release release;
-        alias_sample(t, seed, offset, dst, n, num_threads);
+        draw_into(table_view(entries, nullptr, 0), seed, offset, out, num_threads);
       },
       py::arg("entries"), py::arg("seed"), py::arg("offset"), py::arg("out").noconvert(),
       py::arg("num_threads") = 1, "Fill out with independent draws from the table's entries.");
@@ -240,13 +252,8 @@ void register_alias(py::module_& m) {
       [](const input_array<int64_t>& entries, const input_array<int64_t>& mass,
          int64_t num_positive, uint64_t seed, uint64_t offset, const input_array<int64_t>& exclude,
          int64_t k, output_array<int64_t> out, int num_threads) {
-        const AliasTableView t = table_view(entries, &mass, num_positive);
-        int64_t* dst = writable_data(out, "out");
-        const int64_t rows = checked_rows(out, k);
-        const std::vector<int64_t> ids = owned_copy(exclude);
-        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
-        py::gil_scoped_release release;
-        alias_sample_excluding(t, seed, offset, ex, rows, k, dst, num_threads);
+        draw_excluding_into(table_view(entries, &mass, num_positive), seed, offset, exclude, k, out,
+                            num_threads);
       },
       py::arg("entries"), py::arg("mass"), py::arg("num_positive"), py::arg("seed"),
       py::arg("offset"), py::arg("exclude"), py::arg("k"), py::arg("out").noconvert(),
@@ -258,18 +265,8 @@ void register_alias(py::module_& m) {
          int64_t num_positive, uint64_t seed, uint64_t offset, const input_array<int64_t>& exclude,
          int64_t k, output_array<int64_t> out, std::optional<output_array<int64_t>> tries,
          int num_threads) {
-        const AliasTableView t = table_view(entries, &mass, num_positive);
-        int64_t* dst = writable_data(out, "out");
-        const int64_t rows = checked_rows(out, k);
-        int64_t* tr = nullptr;
-        if (tries) {
-          tr = writable_data(*tries, "tries");
-          if (tries->size() != rows) throw std::invalid_argument("tries must hold one value per row");
-        }
-        const std::vector<int64_t> ids = owned_copy(exclude);
-        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
-        py::gil_scoped_release release;
-        alias_sample_unique(t, seed, offset, ex, rows, k, dst, tr, num_threads);
+        draw_unique_into(table_view(entries, &mass, num_positive), seed, offset, exclude, k, out, tries,
+                         num_threads);
       },
       py::arg("entries"), py::arg("mass"), py::arg("num_positive"), py::arg("seed"),
       py::arg("offset"), py::arg("exclude"), py::arg("k"), py::arg("out").noconvert(),
