@@ -23,6 +23,7 @@ import torch
 from pyneg import _core, cuda
 from pyneg._ops import alias as _alias_ops
 from pyneg._validation import (
+    MAX_ANALYTIC_CLASSES,
     MAX_CLASSES,
     ArrayLike,
     SizeLike,
@@ -789,30 +790,160 @@ class UnigramSampler(AliasSampler):
         self._power = extra["power"]
 
 
-class UniformSampler(AliasSampler):
-    """Draws every id of ``range(num_classes)`` with probability ``1 / num_classes``."""
+class _AnalyticState:
+    """The whole state of an analytic sampler: which distribution and V (no table)."""
+
+    __slots__ = ("kind", "num_classes", "num_positive")
+
+    def __init__(self, kind: int, num_classes: int) -> None:
+        self.kind = kind
+        self.num_classes = self.num_positive = num_classes
+
+
+class _AnalyticSampler(AliasSampler):
+    """A sampler defined by its size alone: draws, exclusions, unique rows, probabilities
+    and expected counts are computed from V (O(1) memory whatever V, V up to 2**40 and
+    beyond), with the same Philox positions as the table-based samplers."""
+
+    _KIND = 0
+    _dist: Any
 
     def __init__(self, num_classes: int) -> None:
-        n = check_int(num_classes, "num_classes", minimum=1, maximum=MAX_CLASSES)
-        super().__init__(np.ones(n), _name="num_classes")
+        n = check_int(num_classes, "num_classes", minimum=1, maximum=MAX_ANALYTIC_CLASSES)
+        self._dist = _AnalyticState(self._KIND, n)
 
-    def _check_extra_state(self, state: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
-        return {}
+    @property
+    def _table(self) -> Any:
+        raise AttributeError(f"{type(self).__name__} has no table: it draws analytically")
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(V,) float64 probabilities of one draw, computed on demand (O(V)).
+
+        Refused (ValueError) for V above 2**31 - 1: use :meth:`log_prob` of the ids you need.
+        """
+        v = self.num_classes
+        if v > MAX_CLASSES:
+            raise ValueError(
+                f"probs of {type(self).__name__}({v}) would hold {v} float64 values ({8 * v} bytes); "
+                "use log_prob(ids) for the ids you need"
+            )
+        return torch.exp(_alias_ops.analytic_log_prob_impl(self._KIND, v, torch.arange(v)))
+
+    def log_prob(self, ids: ArrayLike) -> torch.Tensor:
+        """log P(one draw == id), float64, with the shape of ``ids``: computed from V, no table.
+
+        Works inside ``torch.compile(fullgraph=True)`` for integer tensor ``ids`` (the range
+        check runs in the ``pyneg::analytic_log_prob`` op).
+        """
+        v = self.num_classes
+        idx, dev = _log_prob_ids(ids, v)
+        if _alias_ops.direct_call_ok(idx):
+            out = _alias_ops.analytic_log_prob_impl(self._KIND, v, idx)
+        else:
+            out = _OPS.analytic_log_prob(self._KIND, v, idx)
+        return out if dev is None else out.to(dev)
+
+    def _draw(
+        self,
+        dist: Any,
+        shape: Tuple[int, ...],
+        k: int,
+        ex: Optional[torch.Tensor],
+        unique: bool,
+        seed: Union[int, torch.Tensor],
+        offset: Union[int, torch.Tensor],
+        dev: torch.device,
+        out: Optional[torch.Tensor],
+        want_tries: bool,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Draws checked arguments with ``pyneg::analytic_sample`` (CPU kernels; the result is
+        moved to ``dev``). Eager CPU calls run the op's implementation directly."""
+        want = unique and want_tries
+        if ex is not None and ex.device.type != "cpu":
+            ex = ex.cpu()
+        if _alias_ops.direct_call_ok(ex):
+            result = out if out is not None and dev.type == "cpu" else _alias_ops.allocate(shape, _CPU)
+            numel = result.numel()
+            rows = numel // k if numel else 0
+            tries = torch.empty(rows, dtype=torch.int64) if want else None
+            _alias_ops.analytic_draw_into(
+                result, dist.kind, dist.num_classes, ex, _u64(seed), _u64(offset), k, unique, tries
+            )
+        else:
+            seed = seed if isinstance(seed, torch.Tensor) else _int64_tensor(seed)
+            offset = offset if isinstance(offset, torch.Tensor) else _ZERO if offset == 0 else _int64_tensor(offset)
+            result, t = _OPS.analytic_sample(dist.kind, dist.num_classes, ex, seed, offset, shape, k, unique, want)
+            tries = t if want else None
+        if out is not None and result is not out:
+            out.copy_(result)
+            return out, tries
+        return (result if dev.type == "cpu" else result.to(dev)), tries
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The sampler's state: its class name and ``num_classes`` (nothing else defines it)."""
+        return {"sampler": type(self).__name__, "num_classes": self.num_classes}
+
+    def _check_state(self, state: Any, num_classes: Optional[int]) -> Tuple[Any, Dict[str, Any]]:
+        cls = type(self).__name__
+        if not isinstance(state, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
+        if "probs" in state and "num_classes" not in state and set(state) == {"sampler", "probs"}:
+            p = state["probs"]  # saved by an older pyneg: only its size matters, and its values must agree
+            if not isinstance(p, torch.Tensor) or p.dtype != torch.float64 or p.dim() != 1 or p.device.type == "meta":
+                raise ValueError("state_dict['probs'] must be a 1-D float64 tensor")
+            n = p.numel()
+            if state["sampler"] != cls:
+                raise ValueError(f"state_dict is a state of {state['sampler']!r}, not of {cls}")
+            if not 1 <= n <= MAX_CLASSES:
+                raise ValueError(f"state_dict['probs'] must have 1 to {MAX_CLASSES} entries, got {n}")
+            ref = type(self)(n).probs
+            if not torch.allclose(owned_copy(p, torch.float64), ref, rtol=1e-9, atol=0):
+                raise ValueError(f"state_dict['probs'] is not the distribution of {cls}({n})")
+            state = {"sampler": cls, "num_classes": n}
+        want = {"sampler", "num_classes"}
+        missing, unknown = want - set(state), set(state) - want
+        if missing or unknown:
+            raise ValueError(
+                f"state_dict is not a state of {cls} (saved by another class or an older pyneg?): "
+                + ", ".join(
+                    x
+                    for x in (
+                        f"missing {sorted(missing)}" if missing else "",
+                        f"unexpected {sorted(map(str, unknown))}" if unknown else "",
+                    )
+                    if x
+                )
+            )
+        if state["sampler"] != cls:
+            raise ValueError(f"state_dict is a state of {state['sampler']!r}, not of {cls}")
+        try:
+            n = check_int(state["num_classes"], "state_dict['num_classes']", minimum=1, maximum=MAX_ANALYTIC_CLASSES)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        if num_classes is not None and n != num_classes:
+            raise ValueError(f"state_dict['num_classes'] is {n} but this {cls} has {num_classes}")
+        return _AnalyticState(self._KIND, n), {}
 
 
-class LogUniformSampler(AliasSampler):
+class UniformSampler(_AnalyticSampler):
+    """Draws every id of ``range(num_classes)`` with probability ``1 / num_classes``.
+
+    No table: a draw is the high half of a 64-bit Philox number times V, so memory
+    is O(1) whatever ``num_classes`` (up to 2**50; ids are int64).
+    """
+
+    _KIND = 0
+
+
+class LogUniformSampler(_AnalyticSampler):
     """Zipfian sampler over ids sorted by decreasing frequency.
 
     ``P(k) = log((k + 2) / (k + 1)) / log(V + 1)``, the distribution of
     TensorFlow's ``log_uniform_candidate_sampler``: id 0 must be the most
-    frequent class.
+    frequent class. No table: a draw inverts the CDF,
+    ``floor(expm1(x * log(V + 1)))`` for a 53-bit uniform ``x``, so memory is O(1)
+    whatever ``num_classes`` (up to 2**50; ids are int64).
     """
 
-    def __init__(self, num_classes: int) -> None:
-        n = check_int(num_classes, "num_classes", minimum=1, maximum=MAX_CLASSES)
-        k = np.arange(n, dtype=np.float64)
-        super().__init__(np.log1p(1.0 / (k + 1.0)), _name="num_classes")
-
-    def _check_extra_state(self, state: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
-        return {}
-
+    _KIND = 1

@@ -8,6 +8,7 @@
 #include "bindings/common.h"
 #include "cpu/alias_sample.h"
 #include "cpu/alias_table.h"
+#include "cpu/analytic_sample.h"
 #include "cpu/huge_buffer.h"
 #include "cpu/philox_batch.h"
 
@@ -340,6 +341,59 @@ void register_alias(py::module_& m) {
       "AliasTable.prepare_exclude from the masses of the listed ids alone (id_mass[i] is the "
       "mass of exclude's i-th entry): what the CUDA path uploads.");
   m.attr("MAX_CLASSES") = kMaxClasses;
+  m.attr("MAX_ANALYTIC_CLASSES") = kMaxAnalyticClasses;
+  // The analytic samplers (uniform, log-uniform): no table, O(1) memory.
+  m.def(
+      "analytic_draw",
+      [](int kind, int64_t num_classes, uint64_t seed, uint64_t offset, output_array<int64_t> out,
+         int num_threads) {
+        const AnalyticDist d(kind, num_classes);
+        int64_t* dst = writable_data(out, "out");
+        const int64_t n = out.size();
+        py::gil_scoped_release release;
+        analytic_sample(d, seed, offset, dst, n, num_threads);
+      },
+      py::arg("kind"), py::arg("num_classes"), py::arg("seed"), py::arg("offset"),
+      py::arg("out").noconvert(), py::arg("num_threads") = 1,
+      "Fill out with independent uniform (kind 0) or log-uniform (kind 1) draws.");
+  m.def(
+      "analytic_draw_excluding",
+      [](int kind, int64_t num_classes, uint64_t seed, uint64_t offset,
+         const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out, int num_threads) {
+        const AnalyticDist d(kind, num_classes);
+        int64_t* dst = writable_data(out, "out");
+        const int64_t rows = checked_rows(out, k);
+        const std::vector<int64_t> ids = owned_copy(exclude);
+        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+        py::gil_scoped_release release;
+        analytic_sample_excluding(d, seed, offset, ex, rows, k, dst, num_threads);
+      },
+      py::arg("kind"), py::arg("num_classes"), py::arg("seed"), py::arg("offset"), py::arg("exclude"),
+      py::arg("k"), py::arg("out").noconvert(), py::arg("num_threads") = 1,
+      "Fill out (rows x k) with analytic draws that avoid each row's exclusion list.");
+  m.def(
+      "analytic_draw_unique",
+      [](int kind, int64_t num_classes, uint64_t seed, uint64_t offset,
+         const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
+         std::optional<output_array<int64_t>> tries, int num_threads) {
+        const AnalyticDist d(kind, num_classes);
+        int64_t* dst = writable_data(out, "out");
+        const int64_t rows = checked_rows(out, k);
+        int64_t* tr = nullptr;
+        if (tries) {
+          tr = writable_data(*tries, "tries");
+          if (tries->size() != rows) throw std::invalid_argument("tries must hold one value per row");
+        }
+        const std::vector<int64_t> ids = owned_copy(exclude);
+        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+        py::gil_scoped_release release;
+        analytic_sample_unique(d, seed, offset, ex, rows, k, dst, tr, num_threads);
+      },
+      py::arg("kind"), py::arg("num_classes"), py::arg("seed"), py::arg("offset"), py::arg("exclude"),
+      py::arg("k"), py::arg("out").noconvert(), py::arg("tries").noconvert() = py::none(),
+      py::arg("num_threads") = 1,
+      "Fill out (rows x k) with analytic draws distinct within each row; tries gets the "
+      "candidate draws each row used.");
   testing.def(
       "draw_randoms",
       [](uint64_t seed, uint64_t offset, output_array<uint64_t> out) {

@@ -50,6 +50,10 @@ __all__ = [
     "alias_sample_unique",
     "alias_log_prob",
     "alias_check_tries",
+    "analytic_draw_into",
+    "analytic_log_prob",
+    "analytic_log_prob_impl",
+    "analytic_sample",
     "allocate",
     "check_tries_impl",
     "direct_call_ok",
@@ -477,3 +481,132 @@ def alias_check_tries(num_tries: Tensor) -> Tensor:
 @alias_check_tries.register_fake
 def _(num_tries: Tensor) -> Tensor:
     return num_tries.new_empty(num_tries.shape, dtype=torch.float64)
+
+
+# ------------------------------------------------------- analytic samplers
+# UniformSampler and LogUniformSampler hold no table: their ops take the kind
+# (0 uniform, 1 log-uniform) and V (up to 2**50) instead.
+_KINDS = (0, 1)
+MAX_ANALYTIC_CLASSES = int(_core.MAX_ANALYTIC_CLASSES)
+
+
+def check_analytic_args(
+    kind: int, num_classes: int, exclude: Optional[Tensor], seed: Tensor, offset: Tensor, size: Sequence[int], k: int
+) -> None:
+    """The checks of ``pyneg::analytic_sample`` (real and fake implementations)."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be 0 (uniform) or 1 (log-uniform), got {kind}")
+    if isinstance(num_classes, int) and not 1 <= num_classes <= MAX_ANALYTIC_CLASSES:
+        raise ValueError(f"num_classes must be in [1, 2**50], got {num_classes}")
+    check_scalar_tensor(seed, "seed")
+    check_scalar_tensor(offset, "offset")
+    if any(isinstance(d, int) and d < 0 for d in size):
+        raise ValueError(f"size must hold non-negative dimensions, got {list(size)}")
+    n = math.prod(size)
+    if isinstance(k, int) and (k < 1 or (isinstance(n, int) and n % k)):
+        raise ValueError(f"k must be >= 1 and divide the {n} draws of size {list(size)}, got {k}")
+    if exclude is not None:
+        if not isinstance(exclude, Tensor):
+            raise TypeError(f"exclude must be a tensor, got {type(exclude).__name__}")
+        if exclude.dtype != torch.int64:
+            raise TypeError(f"exclude must be an int64 tensor of ids, got {exclude.dtype}")
+        if exclude.layout != torch.strided or exclude.dim() != 2 or exclude.shape[0] < 1 or exclude.shape[1] < 1:
+            raise ValueError(f"exclude must be a dense (L, P) tensor with L, P >= 1, got shape {tuple(exclude.shape)}")
+        rows = n // k if isinstance(k, int) and k else 0
+        if isinstance(rows, int) and rows and rows % exclude.shape[0]:
+            raise ValueError(f"exclude has {exclude.shape[0]} rows, which does not divide the {rows} rows of size")
+        _same_device((("exclude", exclude.device), ("seed", seed.device)))
+
+
+def analytic_draw_into(
+    out: Tensor,
+    kind: int,
+    num_classes: int,
+    exclude: Optional[Tensor],
+    seed: int,
+    offset: int,
+    k: int,
+    unique: bool,
+    tries: Optional[Tensor],
+) -> None:
+    """Fills the contiguous int64 CPU tensor ``out`` with analytic draws (the one place
+    the analytic CPU kernels are called)."""
+    if out.numel() == 0:
+        return
+    flat = out.numpy()
+    threads = torch.get_num_threads()
+    if unique:
+        lists = _NO_EXCLUDE if exclude is None else _cpu_array(exclude)
+        _core.analytic_draw_unique(
+            kind, num_classes, seed, offset, lists, k, flat, None if tries is None else tries.numpy(), threads
+        )
+    elif exclude is not None:
+        _core.analytic_draw_excluding(kind, num_classes, seed, offset, _cpu_array(exclude), k, flat, threads)
+    else:
+        _core.analytic_draw(kind, num_classes, seed, offset, flat, threads)
+
+
+@torch.library.custom_op("pyneg::analytic_sample", mutates_args=())
+def analytic_sample(
+    kind: int,
+    num_classes: int,
+    exclude: Optional[Tensor],
+    seed: Tensor,
+    offset: Tensor,
+    size: Sequence[int],
+    k: int,
+    unique: bool,
+    with_tries: bool,
+) -> Tuple[Tensor, Tensor]:
+    """Uniform (``kind`` 0) or log-uniform (1) draws over ``num_classes`` ids without a table:
+    plain, avoiding ``exclude`` lists, or distinct within rows of ``k`` (``unique``), with
+    each row's ``num_tries`` (shape (R,) when ``unique and with_tries``, else (0,))."""
+    check_analytic_args(kind, num_classes, exclude, seed, offset, size, k)
+    out = allocate(size, torch.device("cpu"))
+    _, rows = _rows_k(size, k)
+    want = unique and with_tries
+    tries = torch.empty(rows if want else 0, dtype=torch.int64)
+    ex = None if exclude is None else exclude.detach().cpu().contiguous()
+    analytic_draw_into(out, kind, num_classes, ex, _u64(seed), _u64(offset), k, unique, tries if want else None)
+    return out, tries
+
+
+@analytic_sample.register_fake
+def _(kind, num_classes, exclude, seed, offset, size, k, unique, with_tries):  # type: ignore[no-untyped-def]
+    check_analytic_args(kind, num_classes, exclude, seed, offset, size, k)
+    _, rows = _rows_k(size, k)
+    return seed.new_empty(tuple(size)), seed.new_empty(rows if unique and with_tries else 0)
+
+
+def analytic_log_prob_impl(kind: int, num_classes: int, ids: Tensor) -> Tensor:
+    """What ``pyneg::analytic_log_prob`` computes (eager callers may run it without the dispatcher)."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be 0 (uniform) or 1 (log-uniform), got {kind}")
+    if not 1 <= num_classes <= MAX_ANALYTIC_CLASSES:
+        raise ValueError(f"num_classes must be in [1, 2**50], got {num_classes}")
+    check_ids_tensor(ids, "ids", ids.device)
+    out = _log_prob_out(ids)
+    flat = _owned_ids(ids, num_classes)
+    if kind == 0:
+        out.fill_(-math.log(num_classes))
+        return out.to(ids.device) if ids.device.type != "cpu" else out
+    k = flat.cpu().to(torch.float64)
+    # log P(k) = log(log1p(1 / (k + 1))) - log(log1p(V)), TensorFlow's log-uniform.
+    lp = torch.log(torch.log1p(torch.reciprocal(k.add_(1.0)))).sub_(math.log(math.log1p(num_classes)))
+    out.copy_(lp.reshape(ids.shape))
+    return out.to(ids.device) if ids.device.type != "cpu" else out
+
+
+@torch.library.custom_op("pyneg::analytic_log_prob", mutates_args=())
+def analytic_log_prob(kind: int, num_classes: int, ids: Tensor) -> Tensor:
+    """log P(one draw == id) of the uniform (``kind`` 0) or log-uniform (1) distribution over
+    ``num_classes`` ids (float64, the shape of ``ids``); every id checked in [0, V)."""
+    return analytic_log_prob_impl(kind, num_classes, ids)
+
+
+@analytic_log_prob.register_fake
+def _(kind: int, num_classes: int, ids: Tensor) -> Tensor:
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be 0 (uniform) or 1 (log-uniform), got {kind}")
+    check_ids_tensor(ids, "ids", ids.device)
+    return ids.new_empty(ids.shape, dtype=torch.float64)
