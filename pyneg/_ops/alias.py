@@ -164,7 +164,7 @@ def check_draw_args(
     if any(isinstance(d, int) and d < 0 for d in size):
         raise ValueError(f"size must hold non-negative dimensions, got {list(size)}")
     n = math.prod(size)
-    if isinstance(k, int) and (k < 1 or (isinstance(n, int) and n % k)):
+    if isinstance(k, int) and isinstance(n, int) and (k < 0 or (k == 0 and n) or (k and n % k)):
         raise ValueError(f"k must be >= 1 and divide the {n} draws of size {list(size)}, got {k}")
     if exclude is not None:
         if not isinstance(exclude, Tensor):
@@ -503,7 +503,7 @@ def check_analytic_args(
     if any(isinstance(d, int) and d < 0 for d in size):
         raise ValueError(f"size must hold non-negative dimensions, got {list(size)}")
     n = math.prod(size)
-    if isinstance(k, int) and (k < 1 or (isinstance(n, int) and n % k)):
+    if isinstance(k, int) and isinstance(n, int) and (k < 0 or (k == 0 and n) or (k and n % k)):
         raise ValueError(f"k must be >= 1 and divide the {n} draws of size {list(size)}, got {k}")
     if exclude is not None:
         if not isinstance(exclude, Tensor):
