@@ -347,7 +347,45 @@ class AliasSampler:
         call works inside ``torch.compile(fullgraph=True)`` and ``torch.export``
         (see the samplers guide, "Inside torch.compile and torch.export").
         """
+        if (
+            type(size) is tuple
+            and exclude is None
+            and unique is False
+            and generator is None
+            and device is None
+            and out is None
+            and offset == 0
+            and type(offset) is int
+            and (seed is None or (type(seed) is int and 0 <= seed < _POSITIONS))
+        ):
+            # The commonest call (a shape, maybe an int seed, no options), in one
+            # place: the checks that apply, then the kernel. Same draws as _sample.
+            fast = self._fast_draw(size, seed)
+            if fast is not None:
+                return fast
         return self._sample(size, exclude, unique, generator, seed, offset, device, out, want_tries=False)[0]
+
+    def _fast_draw(self, size: Tuple[Any, ...], seed: Optional[int]) -> Optional[torch.Tensor]:
+        """Plain CPU draws of shape ``size`` eagerly, or None when the call needs the full path
+        (a size to check, tracing or a mode active, a size large enough to need the
+        generator's rewind on failure)."""
+        numel = 1
+        for d in size:
+            if type(d) is not int or d < 0:
+                return None
+            numel *= d
+        if numel == 0 or numel > _REWIND_NUMEL or not _alias_ops.direct_call_ok():
+            return None
+        if seed is None:
+            seed = int(torch.randint(0, 2**63 - 1, ()))  # as draw_seed: torch's default generator
+        result = torch.empty(size, dtype=torch.int64)
+        dist = self._dist
+        self._fast_kernel(dist, seed, result)
+        return result
+
+    @staticmethod
+    def _fast_kernel(dist: Any, seed: int, result: torch.Tensor) -> None:
+        _core.alias_draw(dist.entries_np, seed, 0, result.numpy(), torch.get_num_threads())
 
     def sample_candidates(
         self,
@@ -697,6 +735,8 @@ def _log_prob_ids(ids: ArrayLike, num_classes: int) -> Tuple[torch.Tensor, Optio
         return idx, ids.device
     dev = ids.device if isinstance(ids, torch.Tensor) else None
     return as_index_tensor(ids, "ids", num_classes), dev
+
+
 # The offset of most calls (never handed out, never written: the ops only read it).
 _ZERO = torch.zeros((), dtype=torch.int64, device="cpu")
 
@@ -815,6 +855,10 @@ class _AnalyticSampler(AliasSampler):
     @property
     def _table(self) -> Any:
         raise AttributeError(f"{type(self).__name__} has no table: it draws analytically")
+
+    @staticmethod
+    def _fast_kernel(dist: Any, seed: int, result: torch.Tensor) -> None:
+        _core.analytic_draw(dist.kind, dist.num_classes, seed, 0, result.numpy(), torch.get_num_threads())
 
     @property
     def probs(self) -> torch.Tensor:
@@ -942,7 +986,7 @@ class LogUniformSampler(_AnalyticSampler):
     ``P(k) = log((k + 2) / (k + 1)) / log(V + 1)``, the distribution of
     TensorFlow's ``log_uniform_candidate_sampler``: id 0 must be the most
     frequent class. No table: a draw inverts the CDF,
-    ``floor(expm1(x * log(V + 1)))`` for a 53-bit uniform ``x``, so memory is O(1)
+    ``floor(exp(x * log(V + 1)) - 1)`` for a 53-bit uniform ``x``, so memory is O(1)
     whatever ``num_classes`` (up to 2**50; ids are int64).
     """
 

@@ -618,7 +618,11 @@ def test_load_state_dict(src_kind, dst_kind, n_src, n_dst, mutation):
     key = "entries" if "entries" in sd else "num_classes"
     p = sd[key]
     m = dict(sd)
-    if key == "num_classes" and mutation not in ("none", "drop_key", "add_key", "tag", "not_dict") and not mutation.startswith("power"):
+    if (
+        key == "num_classes"
+        and mutation not in ("none", "drop_key", "add_key", "tag", "not_dict")
+        and not mutation.startswith("power")
+    ):
         # V is an int: each mutation becomes a malformed count of classes.
         m[key] = {
             "float32": p + 0.5, "float16": float(p), "bfloat16": str(p), "complex": complex(p), "bool": True,

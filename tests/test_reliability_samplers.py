@@ -132,7 +132,10 @@ def _refused_states(s):
                 "other size": {**sd, "num_classes": 41},
                 "past 2**50": {**sd, "num_classes": 2**50 + 1},
                 # A state of an older pyneg (probs), normalised and valid, but not this distribution.
-                "other distribution": {"sampler": sd["sampler"], "probs": pyneg.AliasSampler(torch.arange(1, 41.0)).probs},
+                "other distribution": {
+                    "sampler": sd["sampler"],
+                    "probs": pyneg.AliasSampler(torch.arange(1, 41.0)).probs,
+                },
             }
         )
     else:
@@ -142,6 +145,7 @@ def _refused_states(s):
         negative_alias = e.clone()
         negative_alias[5] = -1  # alias 2**32 - 1
         p = pyneg.AliasSampler(torch.arange(1, 41.0)).probs
+        legacy = {k: v for k, v in sd.items() if k != "entries"}
         bad.update(
             {
                 "float64 entries": {**sd, "entries": e.double()},
@@ -155,9 +159,12 @@ def _refused_states(s):
                 "meta entries": {**sd, "entries": e.to("meta")},
                 "sparse entries": {**sd, "entries": e.to_sparse()},
                 # States of an older pyneg (probs instead of entries) are checked as before.
-                "nan probs": {**{k: v for k, v in sd.items() if k != "entries"}, "probs": torch.where(torch.arange(40) == 3, float("nan"), p)},
-                "unnormalised probs": {**{k: v for k, v in sd.items() if k != "entries"}, "probs": p * 2},
-                "float32 probs": {**{k: v for k, v in sd.items() if k != "entries"}, "probs": p.float()},
+                "nan probs": {
+                    **{k: v for k, v in sd.items() if k != "entries"},
+                    "probs": torch.where(torch.arange(40) == 3, float("nan"), p),
+                },
+                "unnormalised probs": {**legacy, "probs": p * 2},
+                "float32 probs": {**legacy, "probs": p.float()},
             }
         )
     if isinstance(s, pyneg.UnigramSampler):
@@ -466,7 +473,10 @@ def test_load_state_dict_while_other_threads_sample():
     b_state = pyneg.AliasSampler(torch.arange(100, 0, -1, dtype=torch.float64)).state_dict()
     a_state = a.state_dict()
     ref_a, ref_b = a.sample(500, seed=4), pyneg.AliasSampler(torch.arange(100, 0, -1.0)).sample(500, seed=4)
-    lp_a, lp_b = a.log_prob(torch.arange(100)), pyneg.AliasSampler(torch.arange(100, 0, -1.0)).log_prob(torch.arange(100))
+    lp_a, lp_b = (
+        a.log_prob(torch.arange(100)),
+        pyneg.AliasSampler(torch.arange(100, 0, -1.0)).log_prob(torch.arange(100)),
+    )
     stop = threading.Event()
     bad = []
 
