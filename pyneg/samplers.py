@@ -80,15 +80,18 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
 def _check_seed_arg(value: Union[int, torch.Tensor], name: str, compiling: bool) -> Union[int, torch.Tensor]:
     """A seed or offset: an int in [0, 2**64), or a one-element integer tensor (a 0-dim int64
     CPU tensor is what the ops take: under torch.compile a new value is then new data, not a
-    recompilation; its 64 bits are read as unsigned, and its range is checked only eagerly)."""
+    recompilation). A tensor's value is read as its 64 bits, unsigned, eagerly and compiled
+    alike (``torch.tensor(-3)`` is the seed ``2**64 - 3``), so both give the same draws."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             raise TypeError(
                 f"{name} must be an int or a one-element integer tensor, got {value.dtype} of shape "
                 f"{tuple(value.shape)}"
             )
-        if not compiling:  # the value is data: checked eagerly
-            return check_seed(value, name)
+        if value.device.type == "meta":
+            raise ValueError(f"{name} must hold a value, got a meta tensor")
+        if not compiling:  # its 64 bits, as the ops read them (a negative int64 is a seed >= 2**63)
+            return int(value.reshape(())) % _POSITIONS
         return value.reshape(()).to(device="cpu", dtype=torch.int64)
     if type(value) is int and 0 <= value < _POSITIONS:
         return value
@@ -138,6 +141,14 @@ class _Distribution:
 
     @property
     def mass(self) -> torch.Tensor:
+        """The masses as a tensor. Inside a compiled graph, before anything computed them
+        eagerly, the ``pyneg::alias_class_masses`` op computes them in the graph (O(V) per
+        call; an eager ``log_prob``, exclusion or unique draw keeps them for later calls)."""
+        m = self.mass_np
+        if m is not None:
+            return torch.from_numpy(m)
+        if not _alias_ops.direct_call_ok(self.entries):
+            return _OPS.alias_class_masses(self.entries)
         return torch.from_numpy(self.masses())
 
     def tables(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -414,6 +425,8 @@ class AliasSampler:
                 check_tensor(true_classes, "true_classes")
                 if true_classes.dtype not in _OP_INT_DTYPES:
                     raise TypeError(f"true_classes must hold integer ids, got {true_classes.dtype}")
+                # The range check in an op of its own, so its error names true_classes as eagerly.
+                true_classes = _OPS.check_ids(true_classes.to(device="cpu"), self.num_classes, "true_classes")
             else:  # checked before drawing: a refused call draws nothing
                 true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
             if true_classes.dim() > 2:
@@ -526,6 +539,14 @@ class AliasSampler:
         the ops check the ids' range)."""
         if isinstance(exclude, torch.Tensor) and exclude.dtype in _OP_INT_DTYPES:
             ex = check_tensor(exclude, "exclude").to(device=dev, dtype=torch.int64)
+        elif isinstance(exclude, torch.Tensor) and (
+            exclude.is_floating_point() or exclude.is_complex() or exclude.dtype == torch.bool
+        ):
+            if not torch.compiler.is_compiling():
+                raise TypeError(f"exclude must hold integer ids, got {exclude.dtype}")
+            # Compiled: a raise here would be Dynamo's "Unsupported"; the op refuses it when it
+            # runs, with the same TypeError.
+            ex = check_tensor(exclude, "exclude").to(device=dev)
         else:  # arrays, lists, uint64 and non-integer tensors: the eager checks
             ex = as_index_tensor(exclude, "exclude", self._dist.num_classes, allow_padding=True).to(dev)
         if ex.dim() == 1:
@@ -573,7 +594,10 @@ class AliasSampler:
         direct = _alias_ops.direct_call_ok(ex)
         if dev.type == "cuda" and direct:
             dev = cuda.normalize_device(dev)  # one table copy per device, whichever way it is named
-        entries, mass = dist.tables(dev)
+        if dev.type == "cpu" and ex is None and not unique:  # plain draws read the entries alone
+            entries, mass = dist.entries, None
+        else:
+            entries, mass = dist.tables(dev)
         if dev.type == "cuda" and direct and cuda.cuda_available():
             # Eager CUDA calls: the ops' CUDA implementation, straight into out when given.
             result = out if out is not None else _alias_ops.allocate(shape, dev)
