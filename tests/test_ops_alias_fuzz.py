@@ -173,7 +173,7 @@ def test_opcheck_new_ops(table):
         (
             OPS.analytic_sample.default,
             (1, 2**40, torch.tensor([[0, 2**40 - 1]]), seed(1), seed(3), [4, 5], 5, False, False),
-        ),  # fmt: skip
+        ),
         (OPS.analytic_sample.default, (1, 100, None, seed(1), seed(0), [4, 5], 5, True, True)),
         (OPS.analytic_log_prob.default, (1, 2**40, torch.tensor([[0, 2**40 - 1]]))),
         (OPS.check_ids.default, (torch.tensor([1, 2]), 10, "true_classes")),

@@ -692,3 +692,63 @@ print("out writer done")
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "out writer done" in proc.stdout
+
+
+def test_concurrent_writer_of_the_weights_and_of_analytic_exclusions(run_child):
+    # Issue 25 item 4 (samplers): the weights are copied once and the copy is checked
+    # and built from; a writer flipping entries between valid and invalid values gives
+    # either a refusal naming weights or a valid table, never a crash or a table that
+    # disagrees with itself. The analytic samplers' exclusion lists likewise.
+    proc = run_child(
+        _PRELUDE
+        + """
+from pyneg import _core
+V = 200_000
+w = torch.ones(V, dtype=torch.float64)
+stop = threading.Event()
+def writer():
+    g = np.random.default_rng(1)
+    vals = torch.tensor([float("nan"), -1.0, float("inf"), 1e300, 0.0, 1.0], dtype=torch.float64)
+    while not stop.is_set():
+        i = int(g.integers(V))
+        w[i] = vals[int(g.integers(6))]
+        w[i] = 1.0
+t = threading.Thread(target=writer); t.start()
+built = refused = 0
+for it in range(60):
+    try:
+        s = pyneg.AliasSampler(w)
+    except ValueError as e:
+        assert "weights" in str(e), e
+        refused += 1
+        continue
+    m = np.empty(V, dtype=np.int64)
+    _core.alias_class_masses(s.state_dict()["entries"].numpy(), m)
+    assert int(m.astype(object).sum()) == V * 2**32, "table masses do not sum to V * 2**32"
+    x = s.sample(10_000, seed=it)
+    assert int(x.min()) >= 0 and int(x.max()) < V
+    built += 1
+z = pyneg.LogUniformSampler(2**40)
+ex = torch.arange(8).repeat(16, 1)
+orig = ex.clone()
+def writer2():
+    g = np.random.default_rng(2)
+    while not stop.is_set():
+        i, j = int(g.integers(16)), int(g.integers(8))
+        ex[i, j] = 2**41
+        ex[i, j] = orig[i, j]
+stop.set(); t.join(); stop.clear()
+t = threading.Thread(target=writer2); t.start()
+for it in range(300):
+    try:
+        x = z.sample((16, 6), seed=it, exclude=ex, unique=it % 2 == 1)
+    except ValueError as e:
+        assert "exclude" in str(e), e
+        continue
+    assert int(x.min()) >= 8, "drew an excluded id"
+stop.set(); t.join()
+print("weights writer", built, refused)
+"""
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "weights writer" in proc.stdout
