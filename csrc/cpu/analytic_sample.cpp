@@ -14,50 +14,36 @@
 
 namespace pyneg {
 
+// 2^(j/64) rounded to double (computed with 50-digit decimals).
+const double kExp2Table64[64] = {
+    1.0, 1.0108892860517005, 1.0218971486541166, 1.0330248790212284,
+    1.0442737824274138, 1.0556451783605572, 1.0671404006768237, 1.0787607977571199,
+    1.0905077326652577, 1.102382583307841, 1.1143867425958924, 1.1265216186082418,
+    1.1387886347566916, 1.1511892299529827, 1.1637248587775775, 1.1763969916502812,
+    1.189207115002721, 1.202156731452703, 1.215247359980469, 1.22848053610687,
+    1.241857812073484, 1.255380757024691, 1.2690509571917332, 1.2828700160787783,
+    1.2968395546510096, 1.3109612115247644, 1.3252366431597413, 1.339667524053303,
+    1.3542555469368927, 1.3690024229745905, 1.383909881963832, 1.3989796725383112,
+    1.4142135623730951, 1.42961333839197, 1.4451808069770467, 1.460917794180647,
+    1.4768261459394993, 1.4929077282912648, 1.5091644275934228, 1.5255981507445384,
+    1.5422108254079407, 1.559004400237837, 1.5759808451078865, 1.593142151342267,
+    1.6104903319492543, 1.6280274218573478, 1.645755478153965, 1.6636765803267364,
+    1.681792830507429, 1.7001063537185235, 1.718619298122478, 1.7373338352737062,
+    1.7562521603732995, 1.7753764925265212, 1.7947090750031072, 1.8142521755003989,
+    1.8340080864093424, 1.8539791250833855, 1.8741676341103, 1.8945759815869656,
+    1.9152065613971474, 1.9360617934922943, 1.9571441241754002, 1.978456026387951,
+};
+
 namespace {
 
 constexpr int64_t kGrain = int64_t{1} << 15;
 constexpr int kBlock = 256;
 
-double unit53(uint64_t u) { return static_cast<double>(u >> 11) * (1.0 / 9007199254740992.0); }
+double unit53(uint64_t u) {  // (via int64: the unsigned conversion is slow on x86)
+  return static_cast<double>(static_cast<int64_t>(u >> 11)) * (1.0 / 9007199254740992.0);
+}
 
 }  // namespace
-
-// exp(x) for x in [0, 40], without libm: x = n ln2 + r (|r| <= ln2 / 2, ln2 in
-// two parts), exp(r) by its Taylor polynomial to degree 13 (relative error
-// below 2^-52), times 2^n built from the exponent bits. Pure arithmetic, so
-// the draw loop vectorises and the result is the same on every machine.
-double exp_small(double x) {
-  constexpr double kLog2e = 1.4426950408889634;
-  constexpr double kLn2Hi = 0.6931471805598903;   // ln2 rounded to 42 bits
-  constexpr double kLn2Lo = 5.497923018708371e-14;  // ln2 - kLn2Hi
-  const double n = std::nearbyint(x * kLog2e);
-  const double r = (x - n * kLn2Hi) - n * kLn2Lo;
-  double p = 1.0 / 6227020800.0;  // 1/13!
-  p = p * r + 1.0 / 479001600.0;
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  const uint64_t bits = static_cast<uint64_t>(static_cast<int64_t>(n) + 1023) << 52;
-  double scale;
-  std::memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
-}
-
-int64_t log_uniform_pick(uint64_t u, double log_v1, int64_t v) {
-  const double y = exp_small(unit53(u) * log_v1) - 1.0;  // in [0, V] up to rounding
-  const auto k = static_cast<int64_t>(y > 0.0 ? y : 0.0);
-  return k < v ? k : v - 1;
-}
 
 namespace {
 

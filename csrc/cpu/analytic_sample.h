@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/alias_sample.h"  // ExcludeLists
 
@@ -40,10 +41,35 @@ struct AnalyticDist {
   double cdf(int64_t k) const;        // P(id < k), k in [0, V]
 };
 
-// exp(x) for x in [0, 40] in plain arithmetic (relative error < 2^-51), and the
-// log-uniform draw from one 64-bit random number built on it.
-double exp_small(double x);
-int64_t log_uniform_pick(uint64_t u, double log_v1, int64_t v);
+// 2^(j/64), j = 0..63 (constants in analytic_sample.cpp).
+extern const double kExp2Table64[64];
+
+// exp(x) for x in [0, 40], without libm: x = (64 n + j) ln2 / 64 + r with
+// |r| <= ln2 / 128 (ln2 in two parts), exp(r) by its Taylor polynomial to
+// degree 5 (relative error below 2^-53), times 2^(j/64) from a table and 2^n
+// from the exponent bits. Short dependency chains: many draws overlap.
+inline double exp_small(double x) {
+  constexpr double kLog2e64 = 92.33248261689366;      // 64 / ln2
+  constexpr double kLn2Hi64 = 0.010830424696223417;   // ln2 / 64 to 36 bits: m * it is exact
+  constexpr double kLn2Lo64 = 2.572804622327669e-14;  // ln2 / 64 - kLn2Hi64
+  // Round to nearest with the 1.5 * 2^52 trick (nearbyint can be a libm call
+  // without SSE4.1, which the portable build does not assume).
+  constexpr double kRound = 6755399441055744.0;
+  const double m = (x * kLog2e64 + kRound) - kRound;
+  const double r = (x - m * kLn2Hi64) - m * kLn2Lo64;
+  const double p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0)))));
+  const auto mi = static_cast<int64_t>(m);
+  const uint64_t bits = static_cast<uint64_t>((mi >> 6) + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * kExp2Table64[mi & 63] * scale;
+}
+
+inline int64_t log_uniform_pick(uint64_t u, double log_v1, int64_t v) {
+  const double y = exp_small((static_cast<double>(static_cast<int64_t>(u >> 11)) * (1.0 / 9007199254740992.0)) * log_v1) - 1.0;  // in [0, V] up to rounding
+  const auto k = static_cast<int64_t>(y > 0.0 ? y : 0.0);
+  return k < v ? k : v - 1;
+}
 
 void analytic_sample(const AnalyticDist& d, uint64_t seed, uint64_t offset, int64_t* out, int64_t n,
                      int num_threads);

@@ -24,6 +24,7 @@ from pyneg.bench.workload import Target, Workload
 MULTINOMIAL = "torch.multinomial"
 RANDINT = "torch.randint (uniform)"
 CUMSUM = "torch.cumsum (same weights)"
+TWO_TABLES = "2x the final table (16 B/class, touched)"
 
 
 def zipf_counts(num_classes: int, exponent: float = 1.0, seed: int = 0) -> np.ndarray:
@@ -147,9 +148,20 @@ def _check_unique(st: SimpleNamespace, result: torch.Tensor, baselines: Dict[str
     assert abs(float(ours.mean() - theirs.mean())) < tol, (float(ours.mean()), float(theirs.mean()), tol)
 
 
-def _build_setup(quick: bool) -> SimpleNamespace:
-    v = 10**7 if not quick else 10**6
-    return SimpleNamespace(weights=torch.from_numpy(zipf_counts(v) ** 0.75), v=v)
+def _build_setup_v(num_classes: int):
+    def setup(quick: bool) -> SimpleNamespace:
+        v = num_classes if not quick else 10**6
+        return SimpleNamespace(weights=torch.from_numpy(zipf_counts(v) ** 0.75), v=v)
+
+    return setup
+
+
+_build_setup = _build_setup_v(10**7)
+
+
+def _two_tables(st: SimpleNamespace) -> torch.Tensor:
+    """The peak-memory yardstick of a build: twice the final table, allocated and touched."""
+    return torch.zeros(2 * st.v, dtype=torch.int64)
 
 
 def _pyneg_build(st: SimpleNamespace) -> pyneg.AliasSampler:
@@ -164,6 +176,141 @@ def _check_build(st: SimpleNamespace, result: pyneg.AliasSampler, baselines: Dic
     cum = baselines[CUMSUM]
     assert torch.allclose(torch.cumsum(result.probs, 0), cum / cum[-1], atol=1e-9)
     assert_follows(result.sample(10**6, seed=1), result.probs)
+
+
+def _build_workload(exp: int) -> Workload:
+    """Build from 10^exp weights against torch.cumsum; peak build memory against 2x the table."""
+    return Workload(
+        name=f"alias_build_V1e{exp}",
+        group="sampling",
+        description=f"build the alias table from 10^{exp} weights (8 B/class table; peak vs 2x table)",
+        setup=_build_setup_v(10**exp),
+        run=_pyneg_build,
+        baselines={CUMSUM: _cdf_build, TWO_TABLES: _two_tables},
+        check=_check_build,
+        items=lambda st: st.v,
+        targets=(Target("ratio", 1 / 1.5, CUMSUM), Target("peak_memory_ratio", 1.0, TWO_TABLES)),
+        target_size={"V": 10**exp},
+        size=lambda st: {"V": st.v},
+        measure_memory=True,
+    )
+
+
+# ----------------------------------------------------- samplers without a table
+ANALYTIC_SHAPE = (4096, 20)
+
+
+def _analytic_setup(kind: str, num_classes: int):
+    def setup(quick: bool) -> SimpleNamespace:
+        cls = pyneg.UniformSampler if kind == "uniform" else pyneg.LogUniformSampler
+        return SimpleNamespace(sampler=cls(num_classes), v=num_classes, shape=ANALYTIC_SHAPE, kind=kind)
+
+    return setup
+
+
+def _pyneg_analytic(st: SimpleNamespace) -> torch.Tensor:
+    return st.sampler.sample(st.shape)
+
+
+def _randint_analytic(st: SimpleNamespace) -> torch.Tensor:
+    return torch.randint(0, st.v, st.shape)
+
+
+def _check_analytic(st: SimpleNamespace, result: torch.Tensor, baselines: Dict[str, Any]) -> None:
+    assert result.shape == st.shape and result.dtype == torch.int64
+    assert int(result.min()) >= 0 and int(result.max()) < st.v
+    # The law on coarse bins (V is far too large for a per-id test): P(id < V^t) for a few t.
+    x = torch.cat([st.sampler.sample(st.shape).reshape(-1) for _ in range(10)]).double()
+    n = x.numel()
+    for t in (0.25, 0.5, 0.75):
+        edge = float(st.v) ** t if st.kind == "loguniform" else st.v * t
+        p = math.log1p(math.floor(edge)) / math.log1p(st.v) if st.kind == "loguniform" else math.floor(edge) / st.v
+        got = float((x < math.floor(edge)).double().mean())
+        assert abs(got - p) < 6 * math.sqrt(p * (1 - p) / n) + 1e-9, (t, got, p)
+
+
+def _analytic_workload(kind: str, num_classes: int, label: str) -> Workload:
+    return Workload(
+        name=f"analytic_{kind}_{label}",
+        group="sampling",
+        description=f"{'Uniform' if kind == 'uniform' else 'LogUniform'}Sampler({label}): 4096 x 20 draws, no table",
+        setup=_analytic_setup(kind, num_classes),
+        run=_pyneg_analytic,
+        baselines={RANDINT: _randint_analytic},
+        check=_check_analytic,
+        items=lambda st: math.prod(st.shape),
+        targets=(Target("ratio", 1 / 1.5, RANDINT),),
+        target_size={"V": num_classes, "shape": list(ANALYTIC_SHAPE)},
+        size=lambda st: {"V": st.v, "shape": list(st.shape)},
+    )
+
+
+# ------------------------------------------------- resident memory per class
+def _rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("VmRSS not in /proc/self/status")
+
+
+def resident_bytes_per_class(make: Any, num_classes: int) -> float:
+    """Resident-memory growth of building and keeping one sampler (after a plain draw),
+    per class: what a sampler holds once built (build-time scratch freed)."""
+    import gc
+
+    from pyneg.bench.timing import _malloc_trim
+
+    gc.collect()
+    _malloc_trim()
+    before = _rss_bytes()
+    sampler = make()
+    sampler.sample((64, 8), seed=0)
+    gc.collect()
+    _malloc_trim()
+    grown = _rss_bytes() - before
+    del sampler
+    return grown / num_classes
+
+
+def _memory_setup(kind: str, num_classes: int):
+    def setup(quick: bool) -> SimpleNamespace:
+        v = num_classes if not quick else 10**6
+        weights = torch.from_numpy(zipf_counts(v)) if kind in ("alias", "unigram") else None
+        make = {
+            "alias": lambda: pyneg.AliasSampler(weights),
+            "unigram": lambda: pyneg.UnigramSampler(weights, power=0.75),
+            "uniform": lambda: pyneg.UniformSampler(v),
+            "loguniform": lambda: pyneg.LogUniformSampler(v),
+        }[kind]
+        st = SimpleNamespace(v=v, make=make, kind=kind)
+        st.bytes_per_class = resident_bytes_per_class(make, v)
+        return st
+
+    return setup
+
+
+def _memory_workload(kind: str, exp: int) -> Workload:
+    """Builds the sampler (timed); the resident growth per class of a kept sampler is a note.
+    Targets (DESIGN.md): weighted tables <= 8 B/class; uniform / log-uniform O(1) (< 1 MiB)."""
+    return Workload(
+        name=f"sampler_memory_{kind}_V1e{exp}",
+        group="sampling",
+        description=f"resident memory per class of a built {kind} sampler, V = 10^{exp}",
+        setup=_memory_setup(kind, 10**exp),
+        run=lambda st: st.make(),
+        items=lambda st: st.v,
+        notes=lambda st: {
+            "resident B/class": round(st.bytes_per_class, 3),
+            "resident MiB": round(st.bytes_per_class * st.v / 2**20, 3),
+            "target": "<= 8 B/class" if st.kind in ("alias", "unigram") else "< 1 MiB in all",
+            "met": (st.bytes_per_class <= 8.0)
+            if st.kind in ("alias", "unigram")
+            else (st.bytes_per_class * st.v < 2**20),
+        },
+        target_size={"V": 10**exp},
+        size=lambda st: {"V": st.v},
+    )
 
 
 def _raw_setup(num_classes: int):
@@ -297,21 +444,13 @@ WORKLOADS = [
         target_size={"V": 10**7, "rows": 64, "k": 1000},
         size=lambda st: {"V": st.v, "rows": st.rows, "k": st.k},
     ),
-    Workload(
-        name="alias_build_V1e7",
-        group="sampling",
-        description="build the alias table from 10^7 weights (one core)",
-        setup=_build_setup,
-        run=_pyneg_build,
-        baselines={CUMSUM: _cdf_build},
-        check=_check_build,
-        items=lambda st: st.v,
-        targets=(Target("ratio", 0.5, CUMSUM),),
-        target_size={"V": 10**7},
-        size=lambda st: {"V": st.v},
-    ),
+    _build_workload(7),
+    _build_workload(8),
     _raw_workload(4, 2, "cache-resident"),
     _raw_workload(7, 0.5, "DRAM-resident"),
     _small_call_workload((512, 5)),
     _small_call_workload((4096, 20)),
+    _analytic_workload("uniform", 10**9, "1e9"),
+    _analytic_workload("loguniform", 2**40, "2e40"),
+    *(_memory_workload(kind, exp) for exp in (7, 8) for kind in ("alias", "unigram", "uniform", "loguniform")),
 ]
