@@ -148,7 +148,8 @@ class _Distribution:
         if m is not None:
             return torch.from_numpy(m)
         if not _alias_ops.direct_call_ok(self.entries):
-            return _OPS.alias_class_masses(self.entries)
+            traced: torch.Tensor = _OPS.alias_class_masses(self.entries)
+            return traced
         return torch.from_numpy(self.masses())
 
     def tables(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -426,7 +427,8 @@ class AliasSampler:
                 if true_classes.dtype not in _OP_INT_DTYPES:
                     raise TypeError(f"true_classes must hold integer ids, got {true_classes.dtype}")
                 # The range check in an op of its own, so its error names true_classes as eagerly.
-                true_classes = _OPS.check_ids(true_classes.to(device="cpu"), self.num_classes, "true_classes")
+                checked: torch.Tensor = _OPS.check_ids(true_classes.to(device="cpu"), self.num_classes, "true_classes")
+                true_classes = checked
             else:  # checked before drawing: a refused call draws nothing
                 true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
             if true_classes.dim() > 2:
@@ -585,15 +587,16 @@ class AliasSampler:
             numel = result.numel()
             rows = numel // k if numel else 0
             tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
-            mass = dist.masses() if unique or ex is not None else None  # derived once, then kept
+            masses = dist.masses() if unique or ex is not None else None  # derived once, then kept
             _alias_ops.draw_into(
-                result, dist.entries_np, mass, dist.num_positive if mass is not None else 0, ex, _u64(seed),
+                result, dist.entries_np, masses, dist.num_positive if masses is not None else 0, ex, _u64(seed),
                 _u64(offset), k, unique, tries,
             )  # fmt: skip
             return result, tries
         direct = _alias_ops.direct_call_ok(ex)
         if dev.type == "cuda" and direct:
             dev = cuda.normalize_device(dev)  # one table copy per device, whichever way it is named
+        mass: Optional[torch.Tensor]
         if dev.type == "cpu" and ex is None and not unique:  # plain draws read the entries alone
             entries, mass = dist.entries, None
         else:

@@ -276,7 +276,7 @@ def resident_bytes_per_class(make: Any, num_classes: int) -> float:
 def _memory_setup(kind: str, num_classes: int):
     def setup(quick: bool) -> SimpleNamespace:
         v = num_classes if not quick else 10**6
-        weights = torch.from_numpy(zipf_counts(v)) if kind in ("alias", "unigram") else None
+        weights = torch.from_numpy(zipf_counts(v)) if kind in ("alias", "unigram") else torch.empty(0)
         make = {
             "alias": lambda: pyneg.AliasSampler(weights),
             "unigram": lambda: pyneg.UnigramSampler(weights, power=0.75),
