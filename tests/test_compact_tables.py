@@ -234,3 +234,14 @@ def test_ids_at_2_to_the_40_in_losses_bank_and_estimator():
     p = est.probability(ids)
     assert torch.isfinite(p).all() and (p > 0).all()
     assert torch.equal(est.probability(torch.tensor([BIG - 1])), p[:1])
+
+
+@pytest.mark.parametrize("make", [lambda: pyneg.AliasSampler([1.0, 2.0]), lambda: pyneg.LogUniformSampler(BIG)])
+def test_absurd_log_prob_outputs_are_refused_up_front(make):
+    # Issue 25 item 8: an expanded view of 2**40 ids would need 8 TiB of log-probabilities.
+    s = make()
+    huge = torch.zeros(1, dtype=torch.int64).expand(2**40)
+    with pytest.raises(MemoryError, match=r"ids has 1099511627776 elements: cannot allocate 8796093022208 bytes"):
+        s.log_prob(huge)
+    with pytest.raises(MemoryError, match="ids has 1099511627776 elements"):
+        s.log_expected_count(huge, 4)

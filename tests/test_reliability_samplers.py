@@ -257,7 +257,7 @@ def test_valid_inputs_the_issue_names_are_accepted():
     [
         (lambda: pyneg.UniformSampler(2**50 + 1), ValueError, "num_classes"),
         (lambda: pyneg.LogUniformSampler(2**51), ValueError, "num_classes"),
-        (lambda: pyneg.AliasSampler(np.broadcast_to(1.0, (2**31,))), ValueError, "weights"),
+        (lambda: pyneg.AliasSampler(torch.ones(1, dtype=torch.float64).expand(2**31)), ValueError, "weights"),
         (lambda: pyneg.UnigramSampler([1.0], power=True), TypeError, "power"),
         (lambda: pyneg.UnigramSampler([1.0], power=10**400), ValueError, "power"),
         (lambda: pyneg.UnigramSampler([1.0, float("inf")], power=0.5), ValueError, "counts"),
