@@ -91,7 +91,7 @@ def _check_seed_arg(value: Union[int, torch.Tensor], name: str, compiling: bool)
         if value.device.type == "meta":
             raise ValueError(f"{name} must hold a value, got a meta tensor")
         if not compiling:  # its 64 bits, as the ops read them (a negative int64 is a seed >= 2**63)
-            return int(value.reshape(())) % _POSITIONS
+            return int(value.detach().reshape(()).cpu().numpy().item()) % _POSITIONS  # (uint64 past 2**63 too)
         return value.reshape(()).to(device="cpu", dtype=torch.int64)
     if type(value) is int and 0 <= value < _POSITIONS:
         return value
