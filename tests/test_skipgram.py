@@ -536,3 +536,91 @@ def test_refused_hogwild_and_batch_size_arguments_name_the_argument():
         with pytest.raises(exc, match=name):
             call()
     assert torch.equal(a, w_in) and torch.equal(b, w_out) and not hs.weight.any()
+
+
+# ---------------------------------------------- hardening (issue 25)
+def test_keep_above_one_or_below_zero_is_refused_naming_keep():
+    t = np.arange(10)
+    for bad in (np.full(10, 1.5), np.r_[np.ones(9), -0.1]):
+        with pytest.raises(ValueError, match="keep"):
+            sg.skipgram_pairs(t, 2, keep=bad, seed=0)
+        with pytest.raises(ValueError, match="keep"):
+            pyneg.SkipGramPairs(t, 2, keep=bad, seed=0)
+    sg.skipgram_pairs(t, 2, keep=np.r_[np.zeros(5), np.ones(5)], seed=0)  # the bounds themselves are fine
+
+
+def _sorted_epoch(batches):
+    c = torch.cat([b[0] for b in batches])
+    x = torch.cat([b[1] for b in batches])
+    key = c * 1000 + x
+    return key.sort().values
+
+
+@pytest.mark.parametrize(("context", "persistent"), [("fork", False), ("fork", True), ("spawn", False)])
+def test_dataloader_workers_move_on_to_the_next_epoch(context, persistent):
+    rng = np.random.default_rng(2)
+    tokens = torch.from_numpy(rng.integers(0, 30, 2000))
+    offsets = torch.arange(0, 2000, 20)
+    ds = pyneg.SkipGramPairs(tokens, 3, offsets=offsets, keep=np.full(30, 0.7), batch_size=64, seed=4, chunk_tokens=300)
+    want = []
+    for e in range(3):  # without workers: epochs 0, 1, 2
+        ds.set_epoch(e)
+        want.append(_sorted_epoch(list(ds)))
+    assert not torch.equal(want[0], want[1])
+    ds.set_epoch(0)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=2, multiprocessing_context=context, persistent_workers=persistent
+    )
+    for e in range(3):
+        got = _sorted_epoch(list(loader))
+        assert torch.equal(got, want[e]), f"epoch {e} under {context} workers repeated another epoch"
+    assert ds.next_epoch() == 3  # the parent sees the epochs its workers drew
+    ds.set_epoch(1)  # set_epoch in the parent selects the workers' next epoch
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context)
+    assert torch.equal(_sorted_epoch(list(loader)), want[1])
+
+
+_SKIPGRAM_CONCURRENT_WRITER = """
+import threading, numpy as np, torch, pyneg
+from pyneg import skipgram as sg
+V, D, B = 50, 8, 20000
+torch.set_num_threads(2)
+hs = pyneg.HierarchicalSoftmax(np.arange(1, V + 1, dtype=np.float64), D)
+w_in = torch.zeros(V, D); w_out = torch.zeros(V, D)
+c = torch.randint(0, V, (B,)); x = torch.randint(0, V, (B,)); n = torch.randint(0, V, (B, 3))
+tokens = torch.randint(0, V, (B,))
+stop = threading.Event()
+def writer():
+    bad = [10**12, -5, V]
+    i = 0
+    while not stop.is_set():
+        j = (i * 7919) % B
+        for arr in (c, x, tokens):
+            old = int(arr[j]); arr[j] = bad[i % 3]; arr[j] = old
+        n[j % B, i % 3] = bad[i % 3]; n[j % B, i % 3] = 0
+        i += 1
+th = threading.Thread(target=writer); th.start()
+outcomes = {"ran": 0, "refused": 0}
+try:
+    for it in range(30):
+        for call in (
+            lambda: sg.hierarchical_softmax_sgd_(w_in, hs, c, x, 0.01, batch_size=1 + 63 * (it % 2)),
+            lambda: sg.negative_sampling_sgd_(w_in, w_out, c, x, n, 0.01, batch_size=64),
+            lambda: sg.negative_sampling_embedding_loss(w_in, w_out, c, x, n),
+            lambda: sg.skipgram_pairs(tokens, 3, keep=np.ones(V), seed=1),
+        ):
+            try:
+                call(); outcomes["ran"] += 1
+            except ValueError:
+                outcomes["refused"] += 1
+finally:
+    stop.set(); th.join()
+print(outcomes["ran"] + outcomes["refused"], bool(torch.isfinite(w_in).all()))
+"""
+
+
+def test_concurrent_writer_of_the_ids_cannot_crash_the_skipgram_kernels(run_child):
+    proc = run_child(_SKIPGRAM_CONCURRENT_WRITER)
+    assert proc.returncode == 0, proc.stderr
+    # Every call either ran on a checked private copy of its ids or was refused with ValueError.
+    assert proc.stdout.split() == ["120", "True"], proc.stdout + proc.stderr
