@@ -416,21 +416,31 @@ def test_bad_pair_inputs_raise_naming_the_argument():
         pyneg.SkipGramPairs(t, batch_size=0)
 
 
-def test_hierarchical_softmax_sgd_is_bitwise_identical_across_thread_counts():
+@pytest.mark.parametrize("batch_size", [7, 300, 2048])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_hierarchical_softmax_sgd_is_bitwise_identical_across_thread_counts(batch_size, dtype, bias):
+    # The deterministic kernel's tasks (64-pair scoring tasks, 4 x threads row
+    # partitions) are claimed by whichever thread is free: with 1 to 4 threads
+    # every row lands in a different partition and thread, the bits must not move.
     g = torch.Generator().manual_seed(4)
     v, d, n = 300, 32, 6000
     counts = torch.randint(1, 1000, (v,), generator=g).double()
-    w_in = torch.randn(v, d, generator=g) * 0.1
+    w_in = (torch.randn(v, d, generator=g) * 0.1).to(dtype)
     c, x = torch.randint(0, v, (n,), generator=g), torch.randint(0, v, (n,), generator=g)
 
     def run():
-        hs = pyneg.HierarchicalSoftmax(counts, d, bias=True)
+        hs = pyneg.HierarchicalSoftmax(counts, d, bias=bias, dtype=dtype)
+        with torch.no_grad():
+            hs.weight.copy_(torch.randn(hs.weight.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
         a = w_in.clone()
-        loss = sg.hierarchical_softmax_sgd_(a, hs, c, x, 0.05, batch_size=2048, compute_loss=True)
-        return a, hs.weight.detach().clone(), hs.bias.detach().clone(), torch.tensor(loss)
+        loss = sg.hierarchical_softmax_sgd_(a, hs, c, x, 0.05, lr_end=0.01, batch_size=batch_size, compute_loss=True)
+        out = [a, hs.weight.detach().clone(), torch.tensor(loss)]
+        return out + ([hs.bias.detach().clone()] if bias else [])
 
     one = with_threads(1, run)
-    for threads in (2, 3):
+    assert not torch.equal(one[0], w_in)
+    for threads in (2, 3, 4):
         for got, want in zip(with_threads(threads, run), one):
             assert torch.equal(got, want)
 
@@ -556,8 +566,11 @@ def _sorted_epoch(batches):
     return key.sort().values
 
 
-@pytest.mark.parametrize(("context", "persistent"), [("fork", False), ("fork", True), ("spawn", False)])
-def test_dataloader_workers_move_on_to_the_next_epoch(context, persistent):
+@pytest.mark.parametrize(
+    ("context", "persistent", "workers", "epochs"), [("fork", False, 2, 3), ("fork", True, 2, 3), ("spawn", False, 1, 2)]
+)
+def test_dataloader_workers_move_on_to_the_next_epoch(context, persistent, workers, epochs):
+    # (spawn starts fresh interpreters each epoch: one worker, two epochs keep it short)
     rng = np.random.default_rng(2)
     tokens = torch.from_numpy(rng.integers(0, 30, 2000))
     offsets = torch.arange(0, 2000, 20)
@@ -569,14 +582,14 @@ def test_dataloader_workers_move_on_to_the_next_epoch(context, persistent):
     assert not torch.equal(want[0], want[1])
     ds.set_epoch(0)
     loader = torch.utils.data.DataLoader(
-        ds, batch_size=None, num_workers=2, multiprocessing_context=context, persistent_workers=persistent
+        ds, batch_size=None, num_workers=workers, multiprocessing_context=context, persistent_workers=persistent
     )
-    for e in range(3):
+    for e in range(epochs):
         got = _sorted_epoch(list(loader))
         assert torch.equal(got, want[e]), f"epoch {e} under {context} workers repeated another epoch"
-    assert ds.next_epoch() == 3  # the parent sees the epochs its workers drew
+    assert ds.next_epoch() == epochs  # the parent sees the epochs its workers drew
     ds.set_epoch(1)  # set_epoch in the parent selects the workers' next epoch
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=2, multiprocessing_context=context)
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context=context)
     assert torch.equal(_sorted_epoch(list(loader)), want[1])
 
 
