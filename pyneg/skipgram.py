@@ -253,7 +253,9 @@ class SkipGramPairs(torch.utils.data.IterableDataset):
             self._started.fill_(m + 1)
             return self.epoch + m, 0, 1
         if info.num_workers > _MAX_WORKERS:
-            raise ValueError(f"SkipGramPairs supports at most {_MAX_WORKERS} DataLoader workers, got {info.num_workers}")
+            raise ValueError(
+                f"SkipGramPairs supports at most {_MAX_WORKERS} DataLoader workers, got {info.num_workers}"
+            )
         slot = 1 + info.id
         e = int(self._started[slot])
         self._started[slot] = e + 1

@@ -108,7 +108,8 @@ def test_two_tower_hard_negatives_run_and_never_hold_a_positive(tmp_path):
     # The mined negatives themselves: never one of the user's training items (so never a row's positive).
     split = tt.Split(tt._power_law(num_users=60, num_items=300, per_user=20, seed=3))
     args = tt.parse(small + ["--mine-perc-pos", "0.95", "--max-steps", "5"])
-    model, _ = tt.train("+ mined", split, args, seed=0)
+    model, _, mining_s = tt.train("+ mined", split, args, seed=0)
+    assert mining_s > 0.0
     for perc in (None, 0.95):
         args.mine_perc_pos = perc
         mined = tt.mine_negatives(model, split, args, seed=1, offset=0)

@@ -567,7 +567,8 @@ def _sorted_epoch(batches):
 
 
 @pytest.mark.parametrize(
-    ("context", "persistent", "workers", "epochs"), [("fork", False, 2, 3), ("fork", True, 2, 3), ("spawn", False, 1, 2)]
+    ("context", "persistent", "workers", "epochs"),
+    [("fork", False, 2, 3), ("fork", True, 2, 3), ("spawn", False, 1, 2)],
 )
 def test_dataloader_workers_move_on_to_the_next_epoch(context, persistent, workers, epochs):
     # (spawn starts fresh interpreters each epoch: one worker, two epochs keep it short)

@@ -24,7 +24,7 @@ generator against what users write today.
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -335,7 +335,8 @@ def _hs_setup(tokens: int):
                 counter[t] = counter.get(t, 0) + 1
         words = sorted((w for w, c in counter.items() if c >= 5), key=lambda w: (-counter[w], w))
         index = {w: i for i, w in enumerate(words)}
-        ids, starts = [], []
+        ids: List[int] = []
+        starts: List[int] = []
         for snt in sentences:
             row = [index[t] for t in snt if t in index]
             if row:
@@ -393,11 +394,20 @@ def _hs_det_competing(st: SimpleNamespace):
 
 
 def _gensim_hs(st: SimpleNamespace):
-    from gensim.models import Word2Vec
+    from gensim.models import Word2Vec  # type: ignore[import-untyped]
 
     model = Word2Vec(
-        vector_size=100, window=5, min_count=5, sg=1, hs=1, negative=0, sample=1e-3, alpha=0.025,
-        min_alpha=0.0001, seed=1, workers=st.threads,
+        vector_size=100,
+        window=5,
+        min_count=5,
+        sg=1,
+        hs=1,
+        negative=0,
+        sample=1e-3,
+        alpha=0.025,
+        min_alpha=0.0001,
+        seed=1,
+        workers=st.threads,
     )
     model.build_vocab(st.sentences)
     model.train(st.sentences, total_examples=len(st.sentences), epochs=1)
@@ -406,7 +416,7 @@ def _gensim_hs(st: SimpleNamespace):
 
 def _gensim_baseline() -> Dict[str, Any]:
     try:
-        import gensim  # noqa: F401
+        import gensim  # type: ignore[import-untyped]  # noqa: F401
     except ImportError:
         return {}
     return {GENSIM_HS: _gensim_hs}
