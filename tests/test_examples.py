@@ -15,7 +15,7 @@ import torch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two_tower.py"
 # float64 so that one and two processes agree to rounding; every method, so every
-# global-batch loss (in-batch, + logQ, bank, sampled) is exercised.
+# global-batch loss (in-batch, + logQ, bank, sampled, mined) is exercised.
 QUICK = ["--quick", "--dtype", "float64", "--batch-size", "256", "--bank-size", "512"]
 
 
@@ -38,7 +38,7 @@ def test_two_processes_match_one(tmp_path):
         "two",
     )
     assert one["world_size"] == 1 and two["world_size"] == 2
-    assert set(one["results"]) == {"in-batch", "+ logQ", "+ bank", "mixed"}
+    assert set(one["results"]) == {"in-batch", "+ logQ", "+ bank", "mixed", "+ mined"}
     for method, metrics in one["results"].items():
         for name in ("Recall@10", "Recall@50", "NDCG@10"):
             assert two["results"][method][name] == pytest.approx(metrics[name], abs=1e-9), (method, name)
