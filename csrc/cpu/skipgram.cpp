@@ -64,6 +64,14 @@ SGNSBatch<T> private_batch(const SGNSBatch<T>& a, std::vector<int64_t> (&store)[
 // the whole word, so a stale claim of a finished stage fails. A thread with
 // nothing to claim spins briefly, then sleeps on a condition variable (a
 // waiting thread frees its core for the ones with work).
+//
+// A worker the OS preempts while it *holds* a task still stalls its stage.
+// So the team watches itself: every kWindow stages, the thread finishing a
+// stage compares the window's wall time with the summed time the threads
+// spent running tasks; when the team is no faster than that sum (no thread
+// ran in parallel with another, as on a machine with more runnable threads
+// than cores), the workers stop claiming and the caller finishes the call
+// alone. Who runs a task never changes its result, so neither does this.
 class TaskBoard {
  public:
   // tasks(s) for stage s in [0, stages); run(s, t) runs task t of stage s;
@@ -71,29 +79,45 @@ class TaskBoard {
   template <class Tasks, class Run, class Finish>
   static void run_team(int threads, uint32_t stages, Tasks tasks, Run run, Finish finish) {
     TaskBoard board;
-    auto work = [&] { board.work(stages, tasks, run, finish); };
+    board.team_ = threads > 1;
+    board.window_start_ = Clock::now();
     std::vector<std::thread> workers;
     if (stages > 0) {
       workers.reserve(static_cast<size_t>(std::max(threads - 1, 0)));
-      for (int t = 1; t < threads; ++t) workers.emplace_back(work);
+      for (int t = 1; t < threads; ++t) workers.emplace_back([&] { board.work(false, stages, tasks, run, finish); });
     }
-    work();
+    board.work(true, stages, tasks, run, finish);
     for (auto& w : workers) w.join();
   }
 
  private:
+  using Clock = std::chrono::steady_clock;
+
+  static int64_t ns(Clock::duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); }
+
   template <class Tasks, class Run, class Finish>
-  void work(uint32_t stages, Tasks& tasks, Run& run, Finish& finish) {
+  void work(bool caller, uint32_t stages, Tasks& tasks, Run& run, Finish& finish) {
     for (;;) {
+      if (!caller && solo_.load(std::memory_order_relaxed)) return;  // the caller finishes alone
       uint64_t t = ticket_.load(std::memory_order_acquire);
       const uint32_t stage = static_cast<uint32_t>(t >> 32);
       if (stage >= stages) return;
       const uint64_t count = static_cast<uint64_t>(tasks(stage));
       if ((t & 0xffffffffu) < count) {
         if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+        const Clock::time_point start = team_ ? Clock::now() : Clock::time_point{};
         run(stage, static_cast<int64_t>(t & 0xffffffffu));
+        if (team_) work_ns_.fetch_add(ns(Clock::now() - start), std::memory_order_relaxed);
         if (static_cast<uint64_t>(done_.fetch_add(1, std::memory_order_acq_rel)) + 1 == count) {
           finish(stage);
+          if (team_ && !solo_.load(std::memory_order_relaxed) && ++window_stages_ == kWindow) {
+            // Finishers run one after the other (stage order), so the window's fields need no lock.
+            const Clock::time_point now = Clock::now();
+            const int64_t wall = ns(now - window_start_), busy = work_ns_.exchange(0, std::memory_order_relaxed);
+            if (10 * wall > 9 * busy) solo_.store(true, std::memory_order_relaxed);
+            window_start_ = now;
+            window_stages_ = 0;
+          }
           done_.store(0, std::memory_order_relaxed);
           ticket_.store(static_cast<uint64_t>(stage + 1) << 32, std::memory_order_seq_cst);
           if (sleepers_.load(std::memory_order_seq_cst) > 0) {
@@ -124,6 +148,12 @@ class TaskBoard {
   }
 
   static constexpr int kSpins = 2000;  // a few microseconds
+  static constexpr uint32_t kWindow = 16;  // stages (8 mini-batches) per check of the team's speed-up
+  bool team_ = false;
+  std::atomic<bool> solo_{false};
+  std::atomic<int64_t> work_ns_{0};
+  Clock::time_point window_start_;
+  uint32_t window_stages_ = 0;
   std::atomic<uint64_t> ticket_{0};
   std::atomic<int64_t> done_{0};
   std::atomic<int> sleepers_{0};
