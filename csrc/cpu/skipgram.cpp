@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <condition_variable>
 #include <mutex>
 #include <cmath>
@@ -68,10 +69,10 @@ SGNSBatch<T> private_batch(const SGNSBatch<T>& a, std::vector<int64_t> (&store)[
 // A worker the OS preempts while it *holds* a task still stalls its stage.
 // So the team watches itself: every kWindow stages, the thread finishing a
 // stage compares the window's wall time with the summed time the threads
-// spent running tasks; when the team is no faster than that sum (no thread
-// ran in parallel with another, as on a machine with more runnable threads
-// than cores), the workers stop claiming and the caller finishes the call
-// alone. Who runs a task never changes its result, so neither does this.
+// spent running tasks (their CPU time: a thread preempted inside a task is
+// not working); when the team is no faster than that sum (no thread ran in
+// parallel with another, as on a machine with more runnable threads than
+// cores), the workers stop claiming and the caller finishes the call alone. Who runs a task never changes its result, so neither does this.
 class TaskBoard {
  public:
   // tasks(s) for stage s in [0, stages); run(s, t) runs task t of stage s;
@@ -95,6 +96,16 @@ class TaskBoard {
 
   static int64_t ns(Clock::duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); }
 
+  // CPU time of the calling thread: time a thread spends preempted inside a
+  // task is not work, and must not make a stalled team look parallel.
+  static int64_t thread_cpu_ns() {
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+    timespec ts{};
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+#endif
+    return ns(Clock::now().time_since_epoch());
+  }
+
   template <class Tasks, class Run, class Finish>
   void work(bool caller, uint32_t stages, Tasks& tasks, Run& run, Finish& finish) {
     for (;;) {
@@ -105,9 +116,9 @@ class TaskBoard {
       const uint64_t count = static_cast<uint64_t>(tasks(stage));
       if ((t & 0xffffffffu) < count) {
         if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
-        const Clock::time_point start = team_ ? Clock::now() : Clock::time_point{};
+        const int64_t start = team_ ? thread_cpu_ns() : 0;
         run(stage, static_cast<int64_t>(t & 0xffffffffu));
-        if (team_) work_ns_.fetch_add(ns(Clock::now() - start), std::memory_order_relaxed);
+        if (team_) work_ns_.fetch_add(thread_cpu_ns() - start, std::memory_order_relaxed);
         if (static_cast<uint64_t>(done_.fetch_add(1, std::memory_order_acq_rel)) + 1 == count) {
           finish(stage);
           if (team_ && !solo_.load(std::memory_order_relaxed) && ++window_stages_ == kWindow) {
