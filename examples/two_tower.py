@@ -10,7 +10,14 @@ side by side:
 3. + bank         in-batch + a MemoryBank of recent item embeddings
                   (cross-batch negatives, Wang et al., 2021), after a warm-up;
 4. mixed          in-batch + UnigramSampler negatives + the bank, each source's
-                  logits corrected by that source's own log q.
+                  logits corrected by that source's own log q;
+5. + mined        in-batch + logQ, plus hard negatives mined with
+                  ``pyneg.mine_hard_negatives`` once per epoch (or every
+                  ``--mine-every`` steps): every user's ranks [lo, hi) over the
+                  catalogue, the user's training items excluded (and, with
+                  ``--mine-perc-pos``, a TopK-PercPos false-negative filter),
+                  k drawn uniformly, each with its own log q (log k/w), through
+                  ``NegativeSource.from_mined`` and ``mixed_negatives_loss``.
 
 Evaluation is leave-last-out: each user's latest interaction (by timestamp) is
 held out; Recall@10, Recall@50 and NDCG@10 rank it against the full catalogue,
@@ -48,7 +55,7 @@ import pyneg.functional as PF
 from pyneg import distributed as pd
 from pyneg.functional import NegativeSource
 
-METHODS = ("in-batch", "+ logQ", "+ bank", "mixed")
+METHODS = ("in-batch", "+ logQ", "+ bank", "mixed", "+ mined")
 
 
 # ------------------------------------------------------------------ data
@@ -120,6 +127,13 @@ class Split:
         self.test_users = torch.from_numpy(u[test])
         self.test_items = torch.from_numpy(i[test])
         self.item_counts = torch.bincount(self.train_items, minlength=self.num_items).double()
+        # Each user's training items, padded with -1: (num_users, max items of a user).
+        per_user = torch.bincount(self.train_users, minlength=self.num_users)
+        self.user_items = torch.full((self.num_users, max(int(per_user.max()), 1)), -1, dtype=torch.int64)
+        by_user = torch.argsort(self.train_users, stable=True)
+        start = torch.cumsum(per_user, 0) - per_user
+        col = torch.arange(len(by_user)) - start[self.train_users[by_user]]
+        self.user_items[self.train_users[by_user], col] = self.train_items[by_user]
 
 
 # ------------------------------------------------------------------ model
@@ -143,7 +157,43 @@ class TwoTower(torch.nn.Module):
 
 
 # --------------------------------------------------------------- training
-def train(method: str, split: Split, args: argparse.Namespace, seed: int) -> Tuple[TwoTower, float]:
+@torch.no_grad()
+def mine_negatives(
+    model: TwoTower, split: Split, args: argparse.Namespace, seed: int, offset: int
+) -> pyneg.MinedNegatives:
+    """Hard negatives for every user: ranks [--mine-lo, --mine-hi) of the catalogue by the current model.
+
+    A user's training items are excluded (never a negative of any of the
+    user's rows); ``--mine-perc-pos p`` also drops candidates scoring at least
+    p times the user's mean positive score (TopK-PercPos, against unlabelled
+    positives). ``--mine-k`` of the window are drawn uniformly; each carries
+    log q = log(k / w), w the admissible candidates in the user's window.
+    """
+    users = F.normalize(model.user.weight, dim=1)
+    items = model.all_items()
+    filt = {}
+    if args.mine_perc_pos is not None:
+        pos = (users[split.train_users] * items[split.train_items]).sum(1).double()
+        mean_pos = torch.zeros(split.num_users, dtype=torch.float64).index_add_(0, split.train_users, pos)
+        mean_pos /= torch.bincount(split.train_users, minlength=split.num_users).clamp_min(1)
+        filt = dict(positive_scores=mean_pos, perc_pos=args.mine_perc_pos)
+    return pyneg.mine_hard_negatives(
+        users,
+        items,
+        args.mine_k,
+        lo=args.mine_lo,
+        hi=args.mine_hi,
+        exclude=split.user_items,
+        sampling="uniform",
+        pad=True,
+        seed=seed,
+        offset=offset,
+        **filt,
+    )
+
+
+def train(method: str, split: Split, args: argparse.Namespace, seed: int) -> Tuple[TwoTower, float, float]:
+    """Trains one method; returns (model, training seconds, seconds of them spent mining)."""
     rank, world = pd.rank_and_world_size()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(seed)
@@ -159,11 +209,21 @@ def train(method: str, split: Split, args: argparse.Namespace, seed: int) -> Tup
     shuffle = torch.Generator().manual_seed(seed)
     n = len(split.train_users)
     step, t0 = 0, time.perf_counter()
+    mined: Optional[pyneg.MinedNegatives] = None
+    mining_s = 0.0
     for _ in range(args.epochs):
         order = torch.randperm(n, generator=shuffle)
         for start in range(0, n, args.batch_size):
             if args.max_steps is not None and step >= args.max_steps:
                 break
+            if method == "+ mined" and (
+                mined is None
+                or (start == 0 and not args.mine_every)
+                or (args.mine_every and step % args.mine_every == 0)
+            ):
+                tm = time.perf_counter()
+                mined = mine_negatives(model, split, args, seed, offset=step * split.num_users)  # same on every rank
+                mining_s += time.perf_counter() - tm
             rows = order[start : start + args.batch_size]
             # This rank's shard of the global batch (all of it in one process).
             bounds = np.linspace(0, len(rows), world + 1).astype(int)
@@ -181,6 +241,11 @@ def train(method: str, split: Split, args: argparse.Namespace, seed: int) -> Tup
             kw = dict(temperature=args.temperature, gather=distributed)
             if method in ("in-batch", "+ logQ"):
                 loss = PF.in_batch_softmax_loss(q, c, log_q=log_q, candidate_ids=items, **kw)
+            elif method == "+ mined":
+                assert mined is not None
+                per_row = pyneg.MinedNegatives(*(t[users] for t in mined))  # each row gets its user's negatives
+                sources = [NegativeSource.batch(log_q), NegativeSource.from_mined(per_row, model.all_items())]
+                loss = PF.mixed_negatives_loss(q, c, sources, positive_ids=items, positive_log_q=log_q, **kw)
             else:
                 sources = [NegativeSource.batch(log_q), NegativeSource.from_bank(bank)]
                 if method == "mixed":
@@ -193,7 +258,7 @@ def train(method: str, split: Split, args: argparse.Namespace, seed: int) -> Tup
             opt.zero_grad(set_to_none=True)
             if method in ("+ bank", "mixed"):  # after backward: the loss read the bank's storage
                 bank.enqueue(c.detach(), items, log_q)
-    return model, time.perf_counter() - t0
+    return model, time.perf_counter() - t0, mining_s
 
 
 @torch.no_grad()
@@ -224,6 +289,18 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--bank-size", type=int, default=2048)
     p.add_argument("--warmup", type=int, default=20, help="steps before the bank is used")
     p.add_argument("--num-sampled", type=int, default=256, help="UnigramSampler negatives per step (mixed)")
+    p.add_argument("--mine-k", type=int, default=16, help="+ mined: hard negatives per row")
+    p.add_argument("--mine-lo", type=int, default=10, help="+ mined: the rank window [lo, hi) mined from")
+    p.add_argument("--mine-hi", type=int, default=110, help="+ mined: see --mine-lo")
+    p.add_argument(
+        "--mine-every", type=int, default=0, help="+ mined: mine again every N steps (0: at the start of every epoch)"
+    )
+    p.add_argument(
+        "--mine-perc-pos",
+        type=float,
+        default=None,
+        help="+ mined: drop candidates scoring >= p x the user's mean positive score (TopK-PercPos, e.g. 0.95)",
+    )
     p.add_argument("--max-steps", type=int, default=None, help="stop each run after this many steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
@@ -260,14 +337,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     results: Dict[str, Dict[str, List[float]]] = {}
     for method in args.methods:
         for seed in args.seeds:
-            model, secs = train(method, split, args, seed)
+            model, secs, mining_s = train(method, split, args, seed)
             metrics = evaluate(model, split)
             metrics["train_s"] = secs
+            metrics["mining_s_per_epoch"] = mining_s / max(args.epochs, 1)
             for k, v in metrics.items():
                 results.setdefault(method, {}).setdefault(k, []).append(v)
             say(
                 f"  {method:<9} seed {seed}: "
-                + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "train_s")
+                + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k not in ("train_s", "mining_s_per_epoch"))
                 + f" ({secs:.1f} s)",
                 flush=True,
             )
@@ -284,12 +362,19 @@ def main(argv: Optional[List[str]] = None) -> int:
 def table(results: Dict[str, Dict[str, List[float]]], seeds: int) -> str:
     cols = ["Recall@10", "Recall@50", "NDCG@10"]
     lines = [
-        f"| method ({seeds} seed{'s' if seeds > 1 else ''}) | " + " | ".join(cols) + " | train s |",
-        "| --- | " + " | ".join("---:" for _ in cols) + " | ---: |",
+        f"| method ({seeds} seed{'s' if seeds > 1 else ''}) | " + " | ".join(cols) + " | train s | mining s/epoch |",
+        "| --- | " + " | ".join("---:" for _ in cols) + " | ---: | ---: |",
     ]
     for method, m in results.items():
         cells = [f"{np.mean(m[c]):.4f} ± {np.std(m[c]):.4f}" for c in cols]
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {np.mean(m['train_s']):.1f} |")
+        mining = np.mean(m.get("mining_s_per_epoch", [0.0]))
+        lines.append(
+            f"| {method} | "
+            + " | ".join(cells)
+            + f" | {np.mean(m['train_s']):.1f} | "
+            + (f"{mining:.3f}" if method == "+ mined" else "-")
+            + " |"
+        )
     return "\n".join(lines)
 
 

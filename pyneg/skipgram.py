@@ -54,6 +54,7 @@ __all__ = [
 ]
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
+_MAX_WORKERS = 255  # DataLoader workers SkipGramPairs counts epochs for
 
 
 def _threads() -> int:
@@ -138,14 +139,22 @@ def skipgram_pairs(
     offset = check_int(offset, "offset", minimum=0)
     seed = draw_seed(generator) if seed is None else check_seed(seed)
     tok = _as_ids(tokens, "tokens")
-    keep_np = None
-    if keep is not None:
-        keep_np = as_float64_numpy(keep, "keep")
-        if not np.isfinite(keep_np).all():
-            raise ValueError("keep must be finite")
+    keep_np = None if keep is None else _check_keep(as_float64_numpy(keep, "keep"))
     offs = None if offsets is None else _as_ids(offsets, "offsets").numpy()
     centres, contexts = _core.skipgram_pairs(tok.numpy(), offs, keep_np, window, seed, offset)
     return torch.from_numpy(centres), torch.from_numpy(contexts)
+
+
+def _check_keep(keep: np.ndarray) -> np.ndarray:
+    """keep probabilities must lie in [0, 1]: a value above 1 is not a probability (refused, not clipped)."""
+    if keep.ndim != 1:
+        raise ValueError(f"keep must be 1-D (one probability per word), got shape {keep.shape}")
+    if not np.isfinite(keep).all():
+        raise ValueError("keep must be finite")
+    if keep.size and (keep.min() < 0.0 or keep.max() > 1.0):
+        bad = keep[(keep < 0.0) | (keep > 1.0)][0]
+        raise ValueError(f"keep holds {bad}, outside [0, 1]: keep is a probability per word (see keep_probability)")
+    return keep
 
 
 def _as_ids(data: ArrayLike, name: str) -> torch.Tensor:
@@ -200,12 +209,17 @@ class SkipGramPairs(torch.utils.data.IterableDataset):
         self.tokens = _as_ids(tokens, "tokens")
         self.window = check_int(window, "window", minimum=1)
         self.offsets = None if offsets is None else _as_ids(offsets, "offsets")
-        self.keep = None if keep is None else torch.from_numpy(as_float64_numpy(keep, "keep").copy())
+        self.keep = None if keep is None else torch.from_numpy(_check_keep(as_float64_numpy(keep, "keep").copy()))
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.seed = draw_seed() if seed is None else check_seed(seed)
         self.shuffle = check_bool(shuffle, "shuffle")
         self.chunk_tokens = check_int(chunk_tokens, "chunk_tokens", minimum=1)
         self.epoch = 0
+        # Iterations started so far, slot 0 for this process, 1 + w for DataLoader
+        # worker w. Shared memory, so the count survives the workers' copies of the
+        # dataset (fork or spawn, fresh workers every epoch or persistent ones):
+        # iteration in slot s draws epoch `self.epoch + started[s]`.
+        self._started = torch.zeros(_MAX_WORKERS + 1, dtype=torch.int64).share_memory_()
         # Fail now rather than in a worker: one validating pass over a tiny slice is not enough.
         if self.tokens.numel() and int(self.tokens.min()) < 0:
             raise ValueError(f"tokens holds id {int(self.tokens.min())} below 0")
@@ -213,8 +227,39 @@ class SkipGramPairs(torch.utils.data.IterableDataset):
             raise ValueError(f"tokens holds id {int(self.tokens.max())} outside [0, {self.keep.numel()})")
 
     def set_epoch(self, epoch: int) -> None:
-        """Selects the epoch the next iteration draws (iteration then moves on by one)."""
+        """Selects the epoch the next iteration draws (iteration then moves on by one).
+
+        Call it in the process that owns the DataLoader, between epochs.
+        """
         self.epoch = check_int(epoch, "epoch", minimum=0)
+        self._started.zero_()
+
+    def next_epoch(self) -> int:
+        """The epoch the next iteration in this process (or the next epoch of a DataLoader's workers) draws."""
+        return self.epoch + int(self._started.max())
+
+    def _claim_epoch(self) -> Tuple[int, int, int]:
+        """(epoch, worker, workers) for an iteration starting now, and count it.
+
+        Without workers, this process continues after the furthest epoch any
+        consumer reached. Worker w counts its own iterations in its own slot of
+        the shared counter (each worker iterates once per epoch), so epochs move
+        on under a DataLoader exactly as they do without one, however the
+        workers are started, with no lock (one writer per slot).
+        """
+        info = torch.utils.data.get_worker_info()
+        if info is None:
+            m = int(self._started.max())
+            self._started.fill_(m + 1)
+            return self.epoch + m, 0, 1
+        if info.num_workers > _MAX_WORKERS:
+            raise ValueError(
+                f"SkipGramPairs supports at most {_MAX_WORKERS} DataLoader workers, got {info.num_workers}"
+            )
+        slot = 1 + info.id
+        e = int(self._started[slot])
+        self._started[slot] = e + 1
+        return self.epoch + e, info.id, info.num_workers
 
     def chunks(self) -> Iterator[Tuple[int, int]]:
         """(start, end) token ranges of the chunks, cut at sentence starts when offsets are given."""
@@ -256,10 +301,7 @@ class SkipGramPairs(torch.utils.data.IterableDataset):
         return centres, contexts
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
-        epoch = self.epoch
-        self.epoch += 1
-        info = torch.utils.data.get_worker_info()
-        worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
+        epoch, worker, workers = self._claim_epoch()
         for c, (lo, hi) in enumerate(self.chunks()):
             if c % workers != worker:
                 continue

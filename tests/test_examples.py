@@ -11,10 +11,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "two_tower.py"
 # float64 so that one and two processes agree to rounding; every method, so every
-# global-batch loss (in-batch, + logQ, bank, sampled) is exercised.
+# global-batch loss (in-batch, + logQ, bank, sampled, mined) is exercised.
 QUICK = ["--quick", "--dtype", "float64", "--batch-size", "256", "--bank-size", "512"]
 
 
@@ -37,7 +38,7 @@ def test_two_processes_match_one(tmp_path):
         "two",
     )
     assert one["world_size"] == 1 and two["world_size"] == 2
-    assert set(one["results"]) == {"in-batch", "+ logQ", "+ bank", "mixed"}
+    assert set(one["results"]) == {"in-batch", "+ logQ", "+ bank", "mixed", "+ mined"}
     for method, metrics in one["results"].items():
         for name in ("Recall@10", "Recall@50", "NDCG@10"):
             assert two["results"][method][name] == pytest.approx(metrics[name], abs=1e-9), (method, name)
@@ -82,3 +83,42 @@ def test_word2vec_example_trains_both_objectives(tmp_path):
     rows = [line.split() for line in out.splitlines() if line.startswith("pyneg ")]
     assert [r[1] for r in rows] == ["ns", "hs"] and all(float(r[8].replace(",", "")) > 0 for r in rows), out
     assert "load average" in out, out
+
+
+def _two_tower_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("two_tower_example", EXAMPLE)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["two_tower_example"] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_two_tower_hard_negatives_run_and_never_hold_a_positive(tmp_path):
+    tt = _two_tower_module()
+    out = tmp_path / "hard.json"
+    small = ["--quick", "--batch-size", "256", "--dim", "16", "--mine-k", "8", "--mine-lo", "2", "--mine-hi", "60"]
+    assert tt.main(small + ["--methods", "+ logQ", "+ mined", "--mine-perc-pos", "0.95", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["results"]
+    assert set(res) == {"+ logQ", "+ mined"}
+    assert all(0.0 <= v <= 1.0 for m in res.values() for k, vs in m.items() if k.startswith("Recall") for v in vs)
+    assert res["+ mined"]["mining_s_per_epoch"][0] > 0.0
+    # The mined negatives themselves: never one of the user's training items (so never a row's positive).
+    split = tt.Split(tt._power_law(num_users=60, num_items=300, per_user=20, seed=3))
+    args = tt.parse(small + ["--mine-perc-pos", "0.95", "--max-steps", "5"])
+    model, _, mining_s = tt.train("+ mined", split, args, seed=0)
+    assert mining_s > 0.0
+    for perc in (None, 0.95):
+        args.mine_perc_pos = perc
+        mined = tt.mine_negatives(model, split, args, seed=1, offset=0)
+        assert mined.ids.shape == (split.num_users, 8)
+        for u in range(split.num_users):
+            got = set(mined.ids[u][mined.ids[u] >= 0].tolist())
+            positives = set(split.user_items[u][split.user_items[u] >= 0].tolist())
+            assert got and not got & positives, (u, got & positives)
+        pad = mined.ids < 0
+        assert torch.isinf(mined.log_q[pad]).all() and torch.isfinite(mined.log_q[~pad]).all()
+    rows = torch.arange(len(split.train_users))
+    assert not (mined.ids[split.train_users[rows]] == split.train_items[rows].unsqueeze(1)).any()

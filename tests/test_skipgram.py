@@ -416,21 +416,31 @@ def test_bad_pair_inputs_raise_naming_the_argument():
         pyneg.SkipGramPairs(t, batch_size=0)
 
 
-def test_hierarchical_softmax_sgd_is_bitwise_identical_across_thread_counts():
+@pytest.mark.parametrize("batch_size", [7, 300, 2048])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bias", [True, False])
+def test_hierarchical_softmax_sgd_is_bitwise_identical_across_thread_counts(batch_size, dtype, bias):
+    # The deterministic kernel's tasks (64-pair scoring tasks, 4 x threads row
+    # partitions) are claimed by whichever thread is free: with 1 to 4 threads
+    # every row lands in a different partition and thread, the bits must not move.
     g = torch.Generator().manual_seed(4)
     v, d, n = 300, 32, 6000
     counts = torch.randint(1, 1000, (v,), generator=g).double()
-    w_in = torch.randn(v, d, generator=g) * 0.1
+    w_in = (torch.randn(v, d, generator=g) * 0.1).to(dtype)
     c, x = torch.randint(0, v, (n,), generator=g), torch.randint(0, v, (n,), generator=g)
 
     def run():
-        hs = pyneg.HierarchicalSoftmax(counts, d, bias=True)
+        hs = pyneg.HierarchicalSoftmax(counts, d, bias=bias, dtype=dtype)
+        with torch.no_grad():
+            hs.weight.copy_(torch.randn(hs.weight.shape, generator=torch.Generator().manual_seed(1)) * 0.1)
         a = w_in.clone()
-        loss = sg.hierarchical_softmax_sgd_(a, hs, c, x, 0.05, batch_size=2048, compute_loss=True)
-        return a, hs.weight.detach().clone(), hs.bias.detach().clone(), torch.tensor(loss)
+        loss = sg.hierarchical_softmax_sgd_(a, hs, c, x, 0.05, lr_end=0.01, batch_size=batch_size, compute_loss=True)
+        out = [a, hs.weight.detach().clone(), torch.tensor(loss)]
+        return out + ([hs.bias.detach().clone()] if bias else [])
 
     one = with_threads(1, run)
-    for threads in (2, 3):
+    assert not torch.equal(one[0], w_in)
+    for threads in (2, 3, 4):
         for got, want in zip(with_threads(threads, run), one):
             assert torch.equal(got, want)
 
@@ -536,3 +546,95 @@ def test_refused_hogwild_and_batch_size_arguments_name_the_argument():
         with pytest.raises(exc, match=name):
             call()
     assert torch.equal(a, w_in) and torch.equal(b, w_out) and not hs.weight.any()
+
+
+# ---------------------------------------------- hardening (issue 25)
+def test_keep_above_one_or_below_zero_is_refused_naming_keep():
+    t = np.arange(10)
+    for bad in (np.full(10, 1.5), np.r_[np.ones(9), -0.1]):
+        with pytest.raises(ValueError, match="keep"):
+            sg.skipgram_pairs(t, 2, keep=bad, seed=0)
+        with pytest.raises(ValueError, match="keep"):
+            pyneg.SkipGramPairs(t, 2, keep=bad, seed=0)
+    sg.skipgram_pairs(t, 2, keep=np.r_[np.zeros(5), np.ones(5)], seed=0)  # the bounds themselves are fine
+
+
+def _sorted_epoch(batches):
+    c = torch.cat([b[0] for b in batches])
+    x = torch.cat([b[1] for b in batches])
+    key = c * 1000 + x
+    return key.sort().values
+
+
+@pytest.mark.parametrize(
+    ("context", "persistent", "workers", "epochs"),
+    [("fork", False, 2, 3), ("fork", True, 2, 3), ("spawn", False, 1, 2)],
+)
+def test_dataloader_workers_move_on_to_the_next_epoch(context, persistent, workers, epochs):
+    # (spawn starts fresh interpreters each epoch: one worker, two epochs keep it short)
+    rng = np.random.default_rng(2)
+    tokens = torch.from_numpy(rng.integers(0, 30, 2000))
+    offsets = torch.arange(0, 2000, 20)
+    ds = pyneg.SkipGramPairs(tokens, 3, offsets=offsets, keep=np.full(30, 0.7), batch_size=64, seed=4, chunk_tokens=300)
+    want = []
+    for e in range(3):  # without workers: epochs 0, 1, 2
+        ds.set_epoch(e)
+        want.append(_sorted_epoch(list(ds)))
+    assert not torch.equal(want[0], want[1])
+    ds.set_epoch(0)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, num_workers=workers, multiprocessing_context=context, persistent_workers=persistent
+    )
+    for e in range(epochs):
+        got = _sorted_epoch(list(loader))
+        assert torch.equal(got, want[e]), f"epoch {e} under {context} workers repeated another epoch"
+    assert ds.next_epoch() == epochs  # the parent sees the epochs its workers drew
+    ds.set_epoch(1)  # set_epoch in the parent selects the workers' next epoch
+    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context=context)
+    assert torch.equal(_sorted_epoch(list(loader)), want[1])
+
+
+_SKIPGRAM_CONCURRENT_WRITER = """
+import threading, numpy as np, torch, pyneg
+from pyneg import skipgram as sg
+V, D, B = 50, 8, 20000
+torch.set_num_threads(2)
+hs = pyneg.HierarchicalSoftmax(np.arange(1, V + 1, dtype=np.float64), D)
+w_in = torch.zeros(V, D); w_out = torch.zeros(V, D)
+c = torch.randint(0, V, (B,)); x = torch.randint(0, V, (B,)); n = torch.randint(0, V, (B, 3))
+tokens = torch.randint(0, V, (B,))
+stop = threading.Event()
+def writer():
+    bad = [10**12, -5, V]
+    i = 0
+    while not stop.is_set():
+        j = (i * 7919) % B
+        for arr in (c, x, tokens):
+            old = int(arr[j]); arr[j] = bad[i % 3]; arr[j] = old
+        n[j % B, i % 3] = bad[i % 3]; n[j % B, i % 3] = 0
+        i += 1
+th = threading.Thread(target=writer); th.start()
+outcomes = {"ran": 0, "refused": 0}
+try:
+    for it in range(30):
+        for call in (
+            lambda: sg.hierarchical_softmax_sgd_(w_in, hs, c, x, 0.01, batch_size=1 + 63 * (it % 2)),
+            lambda: sg.negative_sampling_sgd_(w_in, w_out, c, x, n, 0.01, batch_size=64),
+            lambda: sg.negative_sampling_embedding_loss(w_in, w_out, c, x, n),
+            lambda: sg.skipgram_pairs(tokens, 3, keep=np.ones(V), seed=1),
+        ):
+            try:
+                call(); outcomes["ran"] += 1
+            except ValueError:
+                outcomes["refused"] += 1
+finally:
+    stop.set(); th.join()
+print(outcomes["ran"] + outcomes["refused"], bool(torch.isfinite(w_in).all()))
+"""
+
+
+def test_concurrent_writer_of_the_ids_cannot_crash_the_skipgram_kernels(run_child):
+    proc = run_child(_SKIPGRAM_CONCURRENT_WRITER)
+    assert proc.returncode == 0, proc.stderr
+    # Every call either ran on a checked private copy of its ids or was refused with ValueError.
+    assert proc.stdout.split() == ["120", "True"], proc.stdout + proc.stderr

@@ -89,7 +89,6 @@ void bind_float(py::module_& m) {
         T* lp = writable_data(loss, "loss");
         T* cp = writable_data(coef, "coef");
         py::gil_scoped_release release;
-        sgns_check_ids(a);
         sgns_forward(a, lp, cp, num_threads);
       },
       py::arg("input_weight"), py::arg("output_weight"), py::arg("centres"), py::arg("contexts"),
@@ -146,7 +145,6 @@ void bind_float(py::module_& m) {
                   "touched_output", go, to);
         const T* cp = coef.data();
         py::gil_scoped_release release;
-        sgns_check_ids(a);
         int64_t ni = 0, no = 0;
         sgns_backward(a, cp, gl, gi, ti, go, to, num_threads, &ni, &no);
         return std::make_pair(ni, no);
@@ -171,7 +169,6 @@ void bind_float(py::module_& m) {
         T* in = writable_data(input_weight, "input_weight");
         T* out = writable_data(output_weight, "output_weight");
         py::gil_scoped_release release;
-        sgns_check_ids(a);
         return sgns_sgd(a, in, out, lr_begin, lr_end, step, compute_loss, num_threads, hogwild);
       },
       py::arg("input_weight").noconvert(), py::arg("output_weight").noconvert(), py::arg("centres"),

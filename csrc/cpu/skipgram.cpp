@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <ctime>
 #include <condition_variable>
 #include <mutex>
 #include <cmath>
@@ -28,55 +29,145 @@ void check_range(const int64_t* ids, int64_t n, int64_t bound, const char* name)
   }
 }
 
-// A team of threads kept for one whole SGD call (many mini-batches, two
-// phases each), so a phase costs a barrier rather than a thread start. The
-// barrier spins briefly (the other threads are usually microseconds away),
-// then sleeps on a condition variable: on a machine with more runnable
-// threads than cores a waiting thread gives its core to the thread it waits
-// for instead of burning its share of the CPU in yields.
-class Team {
- public:
-  explicit Team(int size) : size_(size) {}
+// Private copies of ids a caller hands in (and another thread may write while
+// the GIL is released): checked after copying, read only from the copy, so an
+// id can never change between its check and its use.
+std::vector<int64_t> private_ids(const int64_t* ids, int64_t n, int64_t bound, const char* name) {
+  std::vector<int64_t> copy(ids, ids + n);
+  check_range(copy.data(), n, bound, name);
+  return copy;
+}
 
-  // fn(tid) on `size` threads, the caller being tid 0.
-  template <class Fn>
-  void run(Fn&& fn) {
+// a with its id arrays replaced by checked private copies held in `store`.
+template <class T>
+SGNSBatch<T> private_batch(const SGNSBatch<T>& a, std::vector<int64_t> (&store)[3]) {
+  store[0] = private_ids(a.centres, a.batch, a.num_input, "centres");
+  store[1] = private_ids(a.contexts, a.batch, a.num_output, "contexts");
+  store[2] = private_ids(a.negatives, a.batch * a.k, a.num_output, "negatives");
+  SGNSBatch<T> b = a;
+  b.centres = store[0].data();
+  b.contexts = store[1].data();
+  b.negatives = store[2].data();
+  return b;
+}
+
+// A board of tasks for one whole SGD call (many mini-batches, two stages
+// each), shared by a team of threads. Stage s has tasks(s) tasks; a thread
+// claims the next unclaimed task of the current stage, runs it, and the thread
+// that finishes the stage's last task runs the stage's epilogue and opens the
+// next stage. No thread ever waits for another *thread*: a stage waits only
+// for its claimed tasks, so a worker the OS does not schedule claims nothing
+// and holds nobody up (the others, or the caller alone, run every task). The
+// work of each task is a pure function of (stage, task), so the results do not
+// depend on which thread runs which task, nor on the team's size.
+//
+// The ticket packs (stage << 32 | next task); a claim is a compare-and-swap on
+// the whole word, so a stale claim of a finished stage fails. A thread with
+// nothing to claim spins briefly, then sleeps on a condition variable (a
+// waiting thread frees its core for the ones with work).
+//
+// A worker the OS preempts while it *holds* a task still stalls its stage.
+// So the team watches itself: every kWindow stages, the thread finishing a
+// stage compares the window's wall time with the summed time the threads
+// spent running tasks (their CPU time: a thread preempted inside a task is
+// not working); when the team is no faster than that sum (no thread ran in
+// parallel with another, as on a machine with more runnable threads than
+// cores), the workers stop claiming and the caller finishes the call alone. Who runs a task never changes its result, so neither does this.
+class TaskBoard {
+ public:
+  // tasks(s) for stage s in [0, stages); run(s, t) runs task t of stage s;
+  // finish(s) runs once, after all of stage s's tasks, before stage s + 1.
+  template <class Tasks, class Run, class Finish>
+  static void run_team(int threads, uint32_t stages, Tasks tasks, Run run, Finish finish) {
+    TaskBoard board;
+    board.team_ = threads > 1;
+    board.window_start_ = Clock::now();
     std::vector<std::thread> workers;
-    workers.reserve(static_cast<size_t>(size_ - 1));
-    for (int t = 1; t < size_; ++t) workers.emplace_back([&, t] { fn(t); });
-    fn(0);
+    if (stages > 0) {
+      workers.reserve(static_cast<size_t>(std::max(threads - 1, 0)));
+      for (int t = 1; t < threads; ++t) workers.emplace_back([&] { board.work(false, stages, tasks, run, finish); });
+    }
+    board.work(true, stages, tasks, run, finish);
     for (auto& w : workers) w.join();
   }
 
-  void barrier() {
-    if (size_ == 1) return;
-    const unsigned gen = generation_.load(std::memory_order_acquire);
-    if (arrived_.fetch_add(1, std::memory_order_acq_rel) + 1 == size_) {
-      arrived_.store(0, std::memory_order_relaxed);
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        generation_.fetch_add(1, std::memory_order_acq_rel);
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  static int64_t ns(Clock::duration d) { return std::chrono::duration_cast<std::chrono::nanoseconds>(d).count(); }
+
+  // CPU time of the calling thread: time a thread spends preempted inside a
+  // task is not work, and must not make a stalled team look parallel.
+  static int64_t thread_cpu_ns() {
+#if defined(CLOCK_THREAD_CPUTIME_ID)
+    timespec ts{};
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) == 0) return int64_t{ts.tv_sec} * 1000000000 + ts.tv_nsec;
+#endif
+    return ns(Clock::now().time_since_epoch());
+  }
+
+  template <class Tasks, class Run, class Finish>
+  void work(bool caller, uint32_t stages, Tasks& tasks, Run& run, Finish& finish) {
+    for (;;) {
+      if (!caller && solo_.load(std::memory_order_relaxed)) return;  // the caller finishes alone
+      uint64_t t = ticket_.load(std::memory_order_acquire);
+      const uint32_t stage = static_cast<uint32_t>(t >> 32);
+      if (stage >= stages) return;
+      const uint64_t count = static_cast<uint64_t>(tasks(stage));
+      if ((t & 0xffffffffu) < count) {
+        if (!ticket_.compare_exchange_weak(t, t + 1, std::memory_order_acq_rel, std::memory_order_acquire)) continue;
+        const int64_t start = team_ ? thread_cpu_ns() : 0;
+        run(stage, static_cast<int64_t>(t & 0xffffffffu));
+        if (team_) work_ns_.fetch_add(thread_cpu_ns() - start, std::memory_order_relaxed);
+        if (static_cast<uint64_t>(done_.fetch_add(1, std::memory_order_acq_rel)) + 1 == count) {
+          finish(stage);
+          if (team_ && !solo_.load(std::memory_order_relaxed) && ++window_stages_ == kWindow) {
+            // Finishers run one after the other (stage order), so the window's fields need no lock.
+            const Clock::time_point now = Clock::now();
+            const int64_t wall = ns(now - window_start_), busy = work_ns_.exchange(0, std::memory_order_relaxed);
+            if (10 * wall > 9 * busy) solo_.store(true, std::memory_order_relaxed);
+            window_start_ = now;
+            window_stages_ = 0;
+          }
+          done_.store(0, std::memory_order_relaxed);
+          ticket_.store(static_cast<uint64_t>(stage + 1) << 32, std::memory_order_seq_cst);
+          if (sleepers_.load(std::memory_order_seq_cst) > 0) {
+            { std::lock_guard<std::mutex> lock(mutex_); }
+            wake_.notify_all();
+          }
+        }
+        continue;
       }
-      wake_.notify_all();
-      return;
+      wait_past(stage);
     }
+  }
+
+  void wait_past(uint32_t stage) {
+    auto moved = [&] { return static_cast<uint32_t>(ticket_.load(std::memory_order_acquire) >> 32) != stage; };
     for (int spin = 0; spin < kSpins; ++spin) {
-      if (generation_.load(std::memory_order_acquire) != gen) return;
+      if (moved()) return;
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #endif
     }
-    std::unique_lock<std::mutex> lock(mutex_);
-    wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != gen; });
+    sleepers_.fetch_add(1, std::memory_order_seq_cst);
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return static_cast<uint32_t>(ticket_.load(std::memory_order_seq_cst) >> 32) != stage; });
+    }
+    sleepers_.fetch_sub(1, std::memory_order_seq_cst);
   }
 
-  int size() const { return size_; }
-
- private:
   static constexpr int kSpins = 2000;  // a few microseconds
-  int size_;
-  std::atomic<int> arrived_{0};
-  std::atomic<unsigned> generation_{0};
+  static constexpr uint32_t kWindow = 16;  // stages (8 mini-batches) per check of the team's speed-up
+  bool team_ = false;
+  std::atomic<bool> solo_{false};
+  std::atomic<int64_t> work_ns_{0};
+  Clock::time_point window_start_;
+  uint32_t window_stages_ = 0;
+  std::atomic<uint64_t> ticket_{0};
+  std::atomic<int64_t> done_{0};
+  std::atomic<int> sleepers_{0};
   std::mutex mutex_;
   std::condition_variable wake_;
 };
@@ -123,12 +214,15 @@ SkipGramPlan::SkipGramPlan(const SkipGramCorpus& c) {
   if (c.window < 1) throw std::invalid_argument("window must be >= 1, got " + std::to_string(c.window));
   if (c.window > (int64_t{1} << 30)) throw std::invalid_argument("window is too large");
   const int64_t bound = c.keep != nullptr ? c.vocab : INT64_MAX;
-  check_range(c.tokens, c.n, bound, "tokens");
   const int64_t sentences = c.offsets != nullptr ? c.num_sentences : 1;
+  // The caller's arrays may change under us (the GIL is released): offsets are
+  // copied, then checked; each token is read once, and checked as it is read.
+  std::vector<int64_t> offs;
   if (c.offsets != nullptr) {
-    if (sentences > 0 && c.offsets[0] != 0) throw std::invalid_argument("offsets must start at 0");
+    offs.assign(c.offsets, c.offsets + sentences);
+    if (sentences > 0 && offs[0] != 0) throw std::invalid_argument("offsets must start at 0");
     for (int64_t s = 0; s < sentences; ++s) {
-      if (c.offsets[s] > c.n || (s > 0 && c.offsets[s] < c.offsets[s - 1])) {
+      if (offs[s] > c.n || (s > 0 && offs[s] < offs[s - 1])) {
         throw std::invalid_argument("offsets must be non-decreasing and at most len(tokens) = " +
                                     std::to_string(c.n));
       }
@@ -139,14 +233,18 @@ SkipGramPlan::SkipGramPlan(const SkipGramCorpus& c) {
   sent_start_.reserve(static_cast<size_t>(sentences) + 1);
   const uint32_t k0 = static_cast<uint32_t>(c.seed), k1 = static_cast<uint32_t>(c.seed >> 32);
   for (int64_t s = 0; s < sentences; ++s) {
-    const int64_t lo = c.offsets != nullptr ? c.offsets[s] : 0;
-    const int64_t hi = c.offsets == nullptr || s + 1 == sentences ? c.n : c.offsets[s + 1];
+    const int64_t lo = c.offsets != nullptr ? offs[s] : 0;
+    const int64_t hi = c.offsets == nullptr || s + 1 == sentences ? c.n : offs[s + 1];
     sent_start_.push_back(static_cast<int64_t>(ids_.size()));
     for (int64_t p = lo; p < hi; ++p) {
       const uint64_t pos = c.position + static_cast<uint64_t>(p);
       const Philox4x32 r = philox4x32_10(static_cast<uint32_t>(pos), static_cast<uint32_t>(pos >> 32), 0u,
                                          kTagSkipGram, k0, k1);
-      const int64_t id = c.tokens[p];
+      const int64_t id = static_cast<const volatile int64_t*>(c.tokens)[p];  // one read
+      if (id < 0 || id >= bound) {
+        throw std::invalid_argument("tokens holds id " + std::to_string(id) + " outside [0, " +
+                                    std::to_string(bound) + ")");
+      }
       if (c.keep != nullptr) {
         const uint64_t bits = (static_cast<uint64_t>(r.v[1]) << 32) | r.v[0];
         const double u = static_cast<double>(bits >> 11) * (1.0 / 9007199254740992.0);
@@ -190,21 +288,27 @@ void sgns_check_ids(const SGNSBatch<T>& a) {
 }
 
 template <class T>
-void sgns_forward(const SGNSBatch<T>& a, T* loss, T* coef, int num_threads) {
+void sgns_forward(const SGNSBatch<T>& in, T* loss, T* coef, int num_threads) {
+  std::vector<int64_t> store[3];
+  const SGNSBatch<T> a = private_batch(in, store);
   PYNEG_SG_DISPATCH(sgns_forward_impl, a, loss, coef, num_threads);
 }
 
 template <class T>
-void sgns_backward(const SGNSBatch<T>& a, const T* coef, const T* grad_loss, T* grad_input,
+void sgns_backward(const SGNSBatch<T>& in, const T* coef, const T* grad_loss, T* grad_input,
                    int64_t* touched_input, T* grad_output, int64_t* touched_output,
                    int num_threads, int64_t* num_touched_input, int64_t* num_touched_output) {
+  std::vector<int64_t> store[3];
+  const SGNSBatch<T> a = private_batch(in, store);
   PYNEG_SG_DISPATCH(sgns_backward_impl, a, coef, grad_loss, grad_input, touched_input, grad_output,
                     touched_output, num_threads, num_touched_input, num_touched_output);
 }
 
 template <class T>
-double sgns_sgd(const SGNSBatch<T>& a, T* input, T* output, double lr_begin, double lr_end,
+double sgns_sgd(const SGNSBatch<T>& in, T* input, T* output, double lr_begin, double lr_end,
                 int64_t step, bool compute_loss, int num_threads, bool hogwild) {
+  std::vector<int64_t> store[3];
+  const SGNSBatch<T> a = private_batch(in, store);
   return PYNEG_SG_DISPATCH(sgns_sgd_impl, a, input, output, lr_begin, lr_end, step, compute_loss, num_threads,
                            hogwild);
 }
@@ -213,9 +317,9 @@ template <class T>
 double hs_sgd(const HuffmanTree& tree, T* input, int64_t num_input, T* weight, T* bias, int64_t dim,
               const int64_t* centres, const int64_t* contexts, int64_t batch, double lr_begin,
               double lr_end, int64_t step, bool compute_loss, int num_threads, bool hogwild) {
-  check_range(centres, batch, num_input, "centres");
-  check_range(contexts, batch, tree.num_classes, "contexts");
-  return PYNEG_SG_DISPATCH(hs_sgd_impl, tree, input, num_input, weight, bias, dim, centres, contexts, batch,
+  const std::vector<int64_t> c = private_ids(centres, batch, num_input, "centres");
+  const std::vector<int64_t> x = private_ids(contexts, batch, tree.num_classes, "contexts");
+  return PYNEG_SG_DISPATCH(hs_sgd_impl, tree, input, num_input, weight, bias, dim, c.data(), x.data(), batch,
                            lr_begin, lr_end, step, compute_loss, num_threads, hogwild);
 }
 

@@ -12,13 +12,19 @@ generator against what users write today.
   torch's threads, word2vec's update) and deterministic mini-batches of 1,024
   against autograd + ``torch.optim.SGD`` on the same mini-batches;
 - (centre, context) pairs of 10^6 tokens against a vectorised NumPy version of
-  the same rule (word2vec's reduced window, sentences respected).
+  the same rule (word2vec's reduced window, sentences respected);
+- hierarchical-softmax skip-gram epochs on a dictionary corpus (Debian's
+  dict-gcide when installed, else a Zipf stand-in): pyneg's deterministic
+  mini-batches and Hogwild per-pair steps against gensim's ``Word2Vec(sg=1,
+  hs=1)`` on the same tokens and threads (when gensim is installed), and the
+  deterministic epoch while a CPU-bound process started by the benchmark
+  competes for the cores, against the same epoch without it.
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -286,6 +292,143 @@ def _check_pairs(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None
     assert abs(c.size - theirs) <= 0.02 * theirs, (c.size, theirs)  # same rule, different random streams
 
 
+# ------------------------------------------- hierarchical-softmax epochs
+GCIDE = "/usr/share/dictd/gcide.dict.dz"
+GENSIM_HS = "gensim Word2Vec(sg=1, hs=1), same threads"
+HS_IDLE = "pyneg deterministic, no competing process"
+
+
+def _corpus(tokens: int):
+    """Sentences of words: GCIDE's first ``tokens`` words when dict-gcide is installed, else Zipf words."""
+    import os
+    import re
+
+    if os.path.exists(GCIDE):
+        import gzip
+
+        word, split = re.compile(r"[a-z]+(?:'[a-z]+)?"), re.compile(r"[.;:?!]+|\n\s*\n")
+        out, total = [], 0
+        with gzip.open(GCIDE, "rt", encoding="utf-8", errors="replace") as f:
+            while total < tokens:
+                block = f.read(1 << 20)
+                if not block:
+                    break
+                for piece in split.split(block.lower()):
+                    toks = word.findall(piece)[: tokens - total]
+                    if toks:
+                        out.append(toks)
+                        total += len(toks)
+                    if total >= tokens:
+                        break
+        return out, "GCIDE"
+    rng = np.random.default_rng(0)
+    ids = rng.choice(5000, size=tokens, p=zipf_counts(5000) / zipf_counts(5000).sum())
+    return [[f"w{i}" for i in ids[s : s + 12]] for s in range(0, tokens, 12)], "Zipf stand-in"
+
+
+def _hs_setup(tokens: int):
+    def setup(quick: bool) -> SimpleNamespace:
+        sentences, source = _corpus(tokens // 4 if quick else tokens)
+        counter: Dict[str, int] = {}
+        for snt in sentences:
+            for t in snt:
+                counter[t] = counter.get(t, 0) + 1
+        words = sorted((w for w, c in counter.items() if c >= 5), key=lambda w: (-counter[w], w))
+        index = {w: i for i, w in enumerate(words)}
+        ids: List[int] = []
+        starts: List[int] = []
+        for snt in sentences:
+            row = [index[t] for t in snt if t in index]
+            if row:
+                starts.append(len(ids))
+                ids.extend(row)
+        counts = np.array([counter[w] for w in words], dtype=np.float64)
+        return SimpleNamespace(
+            sentences=sentences,
+            source=source,
+            ids=torch.tensor(ids),
+            offsets=torch.tensor(starts),
+            counts=counts,
+            keep=sg.keep_probability(counts, 1e-3),
+            n=sum(len(snt) for snt in sentences),
+            v=len(words),
+            threads=torch.get_num_threads(),
+        )
+
+    return setup
+
+
+def _hs_epoch(st: SimpleNamespace, *, hogwild: bool):
+    """One epoch as examples/word2vec.py trains it (pairs included), dim 100, window 5, lr 0.025 -> 0.0001."""
+    torch.manual_seed(0)
+    emb = torch.empty(st.v, 100).uniform_(-0.005, 0.005)
+    hs = pyneg.HierarchicalSoftmax(st.counts, 100)
+    c, x = sg.skipgram_pairs(st.ids, 5, offsets=st.offsets, keep=st.keep, seed=1)
+    batch = 1 if hogwild else 1024
+    if batch > 1:  # mini-batches mix sentences
+        perm = torch.randperm(c.numel(), generator=torch.Generator().manual_seed(1))
+        c, x = c[perm], x[perm]
+    sg.hierarchical_softmax_sgd_(emb, hs, c, x, 0.025, lr_end=0.0001, batch_size=batch, hogwild=hogwild)
+    return emb
+
+
+def _hs_det(st: SimpleNamespace):
+    return _hs_epoch(st, hogwild=False)
+
+
+def _hs_hogwild(st: SimpleNamespace):
+    return _hs_epoch(st, hogwild=True)
+
+
+def _hs_det_competing(st: SimpleNamespace):
+    """The deterministic epoch while a CPU-bound process (started here, stopped after) competes for the cores."""
+    import subprocess
+    import sys
+
+    rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        return _hs_epoch(st, hogwild=False)
+    finally:
+        rival.kill()
+        rival.wait()
+
+
+def _gensim_hs(st: SimpleNamespace):
+    from gensim.models import Word2Vec  # type: ignore[import-untyped]
+
+    model = Word2Vec(
+        vector_size=100,
+        window=5,
+        min_count=5,
+        sg=1,
+        hs=1,
+        negative=0,
+        sample=1e-3,
+        alpha=0.025,
+        min_alpha=0.0001,
+        seed=1,
+        workers=st.threads,
+    )
+    model.build_vocab(st.sentences)
+    model.train(st.sentences, total_examples=len(st.sentences), epochs=1)
+    return model
+
+
+def _gensim_baseline() -> Dict[str, Any]:
+    try:
+        import gensim  # type: ignore[import-untyped]  # noqa: F401
+    except ImportError:
+        return {}
+    return {GENSIM_HS: _gensim_hs}
+
+
+def _check_hs(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
+    assert torch.isfinite(result).all()
+    for name, other in baselines.items():
+        if name == HS_IDLE:  # the same deterministic epoch: the same bits, competing process or not
+            assert torch.equal(result, other), "a competing process must not change the deterministic result"
+
+
 WORKLOADS = [
     Workload(
         name="skipgram_ns_loss_sparse_V1e5",
@@ -328,6 +471,45 @@ WORKLOADS = [
         target_size={"V": 25_000, "pairs": 1 << 16},
         size=lambda st: {"V": st.v, "pairs": st.n},
         measure_memory=True,
+    ),
+    Workload(
+        name="skipgram_hs_gcide_det",
+        group="skipgram",
+        description="HS skip-gram epoch on 500K GCIDE tokens (pairs included), d = 100: deterministic mini-batches",
+        setup=_hs_setup(500_000),
+        run=_hs_det,
+        baselines=_gensim_baseline(),
+        check=_check_hs,
+        items=lambda st: st.n,
+        targets=(Target("ratio", 1, GENSIM_HS),) if _gensim_baseline() else (),
+        target_size={"tokens": 500_000},
+        size=lambda st: {"tokens": st.n},
+    ),
+    Workload(
+        name="skipgram_hs_gcide_hogwild",
+        group="skipgram",
+        description="HS skip-gram epoch on 500K GCIDE tokens (pairs included), d = 100: Hogwild per-pair steps",
+        setup=_hs_setup(500_000),
+        run=_hs_hogwild,
+        baselines=_gensim_baseline(),
+        check=lambda st, r, b: None,
+        items=lambda st: st.n,
+        targets=(Target("ratio", 1, GENSIM_HS),) if _gensim_baseline() else (),
+        target_size={"tokens": 500_000},
+        size=lambda st: {"tokens": st.n},
+    ),
+    Workload(
+        name="skipgram_hs_gcide_det_competing",
+        group="skipgram",
+        description="the deterministic HS epoch with a CPU-bound process competing (started by the benchmark)",
+        setup=_hs_setup(500_000),
+        run=_hs_det_competing,
+        baselines={HS_IDLE: _hs_det},
+        check=_check_hs,
+        items=lambda st: st.n,
+        targets=(Target("ratio", 1 / 1.5, HS_IDLE),),
+        target_size={"tokens": 500_000},
+        size=lambda st: {"tokens": st.n},
     ),
     Workload(
         name="skipgram_pairs_1e6",
