@@ -226,8 +226,9 @@ void prepare_side(const CorruptRequest& req, const int64_t* row, int s, RowSide*
   }
   std::vector<int64_t>& f = out->forb;
   f.assign(known, known + len);
-  insert_sorted(f, s == 0 ? h : s == 1 ? r : t);
-  if (req.exclude_self_loops && s != 1) insert_sorted(f, s == 0 ? t : h);
+  const int64_t own = s == 0 ? h : s == 1 ? r : t;
+  if (own >= 0) insert_sorted(f, own);
+  if (req.exclude_self_loops && s != 1 && (s == 0 ? t : h) >= 0) insert_sorted(f, s == 0 ? t : h);
   if (side.typed_offsets != nullptr) {
     const int64_t* u = side.typed_ids + side.typed_offsets[r];
     const int64_t n = side.typed_offsets[r + 1] - side.typed_offsets[r];
@@ -306,7 +307,9 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
     const int64_t* row = req.rows + 3 * i;
     for (int s = 0; s < 3; ++s) {
       const int64_t lim = req.side[s].universe;
-      if (row[s] < 0 || (lim > 0 && row[s] >= lim)) {
+      // -1: no own id, allowed only on the side that is always replaced (never a key then).
+      const bool none_ok = row[s] == -1 && req.side_probs[3 * i + s] >= 1.0;
+      if (!none_ok && (row[s] < 0 || (lim > 0 && row[s] >= lim))) {
         static const char* names[3] = {"head", "relation", "tail"};
         throw std::invalid_argument(std::string("positive ") + names[s] + " id " + std::to_string(row[s]) +
                                     " in row " + std::to_string(i) + " is out of range [0, " + std::to_string(lim) +
