@@ -128,7 +128,9 @@ class EdgeSet:
     (source, destination) pairs of int64 ids, so ids up to 2**62 work.
     """
 
-    def __init__(self, edge_index: Any, num_nodes: Union[int, Tuple[int, int], None] = None, *, undirected: bool = False):
+    def __init__(
+        self, edge_index: Any, num_nodes: Union[int, Tuple[int, int], None] = None, *, undirected: bool = False
+    ):
         ei = _ids(edge_index, "edge_index", ndim=2, rows=2)
         self.undirected = check_bool(undirected, "undirected")
         if isinstance(num_nodes, (tuple, list)):
@@ -429,7 +431,7 @@ class TripleSet:
         self._typed: Optional[Tuple[Tuple[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]] = None
 
     @classmethod
-    def union(cls, *sets: Any, num_entities: Optional[int] = None, num_relations: Optional[int] = None) -> "TripleSet":
+    def union(cls, *sets: Any, num_entities: Optional[int] = None, num_relations: Optional[int] = None) -> TripleSet:
         """One set from several (T_i, 3) triple tensors, e.g. train + valid + test for filtered evaluation."""
         arrs = [_ids(s, f"sets[{i}]", ndim=2, cols=3) for i, s in enumerate(sets)]
         return cls(np.concatenate(arrs) if arrs else np.zeros((0, 3), np.int64), num_entities, num_relations)
@@ -466,7 +468,9 @@ class TripleSet:
     def _pairs(self) -> Any:
         if self._by_pair is None:
             r, h, t = self._by_head.keys()
-            self._by_pair = _core.PairGroups(h, t, r, self.num_entities, self.num_entities, self.num_relations, _threads())
+            self._by_pair = _core.PairGroups(
+                h, t, r, self.num_entities, self.num_entities, self.num_relations, _threads()
+            )
         return self._by_pair
 
     def _typed_lists(self) -> Tuple[Tuple[np.ndarray, np.ndarray], Tuple[np.ndarray, np.ndarray]]:
@@ -485,7 +489,10 @@ class TripleSet:
 
 
 class CorruptedTriples(NamedTuple):
-    """Negative triples ``(B, k, 3)``, their ``log_q`` (B, k) and the replaced ``side`` (B, k): 0 head, 1 relation, 2 tail."""
+    """Negative triples ``(B, k, 3)``, their ``log_q`` (B, k) and the replaced ``side`` (B, k).
+
+    ``side``: 0 head, 1 relation, 2 tail.
+    """
 
     triples: torch.Tensor
     log_q: torch.Tensor
@@ -662,8 +669,9 @@ class TripleCorruptor:
         crow[:, 2] = -1
         cprob = np.zeros((chunks, 3), dtype=np.float64)
         cprob[:, _TAIL] = 1.0
-        ids, _, _ = _core.graph_corrupt(crow, cprob, k, False, False, [None, None, None], [n, 1, n], seed=s,
-                                        offset=off, num_threads=_threads())
+        ids, _, _ = _core.graph_corrupt(
+            crow, cprob, k, False, False, [None, None, None], [n, 1, n], seed=s, offset=off, num_threads=_threads()
+        )
         cand = ids[np.arange(b) // cs]  # (B, k)
         col = _TAIL if side == "tail" else _HEAD
         own = rows[:, col][:, None] == cand

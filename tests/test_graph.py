@@ -220,7 +220,9 @@ def test_determinism_across_threads_and_batch_splits():
         torch.set_num_threads(before)
     assert torch.equal(a.src, b.src) and torch.equal(a.dst, b.dst) and torch.equal(a.log_q, b.log_q)
     assert torch.equal(aw.dst, bw.dst) and torch.equal(ag, bg)
-    parts = [G.negative_edges(es, pos[:, lo : lo + 700], 9, corrupt="both", seed=42, offset=lo) for lo in range(0, 3000, 700)]
+    parts = [
+        G.negative_edges(es, pos[:, lo : lo + 700], 9, corrupt="both", seed=42, offset=lo) for lo in range(0, 3000, 700)
+    ]
     assert torch.equal(torch.cat([p.src for p in parts]), a.src)
     assert torch.equal(torch.cat([p.dst for p in parts]), a.dst)
     c = G.negative_edges(es, pos, 9, corrupt="both", seed=43)
