@@ -347,7 +347,7 @@ def graph_global_negatives(
     seed: int = 0,
     offset: int = 0,
     num_threads: int = 1,
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], float]: ...
+) -> tuple[npt.NDArray[np.int64], float]: ...
 def graph_filtered_ranks(
     scores: npt.NDArray[Any],
     targets: npt.ArrayLike,

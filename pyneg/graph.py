@@ -359,15 +359,15 @@ def negative_sampling(
     square = es.num_src_nodes == es.num_dst_nodes
     s = _seed(seed, generator)
     if force_undirected:
-        src, dst, lq = _core.graph_global_negatives(
+        pairs, lq = _core.graph_global_negatives(
             es._fwd, es.num_src_nodes, es.num_dst_nodes, es._upper_known(), k // 2, unique, True, True, s, 0, _threads()
         )
-        out = torch.from_numpy(np.stack([np.concatenate([src, dst]), np.concatenate([dst, src])]))
+        out = torch.from_numpy(np.concatenate([pairs, pairs[::-1]], axis=1))
     else:
-        src, dst, lq = _core.graph_global_negatives(
+        pairs, lq = _core.graph_global_negatives(
             es._fwd, es.num_src_nodes, es.num_dst_nodes, es.num_edges, k, unique, square, False, s, 0, _threads()
         )
-        out = torch.from_numpy(np.stack([src, dst]))
+        out = torch.from_numpy(pairs)
     if return_log_q:
         return out, float(lq)
     return out

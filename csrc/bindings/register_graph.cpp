@@ -98,8 +98,8 @@ void register_graph(py::module_& m) {
           "keys",
           [](const PairGroups& g) {
             const auto& gs = g.groups();
-            const auto& vals = g.values();
-            const auto n = static_cast<py::ssize_t>(vals.size());
+            const int64_t* vals = g.values();
+            const auto n = static_cast<py::ssize_t>(g.num_keys());
             py::array_t<int64_t> a(n), b(n), c(n);
             auto *pa = a.mutable_data(), *pb = b.mutable_data(), *pc = c.mutable_data();
             py::ssize_t q = 0;
@@ -207,20 +207,20 @@ void register_graph(py::module_& m) {
       [](const PairGroups& index, int64_t num_src, int64_t num_dst, int64_t num_known, int64_t k, bool unique,
          bool exclude_self_loops, bool upper, uint64_t seed, uint64_t offset, int num_threads) {
         if (k < 0) throw std::invalid_argument("num_neg_samples must be >= 0");
-        py::array_t<int64_t> src(static_cast<py::ssize_t>(k)), dst(static_cast<py::ssize_t>(k));
-        int64_t* ps = src.mutable_data();
-        int64_t* pd = dst.mutable_data();
+        py::array_t<int64_t> out({py::ssize_t{2}, static_cast<py::ssize_t>(k)});
+        int64_t* ps = out.mutable_data();
+        int64_t* pd = ps + k;
         double lq;
         {
           py::gil_scoped_release release;
           lq = global_negatives(index, num_src, num_dst, num_known, k, unique, exclude_self_loops, upper, seed, offset,
                                 ps, pd, num_threads);
         }
-        return py::make_tuple(src, dst, lq);
+        return py::make_tuple(out, lq);
       },
       py::arg("index"), py::arg("num_src"), py::arg("num_dst"), py::arg("num_known"), py::arg("k"), py::arg("unique"),
       py::arg("exclude_self_loops"), py::arg("upper"), py::arg("seed") = 0, py::arg("offset") = 0,
-      py::arg("num_threads") = 1, "(src, dst, log_q): k negative pairs and the log probability of one draw.");
+      py::arg("num_threads") = 1, "(pairs, log_q): (2, k) negative pairs and the log probability of one draw.");
 
   m.def(
       "graph_filtered_ranks",

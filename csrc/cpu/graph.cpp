@@ -108,6 +108,20 @@ PairGroups::PairGroups(const int64_t* a, const int64_t* b, const int64_t* c, int
   }
   values_.resize(static_cast<size_t>(out));
   values_.shrink_to_fit();
+  int64_t max_b = -1;
+  bool graph = true;
+  for (const auto& g : groups_) {
+    graph = graph && g.a == 0;
+    max_b = std::max(max_b, g.b);
+  }
+  if (graph && max_b >= 0 && max_b < std::max<int64_t>(int64_t{1} << 20, 4 * n)) {
+    dense_ = HugeBuffer<Span>(static_cast<size_t>(max_b) + 1);
+    std::fill(dense_.data(), dense_.data() + dense_.size(), Span{0, 0});
+    for (const auto& g : groups_) dense_[g.b] = Span{g.begin, g.len};
+  }
+  vals_ = HugeBuffer<int64_t>(values_.size());
+  std::copy(values_.begin(), values_.end(), vals_.data());
+  std::vector<int64_t>().swap(values_);
 }
 
 const int64_t* PairGroups::find(int64_t a, int64_t b, int64_t* len) const {
@@ -120,7 +134,7 @@ const int64_t* PairGroups::find(int64_t a, int64_t b, int64_t* len) const {
     const Group& g = groups_[s];
     if (g.a == a && g.b == b) {
       *len = g.len;
-      return values_.data() + g.begin;
+      return vals_.data() + g.begin;
     }
     pos = (pos + 1) & mask_;
   }
@@ -133,7 +147,8 @@ bool PairGroups::contains(int64_t a, int64_t b, int64_t c) const {
 }
 
 size_t PairGroups::memory_bytes() const {
-  return groups_.capacity() * sizeof(Group) + values_.capacity() * sizeof(int64_t) + slots_.capacity() * sizeof(int64_t);
+  return groups_.capacity() * sizeof(Group) + vals_.size() * sizeof(int64_t) + slots_.capacity() * sizeof(int64_t) +
+         dense_.size() * sizeof(Span);
 }
 
 void pair_groups_contains(const PairGroups& index, const int64_t* a, const int64_t* b, const int64_t* c, int64_t n,
@@ -506,8 +521,7 @@ double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_ds
     int64_t self_known = 0;
     const int64_t d = std::min(num_src, num_dst);
     for (const auto& g : index.groups()) {
-      if (g.a == 0 && g.b < d && std::binary_search(index.values().begin() + g.begin,
-                                                    index.values().begin() + g.begin + g.len, g.b))
+      if (g.a == 0 && g.b < d && std::binary_search(index.values() + g.begin, index.values() + g.begin + g.len, g.b))
         ++self_known;
     }
     excluded += static_cast<u128>(d - self_known);
@@ -546,18 +560,34 @@ double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_ds
       cum[u + 1] = cum[u] + (num_dst - lo) - static_cast<int64_t>(f.size());
     }
   }
-  auto draw = [&](uint64_t p, std::vector<int64_t>* f, int64_t* pu, int64_t* pv) {
+  // Attempt t of position p: one Philox block, its two halves pick u and v.
+  auto attempt = [&](uint64_t p, uint32_t t, int64_t* pu, int64_t* pv) {
+    const Philox4x32 r = philox4x32_10(static_cast<uint32_t>(p), static_cast<uint32_t>(p >> 32), t, kTagGraphGlobal,
+                                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
+    int64_t u = static_cast<int64_t>(reduce_range(block_half(r, 0), static_cast<uint64_t>(num_src)));
+    int64_t v = static_cast<int64_t>(reduce_range(block_half(r, 1), static_cast<uint64_t>(num_dst)));
+    if (upper && u > v) std::swap(u, v);
+    *pu = u;
+    *pv = v;
+    // May this pair be kept before the edge lookup?
+    return upper ? u != v : !(exclude_self_loops && u == v);
+  };
+  const PairGroups::Span* dense = index.dense();
+  const int64_t dense_n = index.dense_size();
+  const int64_t* values = index.values();
+  auto known = [&](int64_t u, int64_t v) {
+    if (dense != nullptr) {
+      if (u >= dense_n) return false;
+      const PairGroups::Span sp = dense[u];
+      return sp.len > 0 && std::binary_search(values + sp.begin, values + sp.begin + sp.len, v);
+    }
+    return index.contains(0, u, v);
+  };
+  auto draw_from = [&](uint64_t p, uint32_t first, std::vector<int64_t>* f, int64_t* pu, int64_t* pv) {
     if (rejection) {
-      for (uint32_t t = 0;; ++t) {
-        int64_t u = static_cast<int64_t>(reduce_range(random64(seed, p, 2 * t, kTagGraphGlobal), num_src));
-        int64_t v = static_cast<int64_t>(reduce_range(random64(seed, p, 2 * t + 1, kTagGraphGlobal), num_dst));
-        if (upper) {
-          if (u == v) continue;
-          if (u > v) std::swap(u, v);
-        } else if (exclude_self_loops && u == v) {
-          continue;
-        }
-        if (index.contains(0, u, v)) continue;
+      for (uint32_t t = first;; ++t) {
+        int64_t u, v;
+        if (!attempt(p, t, &u, &v) || known(u, v)) continue;
         *pu = u;
         *pv = v;
         return;
@@ -570,44 +600,95 @@ double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_ds
     *pu = u;
     *pv = lo + nth_allowed(f->data(), static_cast<int64_t>(f->size()), r - cum[u]);
   };
+  // Positions [lo, hi) -> (pu, pv). With a dense directory, blocks of draws go
+  // through the lookups stage by stage with prefetches, so their cache misses
+  // overlap; a rejected first attempt finishes one by one (same result).
+  auto draw_range = [&](uint64_t base, int64_t lo, int64_t hi, int64_t* pu, int64_t* pv) {
+    std::vector<int64_t> f;
+    if (!rejection || dense == nullptr) {
+      for (int64_t j = lo; j < hi; ++j) draw_from(base + static_cast<uint64_t>(j), 0, &f, pu + j, pv + j);
+      return;
+    }
+    constexpr int kBlock = 32;
+    bool ok[kBlock];
+    PairGroups::Span sp[kBlock];
+    for (int64_t j0 = lo; j0 < hi; j0 += kBlock) {
+      const int nb = static_cast<int>(std::min<int64_t>(kBlock, hi - j0));
+      for (int q = 0; q < nb; ++q) {
+        ok[q] = attempt(base + static_cast<uint64_t>(j0 + q), 0, pu + j0 + q, pv + j0 + q);
+        if (pu[j0 + q] < dense_n) __builtin_prefetch(dense + pu[j0 + q]);
+      }
+      for (int q = 0; q < nb; ++q) {
+        const int64_t u = pu[j0 + q];
+        sp[q] = u < dense_n ? dense[u] : PairGroups::Span{0, 0};
+        if (sp[q].len > 0) __builtin_prefetch(values + sp[q].begin + sp[q].len / 2);
+      }
+      for (int q = 0; q < nb; ++q) {
+        const int64_t j = j0 + q;
+        if (ok[q] && (sp[q].len == 0 || !std::binary_search(values + sp[q].begin, values + sp[q].begin + sp[q].len, pv[j])))
+          continue;
+        draw_from(base + static_cast<uint64_t>(j), 1, &f, pu + j, pv + j);
+      }
+    }
+  };
   if (!unique) {
-    parallel_for(k, num_threads, 4096, [&](int64_t lo, int64_t hi) {
-      std::vector<int64_t> f;
-      for (int64_t j = lo; j < hi; ++j) draw(offset + static_cast<uint64_t>(j), &f, src + j, dst + j);
-    });
+    parallel_for(k, num_threads, 4096, [&](int64_t lo, int64_t hi) { draw_range(offset, lo, hi, src, dst); });
     return log_q;
   }
-  // Distinct pairs: candidates by position (in parallel), kept in position order when new.
+  // Distinct pairs: candidates by position (in parallel), kept in position
+  // order when new. Keys u * num_dst + v when that fits in 63 bits, else the pair.
+  const bool key64 = static_cast<u128>(num_src) * static_cast<u128>(num_dst) < (static_cast<u128>(1) << 63);
   uint64_t size = 16;
-  while (size < 2 * static_cast<uint64_t>(k)) size <<= 1;
+  while (2 * size < 3 * static_cast<uint64_t>(k)) size <<= 1;  // load <= 2/3
   const uint64_t mask = size - 1;
-  std::vector<int64_t> keys(2 * size, -1);
+  std::vector<int64_t> keys(key64 ? size : 2 * size, -1);
   int64_t have = 0;
   uint64_t next = offset;
   std::vector<int64_t> cu, cv;
+  auto slot_of = [&](int64_t u, int64_t v) {
+    return (key64 ? mix64(static_cast<uint64_t>(u) * static_cast<uint64_t>(num_dst) + static_cast<uint64_t>(v))
+                  : pair_hash(u, v)) &
+           mask;
+  };
   while (have < k) {
     const int64_t need = k - have;
     const int64_t m = need + need / 8 + 64;
     cu.resize(static_cast<size_t>(m));
     cv.resize(static_cast<size_t>(m));
-    parallel_for(m, num_threads, 4096, [&](int64_t lo, int64_t hi) {
-      std::vector<int64_t> f;
-      for (int64_t j = lo; j < hi; ++j) draw(next + static_cast<uint64_t>(j), &f, &cu[j], &cv[j]);
-    });
+    parallel_for(m, num_threads, 4096, [&](int64_t lo, int64_t hi) { draw_range(next, lo, hi, cu.data(), cv.data()); });
     next += static_cast<uint64_t>(m);
+    constexpr int64_t kAhead = 16;
     for (int64_t j = 0; j < m && have < k; ++j) {
-      uint64_t p = pair_hash(cu[j], cv[j]) & mask;
+      if (j + kAhead < m) {
+        const uint64_t ahead = slot_of(cu[j + kAhead], cv[j + kAhead]);
+        __builtin_prefetch(keys.data() + (key64 ? ahead : 2 * ahead));
+      }
+      uint64_t p = slot_of(cu[j], cv[j]);
       bool fresh = true;
-      while (keys[2 * p] >= 0) {
-        if (keys[2 * p] == cu[j] && keys[2 * p + 1] == cv[j]) {
-          fresh = false;
-          break;
+      if (key64) {
+        const int64_t key = cu[j] * num_dst + cv[j];
+        while (keys[p] >= 0) {
+          if (keys[p] == key) {
+            fresh = false;
+            break;
+          }
+          p = (p + 1) & mask;
         }
-        p = (p + 1) & mask;
+        if (fresh) keys[p] = key;
+      } else {
+        while (keys[2 * p] >= 0) {
+          if (keys[2 * p] == cu[j] && keys[2 * p + 1] == cv[j]) {
+            fresh = false;
+            break;
+          }
+          p = (p + 1) & mask;
+        }
+        if (fresh) {
+          keys[2 * p] = cu[j];
+          keys[2 * p + 1] = cv[j];
+        }
       }
       if (!fresh) continue;
-      keys[2 * p] = cu[j];
-      keys[2 * p + 1] = cv[j];
       src[have] = cu[j];
       dst[have] = cv[j];
       ++have;

@@ -22,6 +22,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/huge_buffer.h"
+
 namespace pyneg {
 
 // Tags of the graph layer's Philox streams (fourth counter word); disjoint
@@ -47,13 +49,23 @@ class PairGroups {
   const int64_t* find(int64_t a, int64_t b, int64_t* len) const;
   bool contains(int64_t a, int64_t b, int64_t c) const;
 
-  int64_t num_keys() const { return static_cast<int64_t>(values_.size()); }
+  int64_t num_keys() const { return static_cast<int64_t>(vals_.size()); }
   int64_t num_groups() const { return static_cast<int64_t>(groups_.size()); }
   const std::vector<Group>& groups() const { return groups_; }
-  const std::vector<int64_t>& values() const { return values_; }
+  const int64_t* values() const { return vals_.data(); }
   size_t memory_bytes() const;
 
+  // Graphs (every a == 0, b below a few times the key count) also get a dense
+  // directory: span[b] = where b's values are, one cache line per lookup.
+  struct Span {
+    int64_t begin, len;
+  };
+  const Span* dense() const { return dense_.size() == 0 ? nullptr : dense_.data(); }
+  int64_t dense_size() const { return static_cast<int64_t>(dense_.size()); }
+
  private:
+  HugeBuffer<Span> dense_;   // read at random: huge pages when large
+  HugeBuffer<int64_t> vals_;  // the values, moved out of values_ after the build
   std::vector<Group> groups_;
   std::vector<int64_t> values_;  // group g's values: [begin, begin + len), sorted, unique
   std::vector<int64_t> slots_;   // hash slots: group index or -1
