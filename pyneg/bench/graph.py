@@ -85,7 +85,7 @@ def _torch_loop(st: SimpleNamespace) -> torch.Tensor:
 
 
 def _pyg(st: SimpleNamespace) -> torch.Tensor:
-    from torch_geometric.utils import negative_sampling
+    from torch_geometric.utils import negative_sampling  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
     out: torch.Tensor = negative_sampling(st.ei, st.n, st.k)
     return out
@@ -132,10 +132,10 @@ def _corrupt_setup(source: str):
         ts = G.TripleSet(train, n, r)
         corr = G.TripleCorruptor(ts, corrupt="bernoulli")
         g = torch.Generator().manual_seed(3)
-        batch = train[torch.randint(0, train.shape[0], (4096,), generator=g)]
+        batch = train[torch.randint(0, train.shape[0], (4096 if not quick else 512,), generator=g)]
         st = SimpleNamespace(train=train, ts=ts, corr=corr, batch=batch, k=32, n=n, r=r, pk={})
         if _has("pykeen"):
-            from pykeen.sampling import BernoulliNegativeSampler
+            from pykeen.sampling import BernoulliNegativeSampler  # type: ignore[import-not-found,unused-ignore]
 
             for name, filt in ((PK_SET, "python-set"), (PK_BLOOM, "bloom")):
                 st.pk[name] = BernoulliNegativeSampler(
