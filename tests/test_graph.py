@@ -552,3 +552,26 @@ def test_rank_metrics_and_bad_scores():
 
 def test_public_names():
     assert pyneg.graph is G
+
+
+def test_negative_sampling_dense_undirected_enumerated_path():
+    # 12 nodes, 60 of the 66 unordered pairs are edges: fewer than 1/4 allowed, so
+    # pairs are enumerated (source by allowed count, then its r-th allowed partner).
+    n = 12
+    pairs = [(u, v) for u in range(n) for v in range(u + 1, n)]
+    g = torch.Generator().manual_seed(21)
+    keep = torch.randperm(len(pairs), generator=g)[:60].tolist()
+    ei = torch.tensor([pairs[i] for i in keep]).t()
+    known = edge_set_py(ei, undirected=True)
+    allowed = [(u, v) for u, v in pairs if (u, v) not in known]
+    assert len(allowed) == 6
+    out, lq = G.negative_sampling(ei, n, 12, force_undirected=True, seed=0, return_log_q=True)
+    assert sorted(zip(out[0, :6].tolist(), out[1, :6].tolist())) == sorted(allowed)
+    assert math.isclose(lq, -math.log(6))
+    with pytest.raises(ValueError, match="distinct"):
+        G.negative_sampling(ei, n, 14, force_undirected=True, seed=0)
+    many = G.negative_sampling(ei, n, 6000, force_undirected=True, unique=False, seed=1)
+    counts = np.array(
+        [sum(1 for p in zip(many[0, :3000].tolist(), many[1, :3000].tolist()) if p == a) for a in allowed]
+    )
+    assert counts.sum() == 3000 and stats.chisquare(counts).pvalue > 1e-3
