@@ -100,10 +100,7 @@ def _check_negatives(st: SimpleNamespace, out: torch.Tensor, base: Dict[str, Any
 
 
 def _neg_notes(st: SimpleNamespace) -> Dict[str, Any]:
-    notes: Dict[str, Any] = {"edge_set_bytes": int(st.es._fwd.memory_bytes)}
-    if _has("torch_geometric"):
-        notes["pyg_returned"] = int(_pyg(st).shape[1])  # PyG may return fewer than asked
-    return notes
+    return {"edge_set_bytes": int(st.es._fwd.memory_bytes)}
 
 
 # ---------------------------------------------------------------- triple corruption
