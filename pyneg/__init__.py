@@ -40,6 +40,7 @@ from pyneg import (
     _ops,  # noqa: F401  (registers the torch.ops.pyneg operators)
     distributed,
     functional,
+    graph,
     losses,
     memory,  # noqa: F401  (the historical home of MemoryBank: pyneg.memory stays an attribute)
     mining,
@@ -78,6 +79,7 @@ __all__ = [
     "SkipGramNegativeSampling",
     "SkipGramPairs",
     "functional",
+    "graph",
     "distributed",
     "losses",
     "NegativeSource",

@@ -314,3 +314,74 @@ def hs_sgd(
 def find_accidental_hits(
     negative_ids: npt.ArrayLike, positive_ids: npt.ArrayLike, max_pairs: int = ...
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]] | None: ...
+
+# ----------------------------------------------------------------- register_graph
+class PairGroups:
+    def __init__(
+        self,
+        a: npt.ArrayLike,
+        b: npt.ArrayLike,
+        c: npt.ArrayLike,
+        limit_a: int = -1,
+        limit_b: int = -1,
+        limit_c: int = -1,
+        num_threads: int = 1,
+    ) -> None: ...
+    @property
+    def num_keys(self) -> int: ...
+    @property
+    def num_groups(self) -> int: ...
+    @property
+    def memory_bytes(self) -> int: ...
+    def contains(
+        self, a: npt.ArrayLike, b: npt.ArrayLike, c: npt.ArrayLike, num_threads: int = 1
+    ) -> npt.NDArray[np.bool_]: ...
+    def group_arrays(
+        self,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+    def keys(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+
+class GraphAlias:
+    def __init__(self, weights: npt.ArrayLike) -> None: ...
+    @property
+    def probs(self) -> npt.NDArray[np.float64]: ...
+    @property
+    def num_classes(self) -> int: ...
+
+def graph_corrupt(
+    rows: npt.ArrayLike,
+    side_probs: npt.ArrayLike,
+    k: int,
+    unique: bool,
+    exclude_self_loops: bool,
+    indexes: list[PairGroups | None],
+    universes: list[int],
+    typed_head: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+    typed_tail: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+    weights_head: GraphAlias | None = None,
+    weights_tail: GraphAlias | None = None,
+    seed: int = 0,
+    offset: int = 0,
+    num_threads: int = 1,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int8], npt.NDArray[np.float64]]: ...
+def graph_global_negatives(
+    index: PairGroups,
+    num_src: int,
+    num_dst: int,
+    num_known: int,
+    k: int,
+    unique: bool,
+    exclude_self_loops: bool,
+    upper: bool,
+    seed: int = 0,
+    offset: int = 0,
+    num_threads: int = 1,
+) -> tuple[npt.NDArray[np.int64], float]: ...
+def graph_filtered_ranks(
+    scores: npt.NDArray[Any],
+    targets: npt.ArrayLike,
+    index: PairGroups | None,
+    key_a: npt.ArrayLike,
+    key_b: npt.ArrayLike,
+    num_threads: int = 1,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...

@@ -1,0 +1,141 @@
+// Negatives for link prediction and knowledge-graph embeddings (pyneg.graph).
+//
+// A set of known (a, b, c) keys (for a graph: (relation, source, destination))
+// is stored as groups: the sorted, deduplicated c values of every (a, b) pair,
+// found through an open-addressing hash of the full (a, b) pair (no packed key,
+// so any int64 ids >= 0 work). Memory is O(E); a membership query is one hash
+// probe plus a binary search in the group.
+//
+// Every draw is a pure function of (seed, offset + row, draw index) through
+// Philox4x32-10 (philox.h), so results never depend on the thread count, and a
+// batch split with matching offsets gives the same rows.
+//
+// Uniform draws over the allowed set of a row (the universe minus the row's
+// forbidden ids) never reject: the r-th allowed id is found by a binary search
+// over the sorted forbidden positions, so every row terminates in O(k log m)
+// and is exactly uniform over what is allowed. Weighted draws use an alias
+// table with rejection and fall back to the row's exact CDF when the allowed
+// mass is small. Infeasible requests are refused before anything is written.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "cpu/huge_buffer.h"
+
+namespace pyneg {
+
+// Tags of the graph layer's Philox streams (fourth counter word); disjoint
+// from the tags in philox.h (which stay below 2^16).
+constexpr uint32_t kTagGraphSide = 0x47520000u;      // side coin of draw j: (row, j)
+constexpr uint32_t kTagGraphUniform = 0x47520100u;   // + side: uniform draw j (or try j when unique)
+constexpr uint32_t kTagGraphShuffle = 0x47520200u;   // + side: partial Fisher-Yates step j
+constexpr uint32_t kTagGraphWeighted = 0x47530000u;  // + attempt (< 2^12) * 4 + side: weighted draw j
+constexpr uint32_t kTagGraphCdf = 0x47540000u;       // + side: weighted draw j from the exact CDF
+constexpr uint32_t kTagGraphGlobal = 0x47550000u;    // global pairs: (position, 2 * try + half)
+
+class PairGroups {
+ public:
+  struct Group {
+    int64_t a, b, begin, len;
+  };
+
+  // Builds the groups of n keys. Throws std::invalid_argument for a negative id.
+  PairGroups(const int64_t* a, const int64_t* b, const int64_t* c, int64_t n, int num_threads);
+  PairGroups() = default;
+
+  // The sorted c values of (a, b), or nullptr (and *len = 0) when none.
+  const int64_t* find(int64_t a, int64_t b, int64_t* len) const;
+  bool contains(int64_t a, int64_t b, int64_t c) const;
+
+  int64_t num_keys() const { return static_cast<int64_t>(vals_.size()); }
+  int64_t num_groups() const { return static_cast<int64_t>(groups_.size()); }
+  const std::vector<Group>& groups() const { return groups_; }
+  const int64_t* values() const { return vals_.data(); }
+  size_t memory_bytes() const;
+
+  // Graphs (every a == 0, b below a few times the key count) also get a dense
+  // directory: span[b] = where b's values are, one cache line per lookup.
+  struct Span {
+    int64_t begin, len;
+  };
+  const Span* dense() const { return dense_.size() == 0 ? nullptr : dense_.data(); }
+  int64_t dense_size() const { return static_cast<int64_t>(dense_.size()); }
+
+ private:
+  HugeBuffer<Span> dense_;   // read at random: huge pages when large
+  HugeBuffer<int64_t> vals_;  // the values, moved out of values_ after the build
+  std::vector<Group> groups_;
+  std::vector<int64_t> values_;  // group g's values: [begin, begin + len), sorted, unique
+  std::vector<int64_t> slots_;   // hash slots: group index or -1
+  uint64_t mask_ = 0;
+};
+
+// out[i] = index contains (a[i], b[i], c[i]).
+void pair_groups_contains(const PairGroups& index, const int64_t* a, const int64_t* b, const int64_t* c,
+                          int64_t n, uint8_t* out, int num_threads);
+
+// A Vose alias table over probabilities (double precision), for weighted draws.
+struct GraphAlias {
+  std::vector<double> prob;     // normalised probabilities p_i
+  std::vector<double> keep;     // bucket i is kept when u < keep[i]
+  std::vector<int64_t> alias;   // else alias[i]
+  int64_t num_positive = 0;
+};
+// Throws std::invalid_argument (naming `name`) for NaN, inf, negative or all-zero weights.
+GraphAlias build_graph_alias(const double* weights, int64_t n, const char* name);
+
+// One side (what is replaced) of a corruption: 0 head, 1 relation, 2 tail.
+struct CorruptSide {
+  const PairGroups* index = nullptr;  // known values for the row's other two fields; null: none
+  int64_t universe = 0;               // ids are [0, universe) unless typed
+  const int64_t* typed_offsets = nullptr;  // pseudo-typed: candidates of relation r are
+  const int64_t* typed_ids = nullptr;      // typed_ids[typed_offsets[r] .. typed_offsets[r + 1]), sorted
+  int64_t num_typed_relations = 0;
+  const GraphAlias* weights = nullptr;  // weighted draws (untyped only); null: uniform
+};
+
+struct CorruptRequest {
+  const int64_t* rows = nullptr;       // (B, 3) [head, relation, tail]
+  int64_t num_rows = 0;
+  const double* side_probs = nullptr;  // (B, 3) probability of replacing head, relation, tail
+  int64_t k = 0;
+  bool unique = false;                 // within one row and side, ids are distinct
+  bool exclude_self_loops = false;     // a new head != tail and a new tail != head
+  CorruptSide side[3];
+  uint64_t seed = 0, offset = 0;
+};
+
+// Fills ids (B, k) with the replacing ids, sides (B, k) with the side (0, 1, 2)
+// and log_q (B, k) with the log probability of that negative in one draw:
+// log P(side) + log q_side(id), q_side being the draw distribution
+// renormalised over the row's allowed ids of that side. The row's own id and
+// the known values of that side (index) are never drawn. Throws
+// std::invalid_argument before writing anything when a row's request cannot
+// be met (a side with positive probability and too few allowed ids).
+void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double* log_q, int num_threads);
+
+// Global negatives: k pairs (u, v), u in [0, num_src), v in [0, num_dst),
+// uniform over the pairs not in index (keys (0, u) -> v) and, with
+// exclude_self_loops, u != v; upper: unordered pairs, u < v (a square graph
+// whose index holds both directions). num_known: the index's pairs inside the
+// sampled space (all keys; with upper, those with u < v). unique: distinct
+// pairs, in the order of the positions that drew them. Returns the log of one
+// draw's probability (-log of the number of allowed pairs). Throws
+// std::invalid_argument up front when fewer pairs are allowed than needed.
+double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_dst, int64_t num_known, int64_t k,
+                        bool unique, bool exclude_self_loops, bool upper, uint64_t seed, uint64_t offset,
+                        int64_t* src, int64_t* dst, int num_threads);
+
+// Filtered ranks of row i's true id truth[i] among the n scores of row i:
+// filtered[i] lists (sorted, unique) ids that are known true and are left
+// out (the true id itself is never left out). Writes the optimistic (1 + #
+// greater) and pessimistic (1 + # greater + # equal others) ranks; the
+// realistic rank is their mean. Throws std::invalid_argument for NaN scores.
+template <class T>
+void filtered_ranks(const T* scores, int64_t b, int64_t n, const int64_t* truth, const PairGroups* index,
+                    const int64_t* key_a, const int64_t* key_b, int64_t* optimistic, int64_t* pessimistic,
+                    int num_threads);
+
+}  // namespace pyneg
