@@ -1,10 +1,6 @@
 // pyneg._core: the compiled kernels of pyneg. One register_<area>() per file.
 #include "bindings/common.h"
 
-namespace pyneg::bindings {
-void register_graph(py::module_& m);  // register_graph.cpp
-}  // namespace pyneg::bindings
-
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyneg's C++ kernels (alias sampling, Huffman trees, memory banks)";
   // Bindings only pyneg's tests call (golden random streams, the ISA a kernel
