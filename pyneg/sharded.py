@@ -178,7 +178,7 @@ class ShardedAliasSampler:
 
     # ------------------------------------------------------------ exchanges
     def _owner(self, ids: torch.Tensor) -> torch.Tensor:
-        return torch.searchsorted(self._bounds, ids, right=True)
+        return torch.searchsorted(self._bounds, ids.contiguous(), right=True)
 
     def _exchange(self, send: torch.Tensor, counts: List[int]) -> Tuple[torch.Tensor, List[int]]:
         """Rows of ``send`` (grouped by destination rank, ``counts[r]`` rows for rank r) to their

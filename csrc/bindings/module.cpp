@@ -13,4 +13,5 @@ PYBIND11_MODULE(_core, m) {
   pyneg::bindings::register_mining(m);
   pyneg::bindings::register_skipgram(m);
   pyneg::bindings::register_hits(m);
+  pyneg::bindings::register_tablefile(m);
 }
