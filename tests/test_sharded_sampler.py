@@ -84,7 +84,8 @@ def _reference(world: int, size, seed: int, exclude=None) -> torch.Tensor:
     u = torch.rand(n, dtype=torch.float64, generator=g)
     out = torch.empty(n, dtype=torch.int64)
     assert exclude is None
-    shard = torch.searchsorted(torch.cumsum(shard_p, 0), u * shard_p.sum(), right=True)
+    cum = torch.cumsum(shard_p, 0)
+    shard = torch.searchsorted(cum, u * cum[-1], right=True)
     for r, (lo, hi) in enumerate(slices):
         where = (shard == r).nonzero().squeeze(1)
         if where.numel():
