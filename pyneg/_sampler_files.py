@@ -16,7 +16,7 @@ a (frozen) ``AliasSampler`` drawing exactly as the snapshot.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Tuple, Type, TypeVar
+from typing import Any, Dict, Optional, Tuple, Type, TypeVar, cast
 
 import numpy as np
 
@@ -46,7 +46,7 @@ def _file_class(sampler: AliasSampler) -> str:
     raise TypeError(f"{name} cannot be saved to a table file")
 
 
-def save(sampler: AliasSampler, path: "os.PathLike[str] | str") -> None:
+def save(sampler: AliasSampler, path: os.PathLike[str] | str) -> None:
     """Writes ``sampler`` to ``path`` (see :meth:`pyneg.AliasSampler.save`)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
@@ -65,11 +65,12 @@ def save(sampler: AliasSampler, path: "os.PathLike[str] | str") -> None:
             "mass": np.asarray(d.mass_np),
         }
     if name == "UnigramSampler":
-        params["power"] = float(getattr(sampler, "power"))
+        assert isinstance(sampler, UnigramSampler)
+        params["power"] = float(sampler.power)
     _tablefile.write_table_file(path, name, params, arrays)
 
 
-def load(cls: Type[S], path: "os.PathLike[str] | str", *, mmap: bool = True, verify: bool = True) -> S:
+def load(cls: Type[S], path: os.PathLike[str] | str, *, mmap: bool = True, verify: bool = True) -> S:
     """Reads a sampler of class ``cls`` (or a subclass) from ``path`` (see :meth:`pyneg.AliasSampler.load`)."""
     mmap = check_bool(mmap, "mmap")
     verify = check_bool(verify, "verify")
@@ -88,7 +89,8 @@ def _rebuild(cls: Type[S], tf: _tablefile.TableFile) -> S:
     try:
         n = int(params["num_classes"])
         if tf.sampler in _ANALYTIC:
-            return known(n)  # type: ignore[return-value]
+            made: Any = known
+            return cast(S, made(n))
         num_positive = int(params["num_positive"])
         power = float(params["power"]) if tf.sampler == "UnigramSampler" else None
     except (KeyError, TypeError, ValueError):
@@ -99,13 +101,13 @@ def _rebuild(cls: Type[S], tf: _tablefile.TableFile) -> S:
         raise ValueError(f"path {path!r}: its arrays are not the table of a {tf.sampler} of {n} classes")
     if not 1 <= n <= MAX_CLASSES or not 1 <= num_positive <= n:
         raise ValueError(f"path {path!r}: num_classes {n} or num_positive {num_positive} out of range")
-    sampler = object.__new__(known)
+    sampler: Any = object.__new__(known)
     if power is not None:
-        sampler._power = power  # type: ignore[attr-defined]
+        sampler._power = power
     sampler._dist = _mapped_distribution(arrays, n, num_positive)
-    sampler._mapped_from = tf.fingerprint if tf.mapped else None  # type: ignore[attr-defined]
-    sampler._mapping = tf._mmap  # type: ignore[attr-defined]  # kept alive with the sampler
-    return sampler  # type: ignore[return-value]
+    sampler._mapped_from = tf.fingerprint if tf.mapped else None
+    sampler._mapping = tf._mmap  # kept alive with the sampler
+    return cast(S, sampler)
 
 
 class _FileTable:

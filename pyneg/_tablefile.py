@@ -68,7 +68,9 @@ def _header_bytes(sampler: str, params: Mapping[str, Any], entries: List[Dict[st
     return json.dumps({"sampler": sampler, "params": dict(params), "arrays": entries}, sort_keys=True).encode()
 
 
-def write_table_file(path: "os.PathLike[str] | str", sampler: str, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> None:
+def write_table_file(
+    path: os.PathLike[str] | str, sampler: str, params: Mapping[str, Any], arrays: Mapping[str, np.ndarray]
+) -> None:
     """Writes ``arrays`` (name -> C-contiguous array of a supported dtype) with the sampler's
     class name and JSON ``params``; atomically (a temporary file renamed over ``path``)."""
     path = os.fspath(path)
@@ -102,7 +104,7 @@ def write_table_file(path: "os.PathLike[str] | str", sampler: str, params: Mappi
             f.write(header.ljust(header_len, b"\0"))
             for e, b in zip(entries, prepared):
                 f.seek(e["offset"])
-                f.write(memoryview(b).cast("B") if b.nbytes else b"")
+                f.write(b.data.cast("B") if b.nbytes else b"")
             f.truncate(file_size)
             f.flush()
             os.fsync(f.fileno())
@@ -147,7 +149,7 @@ def _refuse(path: str, why: str) -> ValueError:
 
 
 def open_table_file(
-    path: "os.PathLike[str] | str", *, mmap_mode: bool = True, verify: bool = True, expect: Optional[Fingerprint] = None
+    path: os.PathLike[str] | str, *, mmap_mode: bool = True, verify: bool = True, expect: Optional[Fingerprint] = None
 ) -> TableFile:
     """Opens and checks a table file; see the module's docstring for what is refused.
 

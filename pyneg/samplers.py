@@ -654,7 +654,7 @@ class AliasSampler:
         return probs, table, extra
 
     # ------------------------------------------------------------ table files
-    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def save(self, path: Union[str, os.PathLike[str]]) -> None:
         """Writes the sampler to a table file that :meth:`load` maps read-only.
 
         The file holds a versioned header (sampler class, parameters, every
@@ -669,7 +669,7 @@ class AliasSampler:
         _sampler_files.save(self, path)
 
     @classmethod
-    def load(cls, path: Union[str, "os.PathLike[str]"], *, mmap: bool = True, verify: bool = True) -> Any:
+    def load(cls, path: Union[str, os.PathLike[str]], *, mmap: bool = True, verify: bool = True) -> Any:
         """A sampler read from a file written by :meth:`save` (an instance of the saved class).
 
         Args:

@@ -62,7 +62,7 @@ from pyneg._validation import (
     check_seed,
     check_size,
 )
-from pyneg.distributed import _raise_if_any_rank_failed, _splitmix64, rank_and_world_size
+from pyneg.distributed import _splitmix64, rank_and_world_size
 from pyneg.samplers import AliasSampler, draw_seed
 
 __all__ = ["ShardedAliasSampler"]
@@ -115,7 +115,9 @@ class ShardedAliasSampler:
         except Exception as e:  # reported to every rank below
             error = e
         if world > 1:
-            mine = torch.tensor([0.0 if error is None else 1.0, float(n), log_mass, float(positive)], dtype=torch.float64)
+            mine = torch.tensor(
+                [0.0 if error is None else 1.0, float(n), log_mass, float(positive)], dtype=torch.float64
+            )
             parts = [torch.empty_like(mine) for _ in range(world)]
             dist.all_gather(parts, mine, group=group)
             table = torch.stack(parts)
@@ -174,7 +176,9 @@ class ShardedAliasSampler:
         return sum(t.numel() * t.element_size() for t in (d.entries, d.mass, d.probs, d.log_probs))
 
     def __repr__(self) -> str:
-        return f"ShardedAliasSampler(num_classes={self.num_classes}, shard={self.shard_range}, world_size={self._world})"
+        return (
+            f"ShardedAliasSampler(num_classes={self.num_classes}, shard={self.shard_range}, world_size={self._world})"
+        )
 
     # ------------------------------------------------------------ exchanges
     def _owner(self, ids: torch.Tensor) -> torch.Tensor:
@@ -325,7 +329,11 @@ class ShardedAliasSampler:
         # 1. shard of every draw.
         g = torch.Generator().manual_seed(_splitmix64(s) & _MASK63)
         u = torch.rand(n, dtype=torch.float64, generator=g)
-        row = torch.arange(n, dtype=torch.int64) // per_list if (ex is not None and n) else torch.zeros(n, dtype=torch.int64)
+        row = (
+            torch.arange(n, dtype=torch.int64) // per_list
+            if (ex is not None and n)
+            else torch.zeros(n, dtype=torch.int64)
+        )
         cum = torch.cumsum(allowed, 1)
         if ex is not None and n:
             target = u * cum[row, -1]

@@ -169,14 +169,14 @@ def _rank(rank: int, world: int, init_file: str, out_file: str, v: int, shape: L
 
 
 def _sharded_setup(quick: bool) -> SimpleNamespace:
-    import torch.multiprocessing as mp
+    from torch.multiprocessing import spawn  # type: ignore[attr-defined]
 
     v = 10**6 if quick else 10**7
     shape = [4096, 20]
     st = SimpleNamespace(v=v, shape=shape)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "out.pt")
-        mp.spawn(_rank, args=(2, os.path.join(tmp, "init"), out, v, shape, 5 if quick else 20), nprocs=2)
+        spawn(_rank, args=(2, os.path.join(tmp, "init"), out, v, shape, 5 if quick else 20), nprocs=2)
         st.sharded = torch.load(out)
     st.sampler = pyneg.AliasSampler(_weights(v))
     d = st.sampler._dist
