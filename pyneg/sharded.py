@@ -28,12 +28,12 @@ owner of shard ``r`` draws the requests it receives at consecutive positions of
 the stream ``(seed, r)``, in the order of their positions ``j``. Changing the
 world size (or the slices) changes the draws, not their distribution.
 
-Cost of one :meth:`ShardedAliasSampler.sample` call: one small all-reduce (every
-rank agrees the call is valid), then two ``all_to_all_single`` rounds of
+Cost of one :meth:`ShardedAliasSampler.sample` call: one small all-gather (every
+rank agrees the call is valid and learns the seeds), then two ``all_to_all_single`` rounds of
 counts and payloads: each draw crosses the network twice as one int64 (its row
 index out, its id back). With ``exclude`` on any rank, a first round sends the
 rows' excluded ids to their owners (one int64 pair per id, one float64 back).
-A final all-reduce makes an error on any owner every rank's error.
+A final small all-gather makes an error on any owner every rank's error.
 
 Failure: every call is collective (all ranks of the group must call it, in the
 same order). A rank whose arguments are invalid makes every rank raise a
@@ -211,17 +211,24 @@ class ShardedAliasSampler:
 
     def _agree(self, error: Optional[BaseException], flag: bool = False) -> bool:
         """Every rank raises if any rank's checks failed; returns whether any rank set ``flag``."""
+        return self._agree_seeds(error, flag, 0)[0]
+
+    def _agree_seeds(self, error: Optional[BaseException], flag: bool, seed: int) -> Tuple[bool, List[int]]:
+        """As :meth:`_agree`, and every rank's ``seed`` (one all-gather of three int64 per rank)."""
         if self._world == 1:
             if error is not None:
                 raise error
-            return flag
-        vec = torch.tensor([0 if error is None else 1, int(flag)], dtype=torch.int64)
-        dist.all_reduce(vec, group=self._group)
+            return flag, [seed]
+        bits = seed - (1 << 64) if seed >= 1 << 63 else seed  # the 64 bits as an int64
+        mine = torch.tensor([0 if error is None else 1, int(flag), bits], dtype=torch.int64)
+        parts = [torch.empty_like(mine) for _ in range(self._world)]
+        dist.all_gather(parts, mine, group=self._group)
+        table = torch.stack(parts)
         if error is not None:
             raise error
-        if int(vec[0]) > 0:
+        if bool((table[:, 0] > 0).any()):
             raise ValueError("another rank passed invalid arguments to this collective call (see its error)")
-        return int(vec[1]) > 0
+        return bool((table[:, 1] > 0).any()), [int(v) & ((1 << 64) - 1) for v in table[:, 2].tolist()]
 
     # ---------------------------------------------------------------- log q
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
@@ -303,7 +310,7 @@ class ShardedAliasSampler:
             s = check_seed(seed) if seed is not None else draw_seed(generator)
         except Exception as e:
             error = e
-        any_exclude = self._agree(error, ex is not None)
+        any_exclude, seeds = self._agree_seeds(error, ex is not None, s)
         n = math.prod(shape)
         lists = ex.shape[0] if ex is not None else 1
         per_list = n // lists if lists else 0
@@ -348,7 +355,7 @@ class ShardedAliasSampler:
         counts = torch.bincount(shard, minlength=world).tolist()
         # 2. the owners draw: each request carries its exclusion list's index.
         recv, recv_counts = self._exchange(row[order], counts)
-        answer, error = self._draw_local(recv, recv_counts, pairs_recv, pair_counts_recv, s)
+        answer, error = self._draw_local(recv, recv_counts, pairs_recv, pair_counts_recv, seeds)
         back = self._reply(answer, recv_counts, counts)
         self._agree(error)
         out = torch.empty(n, dtype=torch.int64)
@@ -397,14 +404,14 @@ class ShardedAliasSampler:
         counts: List[int],
         pairs: torch.Tensor,
         pair_counts: List[int],
-        seed: int,
+        seeds: List[int],
     ) -> Tuple[torch.Tensor, Optional[BaseException]]:
         """Draws the requests this rank received (``counts[r]`` from rank r, each naming its
-        exclusion list): the global ids, and the error this rank hit (answers are then -1)."""
+        exclusion list, drawn from rank r's seed): the global ids, and the error this rank hit
+        (answers are then -1)."""
         out = torch.full(rows.shape, -1, dtype=torch.int64)
         if rows.numel() == 0:
             return out, None
-        stream = _splitmix64((seed + self._rank + 1) & ((1 << 64) - 1))
         start = self.shard_range[0]
         try:
             if self._local is None:
@@ -418,14 +425,14 @@ class ShardedAliasSampler:
                 if c == 0:
                     continue
                 want = rows[pos : pos + c]
+                # the requester's seed and this shard: a request's ids do not depend on who asked
+                stream = _splitmix64((seeds[r] + self._rank + 1) & ((1 << 64) - 1))
                 if mine.shape[0] == 0:
                     got = self._local.sample(c, seed=stream, offset=0)
                 else:
                     got = self._local.sample((c, 1), exclude=_lists_for(want, mine, start), seed=stream)
                 out[pos : pos + c] = got.reshape(-1) + start
                 pos += c
-                # every source's requests start at position 0 of the stream: a request's ids do
-                # not depend on which rank asked
         except Exception as e:
             return out, e
         return out, None
