@@ -2,9 +2,13 @@
 table consists of, and how a sampler is rebuilt around mapped arrays without copying them.
 
 This is the only module that knows the samplers' table layout; the file format
-itself is generic. Layout of main's ``_Distribution``: ``probs`` and ``log_probs``
-(float64), the alias ``entries`` ((alias << 32) | threshold) and the integer
-``mass`` of every class (int64 views of uint64), 32 bytes per class.
+itself is generic. The compact layout (csrc/cpu/alias_table.h): the table is the
+int64 ``entries`` array ((alias << 32) | threshold, 8 bytes per class) and the
+scalars ``num_classes`` and ``num_positive``; the class masses are derived from
+the entries. A file stores the masses too (``mass``, 8 more bytes per class), so
+that the processes mapping it share them instead of each deriving a private copy
+the first time it draws with exclusions or without replacement, or reads
+``probs``/``log_prob``: 16 bytes per class in all.
 
 Samplers without a table of their own save their parameters only:
 ``UniformSampler`` and ``LogUniformSampler`` (their ``num_classes``), rebuilt by
@@ -16,9 +20,11 @@ a (frozen) ``AliasSampler`` drawing exactly as the snapshot.
 from __future__ import annotations
 
 import os
-from typing import Any, Dict, Optional, Tuple, Type, TypeVar, cast
+import warnings
+from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar, cast
 
 import numpy as np
+import torch
 
 from pyneg import _tablefile
 from pyneg._validation import MAX_CLASSES, check_bool
@@ -30,7 +36,7 @@ from pyneg.samplers import (
     _Distribution,
 )
 
-_TABLE_ARRAYS = ("probs", "log_probs", "entries", "mass")
+_TABLE_ARRAYS = {"entries": np.int64, "mass": np.int64}
 _ANALYTIC: Dict[str, Type[AliasSampler]] = {"UniformSampler": UniformSampler, "LogUniformSampler": LogUniformSampler}
 _TABLED: Dict[str, Type[AliasSampler]] = {"AliasSampler": AliasSampler, "UnigramSampler": UnigramSampler}
 
@@ -58,12 +64,7 @@ def save(sampler: AliasSampler, path: os.PathLike[str] | str) -> None:
     arrays: Dict[str, np.ndarray] = {}
     if name not in _ANALYTIC:
         params["num_positive"] = d.num_positive
-        arrays = {
-            "probs": d.probs.numpy(),
-            "log_probs": d.log_probs.numpy(),
-            "entries": np.asarray(d.entries_np),
-            "mass": np.asarray(d.mass_np),
-        }
+        arrays = {"entries": np.asarray(d.entries_np), "mass": np.asarray(d.masses())}
     if name == "UnigramSampler":
         assert isinstance(sampler, UnigramSampler)
         params["power"] = float(sampler.power)
@@ -96,49 +97,59 @@ def _rebuild(cls: Type[S], tf: _tablefile.TableFile) -> S:
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"path {path!r}: the header's params of {tf.sampler} are malformed") from None
     arrays = tf.arrays
-    want = {"probs": np.float64, "log_probs": np.float64, "entries": np.int64, "mass": np.int64}
-    if set(arrays) != set(want) or any(arrays[k].dtype != t or arrays[k].shape != (n,) for k, t in want.items()):
+    if set(arrays) != set(_TABLE_ARRAYS) or any(
+        arrays[k].dtype != t or arrays[k].shape != (n,) for k, t in _TABLE_ARRAYS.items()
+    ):
         raise ValueError(f"path {path!r}: its arrays are not the table of a {tf.sampler} of {n} classes")
     if not 1 <= n <= MAX_CLASSES or not 1 <= num_positive <= n:
         raise ValueError(f"path {path!r}: num_classes {n} or num_positive {num_positive} out of range")
     sampler: Any = object.__new__(known)
     if power is not None:
         sampler._power = power
-    sampler._dist = _mapped_distribution(arrays, n, num_positive)
-    sampler._mapped_from = tf.fingerprint if tf.mapped else None
+    dist = _FileDistribution(arrays["entries"], arrays["mass"], num_positive)
+    sampler._dist = dist
+    # Mapped while the sampler still holds this state (a loaded state_dict replaces it).
+    sampler._mapped_from = (tf.fingerprint, dist) if tf.mapped else None
     sampler._mapping = tf._mmap  # kept alive with the sampler
     return cast(S, sampler)
 
 
-class _FileTable:
-    """What ``_Distribution.table`` offers, over arrays of a table file."""
+class _FileDistribution(_Distribution):
+    """A ``_Distribution`` over a table file's arrays (read-only when mapped), never copied:
+    the masses are the file's too, so nothing is derived per process."""
 
-    def __init__(self, entries: np.ndarray, mass: np.ndarray, n: int, num_positive: int) -> None:
-        self._entries, self._mass = entries, mass
-        self.num_classes, self.num_positive = n, num_positive
+    __slots__ = ("mass_tensor",)
 
-    def _storage(self) -> Tuple[np.ndarray, np.ndarray]:
-        return self._entries, self._mass
+    def __init__(self, entries: np.ndarray, mass: np.ndarray, num_positive: int) -> None:
+        with warnings.catch_warnings():  # read-only arrays: pyneg's kernels only read them
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            super().__init__(entries, num_positive)
+        self.mass_np = mass
+        self.mass_tensor = _tablefile.readonly_tensor(mass)
 
+    def masses(self) -> np.ndarray:
+        return self.mass_np  # type: ignore[return-value]  # set in __init__, never None
 
-def _mapped_distribution(arrays: Dict[str, np.ndarray], n: int, num_positive: int) -> _Distribution:
-    """A ``_Distribution`` whose tensors are the file's arrays themselves (no copy)."""
-    d = object.__new__(_Distribution)
-    d.probs = _tablefile.readonly_tensor(arrays["probs"])
-    d.table = _FileTable(arrays["entries"], arrays["mass"], n, num_positive)
-    d.entries_np, d.mass_np = arrays["entries"], arrays["mass"]
-    d.entries = _tablefile.readonly_tensor(arrays["entries"])
-    d.mass = _tablefile.readonly_tensor(arrays["mass"])
-    d.num_classes, d.num_positive = n, num_positive
-    d.log_probs = _tablefile.readonly_tensor(arrays["log_probs"])
-    d.device_tables = {}
-    return d
+    @property
+    def mass(self) -> torch.Tensor:
+        return self.mass_tensor
 
 
 def mapped_fingerprint(sampler: AliasSampler) -> Optional[_tablefile.Fingerprint]:
-    """The file a sampler's table is mapped from, or None."""
-    fp = sampler.__dict__.get("_mapped_from")
+    """The file a sampler's table is mapped from, or None (never mapped, or its state replaced since)."""
+    mapped = sampler.__dict__.get("_mapped_from")
+    if not isinstance(mapped, tuple) or mapped[1] is not sampler.__dict__.get("_dist"):
+        return None
+    fp = mapped[0]
     return fp if isinstance(fp, _tablefile.Fingerprint) else None
+
+
+def table_tensors(sampler: AliasSampler) -> List[torch.Tensor]:
+    """The tensors a table sampler holds now (entries, and the masses once derived or mapped)."""
+    d = sampler._dist
+    if not isinstance(d, _Distribution):
+        return []
+    return [d.entries] + ([d.mass] if d.mass_np is not None else [])
 
 
 def remap(fingerprint: Tuple[str, int, int, int, int], cls_name: str) -> AliasSampler:
@@ -159,12 +170,4 @@ def reduce_mapped(sampler: AliasSampler) -> Optional[Tuple[Any, ...]]:
     return (remap, (fp.as_tuple(), type(sampler).__name__))
 
 
-def nbytes_private(sampler: AliasSampler) -> int:
-    """Bytes of the sampler's table tensors that it owns (0 for a mapped sampler)."""
-    if mapped_fingerprint(sampler) is not None:
-        return 0
-    d = sampler._dist
-    return sum(int(t.numel()) * t.element_size() for t in (d.probs, d.log_probs, d.entries, d.mass))
-
-
-__all__ = ["save", "load", "remap", "reduce_mapped", "mapped_fingerprint"]
+__all__ = ["save", "load", "remap", "reduce_mapped", "mapped_fingerprint", "table_tensors"]

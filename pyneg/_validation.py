@@ -35,6 +35,8 @@ _WIDE_UNSIGNED = tuple(getattr(torch, n) for n in ("uint64",) if hasattr(torch, 
 #: Largest number of classes pyneg's tables serve (32-bit alias indices; equals
 #: ``pyneg._core.MAX_CLASSES``).
 MAX_CLASSES = 2**31 - 1
+#: Largest ``num_classes`` of the samplers without a table (uniform, log-uniform).
+MAX_ANALYTIC_CLASSES = 2**50
 #: Element counts must stay below this (torch's sizes are int64).
 MAX_NUMEL = 2**63 - 1
 

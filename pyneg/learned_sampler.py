@@ -26,7 +26,6 @@ from __future__ import annotations
 import threading
 from typing import Any, Dict, Optional
 
-import numpy as np
 import torch
 
 from pyneg import _core
@@ -40,7 +39,7 @@ from pyneg._validation import (
     owned_copy,
 )
 from pyneg.frequency import FrequencyEstimator
-from pyneg.samplers import AliasSampler
+from pyneg.samplers import AliasSampler, _table_distribution
 
 __all__ = ["LearnedUnigramSampler"]
 
@@ -224,10 +223,8 @@ class LearnedUnigramSampler(AliasSampler):
         return due
 
     def _rebuild_locked(self) -> None:
-        w = self._counts.numpy()
-        probs = np.empty_like(w)
-        table = _core.AliasTable(w, "counts", probs)  # copies w before reading it
-        self._install(probs, table)
+        table = _core.AliasTable(self._counts.numpy(), "counts", torch.get_num_threads())  # copies, then checks
+        self._dist = _table_distribution(table)
         self._pending = 0
         self._built_mass = self._mass = float(self._counts.sum())  # resynchronise the running total
 
@@ -260,7 +257,7 @@ class LearnedUnigramSampler(AliasSampler):
             "built_mass": self._built_mass,
         }
 
-    def _check_extra_state(self, state: Dict[str, Any], probs: np.ndarray) -> Dict[str, Any]:
+    def _check_extra_state(self, state: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
         c = state["counts"]
         if (
             not isinstance(c, torch.Tensor)
@@ -270,8 +267,8 @@ class LearnedUnigramSampler(AliasSampler):
             or c.device.type == "meta"
         ):
             raise ValueError("state_dict['counts'] must be a 1-D float64 tensor")
-        if c.numel() != probs.size:
-            raise ValueError(f"state_dict['counts'] has {c.numel()} classes but state_dict['probs'] {probs.size}")
+        if c.numel() != num_classes:
+            raise ValueError(f"state_dict['counts'] has {c.numel()} classes but the table {num_classes}")
         counts = owned_copy(c, torch.float64)
         if not bool((torch.isfinite(counts) & (counts > 0)).all()):
             raise ValueError("state_dict['counts'] must be finite and > 0")

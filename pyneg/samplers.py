@@ -24,6 +24,7 @@ import torch
 from pyneg import _core, cuda
 from pyneg._ops import alias as _alias_ops
 from pyneg._validation import (
+    MAX_ANALYTIC_CLASSES,
     MAX_CLASSES,
     ArrayLike,
     SizeLike,
@@ -107,39 +108,38 @@ def _u64(value: Union[int, torch.Tensor]) -> int:
 class _Distribution:
     """One sampler's whole state, replaced as a unit (never mutated in place).
 
-    ``probs`` is what log_prob and state_dict read and ``table`` what the
-    kernels draw from; both are built together from memory pyneg owns. The
-    ops take the table as the tensors ``entries`` and ``mass`` (int64 views of
-    the table's own memory, never written) and ``log_prob`` reads
-    ``log_probs``, all made here, so a thread that loads a new state while
-    another samples can never pair one state's table with another's tensors.
-    Per-device copies of the table tensors are uploaded on first use.
+    The table is one int64 tensor, ``entries`` (``(alias << 32) | threshold``
+    words, 8 bytes per class; layout in csrc/cpu/alias_table.h), plus the
+    scalars ``num_classes`` and ``num_positive``. Nothing else is stored: the
+    class masses (what ``probs``, ``log_prob``, exclusion lists and unique draws
+    read) are derived from ``entries`` in O(V) the first time one of those needs
+    them and kept from then on (8 bytes per class more). A thread that loads a
+    new state while another samples can never pair one state's table with
+    another's masses: both live here. Per-device copies are uploaded on first use.
     """
 
-    __slots__ = (
-        "device_tables",
-        "entries",
-        "entries_np",
-        "log_probs",
-        "mass",
-        "mass_np",
-        "num_classes",
-        "num_positive",
-        "probs",
-        "table",
-    )
+    __slots__ = ("device_tables", "entries", "entries_np", "mass_np", "num_classes", "num_positive")
 
-    def __init__(self, probs: np.ndarray, table: Any, log_probs: Any) -> None:
-        self.probs = torch.from_numpy(probs)
-        self.table = table
-        entries, mass = table._storage()
-        self.entries_np, self.mass_np = entries, mass  # what eager CPU calls hand the kernels
+    def __init__(self, entries: np.ndarray, num_positive: int) -> None:
+        self.entries_np = entries  # what eager CPU calls hand the kernels (never written)
         self.entries = torch.from_numpy(entries)
-        self.mass = torch.from_numpy(mass)
-        self.num_classes = int(table.num_classes)
-        self.num_positive = int(table.num_positive)
-        self.log_probs: torch.Tensor = log_probs(self.probs)
+        self.num_classes = int(entries.shape[0])
+        self.num_positive = int(num_positive)
+        self.mass_np: Optional[np.ndarray] = None
         self.device_tables: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def masses(self) -> np.ndarray:
+        """The class masses (int64, sum ``V * 2**32``), derived from ``entries`` on first use."""
+        m = self.mass_np
+        if m is None:  # racing threads compute the same values; either result is kept
+            m = np.empty(self.num_classes, dtype=np.int64)
+            _core.alias_class_masses(self.entries_np, m)
+            self.mass_np = m
+        return m
+
+    @property
+    def mass(self) -> torch.Tensor:
+        return torch.from_numpy(self.masses())
 
     def tables(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(entries, mass)`` on ``device`` (copies uploaded once per device)."""
@@ -150,6 +150,21 @@ class _Distribution:
             got = (self.entries.to(device), self.mass.to(device))
             self.device_tables[device] = got
         return got
+
+
+def _table_distribution(table: Any) -> _Distribution:
+    """The state of a table pyneg just built (an ``_core.AliasTable``)."""
+    return _Distribution(table._storage(), int(table.num_positive))
+
+
+def _entries_distribution(entries: np.ndarray) -> _Distribution:
+    """The state of an owned int64 ``entries`` array (a loaded table): its aliases
+    are checked (all < V) while its masses are derived."""
+    m = np.empty(entries.shape[0], dtype=np.int64)
+    positive = _core.alias_class_masses(entries, m)
+    dist = _Distribution(entries, positive)
+    dist.mass_np = m
+    return dist
 
 
 class CandidateSample(NamedTuple):
@@ -188,27 +203,16 @@ class AliasSampler:
     """
 
     def __init__(self, weights: ArrayLike, *, _name: str = "weights") -> None:
-        # The binding copies w before the C++ normalisation reads it with the GIL
-        # released, so another thread writing the caller's array cannot change it midway.
+        # The binding copies w into the table's own buffer (holding the GIL), then
+        # checks and builds from that copy: another thread writing the caller's
+        # array cannot make the checked values differ from the used ones.
         w = as_float64_numpy(weights, _name, max_len=MAX_CLASSES)
-        probs = np.empty_like(w)
-        table = _core.AliasTable(w, _name, probs)
-        self._install(probs, table)
-
-    def _install(self, probs: np.ndarray, table: Any) -> None:
-        """Makes ``probs`` (owned, validated) and the table built from it the sampler's state."""
-        # Private: kernels draw from the table, log_prob reads probs, and both
-        # must describe one distribution, so neither is ever handed out.
-        self._dist = _Distribution(probs, table, self._compute_log_probs)
-        self.__dict__.pop("_mapped_from", None)  # a loaded state replaces a mapped file's table
+        self._dist = _table_distribution(_core.AliasTable(w, _name, torch.get_num_threads()))
 
     @property
     def _table(self) -> Any:
-        return self._dist.table
-
-    @property
-    def _probs(self) -> torch.Tensor:
-        return self._dist.probs
+        """An ``_core.AliasTable`` holding a copy of the entries (tests draw from it directly)."""
+        return _core._testing.alias_table_from_entries(self._dist.entries_np)
 
     # ------------------------------------------------------------------ basics
     @property
@@ -218,41 +222,37 @@ class AliasSampler:
 
     @property
     def num_positive(self) -> int:
-        """How many classes can be drawn (positive weight at the table's resolution)."""
+        """How many classes can be drawn (positive mass in the table)."""
         return self._dist.num_positive
 
     @property
     def probs(self) -> torch.Tensor:
-        """(V,) float64 probabilities of one draw (the normalised weights).
+        """(V,) float64 probabilities of one draw: the table's masses over ``V * 2**32``.
 
-        A fresh copy on every access: writing it changes nothing in the sampler
-        (keep the copy if you read it often; it costs O(V)).
-        """
-        return self._dist.probs.clone()
-
-    def log_prob(self, ids: ArrayLike) -> torch.Tensor:
-        """log P(one draw == id), float64, with the shape of ``ids`` (-inf for zero weight).
-
-        Works inside ``torch.compile(fullgraph=True)`` for integer tensor ``ids``
-        (the range check runs in the ``pyneg::alias_log_prob`` op).
+        They differ from the normalised weights by at most ``2**-32`` each (see the
+        samplers guide, "Exactness"). A fresh tensor on every access (O(V)): writing
+        it changes nothing in the sampler.
         """
         dist = self._dist
-        dev: Optional[torch.device]
-        if isinstance(ids, torch.Tensor) and ids.dtype in _OP_INT_DTYPES:
-            check_tensor(ids, "ids")
-            dev = ids.device
-            idx = ids if ids.dtype == torch.int64 and dev.type == "cpu" else ids.to(device="cpu", dtype=torch.int64)
-        else:
-            dev = ids.device if isinstance(ids, torch.Tensor) else None
-            idx = as_index_tensor(ids, "ids", dist.num_classes)
+        return dist.mass.to(torch.float64) / _total_mass(dist.num_classes)
+
+    def log_prob(self, ids: ArrayLike) -> torch.Tensor:
+        """log P(one draw == id), float64, with the shape of ``ids`` (-inf for classes never drawn).
+
+        The table's probability (its integer mass over ``V * 2**32``). Works inside
+        ``torch.compile(fullgraph=True)`` for integer tensor ``ids`` (the range check
+        runs in the ``pyneg::alias_log_prob`` op).
+        """
+        dist = self._dist
+        idx, dev = _log_prob_ids(ids, dist.num_classes)
         if idx.device.type == "cpu" and _alias_ops.direct_call_ok(idx):
-            out = _alias_ops.log_prob_impl(dist.log_probs, idx)
+            out = _alias_ops.log_prob_impl(dist.mass, idx)
         else:
-            out = _OPS.alias_log_prob(dist.log_probs, idx)
+            out = _OPS.alias_log_prob(dist.mass, idx)
         return out if dev is None else out.to(dev)
 
     def probability(self, ids: ArrayLike) -> torch.Tensor:
-        """P(one draw == id), float64, with the shape of ``ids`` (0 for zero weight).
+        """P(one draw == id), float64, with the shape of ``ids`` (0 for classes never drawn).
 
         The name :class:`~pyneg.FrequencyEstimator` uses for the same question,
         so both answer ``probability(ids)`` / ``log_prob(ids)``. ``exp`` of
@@ -260,9 +260,6 @@ class AliasSampler:
         takes the same ``ids`` and also runs inside ``torch.compile(fullgraph=True)``.
         """
         return torch.exp(self.log_prob(ids))
-
-    def _compute_log_probs(self, probs: torch.Tensor) -> torch.Tensor:
-        return torch.log(probs)
 
     # ------------------------------------------------ sampled-softmax counts
     def expected_count(
@@ -530,9 +527,11 @@ class AliasSampler:
             numel = result.numel()
             rows = numel // k if numel else 0
             tries = torch.empty(rows, dtype=torch.int64) if unique and want_tries else None
+            mass = dist.masses() if unique or ex is not None else None  # derived once, then kept
             _alias_ops.draw_into(
-                result, dist.entries_np, dist.mass_np, dist.num_positive, ex, _u64(seed), _u64(offset), k, unique, tries
-            )
+                result, dist.entries_np, mass, dist.num_positive if mass is not None else 0, ex, _u64(seed),
+                _u64(offset), k, unique, tries,
+            )  # fmt: skip
             return result, tries
         direct = _alias_ops.direct_call_ok(ex)
         if dev.type == "cuda" and direct:
@@ -577,13 +576,15 @@ class AliasSampler:
 
     # ---------------------------------------------------------- persistence
     def state_dict(self) -> Dict[str, Any]:
-        """The sampler's state: its class name and probabilities (the table is a pure
-        function of them), plus what a subclass adds (UnigramSampler: ``power``).
+        """The sampler's state: its class name and its table (``entries``, the (V,) int64
+        words it draws from), plus what a subclass adds (UnigramSampler: ``power``).
 
         Holds only tensors, strings and numbers, so it loads with
-        ``torch.load(..., weights_only=True)``.
+        ``torch.load(..., weights_only=True)``. States saved by pyneg before the compact
+        table (with ``probs`` instead of ``entries``) still load: the table is then
+        rebuilt from those probabilities.
         """
-        return {"sampler": type(self).__name__, "probs": self._dist.probs.clone(), **self._extra_state()}
+        return {"sampler": type(self).__name__, "entries": self._dist.entries.clone(), **self._extra_state()}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores a state from :meth:`state_dict`; the sampler then draws exactly as the saved one.
@@ -592,8 +593,8 @@ class AliasSampler:
         sampler class, of another number of classes, or with missing, unknown
         or malformed entries.
         """
-        probs, table, extra = self._check_state(state_dict, self.num_classes)
-        self._install(probs, table)
+        dist, extra = self._check_state(state_dict, self.num_classes)
+        self._dist = dist
         self._set_extra_state(extra)
 
     # Names of the entries a subclass adds to the state.
@@ -603,19 +604,20 @@ class AliasSampler:
         """Entries a subclass adds to the state (numbers and strings only)."""
         return {}
 
-    def _check_extra_state(self, state: Dict[str, Any], probs: np.ndarray) -> Dict[str, Any]:
+    def _check_extra_state(self, state: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
         """Validates a subclass's entries of ``state``; returns them (nothing is written)."""
         return {}
 
     def _set_extra_state(self, extra: Dict[str, Any]) -> None:
         pass
 
-    def _check_state(self, state: Any, num_classes: Optional[int]) -> Tuple[np.ndarray, Any, Dict[str, Any]]:
-        """Checks a state fully and builds its table, writing nothing: (probs, table, extra)."""
+    def _check_state(self, state: Any, num_classes: Optional[int]) -> Tuple[_Distribution, Dict[str, Any]]:
+        """Checks a state fully and builds its distribution, writing nothing: (dist, extra)."""
         cls = type(self).__name__
         if not isinstance(state, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
-        want = {"sampler", "probs", *self._EXTRA_KEYS}
+        table_key = "probs" if "probs" in state and "entries" not in state else "entries"  # probs: older pyneg
+        want = {"sampler", table_key, *self._EXTRA_KEYS}
         missing, unknown = want - set(state), set(state) - want
         if missing or unknown:
             raise ValueError(
@@ -632,26 +634,36 @@ class AliasSampler:
             )
         if state["sampler"] != cls:
             raise ValueError(f"state_dict is a state of {state['sampler']!r}, not of {cls}")
-        p = state["probs"]
+        p = state[table_key]
+        name = f"state_dict[{table_key!r}]"
+        dtype = torch.float64 if table_key == "probs" else torch.int64
         if (
             not isinstance(p, torch.Tensor)
-            or p.dtype != torch.float64
+            or p.dtype != dtype
             or p.dim() != 1
             or p.layout != torch.strided
             or p.device.type == "meta"
         ):
             raise ValueError(
-                "state_dict['probs'] must be a 1-D float64 tensor, got "
+                f"{name} must be a 1-D {str(dtype).replace('torch.', '')} tensor, got "
                 + (f"{p.dtype} of shape {tuple(p.shape)}" if isinstance(p, torch.Tensor) else type(p).__name__)
             )
         if num_classes is not None and p.numel() != num_classes:
-            raise ValueError(f"state_dict['probs'] has {p.numel()} classes but this {cls} has {num_classes}")
+            raise ValueError(f"{name} has {p.numel()} classes but this {cls} has {num_classes}")
         if p.numel() == 0 or p.numel() > MAX_CLASSES:
-            raise ValueError(f"state_dict['probs'] must have 1 to {MAX_CLASSES} entries, got {p.numel()}")
-        probs = owned_copy(p, torch.float64).numpy()
-        extra = self._check_extra_state(state, probs)
-        table = _core.AliasTable.from_probs(probs, "state_dict['probs']")
-        return probs, table, extra
+            raise ValueError(f"{name} must have 1 to {MAX_CLASSES} entries, got {p.numel()}")
+        extra = self._check_extra_state(state, p.numel())
+        if table_key == "probs":
+            probs = owned_copy(p, torch.float64).numpy()
+            if not np.isfinite(probs).all() or (probs < 0).any() or abs(float(probs.sum()) - 1.0) > 1e-6:
+                raise ValueError(f"{name} must be finite, non-negative and sum to 1")
+            dist = _table_distribution(_core.AliasTable(probs, name, torch.get_num_threads()))
+        else:
+            try:  # copied, then checked: every alias < V
+                dist = _entries_distribution(owned_copy(p, torch.int64).numpy())
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        return dist, extra
 
     # ------------------------------------------------------------ table files
     def save(self, path: Union[str, os.PathLike[str]]) -> None:
@@ -707,8 +719,7 @@ class AliasSampler:
         if isinstance(state, dict) and "_probs" in state:  # pickled by an older pyneg: its attributes
             extra = {"power": state["power"]} if "power" in state else {}
             state = {"sampler": type(self).__name__, "probs": state["_probs"], **extra}
-        probs, table, extra = self._check_state(state, None)
-        self._install(probs, table)
+        self._dist, extra = self._check_state(state, None)
         self._set_extra_state(extra)
 
     def __repr__(self) -> str:
@@ -716,6 +727,22 @@ class AliasSampler:
 
 
 _CPU = torch.device("cpu")
+
+
+def _total_mass(num_classes: int) -> float:
+    """The total integer mass of a table of V classes, ``V * 2**32``, as a float."""
+    return float(num_classes) * 2.0**32
+
+
+def _log_prob_ids(ids: ArrayLike, num_classes: int) -> Tuple[torch.Tensor, Optional[torch.device]]:
+    """``ids`` of log_prob as an int64 CPU tensor (the op checks the range of integer
+    tensors; anything else takes the eager checks), and the device to return on."""
+    if isinstance(ids, torch.Tensor) and ids.dtype in _OP_INT_DTYPES:
+        check_tensor(ids, "ids")
+        idx = ids if ids.dtype == torch.int64 and ids.device.type == "cpu" else ids.to(device="cpu", dtype=torch.int64)
+        return idx, ids.device
+    dev = ids.device if isinstance(ids, torch.Tensor) else None
+    return as_index_tensor(ids, "ids", num_classes), dev
 # The offset of most calls (never handed out, never written: the ops only read it).
 _ZERO = torch.zeros((), dtype=torch.int64, device="cpu")
 
@@ -784,8 +811,8 @@ class UnigramSampler(AliasSampler):
             raise ValueError("counts must have a positive sum (all entries are zero)")
         # (c / max c) ** power lies in [0, 1]: proportional to c ** power, but it
         # cannot overflow (1e200 ** 2) nor lose subnormal counts.
-        with np.errstate(under="ignore"):
-            w = np.power(c / cmax, power) if cmax > 0 else np.ones_like(c)
+        with np.errstate(under="ignore"):  # in place: c is pyneg's own copy
+            w = np.power(np.divide(c, cmax, out=c), power, out=c) if cmax > 0 else np.ones_like(c)
         self._power = power
         super().__init__(w, _name="counts")
 
@@ -799,7 +826,7 @@ class UnigramSampler(AliasSampler):
     def _extra_state(self) -> Dict[str, Any]:
         return {"power": self._power}
 
-    def _check_extra_state(self, state: Dict[str, Any], probs: np.ndarray) -> Dict[str, Any]:
+    def _check_extra_state(self, state: Dict[str, Any], num_classes: int) -> Dict[str, Any]:
         try:
             return {"power": check_float(state["power"], "state_dict['power']", minimum=0.0)}
         except TypeError as exc:
@@ -809,51 +836,160 @@ class UnigramSampler(AliasSampler):
         self._power = extra["power"]
 
 
-class UniformSampler(AliasSampler):
-    """Draws every id of ``range(num_classes)`` with probability ``1 / num_classes``."""
+class _AnalyticState:
+    """The whole state of an analytic sampler: which distribution and V (no table)."""
+
+    __slots__ = ("kind", "num_classes", "num_positive")
+
+    def __init__(self, kind: int, num_classes: int) -> None:
+        self.kind = kind
+        self.num_classes = self.num_positive = num_classes
+
+
+class _AnalyticSampler(AliasSampler):
+    """A sampler defined by its size alone: draws, exclusions, unique rows, probabilities
+    and expected counts are computed from V (O(1) memory whatever V, V up to 2**40 and
+    beyond), with the same Philox positions as the table-based samplers."""
+
+    _KIND = 0
+    _dist: Any
 
     def __init__(self, num_classes: int) -> None:
-        n = check_int(num_classes, "num_classes", minimum=1, maximum=MAX_CLASSES)
-        super().__init__(np.ones(n), _name="num_classes")
+        n = check_int(num_classes, "num_classes", minimum=1, maximum=MAX_ANALYTIC_CLASSES)
+        self._dist = _AnalyticState(self._KIND, n)
 
-    def _check_extra_state(self, state: Dict[str, Any], probs: np.ndarray) -> Dict[str, Any]:
-        _check_fixed_probs(self, probs)
-        return {}
+    @property
+    def _table(self) -> Any:
+        raise AttributeError(f"{type(self).__name__} has no table: it draws analytically")
+
+    @property
+    def probs(self) -> torch.Tensor:
+        """(V,) float64 probabilities of one draw, computed on demand (O(V)).
+
+        Refused (ValueError) for V above 2**31 - 1: use :meth:`log_prob` of the ids you need.
+        """
+        v = self.num_classes
+        if v > MAX_CLASSES:
+            raise ValueError(
+                f"probs of {type(self).__name__}({v}) would hold {v} float64 values ({8 * v} bytes); "
+                "use log_prob(ids) for the ids you need"
+            )
+        return torch.exp(_alias_ops.analytic_log_prob_impl(self._KIND, v, torch.arange(v)))
+
+    def log_prob(self, ids: ArrayLike) -> torch.Tensor:
+        """log P(one draw == id), float64, with the shape of ``ids``: computed from V, no table.
+
+        Works inside ``torch.compile(fullgraph=True)`` for integer tensor ``ids`` (the range
+        check runs in the ``pyneg::analytic_log_prob`` op).
+        """
+        v = self.num_classes
+        idx, dev = _log_prob_ids(ids, v)
+        if _alias_ops.direct_call_ok(idx):
+            out = _alias_ops.analytic_log_prob_impl(self._KIND, v, idx)
+        else:
+            out = _OPS.analytic_log_prob(self._KIND, v, idx)
+        return out if dev is None else out.to(dev)
+
+    def _draw(
+        self,
+        dist: Any,
+        shape: Tuple[int, ...],
+        k: int,
+        ex: Optional[torch.Tensor],
+        unique: bool,
+        seed: Union[int, torch.Tensor],
+        offset: Union[int, torch.Tensor],
+        dev: torch.device,
+        out: Optional[torch.Tensor],
+        want_tries: bool,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Draws checked arguments with ``pyneg::analytic_sample`` (CPU kernels; the result is
+        moved to ``dev``). Eager CPU calls run the op's implementation directly."""
+        want = unique and want_tries
+        if ex is not None and ex.device.type != "cpu":
+            ex = ex.cpu()
+        if _alias_ops.direct_call_ok(ex):
+            result = out if out is not None and dev.type == "cpu" else _alias_ops.allocate(shape, _CPU)
+            numel = result.numel()
+            rows = numel // k if numel else 0
+            tries = torch.empty(rows, dtype=torch.int64) if want else None
+            _alias_ops.analytic_draw_into(
+                result, dist.kind, dist.num_classes, ex, _u64(seed), _u64(offset), k, unique, tries
+            )
+        else:
+            seed = seed if isinstance(seed, torch.Tensor) else _int64_tensor(seed)
+            offset = offset if isinstance(offset, torch.Tensor) else _ZERO if offset == 0 else _int64_tensor(offset)
+            result, t = _OPS.analytic_sample(dist.kind, dist.num_classes, ex, seed, offset, shape, k, unique, want)
+            tries = t if want else None
+        if out is not None and result is not out:
+            out.copy_(result)
+            return out, tries
+        return (result if dev.type == "cpu" else result.to(dev)), tries
+
+    def state_dict(self) -> Dict[str, Any]:
+        """The sampler's state: its class name and ``num_classes`` (nothing else defines it)."""
+        return {"sampler": type(self).__name__, "num_classes": self.num_classes}
+
+    def _check_state(self, state: Any, num_classes: Optional[int]) -> Tuple[Any, Dict[str, Any]]:
+        cls = type(self).__name__
+        if not isinstance(state, dict):
+            raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
+        if "probs" in state and "num_classes" not in state and set(state) == {"sampler", "probs"}:
+            p = state["probs"]  # saved by an older pyneg: only its size matters, and its values must agree
+            if not isinstance(p, torch.Tensor) or p.dtype != torch.float64 or p.dim() != 1 or p.device.type == "meta":
+                raise ValueError("state_dict['probs'] must be a 1-D float64 tensor")
+            n = p.numel()
+            if state["sampler"] != cls:
+                raise ValueError(f"state_dict is a state of {state['sampler']!r}, not of {cls}")
+            if not 1 <= n <= MAX_CLASSES:
+                raise ValueError(f"state_dict['probs'] must have 1 to {MAX_CLASSES} entries, got {n}")
+            ref = type(self)(n).probs
+            if not torch.allclose(owned_copy(p, torch.float64), ref, rtol=1e-9, atol=0):
+                raise ValueError(f"state_dict['probs'] is not the distribution of {cls}({n})")
+            state = {"sampler": cls, "num_classes": n}
+        want = {"sampler", "num_classes"}
+        missing, unknown = want - set(state), set(state) - want
+        if missing or unknown:
+            raise ValueError(
+                f"state_dict is not a state of {cls} (saved by another class or an older pyneg?): "
+                + ", ".join(
+                    x
+                    for x in (
+                        f"missing {sorted(missing)}" if missing else "",
+                        f"unexpected {sorted(map(str, unknown))}" if unknown else "",
+                    )
+                    if x
+                )
+            )
+        if state["sampler"] != cls:
+            raise ValueError(f"state_dict is a state of {state['sampler']!r}, not of {cls}")
+        try:
+            n = check_int(state["num_classes"], "state_dict['num_classes']", minimum=1, maximum=MAX_ANALYTIC_CLASSES)
+        except TypeError as exc:
+            raise ValueError(str(exc)) from None
+        if num_classes is not None and n != num_classes:
+            raise ValueError(f"state_dict['num_classes'] is {n} but this {cls} has {num_classes}")
+        return _AnalyticState(self._KIND, n), {}
 
 
-class LogUniformSampler(AliasSampler):
+class UniformSampler(_AnalyticSampler):
+    """Draws every id of ``range(num_classes)`` with probability ``1 / num_classes``.
+
+    No table: a draw is the high half of a 64-bit Philox number times V, so memory
+    is O(1) whatever ``num_classes`` (up to 2**50; ids are int64).
+    """
+
+    _KIND = 0
+
+
+class LogUniformSampler(_AnalyticSampler):
     """Zipfian sampler over ids sorted by decreasing frequency.
 
     ``P(k) = log((k + 2) / (k + 1)) / log(V + 1)``, the distribution of
     TensorFlow's ``log_uniform_candidate_sampler``: id 0 must be the most
-    frequent class.
+    frequent class. No table: a draw inverts the CDF,
+    ``floor(expm1(x * log(V + 1)))`` for a 53-bit uniform ``x``, so memory is O(1)
+    whatever ``num_classes`` (up to 2**50; ids are int64).
     """
 
-    def __init__(self, num_classes: int) -> None:
-        n = check_int(num_classes, "num_classes", minimum=1, maximum=MAX_CLASSES)
-        k = np.arange(n, dtype=np.float64)
-        super().__init__(np.log1p(1.0 / (k + 1.0)), _name="num_classes")
-
-    def _check_extra_state(self, state: Dict[str, Any], probs: np.ndarray) -> Dict[str, Any]:
-        _check_fixed_probs(self, probs)
-        return {}
-
-    def _compute_log_probs(self, probs: torch.Tensor) -> torch.Tensor:
-        n = probs.numel()
-        k = torch.arange(n, dtype=torch.float64)
-        return torch.log(torch.log1p(1.0 / (k + 1.0))) - math.log(math.log(n + 1.0))
-
-
-def _check_fixed_probs(sampler: AliasSampler, probs: np.ndarray) -> None:
-    """A sampler defined by its size alone (uniform, log-uniform) accepts only its own probs.
-
-    Unpickling builds the object without ``__init__``: then the reference is
-    recomputed from the state's size.
-    """
-    if "_dist" in sampler.__dict__:
-        ref = sampler._dist.probs.numpy()
-    else:
-        fixed: Any = type(sampler)  # UniformSampler or LogUniformSampler: built from a size
-        ref = fixed(probs.size)._probs.numpy()
-    if ref.shape != probs.shape or not np.array_equal(ref, probs):
-        raise ValueError(f"state_dict['probs'] is not the distribution of {type(sampler).__name__}({probs.size})")
+    _KIND = 1

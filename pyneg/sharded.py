@@ -169,11 +169,13 @@ class ShardedAliasSampler:
         return self._local
 
     def local_nbytes(self) -> int:
-        """Bytes of the tables this rank holds (its shard's sampler; O(world size) besides)."""
+        """Bytes of the table this rank holds now: its shard's entries (8 per class), and its
+        masses (8 more) once derived (by exclusions or ``log_prob``); O(world size) besides."""
         if self._local is None:
             return 0
-        d = self._local._dist
-        return sum(t.numel() * t.element_size() for t in (d.entries, d.mass, d.probs, d.log_probs))
+        from pyneg._sampler_files import table_tensors
+
+        return sum(t.numel() * t.element_size() for t in table_tensors(self._local))
 
     def __repr__(self) -> str:
         return (

@@ -56,8 +56,8 @@ def _op_args(s):
         (OPS.alias_sample_unique.default, (e, m, npos, ex, seed(5), seed(3), [3, 8], 8, True)),
         (OPS.alias_sample_unique.default, (e, m, npos, None, seed(5), seed(0), [2, 40], 40, False)),
         (OPS.alias_sample_unique.default, (e, m, npos, None, seed(5), seed(0), [0, 4], 4, True)),
-        (OPS.alias_log_prob.default, (d.log_probs, torch.tensor([[0, 7], [49, 3]]))),
-        (OPS.alias_log_prob.default, (d.log_probs, torch.empty(0, dtype=torch.int64))),
+        (OPS.alias_log_prob.default, (d.mass, torch.tensor([[0, 7], [49, 3]]))),
+        (OPS.alias_log_prob.default, (d.mass, torch.empty(0, dtype=torch.int64))),
         (OPS.alias_check_tries.default, (torch.tensor([3.0, 12.0]),)),
         (OPS.alias_check_tries.default, (torch.tensor([4, 9]),)),
     ]
@@ -102,7 +102,7 @@ def test_ops_check_data_values(sampler):
     with pytest.raises(ValueError, match="leaves no id with positive weight"):
         OPS.alias_sample_excluding(d.entries, d.mass, d.num_positive, everything, seed(1), seed(0), [1, 2], 2)
     with pytest.raises(ValueError, match=r"ids holds id 50 outside \[0, 50\)"):
-        OPS.alias_log_prob(d.log_probs, torch.tensor([1, 50]))
+        OPS.alias_log_prob(d.mass, torch.tensor([1, 50]))
     with pytest.raises(ValueError, match="finite and >= 1"):
         OPS.alias_check_tries(torch.tensor([0.5]))
     with pytest.raises(ValueError, match="whole numbers"):

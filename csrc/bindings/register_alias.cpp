@@ -8,6 +8,8 @@
 #include "bindings/common.h"
 #include "cpu/alias_sample.h"
 #include "cpu/alias_table.h"
+#include "cpu/analytic_sample.h"
+#include "cpu/huge_buffer.h"
 #include "cpu/philox_batch.h"
 
 namespace pyneg::bindings {
@@ -39,16 +41,20 @@ int64_t checked_rows(output_array<int64_t>& out, int64_t k) {
   return out.size() / k;
 }
 
-// A table given as arrays (the int64 tensors a sampler holds: entries and
-// masses, both read as uint64). Only their shapes can be checked cheaply; the
-// kernels read them but never index memory by their values beyond V, so a
-// malformed table gives wrong ids, not wild reads.
+// A table given as arrays (the int64 tensors a sampler holds: entries and the
+// masses derived from them, both read as uint64). Shapes are checked here; the
+// kernels never index memory by an alias, check every drawn id against V (an
+// alias >= V is refused, not returned), and check the masses where they read
+// them (each <= V * 2**32, an exclusion row's sum too, the running sum ==
+// V * 2**32).
 AliasTableView table_view(const input_array<int64_t>& entries, const input_array<int64_t>* mass,
                           int64_t num_positive) {
   require_ndim(entries, 1, "entries");
   const int64_t n = entries.size();
   if (n <= 0 || n > kMaxClasses)
     throw std::invalid_argument("entries must hold 1 to 2**31 - 1 buckets, got " + std::to_string(n));
+  if (mass == nullptr && num_positive != 0)
+    throw std::invalid_argument("num_positive needs mass");
   AliasTableView t{reinterpret_cast<const uint64_t*>(entries.data()), nullptr, n, num_positive};
   if (mass) {
     require_ndim(*mass, 1, "mass");
@@ -68,6 +74,12 @@ py::array_t<int64_t> storage_view(py::object owner, const uint64_t* data, py::ss
                               reinterpret_cast<const int64_t*>(data), owner);
 }
 
+
+std::vector<uint64_t> masses_of(const AliasTable& t) {
+  std::vector<uint64_t> m(static_cast<size_t>(t.size()));
+  class_masses(t.entries.data(), t.size(), m.data());
+  return m;
+}
 
 // One conversion-and-draw per kind: the operators' array-taking bindings and
 // the tests' table-taking ones (an AliasTable converts to a view) share it.
@@ -115,32 +127,20 @@ void register_alias(py::module_& m) {
   // array-taking kernels below.
   py::module_ testing = m.attr("_testing");
   py::class_<AliasTable> cls(m, "AliasTable",
-                         "Walker/Vose alias table with exact integer bucket masses.");
-  cls.def(py::init([](const input_array<double>& weights, const std::string& name,
-                       output_array<double> probs_out) {
-             require_ndim(weights, 1, name.c_str());
-             if (probs_out.size() != weights.size())
-               throw std::invalid_argument("probs_out must have as many entries as " + name);
-             double* probs = writable_data(probs_out, "probs_out");
-             const std::vector<double> w = owned_copy(weights);
-             const int64_t n = weights.size();
-             py::gil_scoped_release release;
-             normalize_weights(w.data(), n, name.c_str(), probs);
-             return build_alias_table(probs, n, name.c_str());
-           }),
-           py::arg("weights"), py::arg("name"), py::arg("probs_out").noconvert(),
-           "Normalise weights into probs_out and build the table from them.")
-      .def_static(
-          "from_probs",
-          [](const input_array<double>& probs, const std::string& name) {
-            require_ndim(probs, 1, name.c_str());
-            const std::vector<double> p = owned_copy(probs);  // checked, then read again
-            const int64_t n = probs.size();
-            py::gil_scoped_release release;
-            return build_alias_table(p.data(), n, name.c_str());
-          },
-          py::arg("probs"), py::arg("name") = "probs",
-          "Build the table from normalised probabilities (a pure function of them).")
+                         "Walker/Vose alias table in 8 bytes per class (csrc/cpu/alias_table.h).");
+  // Copies the weights while holding the GIL (into the table's own buffer: the
+  // only copy), then checks and builds from the copy without it.
+  auto build = [](const input_array<double>& weights, const std::string& name, int num_threads) {
+    require_ndim(weights, 1, name.c_str());
+    const int64_t n = weights.size();
+    check_table_size(n, name.c_str());
+    HugeBuffer<uint64_t> words(static_cast<size_t>(n));
+    copy_weights(weights.data(), n, words.data(), num_threads);
+    py::gil_scoped_release release;
+    return build_alias_table_in_place(std::move(words), name.c_str(), num_threads);
+  };
+  cls.def(py::init(build), py::arg("weights"), py::arg("name") = "weights", py::arg("num_threads") = 1,
+          "Build the table from non-negative weights (normalised by their sum).")
       .def_property_readonly("num_classes", &AliasTable::size)
       .def_property_readonly("num_positive",
                              [](const AliasTable& t) { return t.num_positive; })
@@ -148,11 +148,39 @@ void register_alias(py::module_& m) {
           "_storage",
           [](py::object self) {
             const auto& t = self.cast<const AliasTable&>();
-            return py::make_tuple(storage_view(self, t.entries.data(), t.size()),
-                                  storage_view(self, t.mass.data(), t.size()));
+            return storage_view(self, t.entries.data(), t.size());
           },
-          "(entries, mass) as int64 arrays sharing the table's memory (the tensors the "
-          "sampler's operators take; never written).");
+          "entries as an int64 array sharing the table's memory (the tensor the sampler "
+          "holds; never written).");
+  m.def(
+      "alias_class_masses",
+      [](const input_array<int64_t>& entries, output_array<int64_t> out) {
+        require_ndim(entries, 1, "entries");
+        const int64_t n = entries.size();
+        check_table_size(n, "entries");
+        if (out.size() != n) throw std::invalid_argument("out must have as many entries as entries");
+        auto* dst = reinterpret_cast<uint64_t*>(writable_data(out, "out"));
+        const auto* src = reinterpret_cast<const uint64_t*>(entries.data());
+        py::gil_scoped_release release;
+        return class_masses(src, n, dst);
+      },
+      py::arg("entries"), py::arg("out").noconvert(),
+      "Write the class masses the table's entries imply into out (they sum to V * 2**32); "
+      "returns how many are positive. Refuses entries with an alias >= V.");
+  testing.def(
+      "alias_table_from_entries",
+      [](const input_array<int64_t>& entries) {
+        require_ndim(entries, 1, "entries");
+        const int64_t n = entries.size();
+        check_table_size(n, "entries");
+        AliasTable t;
+        t.entries = HugeBuffer<uint64_t>(static_cast<size_t>(n));
+        std::copy(entries.data(), entries.data() + n, reinterpret_cast<int64_t*>(t.entries.data()));
+        std::vector<uint64_t> m(static_cast<size_t>(n));
+        t.num_positive = class_masses(t.entries.data(), n, m.data());
+        return t;
+      },
+      py::arg("entries"), "An AliasTable holding a copy of entries (checked: every alias < V).");
   testing.def(
       "alias_table_entries",
       [](py::object self) {
@@ -162,11 +190,8 @@ void register_alias(py::module_& m) {
       "Packed (alias << 32) | threshold words, one per bucket (read-only view).");
   testing.def(
       "alias_table_mass",
-      [](py::object self) {
-        const auto& t = self.cast<const AliasTable&>();
-        return readonly_view(self, t.mass.data(), t.size());
-      },
-      "Integer mass of every class; masses sum to V * 2**32 (read-only view).");
+      [](const AliasTable& t) { return to_array(masses_of(t)); },
+      "Integer mass of every class implied by the entries; masses sum to V * 2**32 (a new array).");
   testing.def(
       "alias_table_sample",
       [](const AliasTable& t, uint64_t seed, uint64_t offset, output_array<int64_t> out,
@@ -177,7 +202,12 @@ void register_alias(py::module_& m) {
       "alias_table_sample_excluding",
       [](const AliasTable& t, uint64_t seed, uint64_t offset,
          const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
-         int num_threads) { draw_excluding_into(t, seed, offset, exclude, k, out, num_threads); },
+         int num_threads) {
+        const std::vector<uint64_t> mass = masses_of(t);
+        AliasTableView v = t.view();
+        v.mass = mass.data();
+        draw_excluding_into(v, seed, offset, exclude, k, out, num_threads);
+      },
       py::arg("table"), py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
       py::arg("out").noconvert(), py::arg("num_threads") = 1,
       "Fill out (rows x k) with draws that avoid each row's exclusion list.");
@@ -186,7 +216,10 @@ void register_alias(py::module_& m) {
       [](const AliasTable& t, uint64_t seed, uint64_t offset,
          const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
          std::optional<output_array<int64_t>> tries, int num_threads) {
-        draw_unique_into(t, seed, offset, exclude, k, out, tries, num_threads);
+        const std::vector<uint64_t> mass = masses_of(t);
+        AliasTableView v = t.view();
+        v.mass = mass.data();
+        draw_unique_into(v, seed, offset, exclude, k, out, tries, num_threads);
       },
       py::arg("table"), py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
       py::arg("out").noconvert(), py::arg("tries").noconvert() = py::none(),
@@ -199,10 +232,13 @@ void register_alias(py::module_& m) {
       [](const AliasTable& t, const input_array<int64_t>& exclude, int64_t rows, int64_t unique_k) {
         const std::vector<int64_t> ids = owned_copy(exclude);
         const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+        const std::vector<uint64_t> mass = masses_of(t);
+        AliasTableView v = t.view();
+        v.mass = mass.data();
         PreparedExclude p;
         {
           py::gil_scoped_release release;
-          p = prepare_exclude_lists(t, ex, unique_k);
+          p = prepare_exclude_lists(v, ex, unique_k);
         }
         return py::make_tuple(to_array(p.offsets), to_array(p.ids), to_array(p.cum),
                               to_array(p.allowed_mass), ex.rows_per_list, p.longest());
@@ -213,10 +249,13 @@ void register_alias(py::module_& m) {
   testing.def(
       "alias_table_cumulative_mass",
       [](const AliasTable& t) {
+        const std::vector<uint64_t> mass = masses_of(t);
+        AliasTableView v = t.view();
+        v.mass = mass.data();
         std::vector<uint64_t> cum;
         {
           py::gil_scoped_release release;
-          cum = cumulative_mass(t);
+          cum = cumulative_mass(v);
         }
         return to_array(cum);
       },
@@ -232,8 +271,11 @@ void register_alias(py::module_& m) {
         if (tries.size() != rows) throw std::invalid_argument("tries must hold one value per row");
         const std::vector<int64_t> ids = owned_copy(exclude);
         const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+        const std::vector<uint64_t> mass = masses_of(t);
+        AliasTableView v = t.view();
+        v.mass = mass.data();
         py::gil_scoped_release release;
-        emulate_device_sampling(t, mode, seed, offset, ex, rows, k, dst, tr);
+        emulate_device_sampling(v, mode, seed, offset, ex, rows, k, dst, tr);
       },
       py::arg("mode"), py::arg("seed"), py::arg("offset"), py::arg("exclude"), py::arg("k"),
       py::arg("out").noconvert(), py::arg("tries").noconvert(),
@@ -299,6 +341,59 @@ void register_alias(py::module_& m) {
       "AliasTable.prepare_exclude from the masses of the listed ids alone (id_mass[i] is the "
       "mass of exclude's i-th entry): what the CUDA path uploads.");
   m.attr("MAX_CLASSES") = kMaxClasses;
+  m.attr("MAX_ANALYTIC_CLASSES") = kMaxAnalyticClasses;
+  // The analytic samplers (uniform, log-uniform): no table, O(1) memory.
+  m.def(
+      "analytic_draw",
+      [](int kind, int64_t num_classes, uint64_t seed, uint64_t offset, output_array<int64_t> out,
+         int num_threads) {
+        const AnalyticDist d(kind, num_classes);
+        int64_t* dst = writable_data(out, "out");
+        const int64_t n = out.size();
+        py::gil_scoped_release release;
+        analytic_sample(d, seed, offset, dst, n, num_threads);
+      },
+      py::arg("kind"), py::arg("num_classes"), py::arg("seed"), py::arg("offset"),
+      py::arg("out").noconvert(), py::arg("num_threads") = 1,
+      "Fill out with independent uniform (kind 0) or log-uniform (kind 1) draws.");
+  m.def(
+      "analytic_draw_excluding",
+      [](int kind, int64_t num_classes, uint64_t seed, uint64_t offset,
+         const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out, int num_threads) {
+        const AnalyticDist d(kind, num_classes);
+        int64_t* dst = writable_data(out, "out");
+        const int64_t rows = checked_rows(out, k);
+        const std::vector<int64_t> ids = owned_copy(exclude);
+        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+        py::gil_scoped_release release;
+        analytic_sample_excluding(d, seed, offset, ex, rows, k, dst, num_threads);
+      },
+      py::arg("kind"), py::arg("num_classes"), py::arg("seed"), py::arg("offset"), py::arg("exclude"),
+      py::arg("k"), py::arg("out").noconvert(), py::arg("num_threads") = 1,
+      "Fill out (rows x k) with analytic draws that avoid each row's exclusion list.");
+  m.def(
+      "analytic_draw_unique",
+      [](int kind, int64_t num_classes, uint64_t seed, uint64_t offset,
+         const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
+         std::optional<output_array<int64_t>> tries, int num_threads) {
+        const AnalyticDist d(kind, num_classes);
+        int64_t* dst = writable_data(out, "out");
+        const int64_t rows = checked_rows(out, k);
+        int64_t* tr = nullptr;
+        if (tries) {
+          tr = writable_data(*tries, "tries");
+          if (tries->size() != rows) throw std::invalid_argument("tries must hold one value per row");
+        }
+        const std::vector<int64_t> ids = owned_copy(exclude);
+        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
+        py::gil_scoped_release release;
+        analytic_sample_unique(d, seed, offset, ex, rows, k, dst, tr, num_threads);
+      },
+      py::arg("kind"), py::arg("num_classes"), py::arg("seed"), py::arg("offset"), py::arg("exclude"),
+      py::arg("k"), py::arg("out").noconvert(), py::arg("tries").noconvert() = py::none(),
+      py::arg("num_threads") = 1,
+      "Fill out (rows x k) with analytic draws distinct within each row; tries gets the "
+      "candidate draws each row used.");
   testing.def(
       "draw_randoms",
       [](uint64_t seed, uint64_t offset, output_array<uint64_t> out) {

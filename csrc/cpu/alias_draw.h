@@ -44,11 +44,7 @@ PYNEG_HD int64_t alias_pick(const uint64_t* entries, uint64_t n, uint64_t u) {
 #endif
   const uint32_t coin = static_cast<uint32_t>(low >> 32);
   const uint64_t e = entries[bucket];
-  // Never trust a table's contents for an id: a mapped table file can change
-  // under its readers (pyneg/_tablefile.py), so an alias past V gives the
-  // bucket itself (a select, not a branch: one compare per draw).
-  const uint64_t raw_alias = e >> 32;
-  const uint64_t alias = raw_alias < n ? raw_alias : bucket;
+  const uint64_t alias = e >> 32;
   // Select with a mask, not `?:`: compilers turn the ternary into a branch,
   // and a coin against a threshold is unpredictable (a mispredict per few draws).
   const uint64_t take_alias = 0 - static_cast<uint64_t>(coin >= static_cast<uint32_t>(e));
@@ -101,7 +97,7 @@ PYNEG_HD int64_t allowed_cdf_pick(const uint64_t* table_cum, int64_t v, const Ex
     const int64_t mid = lo + (hi - lo) / 2;
     if (table_cum[mid] - ex.mass_upto(mid) > target) hi = mid; else lo = mid + 1;
   }
-  return lo < v ? lo : v - 1;  // masses that changed under the reader cannot give an id past V
+  return lo;
 }
 
 // The rare part of draw_excluding: redraws of an excluded id with

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <atomic>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -32,7 +33,11 @@ class LazyCumulative {
  public:
   explicit LazyCumulative(const AliasTableView& table) : table_(table) {}
   const uint64_t* get() {
-    std::call_once(once_, [this] { cum_ = cumulative_mass(table_); });
+    std::call_once(once_, [this] {
+      cum_ = cumulative_mass(table_);
+      if (cum_.empty() || cum_.back() != table_.total_mass())
+        throw std::invalid_argument("mass must sum to V * 2**32 (the class masses of entries)");
+    });
     return cum_.data();
   }
 
@@ -43,6 +48,17 @@ class LazyCumulative {
 };
 
 }  // namespace
+
+void throw_bad_alias(uint64_t v) {
+  throw std::invalid_argument("entries is not an alias table: a bucket's alias is >= V = " +
+                              std::to_string(v));
+}
+
+void check_drawn_ids(const int64_t* out, int64_t n, int64_t v) {
+  uint64_t worst = 0;
+  for (int64_t i = 0; i < n; ++i) worst |= static_cast<uint64_t>(out[i] >= v);
+  if (worst) throw_bad_alias(static_cast<uint64_t>(v));
+}
 
 namespace {
 
@@ -69,7 +85,9 @@ PreparedExclude prepare_lists(int64_t n, int64_t num_positive, const ExcludeList
                                     " outside [0, " + std::to_string(n) +
                                     ") (use -1 for padding)");
       }
-      row.emplace_back(id, mass_of(i, id));
+      const uint64_t m = mass_of(i, id);
+      if (m > total) throw std::invalid_argument("mass holds a class mass above V * 2**32 (not the masses of the table)");
+      row.emplace_back(id, m);
     }
     std::sort(row.begin(), row.end());
     row.erase(std::unique(row.begin(), row.end(),
@@ -80,6 +98,8 @@ PreparedExclude prepare_lists(int64_t n, int64_t num_positive, const ExcludeList
     for (const auto& [id, m] : row) {
       p.ids.push_back(id);
       excluded += m;
+      if (excluded > total || excluded < m)
+        throw std::invalid_argument("mass of exclude row " + std::to_string(l) + " exceeds V * 2**32 (not the masses of the table)");
       excluded_positive += m > 0;
       p.cum.push_back(excluded);
     }
@@ -129,7 +149,11 @@ void alias_sample(const AliasTableView& table, uint64_t seed, uint64_t offset, i
   const uint64_t* entries = table.entries;
   const uint64_t v = static_cast<uint64_t>(table.size());
   const bool prefetch = static_cast<size_t>(table.size()) * sizeof(uint64_t) > kPrefetchBytes;
+  std::atomic<bool> bad_alias{false};
   parallel_for(n, num_threads, kGrain, [&, entries, v](int64_t b, int64_t e) {
+    // Every id is checked against V as it is written (one compare per draw): a
+    // table with an alias >= V (not one pyneg built) is refused, never returned.
+    uint64_t worst = 0;
     // entries and v are copied into the closure: as locals, the compiler knows
     // the stores to out cannot change them and keeps them in registers.
     if (!prefetch) {
@@ -137,8 +161,13 @@ void alias_sample(const AliasTableView& table, uint64_t seed, uint64_t offset, i
       for (int64_t j = b; j < e; j += kBlock) {
         const int m = static_cast<int>(std::min<int64_t>(kBlock, e - j));
         fill_draw_randoms(seed, offset + static_cast<uint64_t>(j), m, r);
-        for (int i = 0; i < m; ++i) out[j + i] = alias_pick(entries, v, r[i]);
+        for (int i = 0; i < m; ++i) {
+          const int64_t id = alias_pick(entries, v, r[i]);
+          worst |= static_cast<uint64_t>(id >= static_cast<int64_t>(v));
+          out[j + i] = id;
+        }
       }
+      if (worst) bad_alias = true;
       return;
     }
     // DRAM-resident table: software pipeline. While block t is resolved, the
@@ -155,9 +184,15 @@ void alias_sample(const AliasTableView& table, uint64_t seed, uint64_t offset, i
     for (int64_t j = b; j < e; j += kPrefetchBlock, cur ^= 1) {
       if (j + kPrefetchBlock < e) stage(j + kPrefetchBlock, r[cur ^ 1]);
       const int m = static_cast<int>(std::min<int64_t>(kPrefetchBlock, e - j));
-      for (int i = 0; i < m; ++i) out[j + i] = alias_pick(entries, v, r[cur][i]);
+      for (int i = 0; i < m; ++i) {
+        const int64_t id = alias_pick(entries, v, r[cur][i]);
+        worst |= static_cast<uint64_t>(id >= static_cast<int64_t>(v));
+        out[j + i] = id;
+      }
     }
+    if (worst) bad_alias = true;
   });
+  if (bad_alias) throw_bad_alias(v);
 }
 
 void alias_sample_excluding(const AliasTableView& table, uint64_t seed, uint64_t offset,
@@ -189,6 +224,7 @@ void alias_sample_excluding(const AliasTableView& table, uint64_t seed, uint64_t
       }
     }
   });
+  check_drawn_ids(out, rows * k, table.size());
 }
 
 namespace {
@@ -295,6 +331,7 @@ void alias_sample_unique(const AliasTableView& table, uint64_t seed, uint64_t of
       if (tries_out) tries_out[row] = tries;
     }
   });
+  check_drawn_ids(out, rows * k, table.size());
 }
 
 void emulate_device_sampling(const AliasTableView& table, int mode, uint64_t seed, uint64_t offset,

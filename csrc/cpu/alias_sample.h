@@ -64,6 +64,12 @@ PreparedExclude prepare_exclude_lists_from_masses(int64_t num_classes, int64_t n
 // heavily excluded rows (see allowed_cdf_pick in alias_draw.h).
 std::vector<uint64_t> cumulative_mass(const AliasTableView& table);
 
+// Throws std::invalid_argument: the table has an alias >= V.
+[[noreturn]] void throw_bad_alias(uint64_t v);
+// Throws (throw_bad_alias) when an id of out[0, n) is >= v: the excluding and
+// unique kernels' output is checked with it (a malformed table gives such ids).
+void check_drawn_ids(const int64_t* out, int64_t n, int64_t v);
+
 // out[j] for j in [0, n): independent draws from the table.
 void alias_sample(const AliasTableView& table, uint64_t seed, uint64_t offset, int64_t* out,
                   int64_t n, int num_threads);

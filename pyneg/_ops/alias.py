@@ -1,8 +1,10 @@
 """Alias-table draws as PyTorch operators (``torch.ops.pyneg.alias_*``).
 
-Every op is a pure function of its tensors: the table comes as the two int64
-tensors a sampler holds (``entries``: packed ``(alias << 32) | threshold``
-words; ``mass``: integer class masses summing to ``V * 2**32``), the seed and
+Every op is a pure function of its tensors: the table comes as the int64
+tensor a sampler holds (``entries``: packed ``(alias << 32) | threshold``
+words, layout in csrc/cpu/alias_table.h) and, where exclusions, unique rows or
+probabilities need them, the class masses derived from it (``mass``, summing to
+``V * 2**32``, ``_core.alias_class_masses``), the seed and
 the offset of the first draw as 0-dim int64 tensors (their 64 bits read as
 unsigned), so a new seed is new data, never a recompilation. Each op has one
 implementation per device under one name: the CPU runs pyneg's C++ kernels on
@@ -12,10 +14,12 @@ otherwise torch ops (plain draws) or the CPU kernels on a host copy
 (exclusions, unique rows). Fake implementations give the result's shape, so
 ``torch.compile(fullgraph=True)`` and ``torch.export`` trace through.
 
-Checks that need the data (exclusion ids in range, rows that leave nothing to
-draw, ``num_tries`` values, ``ids`` of ``log_prob``) run inside the ops and raise
-the ValueError of pyneg's eager checks; shapes, dtypes and every other static
-argument are checked by the callers (pyneg/samplers.py) before an op runs.
+Every op checks its own arguments (dtype, shape, device, contiguity: in its real
+and fake implementations alike, so eager, compiled and exported calls refuse the
+same input with the same error) and the data it reads: exclusion ids in range,
+rows that leave nothing to draw, ``num_tries`` values, ``ids`` of ``log_prob``,
+every drawn id against V (an alias >= V is refused, never returned), the masses
+where they are read. Errors name the op's argument.
 
 Ops:
     ``alias_sample(entries, seed, offset, size)``: independent draws of shape ``size``.
@@ -25,7 +29,7 @@ Ops:
     ``alias_sample_unique(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries)``:
         rows of ``k`` distinct ids, and each row's ``num_tries`` (shape (R,), or (0,)
         when ``with_tries`` is False).
-    ``alias_log_prob(log_probs, ids)``: ``log_probs[ids]`` with ids checked in range.
+    ``alias_log_prob(mass, ids)``: ``log(mass[ids] / (V * 2**32))`` with ids checked in range.
     ``alias_check_tries(num_tries)``: a float64 copy of ``num_tries``, checked.
 """
 
@@ -46,6 +50,10 @@ __all__ = [
     "alias_sample_unique",
     "alias_log_prob",
     "alias_check_tries",
+    "analytic_draw_into",
+    "analytic_log_prob",
+    "analytic_log_prob_impl",
+    "analytic_sample",
     "allocate",
     "check_tries_impl",
     "direct_call_ok",
@@ -71,6 +79,105 @@ def allocate(shape: Sequence[int], device: torch.device) -> Tensor:
         raise MemoryError(
             f"size {tuple(shape)}: cannot allocate {8 * math.prod(shape)} bytes of draws on {device} ({exc})"
         ) from None
+
+
+# ------------------------------------------------------------ argument checks
+# Every op checks its arguments itself (dtype, shape, device, contiguity, and the
+# table's invariants where it reads them), in its real and its fake
+# implementation alike, so eager, compiled and exported calls refuse the same
+# input with the same error, naming the op's argument.
+_MAX_CLASSES = int(_core.MAX_CLASSES)
+
+
+def check_table_tensor(t: object, name: str) -> None:
+    """A table argument (``entries`` or ``mass``): a 1-D contiguous int64 tensor of 1 to 2**31 - 1 values."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dtype != torch.int64:
+        raise TypeError(f"{name} must be an int64 tensor (a sampler's table), got {t.dtype}")
+    if t.layout != torch.strided or t.dim() != 1:
+        raise ValueError(f"{name} must be a dense 1-D tensor, got {t.layout} of shape {tuple(t.shape)}")
+    if not 1 <= t.numel() <= _MAX_CLASSES:
+        raise ValueError(f"{name} must hold 1 to {_MAX_CLASSES} classes, got {t.numel()}")
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
+def check_ids_tensor(t: object, name: str, device: torch.device) -> None:
+    """Integer ids (int64) on the table's device or the CPU."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dtype != torch.int64:
+        raise TypeError(f"{name} must be an int64 tensor of ids, got {t.dtype}")
+    if t.layout != torch.strided:
+        raise ValueError(f"{name} must be a dense tensor, got {t.layout}")
+    _same_device(((name, t.device), ("the table", device)))
+
+
+def _same_device(named: Sequence[Tuple[str, torch.device]]) -> None:
+    """Tensors of one call must live on one device (a CPU seed or offset aside); a meta
+    tensor beside real ones is refused (it would give uninitialised memory)."""
+    devices = {d for _, d in named}
+    if len(devices) > 1 and not devices <= {torch.device("cpu")}:
+        metas = [n for n, d in named if d.type == "meta"]
+        non_cpu = {d for _, d in named if d.type != "cpu"}
+        if metas or len(non_cpu) > 1:
+            desc = ", ".join(f"{n} on {d}" for n, d in named)
+            raise ValueError(f"the tensors of one call must be on one device (got {desc})")
+
+
+def check_scalar_tensor(t: object, name: str) -> None:
+    """``seed`` / ``offset``: a 0-dim int64 CPU tensor (its 64 bits read as unsigned)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a 0-dim int64 tensor, got {type(t).__name__}")
+    if t.dtype != torch.int64 or t.dim() != 0:
+        raise TypeError(f"{name} must be a 0-dim int64 tensor, got {t.dtype} of shape {tuple(t.shape)}")
+    if t.device.type != "cpu":
+        raise ValueError(f"{name} must be on the CPU, got {t.device}")
+
+
+def check_draw_args(
+    entries: Tensor,
+    mass: Optional[Tensor],
+    num_positive: Optional[int],
+    exclude: Optional[Tensor],
+    seed: Tensor,
+    offset: Tensor,
+    size: Sequence[int],
+    k: int,
+) -> None:
+    """The checks every draw op runs first (real and fake implementations)."""
+    check_table_tensor(entries, "entries")
+    named = [("entries", entries.device)]
+    if mass is not None:
+        check_table_tensor(mass, "mass")
+        if mass.numel() != entries.numel():
+            raise ValueError(f"mass must have one value per class of entries ({entries.numel()}), got {mass.numel()}")
+        named.append(("mass", mass.device))
+    if num_positive is not None and not 1 <= num_positive <= entries.numel():
+        raise ValueError(f"num_positive must be in [1, {entries.numel()}], got {num_positive}")
+    check_scalar_tensor(seed, "seed")
+    check_scalar_tensor(offset, "offset")
+    named += [("seed", seed.device), ("offset", offset.device)]
+    if any(type(d) is not int and not isinstance(d, torch.SymInt) for d in size):
+        raise TypeError(f"size must hold ints, got {list(size)}")
+    if any(isinstance(d, int) and d < 0 for d in size):
+        raise ValueError(f"size must hold non-negative dimensions, got {list(size)}")
+    n = math.prod(size)
+    if isinstance(k, int) and (k < 1 or (isinstance(n, int) and n % k)):
+        raise ValueError(f"k must be >= 1 and divide the {n} draws of size {list(size)}, got {k}")
+    if exclude is not None:
+        if not isinstance(exclude, Tensor):
+            raise TypeError(f"exclude must be a tensor, got {type(exclude).__name__}")
+        if exclude.dtype != torch.int64:
+            raise TypeError(f"exclude must be an int64 tensor of ids, got {exclude.dtype}")
+        if exclude.layout != torch.strided or exclude.dim() != 2 or exclude.shape[0] < 1 or exclude.shape[1] < 1:
+            raise ValueError(f"exclude must be a dense (L, P) tensor with L, P >= 1, got shape {tuple(exclude.shape)}")
+        rows = n // k if isinstance(k, int) and k else 0
+        if isinstance(rows, int) and rows and rows % exclude.shape[0]:
+            raise ValueError(f"exclude has {exclude.shape[0]} rows, which does not divide the {rows} rows of size")
+        named.append(("exclude", exclude.device))
+    _same_device(named)
 
 
 def _check_exclude_ids(exclude: Tensor, num_classes: int) -> None:
@@ -169,6 +276,15 @@ def torch_ops_draw(entries: Tensor, shape: Sequence[int], seed: int) -> Tensor:
     return torch.where(keep, bucket, word >> 32)
 
 
+def _check_device_aliases(entries: Tensor) -> None:
+    """The CUDA kernels do not check ids as the CPU ones do: check the aliases up front
+    (O(V) on the device, one synchronisation)."""
+    alias = (entries >> 32) & 0xFFFFFFFF
+    worst = int(alias.max())
+    if worst >= entries.numel():
+        raise ValueError(f"entries is not an alias table: a bucket's alias is {worst} >= V = {entries.numel()}")
+
+
 def _rows_k(shape: Sequence[int], k: int) -> Tuple[int, int]:
     """Draws and rows of a call (k ids per row; a size without draws has no rows)."""
     n = math.prod(shape)
@@ -180,6 +296,7 @@ def _rows_k(shape: Sequence[int], k: int) -> Tuple[int, int]:
 def alias_sample(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Tensor:
     """Independent draws of shape ``size`` from the table ``entries``: draw ``j`` (row-major)
     uses Philox position ``offset + j`` of ``seed``."""
+    check_draw_args(entries, None, None, None, seed, offset, size, 1)
     out = allocate(size, entries.device)
     draw_into(out, entries, None, 0, None, _u64(seed), _u64(offset), 1, False, None)
     return out
@@ -187,11 +304,14 @@ def alias_sample(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[i
 
 @alias_sample.register_fake
 def _(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Tensor:
+    check_draw_args(entries, None, None, None, seed, offset, size, 1)
     return entries.new_empty(tuple(size))
 
 
 @alias_sample.register_kernel("cuda")
 def _alias_sample_cuda(entries: Tensor, seed: Tensor, offset: Tensor, size: Sequence[int]) -> Tensor:
+    check_draw_args(entries, None, None, None, seed, offset, size, 1)
+    _check_device_aliases(entries)
     if not cuda.cuda_available():  # pyneg._cuda not built: torch ops on the device's table
         return torch_ops_draw(entries, size, _u64(seed))
     out = allocate(size, entries.device)
@@ -213,6 +333,7 @@ def alias_sample_excluding(
 ) -> Tensor:
     """Rows of ``k`` draws (``size`` holds ``R * k`` of them) that avoid their exclusion list;
     excluded draws are redrawn (the distribution renormalised over the allowed ids)."""
+    check_draw_args(entries, mass, num_positive, exclude, seed, offset, size, k)
     out = allocate(size, entries.device)
     draw_into(out, entries, mass, num_positive, exclude, _u64(seed), _u64(offset), k, False, None)
     return out
@@ -220,11 +341,14 @@ def alias_sample_excluding(
 
 @alias_sample_excluding.register_fake
 def _(entries, mass, num_positive, exclude, seed, offset, size, k):  # type: ignore[no-untyped-def]
+    check_draw_args(entries, mass, num_positive, exclude, seed, offset, size, k)
     return entries.new_empty(tuple(size))
 
 
 @alias_sample_excluding.register_kernel("cuda")
 def _alias_sample_excluding_cuda(entries, mass, num_positive, exclude, seed, offset, size, k):  # type: ignore[no-untyped-def]
+    check_draw_args(entries, mass, num_positive, exclude, seed, offset, size, k)
+    _check_device_aliases(entries)
     if not cuda.cuda_available():  # the CPU kernels on a host copy
         return alias_sample_excluding(
             entries.cpu(), mass.cpu(), num_positive, exclude.cpu(), seed.cpu(), offset.cpu(), size, k
@@ -249,6 +373,7 @@ def alias_sample_unique(
 ) -> Tuple[Tensor, Tensor]:
     """Rows of ``k`` ids distinct within the row (successive sampling), and the candidate
     draws each row took (``num_tries``; shape (R,), or (0,) without ``with_tries``)."""
+    check_draw_args(entries, mass, num_positive, exclude, seed, offset, size, k)
     out = allocate(size, entries.device)
     _, rows = _rows_k(size, k)
     tries = torch.empty(rows if with_tries else 0, dtype=torch.int64)
@@ -260,12 +385,15 @@ def alias_sample_unique(
 
 @alias_sample_unique.register_fake
 def _(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries):  # type: ignore[no-untyped-def]
+    check_draw_args(entries, mass, num_positive, exclude, seed, offset, size, k)
     _, rows = _rows_k(size, k)
     return entries.new_empty(tuple(size)), entries.new_empty(rows if with_tries else 0)
 
 
 @alias_sample_unique.register_kernel("cuda")
 def _alias_sample_unique_cuda(entries, mass, num_positive, exclude, seed, offset, size, k, with_tries):  # type: ignore[no-untyped-def]
+    check_draw_args(entries, mass, num_positive, exclude, seed, offset, size, k)
+    _check_device_aliases(entries)
     device = entries.device
     if not cuda.cuda_available():  # the CPU kernels on a host copy
         ids, tries = alias_sample_unique(
@@ -283,20 +411,40 @@ def _alias_sample_unique_cuda(entries, mass, num_positive, exclude, seed, offset
     return out, tries
 
 
-def log_prob_impl(log_probs: Tensor, ids: Tensor) -> Tensor:
-    """What ``pyneg::alias_log_prob`` computes (eager callers may run it without the dispatcher)."""
-    v = log_probs.numel()
-    # Checked after copying: the caller's ids may be written while this runs
-    # (another thread), and what is indexed must be what was checked.
-    ids = ids.clone()
-    if ids.numel():
-        lo, hi = torch.aminmax(ids)
+def _log_prob_out(ids: Tensor) -> Tensor:
+    """The float64 result of a log_prob, allocated before anything else (a MemoryError
+    naming ``ids`` and the size for absurd ones, e.g. an expanded view of 2**40 ids)."""
+    try:
+        return torch.empty(ids.shape, dtype=torch.float64)
+    except (RuntimeError, MemoryError) as exc:
+        raise MemoryError(
+            f"ids has {ids.numel()} elements: cannot allocate {8 * ids.numel()} bytes of log-probabilities ({exc})"
+        ) from None
+
+
+def _owned_ids(ids: Tensor, v: int) -> Tensor:
+    """A private flat int64 copy of ``ids`` (the caller's may be written meanwhile by
+    another thread: what is indexed must be what was checked), checked in [0, V)."""
+    flat = ids.reshape(-1).to(torch.int64, copy=True)
+    if flat.numel():
+        lo, hi = torch.aminmax(flat)
         if lo < 0 or hi >= v:  # (tensor comparisons: one synchronisation on a device)
             lo_i, hi_i = int(lo), int(hi)
             raise ValueError(f"ids holds id {lo_i if lo_i < 0 else hi_i} outside [0, {v})")
-    if ids.dim() == 1:
-        return log_probs.index_select(0, ids.to(log_probs.device))
-    return log_probs.index_select(0, ids.reshape(-1).to(log_probs.device)).reshape(ids.shape)
+    return flat
+
+
+def log_prob_impl(mass: Tensor, ids: Tensor) -> Tensor:
+    """What ``pyneg::alias_log_prob`` computes (eager callers may run it without the dispatcher)."""
+    check_table_tensor(mass, "mass")
+    check_ids_tensor(ids, "ids", mass.device)
+    out = _log_prob_out(ids)
+    flat = _owned_ids(ids, mass.numel())
+    m = mass.index_select(0, flat.to(mass.device)).to(torch.float64)
+    m /= float(mass.numel()) * 2.0**32  # the probability (one rounding), then its log
+    torch.log(m, out=m)
+    out.copy_(m.reshape(ids.shape))
+    return out.to(mass.device) if mass.device.type != "cpu" else out
 
 
 def check_tries_impl(num_tries: Tensor) -> Tensor:
@@ -311,14 +459,17 @@ def check_tries_impl(num_tries: Tensor) -> Tensor:
 
 
 @torch.library.custom_op("pyneg::alias_log_prob", mutates_args=())
-def alias_log_prob(log_probs: Tensor, ids: Tensor) -> Tensor:
-    """``log_probs[ids]`` (float64, the shape of ``ids``) with every id checked in [0, V)."""
-    return log_prob_impl(log_probs, ids)
+def alias_log_prob(mass: Tensor, ids: Tensor) -> Tensor:
+    """``log(mass[ids] / (V * 2**32))`` (float64, the shape of ``ids``): the log-probability of
+    each id under the table whose class masses are ``mass``; every id checked in [0, V)."""
+    return log_prob_impl(mass, ids)
 
 
 @alias_log_prob.register_fake
-def _(log_probs: Tensor, ids: Tensor) -> Tensor:
-    return log_probs.new_empty(ids.shape)
+def _(mass: Tensor, ids: Tensor) -> Tensor:
+    check_table_tensor(mass, "mass")
+    check_ids_tensor(ids, "ids", mass.device)
+    return mass.new_empty(ids.shape, dtype=torch.float64)
 
 
 @torch.library.custom_op("pyneg::alias_check_tries", mutates_args=())
@@ -330,3 +481,132 @@ def alias_check_tries(num_tries: Tensor) -> Tensor:
 @alias_check_tries.register_fake
 def _(num_tries: Tensor) -> Tensor:
     return num_tries.new_empty(num_tries.shape, dtype=torch.float64)
+
+
+# ------------------------------------------------------- analytic samplers
+# UniformSampler and LogUniformSampler hold no table: their ops take the kind
+# (0 uniform, 1 log-uniform) and V (up to 2**50) instead.
+_KINDS = (0, 1)
+MAX_ANALYTIC_CLASSES = int(_core.MAX_ANALYTIC_CLASSES)
+
+
+def check_analytic_args(
+    kind: int, num_classes: int, exclude: Optional[Tensor], seed: Tensor, offset: Tensor, size: Sequence[int], k: int
+) -> None:
+    """The checks of ``pyneg::analytic_sample`` (real and fake implementations)."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be 0 (uniform) or 1 (log-uniform), got {kind}")
+    if isinstance(num_classes, int) and not 1 <= num_classes <= MAX_ANALYTIC_CLASSES:
+        raise ValueError(f"num_classes must be in [1, 2**50], got {num_classes}")
+    check_scalar_tensor(seed, "seed")
+    check_scalar_tensor(offset, "offset")
+    if any(isinstance(d, int) and d < 0 for d in size):
+        raise ValueError(f"size must hold non-negative dimensions, got {list(size)}")
+    n = math.prod(size)
+    if isinstance(k, int) and (k < 1 or (isinstance(n, int) and n % k)):
+        raise ValueError(f"k must be >= 1 and divide the {n} draws of size {list(size)}, got {k}")
+    if exclude is not None:
+        if not isinstance(exclude, Tensor):
+            raise TypeError(f"exclude must be a tensor, got {type(exclude).__name__}")
+        if exclude.dtype != torch.int64:
+            raise TypeError(f"exclude must be an int64 tensor of ids, got {exclude.dtype}")
+        if exclude.layout != torch.strided or exclude.dim() != 2 or exclude.shape[0] < 1 or exclude.shape[1] < 1:
+            raise ValueError(f"exclude must be a dense (L, P) tensor with L, P >= 1, got shape {tuple(exclude.shape)}")
+        rows = n // k if isinstance(k, int) and k else 0
+        if isinstance(rows, int) and rows and rows % exclude.shape[0]:
+            raise ValueError(f"exclude has {exclude.shape[0]} rows, which does not divide the {rows} rows of size")
+        _same_device((("exclude", exclude.device), ("seed", seed.device)))
+
+
+def analytic_draw_into(
+    out: Tensor,
+    kind: int,
+    num_classes: int,
+    exclude: Optional[Tensor],
+    seed: int,
+    offset: int,
+    k: int,
+    unique: bool,
+    tries: Optional[Tensor],
+) -> None:
+    """Fills the contiguous int64 CPU tensor ``out`` with analytic draws (the one place
+    the analytic CPU kernels are called)."""
+    if out.numel() == 0:
+        return
+    flat = out.numpy()
+    threads = torch.get_num_threads()
+    if unique:
+        lists = _NO_EXCLUDE if exclude is None else _cpu_array(exclude)
+        _core.analytic_draw_unique(
+            kind, num_classes, seed, offset, lists, k, flat, None if tries is None else tries.numpy(), threads
+        )
+    elif exclude is not None:
+        _core.analytic_draw_excluding(kind, num_classes, seed, offset, _cpu_array(exclude), k, flat, threads)
+    else:
+        _core.analytic_draw(kind, num_classes, seed, offset, flat, threads)
+
+
+@torch.library.custom_op("pyneg::analytic_sample", mutates_args=())
+def analytic_sample(
+    kind: int,
+    num_classes: int,
+    exclude: Optional[Tensor],
+    seed: Tensor,
+    offset: Tensor,
+    size: Sequence[int],
+    k: int,
+    unique: bool,
+    with_tries: bool,
+) -> Tuple[Tensor, Tensor]:
+    """Uniform (``kind`` 0) or log-uniform (1) draws over ``num_classes`` ids without a table:
+    plain, avoiding ``exclude`` lists, or distinct within rows of ``k`` (``unique``), with
+    each row's ``num_tries`` (shape (R,) when ``unique and with_tries``, else (0,))."""
+    check_analytic_args(kind, num_classes, exclude, seed, offset, size, k)
+    out = allocate(size, torch.device("cpu"))
+    _, rows = _rows_k(size, k)
+    want = unique and with_tries
+    tries = torch.empty(rows if want else 0, dtype=torch.int64)
+    ex = None if exclude is None else exclude.detach().cpu().contiguous()
+    analytic_draw_into(out, kind, num_classes, ex, _u64(seed), _u64(offset), k, unique, tries if want else None)
+    return out, tries
+
+
+@analytic_sample.register_fake
+def _(kind, num_classes, exclude, seed, offset, size, k, unique, with_tries):  # type: ignore[no-untyped-def]
+    check_analytic_args(kind, num_classes, exclude, seed, offset, size, k)
+    _, rows = _rows_k(size, k)
+    return seed.new_empty(tuple(size)), seed.new_empty(rows if unique and with_tries else 0)
+
+
+def analytic_log_prob_impl(kind: int, num_classes: int, ids: Tensor) -> Tensor:
+    """What ``pyneg::analytic_log_prob`` computes (eager callers may run it without the dispatcher)."""
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be 0 (uniform) or 1 (log-uniform), got {kind}")
+    if not 1 <= num_classes <= MAX_ANALYTIC_CLASSES:
+        raise ValueError(f"num_classes must be in [1, 2**50], got {num_classes}")
+    check_ids_tensor(ids, "ids", ids.device)
+    out = _log_prob_out(ids)
+    flat = _owned_ids(ids, num_classes)
+    if kind == 0:
+        out.fill_(-math.log(num_classes))
+        return out.to(ids.device) if ids.device.type != "cpu" else out
+    k = flat.cpu().to(torch.float64)
+    # log P(k) = log(log1p(1 / (k + 1))) - log(log1p(V)), TensorFlow's log-uniform.
+    lp = torch.log(torch.log1p(torch.reciprocal(k.add_(1.0)))).sub_(math.log(math.log1p(num_classes)))
+    out.copy_(lp.reshape(ids.shape))
+    return out.to(ids.device) if ids.device.type != "cpu" else out
+
+
+@torch.library.custom_op("pyneg::analytic_log_prob", mutates_args=())
+def analytic_log_prob(kind: int, num_classes: int, ids: Tensor) -> Tensor:
+    """log P(one draw == id) of the uniform (``kind`` 0) or log-uniform (1) distribution over
+    ``num_classes`` ids (float64, the shape of ``ids``); every id checked in [0, V)."""
+    return analytic_log_prob_impl(kind, num_classes, ids)
+
+
+@analytic_log_prob.register_fake
+def _(kind: int, num_classes: int, ids: Tensor) -> Tensor:
+    if kind not in _KINDS:
+        raise ValueError(f"kind must be 0 (uniform) or 1 (log-uniform), got {kind}")
+    check_ids_tensor(ids, "ids", ids.device)
+    return ids.new_empty(ids.shape, dtype=torch.float64)

@@ -12,7 +12,7 @@ over a 16-class table, against one copy of the table (its bytes).
 setup; their negatives/s and bytes per rank are notes) against the unsharded
 sampler's draws in this process (timed).
 
-Full size (V = 10^8, about 3.2 GB of table file and memory) runs only without
+Full size (V = 10^8, about 1.6 GB of table file: entries and masses) runs only without
 ``--quick``; quick runs use V = 10^6.
 """
 
@@ -30,6 +30,7 @@ from typing import Any, Dict, List
 import torch
 
 import pyneg
+from pyneg._sampler_files import table_tensors
 from pyneg.bench.workload import Workload
 
 WORKERS = 8
@@ -66,8 +67,7 @@ class _TouchAll(torch.utils.data.Dataset):
             out = torch.empty(_CHUNK, dtype=torch.int64)  # reused: the draws add no memory
             for j in range(max(1, v // _CHUNK)):
                 s.sample(_CHUNK, seed=i, offset=j * _CHUNK, out=out)
-            d = s._dist
-            for arr in (d.probs, d.log_probs, d.entries, d.mass):
+            for arr in table_tensors(s):
                 for start in range(0, v, _CHUNK):
                     float(arr[start : start + _CHUNK].sum())  # every page resident
             s.log_prob(torch.arange(min(v, _CHUNK)))
@@ -107,10 +107,10 @@ def _mapped_setup(quick: bool) -> SimpleNamespace:
     t0 = time.perf_counter()
     built.save(st.path)
     st.save_s = time.perf_counter() - t0
-    d = built._dist
-    st.table_bytes = sum(t.numel() * t.element_size() for t in (d.probs, d.log_probs, d.entries, d.mass))
+    built.log_prob(torch.arange(1))  # the masses too: a loaded sampler maps both arrays
+    st.table_bytes = sum(t.numel() * t.element_size() for t in table_tensors(built))
     st.reference = built.sample(1000, seed=1)
-    del built, d
+    del built
     empty = _pss_total(pyneg.AliasSampler(torch.ones(16)))  # the same work over a 16-class table
     mapped = pyneg.AliasSampler.load(st.path)
     full = _pss_total(mapped)
@@ -185,8 +185,8 @@ def _sharded_setup(quick: bool) -> SimpleNamespace:
         spawn(_rank, args=(2, os.path.join(tmp, "init"), out, v, shape, 5 if quick else 20), nprocs=2)
         st.sharded = torch.load(out)
     st.sampler = pyneg.AliasSampler(_weights(v))
-    d = st.sampler._dist
-    st.unsharded_bytes = sum(t.numel() * t.element_size() for t in (d.probs, d.log_probs, d.entries, d.mass))
+    st.sampler.sample(tuple(shape), seed=0)
+    st.unsharded_bytes = sum(t.numel() * t.element_size() for t in table_tensors(st.sampler))
     return st
 
 

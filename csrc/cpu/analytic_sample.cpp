@@ -1,0 +1,261 @@
+#include "cpu/analytic_sample.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cpu/alias_draw.h"
+#include "cpu/parallel.h"
+#include "cpu/philox.h"
+#include "cpu/philox_batch.h"
+
+namespace pyneg {
+
+namespace {
+
+constexpr int64_t kGrain = int64_t{1} << 15;
+constexpr int kBlock = 256;
+
+double unit53(uint64_t u) { return static_cast<double>(u >> 11) * (1.0 / 9007199254740992.0); }
+
+// One exclusion list, sorted and deduplicated, with the running probability
+// of its ids.
+struct List {
+  std::vector<int64_t> ids;
+  std::vector<double> cum;  // cum[j] = P(ids[0..j])
+  double allowed = 1.0;     // 1 - P(ids)
+
+  bool contains(int64_t id) const {
+    if (ids.size() <= 8) {
+      for (int64_t x : ids)
+        if (x == id) return true;
+      return false;
+    }
+    return std::binary_search(ids.begin(), ids.end(), id);
+  }
+  double mass_upto(int64_t id) const {  // P of the listed ids <= id
+    const auto it = std::upper_bound(ids.begin(), ids.end(), id);
+    return it == ids.begin() ? 0.0 : cum[static_cast<size_t>(it - ids.begin() - 1)];
+  }
+  void recompute(const AnalyticDist& d) {
+    cum.resize(ids.size());
+    double s = 0.0;
+    for (size_t j = 0; j < ids.size(); ++j) cum[j] = s += d.prob(ids[j]);
+    allowed = 1.0 - s;
+  }
+};
+
+std::vector<List> prepare(const AnalyticDist& d, const ExcludeLists& ex, int64_t unique_k) {
+  std::vector<List> lists(static_cast<size_t>(ex.num_lists));
+  for (int64_t l = 0; l < ex.num_lists; ++l) {
+    List& li = lists[static_cast<size_t>(l)];
+    for (int64_t j = 0; j < ex.width; ++j) {
+      const int64_t id = ex.ids[l * ex.width + j];
+      if (id == -1) continue;
+      if (id < 0 || id >= d.v) {
+        throw std::invalid_argument("exclude holds id " + std::to_string(id) + " outside [0, " +
+                                    std::to_string(d.v) + ") (use -1 for padding)");
+      }
+      li.ids.push_back(id);
+    }
+    std::sort(li.ids.begin(), li.ids.end());
+    li.ids.erase(std::unique(li.ids.begin(), li.ids.end()), li.ids.end());
+    const auto left = d.v - static_cast<int64_t>(li.ids.size());
+    if (left == 0) {
+      throw std::invalid_argument("exclude row " + std::to_string(l) +
+                                  " leaves no id with positive weight to draw");
+    }
+    if (left < unique_k) {
+      throw std::invalid_argument("size asks for " + std::to_string(unique_k) +
+                                  " distinct ids per row, but row " + std::to_string(l) +
+                                  " has only " + std::to_string(left) +
+                                  " allowed ids with positive weight");
+    }
+    li.recompute(d);
+  }
+  return lists;
+}
+
+// Exact draw from the allowed ids of `li` (P renormalised over them).
+int64_t allowed_pick(const AnalyticDist& d, const List& li, uint64_t u) {
+  if (d.kind == kAnalyticUniform) {
+    // The r-th allowed id: skip the listed ids at or below it.
+    const uint64_t left = static_cast<uint64_t>(d.v) - li.ids.size();
+    int64_t id = static_cast<int64_t>(mulhi64(u, left));
+    for (int64_t e : li.ids) {
+      if (e <= id) ++id; else break;
+    }
+    return id;
+  }
+  const double target = unit53(u) * li.allowed;
+  int64_t lo = 0, hi = d.v - 1;  // smallest k with F(k + 1) - listed(<= k) > target
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (d.cdf(mid + 1) - li.mass_upto(mid) > target) hi = mid; else lo = mid + 1;
+  }
+  // Rounding may land on a listed id (its step is flat): take the next allowed
+  // id, or the previous one at the end.
+  int64_t id = lo;
+  while (id < d.v && li.contains(id)) ++id;
+  if (id == d.v) {
+    id = lo;
+    while (li.contains(id)) --id;
+  }
+  return id;
+}
+
+// The hash set of one row (slots reset per row by what it used).
+class RowSet {
+ public:
+  void reset(size_t expected) {
+    const size_t cap = static_cast<size_t>(id_set_capacity(expected));
+    if (slots_.size() != cap) {
+      slots_.assign(cap, -1);
+    } else {
+      for (int64_t s : used_) slots_[static_cast<size_t>(s)] = -1;
+    }
+    used_.clear();
+    view_ = IdSetView{slots_.data(), cap - 1};
+  }
+  bool insert(int64_t id) {
+    const int64_t s = view_.insert_slot(id);
+    if (s < 0) return false;
+    used_.push_back(s);
+    return true;
+  }
+
+ private:
+  std::vector<int64_t> slots_;
+  std::vector<int64_t> used_;
+  IdSetView view_{nullptr, 0};
+};
+
+}  // namespace
+
+AnalyticDist::AnalyticDist(int kind_, int64_t v_) : kind(kind_), v(v_) {
+  if (kind != kAnalyticUniform && kind != kAnalyticLogUniform)
+    throw std::invalid_argument("kind must be 0 (uniform) or 1 (log-uniform)");
+  if (v < 1 || v > kMaxAnalyticClasses)
+    throw std::invalid_argument("num_classes must be in [1, 2**50], got " + std::to_string(v));
+  log_v1 = std::log1p(static_cast<double>(v));
+}
+
+int64_t AnalyticDist::pick(uint64_t u) const {
+  if (kind == kAnalyticUniform) return static_cast<int64_t>(mulhi64(u, static_cast<uint64_t>(v)));
+  const double y = std::expm1(unit53(u) * log_v1);  // in [0, V]
+  const auto k = static_cast<int64_t>(y);
+  return k < v ? k : v - 1;
+}
+
+double AnalyticDist::prob(int64_t k) const {
+  if (kind == kAnalyticUniform) return 1.0 / static_cast<double>(v);
+  return std::log1p(1.0 / (static_cast<double>(k) + 1.0)) / log_v1;
+}
+
+double AnalyticDist::cdf(int64_t k) const {
+  if (kind == kAnalyticUniform) return static_cast<double>(k) / static_cast<double>(v);
+  return std::log1p(static_cast<double>(k)) / log_v1;
+}
+
+void analytic_sample(const AnalyticDist& d, uint64_t seed, uint64_t offset, int64_t* out, int64_t n,
+                     int num_threads) {
+  const AnalyticDist dist = d;
+  parallel_for(n, num_threads, kGrain, [&, dist](int64_t b, int64_t e) {
+    uint64_t r[kBlock];
+    for (int64_t j = b; j < e; j += kBlock) {
+      const int m = static_cast<int>(std::min<int64_t>(kBlock, e - j));
+      fill_draw_randoms(seed, offset + static_cast<uint64_t>(j), m, r);
+      if (dist.kind == kAnalyticUniform) {
+        const auto v = static_cast<uint64_t>(dist.v);
+        for (int i = 0; i < m; ++i) out[j + i] = static_cast<int64_t>(mulhi64(r[i], v));
+      } else {
+        for (int i = 0; i < m; ++i) out[j + i] = dist.pick(r[i]);
+      }
+    }
+  });
+}
+
+void analytic_sample_excluding(const AnalyticDist& d, uint64_t seed, uint64_t offset,
+                               const ExcludeLists& exclude, int64_t rows, int64_t k, int64_t* out,
+                               int num_threads) {
+  const std::vector<List> lists = prepare(d, exclude, 0);
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(k, 1));
+  parallel_for(rows, num_threads, grain, [&](int64_t rb, int64_t re) {
+    std::vector<uint64_t> r(static_cast<size_t>(std::min<int64_t>(k, kBlock)));
+    for (int64_t row = rb; row < re; ++row) {
+      const List& li = lists[static_cast<size_t>(row / exclude.rows_per_list)];
+      const bool use_cdf = li.allowed < 1.0 / 16.0;
+      int64_t* dst = out + row * k;
+      const uint64_t base = offset + static_cast<uint64_t>(row * k);
+      for (int64_t j = 0; j < k; j += kBlock) {
+        const int m = static_cast<int>(std::min<int64_t>(kBlock, k - j));
+        fill_draw_randoms(seed, base + static_cast<uint64_t>(j), m, r.data());
+        for (int i = 0; i < m; ++i) {
+          const uint64_t pos = base + static_cast<uint64_t>(j + i);
+          int64_t id = -1;
+          if (!use_cdf) {
+            id = d.pick(r[static_cast<size_t>(i)]);
+            for (uint32_t attempt = 1; li.contains(id) && attempt <= kMaxRedraws; ++attempt)
+              id = d.pick(random64(seed, pos, attempt, kTagRedraw));
+            if (li.contains(id)) id = -1;
+          }
+          if (id < 0) id = allowed_pick(d, li, random64(seed, pos, 0u, kTagRedraw));
+          dst[j + i] = id;
+        }
+      }
+    }
+  });
+}
+
+void analytic_sample_unique(const AnalyticDist& d, uint64_t seed, uint64_t offset,
+                            const ExcludeLists& exclude, int64_t rows, int64_t k, int64_t* out,
+                            int64_t* tries_out, int num_threads) {
+  const std::vector<List> lists = prepare(d, exclude, k);
+  const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(4 * k, 1));
+  parallel_for(rows, num_threads, grain, [&](int64_t rb, int64_t re) {
+    RowSet seen;
+    for (int64_t row = rb; row < re; ++row) {
+      const List& li = lists[static_cast<size_t>(row / exclude.rows_per_list)];
+      const uint64_t base = offset + static_cast<uint64_t>(row * k);
+      int64_t* dst = out + row * k;
+      seen.reset(static_cast<size_t>(k) + li.ids.size());
+      for (int64_t x : li.ids) seen.insert(x);
+      const uint64_t max_tries = unique_max_tries(k);
+      int64_t got = 0;
+      uint64_t t = 0;
+      for (; got < k && t < max_tries; ++t) {
+        const int64_t id = d.pick(random64(seed, base, static_cast<uint32_t>(t), kTagUnique));
+        if (seen.insert(id)) dst[got++] = id;
+      }
+      auto tries = static_cast<int64_t>(t);
+      if (got < k) {
+        // Successive sampling is memoryless: finish from the exact CDF of the
+        // ids neither excluded nor drawn yet.
+        List taken;
+        taken.ids = li.ids;
+        taken.ids.insert(taken.ids.end(), dst, dst + got);
+        std::sort(taken.ids.begin(), taken.ids.end());
+        taken.recompute(d);
+        for (uint32_t i = 0; got < k; ++i) {
+          const int64_t id = allowed_pick(d, taken, random64(seed, base, i, kTagRace));
+          dst[got++] = id;
+          taken.ids.insert(std::upper_bound(taken.ids.begin(), taken.ids.end(), id), id);
+          taken.recompute(d);
+        }
+        if (tries_out && d.kind == kAnalyticUniform) {
+          // The expected draws with replacement that give k distinct allowed ids.
+          const double allowed = static_cast<double>(d.v - static_cast<int64_t>(li.ids.size()));
+          const double q = std::log1p(-1.0 / static_cast<double>(d.v));
+          // A (1 - (1 - 1/V)^t) = k - 1/2, as expected_tries of the alias kernels.
+          const double need = std::log1p(-(static_cast<double>(k) - 0.5) / allowed) / q;
+          tries = std::max<int64_t>(tries, static_cast<int64_t>(std::ceil(need)));
+        }
+      }
+      if (tries_out) tries_out[row] = tries;
+    }
+  });
+}
+
+}  // namespace pyneg
