@@ -234,7 +234,11 @@ class ShardedAliasSampler:
 
     # ---------------------------------------------------------------- log q
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
-        """log P(one draw == id) of the whole (unsharded) distribution, float64, shaped like ``ids``.
+        """log P(one draw == id) of the whole distribution, float64, shaped like ``ids``.
+
+        The probabilities the sampler draws with (the shard's mass times the local
+        table's probability): the unsharded sampler's, and the normalised weights, to
+        the tables' 2**-32 resolution.
 
         Collective: each id is answered by the rank that owns it. The ``log q`` of the
         logQ correction (``log_expected_count`` adds ``log(num_sampled)``).

@@ -67,6 +67,26 @@ def ranks(request):
         yield world, [torch.load(os.path.join(tmp, f"r{r}.pt")) for r in range(world)]
 
 
+def _shard_log_masses(world: int) -> torch.Tensor:
+    w = _weights().numpy()
+    log_m = []
+    for lo, hi in SLICES[world]:
+        top = w[lo:hi].max()
+        log_m.append(math.log(top) + math.log(float(np.sum(w[lo:hi] / top))) if top > 0 else -math.inf)
+    log_m_t = torch.tensor(log_m, dtype=torch.float64)
+    return log_m_t - torch.logsumexp(log_m_t, 0)
+
+
+def _sharded_log_prob(world: int) -> torch.Tensor:
+    """log P(shard) + the local table's log p, slice by slice (plain AliasSamplers)."""
+    w = _weights()
+    out = torch.full((V,), -math.inf, dtype=torch.float64)
+    for (lo, hi), log_shard in zip(SLICES[world], _shard_log_masses(world)):
+        if w[lo:hi].sum() > 0:
+            out[lo:hi] = pyneg.AliasSampler(w[lo:hi]).log_prob(torch.arange(hi - lo)) + log_shard
+    return out
+
+
 def _reference(world: int, size, seed: int, exclude=None) -> torch.Tensor:
     """The documented algorithm in one process, with plain tensors and one AliasSampler per slice:
     shard by allowed mass (float64 uniform of torch.Generator(splitmix64(seed))), then draw the
@@ -105,10 +125,17 @@ def test_partition_and_log_prob_match_the_unsharded_sampler(ranks):
     full = pyneg.AliasSampler(_weights())
     assert [r["range"] for r in res] == SLICES[world]
     assert all(r["num_classes"] == V for r in res)
+    exact = _weights() / _weights().sum()
+    own = _sharded_log_prob(world)
     for r in res:
-        assert torch.allclose(r["log_prob"], full.log_prob(torch.arange(V)), rtol=1e-12, atol=0)
+        # the log q of the distribution the sharded sampler draws from (shard mass x local table)...
+        assert torch.allclose(r["log_prob"], own, rtol=1e-12, atol=0)
+        assert torch.equal(r["log_prob_2d"], r["log_prob"][torch.tensor([[0, 29], [13, 7]])])
+        # ...which is the unsharded sampler's, and the normalised weights, to the tables' 2**-32
+        # resolution (each table reports the probabilities it draws with)
         assert torch.equal(torch.isinf(r["log_prob"]), torch.isinf(full.log_prob(torch.arange(V))))
-        assert torch.allclose(r["log_prob_2d"], full.log_prob(torch.tensor([[0, 29], [13, 7]])), rtol=1e-12)
+        assert (r["log_prob"].exp() - full.log_prob(torch.arange(V)).exp()).abs().max() <= 2.0**-31
+        assert (r["log_prob"].exp() - exact).abs().max() <= 2.0**-31
     # bytes: each rank holds its own slice only (entries and masses: 16 bytes per class; none for a zero slice)
     for r, (lo, hi) in zip(res, SLICES[world]):
         assert r["nbytes"] <= 16 * (hi - lo)
