@@ -62,7 +62,7 @@ from pyneg._validation import (
     check_seed,
     check_size,
 )
-from pyneg.distributed import _splitmix64, rank_and_world_size
+from pyneg.distributed import _collective_device, _splitmix64, rank_and_world_size
 from pyneg.samplers import AliasSampler, draw_seed
 
 __all__ = ["ShardedAliasSampler"]
@@ -114,13 +114,16 @@ class ShardedAliasSampler:
                 positive = local.num_positive
         except Exception as e:  # reported to every rank below
             error = e
+        self._dev = _collective_device(group) if world > 1 else _CPU  # NCCL: a CUDA device
         if world > 1:
             mine = torch.tensor(
-                [0.0 if error is None else 1.0, float(n), log_mass, float(positive)], dtype=torch.float64
+                [0.0 if error is None else 1.0, float(n), log_mass, float(positive)],
+                dtype=torch.float64,
+                device=self._dev,
             )
             parts = [torch.empty_like(mine) for _ in range(world)]
             dist.all_gather(parts, mine, group=group)
-            table = torch.stack(parts)
+            table = torch.stack(parts).cpu()
             if error is not None:
                 raise error
             if bool((table[:, 0] > 0).any()):
@@ -191,25 +194,27 @@ class ShardedAliasSampler:
         ranks; returns what this rank received (grouped by source rank) and the counts per source."""
         if self._world == 1:
             return send, counts
-        c = torch.tensor(counts, dtype=torch.int64)
+        c = torch.tensor(counts, dtype=torch.int64, device=self._dev)
         got = torch.empty_like(c)
         dist.all_to_all_single(got, c, group=self._group)
         recv_counts = [int(v) for v in got.tolist()]
-        recv = send.new_empty((sum(recv_counts),) + tuple(send.shape[1:]))
+        payload = send.contiguous().to(self._dev)
+        recv = payload.new_empty((sum(recv_counts),) + tuple(send.shape[1:]))
         dist.all_to_all_single(
-            recv, send.contiguous(), output_split_sizes=recv_counts, input_split_sizes=counts, group=self._group
+            recv, payload, output_split_sizes=recv_counts, input_split_sizes=counts, group=self._group
         )
-        return recv, recv_counts
+        return recv.cpu(), recv_counts
 
     def _reply(self, answer: torch.Tensor, recv_counts: List[int], counts: List[int]) -> torch.Tensor:
         """Sends answers to the rows received by :meth:`_exchange` back to their senders."""
         if self._world == 1:
             return answer
-        back = answer.new_empty((sum(counts),) + tuple(answer.shape[1:]))
+        payload = answer.contiguous().to(self._dev)
+        back = payload.new_empty((sum(counts),) + tuple(answer.shape[1:]))
         dist.all_to_all_single(
-            back, answer.contiguous(), output_split_sizes=counts, input_split_sizes=recv_counts, group=self._group
+            back, payload, output_split_sizes=counts, input_split_sizes=recv_counts, group=self._group
         )
-        return back
+        return back.cpu()
 
     def _agree(self, error: Optional[BaseException], flag: bool = False) -> bool:
         """Every rank raises if any rank's checks failed; returns whether any rank set ``flag``."""
@@ -222,10 +227,10 @@ class ShardedAliasSampler:
                 raise error
             return flag, [seed]
         bits = seed - (1 << 64) if seed >= 1 << 63 else seed  # the 64 bits as an int64
-        mine = torch.tensor([0 if error is None else 1, int(flag), bits], dtype=torch.int64)
+        mine = torch.tensor([0 if error is None else 1, int(flag), bits], dtype=torch.int64, device=self._dev)
         parts = [torch.empty_like(mine) for _ in range(self._world)]
         dist.all_gather(parts, mine, group=self._group)
-        table = torch.stack(parts)
+        table = torch.stack(parts).cpu()
         if error is not None:
             raise error
         if bool((table[:, 0] > 0).any()):
