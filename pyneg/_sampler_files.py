@@ -59,6 +59,9 @@ def save(sampler: AliasSampler, path: os.PathLike[str] | str) -> None:
     name = _file_class(sampler)
     if os.path.isdir(path):
         raise ValueError(f"path {os.fspath(path)!r} is a folder")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"path {os.fspath(path)!r}: its folder {folder!r} does not exist")
     d = sampler._dist  # one consistent state
     params: Dict[str, Any] = {"num_classes": d.num_classes}
     arrays: Dict[str, np.ndarray] = {}

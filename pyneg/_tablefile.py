@@ -154,7 +154,7 @@ def open_table_file(
     """Opens and checks a table file; see the module's docstring for what is refused.
 
     ``mmap_mode``: map the file read-only (shared by every process that maps it) instead of
-    reading it into memory. ``verify``: check the arrays' checksums (a full read of the file).
+    reading it into memory. ``verify``: check the arrays' checksums and that the padding is zeros (a full read of the file).
     ``expect``: the fingerprint of the file a pickled sampler mapped; another file is refused.
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
@@ -213,6 +213,14 @@ def open_table_file(
             buf = bytearray(size)
             if f.readinto(buf) != size:
                 raise _refuse(spath, "it was truncated while being read")
+    if verify:  # every byte is covered: the padding between the parts must be zeros
+        if any(prefix[_PREFIX.size :]):
+            raise _refuse(spath, "its prefix's reserved bytes are not zeros (the file is corrupted)")
+        start = _PREFIX_SIZE + header_len
+        for offset, nbytes in sorted((e[3], e[4]) for e in layout) + [(size, 0)]:
+            if offset > start and any(memoryview(buf)[start:offset]):
+                raise _refuse(spath, "its padding bytes are not zeros (the file is corrupted)")
+            start = max(start, offset + nbytes)
     arrays: Dict[str, np.ndarray] = {}
     for name, dtype, shape, offset, nbytes, want in layout:
         a = np.frombuffer(buf, dtype=np.dtype(_DTYPES[dtype]), count=int(np.prod(shape)), offset=offset).reshape(shape)

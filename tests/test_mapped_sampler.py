@@ -201,6 +201,11 @@ def test_damaged_files_are_refused_before_any_draw(tmp_path, use_mmap):
     path = _saved(tmp_path)
     _flip(path, 64 + 5)  # in the JSON header
     refused(path, "header does not match its checksum")
+    fresh = _saved(tmp_path)
+    for where in (40, os.path.getsize(fresh) - 1, _array_offsets(fresh)["entries"][0] - 1):  # padding
+        path = _saved(tmp_path)
+        _flip(path, where)
+        refused(path, "not zeros")
     path = _saved(tmp_path)
     _patch(path, 8, struct.pack("<I", 2))  # another format version
     refused(path, "format version 2")
@@ -223,6 +228,8 @@ def test_refusals_name_the_argument(tmp_path):
         pyneg.AliasSampler(WEIGHTS).save(3)
     with pytest.raises(ValueError, match="folder"):
         pyneg.AliasSampler(WEIGHTS).save(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        pyneg.AliasSampler(WEIGHTS).save(tmp_path / "no" / "t.pyneg")
     # a refused load leaves the file usable; verify=False skips only the data checksums
     offset, _ = _array_offsets(path)["mass"]
     _flip(path, offset)
