@@ -154,7 +154,8 @@ def open_table_file(
     """Opens and checks a table file; see the module's docstring for what is refused.
 
     ``mmap_mode``: map the file read-only (shared by every process that maps it) instead of
-    reading it into memory. ``verify``: check the arrays' checksums and that the padding is zeros (a full read of the file).
+    reading it into memory. ``verify``: check the arrays' checksums and that the padding is
+    zeros (a full read of the file).
     ``expect``: the fingerprint of the file a pickled sampler mapped; another file is refused.
     """
     if not isinstance(path, (str, bytes, os.PathLike)):
