@@ -7,16 +7,43 @@ import numpy.typing as npt
 
 # ---------------------------------------------------------------- register_alias
 MAX_CLASSES: int
+MAX_ANALYTIC_CLASSES: int
 
 class AliasTable:
-    def __init__(self, weights: npt.ArrayLike, name: str, probs_out: npt.NDArray[np.float64]) -> None: ...
-    @staticmethod
-    def from_probs(probs: npt.ArrayLike, name: str = "probs") -> AliasTable: ...
+    def __init__(self, weights: npt.ArrayLike, name: str = "weights", num_threads: int = 1) -> None: ...
     @property
     def num_classes(self) -> int: ...
     @property
     def num_positive(self) -> int: ...
-    def _storage(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+    def _storage(self) -> npt.NDArray[np.int64]: ...
+
+def alias_class_masses(entries: npt.ArrayLike, out: npt.NDArray[np.int64]) -> int: ...
+
+# The kernels of pyneg::analytic_sample (uniform: kind 0, log-uniform: kind 1).
+def analytic_draw(
+    kind: int, num_classes: int, seed: int, offset: int, out: npt.NDArray[np.int64], num_threads: int = 1
+) -> None: ...
+def analytic_draw_excluding(
+    kind: int,
+    num_classes: int,
+    seed: int,
+    offset: int,
+    exclude: npt.ArrayLike,
+    k: int,
+    out: npt.NDArray[np.int64],
+    num_threads: int = 1,
+) -> None: ...
+def analytic_draw_unique(
+    kind: int,
+    num_classes: int,
+    seed: int,
+    offset: int,
+    exclude: npt.ArrayLike,
+    k: int,
+    out: npt.NDArray[np.int64],
+    tries: npt.NDArray[np.int64] | None = None,
+    num_threads: int = 1,
+) -> None: ...
 
 # The kernels of the pyneg::alias_* operators: the table comes as int64 arrays.
 def alias_draw(
@@ -58,6 +85,8 @@ class _Testing:
 
     @staticmethod
     def frequency_bucket(id: int, k: int, num_buckets: int) -> int: ...
+    @staticmethod
+    def alias_table_from_entries(entries: npt.ArrayLike) -> AliasTable: ...
     @staticmethod
     def alias_table_entries(table: AliasTable) -> npt.NDArray[np.uint64]: ...
     @staticmethod

@@ -81,15 +81,18 @@ def draw_seed(generator: Optional[torch.Generator] = None) -> int:
 def _check_seed_arg(value: Union[int, torch.Tensor], name: str, compiling: bool) -> Union[int, torch.Tensor]:
     """A seed or offset: an int in [0, 2**64), or a one-element integer tensor (a 0-dim int64
     CPU tensor is what the ops take: under torch.compile a new value is then new data, not a
-    recompilation; its 64 bits are read as unsigned, and its range is checked only eagerly)."""
+    recompilation). A tensor's value is read as its 64 bits, unsigned, eagerly and compiled
+    alike (``torch.tensor(-3)`` is the seed ``2**64 - 3``), so both give the same draws."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             raise TypeError(
                 f"{name} must be an int or a one-element integer tensor, got {value.dtype} of shape "
                 f"{tuple(value.shape)}"
             )
-        if not compiling:  # the value is data: checked eagerly
-            return check_seed(value, name)
+        if value.device.type == "meta":
+            raise ValueError(f"{name} must hold a value, got a meta tensor")
+        if not compiling:  # its 64 bits, as the ops read them (a negative int64 is a seed >= 2**63)
+            return int(value.reshape(())) % _POSITIONS
         return value.reshape(()).to(device="cpu", dtype=torch.int64)
     if type(value) is int and 0 <= value < _POSITIONS:
         return value
@@ -139,6 +142,14 @@ class _Distribution:
 
     @property
     def mass(self) -> torch.Tensor:
+        """The masses as a tensor. Inside a compiled graph, before anything computed them
+        eagerly, the ``pyneg::alias_class_masses`` op computes them in the graph (O(V) per
+        call; an eager ``log_prob``, exclusion or unique draw keeps them for later calls)."""
+        m = self.mass_np
+        if m is not None:
+            return torch.from_numpy(m)
+        if not _alias_ops.direct_call_ok(self.entries):
+            return _OPS.alias_class_masses(self.entries)
         return torch.from_numpy(self.masses())
 
     def tables(self, device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -348,7 +359,45 @@ class AliasSampler:
         call works inside ``torch.compile(fullgraph=True)`` and ``torch.export``
         (see the samplers guide, "Inside torch.compile and torch.export").
         """
+        if (
+            type(size) is tuple
+            and exclude is None
+            and unique is False
+            and generator is None
+            and device is None
+            and out is None
+            and offset == 0
+            and type(offset) is int
+            and (seed is None or (type(seed) is int and 0 <= seed < _POSITIONS))
+        ):
+            # The commonest call (a shape, maybe an int seed, no options), in one
+            # place: the checks that apply, then the kernel. Same draws as _sample.
+            fast = self._fast_draw(size, seed)
+            if fast is not None:
+                return fast
         return self._sample(size, exclude, unique, generator, seed, offset, device, out, want_tries=False)[0]
+
+    def _fast_draw(self, size: Tuple[Any, ...], seed: Optional[int]) -> Optional[torch.Tensor]:
+        """Plain CPU draws of shape ``size`` eagerly, or None when the call needs the full path
+        (a size to check, tracing or a mode active, a size large enough to need the
+        generator's rewind on failure)."""
+        numel = 1
+        for d in size:
+            if type(d) is not int or d < 0:
+                return None
+            numel *= d
+        if numel == 0 or numel > _REWIND_NUMEL or not _alias_ops.direct_call_ok():
+            return None
+        if seed is None:
+            seed = int(torch.randint(0, 2**63 - 1, ()))  # as draw_seed: torch's default generator
+        result = torch.empty(size, dtype=torch.int64)
+        dist = self._dist
+        self._fast_kernel(dist, seed, result)
+        return result
+
+    @staticmethod
+    def _fast_kernel(dist: Any, seed: int, result: torch.Tensor) -> None:
+        _core.alias_draw(dist.entries_np, seed, 0, result.numpy(), torch.get_num_threads())
 
     def sample_candidates(
         self,
@@ -377,6 +426,8 @@ class AliasSampler:
                 check_tensor(true_classes, "true_classes")
                 if true_classes.dtype not in _OP_INT_DTYPES:
                     raise TypeError(f"true_classes must hold integer ids, got {true_classes.dtype}")
+                # The range check in an op of its own, so its error names true_classes as eagerly.
+                true_classes = _OPS.check_ids(true_classes.to(device="cpu"), self.num_classes, "true_classes")
             else:  # checked before drawing: a refused call draws nothing
                 true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
             if true_classes.dim() > 2:
@@ -489,6 +540,14 @@ class AliasSampler:
         the ops check the ids' range)."""
         if isinstance(exclude, torch.Tensor) and exclude.dtype in _OP_INT_DTYPES:
             ex = check_tensor(exclude, "exclude").to(device=dev, dtype=torch.int64)
+        elif isinstance(exclude, torch.Tensor) and (
+            exclude.is_floating_point() or exclude.is_complex() or exclude.dtype == torch.bool
+        ):
+            if not torch.compiler.is_compiling():
+                raise TypeError(f"exclude must hold integer ids, got {exclude.dtype}")
+            # Compiled: a raise here would be Dynamo's "Unsupported"; the op refuses it when it
+            # runs, with the same TypeError.
+            ex = check_tensor(exclude, "exclude").to(device=dev)
         else:  # arrays, lists, uint64 and non-integer tensors: the eager checks
             ex = as_index_tensor(exclude, "exclude", self._dist.num_classes, allow_padding=True).to(dev)
         if ex.dim() == 1:
@@ -536,7 +595,10 @@ class AliasSampler:
         direct = _alias_ops.direct_call_ok(ex)
         if dev.type == "cuda" and direct:
             dev = cuda.normalize_device(dev)  # one table copy per device, whichever way it is named
-        entries, mass = dist.tables(dev)
+        if dev.type == "cpu" and ex is None and not unique:  # plain draws read the entries alone
+            entries, mass = dist.entries, None
+        else:
+            entries, mass = dist.tables(dev)
         if dev.type == "cuda" and direct and cuda.cuda_available():
             # Eager CUDA calls: the ops' CUDA implementation, straight into out when given.
             result = out if out is not None else _alias_ops.allocate(shape, dev)
@@ -743,6 +805,8 @@ def _log_prob_ids(ids: ArrayLike, num_classes: int) -> Tuple[torch.Tensor, Optio
         return idx, ids.device
     dev = ids.device if isinstance(ids, torch.Tensor) else None
     return as_index_tensor(ids, "ids", num_classes), dev
+
+
 # The offset of most calls (never handed out, never written: the ops only read it).
 _ZERO = torch.zeros((), dtype=torch.int64, device="cpu")
 
@@ -861,6 +925,10 @@ class _AnalyticSampler(AliasSampler):
     @property
     def _table(self) -> Any:
         raise AttributeError(f"{type(self).__name__} has no table: it draws analytically")
+
+    @staticmethod
+    def _fast_kernel(dist: Any, seed: int, result: torch.Tensor) -> None:
+        _core.analytic_draw(dist.kind, dist.num_classes, seed, 0, result.numpy(), torch.get_num_threads())
 
     @property
     def probs(self) -> torch.Tensor:
@@ -988,7 +1056,7 @@ class LogUniformSampler(_AnalyticSampler):
     ``P(k) = log((k + 2) / (k + 1)) / log(V + 1)``, the distribution of
     TensorFlow's ``log_uniform_candidate_sampler``: id 0 must be the most
     frequent class. No table: a draw inverts the CDF,
-    ``floor(expm1(x * log(V + 1)))`` for a 53-bit uniform ``x``, so memory is O(1)
+    ``floor(exp(x * log(V + 1)) - 1)`` for a 53-bit uniform ``x``, so memory is O(1)
     whatever ``num_classes`` (up to 2**50; ids are int64).
     """
 

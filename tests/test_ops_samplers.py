@@ -293,8 +293,8 @@ def test_tensor_seeds_and_offsets_equal_int_ones(sampler):
     )
     with pytest.raises(TypeError, match="seed must be an int or a one-element integer tensor"):
         sampler.sample((2,), seed=torch.tensor([1.0]))
-    with pytest.raises(ValueError, match="seed must be in"):
-        sampler.sample((2,), seed=torch.tensor(-1))
+    # A tensor seed is read as its 64 bits, eagerly and compiled alike (issue 25, item 6).
+    assert torch.equal(sampler.sample((2,), seed=torch.tensor(-1)), sampler.sample((2,), seed=2**64 - 1))
 
 
 def test_plain_draws_skip_the_generator_state_but_refusals_rewind(sampler, monkeypatch):

@@ -142,9 +142,16 @@ def _empty_ok(ids) -> bool:
     return (form == "list" and np.size(arg) == 0) or (form == "numpy" and arg.size == 0 and arg.dtype == np.float64)
 
 
+def _table_state(s):
+    """The state entry that defines the distribution, as a tensor: the table's entries
+    (weighted samplers) or V (analytic samplers)."""
+    sd = s.state_dict()
+    return sd["entries"].clone() if "entries" in sd else torch.tensor(sd["num_classes"])
+
+
 def fingerprint(s):
     return (
-        s.state_dict()["probs"].clone(),
+        _table_state(s),
         s.sample((4, 6), seed=3),
         s.sample((3, 3), seed=4, unique=True),
         s.log_prob(torch.arange(V)),
@@ -514,7 +521,7 @@ def test_log_prob_and_expected_counts(ids, num_sampled, num_tries, fn):
     p = P[valid]
     if fn == "log_prob":
         with np.errstate(divide="ignore"):
-            assert np.allclose(got.numpy(), np.log(p), rtol=1e-12, atol=0, equal_nan=False)
+            assert np.allclose(got.numpy(), np.log(p), rtol=1e-9, atol=0, equal_nan=False)  # the table's resolution
         return
     assert not torch.isnan(got).any()
     if num_tries is None:
@@ -608,16 +615,30 @@ MUTATIONS = [
 def test_load_state_dict(src_kind, dst_kind, n_src, n_dst, mutation):
     src, dst = CLASSES[src_kind](n_src), CLASSES[dst_kind](n_dst)
     sd = src.state_dict()
-    p = sd["probs"]
+    key = "entries" if "entries" in sd else "num_classes"
+    p = sd[key]
     m = dict(sd)
+    if (
+        key == "num_classes"
+        and mutation not in ("none", "drop_key", "add_key", "tag", "not_dict")
+        and not mutation.startswith("power")
+    ):
+        # V is an int: each mutation becomes a malformed count of classes.
+        m[key] = {
+            "float32": p + 0.5, "float16": float(p), "bfloat16": str(p), "complex": complex(p), "bool": True,
+            "noncontig": [p], "2d": [[p]], "shorter": p - 1 if p > 1 else 0, "scaled": 2**50 + p,
+            "nan": float("nan"), "negative": -p, "meta": torch.tensor(p, device="meta"), "sparse": None,
+            "list": [p], "numpy": np.array([p]), "uint64": torch.tensor([p, p]),
+        }[mutation]  # fmt: skip
+        mutation = "malformed_v"
     if mutation == "drop_key":
-        m.pop("probs")
+        m.pop(key)
     elif mutation == "add_key":
         m["extra"] = 1
     elif mutation == "tag":
         m["sampler"] = "FrequencyEstimator"
     elif mutation in ("float32", "float16", "bfloat16", "complex", "bool"):
-        m["probs"] = p.to(
+        m[key] = p.to(
             {
                 "float32": torch.float32,
                 "float16": torch.float16,
@@ -627,27 +648,28 @@ def test_load_state_dict(src_kind, dst_kind, n_src, n_dst, mutation):
             }[mutation]
         )
     elif mutation == "uint64":
-        m["probs"] = torch.from_numpy(p.numpy().view(np.uint64).copy())
+        m[key] = torch.from_numpy(p.numpy().view(np.uint64).copy())
     elif mutation == "noncontig":
-        m["probs"] = torch.stack([p, p], -1)[:, 0]
+        m[key] = torch.stack([p, p], -1)[:, 0]
     elif mutation == "2d":
-        m["probs"] = p.unsqueeze(0)
+        m[key] = p.unsqueeze(0)
     elif mutation == "shorter":
-        m["probs"] = p[:-1] / p[:-1].sum() if p.numel() > 1 else p[:0]
-    elif mutation == "scaled":
-        m["probs"] = p * 3
-    elif mutation == "nan":
-        m["probs"] = p.clone().fill_(float("nan"))
+        m[key] = p[:-1]
+    elif mutation == "scaled":  # an alias >= V
+        m[key] = p.clone()
+        m[key][0] = p.numel() << 32
+    elif mutation == "nan":  # alias 2**32 - 1
+        m[key] = p.clone().fill_(-1)
     elif mutation == "negative":
-        m["probs"] = -p
+        m[key] = -p
     elif mutation == "meta":
-        m["probs"] = p.to("meta")
+        m[key] = p.to("meta")
     elif mutation == "sparse":
-        m["probs"] = p.to_sparse()
+        m[key] = p.to_sparse()
     elif mutation == "list":
-        m["probs"] = p.tolist()
+        m[key] = p.tolist()
     elif mutation == "numpy":
-        m["probs"] = p.numpy()
+        m[key] = p.numpy()
     elif mutation.startswith("power"):
         m["power"] = {"power_nan": float("nan"), "power_str": "x", "power_np": np.float64(0.5)}[mutation]
     elif mutation == "not_dict":

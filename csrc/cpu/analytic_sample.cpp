@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -19,6 +20,46 @@ constexpr int64_t kGrain = int64_t{1} << 15;
 constexpr int kBlock = 256;
 
 double unit53(uint64_t u) { return static_cast<double>(u >> 11) * (1.0 / 9007199254740992.0); }
+
+}  // namespace
+
+// exp(x) for x in [0, 40], without libm: x = n ln2 + r (|r| <= ln2 / 2, ln2 in
+// two parts), exp(r) by its Taylor polynomial to degree 13 (relative error
+// below 2^-52), times 2^n built from the exponent bits. Pure arithmetic, so
+// the draw loop vectorises and the result is the same on every machine.
+double exp_small(double x) {
+  constexpr double kLog2e = 1.4426950408889634;
+  constexpr double kLn2Hi = 0.6931471805598903;   // ln2 rounded to 42 bits
+  constexpr double kLn2Lo = 5.497923018708371e-14;  // ln2 - kLn2Hi
+  const double n = std::nearbyint(x * kLog2e);
+  const double r = (x - n * kLn2Hi) - n * kLn2Lo;
+  double p = 1.0 / 6227020800.0;  // 1/13!
+  p = p * r + 1.0 / 479001600.0;
+  p = p * r + 1.0 / 39916800.0;
+  p = p * r + 1.0 / 3628800.0;
+  p = p * r + 1.0 / 362880.0;
+  p = p * r + 1.0 / 40320.0;
+  p = p * r + 1.0 / 5040.0;
+  p = p * r + 1.0 / 720.0;
+  p = p * r + 1.0 / 120.0;
+  p = p * r + 1.0 / 24.0;
+  p = p * r + 1.0 / 6.0;
+  p = p * r + 0.5;
+  p = p * r + 1.0;
+  p = p * r + 1.0;
+  const uint64_t bits = static_cast<uint64_t>(static_cast<int64_t>(n) + 1023) << 52;
+  double scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+int64_t log_uniform_pick(uint64_t u, double log_v1, int64_t v) {
+  const double y = exp_small(unit53(u) * log_v1) - 1.0;  // in [0, V] up to rounding
+  const auto k = static_cast<int64_t>(y > 0.0 ? y : 0.0);
+  return k < v ? k : v - 1;
+}
+
+namespace {
 
 // One exclusion list, sorted and deduplicated, with the running probability
 // of its ids.
@@ -144,9 +185,7 @@ AnalyticDist::AnalyticDist(int kind_, int64_t v_) : kind(kind_), v(v_) {
 
 int64_t AnalyticDist::pick(uint64_t u) const {
   if (kind == kAnalyticUniform) return static_cast<int64_t>(mulhi64(u, static_cast<uint64_t>(v)));
-  const double y = std::expm1(unit53(u) * log_v1);  // in [0, V]
-  const auto k = static_cast<int64_t>(y);
-  return k < v ? k : v - 1;
+  return log_uniform_pick(u, log_v1, v);
 }
 
 double AnalyticDist::prob(int64_t k) const {
@@ -171,7 +210,9 @@ void analytic_sample(const AnalyticDist& d, uint64_t seed, uint64_t offset, int6
         const auto v = static_cast<uint64_t>(dist.v);
         for (int i = 0; i < m; ++i) out[j + i] = static_cast<int64_t>(mulhi64(r[i], v));
       } else {
-        for (int i = 0; i < m; ++i) out[j + i] = dist.pick(r[i]);
+        const double lv = dist.log_v1;
+        const int64_t v = dist.v;
+        for (int i = 0; i < m; ++i) out[j + i] = log_uniform_pick(r[i], lv, v);
       }
     }
   });

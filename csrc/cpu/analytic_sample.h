@@ -6,7 +6,7 @@
 // stream whatever the thread count or batch split.
 //   uniform:     id = high 64 bits of u * V (multiply-shift, no modulo bias);
 //                P(id) = 1/V to within 2^-64.
-//   log-uniform: id = floor(expm1(x * log(V + 1))) with x = u's 53 high bits
+//   log-uniform: id = floor(exp(x * log(V + 1)) - 1) with x = u's 53 high bits
 //                / 2^53, clamped to V - 1: the inverse of the CDF
 //                F(k) = log(k + 1) / log(V + 1), TensorFlow's
 //                log_uniform_candidate_sampler, so
@@ -39,6 +39,11 @@ struct AnalyticDist {
   double prob(int64_t k) const;       // P(id == k)
   double cdf(int64_t k) const;        // P(id < k), k in [0, V]
 };
+
+// exp(x) for x in [0, 40] in plain arithmetic (relative error < 2^-51), and the
+// log-uniform draw from one 64-bit random number built on it.
+double exp_small(double x);
+int64_t log_uniform_pick(uint64_t u, double log_v1, int64_t v);
 
 void analytic_sample(const AnalyticDist& d, uint64_t seed, uint64_t offset, int64_t* out, int64_t n,
                      int num_threads);

@@ -50,6 +50,8 @@ __all__ = [
     "alias_sample_unique",
     "alias_log_prob",
     "alias_check_tries",
+    "alias_class_masses",
+    "check_ids",
     "analytic_draw_into",
     "analytic_log_prob",
     "analytic_log_prob_impl",
@@ -87,6 +89,12 @@ def allocate(shape: Sequence[int], device: torch.device) -> Tensor:
 # implementation alike, so eager, compiled and exported calls refuse the same
 # input with the same error, naming the op's argument.
 _MAX_CLASSES = int(_core.MAX_CLASSES)
+
+
+def _fake(t: Tensor) -> bool:
+    """Whether ``t`` is a FakeTensor (tracing): value-level refusals then wait for the
+    real run, so a compiled call raises the eager error (not Dynamo's wrapper of it)."""
+    return isinstance(t, torch._subclasses.fake_tensor.FakeTensor)
 
 
 def check_table_tensor(t: object, name: str) -> None:
@@ -164,13 +172,13 @@ def check_draw_args(
     if any(isinstance(d, int) and d < 0 for d in size):
         raise ValueError(f"size must hold non-negative dimensions, got {list(size)}")
     n = math.prod(size)
-    if isinstance(k, int) and (k < 1 or (isinstance(n, int) and n % k)):
+    if isinstance(k, int) and isinstance(n, int) and (k < 0 or (k == 0 and n) or (k and n % k)):
         raise ValueError(f"k must be >= 1 and divide the {n} draws of size {list(size)}, got {k}")
     if exclude is not None:
         if not isinstance(exclude, Tensor):
             raise TypeError(f"exclude must be a tensor, got {type(exclude).__name__}")
-        if exclude.dtype != torch.int64:
-            raise TypeError(f"exclude must be an int64 tensor of ids, got {exclude.dtype}")
+        if exclude.dtype != torch.int64 and not _fake(exclude):  # (at run time, compiled too)
+            raise TypeError(f"exclude must hold integer ids, got {exclude.dtype}")
         if exclude.layout != torch.strided or exclude.dim() != 2 or exclude.shape[0] < 1 or exclude.shape[1] < 1:
             raise ValueError(f"exclude must be a dense (L, P) tensor with L, P >= 1, got shape {tuple(exclude.shape)}")
         rows = n // k if isinstance(k, int) and k else 0
@@ -503,13 +511,13 @@ def check_analytic_args(
     if any(isinstance(d, int) and d < 0 for d in size):
         raise ValueError(f"size must hold non-negative dimensions, got {list(size)}")
     n = math.prod(size)
-    if isinstance(k, int) and (k < 1 or (isinstance(n, int) and n % k)):
+    if isinstance(k, int) and isinstance(n, int) and (k < 0 or (k == 0 and n) or (k and n % k)):
         raise ValueError(f"k must be >= 1 and divide the {n} draws of size {list(size)}, got {k}")
     if exclude is not None:
         if not isinstance(exclude, Tensor):
             raise TypeError(f"exclude must be a tensor, got {type(exclude).__name__}")
-        if exclude.dtype != torch.int64:
-            raise TypeError(f"exclude must be an int64 tensor of ids, got {exclude.dtype}")
+        if exclude.dtype != torch.int64 and not _fake(exclude):  # (at run time, compiled too)
+            raise TypeError(f"exclude must hold integer ids, got {exclude.dtype}")
         if exclude.layout != torch.strided or exclude.dim() != 2 or exclude.shape[0] < 1 or exclude.shape[1] < 1:
             raise ValueError(f"exclude must be a dense (L, P) tensor with L, P >= 1, got shape {tuple(exclude.shape)}")
         rows = n // k if isinstance(k, int) and k else 0
@@ -610,3 +618,42 @@ def _(kind: int, num_classes: int, ids: Tensor) -> Tensor:
         raise ValueError(f"kind must be 0 (uniform) or 1 (log-uniform), got {kind}")
     check_ids_tensor(ids, "ids", ids.device)
     return ids.new_empty(ids.shape, dtype=torch.float64)
+
+
+@torch.library.custom_op("pyneg::check_ids", mutates_args=())
+def check_ids(ids: Tensor, num_classes: int, name: str) -> Tensor:
+    """A private int64 copy of ``ids`` after checking every id is in [0, ``num_classes``);
+    the error names ``name`` (the caller's argument, e.g. ``true_classes``)."""
+    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must hold integer ids, got {ids.dtype}")
+    flat = ids.to(torch.int64, copy=True)
+    if flat.numel():
+        lo, hi = torch.aminmax(flat)
+        if lo < 0 or hi >= num_classes:
+            lo_i, hi_i = int(lo), int(hi)
+            raise ValueError(f"{name} holds id {lo_i if lo_i < 0 else hi_i} outside [0, {num_classes})")
+    return flat
+
+
+@check_ids.register_fake
+def _(ids: Tensor, num_classes: int, name: str) -> Tensor:
+    if ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise TypeError(f"{name} must hold integer ids, got {ids.dtype}")
+    return ids.new_empty(ids.shape, dtype=torch.int64)
+
+
+@torch.library.custom_op("pyneg::alias_class_masses", mutates_args=())
+def alias_class_masses(entries: Tensor) -> Tensor:
+    """The class masses (int64, summing to ``V * 2**32``) that the table ``entries`` implies;
+    refuses entries with an alias >= V."""
+    check_table_tensor(entries, "entries")
+    host = entries.detach().cpu().contiguous()
+    out = torch.empty(host.numel(), dtype=torch.int64)
+    _core.alias_class_masses(host.numpy(), out.numpy())
+    return out.to(entries.device)
+
+
+@alias_class_masses.register_fake
+def _(entries: Tensor) -> Tensor:
+    check_table_tensor(entries, "entries")
+    return torch.empty_like(entries)
