@@ -15,6 +15,7 @@ normalised weight is below about ``2**-33 / V`` is never drawn, although
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Dict, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -728,6 +729,51 @@ class AliasSampler:
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
         return dist, extra
+
+    # ------------------------------------------------------------ table files
+    def save(self, path: Union[str, os.PathLike[str]]) -> None:
+        """Writes the sampler to a table file that :meth:`load` maps read-only.
+
+        The file holds a versioned header (sampler class, parameters, every
+        array's dtype, shape, offset and checksum) and the table's arrays; the
+        samplers without a table (uniform, log-uniform) save their parameters
+        only. Written to a temporary file renamed over ``path``: processes that
+        mapped an older file at ``path`` keep reading it whole. See the guide
+        "Catalogues larger than memory".
+        """
+        from pyneg import _sampler_files
+
+        _sampler_files.save(self, path)
+
+    @classmethod
+    def load(cls, path: Union[str, os.PathLike[str]], *, mmap: bool = True, verify: bool = True) -> Any:
+        """A sampler read from a file written by :meth:`save` (an instance of the saved class).
+
+        Args:
+            path: the file.
+            mmap: map the table read-only instead of reading it: every process
+                that maps the file shares one copy of its memory, and a mapped
+                sampler pickled to a DataLoader worker (fork, spawn or
+                forkserver) maps the file again instead of copying the table.
+            verify: check every array's checksum (one pass over the file).
+
+        Raises:
+            ValueError: ``path`` is not a table file, has another format version,
+                was truncated or resized, fails a checksum, or holds a sampler
+                that is not a ``cls``: refused before any draw.
+        """
+        from pyneg import _sampler_files
+
+        return _sampler_files.load(cls, path, mmap=mmap, verify=verify)
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        if "_mapped_from" in self.__dict__:  # a mapped table: pickle the file, not the table
+            from pyneg import _sampler_files
+
+            reduced = _sampler_files.reduce_mapped(self)
+            if reduced is not None:
+                return reduced
+        return super().__reduce_ex__(protocol)
 
     # Pickling (deepcopy, torch.save) goes through state_dict, so a copy is
     # built and validated exactly as a loaded state is.

@@ -67,6 +67,7 @@ void register_hsoftmax(py::module_& m);
 void register_mining(py::module_& m);
 void register_skipgram(py::module_& m);
 void register_hits(py::module_& m);
+void register_tablefile(py::module_& m);
 void register_graph(py::module_& m);
 
 }  // namespace pyneg::bindings

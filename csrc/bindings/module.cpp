@@ -13,5 +13,6 @@ PYBIND11_MODULE(_core, m) {
   pyneg::bindings::register_mining(m);
   pyneg::bindings::register_skipgram(m);
   pyneg::bindings::register_hits(m);
+  pyneg::bindings::register_tablefile(m);
   pyneg::bindings::register_graph(m);
 }

@@ -314,6 +314,13 @@ void alias_sample_unique(const AliasTableView& table, uint64_t seed, uint64_t of
           keys.emplace_back(-std::log(u) / static_cast<double>(m), static_cast<int64_t>(i));
         }
         const auto need = static_cast<std::ptrdiff_t>(k - got);
+        if (static_cast<std::ptrdiff_t>(keys.size()) < need) {
+          // Only a table whose masses changed after the caller counted its
+          // drawable classes (a mapped file written under its readers) gets here.
+          throw std::invalid_argument(
+              "the alias table has fewer drawable classes than a unique row needs: its masses "
+              "changed while drawing (was a mapped table file modified?)");
+        }
         std::nth_element(keys.begin(), keys.begin() + need - 1, keys.end());
         std::sort(keys.begin(), keys.begin() + need);
         for (std::ptrdiff_t i = 0; i < need; ++i) dst[got++] = keys[static_cast<size_t>(i)].second;
