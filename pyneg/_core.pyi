@@ -317,6 +317,7 @@ def find_accidental_hits(
 
 # ------------------------------------------------------------ register_tablefile
 def checksum64(data: Any, num_threads: int = ...) -> int: ...
+
 # ----------------------------------------------------------------- register_graph
 class PairGroups:
     def __init__(

@@ -31,7 +31,7 @@ TORCH_CHUNK = 16384
 
 faiss: Any
 try:
-    import faiss  # optional: the bench compares against it when present
+    import faiss  # type: ignore[import-not-found, no-redef]  # optional baseline, when installed
 except ImportError:  # pragma: no cover - depends on the environment
     faiss = None
 
