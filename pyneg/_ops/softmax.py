@@ -9,7 +9,9 @@
   tensor (the backward pass then recomputes each chunk). Masked: columns whose
   id (``ids`` (N,)) equals one of the row's ``row_ids`` ((B,) or (B, T)), and,
   with ``diag``, column ``diag + i`` of row ``i``. Differentiable in qs, emb and
-  shift (``pyneg::softmax_block_lse_backward``); a second derivative is refused.
+  shift (``pyneg::softmax_block_lse_backward``); under ``create_graph=True`` the
+  backward pass differentiates the block in plain PyTorch ops instead, so second
+  derivatives (gradient penalties) are exact.
 * ``pyneg::softmax_find_hits(candidate_ids, positive_ids, max_pairs)`` →
   ``(rows, cols, complete)``: the accidental hits (:func:`pyneg._hits.find_hits`);
   data-dependent in size. CPU: the C++ hash join; CUDA: sort + searchsorted.
@@ -362,12 +364,57 @@ def _block_lse_setup(ctx, inputs, output):
     ctx.has_shift = shift is not None
 
 
+def _block_lse_differentiable(qs, emb, shift, ids, row_ids, diag: Optional[int], nce: bool, out: torch.Tensor):
+    """``softmax_block_lse``'s ``out`` in differentiable PyTorch ops (all N columns at once).
+
+    What ``backward(create_graph=True)`` differentiates, so that gradient
+    penalties through the softmax losses get exact second derivatives. Rows
+    whose every column is masked (``out`` = −inf) contribute nothing, as in
+    the backward op.
+    """
+    s = qs @ emb.t()
+    if shift is not None:
+        s = s + shift.unsqueeze(0)
+    b, n = s.shape
+    mask = torch.zeros((b, n), dtype=torch.bool, device=s.device)
+    if ids is not None and row_ids is not None:
+        mask |= _hits.hit_mask(ids, row_ids)
+    if diag is not None:
+        r = torch.arange(b, device=s.device)
+        c = r + diag
+        ok = (c >= 0) & (c < n)
+        mask[r[ok], c[ok]] = True
+    if nce:
+        return torch.where(mask, torch.zeros_like(s), F.softplus(s)).sum(1)
+    live = torch.isfinite(out).unsqueeze(1)
+    s = torch.where(mask | ~live, torch.full_like(s, -math.inf), s)
+    s = torch.where(live, s, torch.zeros_like(s))  # all-masked rows: a finite stand-in with zero gradient
+    return torch.where(live.squeeze(1), torch.logsumexp(s, 1), torch.zeros_like(out))
+
+
 def _block_lse_backward(ctx, grad_out, grad_probs):
     qs, emb, shift, ids, row_ids, out, probs = ctx.saved_tensors
     diag, chunk_size, nce = ctx.args
     need_qs, need_emb, need_shift = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
     if grad_out is None:  # the loss does not depend on this block
         return None, None, None, None, None, None, None, None
+    if torch.is_grad_enabled():
+        # backward(create_graph=True): differentiate the block in plain PyTorch ops, so
+        # the gradient itself has a graph (exact second derivatives, (B, N) memory).
+        wrt = [t for t, need in ((qs, need_qs), (emb, need_emb), (shift, need_shift and ctx.has_shift)) if need]
+        with torch.enable_grad():
+            value = _block_lse_differentiable(qs, emb, shift, ids, row_ids, diag, nce, out)
+        grads = iter(torch.autograd.grad(value, wrt, grad_out, create_graph=True, allow_unused=True))
+        return (
+            next(grads) if need_qs else None,
+            next(grads) if need_emb else None,
+            next(grads) if need_shift and ctx.has_shift else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
     gq, ge, gs = torch.ops.pyneg.softmax_block_lse_backward(
         grad_out,
         qs,
