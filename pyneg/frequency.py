@@ -22,7 +22,7 @@ import torch
 from pyneg import _core
 from pyneg._deprecation import renamed_keyword
 from pyneg._ops import memory as _ops
-from pyneg._state import MAX_STEP, copy_on_write, state_int, state_must_match, state_tensor
+from pyneg._state import MAX_STEP, copy_on_write, pack_tensors, state_int, state_must_match, state_tensor, unpack_tensors
 from pyneg._validation import (
     ArrayLike,
     allocate,
@@ -152,13 +152,14 @@ class FrequencyEstimator:
                 "alpha": self._alpha,
                 "sync": self._sync,
                 "group": self._group,
-                "state": self._state.clone(),
+                # By value: see pyneg._state.PackedTensor (spawn DataLoader workers).
+                "state": pack_tensors(self._state.clone()),
                 "step": self._step,
             }
 
     def __setstate__(self, st: Dict[str, Any]) -> None:
         self._alpha, self._sync, self._group = st["alpha"], st["sync"], st["group"]
-        self._set_state(st["state"].contiguous().clone(), st["step"])
+        self._set_state(unpack_tensors(st["state"]).contiguous().clone(), st["step"])
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> FrequencyEstimator:
         new = FrequencyEstimator.__new__(FrequencyEstimator)
