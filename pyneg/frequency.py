@@ -239,6 +239,7 @@ class FrequencyEstimator:
         dev = ids.device if isinstance(ids, torch.Tensor) else None
         arr = torch.from_numpy(as_id_array(ids, "ids", ndim=None))
         with self._lock:  # a consistent snapshot while another thread updates
+            _ops.check_estimate_args(self._state, arr, self._step_t, log)  # the op's own checks: one road
             out = _ops.estimate(self._state, arr, self._step, log)
         return out if dev is None or dev.type == "cpu" else out.to(dev)
 

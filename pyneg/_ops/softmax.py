@@ -36,20 +36,37 @@ import torch
 import torch.nn.functional as F
 
 from pyneg import _core, _hits
+from pyneg._ops import _checks
+from pyneg._validation import check_nbytes
 
 _NO_BOUND = -1
 
 
 # ------------------------------------------------------------ accidental hits
+def _check_find_hits(candidate_ids: torch.Tensor, positive_ids: torch.Tensor, max_pairs: int, real: bool = True) -> None:
+    op = "softmax_find_hits"
+    _checks.check(op, candidate_ids, "candidate_ids", dtypes=_checks.INT_DTYPES, ndim=(1,))
+    _checks.check(op, positive_ids, "positive_ids", dtypes=_checks.INT_DTYPES, ndim=(2,))
+    _checks.same_device(op, [("candidate_ids", candidate_ids), ("positive_ids", positive_ids)], real=real)
+    if max_pairs < 0:  # no limit: the list may hold every (row, column) pair
+        b, t = positive_ids.shape
+        check_nbytes((b * t, candidate_ids.shape[0], 2), 8, f"pyneg::{op}: the hit list (positive_ids x candidate_ids)")
+
+
 @torch.library.custom_op("pyneg::softmax_find_hits", mutates_args=())
 def find_hits(
     candidate_ids: torch.Tensor, positive_ids: torch.Tensor, max_pairs: int
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows, cols, complete): hits of positive_ids (B, T) among candidate_ids (N,); max_pairs < 0: no limit."""
+    _check_find_hits(candidate_ids, positive_ids, max_pairs)
     limit = 2**63 - 1 if max_pairs < 0 else max_pairs
-    found = _core.find_accidental_hits(
-        candidate_ids.detach().to(torch.int64).numpy(), positive_ids.detach().to(torch.int64).numpy(), limit
-    )
+    # Private copies, checked here with the op's argument names; the kernel reads (and re-checks) them.
+    cand = candidate_ids.detach().to(torch.int64, copy=True)
+    pos = positive_ids.detach().to(torch.int64, copy=True)
+    for name, t in (("candidate_ids", cand), ("positive_ids", pos)):
+        if t.numel() and int(t.min()) < 0:
+            raise ValueError(f"pyneg::softmax_find_hits: {name} holds negative id {int(t.min())} (ids must be >= 0)")
+    found = _core.find_accidental_hits(cand.numpy(), pos.numpy(), limit)
     if found is None:
         empty = torch.empty(0, dtype=torch.int64)
         return empty, empty.clone(), torch.tensor(False)
@@ -61,6 +78,7 @@ def _find_hits_cuda(
     candidate_ids: torch.Tensor, positive_ids: torch.Tensor, max_pairs: int
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # Sorting is what a GPU does well: sort the candidates, binary-search every positive.
+    _check_find_hits(candidate_ids, positive_ids, max_pairs)
     dev = candidate_ids.device
     cand, pos = candidate_ids.to(torch.int64), positive_ids.to(torch.int64)
     if bool((cand < 0).any()) or bool((pos < 0).any()):
@@ -85,18 +103,26 @@ def _find_hits_cuda(
 
 @find_hits.register_fake
 def _find_hits_fake(candidate_ids, positive_ids, max_pairs):
+    _checks.fake_refused(lambda: _check_find_hits(candidate_ids, positive_ids, max_pairs, False), candidate_ids)
     n = torch.library.get_ctx().new_dynamic_size()
     rows = candidate_ids.new_empty(n, dtype=torch.int64)
     return rows, rows.new_empty(n), candidate_ids.new_empty((), dtype=torch.bool)
 
 
 # ---------------------------------------------------------------- value checks
+def _check_ids_args(ids: torch.Tensor, name: str, real: bool = True) -> None:
+    _checks.check("softmax_check_ids", ids, "ids (" + name + ")", dtypes=_checks.INT_DTYPES)
+    _checks.same_device("softmax_check_ids", [("ids", ids)], real=real)
+    check_nbytes(tuple(ids.shape), 8, f"a copy of {name}")
+
+
 @torch.library.custom_op("pyneg::softmax_check_ids", mutates_args=())
 def check_ids(ids: torch.Tensor, name: str, upper: int, upper_name: str, wide: bool) -> torch.Tensor:
     """An int64 copy of ``ids`` after checking 0 <= id (< upper unless upper < 0).
 
     ``wide``: the ids were uint64 viewed as int64, so a negative value is one >= 2**63.
     """
+    _check_ids_args(ids, name)
     out = ids.to(torch.int64, copy=True)
     if out.numel():
         low, high = torch.aminmax(out)
@@ -111,12 +137,21 @@ def check_ids(ids: torch.Tensor, name: str, upper: int, upper_name: str, wide: b
 
 @check_ids.register_fake
 def _check_ids_fake(ids, name, upper, upper_name, wide):
+    _checks.fake_refused(lambda: _check_ids_args(ids, name, False), ids)
     return ids.new_empty(ids.shape, dtype=torch.int64)
+
+
+def _check_real_args(x: torch.Tensor, name: str, what: str, real: bool = True) -> None:
+    _checks.same_device("softmax_check_real", [("x", x)], real=real)
+    _checks.check("softmax_check_real", x, "x (" + name + ")", dtypes=_checks.FLOAT_DTYPES + (torch.float16, torch.bfloat16))
+    if what not in ("log_q", "weight"):
+        raise ValueError(f"pyneg::softmax_check_real: what must be 'log_q' or 'weight', got {what!r}")
 
 
 @torch.library.custom_op("pyneg::softmax_check_real", mutates_args=())
 def check_real(x: torch.Tensor, name: str, what: str) -> torch.Tensor:
     """A copy of ``x`` after checking its values: ``what`` is "log_q" (finite) or "weight" (finite, >= 0)."""
+    _check_real_args(x, name, what)
     if x.numel():
         if what == "log_q":
             if not bool(torch.isfinite(x).all()):
@@ -133,6 +168,7 @@ def check_real(x: torch.Tensor, name: str, what: str) -> torch.Tensor:
 
 @check_real.register_fake
 def _check_real_fake(x, name, what):
+    _checks.fake_refused(lambda: _check_real_args(x, name, what, False), x)
     return torch.empty_like(x)
 
 
@@ -147,9 +183,17 @@ def _check_real_backward(ctx, grad):
 check_real.register_autograd(_check_real_backward, setup_context=_check_real_setup)
 
 
+def _check_padding_args(id_pad: torch.Tensor, log_q_pad: torch.Tensor, real: bool = True) -> None:
+    op = "softmax_check_padding"
+    _checks.check(op, id_pad, "id_pad", dtypes=(torch.bool,))
+    _checks.check(op, log_q_pad, "log_q_pad", dtypes=(torch.bool,), shape=tuple(id_pad.shape))
+    _checks.same_device(op, [("id_pad", id_pad), ("log_q_pad", log_q_pad)], real=real)
+
+
 @torch.library.custom_op("pyneg::softmax_check_padding", mutates_args=())
 def check_padding(id_pad: torch.Tensor, log_q_pad: torch.Tensor, name: str) -> torch.Tensor:
     """The padding mask after checking that ids (-1) and log q (-inf) mark the same entries."""
+    _check_padding_args(id_pad, log_q_pad)
     if not torch.equal(id_pad, log_q_pad):
         raise ValueError(f"{name}: padded entries must have id -1 and log q -inf together")
     return id_pad.clone()
@@ -157,6 +201,7 @@ def check_padding(id_pad: torch.Tensor, log_q_pad: torch.Tensor, name: str) -> t
 
 @check_padding.register_fake
 def _check_padding_fake(id_pad, log_q_pad, name):
+    _checks.fake_refused(lambda: _check_padding_args(id_pad, log_q_pad, False), id_pad, log_q_pad)
     return torch.empty_like(id_pad)
 
 
@@ -247,6 +292,30 @@ def _chunk_scores(qs, emb, shift, ids, row_ids, diag, hits, dense: bool, start: 
     return s
 
 
+def _check_block_args(
+    qs, emb, shift, ids, row_ids, diag, chunk_size: int, nce: bool, op: str = "softmax_block_lse", real: bool = True
+):
+    """The block's arguments (no data read), shared by the op, its backward and their fake kernels."""
+    _checks.check(op, qs, "qs", dtypes=_checks.FLOAT_DTYPES, ndim=(2,))
+    b, d = qs.shape
+    _checks.check(op, emb, "emb", dtypes=(qs.dtype,), shape=(None, d))
+    n = emb.shape[0]
+    _checks.check(op, shift, "shift", dtypes=(qs.dtype,), shape=(n,))
+    _checks.check(op, ids, "ids", dtypes=_checks.INT_DTYPES, shape=(n,))
+    _checks.check(op, row_ids, "row_ids", dtypes=_checks.INT_DTYPES, ndim=(1, 2))
+    if row_ids is not None and row_ids.shape[0] != b:
+        raise ValueError(f"pyneg::{op}: row_ids must have qs' {b} rows, got shape {tuple(row_ids.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"pyneg::{op}: chunk_size must be >= 1, got {chunk_size}")
+    if diag is not None and not -n <= diag <= n:
+        raise ValueError(f"pyneg::{op}: diag must be in [-{n}, {n}] (column diag + i is row i's own), got {diag}")
+    _checks.same_device(
+        op, [("qs", qs), ("emb", emb), ("shift", shift), ("ids", ids), ("row_ids", row_ids)], real=real
+    )
+    # The (B, chunk) score matrix (and, for one chunk, the (B, N) softmax kept for backward).
+    check_nbytes((b, min(chunk_size, n)), qs.element_size(), f"pyneg::{op}: the (rows of qs, chunk_size) scores")
+
+
 @torch.library.custom_op("pyneg::softmax_block_lse", mutates_args=())
 def block_lse(
     qs: torch.Tensor,
@@ -259,6 +328,7 @@ def block_lse(
     nce: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(out, probs): see the module docstring."""
+    _check_block_args(qs, emb, shift, ids, row_ids, diag, chunk_size, nce)
     b, n = qs.shape[0], emb.shape[0]
     hits, dense = _masking(ids, row_ids, diag, b, n, qs.device)
     if chunk_size >= n:
@@ -282,6 +352,8 @@ def block_lse(
 
 @block_lse.register_fake
 def _block_lse_fake(qs, emb, shift, ids, row_ids, diag, chunk_size, nce):
+    if _checks.fake_refused(lambda: _check_block_args(qs, emb, shift, ids, row_ids, diag, chunk_size, nce, real=False), qs):
+        return qs.new_empty((_checks.rows(qs),)), qs.new_empty((0,))
     b, n = qs.shape[0], emb.shape[0]
     probs = qs.new_empty((b, n)) if chunk_size >= n else qs.new_empty((0,))
     return qs.new_empty((b,)), probs
@@ -311,6 +383,7 @@ def block_lse_backward(
     recomputed (one extra matmul). Rows with logsumexp −inf (every column
     masked) get zero gradient (autograd's logsumexp would give NaN there).
     """
+    _check_backward_args(grad, qs, emb, shift, ids, row_ids, diag, chunk_size, nce, out, probs)
     n = emb.shape[0]
     if not nce:  # d lse_i / d s_ij = softmax_ij; rows with lse = −inf have no column to weigh
         grad = torch.where(torch.isfinite(out), grad, torch.zeros_like(grad))
@@ -341,10 +414,27 @@ def block_lse_backward(
     return grad_q, grad_e, grad_s
 
 
+def _check_backward_args(grad, qs, emb, shift, ids, row_ids, diag, chunk_size, nce, out, probs, real=True) -> None:
+    op = "softmax_block_lse_backward"
+    _check_block_args(qs, emb, shift, ids, row_ids, diag, chunk_size, nce, op=op, real=real)
+    b, n = qs.shape[0], emb.shape[0]
+    _checks.check(op, grad, "grad", dtypes=_checks.FLOAT_DTYPES, shape=(b,))
+    _checks.check(op, out, "out", dtypes=(qs.dtype,), shape=(b,))
+    _checks.check(op, probs, "probs", dtypes=(qs.dtype,), ndim=(1, 2))
+    if tuple(probs.shape) not in ((b, n), (0,)):
+        raise ValueError(
+            f"pyneg::{op}: probs must be softmax_block_lse's ({b}, {n}) or (0,) output, got {tuple(probs.shape)}"
+        )
+    _checks.same_device(op, [("grad", grad), ("qs", qs), ("out", out), ("probs", probs)], real=real)
+
+
 @block_lse_backward.register_fake
 def _block_lse_backward_fake(
     grad, qs, emb, shift, ids, row_ids, diag, chunk_size, nce, out, probs, need_qs, need_emb, need_shift
 ):
+    _checks.fake_refused(
+        lambda: _check_backward_args(grad, qs, emb, shift, ids, row_ids, diag, chunk_size, nce, out, probs, False), qs
+    )
     n = emb.shape[0]
     return (
         torch.empty_like(qs) if need_qs else qs.new_empty((0,)),
@@ -444,3 +534,13 @@ def _block_lse_backward(ctx, grad_out, grad_probs):
 
 
 block_lse.register_autograd(_block_lse_backward, setup_context=_block_lse_setup)
+
+
+_checks.refuse_sparse("softmax_find_hits", ("candidate_ids", "positive_ids"))
+_checks.refuse_sparse("softmax_check_ids", ("ids",))
+_checks.refuse_sparse("softmax_check_real", ("x",))
+_checks.refuse_sparse("softmax_check_padding", ("id_pad", "log_q_pad"))
+_checks.refuse_sparse("softmax_block_lse", ("qs", "emb", "shift", "ids", "row_ids"))
+_checks.refuse_sparse(
+    "softmax_block_lse_backward", ("grad", "qs", "emb", "shift", "ids", "row_ids", "diag", "chunk_size", "nce", "out", "probs")
+)
