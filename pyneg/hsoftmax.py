@@ -44,6 +44,7 @@ from pyneg._validation import (
     check_bool,
     check_device,
     check_int,
+    check_nbytes,
     check_tensor,
 )
 
@@ -566,5 +567,7 @@ class HierarchicalSoftmax(nn.Module):
         x, w = _to_acc(input), _to_acc(weight)
         b = None if bias is None else _to_acc(bias)
         offsets, nodes, codes, children = self._tree._flat_paths(x.device)
+        # The (B, V - 1) scores and the (B, V) result: refused by name before anything is allocated.
+        check_nbytes((x.shape[0], self.num_classes), 2 * x.element_size(), "log_prob's (B, V) scores of input")
         scores = nn.functional.linear(x, w, b)
         return _hs_ops.hs_log_prob(scores, children, offsets, nodes, codes, self._tree.max_depth)

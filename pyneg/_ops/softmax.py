@@ -37,20 +37,30 @@ import torch.nn.functional as F
 
 from pyneg import _core, _hits
 from pyneg._ops import _checks
-from pyneg._validation import check_nbytes
+from pyneg._validation import MAX_BUFFER_BYTES, check_nbytes
 
 _NO_BOUND = -1
 
 
 # ------------------------------------------------------------ accidental hits
+# Accidental hits listed at most (two int64 per hit, and the kernel's working copies): a list
+# that would not fit in memory is refused by name instead of reaching the allocator.
+_MAX_LISTED = MAX_BUFFER_BYTES // 64
+
+
+def _too_many_hits(limit: int) -> str:
+    return (
+        f"pyneg::softmax_find_hits: positive_ids and candidate_ids have more than {limit} accidental hits; "
+        f"listing them would need more than this machine's {MAX_BUFFER_BYTES / 2**30:.3g} GiB of memory "
+        "(a repeated id? a dense mask is smaller)"
+    )
+
+
 def _check_find_hits(candidate_ids: torch.Tensor, positive_ids: torch.Tensor, max_pairs: int, real: bool = True) -> None:
     op = "softmax_find_hits"
     _checks.check(op, candidate_ids, "candidate_ids", dtypes=_checks.INT_DTYPES, ndim=(1,))
     _checks.check(op, positive_ids, "positive_ids", dtypes=_checks.INT_DTYPES, ndim=(2,))
     _checks.same_device(op, [("candidate_ids", candidate_ids), ("positive_ids", positive_ids)], real=real)
-    if max_pairs < 0:  # no limit: the list may hold every (row, column) pair
-        b, t = positive_ids.shape
-        check_nbytes((b * t, candidate_ids.shape[0], 2), 8, f"pyneg::{op}: the hit list (positive_ids x candidate_ids)")
 
 
 @torch.library.custom_op("pyneg::softmax_find_hits", mutates_args=())
@@ -59,7 +69,9 @@ def find_hits(
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows, cols, complete): hits of positive_ids (B, T) among candidate_ids (N,); max_pairs < 0: no limit."""
     _check_find_hits(candidate_ids, positive_ids, max_pairs)
-    limit = 2**63 - 1 if max_pairs < 0 else max_pairs
+    # No limit asked: at most the pairs whose (row, column) list fits in memory (the kernel counts
+    # the hits before listing them, so a list that cannot fit is refused before it is allocated).
+    limit = _MAX_LISTED if max_pairs < 0 else max_pairs
     # Private copies, checked here with the op's argument names; the kernel reads (and re-checks) them.
     cand = candidate_ids.detach().to(torch.int64, copy=True)
     pos = positive_ids.detach().to(torch.int64, copy=True)
@@ -67,6 +79,8 @@ def find_hits(
         if t.numel() and int(t.min()) < 0:
             raise ValueError(f"pyneg::softmax_find_hits: {name} holds negative id {int(t.min())} (ids must be >= 0)")
     found = _core.find_accidental_hits(cand.numpy(), pos.numpy(), limit)
+    if found is None and max_pairs < 0:
+        raise MemoryError(_too_many_hits(limit))
     if found is None:
         empty = torch.empty(0, dtype=torch.int64)
         return empty, empty.clone(), torch.tensor(False)
@@ -89,6 +103,8 @@ def _find_hits_cuda(
     lo = torch.searchsorted(sorted_ids, flat, right=False)
     counts = torch.searchsorted(sorted_ids, flat, right=True) - lo
     total = int(counts.sum())
+    if max_pairs < 0 and total > _MAX_LISTED:
+        raise MemoryError(_too_many_hits(_MAX_LISTED))
     if 0 <= max_pairs < total:
         empty = torch.empty(0, dtype=torch.int64, device=dev)
         return empty, empty.clone(), torch.tensor(False, device=dev)
