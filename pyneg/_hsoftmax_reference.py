@@ -200,7 +200,8 @@ def check_tree_values(
     bad = ch.ge(inner) | ch.lt(-v)
     if bool(bad.any()):
         raise ValueError(
-            f"children holds {int(ch[bad][0])}, neither an inner node in [0, {inner}) nor the leaf of a class in [0, {v})"
+            f"children holds {int(ch[bad][0])}, neither an inner node in [0, {inner}) "
+            f"nor the leaf of a class in [0, {v})"
         )
     # Index space of the tree: inner nodes 0 .. V-2, then the leaf of class c at V - 1 + c.
     slot = torch.where(ch >= 0, ch, inner + (-1 - ch))

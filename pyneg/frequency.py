@@ -22,7 +22,15 @@ import torch
 from pyneg import _core
 from pyneg._deprecation import renamed_keyword
 from pyneg._ops import memory as _ops
-from pyneg._state import MAX_STEP, copy_on_write, pack_tensors, state_int, state_must_match, state_tensor, unpack_tensors
+from pyneg._state import (
+    MAX_STEP,
+    copy_on_write,
+    pack_tensors,
+    state_int,
+    state_must_match,
+    state_tensor,
+    unpack_tensors,
+)
 from pyneg._validation import (
     ArrayLike,
     allocate,

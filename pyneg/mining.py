@@ -99,7 +99,9 @@ def _check_matrix(value: Any, name: str) -> torch.Tensor:
     if x.device.type == "meta":
         raise ValueError(f"{name} is a meta tensor (it holds no data to mine)")
     if x.dtype not in _FLOATS + _HALFS:
-        raise TypeError(f"{name} must be float32 or float64 (float16 and bfloat16 are scored in float32), got {x.dtype}")
+        raise TypeError(
+            f"{name} must be float32 or float64 (float16 and bfloat16 are scored in float32), got {x.dtype}"
+        )
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
     return x.detach()

@@ -237,7 +237,7 @@ class AliasSampler:
         """
         return self._log_prob(ids, self._dist)
 
-    def _log_prob(self, ids: ArrayLike, dist: "_Distribution") -> torch.Tensor:
+    def _log_prob(self, ids: ArrayLike, dist: _Distribution) -> torch.Tensor:
         """:meth:`log_prob` under one given state (a call that draws and scores pins one)."""
         dev: Optional[torch.device]
         if isinstance(ids, torch.Tensor) and ids.dtype in _OP_INT_DTYPES:
@@ -413,7 +413,7 @@ class AliasSampler:
         device: Any,
         out: Optional[torch.Tensor],
         want_tries: bool = True,
-        dist: Optional["_Distribution"] = None,
+        dist: Optional[_Distribution] = None,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if dist is None:
             dist = self._dist  # one state for the whole call, whatever other threads load

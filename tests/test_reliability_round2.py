@@ -184,11 +184,18 @@ def _expanded(n):
         (lambda: PF.compute_accidental_hits(_expanded(2**16), _expanded(2**17)), "accidental hits"),
         (
             lambda: PF.sampled_softmax_loss(
-                torch.randn(1, 4).expand(2**22, 4), torch.randn(1, 4).expand(2**22, 4), torch.randn(1, 4).expand(2**22, 4)
+                torch.randn(1, 4).expand(2**22, 4),
+                torch.randn(1, 4).expand(2**22, 4),
+                torch.randn(1, 4).expand(2**22, 4),
             ),
             "scores",
         ),
-        (lambda: pyneg.HierarchicalSoftmax(torch.arange(1.0, 2**16 + 1), 4).log_prob(torch.randn(1, 4).expand(2**24, 4)), "log_prob"),
+        (
+            lambda: pyneg.HierarchicalSoftmax(torch.arange(1.0, 2**16 + 1), 4).log_prob(
+                torch.randn(1, 4).expand(2**24, 4)
+            ),
+            "log_prob",
+        ),
     ],
     ids=["estimator", "bank_ids", "bank_mask_op", "hits", "sampled_scores", "hs_log_prob"],
 )

@@ -195,7 +195,7 @@ def test_collator_as_collate_fn_in_workers(context):
         )
         batches = list(loader)
         assert len(batches) == 2
-        for users, items, neg in batches:
+        for _users, items, neg in batches:
             assert neg.shape == (32, 3) and neg.dtype == torch.int64
             assert bool((neg != items.unsqueeze(1)).all()) and bool(((neg >= 0) & (neg < 50)).all())
         runs.append(torch.cat([b[2] for b in batches]))

@@ -84,7 +84,8 @@ def same_device(
 # Sparse tensors dispatch to sparse backends, where the ops have no kernel (torch's
 # NotImplementedError "Could not run ... with arguments from the 'SparseCPU' backend"):
 # a kernel there refuses them by name instead.
-_SPARSE_LIB = torch.library.Library("pyneg", "IMPL")  # kept alive here: the registrations last as long as it
+# Kept alive here: the registrations last as long as it.
+_SPARSE_LIB = torch.library.Library("pyneg", "IMPL")  # type: ignore[no-untyped-call]
 _SPARSE_KEYS = ("SparseCPU", "SparseCUDA", "SparseCsrCPU", "SparseCsrCUDA", "SparseMeta")
 
 
@@ -100,12 +101,12 @@ def refuse_sparse(op: str, names: Sequence[str]) -> None:
 
     for key in _SPARSE_KEYS:
         try:
-            _SPARSE_LIB.impl(op, kernel, key)
+            _SPARSE_LIB.impl(op, kernel, key)  # type: ignore[no-untyped-call]
         except (RuntimeError, ValueError, AttributeError):  # a key this torch build does not know
             pass
 
 
-def rows(t: torch.Tensor) -> "int | torch.SymInt":
+def rows(t: torch.Tensor) -> int | torch.SymInt:
     """``t.shape[0]`` (kept symbolic: no int()), or 0 for a 0-dim tensor (placeholder shapes of refused calls)."""
     return t.shape[0] if t.dim() else 0
 

@@ -44,8 +44,6 @@ from torch._subclasses.fake_tensor import is_fake
 
 from pyneg import _core
 from pyneg import cuda as pyneg_cuda
-from pyneg._ops import _checks
-from pyneg._validation import allocate, check_nbytes
 from pyneg._hsoftmax_reference import (
     batch_paths,
     check_flat_batch,
@@ -55,6 +53,8 @@ from pyneg._hsoftmax_reference import (
     flat_nll,
     flat_nll_grads,
 )
+from pyneg._ops import _checks
+from pyneg._validation import allocate, check_nbytes
 
 __all__ = [
     "hs_nll",

@@ -56,7 +56,9 @@ def _too_many_hits(limit: int) -> str:
     )
 
 
-def _check_find_hits(candidate_ids: torch.Tensor, positive_ids: torch.Tensor, max_pairs: int, real: bool = True) -> None:
+def _check_find_hits(
+    candidate_ids: torch.Tensor, positive_ids: torch.Tensor, max_pairs: int, real: bool = True
+) -> None:
     op = "softmax_find_hits"
     _checks.check(op, candidate_ids, "candidate_ids", dtypes=_checks.INT_DTYPES, ndim=(1,))
     _checks.check(op, positive_ids, "positive_ids", dtypes=_checks.INT_DTYPES, ndim=(2,))
@@ -159,7 +161,9 @@ def _check_ids_fake(ids, name, upper, upper_name, wide):
 
 def _check_real_args(x: torch.Tensor, name: str, what: str, real: bool = True) -> None:
     _checks.same_device("softmax_check_real", [("x", x)], real=real)
-    _checks.check("softmax_check_real", x, "x (" + name + ")", dtypes=_checks.FLOAT_DTYPES + (torch.float16, torch.bfloat16))
+    _checks.check(
+        "softmax_check_real", x, "x (" + name + ")", dtypes=_checks.FLOAT_DTYPES + (torch.float16, torch.bfloat16)
+    )
     if what not in ("log_q", "weight"):
         raise ValueError(f"pyneg::softmax_check_real: what must be 'log_q' or 'weight', got {what!r}")
 
@@ -325,9 +329,7 @@ def _check_block_args(
         raise ValueError(f"pyneg::{op}: chunk_size must be >= 1, got {chunk_size}")
     if diag is not None and not -n <= diag <= n:
         raise ValueError(f"pyneg::{op}: diag must be in [-{n}, {n}] (column diag + i is row i's own), got {diag}")
-    _checks.same_device(
-        op, [("qs", qs), ("emb", emb), ("shift", shift), ("ids", ids), ("row_ids", row_ids)], real=real
-    )
+    _checks.same_device(op, [("qs", qs), ("emb", emb), ("shift", shift), ("ids", ids), ("row_ids", row_ids)], real=real)
     # The (B, chunk) score matrix (and, for one chunk, the (B, N) softmax kept for backward).
     check_nbytes((b, min(chunk_size, n)), qs.element_size(), f"pyneg::{op}: the (rows of qs, chunk_size) scores")
 
@@ -368,7 +370,9 @@ def block_lse(
 
 @block_lse.register_fake
 def _block_lse_fake(qs, emb, shift, ids, row_ids, diag, chunk_size, nce):
-    if _checks.fake_refused(lambda: _check_block_args(qs, emb, shift, ids, row_ids, diag, chunk_size, nce, real=False), qs):
+    if _checks.fake_refused(
+        lambda: _check_block_args(qs, emb, shift, ids, row_ids, diag, chunk_size, nce, real=False), qs
+    ):
         return qs.new_empty((_checks.rows(qs),)), qs.new_empty((0,))
     b, n = qs.shape[0], emb.shape[0]
     probs = qs.new_empty((b, n)) if chunk_size >= n else qs.new_empty((0,))
@@ -558,5 +562,6 @@ _checks.refuse_sparse("softmax_check_real", ("x",))
 _checks.refuse_sparse("softmax_check_padding", ("id_pad", "log_q_pad"))
 _checks.refuse_sparse("softmax_block_lse", ("qs", "emb", "shift", "ids", "row_ids"))
 _checks.refuse_sparse(
-    "softmax_block_lse_backward", ("grad", "qs", "emb", "shift", "ids", "row_ids", "diag", "chunk_size", "nce", "out", "probs")
+    "softmax_block_lse_backward",
+    ("grad", "qs", "emb", "shift", "ids", "row_ids", "diag", "chunk_size", "nce", "out", "probs"),
 )
