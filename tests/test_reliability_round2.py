@@ -354,3 +354,22 @@ finally:
 print("OK")
 """,
     )
+
+
+def test_exported_calls_refuse_as_eager():
+    class HitMask(torch.nn.Module):
+        def forward(self, a, b):
+            return torch.ops.pyneg.bank_hit_mask(a, b)
+
+    ep = torch.export.export(HitMask(), (torch.arange(3), torch.arange(4)))
+    a, b = torch.tensor([1, 2, 3]), torch.tensor([3, 1, 0, 9])
+    assert torch.equal(ep.module()(a, b), b.unsqueeze(1) == a.unsqueeze(0))
+    with pytest.raises(ValueError, match="positive_ids holds negative id -3"):
+        ep.module()(a, torch.tensor([-3, 1, 0, 9]))
+    # A call the op refuses statically exports to a program that raises the eager error when run.
+    bad = (torch.arange(3), torch.arange(4.0))
+    with pytest.raises(TypeError, match="positive_ids must be") as eager:
+        HitMask()(*bad)
+    with pytest.raises(TypeError, match="positive_ids must be") as exported:
+        torch.export.export(HitMask(), bad).module()(*bad)
+    assert str(eager.value) == str(exported.value)
