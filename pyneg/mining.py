@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from pyneg import _core
-from pyneg._validation import ArrayLike, as_index_tensor, as_tensor, check_int, check_seed
+from pyneg._validation import ArrayLike, as_index_tensor, as_tensor, check_int, check_nbytes, check_seed
 
 __all__ = ["MinedNegatives", "mine_hard_negatives", "mine_dataset", "SAMPLINGS"]
 
@@ -536,6 +536,8 @@ def mine_hard_negatives(
             f"k={k}" + (f" with lo={lo}" if lo else "") + f" asks for ranks up to {hi} but candidates has only "
             f"{n} rows: lower k" + (" or lo" if lo else "") + f" (at most {n - lo})"
         )
+    # Each row's top hi (an id and a score per rank): refused by name before the search when it cannot fit.
+    check_nbytes((b, hi), 16, "the top-hi lists of every query row (rows of query x hi)")
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     tau = _check_real(tau, "tau", minimum=0.0, open_min=True)

@@ -196,8 +196,14 @@ def _expanded(n):
             ),
             "log_prob",
         ),
+        (
+            lambda: pyneg.mine_hard_negatives(
+                torch.randn(1, 4).expand(2**24, 4), torch.randn(1, 4).expand(2**24, 4), 2**23, sampling="top"
+            ),
+            "top-hi lists",
+        ),
     ],
-    ids=["estimator", "bank_ids", "bank_mask_op", "hits", "sampled_scores", "hs_log_prob"],
+    ids=["estimator", "bank_ids", "bank_mask_op", "hits", "sampled_scores", "hs_log_prob", "mining"],
 )
 def test_requests_that_cannot_fit_are_refused_by_name(call, name):
     with pytest.raises((MemoryError, ValueError), match=name) as info:
