@@ -44,7 +44,8 @@ def pack_tensors(state: Any) -> Any:
             return state
         flat = state.detach().contiguous().reshape(-1)
         raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
-        return PackedTensor(str(state.dtype).replace("torch.", ""), tuple(state.shape), raw.numpy().copy())
+        # No copy: the array keeps the (fresh) tensor alive, and pickling writes its bytes.
+        return PackedTensor(str(state.dtype).replace("torch.", ""), tuple(state.shape), raw.numpy())
     if isinstance(state, dict):
         return {k: pack_tensors(v) for k, v in state.items()}
     if isinstance(state, (list, tuple)) and not hasattr(state, "_fields"):  # not a NamedTuple
