@@ -57,6 +57,32 @@ __all__ = [
 ]
 
 
+def _refuses_alike_compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``loss``, whose argument refusals a compiled call raises exactly as an eager one.
+
+    Traced (``torch.compile``, ``fullgraph=True``), a ValueError or TypeError
+    raised by the argument checks would reach the user as Dynamo's
+    "Unsupported: Observed exception"; it is caught here while tracing and
+    becomes the op ``pyneg::refuse``, which raises the same error when the
+    graph runs. Eager calls are untouched.
+    """
+
+    @functools.wraps(loss)
+    def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            return loss(*args, **kwargs)
+        try:
+            return loss(*args, **kwargs)
+        except (ValueError, TypeError) as e:
+            like = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+            if like is None:
+                raise
+            return torch.ops.pyneg.refuse(like, type(e).__name__, str(e))
+
+    return wrapper
+
+
+@_refuses_alike_compiled
 @renamed_keyword("input", "query")
 def negative_sampling_loss(
     query: torch.Tensor,
@@ -164,6 +190,7 @@ def _gather_batch(
     return candidate, ids, log_q, offset
 
 
+@_refuses_alike_compiled
 @_gather_runs_eagerly
 def in_batch_softmax_loss(
     query: torch.Tensor,
@@ -250,6 +277,7 @@ def in_batch_softmax_loss(
     )
 
 
+@_refuses_alike_compiled
 def sampled_softmax_loss(
     query: torch.Tensor,
     positive: torch.Tensor,
@@ -343,6 +371,7 @@ def sampled_softmax_loss(
     )
 
 
+@_refuses_alike_compiled
 def nce_loss(
     query: torch.Tensor,
     positive: torch.Tensor,
@@ -510,6 +539,7 @@ def compute_accidental_hits(positive_ids: ArrayLike, negative_ids: ArrayLike) ->
     return key // n, key % n
 
 
+@_refuses_alike_compiled
 @_gather_runs_eagerly
 def mixed_negatives_loss(
     query: torch.Tensor,

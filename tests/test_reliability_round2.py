@@ -379,3 +379,25 @@ def test_exported_calls_refuse_as_eager():
     with pytest.raises(TypeError, match="positive_ids must be") as exported:
         torch.export.export(HitMask(), bad).module()(*bad)
     assert str(eager.value) == str(exported.value)
+
+
+_N = torch.randn(5, 3, generator=_g(9))
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        lambda q, c: PF.in_batch_softmax_loss(q, c, temperature=1e-40),
+        lambda q, c: PF.sampled_softmax_loss(q, c, _N, temperature=-1.0),
+        lambda q, c: PF.nce_loss(q, c, _N, reduction="avg"),
+        lambda q, c: PF.negative_sampling_loss(q, c, _N.expand(4, 5, 3), reduction="x"),
+        lambda q, c: PF.mixed_negatives_loss(q, c, [], temperature=0),
+        lambda q, c: PF.sampled_softmax_loss(q, c, _N.double()),
+    ],
+    ids=["in_batch_temperature", "sampled_temperature", "nce_reduction", "sgns_reduction", "mixed", "dtype"],
+)
+def test_python_level_refusals_raise_the_eager_error_compiled(loss):
+    """fullgraph compiles no longer end in Dynamo's "Observed exception": the eager error, by name."""
+    q, c = torch.randn(4, 3, generator=_g(7)), torch.randn(4, 3, generator=_g(8))
+    eager, compiled = _both(loss, q, c)
+    assert eager[0] in ("ValueError", "TypeError") and eager == compiled, (eager, compiled)

@@ -128,3 +128,24 @@ def fake_refused(check: Callable[[], None], *tensors: object) -> bool:
             return True
         raise
     return False
+
+
+# ----------------------------------------------------------- deferred refusals
+_KINDS = {"ValueError": ValueError, "TypeError": TypeError, "MemoryError": MemoryError}
+
+
+@torch.library.custom_op("pyneg::refuse", mutates_args=())
+def refuse(like: torch.Tensor, kind: str, message: str) -> torch.Tensor:
+    """Raises ``kind(message)`` when it runs: a refusal found while tracing, raised when the graph runs.
+
+    A public function that refuses an argument in Python (a temperature, a
+    reduction) raises at once eagerly; traced with ``fullgraph=True`` the same
+    raise would end as Dynamo's "Unsupported: Observed exception". Its compiled
+    road returns this op instead, so the compiled call raises the eager error.
+    """
+    raise _KINDS.get(kind, ValueError)(message)
+
+
+@refuse.register_fake
+def _refuse_fake(like: torch.Tensor, kind: str, message: str) -> torch.Tensor:
+    return like.new_empty(())
