@@ -22,6 +22,7 @@ import torch
 from pyneg import _core
 from pyneg._deprecation import renamed_keyword
 from pyneg._ops import memory as _ops
+from pyneg._ops._checks import refuses_alike_compiled
 from pyneg._state import (
     MAX_STEP,
     copy_on_write,
@@ -227,6 +228,7 @@ class FrequencyEstimator:
             _core.frequency_update(self._cells, arr, self._step + 1, self._alpha, torch.get_num_threads())
             self._set_step(self._step + 1)
 
+    @refuses_alike_compiled
     def probability(self, ids: ArrayLike) -> torch.Tensor:
         """Estimated probability that each id is in a step's batch.
 
@@ -235,6 +237,7 @@ class FrequencyEstimator:
         """
         return self._estimate(ids, log=False)
 
+    @refuses_alike_compiled
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
         """``log`` of :meth:`probability` (computed from the gap in double precision)."""
         return self._estimate(ids, log=True)

@@ -34,6 +34,7 @@ from pyneg._loss_checks import (
     check_temperature,
     check_weight,
 )
+from pyneg._ops._checks import refuses_alike_compiled
 from pyneg._reduction import acc_dtype, check_reduction, reduce_loss
 from pyneg._softmax import DEFAULT_CHUNK_SIZE, Block, sigmoid_loss, softmax_loss
 from pyneg._sources import NegativeSource
@@ -57,29 +58,7 @@ __all__ = [
 ]
 
 
-def _refuses_alike_compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
-    """``loss``, whose argument refusals a compiled call raises exactly as an eager one.
-
-    Traced (``torch.compile``, ``fullgraph=True``), a ValueError or TypeError
-    raised by the argument checks would reach the user as Dynamo's
-    "Unsupported: Observed exception"; it is caught here while tracing and
-    becomes the op ``pyneg::refuse``, which raises the same error when the
-    graph runs. Eager calls are untouched.
-    """
-
-    @functools.wraps(loss)
-    def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
-        if not torch.compiler.is_compiling():
-            return loss(*args, **kwargs)
-        try:
-            return loss(*args, **kwargs)
-        except (ValueError, TypeError) as e:
-            like = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
-            if like is None:
-                raise
-            return torch.ops.pyneg.refuse(like, type(e).__name__, str(e))
-
-    return wrapper
+_refuses_alike_compiled = refuses_alike_compiled
 
 
 @_refuses_alike_compiled

@@ -401,3 +401,18 @@ def test_python_level_refusals_raise_the_eager_error_compiled(loss):
     q, c = torch.randn(4, 3, generator=_g(7)), torch.randn(4, 3, generator=_g(8))
     eager, compiled = _both(loss, q, c)
     assert eager[0] in ("ValueError", "TypeError") and eager == compiled, (eager, compiled)
+
+
+def test_module_and_estimator_refusals_raise_the_eager_error_compiled():
+    hs = pyneg.HierarchicalSoftmax(torch.arange(1.0, 6.0), 3)
+    est = pyneg.FrequencyEstimator(8)
+    x = torch.randn(2, 3, generator=_g(6))
+    for call in (
+        lambda x: hs(x, torch.tensor([0, 1]), reduction="bad"),
+        lambda x: hs(x, torch.tensor([0, 9])),
+        lambda x: hs.log_prob(x.int()),
+        lambda x: est.log_prob(x),
+        lambda x: est.probability(torch.tensor([-1])),
+    ):
+        eager, compiled = _both(call, x)
+        assert eager[0] in ("ValueError", "TypeError") and eager == compiled, (eager, compiled)

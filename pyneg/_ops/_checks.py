@@ -14,7 +14,8 @@ the other tensors' device.
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional, Sequence, Tuple
+import functools
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
@@ -149,3 +150,29 @@ def refuse(like: torch.Tensor, kind: str, message: str) -> torch.Tensor:
 @refuse.register_fake
 def _refuse_fake(like: torch.Tensor, kind: str, message: str) -> torch.Tensor:
     return like.new_empty(())
+
+
+def refuses_alike_compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``loss`` (a public function or method), whose argument refusals a compiled call raises as an eager one.
+
+    Traced (``torch.compile``, ``fullgraph=True``), a ValueError or TypeError
+    raised by the argument checks would reach the user as Dynamo's
+    "Unsupported: Observed exception"; it is caught here while tracing and
+    becomes the op ``pyneg::refuse``, which raises the same error when the
+    graph runs. Eager calls are untouched.
+    """
+
+    @functools.wraps(loss)
+    def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
+        if not torch.compiler.is_compiling():
+            return loss(*args, **kwargs)
+        try:
+            return loss(*args, **kwargs)
+        except (ValueError, TypeError) as e:
+            for a in (*args, *kwargs.values()):  # a plain loop: Dynamo traces it (not a generator)
+                if isinstance(a, torch.Tensor):
+                    deferred: torch.Tensor = refuse(a, type(e).__name__, str(e))
+                    return deferred
+            raise
+
+    return wrapper
