@@ -123,7 +123,8 @@ def gather_nll(
             scores = scores + _SparseGather.apply(bias, nodes)
         else:
             scores = scores + F.embedding(nodes, bias.unsqueeze(-1)).squeeze(-1)
-    return -(F.logsigmoid(signs * scores) * (signs != 0)).sum(1)
+    on = signs != 0  # padding steps add 0 (masked before logsigmoid: 0 * inf would be NaN)
+    return -torch.where(on, F.logsigmoid(torch.where(on, signs * scores, 0.0)), 0.0).sum(1)
 
 
 def gather_log_prob(
@@ -139,11 +140,17 @@ def log_prob_from_scores(scores: torch.Tensor, paths: PaddedPaths) -> torch.Tens
         return scores.sum(1, keepdim=True) * 0  # V = 1: log 1 (still connected to the graph)
     signs = paths.signs.to(scores.dtype)  # (V, L)
     picked = scores[:, paths.nodes]  # (B, V, L)
-    return (F.logsigmoid(signs * picked) * (signs != 0)).sum(-1)
+    on = signs != 0  # padding steps add 0 (masked before logsigmoid: 0 * inf would be NaN)
+    return torch.where(on, F.logsigmoid(torch.where(on, signs * picked, 0.0)), 0.0).sum(-1)
 
 
 def check_flat_batch(
-    target: torch.Tensor, offsets: torch.Tensor, nodes: torch.Tensor, max_depth: int, num_inner: int
+    target: torch.Tensor,
+    offsets: torch.Tensor,
+    nodes: torch.Tensor,
+    max_depth: int,
+    num_inner: int,
+    codes: Optional[torch.Tensor] = None,
 ) -> None:
     """Raises ValueError unless the flat layout gives every ``target`` a path pyneg may read.
 
@@ -162,6 +169,75 @@ def check_flat_batch(
         raise ValueError(f"path_offsets do not describe paths of at most max_depth {max_depth} in the path steps")
     if nodes.numel() and bool(((nodes < 0) | (nodes >= num_inner)).any()):
         raise ValueError(f"path_nodes holds nodes outside [0, {num_inner})")
+    if codes is not None and codes.numel() and bool((codes > 1).any()):
+        raise ValueError(f"path_codes holds {int(codes.max())}, not a code bit (0 or 1)")
+
+
+def check_tree_values(
+    children: torch.Tensor, offsets: torch.Tensor, nodes: torch.Tensor, codes: torch.Tensor, max_depth: int
+) -> None:
+    """Raises ValueError unless ``children`` is a tree whose root-to-leaf paths are exactly the flat paths.
+
+    What ``hs_log_prob`` needs: its CPU kernel walks ``children`` top-down
+    (every parent numbered before its children), the reference gathers the
+    paths, so both must describe the same tree. Checked: every inner node but
+    the root 0 and every leaf is the child of exactly one inner node, with a
+    smaller number; each class's path starts at the root, each step is the
+    parent of the next with the code of the branch taken, and the last is the
+    parent of the class's leaf. O(V + path steps), vectorised.
+    """
+    v = offsets.numel() - 1
+    inner = v - 1
+    lengths = offsets[1:] - offsets[:-1]
+    if int(offsets[0]) != 0 or int(offsets[-1]) != nodes.numel() or bool((lengths < 0).any()):
+        raise ValueError(
+            "path_offsets must run from 0 to len(path_nodes) without decreasing (the layout of HuffmanTree)"
+        )
+    check_flat_batch(torch.arange(v, device=offsets.device), offsets, nodes, max_depth, inner, codes)
+    if inner == 0:
+        return
+    ch = children.to(torch.int64)
+    bad = ch.ge(inner) | ch.lt(-v)
+    if bool(bad.any()):
+        raise ValueError(
+            f"children holds {int(ch[bad][0])}, neither an inner node in [0, {inner}) "
+            f"nor the leaf of a class in [0, {v})"
+        )
+    # Index space of the tree: inner nodes 0 .. V-2, then the leaf of class c at V - 1 + c.
+    slot = torch.where(ch >= 0, ch, inner + (-1 - ch))
+    count = torch.bincount(slot, minlength=inner + v)
+    parent = torch.arange(2 * inner, device=ch.device) // 2
+    if int(count[0]) != 0 or not bool((count[1:] == 1).all()):
+        raise ValueError(
+            "children is not a tree: every inner node but the root 0 and every class's leaf must be "
+            "the child of exactly one inner node"
+        )
+    if bool(((ch >= 0) & (ch <= parent)).any()):
+        raise ValueError("children is not a tree numbered top-down: an inner node's children must have larger numbers")
+    up = torch.empty(inner + v, dtype=torch.int64, device=ch.device)
+    side = torch.empty(inner + v, dtype=torch.int64, device=ch.device)
+    up[slot] = parent
+    side[slot] = torch.arange(2 * inner, device=ch.device) % 2
+    n = nodes.to(torch.int64)
+    # The node after each step: the next step's node, or the class's leaf after its last step.
+    nxt = torch.empty_like(n)
+    if n.numel() > 1:
+        nxt[:-1] = n[1:]
+    cls = torch.repeat_interleave(torch.arange(v, device=n.device), lengths)
+    last = offsets[1:] - 1
+    ends = lengths > 0
+    nxt[last[ends]] = inner + cls[last[ends]]
+    firsts = offsets[:-1][ends]
+    if (
+        not bool(ends.all())
+        or not bool((n[firsts] == 0).all())
+        or not bool((up[nxt] == n).all())
+        or not bool((side[nxt] == codes.to(torch.int64)).all())
+    ):
+        raise ValueError(
+            "children and the paths (path_offsets, path_nodes, path_codes) describe different trees: "
+            "each class's path must run from the root through children to its leaf"
+        )
 
 
 def batch_paths(

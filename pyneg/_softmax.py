@@ -35,6 +35,23 @@ from pyneg._reduction import acc_dtype, reduce_loss
 DEFAULT_CHUNK_SIZE = 8192
 
 
+def check_temperature_fits(temperature: float, dtype: torch.dtype) -> None:
+    """Refuses a temperature whose reciprocal overflows ``dtype``, the dtype the logits are computed in.
+
+    ``query / temperature`` would then be inf for every nonzero query and the
+    loss NaN (inf - inf) where the float64 value is finite: such a temperature
+    is refused by name instead (float32: below about 2.94e-39; float64 inputs
+    accept anything down to about 5.6e-309).
+    """
+    smallest = 1.0 / torch.finfo(dtype).max
+    if temperature < smallest:
+        raise ValueError(
+            f"temperature={temperature!r} is too small for {str(dtype).replace('torch.', '')} logits: "
+            f"1 / temperature overflows {str(dtype).replace('torch.', '')} (the smallest temperature it "
+            f"can score is {smallest:.4g}); use a larger temperature, or float64 inputs"
+        )
+
+
 class Block(NamedTuple):
     """One block of negative columns, validated, for :func:`softmax_loss`."""
 
@@ -139,6 +156,7 @@ def softmax_loss(
     loss = logsumexp(all logits) − mean_t(s⁺_t).
     """
     query, positive, positive_bias, blocks = _to_acc(query, positive, positive_bias, blocks)
+    check_temperature_fits(temperature, query.dtype)
     pos = _positive_logits(query, positive, positive_log_q, positive_bias, temperature)
     # Each shared block collapses to its own logsumexp column: the final
     # logsumexp over [pos, lse_1, ..., per-row logits] is the full softmax.
@@ -170,6 +188,7 @@ def sigmoid_loss(
 ) -> torch.Tensor:
     """Sigmoid cross-entropy: label 1/T on each of the T positives, 0 on each (unmasked) negative."""
     query, positive, positive_bias, (block,) = _to_acc(query, positive, positive_bias, [block])
+    check_temperature_fits(temperature, query.dtype)
     pos = _positive_logits(query, positive, positive_log_q, positive_bias, temperature)
     t = pos.shape[1]
     # z·softplus(−s) + (1 − z)·softplus(s) with z = 1/T; softplus(x) = −log σ(−x).

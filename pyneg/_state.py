@@ -7,8 +7,9 @@ leaves the object as it was; every error names the offending key.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, NamedTuple, Optional, Tuple
 
+import numpy as np
 import torch
 
 from pyneg._validation import check_float, check_holds_data, check_int, check_tensor
@@ -16,6 +17,55 @@ from pyneg._validation import check_float, check_holds_data, check_int, check_te
 #: Steps count updates/enqueues; the estimator keeps them as float64 (exact up
 #: to 2**53) and the bank's steps must round-trip through the same state formats.
 MAX_STEP = 2**53
+
+
+class PackedTensor(NamedTuple):
+    """A CPU tensor pickled by value: its dtype's name, its shape and its bytes.
+
+    Why: torch's multiprocessing pickler (DataLoader workers started with
+    ``spawn`` or ``forkserver``, ``torch.multiprocessing`` queues) sends a CPU
+    tensor as a file descriptor of shared memory that the *sender's* storage
+    keeps alive. A pickled state is built fresh for each pickling (copies, by
+    design: nothing private is handed out), so its tensors die as soon as the
+    pickle is written, before the receiver maps them, which then fails with
+    "unable to resize file ... Invalid argument (22)". Bytes in the pickle
+    stream have no such lifetime.
+    """
+
+    dtype: str
+    shape: Tuple[int, ...]
+    data: np.ndarray  # uint8, the tensor's contiguous bytes
+
+
+def pack_tensors(state: Any) -> Any:
+    """``state`` with every CPU tensor (in dicts, lists and tuples) replaced by a :class:`PackedTensor`."""
+    if isinstance(state, torch.Tensor):
+        if state.device.type != "cpu" or state.layout != torch.strided:
+            return state
+        flat = state.detach().contiguous().reshape(-1)
+        raw = flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
+        # No copy: the array keeps the (fresh) tensor alive, and pickling writes its bytes.
+        return PackedTensor(str(state.dtype).replace("torch.", ""), tuple(state.shape), raw.numpy())
+    if isinstance(state, dict):
+        return {k: pack_tensors(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)) and not hasattr(state, "_fields"):  # not a NamedTuple
+        return type(state)(pack_tensors(v) for v in state)
+    return state
+
+
+def unpack_tensors(state: Any) -> Any:
+    """The inverse of :func:`pack_tensors` (tensors already unpacked pass through)."""
+    if isinstance(state, PackedTensor):
+        dtype = getattr(torch, state.dtype)
+        raw = torch.from_numpy(np.ascontiguousarray(state.data, dtype=np.uint8))
+        if raw.numel() == 0:
+            return torch.empty(state.shape, dtype=dtype)
+        return raw.view(dtype).reshape(state.shape).clone()
+    if isinstance(state, dict):
+        return {k: unpack_tensors(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)) and not hasattr(state, "_fields"):
+        return type(state)(unpack_tensors(v) for v in state)
+    return state
 
 
 def copy_on_write(state: Dict[str, Any], memo: Dict[int, Any], group: Optional[Any]) -> Dict[str, Any]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -117,8 +118,13 @@ def as_float64_numpy(data: ArrayLike, name: str, *, ndim: int = 1, max_len: Opti
     return t.detach().to(device="cpu", dtype=torch.float64).contiguous().numpy()
 
 
-def owned_copy(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A contiguous CPU copy of ``t`` in ``dtype`` that nobody else references."""
+def owned_copy(t: torch.Tensor, dtype: torch.dtype, name: str = "the input") -> torch.Tensor:
+    """A contiguous CPU copy of ``t`` in ``dtype`` that nobody else references.
+
+    A copy larger than memory (an expanded view of a few bytes can have 2**40
+    elements) is refused by name before it is allocated.
+    """
+    check_nbytes(tuple(t.shape), torch.empty((), dtype=dtype).element_size(), f"a copy of {name}")
     dst = torch.empty(tuple(t.shape), dtype=dtype)
     dst.copy_(t.detach())
     return dst
@@ -148,11 +154,12 @@ def as_index_tensor(
     pad = " (use -1 for padding)" if allow_padding else ""
     hi = 2**63 if num_classes is None else num_classes
     if t.dtype in _WIDE_UNSIGNED:
+        check_nbytes(tuple(t.shape), 16, f"a copy of {name}")
         arr = t.detach().cpu().numpy().copy()  # owned; checked as unsigned, then converted
         if arr.size and int(arr.max()) >= hi:
             raise ValueError(f"{name} holds id {int(arr.max())} outside [0, {hi}){pad}")
         return torch.from_numpy(arr.astype(np.int64))
-    out = owned_copy(t, torch.int64)
+    out = owned_copy(t, torch.int64, name)
     if out.numel():
         lo = -1 if allow_padding else 0
         low, high = torch.aminmax(out)
@@ -197,6 +204,7 @@ def as_id_array(ids: ArrayLike, name: str, *, ndim: Optional[int] = 1) -> np.nda
         and ids.device.type == "cpu"
         and (ndim is None or ids.dim() == ndim)
     ):
+        check_nbytes(tuple(ids.shape), 8, f"a copy of {name}")
         copied: np.ndarray = ids.detach().numpy().copy()
         return copied
     t = as_index_tensor(ids, name, None)
@@ -351,9 +359,40 @@ def check_size(size: SizeLike, name: str = "size", *, max_numel: int = MAX_NUMEL
     return dims
 
 
+def _physical_memory() -> Optional[int]:
+    """Bytes of RAM of this machine (None where the OS does not say)."""
+    try:
+        pages, page = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return int(pages) * int(page) if pages > 0 and page > 0 else None
+
+
+#: No single buffer pyneg allocates may exceed this many bytes (the machine's RAM):
+#: a larger request is refused by name before it reaches the allocator.
+MAX_BUFFER_BYTES = _physical_memory() or MAX_NUMEL
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:.3g} GiB"
+
+
 def check_nbytes(dims: Tuple[int, ...], item_bytes: int, what: str) -> None:
-    """Refuses (ValueError, before anything is allocated) a buffer of ``dims`` whose byte count overflows int64."""
-    check_size(dims, what, max_numel=MAX_NUMEL // item_bytes)
+    """Refuses a buffer of ``dims`` before anything is allocated: ValueError when its byte count
+    overflows int64, MemoryError (naming ``what`` and the size) when it exceeds the machine's RAM.
+
+    Symbolic sizes (a fake kernel tracing dynamic shapes) are skipped rather than
+    specialised: the real kernel checks the concrete sizes when the graph runs.
+    """
+    if any(isinstance(d, torch.SymInt) for d in dims):
+        return
+    dims = check_size(dims, what, max_numel=MAX_NUMEL // item_bytes)
+    nbytes = math.prod(dims) * item_bytes
+    if nbytes > MAX_BUFFER_BYTES:
+        raise MemoryError(
+            f"{what} would need a buffer of shape {dims} ({_gib(nbytes)}), more than this machine's "
+            f"{_gib(MAX_BUFFER_BYTES)} of memory"
+        )
 
 
 def check_seed(seed: Any, name: str = "seed") -> int:

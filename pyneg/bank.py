@@ -28,7 +28,17 @@ from pyneg import _core, _ring
 from pyneg._deprecation import renamed_keyword
 from pyneg._ops import memory as _ops
 from pyneg._ring import Segments
-from pyneg._state import MAX_STEP, check_dense, copy_on_write, state_int, state_must_match, state_tensor, state_value
+from pyneg._state import (
+    MAX_STEP,
+    check_dense,
+    copy_on_write,
+    pack_tensors,
+    state_int,
+    state_must_match,
+    state_tensor,
+    state_value,
+    unpack_tensors,
+)
 from pyneg._validation import (
     ArrayLike,
     allocate,
@@ -207,10 +217,11 @@ class MemoryBank:
                 "warmup": self._warmup,
                 "sync": self._sync,
             }
-            return {"config": config, "group": self._group, "state": self.state_dict()}
+            # Tensors by value: see pyneg._state.PackedTensor (spawn DataLoader workers).
+            return {"config": config, "group": self._group, "state": pack_tensors(self.state_dict())}
 
     def __setstate__(self, st: Dict[str, Any]) -> None:
-        state = st["state"]
+        state = unpack_tensors(st["state"])
         # Where the saved tensors are now (torch.load's map_location may have moved them).
         self.__init__(**st["config"], device=state["embeddings"].device)  # type: ignore[misc]
         self._group = st["group"]

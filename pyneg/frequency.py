@@ -22,7 +22,16 @@ import torch
 from pyneg import _core
 from pyneg._deprecation import renamed_keyword
 from pyneg._ops import memory as _ops
-from pyneg._state import MAX_STEP, copy_on_write, state_int, state_must_match, state_tensor
+from pyneg._ops._checks import refuses_alike_compiled
+from pyneg._state import (
+    MAX_STEP,
+    copy_on_write,
+    pack_tensors,
+    state_int,
+    state_must_match,
+    state_tensor,
+    unpack_tensors,
+)
 from pyneg._validation import (
     ArrayLike,
     allocate,
@@ -152,13 +161,14 @@ class FrequencyEstimator:
                 "alpha": self._alpha,
                 "sync": self._sync,
                 "group": self._group,
-                "state": self._state.clone(),
+                # By value: see pyneg._state.PackedTensor (spawn DataLoader workers).
+                "state": pack_tensors(self._state.clone()),
                 "step": self._step,
             }
 
     def __setstate__(self, st: Dict[str, Any]) -> None:
         self._alpha, self._sync, self._group = st["alpha"], st["sync"], st["group"]
-        self._set_state(st["state"].contiguous().clone(), st["step"])
+        self._set_state(unpack_tensors(st["state"]).contiguous().clone(), st["step"])
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> FrequencyEstimator:
         new = FrequencyEstimator.__new__(FrequencyEstimator)
@@ -218,6 +228,7 @@ class FrequencyEstimator:
             _core.frequency_update(self._cells, arr, self._step + 1, self._alpha, torch.get_num_threads())
             self._set_step(self._step + 1)
 
+    @refuses_alike_compiled
     def probability(self, ids: ArrayLike) -> torch.Tensor:
         """Estimated probability that each id is in a step's batch.
 
@@ -226,6 +237,7 @@ class FrequencyEstimator:
         """
         return self._estimate(ids, log=False)
 
+    @refuses_alike_compiled
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
         """``log`` of :meth:`probability` (computed from the gap in double precision)."""
         return self._estimate(ids, log=True)
@@ -238,6 +250,7 @@ class FrequencyEstimator:
         dev = ids.device if isinstance(ids, torch.Tensor) else None
         arr = torch.from_numpy(as_id_array(ids, "ids", ndim=None))
         with self._lock:  # a consistent snapshot while another thread updates
+            _ops.check_estimate_args(self._state, arr, self._step_t, log)  # the op's own checks: one road
             out = _ops.estimate(self._state, arr, self._step, log)
         return out if dev is None or dev.type == "cpu" else out.to(dev)
 

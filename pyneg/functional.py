@@ -34,6 +34,7 @@ from pyneg._loss_checks import (
     check_temperature,
     check_weight,
 )
+from pyneg._ops._checks import refuses_alike_compiled
 from pyneg._reduction import acc_dtype, check_reduction, reduce_loss
 from pyneg._softmax import DEFAULT_CHUNK_SIZE, Block, sigmoid_loss, softmax_loss
 from pyneg._sources import NegativeSource
@@ -57,6 +58,10 @@ __all__ = [
 ]
 
 
+_refuses_alike_compiled = refuses_alike_compiled
+
+
+@_refuses_alike_compiled
 @renamed_keyword("input", "query")
 def negative_sampling_loss(
     query: torch.Tensor,
@@ -164,6 +169,7 @@ def _gather_batch(
     return candidate, ids, log_q, offset
 
 
+@_refuses_alike_compiled
 @_gather_runs_eagerly
 def in_batch_softmax_loss(
     query: torch.Tensor,
@@ -250,6 +256,7 @@ def in_batch_softmax_loss(
     )
 
 
+@_refuses_alike_compiled
 def sampled_softmax_loss(
     query: torch.Tensor,
     positive: torch.Tensor,
@@ -343,6 +350,7 @@ def sampled_softmax_loss(
     )
 
 
+@_refuses_alike_compiled
 def nce_loss(
     query: torch.Tensor,
     positive: torch.Tensor,
@@ -510,6 +518,7 @@ def compute_accidental_hits(positive_ids: ArrayLike, negative_ids: ArrayLike) ->
     return key // n, key % n
 
 
+@_refuses_alike_compiled
 @_gather_runs_eagerly
 def mixed_negatives_loss(
     query: torch.Tensor,

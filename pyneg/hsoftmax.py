@@ -32,6 +32,7 @@ from torch import nn
 from pyneg import _core
 from pyneg._hsoftmax_reference import PaddedPaths, padded_paths
 from pyneg._ops import hsoftmax as _hs_ops
+from pyneg._ops._checks import refuses_alike_compiled
 from pyneg._reduction import acc_dtype as _acc_dtype
 from pyneg._reduction import check_reduction as _check_reduction
 from pyneg._reduction import reduce_loss as _reduce
@@ -44,6 +45,7 @@ from pyneg._validation import (
     check_bool,
     check_device,
     check_int,
+    check_nbytes,
     check_tensor,
 )
 
@@ -525,6 +527,7 @@ class HierarchicalSoftmax(nn.Module):
         return as_index_tensor(target, "target", self.num_classes).to(device)
 
     # ---------------------------------------------------------------- compute
+    @refuses_alike_compiled
     def forward(self, input: torch.Tensor, target: ArrayLike, reduction: str = "mean") -> torch.Tensor:
         """Negative log-likelihood of ``target`` given ``input``.
 
@@ -553,6 +556,7 @@ class HierarchicalSoftmax(nn.Module):
         loss, _ = _hs_ops.hs_nll(x, w, b, tgt, offsets, nodes, codes, self._tree.max_depth, self._sparse)
         return _reduce(loss, reduction)
 
+    @refuses_alike_compiled
     def log_prob(self, input: torch.Tensor) -> torch.Tensor:
         """(B, V) log-probabilities of every class (differentiable).
 
@@ -566,5 +570,8 @@ class HierarchicalSoftmax(nn.Module):
         x, w = _to_acc(input), _to_acc(weight)
         b = None if bias is None else _to_acc(bias)
         offsets, nodes, codes, children = self._tree._flat_paths(x.device)
+        # The (B, V - 1) scores and the (B, V) result: refused by name before anything is allocated.
+        if not torch.compiler.is_compiling():  # traced: the op checks the (B, V) size when the graph runs
+            check_nbytes((x.shape[0], self.num_classes), 2 * x.element_size(), "log_prob's (B, V) scores of input")
         scores = nn.functional.linear(x, w, b)
         return _hs_ops.hs_log_prob(scores, children, offsets, nodes, codes, self._tree.max_depth)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from pyneg import _core
-from pyneg._validation import ArrayLike, as_index_tensor, as_tensor, check_int, check_seed
+from pyneg._validation import ArrayLike, as_index_tensor, as_tensor, check_int, check_nbytes, check_seed
 
 __all__ = ["MinedNegatives", "mine_hard_negatives", "mine_dataset", "SAMPLINGS"]
 
@@ -44,6 +44,8 @@ _SAMPLING_CODE = {"top": 0, "uniform": 1, "softmax": 2}
 _METRICS = ("dot", "cosine")
 _BACKENDS = ("auto", "cpu", "torch", "faiss")
 _FLOATS = (torch.float32, torch.float64)
+# 16-bit embeddings (models trained in bf16) are scored in float32, as the losses do.
+_HALFS = (torch.float16, torch.bfloat16)
 
 
 class MinedNegatives(NamedTuple):
@@ -85,6 +87,7 @@ def _check_real(
 
 
 def _check_matrix(value: Any, name: str) -> torch.Tensor:
+    """A (rows, d) float tensor, detached; float16 and bfloat16 stay as given (see :func:`_scoring_dtype`)."""
     if isinstance(value, torch.Tensor):
         x = value
     else:
@@ -95,8 +98,10 @@ def _check_matrix(value: Any, name: str) -> torch.Tensor:
         raise TypeError(f"{name} must be a dense (strided) tensor, got layout {x.layout}")
     if x.device.type == "meta":
         raise ValueError(f"{name} is a meta tensor (it holds no data to mine)")
-    if x.dtype not in _FLOATS:
-        raise TypeError(f"{name} must be float32 or float64, got {x.dtype}")
+    if x.dtype not in _FLOATS + _HALFS:
+        raise TypeError(
+            f"{name} must be float32 or float64 (float16 and bfloat16 are scored in float32), got {x.dtype}"
+        )
     if x.dim() != 2:
         raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
     return x.detach()
@@ -438,7 +443,9 @@ def mine_hard_negatives(
     - ``max_score``: score <= max_score (needs no positive).
 
     Args:
-        query: (B, d) float32 or float64 query embeddings.
+        query: (B, d) float32 or float64 query embeddings (float16 and
+            bfloat16 are scored in float32, on a float32 copy, and their
+            scores come back in float32).
         candidates: (N, d) candidate embeddings, same dtype and device.
         k: negatives per row (>= 1, <= hi - lo).
         lo: the rank window; ``hi`` defaults to ``lo + k`` and must be <= N.
@@ -511,16 +518,26 @@ def mine_hard_negatives(
         )
     if query.shape[1] == 0:
         raise ValueError("query must have at least one dimension")
+    if query.dtype in _HALFS:  # scored in float32 (a copy), scores returned in float32
+        query, candidates = query.float(), candidates.float()
     b, n = query.shape[0], candidates.shape[0]
     k = check_int(k, "k", minimum=1)
     lo = check_int(lo, "lo", minimum=0)
+    hi_given = hi is not None
     hi = lo + k if hi is None else check_int(hi, "hi", minimum=1)
     if lo >= hi:
         raise ValueError(f"lo must be < hi, got lo={lo}, hi={hi}")
     if k > hi - lo:
         raise ValueError(f"k={k} exceeds the window [lo, hi) = [{lo}, {hi}) of {hi - lo} ranks")
     if hi > n:
-        raise ValueError(f"hi={hi} exceeds the number of candidates N={n}")
+        if hi_given:
+            raise ValueError(f"hi={hi} exceeds the number of candidates ({n} rows in candidates)")
+        raise ValueError(
+            f"k={k}" + (f" with lo={lo}" if lo else "") + f" asks for ranks up to {hi} but candidates has only "
+            f"{n} rows: lower k" + (" or lo" if lo else "") + f" (at most {n - lo})"
+        )
+    # Each row's top hi (an id and a score per rank): refused by name before the search when it cannot fit.
+    check_nbytes((b, hi), 16, "the top-hi lists of every query row (rows of query x hi)")
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     tau = _check_real(tau, "tau", minimum=0.0, open_min=True)
@@ -665,7 +682,7 @@ def mine_dataset(
             "job": job,
             "done": 0,
             "ids": torch.full((n, k), -1, dtype=torch.int64),
-            "scores": torch.full((n, k), -math.inf, dtype=query.dtype),
+            "scores": torch.full((n, k), -math.inf, dtype=torch.float32 if query.dtype in _HALFS else query.dtype),
             "log_q": torch.full((n, k), -math.inf, dtype=torch.float64),
             "window": torch.zeros(n, dtype=torch.int64),
         }

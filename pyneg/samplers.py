@@ -23,6 +23,7 @@ import torch
 
 from pyneg import _core, cuda
 from pyneg._ops import alias as _alias_ops
+from pyneg._state import pack_tensors, unpack_tensors
 from pyneg._validation import (
     MAX_ANALYTIC_CLASSES,
     MAX_CLASSES,
@@ -255,7 +256,10 @@ class AliasSampler:
         ``torch.compile(fullgraph=True)`` for integer tensor ``ids`` (the range check
         runs in the ``pyneg::alias_log_prob`` op).
         """
-        dist = self._dist
+        return self._log_prob(ids, self._dist)
+
+    def _log_prob(self, ids: ArrayLike, dist: _Distribution) -> torch.Tensor:
+        """:meth:`log_prob` under one given state (a call that draws and scores pins one)."""
         idx, dev = _log_prob_ids(ids, dist.num_classes)
         if idx.device.type == "cpu" and _alias_ops.direct_call_ok(idx):
             out = _alias_ops.log_prob_impl(dist.mass, idx)
@@ -434,8 +438,11 @@ class AliasSampler:
                 true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
             if true_classes.dim() > 2:
                 raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape {tuple(true_classes.shape)}")
-        ids, tries = self._sample((num_sampled,), None, unique, generator, seed, 0, None, None)
-        logp = self.log_prob(ids)
+        # One state for the draws and both expected counts, whatever a concurrent rebuild
+        # (LearnedUnigramSampler) or load_state_dict installs meanwhile: never a mix.
+        dist = self._dist
+        ids, tries = self._sample((num_sampled,), None, unique, generator, seed, 0, None, None, dist=dist)
+        logp = self._log_prob(ids, dist)
         num_tries: Union[int, torch.Tensor, None] = None
         if unique and tries is not None:
             t = tries[0]
@@ -444,7 +451,7 @@ class AliasSampler:
         if true_classes is None:
             true_count = torch.empty(0, dtype=torch.float64)
         else:
-            true_count = torch.exp(_log_count(self.log_prob(true_classes), num_sampled, num_tries))
+            true_count = torch.exp(_log_count(self._log_prob(true_classes, dist), num_sampled, num_tries))
         return CandidateSample(ids, true_count, sampled_count, num_sampled if num_tries is None else num_tries)
 
     def _sample(
@@ -458,8 +465,10 @@ class AliasSampler:
         device: Any,
         out: Optional[torch.Tensor],
         want_tries: bool = True,
+        dist: Optional[_Distribution] = None,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        dist = self._dist  # one state for the whole call, whatever other threads load
+        if dist is None:
+            dist = self._dist  # one state for the whole call, whatever other threads load
         compiling = torch.compiler.is_compiling()
         # The common call (a tuple of ints, no options) takes cheap checks; anything
         # else goes through the full ones, which give the errors.
@@ -778,9 +787,12 @@ class AliasSampler:
     # Pickling (deepcopy, torch.save) goes through state_dict, so a copy is
     # built and validated exactly as a loaded state is.
     def __getstate__(self) -> Dict[str, Any]:
-        return self.state_dict()
+        # Tensors by value: see pyneg._state.PackedTensor (spawn DataLoader workers).
+        packed: Dict[str, Any] = pack_tensors(self.state_dict())
+        return packed
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
+        state = unpack_tensors(state)
         if isinstance(state, dict) and "_probs" in state:  # pickled by an older pyneg: its attributes
             extra = {"power": state["power"]} if "power" in state else {}
             state = {"sampler": type(self).__name__, "probs": state["_probs"], **extra}
@@ -953,12 +965,15 @@ class _AnalyticSampler(AliasSampler):
         Works inside ``torch.compile(fullgraph=True)`` for integer tensor ``ids`` (the range
         check runs in the ``pyneg::analytic_log_prob`` op).
         """
-        v = self.num_classes
+        return self._log_prob(ids, self._dist)
+
+    def _log_prob(self, ids: ArrayLike, dist: Any) -> torch.Tensor:
+        v = dist.num_classes
         idx, dev = _log_prob_ids(ids, v)
         if _alias_ops.direct_call_ok(idx):
-            out = _alias_ops.analytic_log_prob_impl(self._KIND, v, idx)
+            out = _alias_ops.analytic_log_prob_impl(dist.kind, v, idx)
         else:
-            out = _OPS.analytic_log_prob(self._KIND, v, idx)
+            out = _OPS.analytic_log_prob(dist.kind, v, idx)
         return out if dev is None else out.to(dev)
 
     def _draw(

@@ -390,14 +390,23 @@ class _SGNSLoss(torch.autograd.Function):
             coef.numpy(),
             _threads(),
         )
-        ctx.save_for_backward(w_in, w_out, centres, contexts, negatives, coef)
+        ctx.save_for_backward(w_in, w_out, centres, contexts, negatives, coef, input_weight, output_weight)
         ctx.sparse = sparse
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad_loss: torch.Tensor):
-        w_in, w_out, centres, contexts, negatives, coef = ctx.saved_tensors
+        w_in, w_out, centres, contexts, negatives, coef, input_weight, output_weight = ctx.saved_tensors
         need_in, need_out = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():
+            # backward(create_graph=True), e.g. a gradient penalty: differentiate the plain-PyTorch
+            # loss instead, so the gradients carry a graph and second derivatives are exact
+            # (the gradients come out dense, also for sparse=True).
+            wrt = [w for w, need in ((input_weight, need_in), (output_weight, need_out)) if need]
+            with torch.enable_grad():
+                ref = _reference_loss(input_weight, output_weight, centres, contexts, negatives, False)
+            grads = iter(torch.autograd.grad(ref, wrt, grad_loss, create_graph=True, allow_unused=True))
+            return (next(grads) if need_in else None, next(grads) if need_out else None, None, None, None, None)
         grad_loss = grad_loss.detach().to(w_in.dtype).contiguous()
         b, k = negatives.shape
         dim = w_in.shape[1]

@@ -384,7 +384,9 @@ def test_bad_tensors(backend):
     with pytest.raises(TypeError, match="candidates has dtype"):
         mine_hard_negatives(q, c.double(), 2, **kw)
     with pytest.raises(TypeError, match="query must be float32 or float64"):
-        mine_hard_negatives(q.half(), c.half(), 2, **kw)
+        mine_hard_negatives(q.int(), c.int(), 2, **kw)
+    with pytest.raises(TypeError, match="candidates has dtype"):
+        mine_hard_negatives(q.half(), c.bfloat16(), 2, **kw)
     with pytest.raises(ValueError, match="dimension"):
         mine_hard_negatives(q, c[:, :4], 2, **kw)
     with pytest.raises(ValueError, match="query must be 2-D"):
@@ -546,3 +548,26 @@ def test_faiss_backend():
         mine_hard_negatives(q, c, 6, backend="faiss")
     with pytest.raises(ValueError, match="metric"):
         mine_hard_negatives(q, c, 6, backend="faiss", index=index, metric="cosine")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_16bit_embeddings_are_scored_in_float32(dtype):
+    q, c = _qc()
+    q16, c16 = q.to(dtype), c.to(dtype)
+    for sampling in ("top", "uniform", "softmax"):
+        got = mine_hard_negatives(q16, c16, 3, hi=8, sampling=sampling, seed=1)
+        want = mine_hard_negatives(q16.float(), c16.float(), 3, hi=8, sampling=sampling, seed=1)
+        assert got.scores.dtype == torch.float32
+        assert torch.equal(got.ids, want.ids) and torch.equal(got.scores, want.scores)
+        assert torch.equal(got.log_q, want.log_q)
+
+
+def test_k_beyond_candidates_names_k():
+    q, c = _qc()
+    n = c.shape[0]
+    with pytest.raises(ValueError, match=rf"k={n + 5} asks for ranks up to {n + 5} but candidates has only {n} rows"):
+        mine_hard_negatives(q, c, n + 5)
+    with pytest.raises(ValueError, match=r"k=3 with lo=" + str(n - 1)):
+        mine_hard_negatives(q, c, 3, lo=n - 1)
+    with pytest.raises(ValueError, match=rf"hi={n + 1} exceeds the number of candidates"):
+        mine_hard_negatives(q, c, 2, hi=n + 1)

@@ -222,6 +222,10 @@ void gather_batch_paths(const HuffmanPathsView& paths, const int64_t* target, in
       throw std::invalid_argument("path_nodes holds node " + std::to_string(n) + " outside [0, " +
                                   std::to_string(num_inner) + ")");
     }
+    const uint8_t bit = out->codes[static_cast<size_t>(p)];
+    if (bit > 1) {  // a code is a branch: 0 or 1 (the kernels and the reference read nothing else alike)
+      throw std::invalid_argument("path_codes holds " + std::to_string(bit) + ", not a code bit (0 or 1)");
+    }
   }
 }
 

@@ -76,7 +76,8 @@ struct BatchPaths {
 // Copies the paths of target[0 .. batch) (targets the caller already owns) out
 // of `paths`. Throws std::invalid_argument for a target outside [0, V)
 // (naming `name`), and for a path that leaves
-// the arrays, is longer than max_len or holds a node outside [0, num_inner).
+// the arrays, is longer than max_len, holds a node outside [0, num_inner) or a
+// code other than 0 or 1.
 void gather_batch_paths(const HuffmanPathsView& paths, const int64_t* target, int64_t batch,
                         int64_t num_inner, int64_t max_len, const char* name, BatchPaths* out);
 

@@ -47,11 +47,14 @@ from pyneg import cuda as pyneg_cuda
 from pyneg._hsoftmax_reference import (
     batch_paths,
     check_flat_batch,
+    check_tree_values,
     flat_log_prob,
     flat_log_prob_grad,
     flat_nll,
     flat_nll_grads,
 )
+from pyneg._ops import _checks
+from pyneg._validation import allocate, check_nbytes
 
 __all__ = [
     "hs_nll",
@@ -79,7 +82,15 @@ def _check_tree(path_offsets: torch.Tensor, path_nodes: torch.Tensor, path_codes
         raise ValueError("path_offsets must have V + 1 >= 2 entries")
     if max_depth < 0:
         raise ValueError(f"max_depth must be >= 0, got {max_depth}")
-    return path_offsets.shape[0] - 1
+    v = path_offsets.shape[0] - 1
+    if max_depth > max(v - 1, 0):  # no root-to-leaf path of a binary tree over V classes is longer
+        raise ValueError(
+            f"max_depth={max_depth} exceeds V - 1 = {v - 1}, the longest path a tree of V = {v} classes has"
+        )
+    for name, t in zip(("path_offsets", "path_nodes", "path_codes"), (path_offsets, path_nodes, path_codes)):
+        if t.layout != torch.strided:
+            raise TypeError(f"{name} must be a dense (strided) tensor, got layout {t.layout}")
+    return v
 
 
 def _check_nll(
@@ -108,6 +119,19 @@ def _check_nll(
         raise ValueError(
             f"target must be an int64 ({input.shape[0]},) tensor, got {target.dtype} {tuple(target.shape)}"
         )
+    _checks.same_device(
+        "hs_nll",
+        [
+            ("input", input),
+            ("weight", weight),
+            ("bias", bias),
+            ("target", target),
+            ("path_offsets", path_offsets),
+            ("path_nodes", path_nodes),
+            ("path_codes", path_codes),
+        ],
+    )
+    check_nbytes((input.shape[0], max_depth), input.element_size(), "hs_nll's (B, max_depth) per-step derivatives")
 
 
 def _dz_width(device: torch.device, max_depth: int) -> int:
@@ -190,7 +214,7 @@ def _hs_nll_cuda(input, weight, bias, target, path_offsets, path_nodes, path_cod
         return _nll_reference(input, weight, bias, target, path_offsets, path_nodes, path_codes, max_depth)
     # One synchronisation: the CPU's error wording for a bad target (the kernels themselves
     # never index out of bounds, and give NaN for a path they cannot read).
-    check_flat_batch(target, path_offsets, path_nodes, max_depth, weight.shape[0])
+    check_flat_batch(target, path_offsets, path_nodes, max_depth, weight.shape[0], path_codes)
     x, w, b, t, off, nodes, codes = _cuda_args(input, weight, bias, target, path_offsets, path_nodes, path_codes)
     loss = pyneg_cuda.hs_forward(x, w, t, off, nodes, codes, bias=b)
     return loss, input.new_zeros(input.shape[0], 0)
@@ -275,7 +299,7 @@ def _hs_nll_backward_cuda(grad_loss, input, weight, bias, target, dz, path_offse
             grad_loss, input, weight, bias, target, path_offsets, path_nodes, path_codes, max_depth
         )
     else:
-        check_flat_batch(target, path_offsets, path_nodes, max_depth, weight.shape[0])
+        check_flat_batch(target, path_offsets, path_nodes, max_depth, weight.shape[0], path_codes)
         x, w, b, t, off, nodes, codes = _cuda_args(input, weight, bias, target, path_offsets, path_nodes, path_codes)
         gi, gw, gb = pyneg_cuda.hs_backward(grad_loss, x, w, t, off, nodes, codes, bias=b)
     return gi, gw, _no_bias(input) if gb is None else gb
@@ -442,7 +466,30 @@ def _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_
         raise ValueError(
             f"children must be an int32 ({2 * (v - 1)},) tensor, got {children.dtype} {tuple(children.shape)}"
         )
+    _checks.same_device(
+        "hs_log_prob",
+        [
+            ("scores", scores),
+            ("children", children),
+            ("path_offsets", path_offsets),
+            ("path_nodes", path_nodes),
+            ("path_codes", path_codes),
+        ],
+    )
+    check_nbytes((scores.shape[0], v), scores.element_size(), "the (B, V) log-probabilities (scores rows x classes)")
     return v
+
+
+def _checked_children(children, path_offsets, path_nodes, path_codes, max_depth) -> torch.Tensor:
+    """A private copy of ``children``, checked to be the tree of the paths (what the CPU kernels then read)."""
+    own = children.detach().clone()
+    check_tree_values(own, path_offsets, path_nodes, path_codes, max_depth)
+    return own
+
+
+def _alloc_log_prob(b: int, v: int, dtype: torch.dtype) -> torch.Tensor:
+    """The (B, V) output (its size was checked by _check_log_prob)."""
+    return allocate(lambda: torch.empty(b, v, dtype=dtype), f"the ({b}, {v}) log-probabilities")
 
 
 def _hs_log_prob_reference(
@@ -459,13 +506,15 @@ def _hs_log_prob_reference(
     reference, every other device) gathers the padded paths.
     """
     _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
+    check_tree_values(children, path_offsets, path_nodes, path_codes, max_depth)
     with torch.no_grad():
         return flat_log_prob(scores, path_offsets, path_nodes, path_codes, max_depth)
 
 
 def _hs_log_prob_cpu(scores, children, path_offsets, path_nodes, path_codes, max_depth):
     v = _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
-    out = torch.empty(scores.shape[0], v, dtype=scores.dtype)
+    children = _checked_children(children, path_offsets, path_nodes, path_codes, max_depth)
+    out = _alloc_log_prob(scores.shape[0], v, scores.dtype)
     _core.hs_log_prob(_np(children), _np(scores), out.numpy(), _threads())
     return out
 
@@ -486,11 +535,13 @@ def _hs_log_prob_backward_reference(
 ) -> torch.Tensor:
     """Gradient of ``sum(grad_out * hs_log_prob(scores, ...))`` with respect to ``scores`` (the reference)."""
     _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
+    check_tree_values(children, path_offsets, path_nodes, path_codes, max_depth)
     return flat_log_prob_grad(grad_out, scores, path_offsets, path_nodes, path_codes, max_depth)
 
 
 def _hs_log_prob_backward_cpu(grad_out, scores, children, path_offsets, path_nodes, path_codes, max_depth):
     _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
+    children = _checked_children(children, path_offsets, path_nodes, path_codes, max_depth)
     grad = torch.empty(scores.shape, dtype=scores.dtype)
     _core.hs_log_prob_backward(_np(children), _np(scores), _np(grad_out.to(scores.dtype)), grad.numpy(), _threads())
     return grad
@@ -642,3 +693,12 @@ hs_log_prob_backward = _register(
     cpu=_hs_log_prob_backward_cpu,
     fake=_hs_log_prob_backward_fake,
 )
+
+_NLL_NAMES = ("input", "weight", "bias", "target", "path_offsets", "path_nodes", "path_codes")
+_BACKWARD_NAMES = ("grad_loss", "input", "weight", "bias", "target", "dz", "path_offsets", "path_nodes", "path_codes")
+_LOG_PROB_NAMES = ("scores", "children", "path_offsets", "path_nodes", "path_codes")
+_checks.refuse_sparse("hs_nll", _NLL_NAMES)
+_checks.refuse_sparse("hs_nll_backward", _BACKWARD_NAMES)
+_checks.refuse_sparse("hs_nll_backward_sparse", _BACKWARD_NAMES)
+_checks.refuse_sparse("hs_log_prob", _LOG_PROB_NAMES)
+_checks.refuse_sparse("hs_log_prob_backward", ("grad_out",) + _LOG_PROB_NAMES)

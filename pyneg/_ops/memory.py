@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from pyneg import _core, _hits
+from pyneg._ops import _checks
 from pyneg._validation import allocate, check_nbytes
 
 __all__ = ["frequency_estimate", "estimate", "bank_hit_mask", "hit_mask"]
@@ -50,9 +51,32 @@ def _check_non_negative(ids: Tensor, name: str) -> None:
 
 
 # ------------------------------------------------------- frequency estimator
+def check_estimate_args(cells: Tensor, ids: Tensor, step: Tensor, log: bool, *, real: bool = True) -> None:
+    """``frequency_estimate``'s arguments (no data read): one check for the op, its fake and the eager road."""
+    op = "frequency_estimate"
+    _checks.check(op, cells, "cells", dtypes=(torch.float64,), ndim=(3,))
+    if cells.shape[0] < 1 or cells.shape[1] < 1 or cells.shape[2] != 2:
+        raise ValueError(
+            f"pyneg::{op}: cells must be the estimator's (num_hashes, num_buckets, 2) table with "
+            f"num_hashes, num_buckets >= 1, got shape {tuple(cells.shape)}"
+        )
+    if not cells.is_contiguous():
+        raise ValueError(f"pyneg::{op}: cells must be contiguous (the estimator's own table)")
+    _checks.check(op, ids, "ids", dtypes=_checks.INT_DTYPES)
+    _checks.check(op, step, "step", dtypes=(torch.int64,), shape=())
+    if not isinstance(log, bool):
+        raise TypeError(f"pyneg::{op}: log must be a bool, got {type(log).__name__}")
+    _checks.same_device(op, [("cells", cells), ("ids", ids), ("step", step)], cpu_only=True, real=real)
+    check_nbytes(tuple(ids.shape), 8, f"pyneg::{op}: the estimates of ids")
+
+
 def estimate(cells: Tensor, ids: Tensor, step: int, log: bool) -> Tensor:
-    """What ``frequency_estimate`` computes, callable eagerly without the dispatcher."""
-    # A private copy of the ids: what the kernel checks is what it reads.
+    """What ``frequency_estimate`` computes, callable eagerly without the dispatcher.
+
+    The caller (the op, or FrequencyEstimator's eager road) has run
+    :func:`check_estimate_args`. The kernel reads a private copy of the ids
+    (checked there for negative ids): what it checks is what it reads.
+    """
     arr = np.array(ids.detach().reshape(-1).numpy(), dtype=np.int64, copy=True)
     out = torch.empty(tuple(ids.shape), dtype=torch.float32)
     _core.frequency_estimate(cells.detach().numpy(), arr, step, log, out.view(-1).numpy())
@@ -64,13 +88,18 @@ def frequency_estimate(cells: Tensor, ids: Tensor, step: Tensor, log: bool) -> T
     """Estimated probability (``log``: its log) that each id is in a step's batch.
 
     ``cells``: the estimator's float64 (num_hashes, num_buckets, 2) table;
-    ``ids``: int64 ids >= 0, any shape; ``step``: 0-dim int64, updates so far.
+    ``ids``: integer ids >= 0, any shape; ``step``: 0-dim int64 >= 0, updates so far.
     """
-    return estimate(cells, ids, int(step), log)
+    check_estimate_args(cells, ids, step, log)
+    s = int(step)
+    if s < 0:
+        raise ValueError(f"pyneg::frequency_estimate: step must be >= 0, got {s}")
+    return estimate(cells, ids, s, log)
 
 
 @frequency_estimate.register_fake
 def _(cells: Tensor, ids: Tensor, step: Tensor, log: bool) -> Tensor:
+    _checks.fake_refused(lambda: check_estimate_args(cells, ids, step, log, real=False), cells, ids, step)
     return ids.new_empty(ids.shape, dtype=torch.float32)
 
 
@@ -84,9 +113,9 @@ def hit_mask(entry_ids: Tensor, positive_ids: Tensor) -> Tensor:
     the mask is symmetric in the two). With more hits than a list smaller
     than the mask can hold (a repeated id), the mask is the dense comparison.
     """
+    check_hit_mask_args(entry_ids, positive_ids)
     _check_non_negative(positive_ids, "positive_ids")
     b, n = positive_ids.shape[0], entry_ids.shape[0]
-    check_nbytes((b, n), 1, "the hit mask (positive_ids, bank entries)")
     budget = b * n // _BYTES_PER_HIT
     if b < n:
         found = _hits.find_hits(positive_ids, entry_ids, budget)
@@ -101,6 +130,16 @@ def hit_mask(entry_ids: Tensor, positive_ids: Tensor) -> Tensor:
     return mask
 
 
+def check_hit_mask_args(entry_ids: Tensor, positive_ids: Tensor, *, real: bool = True) -> None:
+    """``bank_hit_mask``'s arguments (no data read), and the size of the mask."""
+    op = "bank_hit_mask"
+    _checks.check(op, entry_ids, "entry_ids", dtypes=_checks.INT_DTYPES, ndim=(1,))
+    _checks.check(op, positive_ids, "positive_ids", dtypes=_checks.INT_DTYPES, ndim=(1,))
+    _checks.same_device(op, [("entry_ids", entry_ids), ("positive_ids", positive_ids)], real=real)
+    b, n = positive_ids.shape[0], entry_ids.shape[0]
+    check_nbytes((b, n), 1, "the hit mask (positive_ids x bank entries)")
+
+
 @torch.library.custom_op("pyneg::bank_hit_mask", mutates_args=())
 def bank_hit_mask(entry_ids: Tensor, positive_ids: Tensor) -> Tensor:
     """(B, N) bool: ``entry_ids[n] == positive_ids[b]``; positive ids must be >= 0."""
@@ -109,4 +148,9 @@ def bank_hit_mask(entry_ids: Tensor, positive_ids: Tensor) -> Tensor:
 
 @bank_hit_mask.register_fake
 def _(entry_ids: Tensor, positive_ids: Tensor) -> Tensor:
-    return positive_ids.new_empty((positive_ids.shape[0], entry_ids.shape[0]), dtype=torch.bool)
+    _checks.fake_refused(lambda: check_hit_mask_args(entry_ids, positive_ids, real=False), entry_ids, positive_ids)
+    return positive_ids.new_empty((_checks.rows(positive_ids), _checks.rows(entry_ids)), dtype=torch.bool)
+
+
+_checks.refuse_sparse("frequency_estimate", ("cells", "ids", "step"))
+_checks.refuse_sparse("bank_hit_mask", ("entry_ids", "positive_ids"))

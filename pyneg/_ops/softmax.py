@@ -9,7 +9,9 @@
   tensor (the backward pass then recomputes each chunk). Masked: columns whose
   id (``ids`` (N,)) equals one of the row's ``row_ids`` ((B,) or (B, T)), and,
   with ``diag``, column ``diag + i`` of row ``i``. Differentiable in qs, emb and
-  shift (``pyneg::softmax_block_lse_backward``); a second derivative is refused.
+  shift (``pyneg::softmax_block_lse_backward``); under ``create_graph=True`` the
+  backward pass differentiates the block in plain PyTorch ops instead, so second
+  derivatives (gradient penalties) are exact.
 * ``pyneg::softmax_find_hits(candidate_ids, positive_ids, max_pairs)`` →
   ``(rows, cols, complete)``: the accidental hits (:func:`pyneg._hits.find_hits`);
   data-dependent in size. CPU: the C++ hash join; CUDA: sort + searchsorted.
@@ -34,20 +36,53 @@ import torch
 import torch.nn.functional as F
 
 from pyneg import _core, _hits
+from pyneg._ops import _checks
+from pyneg._validation import MAX_BUFFER_BYTES, check_nbytes
 
 _NO_BOUND = -1
 
 
 # ------------------------------------------------------------ accidental hits
+# Accidental hits listed at most (two int64 per hit, and the kernel's working copies): a list
+# that would not fit in memory is refused by name instead of reaching the allocator.
+_MAX_LISTED = MAX_BUFFER_BYTES // 64
+
+
+def _too_many_hits(limit: int) -> str:
+    return (
+        f"pyneg::softmax_find_hits: positive_ids and candidate_ids have more than {limit} accidental hits; "
+        f"listing them would need more than this machine's {MAX_BUFFER_BYTES / 2**30:.3g} GiB of memory "
+        "(a repeated id? a dense mask is smaller)"
+    )
+
+
+def _check_find_hits(
+    candidate_ids: torch.Tensor, positive_ids: torch.Tensor, max_pairs: int, real: bool = True
+) -> None:
+    op = "softmax_find_hits"
+    _checks.check(op, candidate_ids, "candidate_ids", dtypes=_checks.INT_DTYPES, ndim=(1,))
+    _checks.check(op, positive_ids, "positive_ids", dtypes=_checks.INT_DTYPES, ndim=(2,))
+    _checks.same_device(op, [("candidate_ids", candidate_ids), ("positive_ids", positive_ids)], real=real)
+
+
 @torch.library.custom_op("pyneg::softmax_find_hits", mutates_args=())
 def find_hits(
     candidate_ids: torch.Tensor, positive_ids: torch.Tensor, max_pairs: int
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(rows, cols, complete): hits of positive_ids (B, T) among candidate_ids (N,); max_pairs < 0: no limit."""
-    limit = 2**63 - 1 if max_pairs < 0 else max_pairs
-    found = _core.find_accidental_hits(
-        candidate_ids.detach().to(torch.int64).numpy(), positive_ids.detach().to(torch.int64).numpy(), limit
-    )
+    _check_find_hits(candidate_ids, positive_ids, max_pairs)
+    # No limit asked: at most the pairs whose (row, column) list fits in memory (the kernel counts
+    # the hits before listing them, so a list that cannot fit is refused before it is allocated).
+    limit = _MAX_LISTED if max_pairs < 0 else max_pairs
+    # Private copies, checked here with the op's argument names; the kernel reads (and re-checks) them.
+    cand = candidate_ids.detach().to(torch.int64, copy=True)
+    pos = positive_ids.detach().to(torch.int64, copy=True)
+    for name, t in (("candidate_ids", cand), ("positive_ids", pos)):
+        if t.numel() and int(t.min()) < 0:
+            raise ValueError(f"pyneg::softmax_find_hits: {name} holds negative id {int(t.min())} (ids must be >= 0)")
+    found = _core.find_accidental_hits(cand.numpy(), pos.numpy(), limit)
+    if found is None and max_pairs < 0:
+        raise MemoryError(_too_many_hits(limit))
     if found is None:
         empty = torch.empty(0, dtype=torch.int64)
         return empty, empty.clone(), torch.tensor(False)
@@ -59,6 +94,7 @@ def _find_hits_cuda(
     candidate_ids: torch.Tensor, positive_ids: torch.Tensor, max_pairs: int
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     # Sorting is what a GPU does well: sort the candidates, binary-search every positive.
+    _check_find_hits(candidate_ids, positive_ids, max_pairs)
     dev = candidate_ids.device
     cand, pos = candidate_ids.to(torch.int64), positive_ids.to(torch.int64)
     if bool((cand < 0).any()) or bool((pos < 0).any()):
@@ -69,6 +105,8 @@ def _find_hits_cuda(
     lo = torch.searchsorted(sorted_ids, flat, right=False)
     counts = torch.searchsorted(sorted_ids, flat, right=True) - lo
     total = int(counts.sum())
+    if max_pairs < 0 and total > _MAX_LISTED:
+        raise MemoryError(_too_many_hits(_MAX_LISTED))
     if 0 <= max_pairs < total:
         empty = torch.empty(0, dtype=torch.int64, device=dev)
         return empty, empty.clone(), torch.tensor(False, device=dev)
@@ -83,18 +121,26 @@ def _find_hits_cuda(
 
 @find_hits.register_fake
 def _find_hits_fake(candidate_ids, positive_ids, max_pairs):
+    _checks.fake_refused(lambda: _check_find_hits(candidate_ids, positive_ids, max_pairs, False), candidate_ids)
     n = torch.library.get_ctx().new_dynamic_size()
     rows = candidate_ids.new_empty(n, dtype=torch.int64)
     return rows, rows.new_empty(n), candidate_ids.new_empty((), dtype=torch.bool)
 
 
 # ---------------------------------------------------------------- value checks
+def _check_ids_args(ids: torch.Tensor, name: str, real: bool = True) -> None:
+    _checks.check("softmax_check_ids", ids, "ids (" + name + ")", dtypes=_checks.INT_DTYPES)
+    _checks.same_device("softmax_check_ids", [("ids", ids)], real=real)
+    check_nbytes(tuple(ids.shape), 8, f"a copy of {name}")
+
+
 @torch.library.custom_op("pyneg::softmax_check_ids", mutates_args=())
 def check_ids(ids: torch.Tensor, name: str, upper: int, upper_name: str, wide: bool) -> torch.Tensor:
     """An int64 copy of ``ids`` after checking 0 <= id (< upper unless upper < 0).
 
     ``wide``: the ids were uint64 viewed as int64, so a negative value is one >= 2**63.
     """
+    _check_ids_args(ids, name)
     out = ids.to(torch.int64, copy=True)
     if out.numel():
         low, high = torch.aminmax(out)
@@ -109,12 +155,23 @@ def check_ids(ids: torch.Tensor, name: str, upper: int, upper_name: str, wide: b
 
 @check_ids.register_fake
 def _check_ids_fake(ids, name, upper, upper_name, wide):
+    _checks.fake_refused(lambda: _check_ids_args(ids, name, False), ids)
     return ids.new_empty(ids.shape, dtype=torch.int64)
+
+
+def _check_real_args(x: torch.Tensor, name: str, what: str, real: bool = True) -> None:
+    _checks.same_device("softmax_check_real", [("x", x)], real=real)
+    _checks.check(
+        "softmax_check_real", x, "x (" + name + ")", dtypes=_checks.FLOAT_DTYPES + (torch.float16, torch.bfloat16)
+    )
+    if what not in ("log_q", "weight"):
+        raise ValueError(f"pyneg::softmax_check_real: what must be 'log_q' or 'weight', got {what!r}")
 
 
 @torch.library.custom_op("pyneg::softmax_check_real", mutates_args=())
 def check_real(x: torch.Tensor, name: str, what: str) -> torch.Tensor:
     """A copy of ``x`` after checking its values: ``what`` is "log_q" (finite) or "weight" (finite, >= 0)."""
+    _check_real_args(x, name, what)
     if x.numel():
         if what == "log_q":
             if not bool(torch.isfinite(x).all()):
@@ -131,6 +188,7 @@ def check_real(x: torch.Tensor, name: str, what: str) -> torch.Tensor:
 
 @check_real.register_fake
 def _check_real_fake(x, name, what):
+    _checks.fake_refused(lambda: _check_real_args(x, name, what, False), x)
     return torch.empty_like(x)
 
 
@@ -145,9 +203,17 @@ def _check_real_backward(ctx, grad):
 check_real.register_autograd(_check_real_backward, setup_context=_check_real_setup)
 
 
+def _check_padding_args(id_pad: torch.Tensor, log_q_pad: torch.Tensor, real: bool = True) -> None:
+    op = "softmax_check_padding"
+    _checks.check(op, id_pad, "id_pad", dtypes=(torch.bool,))
+    _checks.check(op, log_q_pad, "log_q_pad", dtypes=(torch.bool,), shape=tuple(id_pad.shape))
+    _checks.same_device(op, [("id_pad", id_pad), ("log_q_pad", log_q_pad)], real=real)
+
+
 @torch.library.custom_op("pyneg::softmax_check_padding", mutates_args=())
 def check_padding(id_pad: torch.Tensor, log_q_pad: torch.Tensor, name: str) -> torch.Tensor:
     """The padding mask after checking that ids (-1) and log q (-inf) mark the same entries."""
+    _check_padding_args(id_pad, log_q_pad)
     if not torch.equal(id_pad, log_q_pad):
         raise ValueError(f"{name}: padded entries must have id -1 and log q -inf together")
     return id_pad.clone()
@@ -155,6 +221,7 @@ def check_padding(id_pad: torch.Tensor, log_q_pad: torch.Tensor, name: str) -> t
 
 @check_padding.register_fake
 def _check_padding_fake(id_pad, log_q_pad, name):
+    _checks.fake_refused(lambda: _check_padding_args(id_pad, log_q_pad, False), id_pad, log_q_pad)
     return torch.empty_like(id_pad)
 
 
@@ -245,6 +312,28 @@ def _chunk_scores(qs, emb, shift, ids, row_ids, diag, hits, dense: bool, start: 
     return s
 
 
+def _check_block_args(
+    qs, emb, shift, ids, row_ids, diag, chunk_size: int, nce: bool, op: str = "softmax_block_lse", real: bool = True
+):
+    """The block's arguments (no data read), shared by the op, its backward and their fake kernels."""
+    _checks.check(op, qs, "qs", dtypes=_checks.FLOAT_DTYPES, ndim=(2,))
+    b, d = qs.shape
+    _checks.check(op, emb, "emb", dtypes=(qs.dtype,), shape=(None, d))
+    n = emb.shape[0]
+    _checks.check(op, shift, "shift", dtypes=(qs.dtype,), shape=(n,))
+    _checks.check(op, ids, "ids", dtypes=_checks.INT_DTYPES, shape=(n,))
+    _checks.check(op, row_ids, "row_ids", dtypes=_checks.INT_DTYPES, ndim=(1, 2))
+    if row_ids is not None and row_ids.shape[0] != b:
+        raise ValueError(f"pyneg::{op}: row_ids must have qs' {b} rows, got shape {tuple(row_ids.shape)}")
+    if chunk_size < 1:
+        raise ValueError(f"pyneg::{op}: chunk_size must be >= 1, got {chunk_size}")
+    if diag is not None and not -n <= diag <= n:
+        raise ValueError(f"pyneg::{op}: diag must be in [-{n}, {n}] (column diag + i is row i's own), got {diag}")
+    _checks.same_device(op, [("qs", qs), ("emb", emb), ("shift", shift), ("ids", ids), ("row_ids", row_ids)], real=real)
+    # The (B, chunk) score matrix (and, for one chunk, the (B, N) softmax kept for backward).
+    check_nbytes((b, min(chunk_size, n)), qs.element_size(), f"pyneg::{op}: the (rows of qs, chunk_size) scores")
+
+
 @torch.library.custom_op("pyneg::softmax_block_lse", mutates_args=())
 def block_lse(
     qs: torch.Tensor,
@@ -257,6 +346,7 @@ def block_lse(
     nce: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """(out, probs): see the module docstring."""
+    _check_block_args(qs, emb, shift, ids, row_ids, diag, chunk_size, nce)
     b, n = qs.shape[0], emb.shape[0]
     hits, dense = _masking(ids, row_ids, diag, b, n, qs.device)
     if chunk_size >= n:
@@ -280,6 +370,10 @@ def block_lse(
 
 @block_lse.register_fake
 def _block_lse_fake(qs, emb, shift, ids, row_ids, diag, chunk_size, nce):
+    if _checks.fake_refused(
+        lambda: _check_block_args(qs, emb, shift, ids, row_ids, diag, chunk_size, nce, real=False), qs
+    ):
+        return qs.new_empty((_checks.rows(qs),)), qs.new_empty((0,))
     b, n = qs.shape[0], emb.shape[0]
     probs = qs.new_empty((b, n)) if chunk_size >= n else qs.new_empty((0,))
     return qs.new_empty((b,)), probs
@@ -309,6 +403,7 @@ def block_lse_backward(
     recomputed (one extra matmul). Rows with logsumexp −inf (every column
     masked) get zero gradient (autograd's logsumexp would give NaN there).
     """
+    _check_backward_args(grad, qs, emb, shift, ids, row_ids, diag, chunk_size, nce, out, probs)
     n = emb.shape[0]
     if not nce:  # d lse_i / d s_ij = softmax_ij; rows with lse = −inf have no column to weigh
         grad = torch.where(torch.isfinite(out), grad, torch.zeros_like(grad))
@@ -339,10 +434,27 @@ def block_lse_backward(
     return grad_q, grad_e, grad_s
 
 
+def _check_backward_args(grad, qs, emb, shift, ids, row_ids, diag, chunk_size, nce, out, probs, real=True) -> None:
+    op = "softmax_block_lse_backward"
+    _check_block_args(qs, emb, shift, ids, row_ids, diag, chunk_size, nce, op=op, real=real)
+    b, n = qs.shape[0], emb.shape[0]
+    _checks.check(op, grad, "grad", dtypes=_checks.FLOAT_DTYPES, shape=(b,))
+    _checks.check(op, out, "out", dtypes=(qs.dtype,), shape=(b,))
+    _checks.check(op, probs, "probs", dtypes=(qs.dtype,), ndim=(1, 2))
+    if tuple(probs.shape) not in ((b, n), (0,)):
+        raise ValueError(
+            f"pyneg::{op}: probs must be softmax_block_lse's ({b}, {n}) or (0,) output, got {tuple(probs.shape)}"
+        )
+    _checks.same_device(op, [("grad", grad), ("qs", qs), ("out", out), ("probs", probs)], real=real)
+
+
 @block_lse_backward.register_fake
 def _block_lse_backward_fake(
     grad, qs, emb, shift, ids, row_ids, diag, chunk_size, nce, out, probs, need_qs, need_emb, need_shift
 ):
+    _checks.fake_refused(
+        lambda: _check_backward_args(grad, qs, emb, shift, ids, row_ids, diag, chunk_size, nce, out, probs, False), qs
+    )
     n = emb.shape[0]
     return (
         torch.empty_like(qs) if need_qs else qs.new_empty((0,)),
@@ -362,12 +474,57 @@ def _block_lse_setup(ctx, inputs, output):
     ctx.has_shift = shift is not None
 
 
+def _block_lse_differentiable(qs, emb, shift, ids, row_ids, diag: Optional[int], nce: bool, out: torch.Tensor):
+    """``softmax_block_lse``'s ``out`` in differentiable PyTorch ops (all N columns at once).
+
+    What ``backward(create_graph=True)`` differentiates, so that gradient
+    penalties through the softmax losses get exact second derivatives. Rows
+    whose every column is masked (``out`` = −inf) contribute nothing, as in
+    the backward op.
+    """
+    s = qs @ emb.t()
+    if shift is not None:
+        s = s + shift.unsqueeze(0)
+    b, n = s.shape
+    mask = torch.zeros((b, n), dtype=torch.bool, device=s.device)
+    if ids is not None and row_ids is not None:
+        mask |= _hits.hit_mask(ids, row_ids)
+    if diag is not None:
+        r = torch.arange(b, device=s.device)
+        c = r + diag
+        ok = (c >= 0) & (c < n)
+        mask[r[ok], c[ok]] = True
+    if nce:
+        return torch.where(mask, torch.zeros_like(s), F.softplus(s)).sum(1)
+    live = torch.isfinite(out).unsqueeze(1)
+    s = torch.where(mask | ~live, torch.full_like(s, -math.inf), s)
+    s = torch.where(live, s, torch.zeros_like(s))  # all-masked rows: a finite stand-in with zero gradient
+    return torch.where(live.squeeze(1), torch.logsumexp(s, 1), torch.zeros_like(out))
+
+
 def _block_lse_backward(ctx, grad_out, grad_probs):
     qs, emb, shift, ids, row_ids, out, probs = ctx.saved_tensors
     diag, chunk_size, nce = ctx.args
     need_qs, need_emb, need_shift = ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2]
     if grad_out is None:  # the loss does not depend on this block
         return None, None, None, None, None, None, None, None
+    if torch.is_grad_enabled():
+        # backward(create_graph=True): differentiate the block in plain PyTorch ops, so
+        # the gradient itself has a graph (exact second derivatives, (B, N) memory).
+        wrt = [t for t, need in ((qs, need_qs), (emb, need_emb), (shift, need_shift and ctx.has_shift)) if need]
+        with torch.enable_grad():
+            value = _block_lse_differentiable(qs, emb, shift, ids, row_ids, diag, nce, out)
+        grads = iter(torch.autograd.grad(value, wrt, grad_out, create_graph=True, allow_unused=True))
+        return (
+            next(grads) if need_qs else None,
+            next(grads) if need_emb else None,
+            next(grads) if need_shift and ctx.has_shift else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
     gq, ge, gs = torch.ops.pyneg.softmax_block_lse_backward(
         grad_out,
         qs,
@@ -397,3 +554,14 @@ def _block_lse_backward(ctx, grad_out, grad_probs):
 
 
 block_lse.register_autograd(_block_lse_backward, setup_context=_block_lse_setup)
+
+
+_checks.refuse_sparse("softmax_find_hits", ("candidate_ids", "positive_ids"))
+_checks.refuse_sparse("softmax_check_ids", ("ids",))
+_checks.refuse_sparse("softmax_check_real", ("x",))
+_checks.refuse_sparse("softmax_check_padding", ("id_pad", "log_q_pad"))
+_checks.refuse_sparse("softmax_block_lse", ("qs", "emb", "shift", "ids", "row_ids"))
+_checks.refuse_sparse(
+    "softmax_block_lse_backward",
+    ("grad", "qs", "emb", "shift", "ids", "row_ids", "diag", "chunk_size", "nce", "out", "probs"),
+)
