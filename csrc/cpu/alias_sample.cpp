@@ -12,6 +12,7 @@
 #include "cpu/parallel.h"
 #include "cpu/philox.h"
 #include "cpu/philox_batch.h"
+#include "cpu/row_set.h"
 
 namespace pyneg {
 
@@ -228,35 +229,6 @@ void alias_sample_excluding(const AliasTableView& table, uint64_t seed, uint64_t
 }
 
 namespace {
-
-// The hash set of one row (IdSetView over owned slots) that remembers which
-// slots it filled, so resetting it for the next row costs what the row used.
-class RowSet {
- public:
-  void reset(size_t expected) {
-    const size_t cap = static_cast<size_t>(id_set_capacity(expected));
-    if (slots_.size() != cap) {
-      slots_.assign(cap, -1);
-    } else {
-      for (int64_t s : used_) slots_[static_cast<size_t>(s)] = -1;
-    }
-    used_.clear();
-    view_ = IdSetView{slots_.data(), cap - 1};
-  }
-  // Inserts id; returns false if it was present.
-  bool insert(int64_t id) {
-    const int64_t s = view_.insert_slot(id);
-    if (s < 0) return false;
-    used_.push_back(s);
-    return true;
-  }
-  bool contains(int64_t id) const { return view_.contains(id); }
-
- private:
-  std::vector<int64_t> slots_;
-  std::vector<int64_t> used_;
-  IdSetView view_{nullptr, 0};
-};
 
 // Expected number of draws with replacement after which `k` distinct allowed
 // ids have been seen: solves sum_i 1 - (1 - p_i)^t = k for t by bisection.

@@ -11,6 +11,7 @@
 #include "cpu/parallel.h"
 #include "cpu/philox.h"
 #include "cpu/philox_batch.h"
+#include "cpu/row_set.h"
 
 namespace pyneg {
 
@@ -132,32 +133,6 @@ int64_t allowed_pick(const AnalyticDist& d, const List& li, uint64_t u) {
   }
   return id;
 }
-
-// The hash set of one row (slots reset per row by what it used).
-class RowSet {
- public:
-  void reset(size_t expected) {
-    const size_t cap = static_cast<size_t>(id_set_capacity(expected));
-    if (slots_.size() != cap) {
-      slots_.assign(cap, -1);
-    } else {
-      for (int64_t s : used_) slots_[static_cast<size_t>(s)] = -1;
-    }
-    used_.clear();
-    view_ = IdSetView{slots_.data(), cap - 1};
-  }
-  bool insert(int64_t id) {
-    const int64_t s = view_.insert_slot(id);
-    if (s < 0) return false;
-    used_.push_back(s);
-    return true;
-  }
-
- private:
-  std::vector<int64_t> slots_;
-  std::vector<int64_t> used_;
-  IdSetView view_{nullptr, 0};
-};
 
 }  // namespace
 
