@@ -36,7 +36,7 @@ Ops:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -164,9 +164,17 @@ def check_draw_args(
         named.append(("mass", mass.device))
     if num_positive is not None and not 1 <= num_positive <= entries.numel():
         raise ValueError(f"num_positive must be in [1, {entries.numel()}], got {num_positive}")
+    _same_device(named + _check_request(exclude, seed, offset, size, k))
+
+
+def _check_request(
+    exclude: Optional[Tensor], seed: Tensor, offset: Tensor, size: Sequence[int], k: int
+) -> List[Tuple[str, torch.device]]:
+    """The checks of a draw request shared by the table and the analytic ops (seed,
+    offset, size, k, exclude); returns the devices of those tensors by name."""
     check_scalar_tensor(seed, "seed")
     check_scalar_tensor(offset, "offset")
-    named += [("seed", seed.device), ("offset", offset.device)]
+    named = [("seed", seed.device), ("offset", offset.device)]
     if any(type(d) is not int and not isinstance(d, torch.SymInt) for d in size):
         raise TypeError(f"size must hold ints, got {list(size)}")
     if any(isinstance(d, int) and d < 0 for d in size):
@@ -185,7 +193,7 @@ def check_draw_args(
         if isinstance(rows, int) and rows and rows % exclude.shape[0]:
             raise ValueError(f"exclude has {exclude.shape[0]} rows, which does not divide the {rows} rows of size")
         named.append(("exclude", exclude.device))
-    _same_device(named)
+    return named
 
 
 def _check_exclude_ids(exclude: Tensor, num_classes: int) -> None:
@@ -506,24 +514,7 @@ def check_analytic_args(
         raise ValueError(f"kind must be 0 (uniform) or 1 (log-uniform), got {kind}")
     if isinstance(num_classes, int) and not 1 <= num_classes <= MAX_ANALYTIC_CLASSES:
         raise ValueError(f"num_classes must be in [1, 2**50], got {num_classes}")
-    check_scalar_tensor(seed, "seed")
-    check_scalar_tensor(offset, "offset")
-    if any(isinstance(d, int) and d < 0 for d in size):
-        raise ValueError(f"size must hold non-negative dimensions, got {list(size)}")
-    n = math.prod(size)
-    if isinstance(k, int) and isinstance(n, int) and (k < 0 or (k == 0 and n) or (k and n % k)):
-        raise ValueError(f"k must be >= 1 and divide the {n} draws of size {list(size)}, got {k}")
-    if exclude is not None:
-        if not isinstance(exclude, Tensor):
-            raise TypeError(f"exclude must be a tensor, got {type(exclude).__name__}")
-        if exclude.dtype != torch.int64 and not _fake(exclude):  # (at run time, compiled too)
-            raise TypeError(f"exclude must hold integer ids, got {exclude.dtype}")
-        if exclude.layout != torch.strided or exclude.dim() != 2 or exclude.shape[0] < 1 or exclude.shape[1] < 1:
-            raise ValueError(f"exclude must be a dense (L, P) tensor with L, P >= 1, got shape {tuple(exclude.shape)}")
-        rows = n // k if isinstance(k, int) and k else 0
-        if isinstance(rows, int) and rows and rows % exclude.shape[0]:
-            raise ValueError(f"exclude has {exclude.shape[0]} rows, which does not divide the {rows} rows of size")
-        _same_device((("exclude", exclude.device), ("seed", seed.device)))
+    _same_device(_check_request(exclude, seed, offset, size, k))
 
 
 def analytic_draw_into(
