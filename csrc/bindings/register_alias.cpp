@@ -91,20 +91,24 @@ void draw_into(const AliasTableView& t, uint64_t seed, uint64_t offset, output_a
   alias_sample(t, seed, offset, dst, n, num_threads);
 }
 
-void draw_excluding_into(const AliasTableView& t, uint64_t seed, uint64_t offset,
-                         const input_array<int64_t>& exclude, int64_t k, output_array<int64_t>& out,
-                         int num_threads) {
+// The conversions of a draw with exclusion lists, shared by the table and the
+// analytic kernels: the output's rows and a private copy of the lists (checked
+// after copying); then draw(ex, rows, dst) runs without the GIL.
+template <class Draw>
+void excluding_into(const input_array<int64_t>& exclude, int64_t k, output_array<int64_t>& out, Draw&& draw) {
   int64_t* dst = writable_data(out, "out");
   const int64_t rows = checked_rows(out, k);
   const std::vector<int64_t> ids = owned_copy(exclude);
   const ExcludeLists ex = exclude_lists(exclude, ids, rows);
   py::gil_scoped_release release;
-  alias_sample_excluding(t, seed, offset, ex, rows, k, dst, num_threads);
+  draw(ex, rows, dst);
 }
 
-void draw_unique_into(const AliasTableView& t, uint64_t seed, uint64_t offset,
-                      const input_array<int64_t>& exclude, int64_t k, output_array<int64_t>& out,
-                      std::optional<output_array<int64_t>>& tries, int num_threads) {
+// The same for draws without replacement, with the optional per-row tries:
+// draw(ex, rows, dst, tries) runs without the GIL.
+template <class Draw>
+void unique_into(const input_array<int64_t>& exclude, int64_t k, output_array<int64_t>& out,
+                 std::optional<output_array<int64_t>>& tries, Draw&& draw) {
   int64_t* dst = writable_data(out, "out");
   const int64_t rows = checked_rows(out, k);
   int64_t* tr = nullptr;
@@ -115,7 +119,23 @@ void draw_unique_into(const AliasTableView& t, uint64_t seed, uint64_t offset,
   const std::vector<int64_t> ids = owned_copy(exclude);
   const ExcludeLists ex = exclude_lists(exclude, ids, rows);
   py::gil_scoped_release release;
-  alias_sample_unique(t, seed, offset, ex, rows, k, dst, tr, num_threads);
+  draw(ex, rows, dst, tr);
+}
+
+void draw_excluding_into(const AliasTableView& t, uint64_t seed, uint64_t offset,
+                         const input_array<int64_t>& exclude, int64_t k, output_array<int64_t>& out,
+                         int num_threads) {
+  excluding_into(exclude, k, out, [&](const ExcludeLists& ex, int64_t rows, int64_t* dst) {
+    alias_sample_excluding(t, seed, offset, ex, rows, k, dst, num_threads);
+  });
+}
+
+void draw_unique_into(const AliasTableView& t, uint64_t seed, uint64_t offset,
+                      const input_array<int64_t>& exclude, int64_t k, output_array<int64_t>& out,
+                      std::optional<output_array<int64_t>>& tries, int num_threads) {
+  unique_into(exclude, k, out, tries, [&](const ExcludeLists& ex, int64_t rows, int64_t* dst, int64_t* tr) {
+    alias_sample_unique(t, seed, offset, ex, rows, k, dst, tr, num_threads);
+  });
 }
 
 }  // namespace
@@ -361,12 +381,9 @@ void register_alias(py::module_& m) {
       [](int kind, int64_t num_classes, uint64_t seed, uint64_t offset,
          const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out, int num_threads) {
         const AnalyticDist d(kind, num_classes);
-        int64_t* dst = writable_data(out, "out");
-        const int64_t rows = checked_rows(out, k);
-        const std::vector<int64_t> ids = owned_copy(exclude);
-        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
-        py::gil_scoped_release release;
-        analytic_sample_excluding(d, seed, offset, ex, rows, k, dst, num_threads);
+        excluding_into(exclude, k, out, [&](const ExcludeLists& ex, int64_t rows, int64_t* dst) {
+          analytic_sample_excluding(d, seed, offset, ex, rows, k, dst, num_threads);
+        });
       },
       py::arg("kind"), py::arg("num_classes"), py::arg("seed"), py::arg("offset"), py::arg("exclude"),
       py::arg("k"), py::arg("out").noconvert(), py::arg("num_threads") = 1,
@@ -377,17 +394,9 @@ void register_alias(py::module_& m) {
          const input_array<int64_t>& exclude, int64_t k, output_array<int64_t> out,
          std::optional<output_array<int64_t>> tries, int num_threads) {
         const AnalyticDist d(kind, num_classes);
-        int64_t* dst = writable_data(out, "out");
-        const int64_t rows = checked_rows(out, k);
-        int64_t* tr = nullptr;
-        if (tries) {
-          tr = writable_data(*tries, "tries");
-          if (tries->size() != rows) throw std::invalid_argument("tries must hold one value per row");
-        }
-        const std::vector<int64_t> ids = owned_copy(exclude);
-        const ExcludeLists ex = exclude_lists(exclude, ids, rows);
-        py::gil_scoped_release release;
-        analytic_sample_unique(d, seed, offset, ex, rows, k, dst, tr, num_threads);
+        unique_into(exclude, k, out, tries, [&](const ExcludeLists& ex, int64_t rows, int64_t* dst, int64_t* tr) {
+          analytic_sample_unique(d, seed, offset, ex, rows, k, dst, tr, num_threads);
+        });
       },
       py::arg("kind"), py::arg("num_classes"), py::arg("seed"), py::arg("offset"), py::arg("exclude"),
       py::arg("k"), py::arg("out").noconvert(), py::arg("tries").noconvert() = py::none(),
