@@ -219,7 +219,7 @@ def test_sample_candidates_never_mixes_tables_while_another_thread_installs_one(
     b = pyneg.LearnedUnigramSampler(v, rebuild_every=1)
     b.set_counts(torch.arange(v), torch.arange(v, 0.0, -1.0))
     states = [a.state_dict(), b.state_dict()]
-    probs = [s["probs"] for s in states]
+    probs = [a.probs, b.probs]  # the tables' probabilities (states hold the tables, not probs)
     sampler = pyneg.LearnedUnigramSampler(v, rebuild_every=1)
     sampler.load_state_dict(states[0])
     stop = threading.Event()
