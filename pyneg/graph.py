@@ -44,8 +44,12 @@ import numpy as np
 import torch
 
 from pyneg import _core
-from pyneg._validation import as_index_tensor, check_bool, check_int, check_seed
+from pyneg._validation import as_index_tensor, check_bool, check_int, check_nbytes, check_seed
 from pyneg.samplers import draw_seed
+
+# Bytes a corrupted negative occupies in graph_corrupt's three (B, k) outputs:
+# an int64 id, an int8 side and a float64 log q.
+_CORRUPT_BYTES = 17
 
 __all__ = [
     "EdgeSet",
@@ -277,6 +281,7 @@ def negative_edges(
     s = _seed(seed, generator)
     off = check_seed(offset, "offset")
     b = ei.shape[1]
+    check_nbytes((b, k), _CORRUPT_BYTES, "num_negatives")  # before any allocation
     rows = np.zeros((b, 3), dtype=np.int64)
     rows[:, 0] = ei[0]
     rows[:, 2] = ei[1]
@@ -355,6 +360,7 @@ def negative_sampling(
         _, s_, d_ = es._fwd.keys()
         es = EdgeSet(np.stack([s_, d_]), (es.num_src_nodes, es.num_dst_nodes), undirected=True)
     k = es.num_edges if num_neg_samples is None else check_int(num_neg_samples, "num_neg_samples", minimum=0)
+    check_nbytes((2, k), 8, "num_neg_samples")  # before any allocation
     unique = check_bool(unique, "unique")
     square = es.num_src_nodes == es.num_dst_nodes
     s = _seed(seed, generator)
@@ -611,6 +617,7 @@ class TripleCorruptor:
         typed_h = typed_t = None
         if self.pseudo_typed:
             typed_h, typed_t = self.train._typed_lists()
+        check_nbytes((rows.shape[0], k), _CORRUPT_BYTES, "num_negatives")  # before any allocation
         probs = self.side_probs(rows[:, 1])
         ids, sides, lq = _core.graph_corrupt(
             rows,
@@ -664,6 +671,7 @@ class TripleCorruptor:
         off = check_seed(offset, "offset")
         b = rows.shape[0]
         chunks = (b + cs - 1) // cs
+        check_nbytes((chunks, k), _CORRUPT_BYTES, "num_negatives")  # before any allocation
         n = self.train.num_entities
         crow = np.zeros((chunks, 3), dtype=np.int64)
         crow[:, 2] = -1

@@ -234,14 +234,16 @@ def test_constructors(weights, kind, scalar):
     event("valid")
     p = s.probs.numpy()
     assert p.dtype == np.float64 and abs(p.sum() - 1) < 1e-9 and (p >= 0).all()
+    # The table's resolution (docs/guide/samplers.md, "Exactness"): every class within
+    # 2**-33 / V + 2**-39 p of its normalised weight, the largest within 2**-32.
     if kind == "alias":
         w = ref.astype(np.float64).ravel()
-        assert np.allclose(p, w / w.max() / (w / w.max()).sum(), rtol=1e-9, atol=0)
+        assert np.allclose(p, w / w.max() / (w / w.max()).sum(), rtol=2**-38, atol=2**-32)
     elif kind == "unigram":
         c = ref.astype(np.float64).ravel()
         with np.errstate(all="ignore"):
             q = np.power(c / c.max(), float(scalar)) if c.max() > 0 else np.ones_like(c)
-        assert np.allclose(p, q / q.sum(), rtol=1e-9, atol=1e-300)
+        assert np.allclose(p, q / q.sum(), rtol=2**-38, atol=2**-32)
     elif kind == "uniform":
         assert np.allclose(p, 1 / len(p), rtol=1e-12)
     else:

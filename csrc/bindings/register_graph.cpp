@@ -35,6 +35,14 @@ struct Typed {
   std::vector<int64_t> offsets, ids;
 };
 
+// pybind11 computes an array's strides and byte size in signed 64-bit arithmetic:
+// refuse (rows, k) outputs of 8-byte values whose byte size cannot be represented.
+void check_output_shape(int64_t rows, int64_t k, const char* what) {
+  constexpr int64_t kMaxBytes = int64_t{1} << 62;
+  if (rows < 0 || k < 0 || (rows > 0 && k > kMaxBytes / 8 / rows))
+    throw std::invalid_argument(std::string(what) + " asks for more negatives than one array can hold");
+}
+
 }  // namespace
 
 void register_graph(py::module_& m) {
@@ -183,6 +191,7 @@ void register_graph(py::module_& m) {
           if (req.side[s].weights && static_cast<int64_t>(req.side[s].weights->prob.size()) != req.side[s].universe)
             throw std::invalid_argument("weights must have one entry per node");
         }
+        check_output_shape(req.num_rows, k, "k");
         const auto B = static_cast<py::ssize_t>(req.num_rows);
         py::array_t<int64_t> ids({B, static_cast<py::ssize_t>(k)});
         py::array_t<int8_t> sides({B, static_cast<py::ssize_t>(k)});
@@ -207,6 +216,7 @@ void register_graph(py::module_& m) {
       [](const PairGroups& index, int64_t num_src, int64_t num_dst, int64_t num_known, int64_t k, bool unique,
          bool exclude_self_loops, bool upper, uint64_t seed, uint64_t offset, int num_threads) {
         if (k < 0) throw std::invalid_argument("num_neg_samples must be >= 0");
+        check_output_shape(2, k, "num_neg_samples");
         py::array_t<int64_t> out({py::ssize_t{2}, static_cast<py::ssize_t>(k)});
         int64_t* ps = out.mutable_data();
         int64_t* pd = ps + k;
