@@ -244,8 +244,10 @@ def negative_edges(
         unique: the k negatives of a row (per side) are distinct.
         exclude_self_loops: never return ``u == v``.
         filtered: exclude the known edges (False: only the row's own positive).
-        seed, offset, generator: row i draws from Philox stream ``offset + i``
-            of ``seed`` (taken from ``generator`` / torch's generator when None).
+        seed: row i draws from Philox stream ``offset + i`` of ``seed`` (taken
+            from ``generator`` / torch's generator when None).
+        offset: the first row's Philox stream.
+        generator: the ``torch.Generator`` a seed is drawn from when ``seed`` is None.
 
     Returns:
         :class:`GraphNegatives` ``(src, dst, log_q)``, each (B, k).
@@ -348,7 +350,8 @@ def negative_sampling(
             result is exact either way).
         force_undirected: return an undirected set: ``num_neg_samples // 2``
             unordered pairs ``u < v`` and their reverses (as PyG does).
-        seed, generator: randomness (Philox; ``torch.manual_seed`` reproduces).
+        seed: the Philox seed (None: drawn from ``generator``, so ``torch.manual_seed`` reproduces).
+        generator: the ``torch.Generator`` a seed is drawn from when ``seed`` is None.
         unique: pairs are distinct (PyG's behaviour); False draws with replacement.
         return_log_q: also return the log probability of one draw (a float).
     """
@@ -415,7 +418,8 @@ class TripleSet:
 
     Args:
         triples: (T, 3) integer ids ``[head, relation, tail]`` (PyKEEN's layout).
-        num_entities, num_relations: id ranges (default: 1 + the largest id).
+        num_entities: the entity id range (default: 1 + the largest id).
+        num_relations: the relation id range (default: 1 + the largest id).
 
     Builds two indexes once, in C++: the tails of every (relation, head) and
     the heads of every (relation, tail) (and, when relations are corrupted,

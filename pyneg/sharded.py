@@ -293,8 +293,9 @@ class ShardedAliasSampler:
                 B the first dimension of ``size`` (each element of a 1-D size is
                 a row); the row's draws follow the distribution renormalised
                 over its allowed ids, exactly.
-            generator, seed: as :meth:`pyneg.AliasSampler.sample`. Ranks that pass
-                the same seed, size and exclusions get the same ids.
+            generator: as :meth:`pyneg.AliasSampler.sample`.
+            seed: as :meth:`pyneg.AliasSampler.sample`. Ranks that pass the same
+                seed, size and exclusions get the same ids.
 
         Each rank asks for its own draws (sizes may differ between ranks); every
         rank must call. Draws with replacement only (no ``unique``).
