@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from pyneg import _core, cuda
+from pyneg._validation import MAX_BUFFER_BYTES
 
 __all__ = [
     "alias_sample",
@@ -428,14 +429,16 @@ def _alias_sample_unique_cuda(entries, mass, num_positive, exclude, seed, offset
 
 
 def _log_prob_out(ids: Tensor) -> Tensor:
-    """The float64 result of a log_prob, allocated before anything else (a MemoryError
-    naming ``ids`` and the size for absurd ones, e.g. an expanded view of 2**40 ids)."""
-    try:
-        return torch.empty(ids.shape, dtype=torch.float64)
-    except (RuntimeError, MemoryError) as exc:
+    """The float64 result of a log_prob, sized before it is allocated: a MemoryError naming
+    ``ids`` and the size for absurd ones (e.g. an expanded view of 2**40 ids), decided from
+    the machine's memory rather than by an allocator failure (which aborts under ASan)."""
+    nbytes = 8 * ids.numel()
+    if nbytes > MAX_BUFFER_BYTES:
         raise MemoryError(
-            f"ids has {ids.numel()} elements: cannot allocate {8 * ids.numel()} bytes of log-probabilities ({exc})"
-        ) from None
+            f"ids has {ids.numel()} elements: cannot allocate {nbytes} bytes of log-probabilities "
+            f"(more than this machine's {MAX_BUFFER_BYTES} bytes of memory)"
+        )
+    return torch.empty(ids.shape, dtype=torch.float64)
 
 
 def _owned_ids(ids: Tensor, v: int) -> Tensor:
