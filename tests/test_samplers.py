@@ -356,14 +356,19 @@ def test_philox_known_answers():
     )
 
 
-@pytest.mark.parametrize("offset", [0, 1, 7, 2 * (2**32 - 3) + 1])
-def test_draw_stream_equals_reference_philox(offset):
+@pytest.mark.parametrize("isa", ["", "scalar", "avx2", "avx512"])
+@pytest.mark.parametrize("offset", [0, 1, 7, 2 * (2**32 - 3) + 1, 2 * (2**32 - 9)])
+def test_draw_stream_equals_reference_philox(offset, isa):
     # Position j uses block j // 2 (counter (lo, hi, 0, 0), key = seed) and its
-    # first or second 64-bit half; the batched (AVX2) path must agree, also
-    # from odd offsets and across a 2**32 block boundary.
+    # first or second 64-bit half; every batched path (AVX2: 8 blocks a pass,
+    # AVX-512: 16) must agree, also from odd offsets, across a 2**32 block
+    # boundary and in the scalar tail after the vector passes.
     seed = 0x0123456789ABCDEF
-    out = np.empty(37, np.uint64)
-    _core._testing.draw_randoms(seed, offset, out)
+    out = np.empty(75, np.uint64)
+    try:
+        _core._testing.draw_randoms(seed, offset, out, isa)
+    except ValueError:
+        pytest.skip(f"this CPU has no {isa} Philox batches")
     for j, got in enumerate(out.tolist()):
         pos = offset + j
         blk = pos >> 1
@@ -443,4 +448,4 @@ def test_empty_and_zero_sizes():
 
 
 def test_core_reports_its_isa():
-    assert _core._testing.philox_isa() in ("avx2", "scalar")
+    assert _core._testing.philox_isa() in ("avx512", "avx2", "scalar")

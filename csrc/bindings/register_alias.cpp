@@ -405,14 +405,19 @@ void register_alias(py::module_& m) {
       "candidate draws each row used.");
   testing.def(
       "draw_randoms",
-      [](uint64_t seed, uint64_t offset, output_array<uint64_t> out) {
+      [](uint64_t seed, uint64_t offset, output_array<uint64_t> out, const std::string& isa) {
         uint64_t* dst = writable_data(out, "out");
         const int64_t n = out.size();
         py::gil_scoped_release release;
-        fill_draw_randoms(seed, offset, n, dst);
+        if (isa.empty()) {
+          fill_draw_randoms(seed, offset, n, dst);
+        } else if (!fill_draw_randoms_isa(isa.c_str(), seed, offset, n, dst)) {
+          throw std::invalid_argument("this CPU or build has no " + isa + " Philox batches");
+        }
       },
-      py::arg("seed"), py::arg("offset"), py::arg("out").noconvert(),
-      "The 64-bit Philox4x32-10 numbers behind plain draws offset, offset + 1, ...");
+      py::arg("seed"), py::arg("offset"), py::arg("out").noconvert(), py::arg("isa") = "",
+      "The 64-bit Philox4x32-10 numbers behind plain draws offset, offset + 1, ... (isa: "
+      "'scalar', 'avx2' or 'avx512' to pick the implementation; '' for the one draws use).");
   testing.def("philox_isa", &philox_batch_isa, "Instruction set of the batched Philox generator.");
 }
 

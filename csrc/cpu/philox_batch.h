@@ -1,7 +1,7 @@
 // Random numbers of consecutive plain-draw positions, many Philox blocks at a
-// time. Bit-identical to draw_random64() in philox.h; on x86-64 CPUs with AVX2
-// (checked at run time, the default build targets baseline x86-64) eight
-// blocks run in the lanes of one vector register.
+// time. Bit-identical to draw_random64() in philox.h; on x86-64 CPUs with
+// AVX-512F or AVX2 (checked at run time, the default build targets baseline
+// x86-64) sixteen or eight blocks run in the lanes of one vector register.
 #pragma once
 
 #include <cstdint>
@@ -11,7 +11,11 @@ namespace pyneg {
 // r[i] = draw_random64(seed, pos + i) for i in [0, count).
 void fill_draw_randoms(uint64_t seed, uint64_t pos, int64_t count, uint64_t* r);
 
-// Which implementation fill_draw_randoms uses on this CPU: "avx2" or "scalar".
+// The same with a named implementation ("scalar", "avx2" or "avx512"), for
+// tests; false (r untouched) when this CPU or build lacks it.
+bool fill_draw_randoms_isa(const char* isa, uint64_t seed, uint64_t pos, int64_t count, uint64_t* r);
+
+// Which implementation fill_draw_randoms uses on this CPU: "avx512", "avx2" or "scalar".
 const char* philox_batch_isa();
 
 }  // namespace pyneg
