@@ -5,8 +5,11 @@
 // and free of host-only code, so a given seed gives bit-identical samples on
 // CPU and GPU by construction: both devices run these very functions, and the
 // CPU tests exercise them. What stays device-specific is only how draws are
-// scheduled (AVX2 Philox batches and prefetching on the CPU, one thread per
-// Philox block or per row on the GPU) and where scratch memory comes from.
+// scheduled (AVX-512/AVX2 Philox batches and prefetching on the CPU, one thread
+// per Philox block or per row on the GPU) and where scratch memory comes from.
+// One exception: the CPU picks of cache-resident tables may run eight at a
+// time in AVX-512 (pick_block_avx512 in alias_sample.cpp), the same arithmetic
+// as alias_pick split into 32-bit products; the golden digests pin both.
 #pragma once
 
 #include <cstdint>
