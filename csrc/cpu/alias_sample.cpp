@@ -67,6 +67,16 @@ class LazyCumulative {
 // coin. About 1.7x the scalar loop at V = 10^5 (a gather of eight entries
 // against eight dependent scalar picks); the scalar loop finishes the tail.
 #ifdef PYNEG_HAVE_AVX512_PICK
+// Full-mask forms of the intrinsics (here and for the gather): GCC 12's headers
+// give the plain ones an undefined pass-through operand that
+// -Wmaybe-uninitialized reports (GCC bug 105593); same instructions.
+__attribute__((target("avx512f"))) inline __m512i mul_epu32_512(__m512i a, __m512i b) {
+  return _mm512_maskz_mul_epu32(0xFF, a, b);
+}
+__attribute__((target("avx512f"))) inline __m512i shr32_512(__m512i a) {
+  return _mm512_maskz_srli_epi64(0xFF, a, 32);
+}
+
 __attribute__((target("avx512f"))) bool pick_block_avx512(const uint64_t* entries, uint64_t v,
                                                          const uint64_t* r, int m, int64_t* out) {
   static_assert(kPrefetchBytes / sizeof(uint64_t) < (uint64_t{1} << 32), "V must fit in 32 bits");
@@ -76,13 +86,14 @@ __attribute__((target("avx512f"))) bool pick_block_avx512(const uint64_t* entrie
   int i = 0;
   for (; i + 8 <= m; i += 8) {
     const __m512i u = _mm512_loadu_si512(r + i);
-    const __m512i hi = _mm512_mul_epu32(_mm512_srli_epi64(u, 32), vv);
-    const __m512i t = _mm512_add_epi64(hi, _mm512_srli_epi64(_mm512_mul_epu32(u, vv), 32));
-    const __m512i bucket = _mm512_srli_epi64(t, 32);
-    const __m512i e = _mm512_i64gather_epi64(bucket, reinterpret_cast<const long long*>(entries), 8);
+    const __m512i hi = mul_epu32_512(shr32_512(u), vv);
+    const __m512i t = _mm512_add_epi64(hi, shr32_512(mul_epu32_512(u, vv)));
+    const __m512i bucket = shr32_512(t);
+    const __m512i e = _mm512_mask_i64gather_epi64(_mm512_setzero_si512(), 0xFF, bucket,
+                                                      reinterpret_cast<const long long*>(entries), 8);
     // Alias when coin >= threshold (the low halves of t and e).
     const __mmask8 take_alias = _mm512_cmpge_epu64_mask(_mm512_and_si512(t, low32), _mm512_and_si512(e, low32));
-    const __m512i id = _mm512_mask_blend_epi64(take_alias, bucket, _mm512_srli_epi64(e, 32));
+    const __m512i id = _mm512_mask_blend_epi64(take_alias, bucket, shr32_512(e));
     bad |= _mm512_cmpge_epu64_mask(id, vv);
     _mm512_storeu_si512(out + i, id);
   }
