@@ -25,6 +25,9 @@ namespace {
 
 constexpr int64_t kGrain = int64_t{1} << 15;  // draws per thread chunk, at least
 constexpr int kBlock = 256;                   // draws resolved together
+// Draws a thread of alias_sample claims at a time (a multiple of kBlock; the
+// prefetch pipeline restarts per piece, about 1% at this size).
+constexpr int64_t kPiece = int64_t{1} << 13;
 // For DRAM tables, draw i prefetches the entry of draw i + kPrefetchAhead into
 // L2 (prefetcht1: unlike a prefetch into L1 it does not hold one of the core's
 // few L1 miss buffers until the line arrives, so many more misses stay in
@@ -215,7 +218,7 @@ void alias_sample(const AliasTableView& table, uint64_t seed, uint64_t offset, i
   const uint64_t v = static_cast<uint64_t>(table.size());
   const bool prefetch = static_cast<size_t>(table.size()) * sizeof(uint64_t) > kPrefetchBytes;
   std::atomic<bool> bad_alias{false};
-  parallel_for(n, num_threads, kGrain, [&, entries, v](int64_t b, int64_t e) {
+  auto draw_range = [&, entries, v](int64_t b, int64_t e) {
     // Every id is checked against V as it is written (one compare per draw): a
     // table with an alias >= V (not one pyneg built) is refused, never returned.
     uint64_t worst = 0;
@@ -279,6 +282,17 @@ void alias_sample(const AliasTableView& table, uint64_t seed, uint64_t offset, i
       }
     }
     if (worst) bad_alias = true;
+  };
+  // The threads (as many as before: one parallel_for chunk each) claim
+  // kPiece draws at a time until none are left, so a thread that starts late
+  // or is descheduled (a loaded machine) leaves its share to the others instead
+  // of holding up the call. Draws depend only on their positions, so the split
+  // changes nothing in the output.
+  const int64_t pieces = (n + kPiece - 1) / kPiece;
+  std::atomic<int64_t> next{0};
+  parallel_for(n, num_threads, kGrain, [&](int64_t, int64_t) {
+    for (int64_t p; (p = next.fetch_add(1, std::memory_order_relaxed)) < pieces;)
+      draw_range(p * kPiece, std::min(n, (p + 1) * kPiece));
   });
   if (bad_alias) throw_bad_alias(v);
 }
