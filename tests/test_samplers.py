@@ -449,3 +449,22 @@ def test_empty_and_zero_sizes():
 
 def test_core_reports_its_isa():
     assert _core._testing.philox_isa() in ("avx512", "avx2", "scalar")
+
+
+@pytest.mark.parametrize("v", [100_000, 300_000])  # the cache-resident (8-wide picks) and the prefetching loop
+@pytest.mark.parametrize("offset", [0, 3])
+def test_plain_draws_equal_the_per_position_draws_at_block_and_piece_edges(v, offset):
+    # The CPU kernel batches Philox numbers (256 a block), picks 8 at a time or
+    # prefetches 128 draws ahead, and lets its threads claim 8192-draw pieces
+    # (calls of more than 32768 draws use several threads);
+    # none of that may change a draw: compare with the one-position-at-a-time
+    # schedule of the device emulation, for lengths at those edges.
+    s = pyneg.AliasSampler(np.random.default_rng(v).random(v) + 0.01)
+    nothing = np.full((1, 1), -1, np.int64)
+    for n in (1, 7, 8, 9, 127, 128, 129, 255, 256, 257, 8191, 8192, 8193, 3 * 8192 + 129, 12 * 8192 + 129):
+        want = np.empty((1, n), np.int64)
+        s._table._emulate_device(0, 99, offset, nothing, n, want, np.empty(1, np.int64))
+        for threads in (1, 2, 3):
+            got = np.empty(n, np.int64)
+            _testing.alias_table_sample(s._table, 99, offset, got, threads)
+            assert np.array_equal(got, want[0]), (n, threads)
