@@ -29,11 +29,11 @@ constexpr int kBlock = 256;                   // draws resolved together
 // prefetch pipeline restarts per piece, about 1% at this size).
 constexpr int64_t kPiece = int64_t{1} << 13;
 // For DRAM tables, draw i prefetches the entry of draw i + kPrefetchAhead into
-// L2 (prefetcht1: unlike a prefetch into L1 it does not hold one of the core's
-// few L1 miss buffers until the line arrives, so many more misses stay in
-// flight). Measured at V = 10^7, 81920 draws per call with a new seed each call
-// (the 2-core reference machine, thread CPU time, M draws/s per core, AVX-512
-// Philox batches): into L2, 115 at distance 32, 153 at 64, 160-168 at 128 to
+// L2 (prefetcht1; presumably faster than a prefetch into L1 because it does not
+// hold one of the core's few L1 miss buffers until the line arrives, so more
+// misses stay in flight). Measured at V = 10^7, 81920 draws per call with a new
+// seed each call (the 2-core Intel Xeon development machine with AVX-512,
+// shared, thread CPU time, M draws/s per core, AVX-512 Philox batches): into L2, 115 at distance 32, 153 at 64, 160-168 at 128 to
 // 256; into L1, 110 at any distance from 32 to 192 (the old 16-draw stages: 85).
 // AVX2 batches: 148 at 128 into L2.
 constexpr int kPrefetchAhead = 128;

@@ -101,8 +101,8 @@ __attribute__((target("avx512f"))) inline __m512i shl32_512(__m512i a) {
 
 // Sixteen blocks per iteration in the lanes of one 512-bit register, the same
 // rounds as blocks_avx2 (the three-way XOR of a round is one vpternlogd); the
-// tail goes through blocks_scalar. About 1.5x the AVX2 rate on the reference
-// machine (a Sapphire Rapids guest): 1.3 against 1.9 ns per draw.
+// tail goes through blocks_scalar. About 1.5x the AVX2 rate on the 2-core
+// Intel Xeon development machine: 1.3 against 1.9 ns per draw.
 __attribute__((target("avx512f"))) inline void mulhilo16(__m512i a, __m512i m, __m512i& hi,
                                                          __m512i& lo) {
   const __m512i even = mul_epu32_512(a, m);
