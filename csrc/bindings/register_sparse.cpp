@@ -1,0 +1,70 @@
+// Bindings of the sparse catalogues' id maps (csrc/cpu/sparse_ids.h).
+#include <string>
+
+#include "bindings/common.h"
+#include "cpu/analytic_sample.h"
+#include "cpu/sparse_ids.h"
+
+namespace pyneg::bindings {
+
+namespace {
+
+void check_num_classes(int64_t v) {
+  if (v < 1 || v > kMaxAnalyticClasses)
+    throw std::invalid_argument("num_classes must be in [1, 2**50], got " + std::to_string(v));
+}
+
+}  // namespace
+
+void register_sparse(py::module_& m) {
+  m.def(
+      "sparse_check_ids",
+      [](const input_array<int64_t>& ids, int64_t num_classes, const std::string& name) {
+        require_ndim(ids, 1, name.c_str());
+        check_num_classes(num_classes);
+        const int64_t* p = ids.data();
+        const int64_t n = ids.size();
+        py::gil_scoped_release release;
+        check_sparse_ids(p, n, num_classes, name.c_str());
+      },
+      py::arg("ids"), py::arg("num_classes"), py::arg("name") = "ids",
+      "Refuse (ValueError naming `name`) ids that are empty, not strictly increasing, or outside "
+      "[0, num_classes).");
+  m.def(
+      "sparse_gather",
+      [](const input_array<int64_t>& ids, int64_t num_classes, output_array<int64_t> inout, int num_threads) {
+        require_ndim(ids, 1, "ids");
+        check_num_classes(num_classes);
+        int64_t* dst = writable_data(inout, "inout");
+        const int64_t* p = ids.data();
+        const int64_t n = ids.size(), count = inout.size();
+        if (n < 1) throw std::invalid_argument("ids must not be empty");
+        py::gil_scoped_release release;
+        gather_sparse_ids(p, n, num_classes, dst, count, num_threads);
+      },
+      py::arg("ids"), py::arg("num_classes"), py::arg("inout").noconvert(), py::arg("num_threads") = 1,
+      "Replace every slot of inout by its id, ids[slot], in place (checked: slots in [0, len(ids)), "
+      "ids in [0, num_classes)).");
+  m.def(
+      "sparse_lookup",
+      [](const input_array<int64_t>& ids, int64_t num_classes, const input_array<int64_t>& query,
+         output_array<int64_t> slots, bool allow_padding, const std::string& name, int num_threads) {
+        require_ndim(ids, 1, "ids");
+        check_num_classes(num_classes);
+        if (slots.size() != query.size()) throw std::invalid_argument("slots must have one entry per query id");
+        int64_t* dst = writable_data(slots, "slots");
+        const std::vector<int64_t> q = owned_copy(query);  // the caller's may change meanwhile
+        const int64_t* p = ids.data();
+        const int64_t n = ids.size();
+        py::gil_scoped_release release;
+        lookup_sparse_ids(p, n, num_classes, q.data(), static_cast<int64_t>(q.size()), dst, allow_padding,
+                          name.c_str(), num_threads);
+      },
+      py::arg("ids"), py::arg("num_classes"), py::arg("query"), py::arg("slots").noconvert(),
+      py::arg("allow_padding") = false, py::arg("name") = "ids", py::arg("num_threads") = 1,
+      "Write the slot of every query id (binary search in the sorted ids; -1 for an id without a "
+      "slot, or padding -1 when allow_padding) into slots. Refuses ids outside [0, num_classes), "
+      "naming `name`.");
+}
+
+}  // namespace pyneg::bindings
