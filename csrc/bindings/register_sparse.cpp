@@ -1,5 +1,7 @@
 // Bindings of the sparse catalogues' id maps (csrc/cpu/sparse_ids.h).
+#include <algorithm>
 #include <string>
+#include <vector>
 
 #include "bindings/common.h"
 #include "cpu/analytic_sample.h"
@@ -65,6 +67,23 @@ void register_sparse(py::module_& m) {
       "Write the slot of every query id (binary search in the sorted ids; -1 for an id without a "
       "slot, or padding -1 when allow_padding) into slots. Refuses ids outside [0, num_classes), "
       "naming `name`.");
+  // (Large catalogues: the analytic samplers' num_tries of rows finished from their CDF.)
+  py::module_ testing = m.attr("_testing");
+  testing.def(
+      "analytic_expected_tries",
+      [](int kind, int64_t num_classes, const input_array<int64_t>& excluded, int64_t k) {
+        const AnalyticDist d(kind, num_classes);
+        std::vector<int64_t> ex = owned_copy(excluded);
+        std::sort(ex.begin(), ex.end());
+        ex.erase(std::unique(ex.begin(), ex.end()), ex.end());
+        for (int64_t x : ex)
+          if (x < 0 || x >= num_classes) throw std::invalid_argument("excluded holds an id outside [0, V)");
+        py::gil_scoped_release release;
+        return analytic_expected_tries(d, ex.data(), static_cast<int64_t>(ex.size()), k);
+      },
+      py::arg("kind"), py::arg("num_classes"), py::arg("excluded"), py::arg("k"),
+      "The expected draws with replacement that give k distinct ids outside `excluded` "
+      "(num_tries of a unique row finished from the exact CDF).");
 }
 
 }  // namespace pyneg::bindings
