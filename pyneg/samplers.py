@@ -26,6 +26,7 @@ from pyneg._ops import alias as _alias_ops
 from pyneg._state import pack_tensors, unpack_tensors
 from pyneg._validation import (
     MAX_ANALYTIC_CLASSES,
+    MAX_BUFFER_BYTES,
     MAX_CLASSES,
     ArrayLike,
     SizeLike,
@@ -688,7 +689,7 @@ class AliasSampler:
             return self._draw_slots(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
         slot_ex = None if ex is None else _sparse_slots(dist, ex, "exclude", allow_padding=True)
         slots, tries = self._draw_slots(dist, shape, k, slot_ex, unique, seed, offset, dev, out, want_tries)
-        return _sparse_gather(dist, slots), tries
+        return _sparse_gather(dist, slots, into=out is not None), tries
 
     def _draw_slots(
         self,
@@ -991,16 +992,17 @@ def _sparse_slots(dist: _Distribution, query: torch.Tensor, name: str, *, allow_
     return slots
 
 
-def _sparse_gather(dist: _Distribution, slots: torch.Tensor) -> torch.Tensor:
-    """Drawn slots replaced by their catalogue ids: in place on the CPU (C++), else a gather."""
+def _sparse_gather(dist: _Distribution, slots: torch.Tensor, *, into: bool) -> torch.Tensor:
+    """Drawn slots replaced by their catalogue ids: in place on the CPU (C++), else a gather
+    (written back into ``slots`` when ``into``: the caller's ``out``)."""
     assert dist.ids_np is not None
     if slots.device.type == "cpu" and _alias_ops.direct_call_ok(slots) and slots.is_contiguous():
         if slots.numel():
             _core.sparse_gather(dist.ids_np, dist.num_classes, slots.view(-1).numpy(), torch.get_num_threads())
         return slots
     got = dist.ids_on(slots.device).index_select(0, slots.reshape(-1)).reshape(slots.shape)
-    if _alias_ops.direct_call_ok(slots):
-        slots.copy_(got)  # (out= given: the caller's buffer holds the ids)
+    if into:
+        slots.copy_(got)
         return slots
     return got
 
@@ -1008,7 +1010,8 @@ def _sparse_gather(dist: _Distribution, slots: torch.Tensor) -> torch.Tensor:
 def _sparse_log_prob(dist: _Distribution, idx: torch.Tensor) -> torch.Tensor:
     """log P(one draw == id) of a sparse table for int64 catalogue ids ``idx`` (CPU): the
     slot's mass over ``n * 2**32``, ``-inf`` for an id of weight 0."""
-    _alias_ops._log_prob_out(idx)  # sized first: a MemoryError for absurd ids, as dense tables
+    if 8 * idx.numel() > MAX_BUFFER_BYTES:  # sized first: a MemoryError for absurd ids, as dense tables
+        _alias_ops._log_prob_out(idx)
     slots = _sparse_slots(dist, idx, "ids", allow_padding=False)
     mass = dist.mass
     missing = slots < 0

@@ -359,7 +359,26 @@ def test_sparse_memory_is_16_bytes_per_weighted_id():
     s.log_prob(s.ids[:3])
     assert d.mass_np.nbytes == 8 * len(ids)  # derived on demand: 24 bytes per weighted id
     assert "ids: 1000 with weight" in repr(s) and pyneg.AliasSampler([1.0]).ids is None
+    with pytest.raises(MemoryError, match="ids has 1099511627776 elements"):
+        s.log_prob(torch.zeros(1, dtype=torch.int64).expand(2**40))
     with pytest.raises(ValueError, match="probs of a sparse AliasSampler of 1099511627776 classes"):
         s.probs  # noqa: B018
     small = pyneg.AliasSampler([1.0, 3.0], ids=[7, 2], num_classes=10)
     torch.testing.assert_close(small.probs, torch.tensor([0, 0, 0.75, 0, 0, 0, 0, 0.25, 0, 0], dtype=torch.float64))
+
+
+def test_sparse_sampler_inside_torch_compile():
+    s = pyneg.AliasSampler([1.0, 2.0, 5.0, 0.5], ids=[2**35, 7, BIG - 1, 12], num_classes=BIG)
+    ex = torch.tensor([[7], [BIG - 1]])
+
+    def step(seed, out):
+        a = s.sample((2, 3), seed=seed, exclude=ex)
+        b = s.sample((2, 3), seed=seed, unique=True)
+        s.sample((2, 3), seed=seed, out=out)
+        return a, b, s.log_prob(a), s.log_expected_count(b, 3)
+
+    out_eager, out_compiled = torch.empty(2, 3, dtype=torch.int64), torch.empty(2, 3, dtype=torch.int64)
+    want = step(torch.tensor(5), out_eager)
+    got = torch.compile(step, fullgraph=True, backend="eager")(torch.tensor(5), out_compiled)
+    assert all(torch.equal(x, y) for x, y in zip(want, got)) and torch.equal(out_eager, out_compiled)
+    assert torch.isin(out_compiled, s.ids).all()
