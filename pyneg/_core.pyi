@@ -22,6 +22,15 @@ def alias_class_masses(entries: npt.ArrayLike, out: npt.NDArray[np.int64]) -> in
 # Sparse catalogues (register_sparse.cpp): sorted catalogue ids of a table's slots.
 def sparse_check_ids(ids: npt.ArrayLike, num_classes: int, name: str = "ids") -> None: ...
 def sparse_gather(ids: npt.ArrayLike, num_classes: int, inout: npt.NDArray[np.int64], num_threads: int = 1) -> None: ...
+def sparse_log_prob(
+    ids: npt.ArrayLike,
+    mass: npt.ArrayLike,
+    num_classes: int,
+    query: npt.ArrayLike,
+    out: npt.NDArray[np.float64],
+    name: str = "ids",
+    num_threads: int = 1,
+) -> None: ...
 def sparse_lookup(
     ids: npt.ArrayLike,
     num_classes: int,

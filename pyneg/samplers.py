@@ -1012,6 +1012,14 @@ def _sparse_log_prob(dist: _Distribution, idx: torch.Tensor) -> torch.Tensor:
     slot's mass over ``n * 2**32``, ``-inf`` for an id of weight 0."""
     if 8 * idx.numel() > MAX_BUFFER_BYTES:  # sized first: a MemoryError for absurd ids, as dense tables
         _alias_ops._log_prob_out(idx)
+    if _alias_ops.direct_call_ok(idx):  # eagerly: one C++ pass (lookup, gather, log)
+        q = idx.contiguous()
+        out = torch.empty(q.shape, dtype=torch.float64)
+        if q.numel():
+            _core.sparse_log_prob(
+                dist.ids_np, dist.masses(), dist.num_classes, q.numpy(), out.numpy(), "ids", torch.get_num_threads()
+            )
+        return out
     slots = _sparse_slots(dist, idx, "ids", allow_padding=False)
     mass = dist.mass
     missing = slots < 0

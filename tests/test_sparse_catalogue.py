@@ -382,3 +382,26 @@ def test_sparse_sampler_inside_torch_compile():
     got = torch.compile(step, fullgraph=True, backend="eager")(torch.tensor(5), out_compiled)
     assert all(torch.equal(x, y) for x, y in zip(want, got)) and torch.equal(out_eager, out_compiled)
     assert torch.isin(out_compiled, s.ids).all()
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 15, 16, 17, 1000, 100_003])
+def test_lookup_and_gather_kernels_match_numpy(n):
+    rng = np.random.default_rng(n)
+    ids = np.unique(rng.integers(0, BIG, size=2 * n, dtype=np.int64))[:n]
+    assert len(ids) == n
+    query = np.concatenate([ids, rng.integers(0, BIG, size=5000, dtype=np.int64), [-1, 0, BIG - 1], ids - 1, ids + 1])
+    query = query[(query >= -1) & (query < BIG)]
+    rng.shuffle(query)
+    slots = np.empty_like(query)
+    _core.sparse_lookup(ids, BIG, query, slots, True, "q", 2)
+    pos = np.searchsorted(ids, query).clip(max=n - 1)
+    want = np.where((ids[pos] == query) & (query >= 0), pos, -1)
+    assert np.array_equal(slots, want)
+    drawn = rng.integers(0, n, size=70_000, dtype=np.int64)
+    got = drawn.copy()
+    _core.sparse_gather(ids, BIG, got, 2)
+    assert np.array_equal(got, ids[drawn])
+    with pytest.raises(ValueError, match="is not a sparse sampler's id array"):
+        _core.sparse_gather(ids, BIG, np.array([n], dtype=np.int64), 1)
+    with pytest.raises(ValueError, match="q holds id -1"):
+        _core.sparse_lookup(ids, BIG, np.array([-1]), np.empty(1, dtype=np.int64), False, "q", 1)

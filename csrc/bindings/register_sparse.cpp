@@ -67,6 +67,29 @@ void register_sparse(py::module_& m) {
       "Write the slot of every query id (binary search in the sorted ids; -1 for an id without a "
       "slot, or padding -1 when allow_padding) into slots. Refuses ids outside [0, num_classes), "
       "naming `name`.");
+  m.def(
+      "sparse_log_prob",
+      [](const input_array<int64_t>& ids, const input_array<int64_t>& mass, int64_t num_classes,
+         const input_array<int64_t>& query, output_array<double> out, const std::string& name, int num_threads) {
+        require_ndim(ids, 1, "ids");
+        require_ndim(mass, 1, "mass");
+        check_num_classes(num_classes);
+        if (ids.size() < 1 || mass.size() != ids.size())
+          throw std::invalid_argument("mass must hold one mass per id (and ids must not be empty)");
+        if (out.size() != query.size()) throw std::invalid_argument("out must have one entry per query id");
+        double* dst = writable_data(out, "out");
+        const std::vector<int64_t> q = owned_copy(query);
+        const int64_t* p = ids.data();
+        const auto* ms = reinterpret_cast<const uint64_t*>(mass.data());
+        const int64_t n = ids.size();
+        py::gil_scoped_release release;
+        sparse_log_prob(p, ms, n, num_classes, q.data(), static_cast<int64_t>(q.size()), dst, name.c_str(),
+                        num_threads);
+      },
+      py::arg("ids"), py::arg("mass"), py::arg("num_classes"), py::arg("query"), py::arg("out").noconvert(),
+      py::arg("name") = "ids", py::arg("num_threads") = 1,
+      "Write log P(one draw == id) of every query id into out: log(mass[slot] / (n * 2**32)), -inf for an "
+      "id without a slot; refuses ids outside [0, num_classes), naming `name`.");
   // (Large catalogues: the analytic samplers' num_tries of rows finished from their CDF.)
   py::module_ testing = m.attr("_testing");
   testing.def(

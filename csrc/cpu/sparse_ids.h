@@ -35,4 +35,11 @@ void gather_sparse_ids(const int64_t* ids, int64_t n, int64_t v, int64_t* inout,
 void lookup_sparse_ids(const int64_t* ids, int64_t n, int64_t v, const int64_t* query, int64_t m,
                        int64_t* slots, bool allow_padding, const char* name, int num_threads);
 
+// out[j] = log P(one draw == query[j]) for the table whose slot masses are
+// `mass` (summing to n * 2^32): log(mass[slot] / (n * 2^32)), -inf for an id
+// without a slot. Throws std::invalid_argument naming `name` for an id outside
+// [0, v). One pass (lookup, gather, log) over the queries.
+void sparse_log_prob(const int64_t* ids, const uint64_t* mass, int64_t n, int64_t v, const int64_t* query,
+                     int64_t m, double* out, const char* name, int num_threads);
+
 }  // namespace pyneg
