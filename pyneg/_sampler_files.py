@@ -167,11 +167,12 @@ def mapped_fingerprint(sampler: AliasSampler) -> Optional[_tablefile.Fingerprint
 
 
 def table_tensors(sampler: AliasSampler) -> List[torch.Tensor]:
-    """The tensors a table sampler holds now (entries, and the masses once derived or mapped)."""
+    """The tensors a table sampler holds now (entries, a sparse one's ids, and the masses once
+    derived or mapped)."""
     d = sampler._dist
     if not isinstance(d, _Distribution):
         return []
-    return [d.entries] + ([d.mass] if d.mass_np is not None else [])
+    return [d.entries] + ([d.ids] if d.ids is not None else []) + ([d.mass] if d.mass_np is not None else [])
 
 
 def remap(fingerprint: Tuple[str, int, int, int, int], cls_name: str) -> AliasSampler:

@@ -313,7 +313,7 @@ class AliasSampler:
 
     @property
     def ids(self) -> Optional[torch.Tensor]:
-        """A sparse sampler's catalogue ids that carry a weight, sorted (a copy); None for a dense table."""
+        """A sparse sampler's catalogue ids, the ones given with a weight (sorted; a copy); None for a dense table."""
         ids = getattr(self._dist, "ids", None)
         return None if ids is None else ids.clone()
 
