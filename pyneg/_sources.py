@@ -85,9 +85,7 @@ class NegativeSource:
         return cls(embeddings, ids_t.to(embeddings.device), log_q.to(embeddings.device))
 
     @classmethod
-    def from_mined(
-        cls, mined: Any, embeddings: torch.Tensor, *, candidate_ids: Optional[Any] = None
-    ) -> NegativeSource:
+    def from_mined(cls, mined: Any, embeddings: torch.Tensor, *, candidate_ids: Optional[Any] = None) -> NegativeSource:
         """Per-row hard negatives from :func:`pyneg.mine_hard_negatives`, with their own log q.
 
         Row ``i`` gets its own ``k`` negatives (not shared with other rows),

@@ -141,7 +141,7 @@ class _Distribution:
         self.ids: Optional[torch.Tensor] = None
         self.device_ids: Dict[torch.device, torch.Tensor] = {}
 
-    def make_sparse(self, ids: np.ndarray, num_classes: int) -> "_Distribution":
+    def make_sparse(self, ids: np.ndarray, num_classes: int) -> _Distribution:
         """Makes this table's slots stand for the (checked, sorted) catalogue ``ids`` of a
         catalogue of ``num_classes`` ids; returns self."""
         self.ids_np = ids
@@ -853,7 +853,9 @@ class AliasSampler:
         sparse_ids: Optional[np.ndarray] = None
         if sparse:
             try:
-                v = check_int(state["num_classes"], "state_dict['num_classes']", minimum=1, maximum=MAX_ANALYTIC_CLASSES)
+                v = check_int(
+                    state["num_classes"], "state_dict['num_classes']", minimum=1, maximum=MAX_ANALYTIC_CLASSES
+                )
             except TypeError as exc:
                 raise ValueError(str(exc)) from None
             q = state["ids"]
@@ -1012,6 +1014,7 @@ def _sparse_log_prob(dist: _Distribution, idx: torch.Tensor) -> torch.Tensor:
     slot's mass over ``n * 2**32``, ``-inf`` for an id of weight 0."""
     if 8 * idx.numel() > MAX_BUFFER_BYTES:  # sized first: a MemoryError for absurd ids, as dense tables
         _alias_ops._log_prob_out(idx)
+    assert dist.ids_np is not None
     if _alias_ops.direct_call_ok(idx):  # eagerly: one C++ pass (lookup, gather, log)
         q = idx.contiguous()
         out = torch.empty(q.shape, dtype=torch.float64)

@@ -257,7 +257,9 @@ def test_sparse_table_files(tmp_path, mmap):
     t = pyneg.AliasSampler.load(path, mmap=mmap)
     assert type(t) is pyneg.UnigramSampler and t.num_classes == BIG and torch.equal(t.ids, s.ids)
     ex = s.ids[:10]
-    assert torch.equal(t.sample((9, 8), seed=1, exclude=ex.repeat(9, 1)), s.sample((9, 8), seed=1, exclude=ex.repeat(9, 1)))
+    assert torch.equal(
+        t.sample((9, 8), seed=1, exclude=ex.repeat(9, 1)), s.sample((9, 8), seed=1, exclude=ex.repeat(9, 1))
+    )
     assert torch.equal(t.sample((9, 8), seed=2, unique=True), s.sample((9, 8), seed=2, unique=True))
     assert torch.equal(t.log_prob(s.ids), s.log_prob(s.ids))
     if mmap:  # a mapped sampler pickles as its file
@@ -274,7 +276,9 @@ def test_sparse_table_files(tmp_path, mmap):
     _tablefile.write_table_file(bad, "UnigramSampler", params, arrays)
     with pytest.raises(ValueError, match="bad.pyneg.*ids must be sorted"):
         pyneg.AliasSampler.load(bad, mmap=mmap)
-    _tablefile.write_table_file(bad, "UnigramSampler", {**params, "num_classes": 2**50 + 1}, {**arrays, "ids": sd["ids"].numpy()})
+    _tablefile.write_table_file(
+        bad, "UnigramSampler", {**params, "num_classes": 2**50 + 1}, {**arrays, "ids": sd["ids"].numpy()}
+    )
     with pytest.raises(ValueError, match="out of range"):
         pyneg.AliasSampler.load(bad, mmap=mmap)
 
