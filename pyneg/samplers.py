@@ -866,7 +866,7 @@ class AliasSampler:
                 )
             if q.device.type == "meta" or q.numel() != p.numel():
                 raise ValueError(f"state_dict['ids'] must hold one id per entry ({p.numel()}), got {q.numel()}")
-            sparse_ids = owned_copy(q, torch.int64).numpy()
+            sparse_ids = _core.IdBuffer(q.detach().cpu())._storage()  # owned, then checked
             _core.sparse_check_ids(sparse_ids, v, "state_dict['ids']")
         else:
             v = p.numel()
@@ -979,7 +979,7 @@ def _sparse_distribution(weights: ArrayLike, ids: ArrayLike, num_classes: Any, w
         w = w[order]
     _core.sparse_check_ids(idx, v, "ids")  # distinct (sorted now), in range
     dist = _table_distribution(_core.AliasTable(np.ascontiguousarray(w), wname, torch.get_num_threads()))
-    return dist.make_sparse(np.ascontiguousarray(idx), v)
+    return dist.make_sparse(_core.IdBuffer(idx)._storage(), v)  # on huge pages: draws read it at random
 
 
 def _sparse_slots(dist: _Distribution, query: torch.Tensor, name: str, *, allow_padding: bool) -> torch.Tensor:

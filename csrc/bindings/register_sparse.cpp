@@ -5,6 +5,7 @@
 
 #include "bindings/common.h"
 #include "cpu/analytic_sample.h"
+#include "cpu/huge_buffer.h"
 #include "cpu/sparse_ids.h"
 
 namespace pyneg::bindings {
@@ -18,7 +19,30 @@ void check_num_classes(int64_t v) {
 
 }  // namespace
 
+// A sparse sampler's ids in pyneg's own buffer, on huge pages when large (as
+// the alias tables' entries): every draw reads one id at random, and with 4 KiB
+// pages an id array of 10^7 ids would miss the TLB on nearly every read.
+struct IdBuffer {
+  HugeBuffer<int64_t> ids;
+};
+
 void register_sparse(py::module_& m) {
+  py::class_<IdBuffer>(m, "IdBuffer", "A copy of int64 ids in pyneg's huge-page buffer (sparse samplers' ids).")
+      .def(py::init([](const input_array<int64_t>& ids) {
+             require_ndim(ids, 1, "ids");
+             IdBuffer b{HugeBuffer<int64_t>(static_cast<size_t>(ids.size()))};
+             std::copy(ids.data(), ids.data() + ids.size(), b.ids.data());
+             return b;
+           }),
+           py::arg("ids"))
+      .def(
+          "_storage",
+          [](py::object self) {
+            const auto& b = self.cast<const IdBuffer&>();
+            const auto n = static_cast<py::ssize_t>(b.ids.size());
+            return py::array_t<int64_t>({n}, {static_cast<py::ssize_t>(sizeof(int64_t))}, b.ids.data(), self);
+          },
+          "The ids as an int64 array sharing the buffer's memory (kept alive by it; never written).");
   m.def(
       "sparse_check_ids",
       [](const input_array<int64_t>& ids, int64_t num_classes, const std::string& name) {
