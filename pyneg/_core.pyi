@@ -19,6 +19,32 @@ class AliasTable:
 
 def alias_class_masses(entries: npt.ArrayLike, out: npt.NDArray[np.int64]) -> int: ...
 
+# Sparse catalogues (register_sparse.cpp): sorted catalogue ids of a table's slots.
+class IdBuffer:
+    def __init__(self, ids: npt.ArrayLike) -> None: ...
+    def _storage(self) -> npt.NDArray[np.int64]: ...
+
+def sparse_check_ids(ids: npt.ArrayLike, num_classes: int, name: str = "ids") -> None: ...
+def sparse_gather(ids: npt.ArrayLike, num_classes: int, inout: npt.NDArray[np.int64], num_threads: int = 1) -> None: ...
+def sparse_log_prob(
+    ids: npt.ArrayLike,
+    mass: npt.ArrayLike,
+    num_classes: int,
+    query: npt.ArrayLike,
+    out: npt.NDArray[np.float64],
+    name: str = "ids",
+    num_threads: int = 1,
+) -> None: ...
+def sparse_lookup(
+    ids: npt.ArrayLike,
+    num_classes: int,
+    query: npt.ArrayLike,
+    slots: npt.NDArray[np.int64],
+    allow_padding: bool = False,
+    name: str = "ids",
+    num_threads: int = 1,
+) -> None: ...
+
 # The kernels of pyneg::analytic_sample (uniform: kind 0, log-uniform: kind 1).
 def analytic_draw(
     kind: int, num_classes: int, seed: int, offset: int, out: npt.NDArray[np.int64], num_threads: int = 1
@@ -91,6 +117,8 @@ class _Testing:
     def alias_table_entries(table: AliasTable) -> npt.NDArray[np.uint64]: ...
     @staticmethod
     def alias_table_mass(table: AliasTable) -> npt.NDArray[np.uint64]: ...
+    @staticmethod
+    def analytic_expected_tries(kind: int, num_classes: int, excluded: npt.ArrayLike, k: int) -> int: ...
     @staticmethod
     def alias_table_sample(
         table: AliasTable, seed: int, offset: int, out: npt.NDArray[np.int64], num_threads: int = 1

@@ -8,7 +8,9 @@ scalars ``num_classes`` and ``num_positive``; the class masses are derived from
 the entries. A file stores the masses too (``mass``, 8 more bytes per class), so
 that the processes mapping it share them instead of each deriving a private copy
 the first time it draws with exclusions or without replacement, or reads
-``probs``/``log_prob``: 16 bytes per class in all.
+``probs``/``log_prob``: 16 bytes per class in all. A sparse sampler (``ids=``)
+stores one more array, ``ids`` (the sorted catalogue id of every slot), and
+``num_classes`` is then the catalogue's V: 24 bytes per stored id.
 
 Samplers without a table of their own save their parameters only:
 ``UniformSampler`` and ``LogUniformSampler`` (their ``num_classes``), rebuilt by
@@ -26,8 +28,8 @@ from typing import Any, Dict, List, Optional, Tuple, Type, TypeVar, cast
 import numpy as np
 import torch
 
-from pyneg import _tablefile
-from pyneg._validation import MAX_CLASSES, check_bool
+from pyneg import _core, _tablefile
+from pyneg._validation import MAX_ANALYTIC_CLASSES, MAX_CLASSES, check_bool
 from pyneg.samplers import (
     AliasSampler,
     LogUniformSampler,
@@ -37,6 +39,7 @@ from pyneg.samplers import (
 )
 
 _TABLE_ARRAYS = {"entries": np.int64, "mass": np.int64}
+_SPARSE_ARRAYS = {**_TABLE_ARRAYS, "ids": np.int64}
 _ANALYTIC: Dict[str, Type[AliasSampler]] = {"UniformSampler": UniformSampler, "LogUniformSampler": LogUniformSampler}
 _TABLED: Dict[str, Type[AliasSampler]] = {"AliasSampler": AliasSampler, "UnigramSampler": UnigramSampler}
 
@@ -68,6 +71,8 @@ def save(sampler: AliasSampler, path: os.PathLike[str] | str) -> None:
     if name not in _ANALYTIC:
         params["num_positive"] = d.num_positive
         arrays = {"entries": np.asarray(d.entries_np), "mass": np.asarray(d.masses())}
+        if d.ids_np is not None:
+            arrays["ids"] = np.asarray(d.ids_np)
     if name == "UnigramSampler":
         assert isinstance(sampler, UnigramSampler)
         params["power"] = float(sampler.power)
@@ -79,10 +84,10 @@ def load(cls: Type[S], path: os.PathLike[str] | str, *, mmap: bool = True, verif
     mmap = check_bool(mmap, "mmap")
     verify = check_bool(verify, "verify")
     tf = _tablefile.open_table_file(path, mmap_mode=mmap, verify=verify)
-    return _rebuild(cls, tf)
+    return _rebuild(cls, tf, check_ids=verify)
 
 
-def _rebuild(cls: Type[S], tf: _tablefile.TableFile) -> S:
+def _rebuild(cls: Type[S], tf: _tablefile.TableFile, *, check_ids: bool = True) -> S:
     path = tf.fingerprint.path
     known = _ANALYTIC.get(tf.sampler) or _TABLED.get(tf.sampler)
     if known is None:
@@ -100,16 +105,30 @@ def _rebuild(cls: Type[S], tf: _tablefile.TableFile) -> S:
     except (KeyError, TypeError, ValueError):
         raise ValueError(f"path {path!r}: the header's params of {tf.sampler} are malformed") from None
     arrays = tf.arrays
-    if set(arrays) != set(_TABLE_ARRAYS) or any(
-        arrays[k].dtype != t or arrays[k].shape != (n,) for k, t in _TABLE_ARRAYS.items()
-    ):
+    sparse = "ids" in arrays
+    kinds = _SPARSE_ARRAYS if sparse else _TABLE_ARRAYS
+    slots = int(arrays["entries"].shape[0]) if sparse and "entries" in arrays and arrays["entries"].ndim == 1 else n
+    if set(arrays) != set(kinds) or any(arrays[k].dtype != t or arrays[k].shape != (slots,) for k, t in kinds.items()):
         raise ValueError(f"path {path!r}: its arrays are not the table of a {tf.sampler} of {n} classes")
-    if not 1 <= n <= MAX_CLASSES or not 1 <= num_positive <= n:
+    if (
+        not 1 <= slots <= MAX_CLASSES
+        or not 1 <= num_positive <= slots
+        or not slots <= n <= (MAX_ANALYTIC_CLASSES if sparse else MAX_CLASSES)
+    ):
         raise ValueError(f"path {path!r}: num_classes {n} or num_positive {num_positive} out of range")
+    if sparse and check_ids:  # (verify=False trusts the file: the gather still keeps draws in [0, V))
+        try:
+            _core.sparse_check_ids(arrays["ids"], n, "ids")
+        except ValueError as exc:
+            raise ValueError(f"path {path!r}: {exc}") from None
     sampler: Any = object.__new__(known)
     if power is not None:
         sampler._power = power
     dist = _FileDistribution(arrays["entries"], arrays["mass"], num_positive)
+    if sparse:
+        with warnings.catch_warnings():  # read-only: pyneg's kernels only read it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            dist.make_sparse(arrays["ids"], n)
     sampler._dist = dist
     # Mapped while the sampler still holds this state (a loaded state_dict replaces it).
     sampler._mapped_from = (tf.fingerprint, dist) if tf.mapped else None
@@ -148,11 +167,12 @@ def mapped_fingerprint(sampler: AliasSampler) -> Optional[_tablefile.Fingerprint
 
 
 def table_tensors(sampler: AliasSampler) -> List[torch.Tensor]:
-    """The tensors a table sampler holds now (entries, and the masses once derived or mapped)."""
+    """The tensors a table sampler holds now (entries, a sparse one's ids, and the masses once
+    derived or mapped)."""
     d = sampler._dist
     if not isinstance(d, _Distribution):
         return []
-    return [d.entries] + ([d.mass] if d.mass_np is not None else [])
+    return [d.entries] + ([d.ids] if d.ids is not None else []) + ([d.mass] if d.mass_np is not None else [])
 
 
 def remap(fingerprint: Tuple[str, int, int, int, int], cls_name: str) -> AliasSampler:
@@ -162,7 +182,7 @@ def remap(fingerprint: Tuple[str, int, int, int, int], cls_name: str) -> AliasSa
     # modification time identify the same file, so a worker maps it without a full read.
     tf = _tablefile.open_table_file(fp.path, mmap_mode=True, verify=False, expect=fp)
     cls = _TABLED.get(cls_name, AliasSampler)
-    return _rebuild(cls, tf)
+    return _rebuild(cls, tf, check_ids=False)
 
 
 def reduce_mapped(sampler: AliasSampler) -> Optional[Tuple[Any, ...]]:

@@ -85,7 +85,7 @@ class NegativeSource:
         return cls(embeddings, ids_t.to(embeddings.device), log_q.to(embeddings.device))
 
     @classmethod
-    def from_mined(cls, mined: Any, embeddings: torch.Tensor) -> NegativeSource:
+    def from_mined(cls, mined: Any, embeddings: torch.Tensor, *, candidate_ids: Optional[Any] = None) -> NegativeSource:
         """Per-row hard negatives from :func:`pyneg.mine_hard_negatives`, with their own log q.
 
         Row ``i`` gets its own ``k`` negatives (not shared with other rows),
@@ -98,8 +98,21 @@ class NegativeSource:
             embeddings: the (N, d) catalogue the ids index (e.g. the current
                 item tower's outputs, so gradients reach it), or the
                 negatives' own (B, k, d) embeddings.
+            candidate_ids: the ``candidate_ids`` the mining call was given (the
+                catalogue id of each row of ``embeddings``): ``mined.ids`` are
+                then catalogue ids, mapped back to rows here to gather.
         """
         ids, log_q = mined.ids, mined.log_q
+        if candidate_ids is not None:
+            if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
+                raise ValueError("candidate_ids needs the (N, d) embeddings its ids name")
+            from pyneg.mining import _CandidateIds
+
+            rows = _CandidateIds(candidate_ids, embeddings.shape[0]).rows_of(ids.to("cpu", torch.int64))
+            if bool(((rows < 0) & (ids.cpu() >= 0)).any()):
+                raise ValueError("mined.ids holds an id that candidate_ids does not hold")
+            emb = embeddings[rows.clamp_min(0).to(embeddings.device)]
+            return cls(emb, ids.to(emb.device), log_q.to(emb.device))
         if not isinstance(embeddings, torch.Tensor):
             raise TypeError(f"embeddings must be a torch.Tensor, got {type(embeddings).__name__}")
         if embeddings.dim() == 2:

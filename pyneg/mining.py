@@ -188,6 +188,47 @@ def _check_exclude(exclude: Any, b: int, n: int) -> Optional[torch.Tensor]:
     return torch.sort(ex, dim=1).values.contiguous()  # a fresh tensor: the kernel's own copy
 
 
+class _CandidateIds:
+    """The catalogue ids of a candidate matrix's rows (checked: 1-D, N of them, >= 0,
+    distinct) and the maps between rows and ids (sorted copy + binary search)."""
+
+    def __init__(self, candidate_ids: Any, n: int, name: str = "candidate_ids") -> None:
+        ids = as_index_tensor(candidate_ids, name, None)  # owned int64 CPU copy, ids >= 0
+        if ids.dim() != 1 or ids.shape[0] != n:
+            raise ValueError(f"{name} must hold one id per row of candidates ({n}), got shape {tuple(ids.shape)}")
+        self.ids = ids
+        self.sorted, self.order = torch.sort(ids)
+        if n > 1:
+            dup = self.sorted[1:] == self.sorted[:-1]
+            if bool(dup.any()):
+                raise ValueError(f"{name} holds id {int(self.sorted[1:][dup][0])} twice (ids must be distinct)")
+
+    def rows_of(self, ids: torch.Tensor) -> torch.Tensor:
+        """The row of each id (int64, any shape), -1 for ids that are not candidates (and -1)."""
+        n = self.sorted.shape[0]
+        pos = torch.searchsorted(self.sorted, ids).clamp_(max=n - 1)
+        hit = self.sorted[pos] == ids
+        return torch.where(hit, self.order[pos], torch.full_like(ids, -1))
+
+    def rows_of_exclude(self, exclude: Any, b: int) -> Optional[torch.Tensor]:
+        """``exclude`` of catalogue ids as :func:`_check_exclude` gives row lists."""
+        if exclude is None:
+            return None
+        ex = as_index_tensor(exclude, "exclude", None, allow_padding=True)
+        if ex.dim() == 1:
+            ex = ex.unsqueeze(1)
+        if ex.dim() != 2:
+            raise ValueError(f"exclude must be (B,) or (B, P), got shape {tuple(ex.shape)}")
+        if ex.shape[0] != b:
+            raise ValueError(f"exclude has {ex.shape[0]} rows but query has {b}")
+        return torch.sort(self.rows_of(ex), dim=1).values.contiguous()
+
+    def ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (-1 padding) to catalogue ids (-1 padding)."""
+        r = torch.from_numpy(rows)
+        return torch.where(r >= 0, self.ids[r.clamp(min=0)], r).numpy()
+
+
 def _check_block_size(block_size: Any) -> Tuple[int, int]:
     if block_size is None:
         return 0, 0
@@ -406,6 +447,7 @@ def mine_hard_negatives(
     block_size: Optional[Tuple[int, int]] = None,
     index: Any = None,
     search_k: Optional[int] = None,
+    candidate_ids: Optional[ArrayLike] = None,
 ) -> MinedNegatives:
     """``k`` hard negatives per query row, drawn from ranks ``[lo, hi)`` of an exact search.
 
@@ -482,6 +524,15 @@ def mine_hard_negatives(
         block_size: (query_block, candidate_block) rows per block of the C++
             kernel, or for "torch" (ignored, candidate_block) columns per
             matmul; results do not depend on it.
+        candidate_ids: (N,) the catalogue id of each row of ``candidates``
+            (distinct, >= 0, any order; int64, so ids past ``2**31`` and up to
+            ``2**63 - 1``, e.g. a shard of a ``2**40`` catalogue). ``exclude`` then
+            holds catalogue ids (an id that is not a candidate excludes nothing),
+            and the result's ``ids`` are catalogue ids (-1 still pads). Without
+            it, ids are rows of ``candidates``. Ties still break by row, which is
+            id order when ``candidate_ids`` is increasing. To gather embeddings
+            of the result, pass the same ``candidate_ids`` to
+            :meth:`pyneg.NegativeSource.from_mined`.
 
     Precision: float32 inputs are scored in float32 (each dot product summed
     in a fixed order, so equal inputs give equal scores on one machine), float64
@@ -554,7 +605,8 @@ def mine_hard_negatives(
     max_score = None if max_score is None else _check_real(max_score, "max_score")
     pos = _positive_scores(query, positive, positive_scores, cosine)
     upper = _upper_bounds(pos, margin, relative_margin, perc_pos)
-    ex = _check_exclude(exclude, b, n)
+    cat = None if candidate_ids is None else _CandidateIds(candidate_ids, n)
+    ex = _check_exclude(exclude, b, n) if cat is None else cat.rows_of_exclude(exclude, b)
     if sampling == "top":
         seed = 0
     elif seed is None:
@@ -604,6 +656,8 @@ def mine_hard_negatives(
         threads,
     )
     dev = query.device
+    if cat is not None:
+        out_ids = cat.ids_of_rows(out_ids)
     return MinedNegatives(
         torch.from_numpy(out_ids).to(dev),
         torch.from_numpy(out_scores).to(device=dev, dtype=query.dtype),

@@ -26,6 +26,7 @@ from pyneg._ops import alias as _alias_ops
 from pyneg._state import pack_tensors, unpack_tensors
 from pyneg._validation import (
     MAX_ANALYTIC_CLASSES,
+    MAX_BUFFER_BYTES,
     MAX_CLASSES,
     ArrayLike,
     SizeLike,
@@ -122,7 +123,10 @@ class _Distribution:
     another's masses: both live here. Per-device copies are uploaded on first use.
     """
 
-    __slots__ = ("device_tables", "entries", "entries_np", "mass_np", "num_classes", "num_positive")
+    __slots__ = (
+        "device_ids", "device_tables", "entries", "entries_np", "ids", "ids_np", "mass_np", "num_classes",
+        "num_positive",
+    )  # fmt: skip
 
     def __init__(self, entries: np.ndarray, num_positive: int) -> None:
         self.entries_np = entries  # what eager CPU calls hand the kernels (never written)
@@ -131,12 +135,41 @@ class _Distribution:
         self.num_positive = int(num_positive)
         self.mass_np: Optional[np.ndarray] = None
         self.device_tables: Dict[torch.device, Tuple[torch.Tensor, torch.Tensor]] = {}
+        # A sparse catalogue (see AliasSampler's ``ids``): slot s of the table is the id
+        # ids_np[s] (sorted), and num_classes is the catalogue's V. None for a dense table.
+        self.ids_np: Optional[np.ndarray] = None
+        self.ids: Optional[torch.Tensor] = None
+        self.device_ids: Dict[torch.device, torch.Tensor] = {}
+
+    def make_sparse(self, ids: np.ndarray, num_classes: int) -> _Distribution:
+        """Makes this table's slots stand for the (checked, sorted) catalogue ``ids`` of a
+        catalogue of ``num_classes`` ids; returns self."""
+        self.ids_np = ids
+        self.ids = torch.from_numpy(ids)
+        self.num_classes = int(num_classes)
+        return self
+
+    @property
+    def num_slots(self) -> int:
+        """The table's size: V for a dense table, the number of stored ids for a sparse one."""
+        return int(self.entries_np.shape[0])
+
+    def ids_on(self, device: torch.device) -> torch.Tensor:
+        """The sparse ids on ``device`` (uploaded once per device)."""
+        assert self.ids is not None
+        if device.type == "cpu":
+            return self.ids
+        got = self.device_ids.get(device)
+        if got is None:
+            got = self.ids.to(device)
+            self.device_ids[device] = got
+        return got
 
     def masses(self) -> np.ndarray:
         """The class masses (int64, sum ``V * 2**32``), derived from ``entries`` on first use."""
         m = self.mass_np
         if m is None:  # racing threads compute the same values; either result is kept
-            m = np.empty(self.num_classes, dtype=np.int64)
+            m = np.empty(self.entries_np.shape[0], dtype=np.int64)
             _core.alias_class_masses(self.entries_np, m)
             self.mass_np = m
         return m
@@ -204,6 +237,23 @@ class AliasSampler:
         weights: 1-D, finite, non-negative, with a positive sum (tensor, array or
             sequence). Class ``i`` is drawn with probability
             ``weights[i] / weights.sum()``.
+        ids: a sparse catalogue: ``weights[j]`` is the weight of catalogue id
+            ``ids[j]`` (1-D integer ids, distinct, in ``[0, num_classes)``, any
+            order), and every other id of the catalogue has weight 0. The table
+            then holds one slot per given id, not one per class, so ids may go up
+            to ``2**50`` (as :class:`UniformSampler`): 16 bytes per given id
+            (the table's entry and the sorted id), 24 once its class masses are
+            derived (exclusions, unique rows, ``log_prob``). Draws, exclusions
+            (catalogue ids; an id of weight 0 is never drawn), unique rows,
+            ``log_prob`` (``-inf`` for an id of weight 0), expected counts,
+            pickling, ``state_dict`` and table files work as for a dense table;
+            :attr:`probs` (V values) is refused past ``2**31 - 1`` classes.
+        num_classes: the catalogue's size V with ``ids`` (default
+            ``max(ids) + 1``); at most ``2**50``.
+
+    A dense table (``ids=None``) holds at most ``2**31 - 1`` classes: its class
+    masses are int64 and sum to ``V * 2**32``, which must stay below ``2**63``.
+    Larger catalogues give their weights as ``ids`` with ``num_classes``.
 
     Example:
         >>> import torch, pyneg
@@ -213,9 +263,32 @@ class AliasSampler:
         (torch.Size([2, 3]), torch.int64)
         >>> bool((negatives != 2).all())  # class 2 has zero weight
         True
+
+        A catalogue of 2**40 ids of which three carry weight:
+
+        >>> sparse = pyneg.AliasSampler([1.0, 2.0, 5.0], ids=[7, 2**35, 2**40 - 1], num_classes=2**40)
+        >>> bool(torch.isin(sparse.sample(8, seed=0), sparse.ids).all())
+        True
+        >>> float(sparse.log_prob(torch.tensor([3])))  # weight 0
+        -inf
     """
 
-    def __init__(self, weights: ArrayLike, *, _name: str = "weights") -> None:
+    def __init__(
+        self,
+        weights: ArrayLike,
+        *,
+        ids: Optional[ArrayLike] = None,
+        num_classes: Optional[int] = None,
+        _name: str = "weights",
+    ) -> None:
+        if ids is not None:
+            self._dist = _sparse_distribution(weights, ids, num_classes, _name)
+            return
+        if num_classes is not None:
+            raise TypeError(
+                "num_classes is the size of a sparse catalogue and needs ids (weights[j] is the weight of "
+                "ids[j]); a dense table has len(weights) classes"
+            )
         # The binding copies w into the table's own buffer (holding the GIL), then
         # checks and builds from that copy: another thread writing the caller's
         # array cannot make the checked values differ from the used ones.
@@ -239,14 +312,32 @@ class AliasSampler:
         return self._dist.num_positive
 
     @property
+    def ids(self) -> Optional[torch.Tensor]:
+        """A sparse sampler's catalogue ids, the ones given with a weight (sorted; a copy); None for a dense table."""
+        ids = getattr(self._dist, "ids", None)
+        return None if ids is None else ids.clone()
+
+    @property
     def probs(self) -> torch.Tensor:
         """(V,) float64 probabilities of one draw: the table's masses over ``V * 2**32``.
 
         They differ from the normalised weights by at most ``2**-32`` each (see the
         samplers guide, "Exactness"). A fresh tensor on every access (O(V)): writing
-        it changes nothing in the sampler.
+        it changes nothing in the sampler. A sparse sampler (``ids``) gives 0 for the ids
+        without weight, and refuses (ValueError) catalogues above ``2**31 - 1`` classes:
+        use ``log_prob(sampler.ids)`` there.
         """
         dist = self._dist
+        if dist.ids is not None:
+            v = dist.num_classes
+            if v > MAX_CLASSES:
+                raise ValueError(
+                    f"probs of a sparse {type(self).__name__} of {v} classes would hold {v} float64 values "
+                    f"({8 * v} bytes); use log_prob(ids) for the ids you need (sampler.ids carry the weight)"
+                )
+            dense = torch.zeros(v, dtype=torch.float64)
+            dense[dist.ids] = dist.mass.to(torch.float64) / _total_mass(dist.num_slots)
+            return dense
         return dist.mass.to(torch.float64) / _total_mass(dist.num_classes)
 
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
@@ -261,6 +352,9 @@ class AliasSampler:
     def _log_prob(self, ids: ArrayLike, dist: _Distribution) -> torch.Tensor:
         """:meth:`log_prob` under one given state (a call that draws and scores pins one)."""
         idx, dev = _log_prob_ids(ids, dist.num_classes)
+        if dist.ids is not None:
+            out = _sparse_log_prob(dist, idx)
+            return out if dev is None else out.to(dev)
         if idx.device.type == "cpu" and _alias_ops.direct_call_ok(idx):
             out = _alias_ops.log_prob_impl(dist.mass, idx)
         else:
@@ -402,7 +496,10 @@ class AliasSampler:
 
     @staticmethod
     def _fast_kernel(dist: Any, seed: int, result: torch.Tensor) -> None:
-        _core.alias_draw(dist.entries_np, seed, 0, result.numpy(), torch.get_num_threads())
+        threads = torch.get_num_threads()
+        _core.alias_draw(dist.entries_np, seed, 0, result.numpy(), threads)
+        if dist.ids_np is not None:  # slots to catalogue ids, in place
+            _core.sparse_gather(dist.ids_np, dist.num_classes, result.numpy(), threads)
 
     def sample_candidates(
         self,
@@ -585,6 +682,28 @@ class AliasSampler:
         out: Optional[torch.Tensor],
         want_tries: bool,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Draws checked arguments: a dense table's ids directly (:meth:`_draw_slots`); a sparse
+        one's slots, with its exclusion lists mapped from catalogue ids to slots first, then
+        mapped to catalogue ids (in place)."""
+        if dist.ids is None:
+            return self._draw_slots(dist, shape, k, ex, unique, seed, offset, dev, out, want_tries)
+        slot_ex = None if ex is None else _sparse_slots(dist, ex, "exclude", allow_padding=True)
+        slots, tries = self._draw_slots(dist, shape, k, slot_ex, unique, seed, offset, dev, out, want_tries)
+        return _sparse_gather(dist, slots, into=out is not None), tries
+
+    def _draw_slots(
+        self,
+        dist: _Distribution,
+        shape: Tuple[int, ...],
+        k: int,
+        ex: Optional[torch.Tensor],
+        unique: bool,
+        seed: Union[int, torch.Tensor],
+        offset: Union[int, torch.Tensor],
+        dev: torch.device,
+        out: Optional[torch.Tensor],
+        want_tries: bool,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         """Draws checked arguments with the ``pyneg::alias_*`` ops (CPU or CUDA by the tables' device).
 
         ``seed`` and ``offset`` are ints or 0-dim int64 tensors. Eager CPU calls on plain
@@ -658,7 +777,13 @@ class AliasSampler:
         table (with ``probs`` instead of ``entries``) still load: the table is then
         rebuilt from those probabilities.
         """
-        return {"sampler": type(self).__name__, "entries": self._dist.entries.clone(), **self._extra_state()}
+        dist = self._dist
+        if dist.ids is not None:  # a sparse catalogue: the slots' ids and V too
+            return {
+                "sampler": type(self).__name__, "entries": dist.entries.clone(), "ids": dist.ids.clone(),
+                "num_classes": dist.num_classes, **self._extra_state(),
+            }  # fmt: skip
+        return {"sampler": type(self).__name__, "entries": dist.entries.clone(), **self._extra_state()}
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
         """Restores a state from :meth:`state_dict`; the sampler then draws exactly as the saved one.
@@ -691,7 +816,8 @@ class AliasSampler:
         if not isinstance(state, dict):
             raise TypeError(f"state_dict must be a dict, got {type(state).__name__}")
         table_key = "probs" if "probs" in state and "entries" not in state else "entries"  # probs: older pyneg
-        want = {"sampler", table_key, *self._EXTRA_KEYS}
+        sparse = table_key == "entries" and "ids" in state
+        want = {"sampler", table_key, *self._EXTRA_KEYS} | ({"ids", "num_classes"} if sparse else set())
         missing, unknown = want - set(state), set(state) - want
         if missing or unknown:
             raise ValueError(
@@ -722,11 +848,31 @@ class AliasSampler:
                 f"{name} must be a 1-D {str(dtype).replace('torch.', '')} tensor, got "
                 + (f"{p.dtype} of shape {tuple(p.shape)}" if isinstance(p, torch.Tensor) else type(p).__name__)
             )
-        if num_classes is not None and p.numel() != num_classes:
-            raise ValueError(f"{name} has {p.numel()} classes but this {cls} has {num_classes}")
         if p.numel() == 0 or p.numel() > MAX_CLASSES:
             raise ValueError(f"{name} must have 1 to {MAX_CLASSES} entries, got {p.numel()}")
-        extra = self._check_extra_state(state, p.numel())
+        sparse_ids: Optional[np.ndarray] = None
+        if sparse:
+            try:
+                v = check_int(
+                    state["num_classes"], "state_dict['num_classes']", minimum=1, maximum=MAX_ANALYTIC_CLASSES
+                )
+            except TypeError as exc:
+                raise ValueError(str(exc)) from None
+            q = state["ids"]
+            if not isinstance(q, torch.Tensor) or q.dtype != torch.int64 or q.dim() != 1 or q.layout != torch.strided:
+                raise ValueError(
+                    "state_dict['ids'] must be a 1-D int64 tensor, got "
+                    + (f"{q.dtype} of shape {tuple(q.shape)}" if isinstance(q, torch.Tensor) else type(q).__name__)
+                )
+            if q.device.type == "meta" or q.numel() != p.numel():
+                raise ValueError(f"state_dict['ids'] must hold one id per entry ({p.numel()}), got {q.numel()}")
+            sparse_ids = _core.IdBuffer(q.detach().cpu())._storage()  # owned, then checked
+            _core.sparse_check_ids(sparse_ids, v, "state_dict['ids']")
+        else:
+            v = p.numel()
+        if num_classes is not None and v != num_classes:
+            raise ValueError(f"{name} has {v} classes but this {cls} has {num_classes}")
+        extra = self._check_extra_state(state, v)
         if table_key == "probs":
             probs = owned_copy(p, torch.float64).numpy()
             if not np.isfinite(probs).all() or (probs < 0).any() or abs(float(probs.sum()) - 1.0) > 1e-6:
@@ -737,6 +883,8 @@ class AliasSampler:
                 dist = _entries_distribution(owned_copy(p, torch.int64).numpy())
             except ValueError as exc:
                 raise ValueError(f"{name}: {exc}") from None
+        if sparse_ids is not None:
+            dist.make_sparse(sparse_ids, v)
         return dist, extra
 
     # ------------------------------------------------------------ table files
@@ -800,10 +948,87 @@ class AliasSampler:
         self._set_extra_state(extra)
 
     def __repr__(self) -> str:
+        dist = self._dist
+        if getattr(dist, "ids", None) is not None:
+            return f"{type(self).__name__}(num_classes={self.num_classes}, ids: {dist.num_slots} with weight)"
         return f"{type(self).__name__}(num_classes={self.num_classes})"
 
 
 _CPU = torch.device("cpu")
+
+
+# ---------------------------------------------------------- sparse catalogues
+def _sparse_distribution(weights: ArrayLike, ids: ArrayLike, num_classes: Any, wname: str) -> _Distribution:
+    """The table of a sparse catalogue: ``weights[j]`` for id ``ids[j]``, the other ids of
+    ``[0, num_classes)`` weight 0. The table's slots follow the ids sorted."""
+    w = as_float64_numpy(weights, wname, max_len=MAX_CLASSES)
+    t = as_tensor(ids, "ids")
+    if t.dim() != 1:
+        raise ValueError(f"ids must be 1-D (one catalogue id per weight), got shape {tuple(t.shape)}")
+    if t.numel() != w.shape[0]:
+        raise ValueError(f"ids has {t.numel()} entries but {wname} has {w.shape[0]}: one id per weight")
+    v = None
+    if num_classes is not None:
+        v = check_int(num_classes, "num_classes", minimum=1, maximum=MAX_ANALYTIC_CLASSES)
+    idx = as_index_tensor(ids, "ids", v if v is not None else MAX_ANALYTIC_CLASSES).numpy()  # owned
+    if v is None:
+        v = int(idx.max()) + 1
+    if idx.shape[0] > 1 and not bool((idx[1:] > idx[:-1]).all()):
+        order = np.argsort(idx, kind="stable")
+        idx = idx[order]
+        w = w[order]
+    _core.sparse_check_ids(idx, v, "ids")  # distinct (sorted now), in range
+    dist = _table_distribution(_core.AliasTable(np.ascontiguousarray(w), wname, torch.get_num_threads()))
+    return dist.make_sparse(_core.IdBuffer(idx)._storage(), v)  # on huge pages: draws read it at random
+
+
+def _sparse_slots(dist: _Distribution, query: torch.Tensor, name: str, *, allow_padding: bool) -> torch.Tensor:
+    """The table slots of the catalogue ids ``query`` (-1 for an id of weight 0, and for
+    padding), on ``query``'s device; ids outside [0, V) refused naming ``name``."""
+    from pyneg._ops import sparse as _sparse_ops
+
+    assert dist.ids is not None
+    if query.device.type == "cpu" and _alias_ops.direct_call_ok(query):
+        return _sparse_ops.lookup_impl(dist.ids, dist.num_classes, query, allow_padding, name)
+    slots: torch.Tensor = _OPS.sparse_lookup(dist.ids, dist.num_classes, query, allow_padding, name)
+    return slots
+
+
+def _sparse_gather(dist: _Distribution, slots: torch.Tensor, *, into: bool) -> torch.Tensor:
+    """Drawn slots replaced by their catalogue ids: in place on the CPU (C++), else a gather
+    (written back into ``slots`` when ``into``: the caller's ``out``)."""
+    assert dist.ids_np is not None
+    if slots.device.type == "cpu" and _alias_ops.direct_call_ok(slots) and slots.is_contiguous():
+        if slots.numel():
+            _core.sparse_gather(dist.ids_np, dist.num_classes, slots.view(-1).numpy(), torch.get_num_threads())
+        return slots
+    got = dist.ids_on(slots.device).index_select(0, slots.reshape(-1)).reshape(slots.shape)
+    if into:
+        slots.copy_(got)
+        return slots
+    return got
+
+
+def _sparse_log_prob(dist: _Distribution, idx: torch.Tensor) -> torch.Tensor:
+    """log P(one draw == id) of a sparse table for int64 catalogue ids ``idx`` (CPU): the
+    slot's mass over ``n * 2**32``, ``-inf`` for an id of weight 0."""
+    if 8 * idx.numel() > MAX_BUFFER_BYTES:  # sized first: a MemoryError for absurd ids, as dense tables
+        _alias_ops._log_prob_out(idx)
+    assert dist.ids_np is not None
+    if _alias_ops.direct_call_ok(idx):  # eagerly: one C++ pass (lookup, gather, log)
+        q = idx.contiguous()
+        out = torch.empty(q.shape, dtype=torch.float64)
+        if q.numel():
+            _core.sparse_log_prob(
+                dist.ids_np, dist.masses(), dist.num_classes, q.numpy(), out.numpy(), "ids", torch.get_num_threads()
+            )
+        return out
+    slots = _sparse_slots(dist, idx, "ids", allow_padding=False)
+    mass = dist.mass
+    missing = slots < 0
+    m = mass.index_select(0, slots.clamp(min=0).reshape(-1).to(mass.device)).to(torch.float64).reshape(idx.shape)
+    m = torch.where(missing.to(m.device), torch.zeros((), dtype=torch.float64, device=m.device), m)
+    return torch.log(m / _total_mass(dist.num_slots))
 
 
 def _total_mass(num_classes: int) -> float:
@@ -877,9 +1102,21 @@ class UnigramSampler(AliasSampler):
         power: exponent applied to the counts; 0.75 flattens the distribution
             so rare items are drawn more often than their frequency alone gives.
             With ``power == 0`` every class, zero counts included, is equally likely.
+        ids: a sparse catalogue, as :class:`AliasSampler`'s: ``counts[j]`` is the
+            count of catalogue id ``ids[j]``, every other id has count 0 (and
+            weight 0, whatever ``power``: with ``power == 0`` every given id is
+            equally likely).
+        num_classes: the catalogue's size with ``ids`` (default ``max(ids) + 1``).
     """
 
-    def __init__(self, counts: ArrayLike, power: float = 0.75) -> None:
+    def __init__(
+        self,
+        counts: ArrayLike,
+        power: float = 0.75,
+        *,
+        ids: Optional[ArrayLike] = None,
+        num_classes: Optional[int] = None,
+    ) -> None:
         power = check_float(power, "power", minimum=0.0)
         # Owned: the checks below and the weights computed from them see the same values.
         c = np.array(as_float64_numpy(counts, "counts", max_len=MAX_CLASSES), copy=True)
@@ -893,7 +1130,7 @@ class UnigramSampler(AliasSampler):
         with np.errstate(under="ignore"):  # in place: c is pyneg's own copy
             w = np.power(np.divide(c, cmax, out=c), power, out=c) if cmax > 0 else np.ones_like(c)
         self._power = power
-        super().__init__(w, _name="counts")
+        super().__init__(w, ids=ids, num_classes=num_classes, _name="counts")
 
     @property
     def power(self) -> float:

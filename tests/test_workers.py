@@ -33,6 +33,21 @@ def _sampler_probe(s: Any) -> List[torch.Tensor]:
     return [draws, s.log_prob(torch.arange(v)), cand.sampled_candidates, cand.true_expected_count]
 
 
+_SPARSE_IDS = torch.tensor([3, 2**31 - 1, 2**31, 2**31 + 9, 2**35, 2**40 - 1])
+
+
+def _sparse() -> pyneg.UnigramSampler:
+    # A sparse catalogue of 2**40 ids (issue 21): six ids carry weight, ids past 2**31.
+    return pyneg.UnigramSampler(torch.tensor([4.0, 1.0, 0.0, 2.0, 5.0, 3.0]), ids=_SPARSE_IDS, num_classes=2**40)
+
+
+def _sparse_probe(s: Any) -> List[torch.Tensor]:
+    draws = s.sample((4, 5), seed=7, exclude=_SPARSE_IDS[:4])
+    unique = s.sample((3, 4), seed=8, unique=True)
+    cand = s.sample_candidates(3, _SPARSE_IDS[:2], seed=11)
+    return [draws, unique, s.log_prob(_SPARSE_IDS), cand.sampled_candidates, cand.true_expected_count]
+
+
 def _learned() -> pyneg.LearnedUnigramSampler:
     s = pyneg.LearnedUnigramSampler(20, rebuild_every=2)
     s.update(_ids(50, 20, 1))
@@ -121,6 +136,7 @@ OBJECTS: Dict[str, Tuple[Callable[[], Any], Callable[[Any], List[torch.Tensor]]]
     "UniformSampler": (lambda: pyneg.UniformSampler(50), _sampler_probe),
     "LogUniformSampler": (lambda: pyneg.LogUniformSampler(40), _sampler_probe),
     "LearnedUnigramSampler": (_learned, _learned_probe),
+    "SparseUnigramSampler": (_sparse, _sparse_probe),
     "NegativeSamplingCollator": (_collator, _collator_probe),
     "MemoryBank": (_bank, _bank_probe),
     "FrequencyEstimator": (_estimator, _estimator_probe),

@@ -69,5 +69,6 @@ void register_skipgram(py::module_& m);
 void register_hits(py::module_& m);
 void register_tablefile(py::module_& m);
 void register_graph(py::module_& m);
+void register_sparse(py::module_& m);
 
 }  // namespace pyneg::bindings

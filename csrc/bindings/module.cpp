@@ -15,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   pyneg::bindings::register_hits(m);
   pyneg::bindings::register_tablefile(m);
   pyneg::bindings::register_graph(m);
+  pyneg::bindings::register_sparse(m);
 }

@@ -218,6 +218,7 @@ void analytic_sample_unique(const AnalyticDist& d, uint64_t seed, uint64_t offse
   const int64_t grain = std::max<int64_t>(1, kGrain / std::max<int64_t>(4 * k, 1));
   parallel_for(rows, num_threads, grain, [&](int64_t rb, int64_t re) {
     RowSet seen;
+    int64_t cached_list = -1, cached_tries = 0;
     for (int64_t row = rb; row < re; ++row) {
       const List& li = lists[static_cast<size_t>(row / exclude.rows_per_list)];
       const uint64_t base = offset + static_cast<uint64_t>(row * k);
@@ -246,18 +247,84 @@ void analytic_sample_unique(const AnalyticDist& d, uint64_t seed, uint64_t offse
           taken.ids.insert(std::upper_bound(taken.ids.begin(), taken.ids.end(), id), id);
           taken.recompute(d);
         }
-        if (tries_out && d.kind == kAnalyticUniform) {
-          // The expected draws with replacement that give k distinct allowed ids.
-          const double allowed = static_cast<double>(d.v - static_cast<int64_t>(li.ids.size()));
-          const double q = std::log1p(-1.0 / static_cast<double>(d.v));
-          // A (1 - (1 - 1/V)^t) = k - 1/2, as expected_tries of the alias kernels.
-          const double need = std::log1p(-(static_cast<double>(k) - 0.5) / allowed) / q;
-          tries = std::max<int64_t>(tries, static_cast<int64_t>(std::ceil(need)));
+        if (tries_out) {
+          // The draws that would have given the row its k ids are not drawn: report the
+          // expected number (as the alias kernels' expected_tries), at least those taken.
+          // Rows of one exclusion list share it (computed once per list and chunk).
+          const int64_t l = row / exclude.rows_per_list;
+          if (l != cached_list) {
+            cached_tries = analytic_expected_tries(d, li.ids.data(), static_cast<int64_t>(li.ids.size()), k);
+            cached_list = l;
+          }
+          tries = std::max<int64_t>(tries, cached_tries);
         }
       }
       if (tries_out) tries_out[row] = tries;
     }
   });
+}
+
+namespace {
+
+// sum over i in [a, b) of f(i) = 1 - (1 - p_i)^t for the log-uniform, as the
+// integral of f over [a - 1/2, b - 1/2) (midpoint rule: f varies on the scale
+// of i, so the error is O(f'' / 24) per id), by 8-point Gauss-Legendre on
+// segments [x, 2x).
+double log_uniform_tail(const AnalyticDist& d, double t, double a, double b) {
+  static const double kNodes[4] = {0.1834346424956498, 0.5255324099163290, 0.7966664774136267,
+                                   0.9602898564975363};
+  static const double kWeights[4] = {0.3626837833783620, 0.3137066458778873, 0.2223810344533745,
+                                     0.1012285362903763};
+  auto f = [&](double x) {  // x >= 1023.5: p = log1p(1 / (x + 1)) / log(V + 1)
+    const double p = std::log1p(1.0 / (x + 1.0)) / d.log_v1;
+    return -std::expm1(t * std::log1p(-p));
+  };
+  double s = 0.0;
+  for (double x0 = a - 0.5, end = b - 0.5; x0 < end;) {
+    const double x1 = std::min(2.0 * x0, end);
+    const double mid = 0.5 * (x0 + x1), half = 0.5 * (x1 - x0);
+    double seg = 0.0;
+    for (int j = 0; j < 4; ++j) seg += kWeights[j] * (f(mid - half * kNodes[j]) + f(mid + half * kNodes[j]));
+    s += seg * half;
+    x0 = x1;
+  }
+  return s;
+}
+
+}  // namespace
+
+int64_t analytic_expected_tries(const AnalyticDist& d, const int64_t* excluded, int64_t num_excluded,
+                                int64_t k) {
+  if (k < 1 || k > d.v - num_excluded)
+    throw std::invalid_argument("k must be in [1, " + std::to_string(d.v - num_excluded) + "], got " +
+                                std::to_string(k));
+  constexpr int64_t kExact = 1024;  // ids summed term by term
+  const double target = static_cast<double>(k) - 0.5;
+  auto distinct = [&](double t) {
+    if (d.kind == kAnalyticUniform) {
+      const double allowed = static_cast<double>(d.v - num_excluded);
+      return -allowed * std::expm1(t * std::log1p(-1.0 / static_cast<double>(d.v)));
+    }
+    auto f = [&](int64_t i) { return -std::expm1(t * std::log1p(-d.prob(i))); };
+    double s = 0.0;
+    const int64_t m = std::min(d.v, kExact);
+    for (int64_t i = 0; i < m; ++i) s += f(i);
+    if (d.v > kExact) s += log_uniform_tail(d, t, static_cast<double>(kExact), static_cast<double>(d.v));
+    for (int64_t j = 0; j < num_excluded; ++j) s -= f(excluded[j]);
+    return s;
+  };
+  if (d.kind == kAnalyticUniform) {  // closed form: A (1 - (1 - 1/V)^t) = k - 1/2
+    const double allowed = static_cast<double>(d.v - num_excluded);
+    const double need = std::log1p(-target / allowed) / std::log1p(-1.0 / static_cast<double>(d.v));
+    return std::max<int64_t>(k, static_cast<int64_t>(std::ceil(need)));
+  }
+  double lo = static_cast<double>(k), hi = lo;
+  while (distinct(hi) < target && hi < 1e18) hi *= 2.0;
+  for (int it = 0; it < 64 && hi - lo > 0.5; ++it) {
+    const double mid = 0.5 * (lo + hi);
+    (distinct(mid) < target ? lo : hi) = mid;
+  }
+  return static_cast<int64_t>(std::ceil(hi));
 }
 
 }  // namespace pyneg

@@ -76,8 +76,26 @@ void analytic_sample(const AnalyticDist& d, uint64_t seed, uint64_t offset, int6
 void analytic_sample_excluding(const AnalyticDist& d, uint64_t seed, uint64_t offset,
                                const ExcludeLists& exclude, int64_t rows, int64_t k, int64_t* out,
                                int num_threads);
+// rows x k draws distinct within each row. tries_out[r] (optional) is the row's
+// num_tries in TensorFlow's sense: the number of draws with replacement it took
+// to see k distinct allowed ids (duplicates and excluded ids count). A row that
+// the rejection phase cannot finish (unique_max_tries(k) draws) is completed from
+// its exact allowed CDF, which draws no more candidates, so its count is
+// undefined; it then reports max(draws taken, analytic_expected_tries(d, its
+// exclusion list, k)), the rule of the alias kernels (alias_sample.h).
 void analytic_sample_unique(const AnalyticDist& d, uint64_t seed, uint64_t offset,
                             const ExcludeLists& exclude, int64_t rows, int64_t k, int64_t* out,
                             int64_t* tries_out, int num_threads);
+
+// The expected number of draws with replacement after which k distinct ids
+// outside `excluded` (sorted, distinct, in [0, V)) have been seen: the t solving
+// sum over allowed i of 1 - (1 - p_i)^t = k - 1/2 (bisection, rounded up). Exact
+// sums for ids below 1024 and for the excluded ids; above, the log-uniform's
+// smooth terms are integrated (8-point Gauss-Legendre on [a, 2a) segments,
+// relative error well below 1e-6), so it costs O(log V + |excluded|) per step
+// whatever V (2^50 included). Throws std::invalid_argument unless
+// 1 <= k <= V - |excluded|.
+int64_t analytic_expected_tries(const AnalyticDist& d, const int64_t* excluded, int64_t num_excluded,
+                                int64_t k);
 
 }  // namespace pyneg
