@@ -254,6 +254,38 @@ def test_negative_sampling_exact_unique_filtered(n, e):
     assert G.negative_sampling(ei, n, allowed, seed=2).shape == (2, allowed)
 
 
+@pytest.mark.parametrize(
+    "n,e,k",
+    [
+        (2000, 30000, 50000),  # sparse, rejection: 4 hash partitions, one round
+        (300, 20000, 60000),  # 2/3 of the allowed pairs: many repeats, several rounds
+        (60, 2500, 1000),  # dense, enumerated; one partition
+        (3000, 20000, 300000),  # 2^4 partitions, several chunks
+    ],
+)
+def test_distinct_pairs_are_the_first_occurrences_of_the_stream(n, e, k):
+    """Distinct pairs are the first k distinct pairs of the with-replacement
+    stream (position j draws the same pair in both), whatever the threads."""
+    ei = random_graph(n, e, 12)
+    es = G.EdgeSet(ei, n)
+    stream = G.negative_sampling(es, num_neg_samples=12 * k, unique=False, seed=5)
+    keys = (stream[0] * n + stream[1]).numpy()
+    _, first = np.unique(keys, return_index=True)
+    first = np.sort(first)
+    assert first.size >= k
+    expected = stream[:, torch.from_numpy(first[:k])]
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(G.negative_sampling(es, num_neg_samples=k, seed=5))
+    finally:
+        torch.set_num_threads(before)
+    for out in outs:
+        assert torch.equal(out, expected)
+
+
 @pytest.mark.parametrize("e", [40, 100])  # 40: rejection; 100 of 110 off-diagonal pairs: enumerated
 def test_negative_sampling_uniform_over_pairs_chi_square(e):
     n = 11

@@ -505,6 +505,182 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
   });
 }
 
+// ---------------------------------------------------------------- distinct pairs
+
+namespace {
+
+// The first k distinct keys u * num_dst + v of the candidate stream, in
+// stream order, deduplicated in parallel with output bits that do not depend
+// on the thread count. Each round takes the next m positions of the stream,
+// cut into fixed chunks of kDedupChunk positions, and:
+//  1. draws each chunk's candidates (draw_range), keeps their keys and counts,
+//     per chunk, the keys of each of P hash partitions (top bits of mix64);
+//  2. scatters the keys into partition order, stable (chunks in order,
+//     positions in order inside a chunk), so chunk c's keys of partition p
+//     are one segment;
+//  3. runs through every partition on its own (in parallel): the partition's
+//     hash set (a few hundred KiB, cache resident) says whether a key is new,
+//     in position order, so a key is fresh exactly at its first position;
+//  4. walks each chunk again in position order, reading its keys' fresh
+//     flags through per-partition cursors, and writes the fresh pairs at the
+//     chunk's place in the output (a prefix sum of the segments' counts), up
+//     to k.
+// Every step is a pure function of the candidates, and P, the chunks and the
+// rounds depend on k only: the same pairs in the same order as a sequential
+// first-occurrence pass over the stream.
+constexpr int64_t kDedupChunk = int64_t{1} << 16;
+
+template <class DrawRange>
+void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, uint64_t offset, DrawRange& draw_range,
+                                int64_t* src, int64_t* dst, int num_threads) {
+  int pbits = 0;  // about 2^14 keys per partition, at most 2^10 partitions
+  while (pbits < 10 && (k >> (pbits + 14)) > 0) ++pbits;
+  const int64_t P = int64_t{1} << pbits;
+  auto part_of = [pbits](uint64_t h) { return pbits == 0 ? int64_t{0} : static_cast<int64_t>(h >> (64 - pbits)); };
+  // A partition's table: open addressing over `cap` slots (any size), slot
+  // from the low 32 bits of the hash, grown (x2) past load 0.7.
+  auto slot_of = [](uint64_t h, uint64_t cap) { return ((h & 0xffffffffu) * cap) >> 32; };
+  // The tables start in one buffer (huge pages: the scratch arrays are
+  // touched once per call, so their page faults count); a table that grows
+  // moves to its own vector.
+  const uint64_t cap0 = 2 * static_cast<uint64_t>(k / P) + 64;
+  HugeBuffer<int64_t> table_mem(cap0 * static_cast<uint64_t>(P));
+  std::vector<int64_t*> table(static_cast<size_t>(P), nullptr);
+  std::vector<uint64_t> table_cap(static_cast<size_t>(P), cap0);
+  std::vector<std::vector<int64_t>> grown(static_cast<size_t>(P));
+  std::vector<int64_t> fill(static_cast<size_t>(P), 0);
+  const uint64_t nd = static_cast<uint64_t>(num_dst);
+  std::vector<int64_t> counts, offs, seg_fresh, chunk_start;
+  int64_t have = 0;
+  uint64_t next = offset;
+  while (have < k) {
+    // A candidate repeats a kept pair with probability below kept_share = k /
+    // (allowed pairs): draw twice the expected repeats more (at most 1/8).
+    // (The result does not depend on m, only the number of rounds does.)
+    const int64_t need = k - have;
+    const int64_t extra = std::min<int64_t>(need / 8, static_cast<int64_t>(std::ceil(2.0 * kept_share * need)));
+    const int64_t m = need + extra + 64;
+    const int64_t nc = (m + kDedupChunk - 1) / kDedupChunk;
+    HugeBuffer<uint64_t> keys(static_cast<size_t>(m)), ekey(static_cast<size_t>(m));
+    HugeBuffer<uint8_t> efresh(static_cast<size_t>(m));
+    counts.assign(static_cast<size_t>(nc * P), 0);
+    // 1. draws, keys, counts[c * P + p]
+    parallel_for(nc, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<int64_t> lu(kDedupChunk), lv(kDedupChunk);
+      for (int64_t c = lo; c < hi; ++c) {
+        const int64_t b = c * kDedupChunk, len = std::min(m, b + kDedupChunk) - b;
+        draw_range(next + static_cast<uint64_t>(b), 0, len, lu.data(), lv.data());
+        int64_t* cnt = counts.data() + c * P;
+        for (int64_t j = 0; j < len; ++j) {
+          const uint64_t key = static_cast<uint64_t>(lu[j]) * nd + static_cast<uint64_t>(lv[j]);
+          keys[b + j] = key;
+          ++cnt[part_of(mix64(key))];
+        }
+      }
+    });
+    next += static_cast<uint64_t>(m);
+    // offs[p * nc + c]: where chunk c's keys of partition p start
+    offs.resize(static_cast<size_t>(P * nc + 1));
+    int64_t run = 0;
+    for (int64_t p = 0; p < P; ++p) {
+      for (int64_t c = 0; c < nc; ++c) {
+        offs[p * nc + c] = run;
+        run += counts[c * P + p];
+      }
+    }
+    offs[P * nc] = run;
+    // 2. stable scatter into partition order
+    parallel_for(nc, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<int64_t> cursor(static_cast<size_t>(P));
+      for (int64_t c = lo; c < hi; ++c) {
+        for (int64_t p = 0; p < P; ++p) cursor[p] = offs[p * nc + c];
+        const int64_t e = std::min(m, (c + 1) * kDedupChunk);
+        for (int64_t j = c * kDedupChunk; j < e; ++j) {
+          const uint64_t key = keys[j];
+          ekey[cursor[part_of(mix64(key))]++] = key;
+        }
+      }
+    });
+    // 3. first occurrences, one partition at a time; seg_fresh[p * nc + c]
+    // counts the fresh keys of each segment
+    seg_fresh.assign(static_cast<size_t>(P * nc), 0);
+    parallel_for(P, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t p = lo; p < hi; ++p) {
+        int64_t* tb = table[p];
+        if (tb == nullptr) {
+          tb = table[p] = table_mem.data() + static_cast<uint64_t>(p) * cap0;
+          std::fill(tb, tb + cap0, int64_t{-1});
+        }
+        uint64_t cap = table_cap[p];
+        for (int64_t c = 0; c < nc; ++c) {
+          int64_t nf = 0;
+          const int64_t e = offs[p * nc + c + 1];
+          for (int64_t at = offs[p * nc + c]; at < e; ++at) {
+            const int64_t key = static_cast<int64_t>(ekey[at]);
+            const uint64_t h = mix64(ekey[at]);
+            uint64_t slot = slot_of(h, cap);
+            bool is_new = true;
+            while (tb[slot] >= 0) {
+              if (tb[slot] == key) {
+                is_new = false;
+                break;
+              }
+              if (++slot == cap) slot = 0;
+            }
+            efresh[at] = is_new ? 1 : 0;
+            if (!is_new) continue;
+            tb[slot] = key;
+            ++nf;
+            if (10 * static_cast<uint64_t>(++fill[p]) > 7 * cap) {  // grow past load 0.7
+              std::vector<int64_t> bigger(2 * cap, -1);
+              for (uint64_t q0 = 0; q0 < cap; ++q0) {
+                const int64_t x = tb[q0];
+                if (x < 0) continue;
+                uint64_t q = slot_of(mix64(static_cast<uint64_t>(x)), 2 * cap);
+                while (bigger[q] >= 0)
+                  if (++q == 2 * cap) q = 0;
+                bigger[q] = x;
+              }
+              cap *= 2;
+              grown[p].swap(bigger);
+              tb = table[p] = grown[p].data();
+              table_cap[p] = cap;
+            }
+          }
+          seg_fresh[p * nc + c] = nf;
+        }
+      }
+    });
+    // 4. the fresh pairs in position order
+    chunk_start.assign(static_cast<size_t>(nc) + 1, 0);
+    for (int64_t c = 0; c < nc; ++c) {
+      int64_t nf = 0;
+      for (int64_t p = 0; p < P; ++p) nf += seg_fresh[p * nc + c];
+      chunk_start[c + 1] = chunk_start[c] + nf;
+    }
+    parallel_for(nc, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<int64_t> cursor(static_cast<size_t>(P));
+      for (int64_t c = lo; c < hi; ++c) {
+        int64_t out = have + chunk_start[c];
+        if (out >= k) break;
+        for (int64_t p = 0; p < P; ++p) cursor[p] = offs[p * nc + c];
+        const int64_t e = std::min(m, (c + 1) * kDedupChunk);
+        for (int64_t j = c * kDedupChunk; j < e && out < k; ++j) {
+          const uint64_t key = keys[j];
+          if (!efresh[cursor[part_of(mix64(key))]++]) continue;
+          const uint64_t u = key / nd;
+          src[out] = static_cast<int64_t>(u);
+          dst[out] = static_cast<int64_t>(key - u * nd);
+          ++out;
+        }
+      }
+    });
+    have = std::min(k, have + chunk_start[nc]);
+  }
+}
+
+}  // namespace
+
 // ---------------------------------------------------------------- global pairs
 
 double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_dst, int64_t num_known, int64_t k,
@@ -636,8 +812,18 @@ double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_ds
     return log_q;
   }
   // Distinct pairs: candidates by position (in parallel), kept in position
-  // order when new. Keys u * num_dst + v when that fits in 63 bits, else the pair.
+  // order when new, so the result is the first k distinct allowed pairs of
+  // the stream of positions offset, offset + 1, ... (rounds draw further
+  // positions until k are kept). Keys u * num_dst + v when that fits in 63
+  // bits, else the pair.
   const bool key64 = static_cast<u128>(num_src) * static_cast<u128>(num_dst) < (static_cast<u128>(1) << 63);
+  if (key64 && k < (int64_t{1} << 31)) {
+    distinct_pairs_partitioned(k, num_dst, static_cast<double>(k) / static_cast<double>(allowed), offset, draw_range, src,
+                               dst, num_threads);
+    return log_q;
+  }
+  // Sequential first-occurrence dedupe (pairs whose key needs more than 63
+  // bits, or k >= 2^31): one hash set over every kept pair.
   uint64_t size = 16;
   while (2 * size < 3 * static_cast<uint64_t>(k)) size <<= 1;  // load <= 2/3
   const uint64_t mask = size - 1;
