@@ -92,7 +92,7 @@ PairGroups::PairGroups(const int64_t* a, const int64_t* b, const int64_t* c, int
     values_[g.begin + g.len++] = c[i];
   }
   std::vector<uint32_t>().swap(gid);
-  const int64_t ng = num_groups();
+  const int64_t ng = static_cast<int64_t>(groups_.size());
   parallel_for(ng, num_threads, 4096, [&](int64_t lo, int64_t hi) {
     for (int64_t g = lo; g < hi; ++g) {
       int64_t* v = values_.data() + groups_[g].begin;
@@ -122,22 +122,56 @@ PairGroups::PairGroups(const int64_t* a, const int64_t* b, const int64_t* c, int
   vals_ = HugeBuffer<int64_t>(values_.size());
   std::copy(values_.begin(), values_.end(), vals_.data());
   std::vector<int64_t>().swap(values_);
+  point_at_owned();
+}
+
+void PairGroups::point_at_owned() {
+  g_ = groups_.data();
+  ng_ = static_cast<int64_t>(groups_.size());
+  v_ = vals_.data();
+  nv_ = static_cast<int64_t>(vals_.size());
+  s_ = slots_.data();
+  ns_ = static_cast<int64_t>(slots_.size());
+  d_ = dense_.data();
+  nd_ = static_cast<int64_t>(dense_.size());
+}
+
+PairGroups PairGroups::view(const Group* groups, int64_t num_groups, const int64_t* values, int64_t num_values,
+                            const int64_t* slots, int64_t num_slots, const char* name) {
+  if (num_groups < 0 || num_values < 0 || num_slots < 0)
+    throw std::invalid_argument(std::string(name) + ": negative size");
+  if (num_slots < 1 || (num_slots & (num_slots - 1)) != 0)
+    throw std::invalid_argument(std::string(name) + ": the slot count must be a power of two");
+  PairGroups v;
+  v.g_ = groups;
+  v.ng_ = num_groups;
+  v.v_ = values;
+  v.nv_ = num_values;
+  v.s_ = slots;
+  v.ns_ = num_slots;
+  v.mask_ = static_cast<uint64_t>(num_slots) - 1;
+  return v;
 }
 
 const int64_t* PairGroups::find(int64_t a, int64_t b, int64_t* len) const {
   *len = 0;
-  if (slots_.empty()) return nullptr;
+  // Every read is bounded, so arbitrary arrays (a view over a caller's
+  // tensors, possibly written meanwhile) are never read out of bounds: at most
+  // num_slots probes, a slot naming no group or a run outside the values is
+  // "absent".
   uint64_t pos = pair_hash(a, b) & mask_;
-  for (;;) {
-    const int64_t s = slots_[pos];
-    if (s < 0) return nullptr;
-    const Group& g = groups_[s];
+  for (int64_t probe = 0; probe < ns_; ++probe) {
+    const int64_t s = s_[pos];
+    if (s < 0 || s >= ng_) return nullptr;
+    const Group g = g_[s];
     if (g.a == a && g.b == b) {
+      if (g.begin < 0 || g.len < 0 || g.begin > nv_ || g.len > nv_ - g.begin) return nullptr;
       *len = g.len;
-      return vals_.data() + g.begin;
+      return v_ + g.begin;
     }
     pos = (pos + 1) & mask_;
   }
+  return nullptr;
 }
 
 bool PairGroups::contains(int64_t a, int64_t b, int64_t c) const {
@@ -266,7 +300,9 @@ void prepare_side(const CorruptRequest& req, const int64_t* row, int s, RowSide*
 int64_t positive_allowed(const GraphAlias& w, const RowSide& rs, double* forbidden_mass) {
   int64_t n = w.num_positive;
   double m = 0;
+  const int64_t size = static_cast<int64_t>(w.prob.size());
   for (int64_t id : rs.forb) {
+    if (id < 0 || id >= size) continue;  // (an index view's values are not trusted)
     n -= w.prob[id] > 0 ? 1 : 0;
     m += w.prob[id];
   }
@@ -696,7 +732,8 @@ double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_ds
   if (exclude_self_loops && !upper) {
     int64_t self_known = 0;
     const int64_t d = std::min(num_src, num_dst);
-    for (const auto& g : index.groups()) {
+    for (int64_t gi = 0; gi < index.num_groups(); ++gi) {
+      const PairGroups::Group& g = index.groups()[gi];
       if (g.a == 0 && g.b < d && std::binary_search(index.values() + g.begin, index.values() + g.begin + g.len, g.b))
         ++self_known;
     }
@@ -916,7 +953,7 @@ void filtered_ranks(const T* scores, int64_t b, int64_t n, const int64_t* truth,
         const int64_t* f = index->find(key_a[i], key_b[i], &len);
         for (int64_t q = 0; q < len; ++q) {
           const int64_t id = f[q];
-          if (id == truth[i] || id >= n) continue;
+          if (id == truth[i] || id < 0 || id >= n) continue;
           gt -= s[id] > st;
           eq -= s[id] == st;
         }

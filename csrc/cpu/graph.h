@@ -40,36 +40,63 @@ class PairGroups {
   struct Group {
     int64_t a, b, begin, len;
   };
-
-  // Builds the groups of n keys. Throws std::invalid_argument for a negative id.
-  PairGroups(const int64_t* a, const int64_t* b, const int64_t* c, int64_t n, int num_threads);
-  PairGroups() = default;
-
-  // The sorted c values of (a, b), or nullptr (and *len = 0) when none.
-  const int64_t* find(int64_t a, int64_t b, int64_t* len) const;
-  bool contains(int64_t a, int64_t b, int64_t c) const;
-
-  int64_t num_keys() const { return static_cast<int64_t>(vals_.size()); }
-  int64_t num_groups() const { return static_cast<int64_t>(groups_.size()); }
-  const std::vector<Group>& groups() const { return groups_; }
-  const int64_t* values() const { return vals_.data(); }
-  size_t memory_bytes() const;
-
   // Graphs (every a == 0, b below a few times the key count) also get a dense
   // directory: span[b] = where b's values are, one cache line per lookup.
   struct Span {
     int64_t begin, len;
   };
-  const Span* dense() const { return dense_.size() == 0 ? nullptr : dense_.data(); }
-  int64_t dense_size() const { return static_cast<int64_t>(dense_.size()); }
+
+  // Builds the groups of n keys. Throws std::invalid_argument for a negative id.
+  PairGroups(const int64_t* a, const int64_t* b, const int64_t* c, int64_t n, int num_threads);
+  PairGroups() = default;
+  PairGroups(const PairGroups&) = delete;
+  PairGroups& operator=(const PairGroups&) = delete;
+  PairGroups(PairGroups&&) = default;
+  PairGroups& operator=(PairGroups&&) = default;
+
+  // A non-owning view over an index's arrays (groups as (a, b, begin, len)
+  // rows, values, hash slots; see the bindings' `arrays`), e.g. tensors handed
+  // to an operator; they must outlive the view. O(1): only the sizes are
+  // checked (the slot count a power of two), since every lookup bounds its
+  // reads (find), so arrays that are not an index's give wrong answers but no
+  // read out of bounds. Views have no dense directory. Throws
+  // std::invalid_argument naming `name`.
+  static PairGroups view(const Group* groups, int64_t num_groups, const int64_t* values, int64_t num_values,
+                         const int64_t* slots, int64_t num_slots, const char* name);
+
+  // The sorted c values of (a, b), or nullptr (and *len = 0) when none.
+  const int64_t* find(int64_t a, int64_t b, int64_t* len) const;
+  bool contains(int64_t a, int64_t b, int64_t c) const;
+
+  int64_t num_keys() const { return nv_; }
+  int64_t num_groups() const { return ng_; }
+  const Group* groups() const { return g_; }
+  const int64_t* values() const { return v_; }
+  const int64_t* slots() const { return s_; }
+  int64_t num_slots() const { return ns_; }
+  size_t memory_bytes() const;
+
+  const Span* dense() const { return nd_ == 0 ? nullptr : d_; }
+  int64_t dense_size() const { return nd_; }
 
  private:
+  void point_at_owned();
+
   HugeBuffer<Span> dense_;   // read at random: huge pages when large
   HugeBuffer<int64_t> vals_;  // the values, moved out of values_ after the build
   std::vector<Group> groups_;
   std::vector<int64_t> values_;  // group g's values: [begin, begin + len), sorted, unique
   std::vector<int64_t> slots_;   // hash slots: group index or -1
   uint64_t mask_ = 0;
+  // What lookups read: the owned buffers above, or a view's arrays.
+  const Group* g_ = nullptr;
+  int64_t ng_ = 0;
+  const int64_t* v_ = nullptr;
+  int64_t nv_ = 0;
+  const int64_t* s_ = nullptr;
+  int64_t ns_ = 0;
+  const Span* d_ = nullptr;
+  int64_t nd_ = 0;
 };
 
 // out[i] = index contains (a[i], b[i], c[i]).
