@@ -179,8 +179,14 @@ void register_graph(py::module_& m) {
              return std::make_shared<GraphAlias>(build_graph_alias(v.data(), static_cast<int64_t>(v.size()), "weights"));
            }),
            py::arg("weights"))
-      .def_property_readonly("probs", [](const GraphAlias& t) { return to_array(t.prob); })
-      .def_property_readonly("num_classes", [](const GraphAlias& t) { return static_cast<int64_t>(t.prob.size()); });
+      .def_property_readonly("probs",
+                             [](const GraphAlias& t) {
+                               std::vector<double> p(t.mass.size());
+                               const double total = static_cast<double>(t.table.total_mass());
+                               for (size_t i = 0; i < p.size(); ++i) p[i] = static_cast<double>(t.mass[i]) / total;
+                               return to_array(p);
+                             })
+      .def_property_readonly("num_classes", &GraphAlias::size);
 
   m.def(
       "graph_corrupt",
@@ -238,7 +244,7 @@ void register_graph(py::module_& m) {
         req.side[0].weights = weights_head ? weights_head->get() : nullptr;
         req.side[2].weights = weights_tail ? weights_tail->get() : nullptr;
         for (int s : {0, 2}) {
-          if (req.side[s].weights && static_cast<int64_t>(req.side[s].weights->prob.size()) != req.side[s].universe)
+          if (req.side[s].weights && req.side[s].weights->size() != req.side[s].universe)
             throw std::invalid_argument("weights must have one entry per node");
         }
         check_output_shape(req.num_rows, k, "k");

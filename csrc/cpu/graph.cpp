@@ -6,6 +6,8 @@
 #include <stdexcept>
 #include <string>
 
+#include "cpu/alias_draw.h"
+#include "cpu/alias_table.h"
 #include "cpu/hash.h"
 #include "cpu/ids.h"
 #include "cpu/parallel.h"
@@ -195,56 +197,10 @@ void pair_groups_contains(const PairGroups& index, const int64_t* a, const int64
 // ---------------------------------------------------------------- alias table
 
 GraphAlias build_graph_alias(const double* weights, int64_t n, const char* name) {
-  if (n <= 0) throw std::invalid_argument(std::string(name) + " must not be empty");
-  double wmax = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double w = weights[i];
-    if (!std::isfinite(w) || w < 0) {
-      throw std::invalid_argument(std::string(name) + " must be finite and >= 0, got " + std::to_string(w) +
-                                  " at index " + std::to_string(i));
-    }
-    wmax = std::max(wmax, w);
-  }
-  if (wmax <= 0) throw std::invalid_argument(std::string(name) + " must have a positive sum");
   GraphAlias t;
-  t.prob.resize(static_cast<size_t>(n));
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += weights[i] / wmax;
-  for (int64_t i = 0; i < n; ++i) {
-    t.prob[i] = (weights[i] / wmax) / sum;
-    t.num_positive += t.prob[i] > 0 ? 1 : 0;
-  }
-  t.keep.assign(static_cast<size_t>(n), 1.0);
-  t.alias.resize(static_cast<size_t>(n));
-  std::vector<double> scaled(static_cast<size_t>(n));
-  std::vector<int64_t> small, large;
-  for (int64_t i = 0; i < n; ++i) {
-    t.alias[i] = i;
-    scaled[i] = t.prob[i] * static_cast<double>(n);
-    (scaled[i] < 1.0 ? small : large).push_back(i);
-  }
-  while (!small.empty() && !large.empty()) {
-    const int64_t s = small.back(), l = large.back();
-    small.pop_back();
-    t.keep[s] = scaled[s];
-    t.alias[s] = l;
-    scaled[l] -= 1.0 - scaled[s];
-    if (scaled[l] < 1.0) {
-      large.pop_back();
-      small.push_back(l);
-    }
-  }
-  // Leftovers (rounding) keep themselves, unless they have no mass at all.
-  for (int64_t i : small) {
-    if (t.prob[i] > 0) {
-      t.keep[i] = 1.0;
-    } else if (t.alias[i] == i) {  // a zero-weight bucket never returns itself
-      int64_t j = 0;
-      while (t.prob[j] <= 0) ++j;
-      t.keep[i] = 0.0;
-      t.alias[i] = j;
-    }
-  }
+  t.table = build_alias_table(weights, n, name);
+  t.mass.resize(static_cast<size_t>(n));
+  t.num_positive = class_masses(t.table.entries.data(), n, t.mass.data());
   return t;
 }
 
@@ -297,14 +253,14 @@ void prepare_side(const CorruptRequest& req, const int64_t* row, int s, RowSide*
 }
 
 // Positive-weight ids left in a weighted row, and the forbidden mass.
-int64_t positive_allowed(const GraphAlias& w, const RowSide& rs, double* forbidden_mass) {
+int64_t positive_allowed(const GraphAlias& w, const RowSide& rs, uint64_t* forbidden_mass) {
   int64_t n = w.num_positive;
-  double m = 0;
-  const int64_t size = static_cast<int64_t>(w.prob.size());
+  uint64_t m = 0;
+  const int64_t size = w.size();
   for (int64_t id : rs.forb) {
     if (id < 0 || id >= size) continue;  // (an index view's values are not trusted)
-    n -= w.prob[id] > 0 ? 1 : 0;
-    m += w.prob[id];
+    n -= w.mass[id] > 0 ? 1 : 0;
+    m += w.mass[id];
   }
   *forbidden_mass = m;
   return n;
@@ -400,7 +356,7 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
         }
         if (a < 1) throw std::invalid_argument(row_error(i, s, "any negative") + ": every candidate is excluded");
         if (req.side[s].weights != nullptr) {
-          double fm;
+          uint64_t fm;
           if (positive_allowed(*req.side[s].weights, rs, &fm) < 1)
             throw std::invalid_argument(row_error(i, s, "a weighted negative") +
                                         ": every allowed candidate has weight 0");
@@ -475,37 +431,37 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
           }
           continue;
         }
-        // Weighted, with replacement.
-        double fm;
+        // Weighted, with replacement, from the core alias table (alias_table.h):
+        // class i has the integer mass m_i (sum V * 2^32), so the row's allowed
+        // mass and its CDF are exact integers.
+        uint64_t fm;
         positive_allowed(*w, rs, &fm);
-        const int64_t n = static_cast<int64_t>(w->prob.size());
-        double allowed_mass = 1.0 - fm;
-        const bool use_cdf = allowed_mass < 1.0 / 16;
-        if (use_cdf) {  // the row's exact CDF over its allowed ids
+        const int64_t n = w->size();
+        const uint64_t* entries = w->table.entries.data();
+        uint64_t allowed_mass = w->table.total_mass() - fm;
+        const bool use_cdf = allowed_mass < w->table.total_mass() / 16;
+        bool have_cdf = false;
+        auto build_cdf = [&]() {  // cdf[id] = allowed mass of [0, id]
           cdf.resize(static_cast<size_t>(n));
-          double run = 0;
+          uint64_t run = 0;
           size_t f = 0;
           for (int64_t id = 0; id < n; ++id) {
-            if (f < rs.forb.size() && rs.forb[f] == id) {
-              ++f;
-            } else {
-              run += w->prob[id];
-            }
+            while (f < rs.forb.size() && rs.forb[f] < id) ++f;
+            if (!(f < rs.forb.size() && rs.forb[f] == id)) run += w->mass[id];
             cdf[id] = run;
           }
           allowed_mass = run;
-        }
-        const double log_mass = std::log(allowed_mass);
+          have_cdf = true;
+        };
+        if (use_cdf) build_cdf();
+        const double log_mass = std::log(static_cast<double>(allowed_mass));
         for (int64_t j : slots) {
           int64_t id = -1;
           if (!use_cdf) {
             for (uint32_t attempt = 0; attempt < 4096; ++attempt) {
               const uint64_t x = random64(req.seed, pos, static_cast<uint32_t>(j),
                                           kTagGraphWeighted + attempt * 4 + static_cast<uint32_t>(s));
-              const unsigned __int128 prod = static_cast<unsigned __int128>(x) * static_cast<uint64_t>(n);
-              const int64_t bucket = static_cast<int64_t>(prod >> 64);
-              const double coin = unit_double(static_cast<uint64_t>(prod));
-              const int64_t c = coin < w->keep[bucket] ? bucket : w->alias[bucket];
+              const int64_t c = alias_pick(entries, static_cast<uint64_t>(n), x);
               if (!std::binary_search(rs.forb.begin(), rs.forb.end(), c)) {
                 id = c;
                 break;
@@ -513,28 +469,14 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
             }
           }
           if (id < 0) {  // CDF row, or (never in practice) 4096 rejections in a row
-            if (!use_cdf) {
-              cdf.resize(static_cast<size_t>(n));
-              double run = 0;
-              size_t f = 0;
-              for (int64_t c = 0; c < n; ++c) {
-                if (f < rs.forb.size() && rs.forb[f] == c) {
-                  ++f;
-                } else {
-                  run += w->prob[c];
-                }
-                cdf[c] = run;
-              }
-            }
-            const double total = cdf[n - 1];
-            const double u = unit_double(random64(req.seed, pos, static_cast<uint32_t>(j), kTagGraphCdf + s)) * total;
+            if (!have_cdf) build_cdf();
+            // u uniform in [0, allowed mass): the first id whose cumulative
+            // mass exceeds u is allowed and has mass > 0.
+            const uint64_t u = reduce_range(random64(req.seed, pos, static_cast<uint32_t>(j), kTagGraphCdf + s), cdf[n - 1]);
             id = std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin();
-            if (id >= n) id = n - 1;
-            while (id > 0 && (w->prob[id] <= 0 || std::binary_search(rs.forb.begin(), rs.forb.end(), id))) --id;
-            while (w->prob[id] <= 0 || std::binary_search(rs.forb.begin(), rs.forb.end(), id)) ++id;
           }
           out_id[j] = id;
-          out_lq[j] = log_side + std::log(w->prob[id]) - log_mass;
+          out_lq[j] = log_side + std::log(static_cast<double>(w->mass[id])) - log_mass;
         }
       }
     }
@@ -549,18 +491,19 @@ namespace {
 // stream order, deduplicated in parallel with output bits that do not depend
 // on the thread count. Each round takes the next m positions of the stream,
 // cut into fixed chunks of kDedupChunk positions, and:
-//  1. draws each chunk's candidates (draw_range), keeps their keys and counts,
-//     per chunk, the keys of each of P hash partitions (top bits of mix64);
-//  2. scatters the keys into partition order, stable (chunks in order,
-//     positions in order inside a chunk), so chunk c's keys of partition p
-//     are one segment;
-//  3. runs through every partition on its own (in parallel): the partition's
-//     hash set (a few hundred KiB, cache resident) says whether a key is new,
-//     in position order, so a key is fresh exactly at its first position;
-//  4. walks each chunk again in position order, reading its keys' fresh
-//     flags through per-partition cursors, and writes the fresh pairs at the
-//     chunk's place in the output (a prefix sum of the segments' counts), up
-//     to k.
+//  1. per chunk (in parallel): draws its candidates (draw_range) and scatters
+//     their keys, stably, into the chunk's own block of `ekey` grouped by hash
+//     partition (P partitions, top bits of mix64(key)); part[j] remembers
+//     position j's partition. So chunk c's keys of partition p are one
+//     segment, in position order, and the block stays in cache meanwhile;
+//  2. per partition (in parallel): walks its segments in chunk order with the
+//     partition's own hash set (a few hundred KiB, cache resident) and marks
+//     a key fresh (top bit of its ekey word; keys are < 2^63) at its first
+//     position only;
+//  3. per chunk (in parallel): walks its positions in order, reading each
+//     one's word through a per-partition cursor, and writes the fresh pairs
+//     at the chunk's place in the output (a prefix sum of the fresh counts),
+//     up to k.
 // Every step is a pure function of the candidates, and P, the chunks and the
 // rounds depend on k only: the same pairs in the same order as a sequential
 // first-occurrence pass over the stream.
@@ -573,12 +516,12 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
   while (pbits < 10 && (k >> (pbits + 14)) > 0) ++pbits;
   const int64_t P = int64_t{1} << pbits;
   auto part_of = [pbits](uint64_t h) { return pbits == 0 ? int64_t{0} : static_cast<int64_t>(h >> (64 - pbits)); };
+  constexpr uint64_t kFresh = uint64_t{1} << 63;
   // A partition's table: open addressing over `cap` slots (any size), slot
-  // from the low 32 bits of the hash, grown (x2) past load 0.7.
+  // from the low 32 bits of the hash, grown (x2) past load 0.7. The tables
+  // start in one buffer (huge pages: scratch arrays are touched once per
+  // call, so their page faults count); a table that grows moves to its own vector.
   auto slot_of = [](uint64_t h, uint64_t cap) { return ((h & 0xffffffffu) * cap) >> 32; };
-  // The tables start in one buffer (huge pages: the scratch arrays are
-  // touched once per call, so their page faults count); a table that grows
-  // moves to its own vector.
   const uint64_t cap0 = 2 * static_cast<uint64_t>(k / P) + 64;
   HugeBuffer<int64_t> table_mem(cap0 * static_cast<uint64_t>(P));
   std::vector<int64_t*> table(static_cast<size_t>(P), nullptr);
@@ -586,7 +529,7 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
   std::vector<std::vector<int64_t>> grown(static_cast<size_t>(P));
   std::vector<int64_t> fill(static_cast<size_t>(P), 0);
   const uint64_t nd = static_cast<uint64_t>(num_dst);
-  std::vector<int64_t> counts, offs, seg_fresh, chunk_start;
+  std::vector<int64_t> offs, chunk_fresh;
   int64_t have = 0;
   uint64_t next = offset;
   while (have < k) {
@@ -597,49 +540,38 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
     const int64_t extra = std::min<int64_t>(need / 8, static_cast<int64_t>(std::ceil(2.0 * kept_share * need)));
     const int64_t m = need + extra + 64;
     const int64_t nc = (m + kDedupChunk - 1) / kDedupChunk;
-    HugeBuffer<uint64_t> keys(static_cast<size_t>(m)), ekey(static_cast<size_t>(m));
-    HugeBuffer<uint8_t> efresh(static_cast<size_t>(m));
-    counts.assign(static_cast<size_t>(nc * P), 0);
-    // 1. draws, keys, counts[c * P + p]
+    HugeBuffer<uint64_t> ekey(static_cast<size_t>(m));
+    HugeBuffer<uint16_t> part(static_cast<size_t>(m));
+    // offs[c * (P + 1) + p]: where chunk c's segment of partition p starts (absolute)
+    offs.assign(static_cast<size_t>(nc * (P + 1)), 0);
+    // 1. draws and the chunk-local stable scatter
     parallel_for(nc, num_threads, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<int64_t> lu(kDedupChunk), lv(kDedupChunk);
+      std::vector<int64_t> lu(kDedupChunk), lv(kDedupChunk), cursor(static_cast<size_t>(P));
+      std::vector<uint64_t> lk(kDedupChunk);
       for (int64_t c = lo; c < hi; ++c) {
         const int64_t b = c * kDedupChunk, len = std::min(m, b + kDedupChunk) - b;
         draw_range(next + static_cast<uint64_t>(b), 0, len, lu.data(), lv.data());
-        int64_t* cnt = counts.data() + c * P;
+        std::fill(cursor.begin(), cursor.end(), 0);
         for (int64_t j = 0; j < len; ++j) {
           const uint64_t key = static_cast<uint64_t>(lu[j]) * nd + static_cast<uint64_t>(lv[j]);
-          keys[b + j] = key;
-          ++cnt[part_of(mix64(key))];
+          const int64_t p = part_of(mix64(key));
+          lk[j] = key;
+          part[b + j] = static_cast<uint16_t>(p);
+          ++cursor[p];
         }
+        int64_t* o = offs.data() + c * (P + 1);
+        int64_t run = b;
+        for (int64_t p = 0; p < P; ++p) {
+          o[p] = run;
+          run += cursor[p];
+          cursor[p] = o[p];
+        }
+        o[P] = run;
+        for (int64_t j = 0; j < len; ++j) ekey[cursor[part[b + j]]++] = lk[j];
       }
     });
     next += static_cast<uint64_t>(m);
-    // offs[p * nc + c]: where chunk c's keys of partition p start
-    offs.resize(static_cast<size_t>(P * nc + 1));
-    int64_t run = 0;
-    for (int64_t p = 0; p < P; ++p) {
-      for (int64_t c = 0; c < nc; ++c) {
-        offs[p * nc + c] = run;
-        run += counts[c * P + p];
-      }
-    }
-    offs[P * nc] = run;
-    // 2. stable scatter into partition order
-    parallel_for(nc, num_threads, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<int64_t> cursor(static_cast<size_t>(P));
-      for (int64_t c = lo; c < hi; ++c) {
-        for (int64_t p = 0; p < P; ++p) cursor[p] = offs[p * nc + c];
-        const int64_t e = std::min(m, (c + 1) * kDedupChunk);
-        for (int64_t j = c * kDedupChunk; j < e; ++j) {
-          const uint64_t key = keys[j];
-          ekey[cursor[part_of(mix64(key))]++] = key;
-        }
-      }
-    });
-    // 3. first occurrences, one partition at a time; seg_fresh[p * nc + c]
-    // counts the fresh keys of each segment
-    seg_fresh.assign(static_cast<size_t>(P * nc), 0);
+    // 2. first occurrences, one partition at a time, segments in chunk order
     parallel_for(P, num_threads, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p) {
         int64_t* tb = table[p];
@@ -649,12 +581,10 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
         }
         uint64_t cap = table_cap[p];
         for (int64_t c = 0; c < nc; ++c) {
-          int64_t nf = 0;
-          const int64_t e = offs[p * nc + c + 1];
-          for (int64_t at = offs[p * nc + c]; at < e; ++at) {
+          const int64_t e = offs[c * (P + 1) + p + 1];
+          for (int64_t at = offs[c * (P + 1) + p]; at < e; ++at) {
             const int64_t key = static_cast<int64_t>(ekey[at]);
-            const uint64_t h = mix64(ekey[at]);
-            uint64_t slot = slot_of(h, cap);
+            uint64_t slot = slot_of(mix64(ekey[at]), cap);
             bool is_new = true;
             while (tb[slot] >= 0) {
               if (tb[slot] == key) {
@@ -663,10 +593,9 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
               }
               if (++slot == cap) slot = 0;
             }
-            efresh[at] = is_new ? 1 : 0;
             if (!is_new) continue;
             tb[slot] = key;
-            ++nf;
+            ekey[at] |= kFresh;
             if (10 * static_cast<uint64_t>(++fill[p]) > 7 * cap) {  // grow past load 0.7
               std::vector<int64_t> bigger(2 * cap, -1);
               for (uint64_t q0 = 0; q0 < cap; ++q0) {
@@ -683,27 +612,30 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
               table_cap[p] = cap;
             }
           }
-          seg_fresh[p * nc + c] = nf;
         }
       }
     });
-    // 4. the fresh pairs in position order
-    chunk_start.assign(static_cast<size_t>(nc) + 1, 0);
-    for (int64_t c = 0; c < nc; ++c) {
-      int64_t nf = 0;
-      for (int64_t p = 0; p < P; ++p) nf += seg_fresh[p * nc + c];
-      chunk_start[c + 1] = chunk_start[c] + nf;
-    }
+    // 3. the fresh pairs in position order
+    chunk_fresh.assign(static_cast<size_t>(nc) + 1, 0);
+    parallel_for(nc, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t c = lo; c < hi; ++c) {
+        int64_t nf = 0;
+        for (int64_t at = offs[c * (P + 1)]; at < offs[c * (P + 1) + P]; ++at) nf += static_cast<int64_t>(ekey[at] >> 63);
+        chunk_fresh[c + 1] = nf;
+      }
+    });
+    for (int64_t c = 0; c < nc; ++c) chunk_fresh[c + 1] += chunk_fresh[c];
     parallel_for(nc, num_threads, 1, [&](int64_t lo, int64_t hi) {
       std::vector<int64_t> cursor(static_cast<size_t>(P));
       for (int64_t c = lo; c < hi; ++c) {
-        int64_t out = have + chunk_start[c];
+        int64_t out = have + chunk_fresh[c];
         if (out >= k) break;
-        for (int64_t p = 0; p < P; ++p) cursor[p] = offs[p * nc + c];
+        std::copy(offs.begin() + c * (P + 1), offs.begin() + c * (P + 1) + P, cursor.begin());
         const int64_t e = std::min(m, (c + 1) * kDedupChunk);
         for (int64_t j = c * kDedupChunk; j < e && out < k; ++j) {
-          const uint64_t key = keys[j];
-          if (!efresh[cursor[part_of(mix64(key))]++]) continue;
+          const uint64_t word = ekey[cursor[part[j]]++];
+          if (!(word & kFresh)) continue;
+          const uint64_t key = word & ~kFresh;
           const uint64_t u = key / nd;
           src[out] = static_cast<int64_t>(u);
           dst[out] = static_cast<int64_t>(key - u * nd);
@@ -711,7 +643,7 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
         }
       }
     });
-    have = std::min(k, have + chunk_start[nc]);
+    have = std::min(k, have + chunk_fresh[nc]);
   }
 }
 

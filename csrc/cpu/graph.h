@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/alias_table.h"
 #include "cpu/huge_buffer.h"
 
 namespace pyneg {
@@ -103,12 +104,14 @@ class PairGroups {
 void pair_groups_contains(const PairGroups& index, const int64_t* a, const int64_t* b, const int64_t* c,
                           int64_t n, uint8_t* out, int num_threads);
 
-// A Vose alias table over probabilities (double precision), for weighted draws.
+// Weighted node draws: the core alias table (alias_table.h: 8 bytes per node,
+// probabilities P_i = m_i / (V 2^32) from integer masses m_i) and its masses,
+// so a row's allowed mass, its CDF and log q are exact.
 struct GraphAlias {
-  std::vector<double> prob;     // normalised probabilities p_i
-  std::vector<double> keep;     // bucket i is kept when u < keep[i]
-  std::vector<int64_t> alias;   // else alias[i]
+  AliasTable table;
+  std::vector<uint64_t> mass;  // class_masses of the table, sum V * 2^32
   int64_t num_positive = 0;
+  int64_t size() const { return table.size(); }
 };
 // Throws std::invalid_argument (naming `name`) for NaN, inf, negative or all-zero weights.
 GraphAlias build_graph_alias(const double* weights, int64_t n, const char* name);
