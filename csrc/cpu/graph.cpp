@@ -529,7 +529,30 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
   std::vector<std::vector<int64_t>> grown(static_cast<size_t>(P));
   std::vector<int64_t> fill(static_cast<size_t>(P), 0);
   const uint64_t nd = static_cast<uint64_t>(num_dst);
-  std::vector<int64_t> offs, chunk_fresh;
+  std::vector<int64_t> offs, seg_fresh, chunk_fresh;
+  // key -> (u, v): a double reciprocal and one correction step while keys
+  // are below 2^52 (exact enough that the estimate is off by at most one),
+  // else an integer division.
+  const double inv_nd = 1.0 / static_cast<double>(nd);
+  auto split = [&](uint64_t key, int64_t* u_out, int64_t* v_out) {
+    if (key < (uint64_t{1} << 52)) {
+      int64_t u = static_cast<int64_t>(static_cast<double>(key) * inv_nd);
+      int64_t r = static_cast<int64_t>(key) - u * static_cast<int64_t>(nd);
+      if (r < 0) {
+        --u;
+        r += static_cast<int64_t>(nd);
+      } else if (r >= static_cast<int64_t>(nd)) {
+        ++u;
+        r -= static_cast<int64_t>(nd);
+      }
+      *u_out = u;
+      *v_out = r;
+    } else {
+      const uint64_t u = key / nd;
+      *u_out = static_cast<int64_t>(u);
+      *v_out = static_cast<int64_t>(key - u * nd);
+    }
+  };
   int64_t have = 0;
   uint64_t next = offset;
   while (have < k) {
@@ -571,7 +594,9 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
       }
     });
     next += static_cast<uint64_t>(m);
-    // 2. first occurrences, one partition at a time, segments in chunk order
+    // 2. first occurrences, one partition at a time, segments in chunk order;
+    // seg_fresh[c * (P + 1) + p]: the fresh keys of each segment
+    seg_fresh.assign(static_cast<size_t>(nc * (P + 1)), 0);
     parallel_for(P, num_threads, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t p = lo; p < hi; ++p) {
         int64_t* tb = table[p];
@@ -582,6 +607,7 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
         uint64_t cap = table_cap[p];
         for (int64_t c = 0; c < nc; ++c) {
           const int64_t e = offs[c * (P + 1) + p + 1];
+          int64_t nf = 0;
           for (int64_t at = offs[c * (P + 1) + p]; at < e; ++at) {
             const int64_t key = static_cast<int64_t>(ekey[at]);
             uint64_t slot = slot_of(mix64(ekey[at]), cap);
@@ -596,6 +622,7 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
             if (!is_new) continue;
             tb[slot] = key;
             ekey[at] |= kFresh;
+            ++nf;
             if (10 * static_cast<uint64_t>(++fill[p]) > 7 * cap) {  // grow past load 0.7
               std::vector<int64_t> bigger(2 * cap, -1);
               for (uint64_t q0 = 0; q0 < cap; ++q0) {
@@ -612,19 +639,17 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
               table_cap[p] = cap;
             }
           }
+          seg_fresh[c * (P + 1) + p] = nf;
         }
       }
     });
     // 3. the fresh pairs in position order
     chunk_fresh.assign(static_cast<size_t>(nc) + 1, 0);
-    parallel_for(nc, num_threads, 1, [&](int64_t lo, int64_t hi) {
-      for (int64_t c = lo; c < hi; ++c) {
-        int64_t nf = 0;
-        for (int64_t at = offs[c * (P + 1)]; at < offs[c * (P + 1) + P]; ++at) nf += static_cast<int64_t>(ekey[at] >> 63);
-        chunk_fresh[c + 1] = nf;
-      }
-    });
-    for (int64_t c = 0; c < nc; ++c) chunk_fresh[c + 1] += chunk_fresh[c];
+    for (int64_t c = 0; c < nc; ++c) {
+      int64_t nf = 0;
+      for (int64_t p = 0; p < P; ++p) nf += seg_fresh[c * (P + 1) + p];
+      chunk_fresh[c + 1] = chunk_fresh[c] + nf;
+    }
     parallel_for(nc, num_threads, 1, [&](int64_t lo, int64_t hi) {
       std::vector<int64_t> cursor(static_cast<size_t>(P));
       for (int64_t c = lo; c < hi; ++c) {
@@ -635,10 +660,7 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
         for (int64_t j = c * kDedupChunk; j < e && out < k; ++j) {
           const uint64_t word = ekey[cursor[part[j]]++];
           if (!(word & kFresh)) continue;
-          const uint64_t key = word & ~kFresh;
-          const uint64_t u = key / nd;
-          src[out] = static_cast<int64_t>(u);
-          dst[out] = static_cast<int64_t>(key - u * nd);
+          split(word & ~kFresh, src + out, dst + out);
           ++out;
         }
       }
@@ -786,13 +808,14 @@ double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_ds
   // positions until k are kept). Keys u * num_dst + v when that fits in 63
   // bits, else the pair.
   const bool key64 = static_cast<u128>(num_src) * static_cast<u128>(num_dst) < (static_cast<u128>(1) << 63);
-  if (key64 && k < (int64_t{1} << 31)) {
+  if (key64 && k < (int64_t{1} << 31) && num_threads > 1) {
     distinct_pairs_partitioned(k, num_dst, static_cast<double>(k) / static_cast<double>(allowed), offset, draw_range, src,
                                dst, num_threads);
     return log_q;
   }
-  // Sequential first-occurrence dedupe (pairs whose key needs more than 63
-  // bits, or k >= 2^31): one hash set over every kept pair.
+  // Sequential first-occurrence dedupe (one thread, pairs whose key needs
+  // more than 63 bits, or k >= 2^31): one hash set over every kept pair. The
+  // same pairs as the partitioned dedupe, with less work in all.
   uint64_t size = 16;
   while (2 * size < 3 * static_cast<uint64_t>(k)) size <<= 1;  // load <= 2/3
   const uint64_t mask = size - 1;
