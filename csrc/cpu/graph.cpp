@@ -120,6 +120,17 @@ PairGroups::PairGroups(const int64_t* a, const int64_t* b, const int64_t* c, int
     dense_ = HugeBuffer<Span>(static_cast<size_t>(max_b) + 1);
     std::fill(dense_.data(), dense_.data() + dense_.size(), Span{0, 0});
     for (const auto& g : groups_) dense_[g.b] = Span{g.begin, g.len};
+    uint64_t bits = 64;
+    while (bits < 8 * static_cast<uint64_t>(out)) bits <<= 1;
+    filter_ = HugeBuffer<uint64_t>(bits / 64);
+    std::fill(filter_.data(), filter_.data() + filter_.size(), uint64_t{0});
+    filter_mask_ = bits - 1;
+    for (const auto& g : groups_) {
+      for (int64_t j = g.begin; j < g.begin + g.len; ++j) {
+        const uint64_t bit = mix64(filter_bit(g.b, values_[j])) & filter_mask_;
+        filter_[bit >> 6] |= uint64_t{1} << (bit & 63);
+      }
+    }
   }
   vals_ = HugeBuffer<int64_t>(values_.size());
   std::copy(values_.begin(), values_.end(), vals_.data());
@@ -184,7 +195,7 @@ bool PairGroups::contains(int64_t a, int64_t b, int64_t c) const {
 
 size_t PairGroups::memory_bytes() const {
   return groups_.capacity() * sizeof(Group) + vals_.size() * sizeof(int64_t) + slots_.capacity() * sizeof(int64_t) +
-         dense_.size() * sizeof(Span);
+         dense_.size() * sizeof(Span) + filter_.size() * sizeof(uint64_t);
 }
 
 void pair_groups_contains(const PairGroups& index, const int64_t* a, const int64_t* b, const int64_t* c, int64_t n,
@@ -778,16 +789,33 @@ double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_ds
     }
     constexpr int kBlock = 32;
     bool ok[kBlock];
+    bool maybe[kBlock];
+    uint64_t fbit[kBlock];
     PairGroups::Span sp[kBlock];
+    const uint64_t* filter = index.filter();
+    const uint64_t fmask = index.filter_mask();
     for (int64_t j0 = lo; j0 < hi; j0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, hi - j0));
       for (int q = 0; q < nb; ++q) {
         ok[q] = attempt(base + static_cast<uint64_t>(j0 + q), 0, pu + j0 + q, pv + j0 + q);
-        if (pu[j0 + q] < dense_n) __builtin_prefetch(dense + pu[j0 + q]);
+        if (filter != nullptr) {
+          fbit[q] = mix64(PairGroups::filter_bit(pu[j0 + q], pv[j0 + q])) & fmask;
+          __builtin_prefetch(filter + (fbit[q] >> 6));
+        } else if (pu[j0 + q] < dense_n) {
+          __builtin_prefetch(dense + pu[j0 + q]);
+        }
+      }
+      if (filter != nullptr) {  // a clear bit: not an edge, no directory lookup
+        for (int q = 0; q < nb; ++q) {
+          maybe[q] = ((filter[fbit[q] >> 6] >> (fbit[q] & 63)) & 1) != 0;
+          if (maybe[q] && pu[j0 + q] < dense_n) __builtin_prefetch(dense + pu[j0 + q]);
+        }
+      } else {
+        for (int q = 0; q < nb; ++q) maybe[q] = true;
       }
       for (int q = 0; q < nb; ++q) {
         const int64_t u = pu[j0 + q];
-        sp[q] = u < dense_n ? dense[u] : PairGroups::Span{0, 0};
+        sp[q] = maybe[q] && u < dense_n ? dense[u] : PairGroups::Span{0, 0};
         if (sp[q].len > 0) __builtin_prefetch(values + sp[q].begin + sp[q].len / 2);
       }
       for (int q = 0; q < nb; ++q) {
