@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
@@ -530,11 +531,12 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
   constexpr uint64_t kFresh = uint64_t{1} << 63;
   // A partition's table: open addressing over `cap` slots (any size), slot
   // from the low 32 bits of the hash, grown (x2) past load 0.7. The tables
-  // start in one buffer (huge pages: scratch arrays are touched once per
-  // call, so their page faults count); a table that grows moves to its own vector.
+  // start in one buffer; a table that grows moves to its own vector. (Scratch
+  // arrays here are plain allocations: they are read in cache-sized pieces,
+  // so huge pages would only add the cost of finding them at each call.)
   auto slot_of = [](uint64_t h, uint64_t cap) { return ((h & 0xffffffffu) * cap) >> 32; };
   const uint64_t cap0 = 2 * static_cast<uint64_t>(k / P) + 64;
-  HugeBuffer<int64_t> table_mem(cap0 * static_cast<uint64_t>(P));
+  std::unique_ptr<int64_t[]> table_mem(new int64_t[cap0 * static_cast<uint64_t>(P)]);
   std::vector<int64_t*> table(static_cast<size_t>(P), nullptr);
   std::vector<uint64_t> table_cap(static_cast<size_t>(P), cap0);
   std::vector<std::vector<int64_t>> grown(static_cast<size_t>(P));
@@ -574,8 +576,8 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
     const int64_t extra = std::min<int64_t>(need / 8, static_cast<int64_t>(std::ceil(2.0 * kept_share * need)));
     const int64_t m = need + extra + 64;
     const int64_t nc = (m + kDedupChunk - 1) / kDedupChunk;
-    HugeBuffer<uint64_t> ekey(static_cast<size_t>(m));
-    HugeBuffer<uint16_t> part(static_cast<size_t>(m));
+    std::unique_ptr<uint64_t[]> ekey(new uint64_t[static_cast<size_t>(m)]);
+    std::unique_ptr<uint16_t[]> part(new uint16_t[static_cast<size_t>(m)]);
     // offs[c * (P + 1) + p]: where chunk c's segment of partition p starts (absolute)
     offs.assign(static_cast<size_t>(nc * (P + 1)), 0);
     // 1. draws and the chunk-local stable scatter
@@ -612,7 +614,7 @@ void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, u
       for (int64_t p = lo; p < hi; ++p) {
         int64_t* tb = table[p];
         if (tb == nullptr) {
-          tb = table[p] = table_mem.data() + static_cast<uint64_t>(p) * cap0;
+          tb = table[p] = table_mem.get() + static_cast<uint64_t>(p) * cap0;
           std::fill(tb, tb + cap0, int64_t{-1});
         }
         uint64_t cap = table_cap[p];
