@@ -623,6 +623,20 @@ class TripleCorruptor:
             p[:, _TAIL] = 1.0 - 2.0 / 3.0
         else:
             p[:, {"head": _HEAD, "relation": _REL, "tail": _TAIL}[self.corrupt]] = 1.0
+        if self.pseudo_typed and self.corrupt in ("bernoulli", "uniform", "all"):
+            # A relation seen with a single head (tail) in train has no other
+            # typed head (tail) to draw: that side's probability moves to the
+            # other entity side, so its rows still get k negatives (log q
+            # follows the probabilities actually used).
+            (ho, _), (to, _) = self.train._typed_lists()
+            single_h = np.diff(ho)[relations] <= 1
+            single_t = np.diff(to)[relations] <= 1
+            only_t = single_h & ~single_t
+            only_h = single_t & ~single_h
+            p[only_t, _TAIL] += p[only_t, _HEAD]
+            p[only_t, _HEAD] = 0.0
+            p[only_h, _HEAD] += p[only_h, _TAIL]
+            p[only_h, _TAIL] = 0.0
         return p
 
     def _rows(self, triples: Any) -> np.ndarray:

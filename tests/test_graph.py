@@ -430,6 +430,47 @@ def test_corruption_log_q_reference():
             assert math.isclose(float(out.log_q[i, j]), ref, rel_tol=1e-12)
 
 
+@pytest.mark.parametrize("corrupt", ["bernoulli", "uniform", "all"])
+def test_pseudo_typed_relation_with_a_single_head_corrupts_its_tails(corrupt):
+    """Relation 0 has one head, relation 1 one tail: pseudo-typed draws move that side's
+    probability to the other entity side instead of refusing the rows. (Filtered
+    against train, such a relation's rows have nothing to draw on the other side
+    either: every typed tail is a known tail of the single head. So: filter=None.)"""
+    g = torch.Generator().manual_seed(4)
+    t0 = torch.stack(
+        [torch.full((15,), 5), torch.zeros(15, dtype=torch.int64), torch.randperm(30, generator=g)[:15]], 1
+    )
+    t1 = torch.stack([torch.randperm(30, generator=g)[:12], torch.ones(12, dtype=torch.int64), torch.full((12,), 7)], 1)
+    t2 = random_triples(30, 3, 80, 5)
+    t2 = t2[t2[:, 1] == 2]
+    tr = torch.cat([t0, t1, t2])
+    ts = G.TripleSet(tr, 30, 3)
+    known = {tuple(x) for x in tr.tolist()}
+    tails0 = {t for _, r, t in known if r == 0}
+    heads1 = {h for h, r, _ in known if r == 1}
+    c = G.TripleCorruptor(ts, corrupt=corrupt, pseudo_typed=True, filter=None)
+    out = c.sample(tr, 6, seed=2)
+    assert out.triples.shape == (tr.shape[0], 6, 3)
+    assert not (out.triples == tr.unsqueeze(1)).all(2).any()
+    probs = c.side_probs(tr[:, 1].numpy())
+    p_rel = {"bernoulli": 0.0, "uniform": 0.0, "all": 1.0 / 3.0}[corrupt]
+    for i in range(tr.shape[0]):
+        r = int(tr[i, 1])
+        if r == 0:
+            assert probs[i, 0] == 0.0 and math.isclose(probs[i, 2], 1.0 - p_rel)
+        if r == 1:
+            assert probs[i, 2] == 0.0 and math.isclose(probs[i, 0], 1.0 - p_rel)
+        for j in range(6):
+            side = int(out.side[i, j])
+            neg = tuple(out.triples[i, j].tolist())
+            if r == 0 and side != 1:
+                assert side == 2 and neg[2] in tails0
+                n_allowed = len(tails0) - 1  # unfiltered: only the row's own tail is excluded
+                assert math.isclose(float(out.log_q[i, j]), math.log(probs[i, 2]) - math.log(n_allowed), rel_tol=1e-12)
+            if r == 1 and side != 1:
+                assert side == 0 and neg[0] in heads1
+
+
 def test_pseudo_typed_draws_stay_in_relation_domain():
     tr = random_triples(60, 3, 300, 17)
     tr[:, 0] = tr[:, 0] % 20 + 20 * tr[:, 1]  # relation r: heads in [20r, 20r + 20)
