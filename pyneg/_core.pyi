@@ -371,6 +371,7 @@ class PairGroups:
         self,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
     def keys(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+    def arrays(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
 
 class GraphAlias:
     def __init__(self, weights: npt.ArrayLike) -> None: ...
@@ -385,7 +386,7 @@ def graph_corrupt(
     k: int,
     unique: bool,
     exclude_self_loops: bool,
-    indexes: list[PairGroups | None],
+    indexes: list[PairGroups | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike] | None],
     universes: list[int],
     typed_head: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
     typed_tail: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
@@ -411,7 +412,7 @@ def graph_global_negatives(
 def graph_filtered_ranks(
     scores: npt.NDArray[Any],
     targets: npt.ArrayLike,
-    index: PairGroups | None,
+    index: PairGroups | tuple[npt.ArrayLike, npt.ArrayLike, npt.ArrayLike] | None,
     key_a: npt.ArrayLike,
     key_b: npt.ArrayLike,
     num_threads: int = 1,

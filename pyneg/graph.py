@@ -38,7 +38,8 @@ it. With replacement the expected count of an id in the row is ``k`` times it.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple, Union
+import warnings
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -175,6 +176,16 @@ class EdgeSet:
         zeros = np.zeros(ei.shape[1], dtype=np.int64)
         return torch.from_numpy(self._fwd.contains(zeros, ei[0], ei[1], _threads()))
 
+    def index_tensors(self, reverse: bool = False) -> List[torch.Tensor]:
+        """The index's ``[groups, values, slots]`` int64 tensors, for ``torch.ops.pyneg.graph_corrupt``.
+
+        ``reverse=False``: the known destinations of every source (the filter of
+        a corrupted destination: pass it as ``tail_index``); ``True``: the known
+        sources of every destination (``head_index``). They share the C++
+        index's memory (no copy; do not write to them) and keep it alive.
+        """
+        return _index_tensors(self._backward() if check_bool(reverse, "reverse") else self._fwd)
+
     def _backward(self) -> Any:
         if self._bwd is None:
             _, s, d = self._fwd.keys()
@@ -186,6 +197,12 @@ class EdgeSet:
             _, s, d = self._fwd.keys()
             self._num_upper = int(np.count_nonzero(s < d))
         return self._num_upper
+
+
+def _index_tensors(index: Any) -> List[torch.Tensor]:
+    with warnings.catch_warnings():  # the arrays are read-only views of the index: torch warns
+        warnings.simplefilter("ignore", UserWarning)
+        return [torch.from_numpy(a) for a in index.arrays()]
 
 
 class GraphNegatives(NamedTuple):
@@ -475,6 +492,25 @@ class TripleSet:
             p = tph / (tph + hpt)
         return torch.from_numpy(np.where(heads > 0, p, 0.5))
 
+    def index_tensors(self, side: str) -> List[torch.Tensor]:
+        """The ``[groups, values, slots]`` int64 tensors of the index that filters ``side``.
+
+        ``side="head"``: the known heads of every (relation, tail);
+        ``"tail"``: the known tails of every (relation, head); ``"relation"``:
+        the known relations of every (head, tail). Pass them as
+        ``head_index`` / ``tail_index`` / ``relation_index`` of
+        ``torch.ops.pyneg.graph_corrupt`` (and ``"tail"`` / ``"head"`` as the
+        ``index`` of ``graph_filtered_ranks``). They share the C++ index's
+        memory (no copy; do not write to them).
+        """
+        if side == "head":
+            return _index_tensors(self._by_tail)
+        if side == "tail":
+            return _index_tensors(self._by_head)
+        if side == "relation":
+            return _index_tensors(self._pairs())
+        raise ValueError(f"side must be 'head', 'tail' or 'relation', got {side!r}")
+
     def _pairs(self) -> Any:
         if self._by_pair is None:
             r, h, t = self._by_head.keys()
@@ -587,6 +623,20 @@ class TripleCorruptor:
             p[:, _TAIL] = 1.0 - 2.0 / 3.0
         else:
             p[:, {"head": _HEAD, "relation": _REL, "tail": _TAIL}[self.corrupt]] = 1.0
+        if self.pseudo_typed and self.corrupt in ("bernoulli", "uniform", "all"):
+            # A relation seen with a single head (tail) in train has no other
+            # typed head (tail) to draw: that side's probability moves to the
+            # other entity side, so its rows still get k negatives (log q
+            # follows the probabilities actually used).
+            (ho, _), (to, _) = self.train._typed_lists()
+            single_h = np.diff(ho)[relations] <= 1
+            single_t = np.diff(to)[relations] <= 1
+            only_t = single_h & ~single_t
+            only_h = single_t & ~single_h
+            p[only_t, _TAIL] += p[only_t, _HEAD]
+            p[only_t, _HEAD] = 0.0
+            p[only_h, _HEAD] += p[only_h, _TAIL]
+            p[only_h, _TAIL] = 0.0
         return p
 
     def _rows(self, triples: Any) -> np.ndarray:

@@ -254,6 +254,38 @@ def test_negative_sampling_exact_unique_filtered(n, e):
     assert G.negative_sampling(ei, n, allowed, seed=2).shape == (2, allowed)
 
 
+@pytest.mark.parametrize(
+    "n,e,k",
+    [
+        (2000, 30000, 50000),  # sparse, rejection: 4 hash partitions, one round
+        (300, 20000, 60000),  # 2/3 of the allowed pairs: many repeats, several rounds
+        (60, 2500, 1000),  # dense, enumerated; one partition
+        (3000, 20000, 300000),  # 2^4 partitions, several chunks
+    ],
+)
+def test_distinct_pairs_are_the_first_occurrences_of_the_stream(n, e, k):
+    """Distinct pairs are the first k distinct pairs of the with-replacement
+    stream (position j draws the same pair in both), whatever the threads."""
+    ei = random_graph(n, e, 12)
+    es = G.EdgeSet(ei, n)
+    stream = G.negative_sampling(es, num_neg_samples=12 * k, unique=False, seed=5)
+    keys = (stream[0] * n + stream[1]).numpy()
+    _, first = np.unique(keys, return_index=True)
+    first = np.sort(first)
+    assert first.size >= k
+    expected = stream[:, torch.from_numpy(first[:k])]
+    before = torch.get_num_threads()
+    try:
+        outs = []
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(G.negative_sampling(es, num_neg_samples=k, seed=5))
+    finally:
+        torch.set_num_threads(before)
+    for out in outs:
+        assert torch.equal(out, expected)
+
+
 @pytest.mark.parametrize("e", [40, 100])  # 40: rejection; 100 of 110 off-diagonal pairs: enumerated
 def test_negative_sampling_uniform_over_pairs_chi_square(e):
     n = 11
@@ -396,6 +428,47 @@ def test_corruption_log_q_reference():
                 allowed = [x for x in range(30) if (h, r, x) not in known and x != t]
                 ref = math.log(1 - ph[r]) - math.log(len(allowed))
             assert math.isclose(float(out.log_q[i, j]), ref, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("corrupt", ["bernoulli", "uniform", "all"])
+def test_pseudo_typed_relation_with_a_single_head_corrupts_its_tails(corrupt):
+    """Relation 0 has one head, relation 1 one tail: pseudo-typed draws move that side's
+    probability to the other entity side instead of refusing the rows. (Filtered
+    against train, such a relation's rows have nothing to draw on the other side
+    either: every typed tail is a known tail of the single head. So: filter=None.)"""
+    g = torch.Generator().manual_seed(4)
+    t0 = torch.stack(
+        [torch.full((15,), 5), torch.zeros(15, dtype=torch.int64), torch.randperm(30, generator=g)[:15]], 1
+    )
+    t1 = torch.stack([torch.randperm(30, generator=g)[:12], torch.ones(12, dtype=torch.int64), torch.full((12,), 7)], 1)
+    t2 = random_triples(30, 3, 80, 5)
+    t2 = t2[t2[:, 1] == 2]
+    tr = torch.cat([t0, t1, t2])
+    ts = G.TripleSet(tr, 30, 3)
+    known = {tuple(x) for x in tr.tolist()}
+    tails0 = {t for _, r, t in known if r == 0}
+    heads1 = {h for h, r, _ in known if r == 1}
+    c = G.TripleCorruptor(ts, corrupt=corrupt, pseudo_typed=True, filter=None)
+    out = c.sample(tr, 6, seed=2)
+    assert out.triples.shape == (tr.shape[0], 6, 3)
+    assert not (out.triples == tr.unsqueeze(1)).all(2).any()
+    probs = c.side_probs(tr[:, 1].numpy())
+    p_rel = {"bernoulli": 0.0, "uniform": 0.0, "all": 1.0 / 3.0}[corrupt]
+    for i in range(tr.shape[0]):
+        r = int(tr[i, 1])
+        if r == 0:
+            assert probs[i, 0] == 0.0 and math.isclose(probs[i, 2], 1.0 - p_rel)
+        if r == 1:
+            assert probs[i, 2] == 0.0 and math.isclose(probs[i, 0], 1.0 - p_rel)
+        for j in range(6):
+            side = int(out.side[i, j])
+            neg = tuple(out.triples[i, j].tolist())
+            if r == 0 and side != 1:
+                assert side == 2 and neg[2] in tails0
+                n_allowed = len(tails0) - 1  # unfiltered: only the row's own tail is excluded
+                assert math.isclose(float(out.log_q[i, j]), math.log(probs[i, 2]) - math.log(n_allowed), rel_tol=1e-12)
+            if r == 1 and side != 1:
+                assert side == 0 and neg[0] in heads1
 
 
 def test_pseudo_typed_draws_stay_in_relation_domain():

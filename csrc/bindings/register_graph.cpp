@@ -43,6 +43,38 @@ void check_output_shape(int64_t rows, int64_t k, const char* what) {
     throw std::invalid_argument(std::string(what) + " asks for more negatives than one array can hold");
 }
 
+// An index argument: None, a PairGroups, or its arrays (groups (G, 4) as
+// (a, b, begin, len) rows, values (K,), slots (S,); PairGroups.arrays), e.g.
+// an operator's tensors, read in place through a bounded view (PairGroups::view).
+struct IndexArg {
+  std::shared_ptr<PairGroups> owned;
+  py::array_t<int64_t, py::array::c_style | py::array::forcecast> groups, values, slots;
+  PairGroups view;
+  const PairGroups* ptr = nullptr;
+};
+
+void resolve_index(const py::object& o, IndexArg* out, const char* name) {
+  if (o.is_none()) return;
+  if (py::isinstance<PairGroups>(o)) {
+    out->owned = o.cast<std::shared_ptr<PairGroups>>();
+    out->ptr = out->owned.get();
+    return;
+  }
+  const auto t = o.cast<py::tuple>();
+  if (t.size() != 3) throw std::invalid_argument(std::string(name) + " must be a PairGroups or (groups, values, slots)");
+  out->groups = t[0].cast<decltype(out->groups)>();
+  out->values = t[1].cast<decltype(out->values)>();
+  out->slots = t[2].cast<decltype(out->slots)>();
+  if (out->groups.ndim() != 2 || out->groups.shape(1) != 4)
+    throw std::invalid_argument(std::string(name) + ": groups must be (G, 4)");
+  require_ndim(out->values, 1, name);
+  require_ndim(out->slots, 1, name);
+  static_assert(sizeof(PairGroups::Group) == 4 * sizeof(int64_t), "Group is 4 int64");
+  out->view = PairGroups::view(reinterpret_cast<const PairGroups::Group*>(out->groups.data()), out->groups.shape(0),
+                               out->values.data(), out->values.shape(0), out->slots.data(), out->slots.shape(0), name);
+  out->ptr = &out->view;
+}
+
 }  // namespace
 
 void register_graph(py::module_& m) {
@@ -66,6 +98,21 @@ void register_graph(py::module_& m) {
            }),
            py::arg("a"), py::arg("b"), py::arg("c"), py::arg("limit_a") = -1, py::arg("limit_b") = -1,
            py::arg("limit_c") = -1, py::arg("num_threads") = 1)
+      .def(
+          "arrays",
+          [](const std::shared_ptr<PairGroups>& g) {
+            py::object base = py::cast(g);
+            const auto ng = static_cast<py::ssize_t>(g->num_groups());
+            py::array_t<int64_t> groups({ng, py::ssize_t{4}}, reinterpret_cast<const int64_t*>(g->groups()), base);
+            py::array_t<int64_t> values(static_cast<py::ssize_t>(g->num_keys()), g->values(), base);
+            py::array_t<int64_t> slots(static_cast<py::ssize_t>(g->num_slots()), g->slots(), base);
+            for (py::array* a : {static_cast<py::array*>(&groups), static_cast<py::array*>(&values),
+                                 static_cast<py::array*>(&slots)})
+              py::detail::array_proxy(a->ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+            return py::make_tuple(groups, values, slots);
+          },
+          "(groups (G, 4) int64 rows (a, b, begin, len), values (K,), slots (S,)): the index's own arrays, "
+          "read-only views that keep it alive; graph_corrupt and graph_filtered_ranks take them in its place.")
       .def_property_readonly("num_keys", &PairGroups::num_keys)
       .def_property_readonly("num_groups", &PairGroups::num_groups)
       .def_property_readonly("memory_bytes", &PairGroups::memory_bytes)
@@ -90,11 +137,12 @@ void register_graph(py::module_& m) {
       .def(
           "group_arrays",
           [](const PairGroups& g) {
-            const auto& gs = g.groups();
-            py::array_t<int64_t> a(static_cast<py::ssize_t>(gs.size())), b(static_cast<py::ssize_t>(gs.size())),
-                len(static_cast<py::ssize_t>(gs.size()));
+            const PairGroups::Group* gs = g.groups();
+            const auto ng = static_cast<size_t>(g.num_groups());
+            py::array_t<int64_t> a(static_cast<py::ssize_t>(ng)), b(static_cast<py::ssize_t>(ng)),
+                len(static_cast<py::ssize_t>(ng));
             auto *pa = a.mutable_data(), *pb = b.mutable_data(), *pl = len.mutable_data();
-            for (size_t i = 0; i < gs.size(); ++i) {
+            for (size_t i = 0; i < ng; ++i) {
               pa[i] = gs[i].a;
               pb[i] = gs[i].b;
               pl[i] = gs[i].len;
@@ -105,13 +153,13 @@ void register_graph(py::module_& m) {
       .def(
           "keys",
           [](const PairGroups& g) {
-            const auto& gs = g.groups();
             const int64_t* vals = g.values();
             const auto n = static_cast<py::ssize_t>(g.num_keys());
             py::array_t<int64_t> a(n), b(n), c(n);
             auto *pa = a.mutable_data(), *pb = b.mutable_data(), *pc = c.mutable_data();
             py::ssize_t q = 0;
-            for (const auto& grp : gs) {
+            for (int64_t gi = 0; gi < g.num_groups(); ++gi) {
+              const PairGroups::Group& grp = g.groups()[gi];
               for (int64_t j = 0; j < grp.len; ++j, ++q) {
                 pa[q] = grp.a;
                 pb[q] = grp.b;
@@ -131,13 +179,19 @@ void register_graph(py::module_& m) {
              return std::make_shared<GraphAlias>(build_graph_alias(v.data(), static_cast<int64_t>(v.size()), "weights"));
            }),
            py::arg("weights"))
-      .def_property_readonly("probs", [](const GraphAlias& t) { return to_array(t.prob); })
-      .def_property_readonly("num_classes", [](const GraphAlias& t) { return static_cast<int64_t>(t.prob.size()); });
+      .def_property_readonly("probs",
+                             [](const GraphAlias& t) {
+                               std::vector<double> p(t.mass.size());
+                               const double total = static_cast<double>(t.table.total_mass());
+                               for (size_t i = 0; i < p.size(); ++i) p[i] = static_cast<double>(t.mass[i]) / total;
+                               return to_array(p);
+                             })
+      .def_property_readonly("num_classes", &GraphAlias::size);
 
   m.def(
       "graph_corrupt",
       [](const input_array<int64_t>& rows, const input_array<double>& side_probs, int64_t k, bool unique,
-         bool exclude_self_loops, std::vector<std::optional<std::shared_ptr<PairGroups>>> indexes,
+         bool exclude_self_loops, std::vector<py::object> indexes,
          std::vector<int64_t> universes, std::optional<std::pair<input_array<int64_t>, input_array<int64_t>>> typed_head,
          std::optional<std::pair<input_array<int64_t>, input_array<int64_t>>> typed_tail,
          std::optional<std::shared_ptr<GraphAlias>> weights_head, std::optional<std::shared_ptr<GraphAlias>> weights_tail,
@@ -179,8 +233,10 @@ void register_graph(py::module_& m) {
         req.exclude_self_loops = exclude_self_loops;
         req.seed = seed;
         req.offset = offset;
+        IndexArg index_args[3];
         for (int s = 0; s < 3; ++s) {
-          req.side[s].index = indexes[s] ? indexes[s]->get() : nullptr;
+          resolve_index(indexes[s], &index_args[s], "indexes");
+          req.side[s].index = index_args[s].ptr;
           req.side[s].universe = universes[s];
         }
         take_typed(typed_head, &th, &req.side[0]);
@@ -188,7 +244,7 @@ void register_graph(py::module_& m) {
         req.side[0].weights = weights_head ? weights_head->get() : nullptr;
         req.side[2].weights = weights_tail ? weights_tail->get() : nullptr;
         for (int s : {0, 2}) {
-          if (req.side[s].weights && static_cast<int64_t>(req.side[s].weights->prob.size()) != req.side[s].universe)
+          if (req.side[s].weights && req.side[s].weights->size() != req.side[s].universe)
             throw std::invalid_argument("weights must have one entry per node");
         }
         check_output_shape(req.num_rows, k, "k");
@@ -234,14 +290,16 @@ void register_graph(py::module_& m) {
 
   m.def(
       "graph_filtered_ranks",
-      [](const py::array& scores, const input_array<int64_t>& truth, std::optional<std::shared_ptr<PairGroups>> index,
+      [](const py::array& scores, const input_array<int64_t>& truth, const py::object& index,
          const input_array<int64_t>& key_a, const input_array<int64_t>& key_b, int num_threads) {
         require_ndim(scores, 2, "scores");
         require_ndim(truth, 1, "targets");
         if (truth.shape(0) != scores.shape(0)) throw std::invalid_argument("targets must have one id per scores row");
         const std::vector<int64_t> t = owned_copy(truth);
         std::vector<int64_t> ka, kb;
-        if (index) {
+        IndexArg index_arg;
+        resolve_index(index, &index_arg, "index");
+        if (index_arg.ptr != nullptr) {
           if (key_a.size() != truth.size() || key_b.size() != truth.size())
             throw std::invalid_argument("filter keys must have one entry per row");
           ka = owned_copy(key_a);
@@ -251,7 +309,7 @@ void register_graph(py::module_& m) {
         py::array_t<int64_t> opt(static_cast<py::ssize_t>(b)), pes(static_cast<py::ssize_t>(b));
         int64_t* po = opt.mutable_data();
         int64_t* pp = pes.mutable_data();
-        const PairGroups* idx = index ? index->get() : nullptr;
+        const PairGroups* idx = index_arg.ptr;
         const bool contiguous = (scores.flags() & py::array::c_style) != 0;
         if (!contiguous) throw std::invalid_argument("scores must be C-contiguous");
         if (py::isinstance<py::array_t<float>>(scores) && scores.dtype().is(py::dtype::of<float>())) {

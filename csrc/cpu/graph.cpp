@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <string>
 
+#include "cpu/alias_draw.h"
+#include "cpu/alias_table.h"
 #include "cpu/hash.h"
 #include "cpu/ids.h"
 #include "cpu/parallel.h"
@@ -92,7 +95,7 @@ PairGroups::PairGroups(const int64_t* a, const int64_t* b, const int64_t* c, int
     values_[g.begin + g.len++] = c[i];
   }
   std::vector<uint32_t>().swap(gid);
-  const int64_t ng = num_groups();
+  const int64_t ng = static_cast<int64_t>(groups_.size());
   parallel_for(ng, num_threads, 4096, [&](int64_t lo, int64_t hi) {
     for (int64_t g = lo; g < hi; ++g) {
       int64_t* v = values_.data() + groups_[g].begin;
@@ -118,26 +121,71 @@ PairGroups::PairGroups(const int64_t* a, const int64_t* b, const int64_t* c, int
     dense_ = HugeBuffer<Span>(static_cast<size_t>(max_b) + 1);
     std::fill(dense_.data(), dense_.data() + dense_.size(), Span{0, 0});
     for (const auto& g : groups_) dense_[g.b] = Span{g.begin, g.len};
+    uint64_t bits = 64;
+    while (bits < 8 * static_cast<uint64_t>(out)) bits <<= 1;
+    filter_ = HugeBuffer<uint64_t>(bits / 64);
+    std::fill(filter_.data(), filter_.data() + filter_.size(), uint64_t{0});
+    filter_mask_ = bits - 1;
+    for (const auto& g : groups_) {
+      for (int64_t j = g.begin; j < g.begin + g.len; ++j) {
+        const uint64_t bit = mix64(filter_bit(g.b, values_[j])) & filter_mask_;
+        filter_[bit >> 6] |= uint64_t{1} << (bit & 63);
+      }
+    }
   }
   vals_ = HugeBuffer<int64_t>(values_.size());
   std::copy(values_.begin(), values_.end(), vals_.data());
   std::vector<int64_t>().swap(values_);
+  point_at_owned();
+}
+
+void PairGroups::point_at_owned() {
+  g_ = groups_.data();
+  ng_ = static_cast<int64_t>(groups_.size());
+  v_ = vals_.data();
+  nv_ = static_cast<int64_t>(vals_.size());
+  s_ = slots_.data();
+  ns_ = static_cast<int64_t>(slots_.size());
+  d_ = dense_.data();
+  nd_ = static_cast<int64_t>(dense_.size());
+}
+
+PairGroups PairGroups::view(const Group* groups, int64_t num_groups, const int64_t* values, int64_t num_values,
+                            const int64_t* slots, int64_t num_slots, const char* name) {
+  if (num_groups < 0 || num_values < 0 || num_slots < 0)
+    throw std::invalid_argument(std::string(name) + ": negative size");
+  if (num_slots < 1 || (num_slots & (num_slots - 1)) != 0)
+    throw std::invalid_argument(std::string(name) + ": the slot count must be a power of two");
+  PairGroups v;
+  v.g_ = groups;
+  v.ng_ = num_groups;
+  v.v_ = values;
+  v.nv_ = num_values;
+  v.s_ = slots;
+  v.ns_ = num_slots;
+  v.mask_ = static_cast<uint64_t>(num_slots) - 1;
+  return v;
 }
 
 const int64_t* PairGroups::find(int64_t a, int64_t b, int64_t* len) const {
   *len = 0;
-  if (slots_.empty()) return nullptr;
+  // Every read is bounded, so arbitrary arrays (a view over a caller's
+  // tensors, possibly written meanwhile) are never read out of bounds: at most
+  // num_slots probes, a slot naming no group or a run outside the values is
+  // "absent".
   uint64_t pos = pair_hash(a, b) & mask_;
-  for (;;) {
-    const int64_t s = slots_[pos];
-    if (s < 0) return nullptr;
-    const Group& g = groups_[s];
+  for (int64_t probe = 0; probe < ns_; ++probe) {
+    const int64_t s = s_[pos];
+    if (s < 0 || s >= ng_) return nullptr;
+    const Group g = g_[s];
     if (g.a == a && g.b == b) {
+      if (g.begin < 0 || g.len < 0 || g.begin > nv_ || g.len > nv_ - g.begin) return nullptr;
       *len = g.len;
-      return vals_.data() + g.begin;
+      return v_ + g.begin;
     }
     pos = (pos + 1) & mask_;
   }
+  return nullptr;
 }
 
 bool PairGroups::contains(int64_t a, int64_t b, int64_t c) const {
@@ -148,7 +196,7 @@ bool PairGroups::contains(int64_t a, int64_t b, int64_t c) const {
 
 size_t PairGroups::memory_bytes() const {
   return groups_.capacity() * sizeof(Group) + vals_.size() * sizeof(int64_t) + slots_.capacity() * sizeof(int64_t) +
-         dense_.size() * sizeof(Span);
+         dense_.size() * sizeof(Span) + filter_.size() * sizeof(uint64_t);
 }
 
 void pair_groups_contains(const PairGroups& index, const int64_t* a, const int64_t* b, const int64_t* c, int64_t n,
@@ -161,56 +209,10 @@ void pair_groups_contains(const PairGroups& index, const int64_t* a, const int64
 // ---------------------------------------------------------------- alias table
 
 GraphAlias build_graph_alias(const double* weights, int64_t n, const char* name) {
-  if (n <= 0) throw std::invalid_argument(std::string(name) + " must not be empty");
-  double wmax = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const double w = weights[i];
-    if (!std::isfinite(w) || w < 0) {
-      throw std::invalid_argument(std::string(name) + " must be finite and >= 0, got " + std::to_string(w) +
-                                  " at index " + std::to_string(i));
-    }
-    wmax = std::max(wmax, w);
-  }
-  if (wmax <= 0) throw std::invalid_argument(std::string(name) + " must have a positive sum");
   GraphAlias t;
-  t.prob.resize(static_cast<size_t>(n));
-  double sum = 0;
-  for (int64_t i = 0; i < n; ++i) sum += weights[i] / wmax;
-  for (int64_t i = 0; i < n; ++i) {
-    t.prob[i] = (weights[i] / wmax) / sum;
-    t.num_positive += t.prob[i] > 0 ? 1 : 0;
-  }
-  t.keep.assign(static_cast<size_t>(n), 1.0);
-  t.alias.resize(static_cast<size_t>(n));
-  std::vector<double> scaled(static_cast<size_t>(n));
-  std::vector<int64_t> small, large;
-  for (int64_t i = 0; i < n; ++i) {
-    t.alias[i] = i;
-    scaled[i] = t.prob[i] * static_cast<double>(n);
-    (scaled[i] < 1.0 ? small : large).push_back(i);
-  }
-  while (!small.empty() && !large.empty()) {
-    const int64_t s = small.back(), l = large.back();
-    small.pop_back();
-    t.keep[s] = scaled[s];
-    t.alias[s] = l;
-    scaled[l] -= 1.0 - scaled[s];
-    if (scaled[l] < 1.0) {
-      large.pop_back();
-      small.push_back(l);
-    }
-  }
-  // Leftovers (rounding) keep themselves, unless they have no mass at all.
-  for (int64_t i : small) {
-    if (t.prob[i] > 0) {
-      t.keep[i] = 1.0;
-    } else if (t.alias[i] == i) {  // a zero-weight bucket never returns itself
-      int64_t j = 0;
-      while (t.prob[j] <= 0) ++j;
-      t.keep[i] = 0.0;
-      t.alias[i] = j;
-    }
-  }
+  t.table = build_alias_table(weights, n, name);
+  t.mass.resize(static_cast<size_t>(n));
+  t.num_positive = class_masses(t.table.entries.data(), n, t.mass.data());
   return t;
 }
 
@@ -263,12 +265,14 @@ void prepare_side(const CorruptRequest& req, const int64_t* row, int s, RowSide*
 }
 
 // Positive-weight ids left in a weighted row, and the forbidden mass.
-int64_t positive_allowed(const GraphAlias& w, const RowSide& rs, double* forbidden_mass) {
+int64_t positive_allowed(const GraphAlias& w, const RowSide& rs, uint64_t* forbidden_mass) {
   int64_t n = w.num_positive;
-  double m = 0;
+  uint64_t m = 0;
+  const int64_t size = w.size();
   for (int64_t id : rs.forb) {
-    n -= w.prob[id] > 0 ? 1 : 0;
-    m += w.prob[id];
+    if (id < 0 || id >= size) continue;  // (an index view's values are not trusted)
+    n -= w.mass[id] > 0 ? 1 : 0;
+    m += w.mass[id];
   }
   *forbidden_mass = m;
   return n;
@@ -364,7 +368,7 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
         }
         if (a < 1) throw std::invalid_argument(row_error(i, s, "any negative") + ": every candidate is excluded");
         if (req.side[s].weights != nullptr) {
-          double fm;
+          uint64_t fm;
           if (positive_allowed(*req.side[s].weights, rs, &fm) < 1)
             throw std::invalid_argument(row_error(i, s, "a weighted negative") +
                                         ": every allowed candidate has weight 0");
@@ -439,37 +443,37 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
           }
           continue;
         }
-        // Weighted, with replacement.
-        double fm;
+        // Weighted, with replacement, from the core alias table (alias_table.h):
+        // class i has the integer mass m_i (sum V * 2^32), so the row's allowed
+        // mass and its CDF are exact integers.
+        uint64_t fm;
         positive_allowed(*w, rs, &fm);
-        const int64_t n = static_cast<int64_t>(w->prob.size());
-        double allowed_mass = 1.0 - fm;
-        const bool use_cdf = allowed_mass < 1.0 / 16;
-        if (use_cdf) {  // the row's exact CDF over its allowed ids
+        const int64_t n = w->size();
+        const uint64_t* entries = w->table.entries.data();
+        uint64_t allowed_mass = w->table.total_mass() - fm;
+        const bool use_cdf = allowed_mass < w->table.total_mass() / 16;
+        bool have_cdf = false;
+        auto build_cdf = [&]() {  // cdf[id] = allowed mass of [0, id]
           cdf.resize(static_cast<size_t>(n));
-          double run = 0;
+          uint64_t run = 0;
           size_t f = 0;
           for (int64_t id = 0; id < n; ++id) {
-            if (f < rs.forb.size() && rs.forb[f] == id) {
-              ++f;
-            } else {
-              run += w->prob[id];
-            }
+            while (f < rs.forb.size() && rs.forb[f] < id) ++f;
+            if (!(f < rs.forb.size() && rs.forb[f] == id)) run += w->mass[id];
             cdf[id] = run;
           }
           allowed_mass = run;
-        }
-        const double log_mass = std::log(allowed_mass);
+          have_cdf = true;
+        };
+        if (use_cdf) build_cdf();
+        const double log_mass = std::log(static_cast<double>(allowed_mass));
         for (int64_t j : slots) {
           int64_t id = -1;
           if (!use_cdf) {
             for (uint32_t attempt = 0; attempt < 4096; ++attempt) {
               const uint64_t x = random64(req.seed, pos, static_cast<uint32_t>(j),
                                           kTagGraphWeighted + attempt * 4 + static_cast<uint32_t>(s));
-              const unsigned __int128 prod = static_cast<unsigned __int128>(x) * static_cast<uint64_t>(n);
-              const int64_t bucket = static_cast<int64_t>(prod >> 64);
-              const double coin = unit_double(static_cast<uint64_t>(prod));
-              const int64_t c = coin < w->keep[bucket] ? bucket : w->alias[bucket];
+              const int64_t c = alias_pick(entries, static_cast<uint64_t>(n), x);
               if (!std::binary_search(rs.forb.begin(), rs.forb.end(), c)) {
                 id = c;
                 break;
@@ -477,33 +481,208 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
             }
           }
           if (id < 0) {  // CDF row, or (never in practice) 4096 rejections in a row
-            if (!use_cdf) {
-              cdf.resize(static_cast<size_t>(n));
-              double run = 0;
-              size_t f = 0;
-              for (int64_t c = 0; c < n; ++c) {
-                if (f < rs.forb.size() && rs.forb[f] == c) {
-                  ++f;
-                } else {
-                  run += w->prob[c];
-                }
-                cdf[c] = run;
-              }
-            }
-            const double total = cdf[n - 1];
-            const double u = unit_double(random64(req.seed, pos, static_cast<uint32_t>(j), kTagGraphCdf + s)) * total;
+            if (!have_cdf) build_cdf();
+            // u uniform in [0, allowed mass): the first id whose cumulative
+            // mass exceeds u is allowed and has mass > 0.
+            const uint64_t u = reduce_range(random64(req.seed, pos, static_cast<uint32_t>(j), kTagGraphCdf + s), cdf[n - 1]);
             id = std::upper_bound(cdf.begin(), cdf.end(), u) - cdf.begin();
-            if (id >= n) id = n - 1;
-            while (id > 0 && (w->prob[id] <= 0 || std::binary_search(rs.forb.begin(), rs.forb.end(), id))) --id;
-            while (w->prob[id] <= 0 || std::binary_search(rs.forb.begin(), rs.forb.end(), id)) ++id;
           }
           out_id[j] = id;
-          out_lq[j] = log_side + std::log(w->prob[id]) - log_mass;
+          out_lq[j] = log_side + std::log(static_cast<double>(w->mass[id])) - log_mass;
         }
       }
     }
   });
 }
+
+// ---------------------------------------------------------------- distinct pairs
+
+namespace {
+
+// The first k distinct keys u * num_dst + v of the candidate stream, in
+// stream order, deduplicated in parallel with output bits that do not depend
+// on the thread count. Each round takes the next m positions of the stream,
+// cut into fixed chunks of kDedupChunk positions, and:
+//  1. per chunk (in parallel): draws its candidates (draw_range) and scatters
+//     their keys, stably, into the chunk's own block of `ekey` grouped by hash
+//     partition (P partitions, top bits of mix64(key)); part[j] remembers
+//     position j's partition. So chunk c's keys of partition p are one
+//     segment, in position order, and the block stays in cache meanwhile;
+//  2. per partition (in parallel): walks its segments in chunk order with the
+//     partition's own hash set (a few hundred KiB, cache resident) and marks
+//     a key fresh (top bit of its ekey word; keys are < 2^63) at its first
+//     position only;
+//  3. per chunk (in parallel): walks its positions in order, reading each
+//     one's word through a per-partition cursor, and writes the fresh pairs
+//     at the chunk's place in the output (a prefix sum of the fresh counts),
+//     up to k.
+// Every step is a pure function of the candidates, and P, the chunks and the
+// rounds depend on k only: the same pairs in the same order as a sequential
+// first-occurrence pass over the stream.
+constexpr int64_t kDedupChunk = int64_t{1} << 16;
+
+template <class DrawRange>
+void distinct_pairs_partitioned(int64_t k, int64_t num_dst, double kept_share, uint64_t offset, DrawRange& draw_range,
+                                int64_t* src, int64_t* dst, int num_threads) {
+  int pbits = 0;  // about 2^14 keys per partition, at most 2^10 partitions
+  while (pbits < 10 && (k >> (pbits + 14)) > 0) ++pbits;
+  const int64_t P = int64_t{1} << pbits;
+  auto part_of = [pbits](uint64_t h) { return pbits == 0 ? int64_t{0} : static_cast<int64_t>(h >> (64 - pbits)); };
+  constexpr uint64_t kFresh = uint64_t{1} << 63;
+  // A partition's table: open addressing over `cap` slots (any size), slot
+  // from the low 32 bits of the hash, grown (x2) past load 0.7. The tables
+  // start in one buffer; a table that grows moves to its own vector. (Scratch
+  // arrays here are plain allocations: they are read in cache-sized pieces,
+  // so huge pages would only add the cost of finding them at each call.)
+  auto slot_of = [](uint64_t h, uint64_t cap) { return ((h & 0xffffffffu) * cap) >> 32; };
+  const uint64_t cap0 = 2 * static_cast<uint64_t>(k / P) + 64;
+  std::unique_ptr<int64_t[]> table_mem(new int64_t[cap0 * static_cast<uint64_t>(P)]);
+  std::vector<int64_t*> table(static_cast<size_t>(P), nullptr);
+  std::vector<uint64_t> table_cap(static_cast<size_t>(P), cap0);
+  std::vector<std::vector<int64_t>> grown(static_cast<size_t>(P));
+  std::vector<int64_t> fill(static_cast<size_t>(P), 0);
+  const uint64_t nd = static_cast<uint64_t>(num_dst);
+  std::vector<int64_t> offs, seg_fresh, chunk_fresh;
+  // key -> (u, v): a double reciprocal and one correction step while keys
+  // are below 2^52 (exact enough that the estimate is off by at most one),
+  // else an integer division.
+  const double inv_nd = 1.0 / static_cast<double>(nd);
+  auto split = [&](uint64_t key, int64_t* u_out, int64_t* v_out) {
+    if (key < (uint64_t{1} << 52)) {
+      int64_t u = static_cast<int64_t>(static_cast<double>(key) * inv_nd);
+      int64_t r = static_cast<int64_t>(key) - u * static_cast<int64_t>(nd);
+      if (r < 0) {
+        --u;
+        r += static_cast<int64_t>(nd);
+      } else if (r >= static_cast<int64_t>(nd)) {
+        ++u;
+        r -= static_cast<int64_t>(nd);
+      }
+      *u_out = u;
+      *v_out = r;
+    } else {
+      const uint64_t u = key / nd;
+      *u_out = static_cast<int64_t>(u);
+      *v_out = static_cast<int64_t>(key - u * nd);
+    }
+  };
+  int64_t have = 0;
+  uint64_t next = offset;
+  while (have < k) {
+    // A candidate repeats a kept pair with probability below kept_share = k /
+    // (allowed pairs): draw twice the expected repeats more (at most 1/8).
+    // (The result does not depend on m, only the number of rounds does.)
+    const int64_t need = k - have;
+    const int64_t extra = std::min<int64_t>(need / 8, static_cast<int64_t>(std::ceil(2.0 * kept_share * need)));
+    const int64_t m = need + extra + 64;
+    const int64_t nc = (m + kDedupChunk - 1) / kDedupChunk;
+    std::unique_ptr<uint64_t[]> ekey(new uint64_t[static_cast<size_t>(m)]);
+    std::unique_ptr<uint16_t[]> part(new uint16_t[static_cast<size_t>(m)]);
+    // offs[c * (P + 1) + p]: where chunk c's segment of partition p starts (absolute)
+    offs.assign(static_cast<size_t>(nc * (P + 1)), 0);
+    // 1. draws and the chunk-local stable scatter
+    parallel_for(nc, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<int64_t> lu(kDedupChunk), lv(kDedupChunk), cursor(static_cast<size_t>(P));
+      std::vector<uint64_t> lk(kDedupChunk);
+      for (int64_t c = lo; c < hi; ++c) {
+        const int64_t b = c * kDedupChunk, len = std::min(m, b + kDedupChunk) - b;
+        draw_range(next + static_cast<uint64_t>(b), 0, len, lu.data(), lv.data());
+        std::fill(cursor.begin(), cursor.end(), 0);
+        for (int64_t j = 0; j < len; ++j) {
+          const uint64_t key = static_cast<uint64_t>(lu[j]) * nd + static_cast<uint64_t>(lv[j]);
+          const int64_t p = part_of(mix64(key));
+          lk[j] = key;
+          part[b + j] = static_cast<uint16_t>(p);
+          ++cursor[p];
+        }
+        int64_t* o = offs.data() + c * (P + 1);
+        int64_t run = b;
+        for (int64_t p = 0; p < P; ++p) {
+          o[p] = run;
+          run += cursor[p];
+          cursor[p] = o[p];
+        }
+        o[P] = run;
+        for (int64_t j = 0; j < len; ++j) ekey[cursor[part[b + j]]++] = lk[j];
+      }
+    });
+    next += static_cast<uint64_t>(m);
+    // 2. first occurrences, one partition at a time, segments in chunk order;
+    // seg_fresh[c * (P + 1) + p]: the fresh keys of each segment
+    seg_fresh.assign(static_cast<size_t>(nc * (P + 1)), 0);
+    parallel_for(P, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t p = lo; p < hi; ++p) {
+        int64_t* tb = table[p];
+        if (tb == nullptr) {
+          tb = table[p] = table_mem.get() + static_cast<uint64_t>(p) * cap0;
+          std::fill(tb, tb + cap0, int64_t{-1});
+        }
+        uint64_t cap = table_cap[p];
+        for (int64_t c = 0; c < nc; ++c) {
+          const int64_t e = offs[c * (P + 1) + p + 1];
+          int64_t nf = 0;
+          for (int64_t at = offs[c * (P + 1) + p]; at < e; ++at) {
+            const int64_t key = static_cast<int64_t>(ekey[at]);
+            uint64_t slot = slot_of(mix64(ekey[at]), cap);
+            bool is_new = true;
+            while (tb[slot] >= 0) {
+              if (tb[slot] == key) {
+                is_new = false;
+                break;
+              }
+              if (++slot == cap) slot = 0;
+            }
+            if (!is_new) continue;
+            tb[slot] = key;
+            ekey[at] |= kFresh;
+            ++nf;
+            if (10 * static_cast<uint64_t>(++fill[p]) > 7 * cap) {  // grow past load 0.7
+              std::vector<int64_t> bigger(2 * cap, -1);
+              for (uint64_t q0 = 0; q0 < cap; ++q0) {
+                const int64_t x = tb[q0];
+                if (x < 0) continue;
+                uint64_t q = slot_of(mix64(static_cast<uint64_t>(x)), 2 * cap);
+                while (bigger[q] >= 0)
+                  if (++q == 2 * cap) q = 0;
+                bigger[q] = x;
+              }
+              cap *= 2;
+              grown[p].swap(bigger);
+              tb = table[p] = grown[p].data();
+              table_cap[p] = cap;
+            }
+          }
+          seg_fresh[c * (P + 1) + p] = nf;
+        }
+      }
+    });
+    // 3. the fresh pairs in position order
+    chunk_fresh.assign(static_cast<size_t>(nc) + 1, 0);
+    for (int64_t c = 0; c < nc; ++c) {
+      int64_t nf = 0;
+      for (int64_t p = 0; p < P; ++p) nf += seg_fresh[c * (P + 1) + p];
+      chunk_fresh[c + 1] = chunk_fresh[c] + nf;
+    }
+    parallel_for(nc, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<int64_t> cursor(static_cast<size_t>(P));
+      for (int64_t c = lo; c < hi; ++c) {
+        int64_t out = have + chunk_fresh[c];
+        if (out >= k) break;
+        std::copy(offs.begin() + c * (P + 1), offs.begin() + c * (P + 1) + P, cursor.begin());
+        const int64_t e = std::min(m, (c + 1) * kDedupChunk);
+        for (int64_t j = c * kDedupChunk; j < e && out < k; ++j) {
+          const uint64_t word = ekey[cursor[part[j]]++];
+          if (!(word & kFresh)) continue;
+          split(word & ~kFresh, src + out, dst + out);
+          ++out;
+        }
+      }
+    });
+    have = std::min(k, have + chunk_fresh[nc]);
+  }
+}
+
+}  // namespace
 
 // ---------------------------------------------------------------- global pairs
 
@@ -520,7 +699,8 @@ double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_ds
   if (exclude_self_loops && !upper) {
     int64_t self_known = 0;
     const int64_t d = std::min(num_src, num_dst);
-    for (const auto& g : index.groups()) {
+    for (int64_t gi = 0; gi < index.num_groups(); ++gi) {
+      const PairGroups::Group& g = index.groups()[gi];
       if (g.a == 0 && g.b < d && std::binary_search(index.values() + g.begin, index.values() + g.begin + g.len, g.b))
         ++self_known;
     }
@@ -611,16 +791,33 @@ double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_ds
     }
     constexpr int kBlock = 32;
     bool ok[kBlock];
+    bool maybe[kBlock];
+    uint64_t fbit[kBlock];
     PairGroups::Span sp[kBlock];
+    const uint64_t* filter = index.filter();
+    const uint64_t fmask = index.filter_mask();
     for (int64_t j0 = lo; j0 < hi; j0 += kBlock) {
       const int nb = static_cast<int>(std::min<int64_t>(kBlock, hi - j0));
       for (int q = 0; q < nb; ++q) {
         ok[q] = attempt(base + static_cast<uint64_t>(j0 + q), 0, pu + j0 + q, pv + j0 + q);
-        if (pu[j0 + q] < dense_n) __builtin_prefetch(dense + pu[j0 + q]);
+        if (filter != nullptr) {
+          fbit[q] = mix64(PairGroups::filter_bit(pu[j0 + q], pv[j0 + q])) & fmask;
+          __builtin_prefetch(filter + (fbit[q] >> 6));
+        } else if (pu[j0 + q] < dense_n) {
+          __builtin_prefetch(dense + pu[j0 + q]);
+        }
+      }
+      if (filter != nullptr) {  // a clear bit: not an edge, no directory lookup
+        for (int q = 0; q < nb; ++q) {
+          maybe[q] = ((filter[fbit[q] >> 6] >> (fbit[q] & 63)) & 1) != 0;
+          if (maybe[q] && pu[j0 + q] < dense_n) __builtin_prefetch(dense + pu[j0 + q]);
+        }
+      } else {
+        for (int q = 0; q < nb; ++q) maybe[q] = true;
       }
       for (int q = 0; q < nb; ++q) {
         const int64_t u = pu[j0 + q];
-        sp[q] = u < dense_n ? dense[u] : PairGroups::Span{0, 0};
+        sp[q] = maybe[q] && u < dense_n ? dense[u] : PairGroups::Span{0, 0};
         if (sp[q].len > 0) __builtin_prefetch(values + sp[q].begin + sp[q].len / 2);
       }
       for (int q = 0; q < nb; ++q) {
@@ -636,8 +833,19 @@ double global_negatives(const PairGroups& index, int64_t num_src, int64_t num_ds
     return log_q;
   }
   // Distinct pairs: candidates by position (in parallel), kept in position
-  // order when new. Keys u * num_dst + v when that fits in 63 bits, else the pair.
+  // order when new, so the result is the first k distinct allowed pairs of
+  // the stream of positions offset, offset + 1, ... (rounds draw further
+  // positions until k are kept). Keys u * num_dst + v when that fits in 63
+  // bits, else the pair.
   const bool key64 = static_cast<u128>(num_src) * static_cast<u128>(num_dst) < (static_cast<u128>(1) << 63);
+  if (key64 && k < (int64_t{1} << 31) && num_threads > 1) {
+    distinct_pairs_partitioned(k, num_dst, static_cast<double>(k) / static_cast<double>(allowed), offset, draw_range, src,
+                               dst, num_threads);
+    return log_q;
+  }
+  // Sequential first-occurrence dedupe (one thread, pairs whose key needs
+  // more than 63 bits, or k >= 2^31): one hash set over every kept pair. The
+  // same pairs as the partitioned dedupe, with less work in all.
   uint64_t size = 16;
   while (2 * size < 3 * static_cast<uint64_t>(k)) size <<= 1;  // load <= 2/3
   const uint64_t mask = size - 1;
@@ -730,7 +938,7 @@ void filtered_ranks(const T* scores, int64_t b, int64_t n, const int64_t* truth,
         const int64_t* f = index->find(key_a[i], key_b[i], &len);
         for (int64_t q = 0; q < len; ++q) {
           const int64_t id = f[q];
-          if (id == truth[i] || id >= n) continue;
+          if (id == truth[i] || id < 0 || id >= n) continue;
           gt -= s[id] > st;
           eq -= s[id] == st;
         }

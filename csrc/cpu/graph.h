@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "cpu/alias_table.h"
 #include "cpu/huge_buffer.h"
 
 namespace pyneg {
@@ -40,48 +41,88 @@ class PairGroups {
   struct Group {
     int64_t a, b, begin, len;
   };
-
-  // Builds the groups of n keys. Throws std::invalid_argument for a negative id.
-  PairGroups(const int64_t* a, const int64_t* b, const int64_t* c, int64_t n, int num_threads);
-  PairGroups() = default;
-
-  // The sorted c values of (a, b), or nullptr (and *len = 0) when none.
-  const int64_t* find(int64_t a, int64_t b, int64_t* len) const;
-  bool contains(int64_t a, int64_t b, int64_t c) const;
-
-  int64_t num_keys() const { return static_cast<int64_t>(vals_.size()); }
-  int64_t num_groups() const { return static_cast<int64_t>(groups_.size()); }
-  const std::vector<Group>& groups() const { return groups_; }
-  const int64_t* values() const { return vals_.data(); }
-  size_t memory_bytes() const;
-
   // Graphs (every a == 0, b below a few times the key count) also get a dense
   // directory: span[b] = where b's values are, one cache line per lookup.
   struct Span {
     int64_t begin, len;
   };
-  const Span* dense() const { return dense_.size() == 0 ? nullptr : dense_.data(); }
-  int64_t dense_size() const { return static_cast<int64_t>(dense_.size()); }
+
+  // Builds the groups of n keys. Throws std::invalid_argument for a negative id.
+  PairGroups(const int64_t* a, const int64_t* b, const int64_t* c, int64_t n, int num_threads);
+  PairGroups() = default;
+  PairGroups(const PairGroups&) = delete;
+  PairGroups& operator=(const PairGroups&) = delete;
+  PairGroups(PairGroups&&) = default;
+  PairGroups& operator=(PairGroups&&) = default;
+
+  // A non-owning view over an index's arrays (groups as (a, b, begin, len)
+  // rows, values, hash slots; see the bindings' `arrays`), e.g. tensors handed
+  // to an operator; they must outlive the view. O(1): only the sizes are
+  // checked (the slot count a power of two), since every lookup bounds its
+  // reads (find), so arrays that are not an index's give wrong answers but no
+  // read out of bounds. Views have no dense directory. Throws
+  // std::invalid_argument naming `name`.
+  static PairGroups view(const Group* groups, int64_t num_groups, const int64_t* values, int64_t num_values,
+                         const int64_t* slots, int64_t num_slots, const char* name);
+
+  // The sorted c values of (a, b), or nullptr (and *len = 0) when none.
+  const int64_t* find(int64_t a, int64_t b, int64_t* len) const;
+  bool contains(int64_t a, int64_t b, int64_t c) const;
+
+  int64_t num_keys() const { return nv_; }
+  int64_t num_groups() const { return ng_; }
+  const Group* groups() const { return g_; }
+  const int64_t* values() const { return v_; }
+  const int64_t* slots() const { return s_; }
+  int64_t num_slots() const { return ns_; }
+  size_t memory_bytes() const;
+
+  const Span* dense() const { return nd_ == 0 ? nullptr : d_; }
+  int64_t dense_size() const { return nd_; }
+  // Graphs with a dense directory also get a one-hash bit filter of their
+  // (b, c) pairs, about 13 bits a key: a pair whose bit is clear is not a
+  // key, found with one cache miss instead of two (most random pairs of a
+  // sparse graph). Null when none.
+  const uint64_t* filter() const { return filter_.size() == 0 ? nullptr : filter_.data(); }
+  uint64_t filter_mask() const { return filter_mask_; }
+  static uint64_t filter_bit(int64_t b, int64_t c) {
+    return (static_cast<uint64_t>(b) * 0x9E3779B97F4A7C15ULL) ^ (static_cast<uint64_t>(c) * 0xC2B2AE3D27D4EB4FULL);
+  }
 
  private:
+  void point_at_owned();
+
   HugeBuffer<Span> dense_;   // read at random: huge pages when large
+  HugeBuffer<uint64_t> filter_;  // bit filter (graphs with a dense directory)
+  uint64_t filter_mask_ = 0;     // bit index mask
   HugeBuffer<int64_t> vals_;  // the values, moved out of values_ after the build
   std::vector<Group> groups_;
   std::vector<int64_t> values_;  // group g's values: [begin, begin + len), sorted, unique
   std::vector<int64_t> slots_;   // hash slots: group index or -1
   uint64_t mask_ = 0;
+  // What lookups read: the owned buffers above, or a view's arrays.
+  const Group* g_ = nullptr;
+  int64_t ng_ = 0;
+  const int64_t* v_ = nullptr;
+  int64_t nv_ = 0;
+  const int64_t* s_ = nullptr;
+  int64_t ns_ = 0;
+  const Span* d_ = nullptr;
+  int64_t nd_ = 0;
 };
 
 // out[i] = index contains (a[i], b[i], c[i]).
 void pair_groups_contains(const PairGroups& index, const int64_t* a, const int64_t* b, const int64_t* c,
                           int64_t n, uint8_t* out, int num_threads);
 
-// A Vose alias table over probabilities (double precision), for weighted draws.
+// Weighted node draws: the core alias table (alias_table.h: 8 bytes per node,
+// probabilities P_i = m_i / (V 2^32) from integer masses m_i) and its masses,
+// so a row's allowed mass, its CDF and log q are exact.
 struct GraphAlias {
-  std::vector<double> prob;     // normalised probabilities p_i
-  std::vector<double> keep;     // bucket i is kept when u < keep[i]
-  std::vector<int64_t> alias;   // else alias[i]
+  AliasTable table;
+  std::vector<uint64_t> mass;  // class_masses of the table, sum V * 2^32
   int64_t num_positive = 0;
+  int64_t size() const { return table.size(); }
 };
 // Throws std::invalid_argument (naming `name`) for NaN, inf, negative or all-zero weights.
 GraphAlias build_graph_alias(const double* weights, int64_t n, const char* name);
