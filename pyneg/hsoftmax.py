@@ -47,6 +47,7 @@ from pyneg._validation import (
     check_int,
     check_nbytes,
     check_tensor,
+    shape_str,
 )
 
 __all__ = ["HuffmanTree", "HierarchicalSoftmax"]
@@ -468,7 +469,7 @@ class HierarchicalSoftmax(nn.Module):
                 value = state_dict[k]
                 if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(param.shape):
                     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                    raise ValueError(f"state_dict[{k!r}] must have shape {tuple(param.shape)}, got {shape}")
+                    raise ValueError(f"state_dict[{k!r}] must have shape {shape_str(param.shape)}, got {shape}")
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -483,7 +484,7 @@ class HierarchicalSoftmax(nn.Module):
         if w.dtype not in _PARAM_DTYPES:
             raise TypeError(f"weight must be floating-point (float16, bfloat16, float32 or float64), got {w.dtype}")
         if tuple(w.shape) != (inner, self._dim):
-            raise ValueError(f"weight must be ({inner}, {self._dim}), got shape {tuple(w.shape)}")
+            raise ValueError(f"weight must be ({inner}, {self._dim}), got shape {shape_str(w.shape)}")
         if w.device.type == "meta":
             raise ValueError(
                 "weight is a meta tensor, which holds no data (materialise the module with "
@@ -495,7 +496,7 @@ class HierarchicalSoftmax(nn.Module):
             if b.dtype != w.dtype or b.device != w.device or tuple(b.shape) != (inner,):
                 raise ValueError(
                     f"bias must be ({inner},) with the weight's dtype and device, got "
-                    f"{tuple(b.shape)} {b.dtype} on {b.device}"
+                    f"{shape_str(b.shape)} {b.dtype} on {b.device}"
                 )
         return w, b
 
@@ -506,7 +507,7 @@ class HierarchicalSoftmax(nn.Module):
         if input.dtype != weight.dtype:
             raise TypeError(f"input must have the weight's dtype {weight.dtype}, got {input.dtype}")
         if input.dim() != 2 or input.shape[1] != self._dim:
-            raise ValueError(f"input must be (B, {self._dim}), got shape {tuple(input.shape)}")
+            raise ValueError(f"input must be (B, {self._dim}), got shape {shape_str(input.shape)}")
         if input.device != weight.device:
             raise ValueError(f"input is on {input.device} but the module's weight is on {weight.device}")
         return input
@@ -547,7 +548,7 @@ class HierarchicalSoftmax(nn.Module):
         # the caller (or another thread) writes into its target.
         tgt = self._target(target, input.device)
         if tgt.shape != input.shape[:1]:
-            raise ValueError(f"target must be ({input.shape[0]},) to match input, got shape {tuple(tgt.shape)}")
+            raise ValueError(f"target must be ({input.shape[0]},) to match input, got shape {shape_str(tgt.shape)}")
         if reduction == "mean" and input.shape[0] == 0:
             raise ValueError("input has no rows: the mean over an empty batch is undefined (use reduction='sum')")
         x, w = _to_acc(input), _to_acc(weight)  # 16-bit modules compute in float32
