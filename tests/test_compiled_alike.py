@@ -287,3 +287,18 @@ def test_step_beyond_the_exact_range_is_refused():
     cells, _ = _cells()
     with pytest.raises(ValueError, match=r"step must be in \[0, 2\*\*53\]"):
         OPS.frequency_estimate(cells, torch.tensor([1]), torch.tensor(2**53 + 1), False)
+
+
+@pytest.mark.parametrize(
+    "bad", [torch.tensor([1.0, 2.0]), torch.tensor([-1, 2]), torch.tensor([[1, 2]])], ids=["float", "negative", "2d"]
+)
+def test_bank_negatives_exported_refuses_as_eager(bad):
+    bank = _bank()
+
+    class Negatives(torch.nn.Module):
+        def forward(self, p):
+            return bank.negatives(p).hit_mask
+
+    eager = _outcome(Negatives(), (bad,))
+    assert eager[0] in ("ValueError", "TypeError")
+    assert _outcome(torch.export.export(Negatives(), (bad,)).module(), (bad,)) == eager

@@ -85,7 +85,8 @@ def _check_tree(path_offsets: torch.Tensor, path_nodes: torch.Tensor, path_codes
     v = path_offsets.shape[0] - 1
     if max_depth > max(v - 1, 0):  # no root-to-leaf path of a binary tree over V classes is longer
         raise ValueError(
-            f"max_depth={max_depth} exceeds V - 1 = {v - 1}, the longest path a tree of V = {v} classes has"
+            f"max_depth={max_depth} exceeds V - 1 = {v - 1}, the longest path a tree of V = {v} classes has "
+            f"(V + 1 = {v + 1} path_offsets)"
         )
     for name, t in zip(("path_offsets", "path_nodes", "path_codes"), (path_offsets, path_nodes, path_codes)):
         if t.layout != torch.strided:
