@@ -42,6 +42,7 @@ from pyneg._validation import (
     ArrayLike,
     as_float64_numpy,
     as_index_tensor,
+    as_tensor,
     check_bool,
     check_device,
     check_int,
@@ -512,7 +513,7 @@ class HierarchicalSoftmax(nn.Module):
             raise ValueError(f"input is on {input.device} but the module's weight is on {weight.device}")
         return input
 
-    def _target(self, target: ArrayLike, device: torch.device) -> torch.Tensor:
+    def _target(self, target: ArrayLike, device: torch.device, rows: Optional[int] = None) -> torch.Tensor:
         """A private int64 copy of ``target`` on ``device``.
 
         Tensors are checked here for what their metadata shows (layout, dtype);
@@ -520,11 +521,18 @@ class HierarchicalSoftmax(nn.Module):
         ValueError wording), so a compiled graph needs no values. Arrays and
         sequences (and uint64 tensors, which could wrap) are checked in full here.
         """
+        if torch.compiler.is_compiling() and isinstance(target, (bool, int, float, list, tuple)):
+            target = as_tensor(target, "target")  # compiled: NumPy cannot be traced; the op checks the ids
         if isinstance(target, torch.Tensor) and target.dtype not in _WIDE_UNSIGNED:
             check_tensor(target, "target")
             if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
                 raise TypeError(f"target must hold integer ids, got {target.dtype}")
             return target.detach().to(device=device, dtype=torch.int64, copy=True)
+        if rows is not None:  # the shape before the ids, as the compiled road (the op checks the ids)
+            src = as_tensor(target, "target")
+            shape = tuple(src.shape)
+            if shape != (rows,) and not (src.is_floating_point() or src.is_complex() or src.dtype == torch.bool):
+                raise ValueError(f"target must be ({rows},) to match input, got shape {shape_str(shape)}")
         return as_index_tensor(target, "target", self.num_classes).to(device)
 
     # ---------------------------------------------------------------- compute
@@ -546,7 +554,7 @@ class HierarchicalSoftmax(nn.Module):
         input = self._check_input(input, weight)
         # A private copy: what the op (and the backward pass) reads is what it checks, whatever
         # the caller (or another thread) writes into its target.
-        tgt = self._target(target, input.device)
+        tgt = self._target(target, input.device, input.shape[0])
         if tgt.shape != input.shape[:1]:
             raise ValueError(f"target must be ({input.shape[0]},) to match input, got shape {shape_str(tgt.shape)}")
         if reduction == "mean" and input.shape[0] == 0:

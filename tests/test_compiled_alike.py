@@ -302,3 +302,58 @@ def test_bank_negatives_exported_refuses_as_eager(bad):
     eager = _outcome(Negatives(), (bad,))
     assert eager[0] in ("ValueError", "TypeError")
     assert _outcome(torch.export.export(Negatives(), (bad,)).module(), (bad,)) == eager
+
+
+# ------------------------------------------- garbage in place of each argument
+_EST = pyneg.FrequencyEstimator(8)
+_EST.update(torch.tensor([1, 2]))
+_HS = pyneg.HierarchicalSoftmax(torch.arange(1.0, 6.0), 3)
+_BANK = _bank()
+_GARBAGE_CALLS = {
+    # Python scalars and ragged lists where tensors go (eager: NumPy; compiled: torch builds the same dtype)
+    "sampled_positive_ids_scalar": lambda: PF.sampled_softmax_loss(
+        _Q, _C, _N, positive_ids=-5, negative_ids=torch.arange(5)
+    ),
+    "sampled_weight_nan_scalar": lambda: PF.sampled_softmax_loss(_Q, _C, _N, sample_weight=math.nan),
+    "nce_log_q_ragged": lambda: PF.nce_loss(_Q, _C, _N, positive_log_q=[[1.0], [2.0, 3.0]]),
+    "in_batch_ids_ragged": lambda: PF.in_batch_softmax_loss(_Q, _C, candidate_ids=[[1], [2, 3]]),
+    "in_batch_log_q_scalar": lambda: PF.in_batch_softmax_loss(_Q, _C, log_q=-5),
+    "bank_ids_scalar": lambda: _BANK.negatives(-5),
+    "bank_ids_float_scalar": lambda: _BANK.negatives(math.nan),
+    "bank_ids_ragged": lambda: _BANK.negatives([[1], [2, 3]]),
+    "bank_ids_3d": lambda: _BANK.negatives(torch.zeros(2, 2, 2)),
+    "estimator_ids_scalar": lambda: _EST.probability(-5),
+    "estimator_ids_ragged": lambda: _EST.probability([[1], [2, 3]]),
+    "hs_target_scalar": lambda: _HS(torch.randn(2, 3), -5),
+    "hs_target_float_scalar": lambda: _HS(torch.randn(2, 3), math.nan),
+    "hs_target_ragged": lambda: _HS(torch.randn(2, 3), [[1], [2, 3]]),
+    # a tensor where a string goes: its repr cannot be traced
+    "hs_reduction_tensor": lambda: _HS(torch.randn(2, 3), torch.tensor([0, 1]), reduction=torch.zeros(2)),
+    "loss_reduction_tensor": lambda: PF.in_batch_softmax_loss(_Q, _C, reduction=torch.zeros(2)),
+}
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("case", list(_GARBAGE_CALLS), ids=list(_GARBAGE_CALLS))
+def test_garbage_arguments_are_refused_alike_compiled(case, dynamic):
+    eager, compiled = _both(_GARBAGE_CALLS[case], dynamic=dynamic)
+    _assert_alike(eager, compiled)
+
+
+_META_CALLS = {
+    "nce": lambda q, c: PF.nce_loss(q, c, _N),
+    "in_batch": lambda q, c: PF.in_batch_softmax_loss(q, q),
+    "sgns": lambda q, c: PF.negative_sampling_loss(q, c, _N.expand(4, 5, 3)),
+    "hs_log_prob": lambda q, c: _HS.log_prob(q),
+    "estimator": lambda q, c: _EST.probability(c),
+}
+
+
+@pytest.mark.parametrize("case", list(_META_CALLS), ids=list(_META_CALLS))
+def test_meta_inputs_are_refused_compiled_as_eager(case):
+    """Before: the compiled graph ran on meta tensors, where pyneg::refuse's meta kernel (its
+    fake kernel) returned a placeholder instead of raising: a meta result, no error."""
+    ids = torch.tensor([1, 2], device="meta")
+    eager, compiled = _both(_META_CALLS[case], _Q.to("meta"), ids if case == "estimator" else _C)
+    _assert_alike(eager, compiled)
+    assert "meta" in eager[1]

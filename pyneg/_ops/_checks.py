@@ -149,6 +149,9 @@ def refuse(like: torch.Tensor, kind: str, message: str) -> torch.Tensor:
 
 @refuse.register_fake
 def _refuse_fake(like: torch.Tensor, kind: str, message: str) -> torch.Tensor:
+    # Also the op's Meta kernel: a graph run on real meta tensors (a refused meta input) raises too.
+    if not is_fake(like):
+        raise _KINDS.get(kind, ValueError)(message)
     return like.new_empty(())
 
 
