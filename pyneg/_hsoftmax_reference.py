@@ -346,9 +346,12 @@ def flat_log_prob_grad(
     if scores.shape[1] == 0:
         return grad
     paths = batch_paths(classes, offsets, nodes, codes, max_depth, scores.dtype)  # (V, L)
-    picked = scores[:, paths.nodes]  # (B, V, L)
+    real = paths.signs != 0  # (V, L): False in the padding
+    # The padding reads node 0: zeroed before any product, so an infinite score there is no
+    # 0 * inf = NaN (the CPU kernel, which walks the tree, never reads it).
+    picked = torch.where(real, scores[:, paths.nodes], 0)  # (B, V, L)
     # d log sigmoid(s a) / da = s sigmoid(-s a)
     term = grad_out.to(scores.dtype).unsqueeze(-1) * paths.signs * torch.sigmoid(-paths.signs * picked)
-    term = term * (paths.signs != 0)
+    term = torch.where(real, term, 0)
     grad.index_add_(1, paths.nodes.reshape(-1), term.reshape(scores.shape[0], -1))
     return grad

@@ -16,7 +16,7 @@ import torch
 from pyneg._reduction import acc_dtype, check_reduction
 from pyneg._softmax import Block
 from pyneg._sources import NegativeSource
-from pyneg._validation import as_tensor, as_tensor_on, check_bool, check_float_tensor, check_int
+from pyneg._validation import as_tensor, as_tensor_on, check_bool, check_float_tensor, check_int, shape_str
 
 # Unsigned id dtypes torch cannot compare or reduce everywhere: converted to int64.
 _WIDE_UNSIGNED = tuple(getattr(torch, n) for n in ("uint16", "uint32") if hasattr(torch, n))
@@ -34,7 +34,7 @@ def check_weight(weight: Any, rows: int, device: torch.device, dtype: torch.dtyp
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"sample_weight must hold real numbers, got {t.dtype}")
     if tuple(t.shape) != (rows,):
-        raise ValueError(f"sample_weight must have shape ({rows},), one weight per row, got {tuple(t.shape)}")
+        raise ValueError(f"sample_weight must have shape ({rows},), one weight per row, got {shape_str(t.shape)}")
     if not t.is_floating_point():
         t = t.to(dtype)
     # The op checks the values and returns a copy (what autograd saves), the identity for gradients.
@@ -48,8 +48,13 @@ def check_temperature(temperature: Any) -> float:
             "(for a learned temperature, scale query instead)"
         )
     t = float(temperature)
-    if not math.isfinite(t) or t <= 0:
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    # Comparisons, not math.isfinite: under torch.compile(dynamic=True) a temperature
+    # passed in is a symbolic float, which Dynamo compares (NaN fails both) but cannot
+    # hand to math.isfinite.
+    if not (0 < t < math.inf):
+        # float(): Dynamo formats a symbolic float only through it (the same text eagerly).
+        shown = float(temperature) if isinstance(temperature, float) else temperature
+        raise ValueError(f"temperature must be finite and > 0, got {shown}")
     return t
 
 
@@ -60,7 +65,7 @@ def check_chunk_size(chunk_size: Optional[int]) -> Optional[int]:
 def check_query(query: torch.Tensor) -> None:
     check_float_tensor(query, "query")
     if query.dim() != 2:
-        raise ValueError(f"query must be (B, d), got shape {tuple(query.shape)}")
+        raise ValueError(f"query must be (B, d), got shape {shape_str(query.shape)}")
     if query.shape[0] == 0:
         raise ValueError("query must have at least one row")
 
@@ -85,7 +90,7 @@ def check_embeddings(
         want = f"({rows if rows is not None else 'N'}, {d})"
         if per_row_ok:
             want += f" or ({query.shape[0]}, {per_row_name}, {d})"
-        raise ValueError(f"{name} must be {want}, got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must be {want}, got shape {shape_str(t.shape)}")
     if t.dtype != query.dtype:
         raise TypeError(f"{name} has dtype {t.dtype} but query has {query.dtype}")
     if t.device != query.device:
@@ -101,7 +106,7 @@ def check_ids(ids: Any, name: str, shape: Tuple[int, ...], device: torch.device)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids, got {t.dtype}")
     if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        raise ValueError(f"{name} must have shape {shape_str(shape)}, got {shape_str(t.shape)}")
     wide = t.dtype == getattr(torch, "uint64", None)
     if wide:  # reinterpreted, ids past 2**63 are negative
         t = t.view(torch.int64)
@@ -127,7 +132,7 @@ def check_log_q(
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
     if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        raise ValueError(f"{name} must have shape {shape_str(shape)}, got {shape_str(t.shape)}")
     return torch.ops.pyneg.softmax_check_real(t.detach(), name, "log_q").to(dtype)
 
 
@@ -148,7 +153,7 @@ def check_bias(bias: Any, name: str, shape: Tuple[int, ...], query: torch.Tensor
         return None
     check_float_tensor(bias, name)
     if tuple(bias.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(bias.shape)}")
+        raise ValueError(f"{name} must have shape {shape_str(shape)}, got {shape_str(bias.shape)}")
     if bias.dtype != query.dtype:
         raise TypeError(f"{name} has dtype {bias.dtype} but query has {query.dtype}")
     if bias.device != query.device:
@@ -174,7 +179,7 @@ def check_sampled(
     b, dev, acc = query.shape[0], query.device, acc_dtype(query.dtype)
     check_embeddings(positive, "positive", query, rows=b, per_row_ok=True, per_row_name="T")
     if positive.dim() == 3 and positive.shape[1] == 0:
-        raise ValueError(f"positive must hold at least one positive per row, got shape {tuple(positive.shape)}")
+        raise ValueError(f"positive must hold at least one positive per row, got shape {shape_str(positive.shape)}")
     check_embeddings(negative, "negative", query, per_row_ok=True)
     rows, cols = tuple(positive.shape[:-1]), tuple(negative.shape[:-1])
     pos_lq = check_log_q(positive_log_q, "positive_log_q", rows, dev, acc)
@@ -190,7 +195,7 @@ def check_sampled(
             raise ValueError("bias (a table indexed by ids) excludes positive_bias and negative_bias")
         check_float_tensor(bias, "bias")
         if bias.dim() != 1:
-            raise ValueError(f"bias must be a (V,) table of per-class biases, got shape {tuple(bias.shape)}")
+            raise ValueError(f"bias must be a (V,) table of per-class biases, got shape {shape_str(bias.shape)}")
         check_bias(bias, "bias", tuple(bias.shape), query)
         if pos_ids is None:
             raise ValueError("bias is a table indexed by ids: give positive_ids and negative_ids")
@@ -208,7 +213,7 @@ def check_sampled(
 def check_hit_ids(ids: Any, name: str, device: Optional[torch.device]) -> torch.Tensor:
     t = ids if isinstance(ids, torch.Tensor) else as_tensor(ids, name)
     if t.dim() not in (1, 2):
-        raise ValueError(f"{name} must be 1-D or 2-D, got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must be 1-D or 2-D, got shape {shape_str(t.shape)}")
     checked = check_ids(t, name, tuple(t.shape), t.device if device is None else device)
     assert checked is not None  # ids were given
     return checked

@@ -30,6 +30,9 @@ def reduce_loss(loss: torch.Tensor, reduction: str, weight: Optional[torch.Tenso
 
 
 def check_reduction(reduction: Any) -> None:
+    if isinstance(reduction, torch.Tensor):
+        # Not its repr: a tensor's repr cannot be traced by torch.compile (and would print its data).
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got a tensor")
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
 

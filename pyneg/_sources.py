@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 
-from pyneg._validation import ArrayLike, as_tensor
+from pyneg._validation import ArrayLike, as_tensor, shape_str
 
 
 @dataclass(frozen=True)
@@ -125,5 +125,6 @@ class NegativeSource:
         elif embeddings.dim() == 3 and tuple(embeddings.shape[:2]) == tuple(ids.shape):
             emb = embeddings
         else:
-            raise ValueError(f"embeddings must be (N, d) or {tuple(ids.shape) + ('d',)}, got {tuple(embeddings.shape)}")
+            want = shape_str((*ids.shape, "d"))
+            raise ValueError(f"embeddings must be (N, d) or {want}, got {shape_str(embeddings.shape)}")
         return cls(emb, ids.to(emb.device), log_q.to(emb.device))

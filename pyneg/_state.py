@@ -12,7 +12,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from pyneg._validation import check_float, check_holds_data, check_int, check_tensor
+from pyneg._validation import check_float, check_holds_data, check_int, check_tensor, shape_str
 
 #: Steps count updates/enqueues; the estimator keeps them as float64 (exact up
 #: to 2**53) and the bank's steps must round-trip through the same state formats.
@@ -97,7 +97,7 @@ def state_tensor(sd: Dict[str, Any], key: str, shape: Tuple[int, ...], dtype: to
         raise TypeError(f"state_dict[{key!r}] must be a tensor, got {type(t).__name__}")
     check_dense(t, key)
     if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"state_dict[{key!r}] has shape {tuple(t.shape)}, expected {tuple(shape)}")
+        raise ValueError(f"state_dict[{key!r}] has shape {shape_str(t.shape)}, expected {shape_str(shape)}")
     if t.dtype != dtype:
         raise TypeError(f"state_dict[{key!r}] must be {dtype}, got {t.dtype}")
     out = torch.empty(tuple(shape), dtype=dtype)

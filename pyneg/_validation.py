@@ -42,6 +42,18 @@ MAX_ANALYTIC_CLASSES = 2**50
 MAX_NUMEL = 2**63 - 1
 
 
+def shape_str(shape: Sequence[Any]) -> str:
+    """``str(tuple(shape))``, also inside ``torch.compile``: Dynamo can format each size (a
+    symbolic one under ``dynamic=True`` is specialised) but not a tuple of them, so error
+    messages built from traced sizes use this instead of ``tuple(t.shape)``."""
+    out = ""
+    n = 0
+    for d in shape:  # a plain loop: Dynamo traces it
+        out = out + (", " if n else "") + f"{d}"
+        n += 1
+    return "(" + out + ("," if n == 1 else "") + ")"
+
+
 # ------------------------------------------------------------------ tensors
 def check_tensor(t: torch.Tensor, name: str) -> torch.Tensor:
     """Refuses tensors pyneg cannot read: meta (no data) and non-strided (sparse) layouts."""
@@ -62,9 +74,18 @@ def as_tensor(data: ArrayLike, name: str) -> torch.Tensor:
         return check_tensor(data, name)
     if isinstance(data, (str, bytes)) or data is None:
         raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got {type(data).__name__}")
+    if torch.compiler.is_compiling() and isinstance(data, (bool, int, float, list, tuple)):
+        # Dynamo cannot trace np.asarray of Python values: torch builds the tensor NumPy
+        # would (float64 for Python floats), so compiled and eager calls check the same dtype.
+        if isinstance(data, (list, tuple)) and _nested_shape(data) is None:
+            raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got {_RAGGED}")
+        t = torch.as_tensor(data)
+        return t.double() if t.is_floating_point() else t
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError, OverflowError) as exc:
+        if isinstance(data, (list, tuple)) and _nested_shape(data) is None:  # the compiled road's words
+            raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got {_RAGGED}") from None
         raise TypeError(f"{name} must be a tensor, array or sequence of numbers: {exc}") from None
     if arr.dtype == object:
         raise TypeError(
@@ -77,6 +98,28 @@ def as_tensor(data: ArrayLike, name: str) -> torch.Tensor:
         # np.ascontiguousarray would turn 0-d into 1-d; torch wants native byte order.
         arr = arr.astype(arr.dtype.newbyteorder("="), order="C", copy=True)
     return torch.from_numpy(arr)
+
+
+_RAGGED = "a ragged sequence (nested sequences of different lengths)"
+
+
+def _nested_shape(data: Any) -> Optional[Tuple[int, ...]]:
+    """The shape of nested lists and tuples (``()`` for anything else), None when ragged.
+
+    Plain Python, so ``torch.compile`` traces it (the values are constants of the
+    graph) and eager and compiled calls refuse a ragged sequence with one message.
+    """
+    if not isinstance(data, (list, tuple)):
+        return ()
+    first: Optional[Tuple[int, ...]] = ()
+    n = 0
+    for item in data:  # a plain loop: Dynamo traces it
+        inner = _nested_shape(item)
+        if inner is None or (n and inner != first):
+            return None
+        first = inner
+        n += 1
+    return (n, *first) if first is not None else None
 
 
 def check_float_tensor(t: Any, name: str) -> torch.Tensor:
@@ -108,7 +151,7 @@ def as_float64_numpy(data: ArrayLike, name: str, *, ndim: int = 1, max_len: Opti
     if t.is_complex() or t.dtype == torch.bool:
         raise TypeError(f"{name} must hold real numbers, got {t.dtype}")
     if t.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must be {ndim}-D, got shape {shape_str(t.shape)}")
     if t.numel() == 0:
         raise ValueError(f"{name} must not be empty")
     if max_len is not None and t.numel() > max_len:
@@ -164,6 +207,10 @@ def as_index_tensor(
         lo = -1 if allow_padding else 0
         low, high = torch.aminmax(out)
         tmin, tmax = int(low), int(high)
+        if tmin < 0 and num_classes is None and not allow_padding:
+            # Ids that are keys (no upper bound to state): the C++ kernels' wording (csrc/cpu/ids.h),
+            # so an int32 tensor or a list reads as an int64 tensor does.
+            raise ValueError(f"{name} holds negative id {tmin} (ids must be >= 0)")
         if tmin < lo or tmax >= hi:
             bad = tmin if tmin < lo else tmax
             raise ValueError(f"{name} holds id {bad} outside [0, {hi}){pad}")
@@ -207,10 +254,18 @@ def as_id_array(ids: ArrayLike, name: str, *, ndim: Optional[int] = 1) -> np.nda
         check_nbytes(tuple(ids.shape), 8, f"a copy of {name}")
         copied: np.ndarray = ids.detach().numpy().copy()
         return copied
+    if ndim is not None:  # dtype, rank, values: the order of the compiled road (check_id_tensor, then the ops)
+        src = ids if isinstance(ids, torch.Tensor) else as_tensor(ids, name)
+        if _is_integer(src) and src.dim() != ndim:
+            raise ValueError(f"{name} must be {ndim}-D, got shape {shape_str(src.shape)}")
     t = as_index_tensor(ids, name, None)
     if ndim is not None and t.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must be {ndim}-D, got shape {shape_str(t.shape)}")
     return t.numpy()
+
+
+def _is_integer(t: torch.Tensor) -> bool:
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
 
 
 def check_id_tensor(ids: Any, name: str, *, ndim: Optional[int] = None) -> torch.Tensor:
@@ -220,13 +275,24 @@ def check_id_tensor(ids: Any, name: str, *, ndim: Optional[int] = None) -> torch
     integer tensor of rank ``ndim`` (None: any) without reading the values
     (the ops that take the ids check those, e.g. for negative ids).
     """
+    if isinstance(ids, (bool, int, float, list, tuple, np.ndarray)):
+        # What eager calls accept too; Python floats become float64, as NumPy makes them.
+        if isinstance(ids, (list, tuple)) and _nested_shape(ids) is None:
+            raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got {_RAGGED}")
+        t = torch.as_tensor(ids)
+        if t.numel() == 0 and (not isinstance(ids, np.ndarray) or ids.dtype == np.float64):
+            ids = t.long()  # as as_index_tensor: no id to check, and no dtype the user chose
+        else:
+            ids = t.double() if t.is_floating_point() and not isinstance(ids, np.ndarray) else t
+    if isinstance(ids, (str, bytes)) or ids is None:
+        raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got {type(ids).__name__}")
     if not isinstance(ids, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor inside a compiled step, got {type(ids).__name__}")
     check_tensor(ids, name)
     if ids.is_floating_point() or ids.is_complex() or ids.dtype == torch.bool:
         raise TypeError(f"{name} must hold integer ids, got {ids.dtype}")
     if ndim is not None and ids.dim() != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(ids.shape)}")
+        raise ValueError(f"{name} must be {ndim}-D, got shape {shape_str(ids.shape)}")
     return ids.to(torch.int64)
 
 
@@ -268,7 +334,7 @@ def check_out(
     if out.dtype != dtype:
         raise TypeError(f"{name} must be {dtype}, got {out.dtype}")
     if tuple(out.shape) != tuple(shape):
-        raise ValueError(f"{name} has shape {tuple(out.shape)} but size is {tuple(shape)}")
+        raise ValueError(f"{name} has shape {shape_str(out.shape)} but size is {shape_str(shape)}")
     if not out.is_contiguous():
         raise ValueError(f"{name} must be contiguous")
     if out.requires_grad:

@@ -27,6 +27,7 @@ import torch
 from pyneg import _core, _ring
 from pyneg._deprecation import renamed_keyword
 from pyneg._ops import memory as _ops
+from pyneg._ops._checks import refuse as _refuse
 from pyneg._ring import Segments
 from pyneg._state import (
     MAX_STEP,
@@ -51,6 +52,7 @@ from pyneg._validation import (
     check_int,
     check_nbytes,
     check_tensor,
+    shape_str,
     shares_memory,
 )
 from pyneg.distributed import _checked_on_every_rank, _gather_rows, _sync_group
@@ -108,8 +110,8 @@ class MemoryBank:
     ``embeddings``, ``ids`` and ``log_q`` trace without a graph break and read
     the bank as it is at each call (its state comes in as graph inputs, see
     ``docs/guide/memory.md``); there :meth:`negatives` returns copies gathered
-    from the bank, not views, and its ``positive_ids`` must be an integer
-    tensor. :meth:`enqueue` stays eager (``torch.compiler.disable``): call it
+    from the bank, not views, and it refuses the arguments an eager call refuses,
+    with the same error, when the graph runs. :meth:`enqueue` stays eager (``torch.compiler.disable``): call it
     outside the compiled step.
 
     Thread-safety: every method takes the bank's lock (compiled reads do not:
@@ -305,7 +307,7 @@ class MemoryBank:
             if not embeddings.is_floating_point():
                 raise TypeError(f"embeddings must be floating point, got {embeddings.dtype}")
             if embeddings.dim() != 2 or embeddings.shape[1] != self.dim:
-                raise ValueError(f"embeddings must have shape (B, {self.dim}), got {tuple(embeddings.shape)}")
+                raise ValueError(f"embeddings must have shape (B, {self.dim}), got {shape_str(embeddings.shape)}")
             if embeddings.device != self._emb.device:
                 raise ValueError(f"embeddings are on {embeddings.device} but the bank is on {self._emb.device}")
             check_holds_data(embeddings, "embeddings")
@@ -321,7 +323,7 @@ class MemoryBank:
                 if not lq.is_floating_point():
                     raise TypeError(f"log_q must be floating point, got {lq.dtype}")
                 if tuple(lq.shape) != (n,):
-                    raise ValueError(f"log_q must have shape ({n},), got {tuple(lq.shape)}")
+                    raise ValueError(f"log_q must have shape ({n},), got {shape_str(lq.shape)}")
                 # A private float32 copy on the bank's device (this copy can fail: before the index moves).
                 lq = torch.empty(n, dtype=torch.float32, device=self.device).copy_(lq.detach())
             elif group is not None:
@@ -468,7 +470,12 @@ class MemoryBank:
         ``positive_ids`` (B,), also the (B, N) hit mask.
         """
         if torch.compiler.is_compiling():
-            return self._traced_negatives(positive_ids)
+            try:
+                return self._traced_negatives(positive_ids)
+            except (ValueError, TypeError) as e:
+                # Raised now, while tracing, it would end as Dynamo's "Observed exception";
+                # the compiled call raises the eager error when the graph runs instead.
+                return self._refused_negatives(positive_ids, e)
         with self._lock:
             self._check_storage()
             segments = _ring.run(*self._runs[0], self.capacity)
@@ -494,13 +501,32 @@ class MemoryBank:
         of the bank), and the lock is not taken (Dynamo cannot trace it): enqueue
         from the training loop's own thread, after backward, as in eager mode.
         """
-        slots = self._traced_slots(0)
-        ids = self._ids.index_select(0, slots)
-        mask = None
+        pos = None
         if positive_ids is not None:
             pos = check_id_tensor(positive_ids, "positive_ids", ndim=1).to(self.device)
-            mask = _ops.bank_hit_mask(ids, pos)
+        slots = self._traced_slots(0)
+        ids = self._ids.index_select(0, slots)
+        mask = None if pos is None else _ops.bank_hit_mask(ids, pos)
         return BankNegatives(self._emb.index_select(0, slots), ids, self._log_q.index_select(0, slots), mask)
+
+    def _refused_negatives(self, positive_ids: Optional[ArrayLike], e: Exception) -> BankNegatives:
+        """:meth:`negatives` of arguments that eager calls refuse, inside ``torch.compile``.
+
+        Every column depends on the op ``pyneg::refuse`` (which raises ``e``'s eager
+        error when the graph runs), so none can be computed or used before it has
+        raised; the columns' values are never seen. The hit mask keeps a plausible
+        (B, N) shape so that the rest of the step still traces.
+        """
+        r = _refuse(self._ids, type(e).__name__, str(e))
+        slots = self._traced_slots(0)
+        ids = self._ids.index_select(0, slots) + r
+        emb = self._emb.index_select(0, slots) + r.to(self._emb.dtype)
+        log_q = self._log_q.index_select(0, slots) + r.to(self._log_q.dtype)
+        mask = None
+        if positive_ids is not None:
+            rows = positive_ids.shape[0] if isinstance(positive_ids, torch.Tensor) and positive_ids.dim() else 0
+            mask = (ids.new_zeros((rows, 1)) + ids.unsqueeze(0)) != ids.unsqueeze(0)
+        return BankNegatives(emb, ids, log_q, mask)
 
     # ------------------------------------------------------------ state dict
     def state_dict(self) -> Dict[str, Any]:
@@ -546,7 +572,7 @@ class MemoryBank:
         if not emb.is_floating_point():
             raise TypeError(f"state_dict['embeddings'] must be a floating-point tensor, got {emb.dtype}")
         if tuple(emb.shape) != (n, self.dim):
-            raise ValueError(f"state_dict['embeddings'] has shape {tuple(emb.shape)}, expected {(n, self.dim)}")
+            raise ValueError(f"state_dict['embeddings'] has shape {shape_str(emb.shape)}, expected {(n, self.dim)}")
         ids = state_tensor(state_dict, "ids", (n,), torch.int64)
         log_q = state_tensor(state_dict, "log_q", (n,), torch.float32)
         steps = state_tensor(state_dict, "steps", (n,), torch.int64)

@@ -38,7 +38,7 @@ from pyneg._ops._checks import refuses_alike_compiled
 from pyneg._reduction import acc_dtype, check_reduction, reduce_loss
 from pyneg._softmax import DEFAULT_CHUNK_SIZE, Block, sigmoid_loss, softmax_loss
 from pyneg._sources import NegativeSource
-from pyneg._validation import ArrayLike, check_bool, check_float_tensor
+from pyneg._validation import ArrayLike, check_bool, check_float_tensor, shape_str
 from pyneg.distributed import (
     _raise_if_any_rank_failed,
     all_gather,
@@ -92,14 +92,14 @@ def negative_sampling_loss(
     for t, name in ((query, "query"), (positive, "positive"), (negative, "negative")):
         check_float_tensor(t, name)
     if query.dim() != 2:
-        raise ValueError(f"query must be (B, d), got shape {tuple(query.shape)}")
+        raise ValueError(f"query must be (B, d), got shape {shape_str(query.shape)}")
     if query.shape[0] == 0:
         raise ValueError("query must have at least one row")
     if positive.shape != query.shape:
-        raise ValueError(f"positive must have query's shape {tuple(query.shape)}, got {tuple(positive.shape)}")
+        raise ValueError(f"positive must have query's shape {shape_str(query.shape)}, got {shape_str(positive.shape)}")
     if negative.dim() != 3 or negative.shape[0] != query.shape[0] or negative.shape[2] != query.shape[1]:
         raise ValueError(
-            f"negative must be (B, K, d) = ({query.shape[0]}, K, {query.shape[1]}), got {tuple(negative.shape)}"
+            f"negative must be (B, K, d) = ({query.shape[0]}, K, {query.shape[1]}), got {shape_str(negative.shape)}"
         )
     for t, name in ((positive, "positive"), (negative, "negative")):
         if t.dtype != query.dtype:
@@ -501,7 +501,7 @@ def compute_accidental_hits(positive_ids: ArrayLike, negative_ids: ArrayLike) ->
     neg = check_hit_ids(negative_ids, "negative_ids", dev)
     b, n = pos.shape[0], neg.shape[-1]
     if neg.dim() == 2 and neg.shape[0] != b:
-        raise ValueError(f"negative_ids must be (N,) or ({b}, N) for {b} rows, got shape {tuple(neg.shape)}")
+        raise ValueError(f"negative_ids must be (N,) or ({b}, N) for {b} rows, got shape {shape_str(neg.shape)}")
     empty = torch.empty(0, dtype=torch.int64, device=dev)
     if b == 0 or n == 0 or pos.numel() == 0:
         return empty, empty.clone()

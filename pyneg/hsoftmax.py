@@ -42,11 +42,13 @@ from pyneg._validation import (
     ArrayLike,
     as_float64_numpy,
     as_index_tensor,
+    as_tensor,
     check_bool,
     check_device,
     check_int,
     check_nbytes,
     check_tensor,
+    shape_str,
 )
 
 __all__ = ["HuffmanTree", "HierarchicalSoftmax"]
@@ -468,7 +470,7 @@ class HierarchicalSoftmax(nn.Module):
                 value = state_dict[k]
                 if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(param.shape):
                     shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                    raise ValueError(f"state_dict[{k!r}] must have shape {tuple(param.shape)}, got {shape}")
+                    raise ValueError(f"state_dict[{k!r}] must have shape {shape_str(param.shape)}, got {shape}")
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -483,7 +485,7 @@ class HierarchicalSoftmax(nn.Module):
         if w.dtype not in _PARAM_DTYPES:
             raise TypeError(f"weight must be floating-point (float16, bfloat16, float32 or float64), got {w.dtype}")
         if tuple(w.shape) != (inner, self._dim):
-            raise ValueError(f"weight must be ({inner}, {self._dim}), got shape {tuple(w.shape)}")
+            raise ValueError(f"weight must be ({inner}, {self._dim}), got shape {shape_str(w.shape)}")
         if w.device.type == "meta":
             raise ValueError(
                 "weight is a meta tensor, which holds no data (materialise the module with "
@@ -495,7 +497,7 @@ class HierarchicalSoftmax(nn.Module):
             if b.dtype != w.dtype or b.device != w.device or tuple(b.shape) != (inner,):
                 raise ValueError(
                     f"bias must be ({inner},) with the weight's dtype and device, got "
-                    f"{tuple(b.shape)} {b.dtype} on {b.device}"
+                    f"{shape_str(b.shape)} {b.dtype} on {b.device}"
                 )
         return w, b
 
@@ -506,12 +508,12 @@ class HierarchicalSoftmax(nn.Module):
         if input.dtype != weight.dtype:
             raise TypeError(f"input must have the weight's dtype {weight.dtype}, got {input.dtype}")
         if input.dim() != 2 or input.shape[1] != self._dim:
-            raise ValueError(f"input must be (B, {self._dim}), got shape {tuple(input.shape)}")
+            raise ValueError(f"input must be (B, {self._dim}), got shape {shape_str(input.shape)}")
         if input.device != weight.device:
             raise ValueError(f"input is on {input.device} but the module's weight is on {weight.device}")
         return input
 
-    def _target(self, target: ArrayLike, device: torch.device) -> torch.Tensor:
+    def _target(self, target: ArrayLike, device: torch.device, rows: Optional[int] = None) -> torch.Tensor:
         """A private int64 copy of ``target`` on ``device``.
 
         Tensors are checked here for what their metadata shows (layout, dtype);
@@ -519,11 +521,18 @@ class HierarchicalSoftmax(nn.Module):
         ValueError wording), so a compiled graph needs no values. Arrays and
         sequences (and uint64 tensors, which could wrap) are checked in full here.
         """
+        if torch.compiler.is_compiling() and isinstance(target, (bool, int, float, list, tuple)):
+            target = as_tensor(target, "target")  # compiled: NumPy cannot be traced; the op checks the ids
         if isinstance(target, torch.Tensor) and target.dtype not in _WIDE_UNSIGNED:
             check_tensor(target, "target")
             if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
                 raise TypeError(f"target must hold integer ids, got {target.dtype}")
             return target.detach().to(device=device, dtype=torch.int64, copy=True)
+        if rows is not None:  # the shape before the ids, as the compiled road (the op checks the ids)
+            src = as_tensor(target, "target")
+            shape = tuple(src.shape)
+            if shape != (rows,) and not (src.is_floating_point() or src.is_complex() or src.dtype == torch.bool):
+                raise ValueError(f"target must be ({rows},) to match input, got shape {shape_str(shape)}")
         return as_index_tensor(target, "target", self.num_classes).to(device)
 
     # ---------------------------------------------------------------- compute
@@ -545,9 +554,9 @@ class HierarchicalSoftmax(nn.Module):
         input = self._check_input(input, weight)
         # A private copy: what the op (and the backward pass) reads is what it checks, whatever
         # the caller (or another thread) writes into its target.
-        tgt = self._target(target, input.device)
+        tgt = self._target(target, input.device, input.shape[0])
         if tgt.shape != input.shape[:1]:
-            raise ValueError(f"target must be ({input.shape[0]},) to match input, got shape {tuple(tgt.shape)}")
+            raise ValueError(f"target must be ({input.shape[0]},) to match input, got shape {shape_str(tgt.shape)}")
         if reduction == "mean" and input.shape[0] == 0:
             raise ValueError("input has no rows: the mean over an empty batch is undefined (use reduction='sum')")
         x, w = _to_acc(input), _to_acc(weight)  # 16-bit modules compute in float32

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from pyneg import _core
-from pyneg._validation import ArrayLike, as_index_tensor, as_tensor, check_int, check_nbytes, check_seed
+from pyneg._validation import ArrayLike, as_index_tensor, as_tensor, check_int, check_nbytes, check_seed, shape_str
 
 __all__ = ["MinedNegatives", "mine_hard_negatives", "mine_dataset", "SAMPLINGS"]
 
@@ -103,7 +103,7 @@ def _check_matrix(value: Any, name: str) -> torch.Tensor:
             f"{name} must be float32 or float64 (float16 and bfloat16 are scored in float32), got {x.dtype}"
         )
     if x.dim() != 2:
-        raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
+        raise ValueError(f"{name} must be 2-D, got shape {shape_str(x.shape)}")
     return x.detach()
 
 
@@ -115,7 +115,7 @@ def _positive_scores(query: torch.Tensor, positive: Any, positive_scores: Any, c
     if positive is not None:
         pos = _check_matrix(positive, "positive")
         if tuple(pos.shape) != tuple(query.shape):
-            raise ValueError(f"positive must have query's shape {tuple(query.shape)}, got {tuple(pos.shape)}")
+            raise ValueError(f"positive must have query's shape {shape_str(query.shape)}, got {shape_str(pos.shape)}")
         if pos.device != query.device:
             raise ValueError(f"positive is on {pos.device} but query is on {query.device}")
         q, p = query.to(torch.float64), pos.to(torch.float64)
@@ -131,7 +131,7 @@ def _positive_scores(query: torch.Tensor, positive: Any, positive_scores: Any, c
         if not s.is_floating_point():
             raise TypeError(f"positive_scores must be floating point, got {s.dtype}")
         if tuple(s.shape) != (b,):
-            raise ValueError(f"positive_scores must have shape ({b},), got {tuple(s.shape)}")
+            raise ValueError(f"positive_scores must have shape ({b},), got {shape_str(s.shape)}")
         s = s.detach().to(device="cpu", dtype=torch.float64, copy=True)
         if not bool(torch.isfinite(s).all()):
             raise ValueError("positive_scores must be finite")
@@ -182,7 +182,7 @@ def _check_exclude(exclude: Any, b: int, n: int) -> Optional[torch.Tensor]:
     if ex.dim() == 1:
         ex = ex.unsqueeze(1)
     if ex.dim() != 2:
-        raise ValueError(f"exclude must be (B,) or (B, P), got shape {tuple(ex.shape)}")
+        raise ValueError(f"exclude must be (B,) or (B, P), got shape {shape_str(ex.shape)}")
     if ex.shape[0] != b:
         raise ValueError(f"exclude has {ex.shape[0]} rows but query has {b}")
     return torch.sort(ex, dim=1).values.contiguous()  # a fresh tensor: the kernel's own copy
@@ -565,7 +565,7 @@ def mine_hard_negatives(
         raise ValueError(f"candidates is on {candidates.device} but query is on {query.device}")
     if candidates.shape[1] != query.shape[1]:
         raise ValueError(
-            f"candidates must have query's dimension {query.shape[1]}, got shape {tuple(candidates.shape)}"
+            f"candidates must have query's dimension {query.shape[1]}, got shape {shape_str(candidates.shape)}"
         )
     if query.shape[1] == 0:
         raise ValueError("query must have at least one dimension")
@@ -671,7 +671,7 @@ def _rows_of(x: Any, name: str, n: int) -> Optional[torch.Tensor]:
         return None
     t = x if isinstance(x, torch.Tensor) else as_tensor(x, name)
     if t.dim() == 0 or t.shape[0] != n:
-        raise ValueError(f"{name} must have one row per query ({n}), got shape {tuple(t.shape)}")
+        raise ValueError(f"{name} must have one row per query ({n}), got shape {shape_str(t.shape)}")
     return t
 
 

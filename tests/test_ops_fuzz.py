@@ -22,7 +22,7 @@ OPS = torch.ops.pyneg
 FUZZ_CHILD = r"""
 import math, random, sys, traceback
 import torch, pyneg
-from pyneg._hsoftmax_reference import flat_log_prob, flat_nll
+from pyneg._hsoftmax_reference import flat_log_prob, flat_log_prob_grad, flat_nll, flat_nll_grads
 OPS = torch.ops.pyneg
 OP = sys.argv[1] if len(sys.argv) > 1 else {op!r}
 rng = random.Random({seed})
@@ -31,7 +31,18 @@ torch.manual_seed({seed})
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int8, torch.uint8,
           torch.int16, torch.int32, torch.int64, torch.bool, torch.complex64]
 
-def corrupt(t):
+def corrupt_cells(t):
+    # Garbage in the estimator's (last step, gap) cells: values no estimator holds.
+    v = t.clone()
+    col = rng.choice([0, 1])
+    bad = rng.choice([-1.0, -3.0, 0.5, 2.5, 1e9, math.nan, math.inf, -math.inf, 0.0, -0.0, 1e308 * 10])
+    mask = torch.rand(v.shape[:2]) < rng.choice([0.1, 0.5, 1.0])
+    v[..., col][mask] = bad
+    return "cell-values", v
+
+def corrupt(t, name=None):
+    if name == "cells" and rng.random() < 0.4:
+        return corrupt_cells(t)
     kind = rng.choice(["dtype", "rank", "size", "meta", "sparse", "strided", "values", "empty"])
     if kind == "dtype":
         d = rng.choice(DTYPES)
@@ -93,13 +104,39 @@ def base(op):
         return [torch.randn(4, 3, dtype=torch.float64), torch.randn(v - 1, 3, dtype=torch.float64),
                 torch.randn(v - 1, dtype=torch.float64), torch.randint(0, v, (4,)), off, nodes, codes, depth, False], \
                ["input", "weight", "bias", "target", "path_offsets", "path_nodes", "path_codes"]
+    if op == "hs_log_prob_backward":
+        (off, nodes, codes, children), depth = valid_tree()
+        v = off.numel() - 1
+        return [torch.randn(3, v, dtype=torch.float64), torch.randn(3, v - 1, dtype=torch.float64), children, off,
+                nodes, codes, depth], ["grad_out", "scores", "children", "path_offsets", "path_nodes", "path_codes"]
+    if op == "hs_nll_backward":
+        (off, nodes, codes, children), depth = valid_tree()
+        v = off.numel() - 1
+        x, w = torch.randn(4, 3, dtype=torch.float64), torch.randn(v - 1, 3, dtype=torch.float64)
+        b, t = torch.randn(v - 1, dtype=torch.float64), torch.randint(0, v, (4,))
+        _, dz = OPS.hs_nll(x, w, b, t, off, nodes, codes, depth, False)
+        return [torch.randn(4, dtype=torch.float64), x, w, b, t, dz, off, nodes, codes, depth], \
+               ["grad_loss", "input", "weight", "bias", "target", "dz", "path_offsets", "path_nodes", "path_codes"]
     raise KeyError(op)
 
 def reference(op, a):
     # Only called on accepted calls; computes the answer from the arguments as given.
     if op == "frequency_estimate":
+        # Plain Python over the cells each id reads (pyneg's hash, transcribed in the tests):
+        # an accepted call must have read only cells an estimator can hold.
         cells, ids, step, log = a
-        return OPS.frequency_estimate(cells.contiguous(), ids.to(torch.int64).contiguous(), step, log)
+        s, (h, nb, _) = int(step), cells.shape
+        out = []
+        for i in ids.to(torch.int64).reshape(-1).tolist():
+            gap = 0.0
+            for k in range(h):
+                last, g = cells[k, pyneg._core._testing.frequency_bucket(i, k, nb)].tolist()
+                ok = 0 <= last <= s and last == math.floor(last) and (last == 0 or 0 < g < math.inf)
+                if not ok:
+                    raise AssertionError(f"read cell ({{last}}, {{g}}) at step {{s}}")
+                gap = max(gap, s + 1.0 if last == 0 else g)
+            out.append(0.0 - math.log(gap) if log else 1.0 / gap)
+        return torch.tensor(out, dtype=torch.float32).reshape(ids.shape)
     if op == "bank_hit_mask":
         e, p = a
         return e.to(torch.int64).unsqueeze(0) == p.to(torch.int64).unsqueeze(1)
@@ -126,22 +163,37 @@ def reference(op, a):
     if op == "hs_nll":
         x, w, b, t, off, nodes, codes, depth, sparse = a
         return flat_nll(x, w, b, t, off, nodes, codes, depth)
+    if op == "hs_log_prob_backward":
+        g, scores, children, off, nodes, codes, depth = a
+        return flat_log_prob_grad(g, scores, off, nodes, codes, depth)
+    if op == "hs_nll_backward":
+        g, x, w, b, t, dz, off, nodes, codes, depth = a
+        # dz is hs_nll's saved output: an accepted dz must be the forward's, the gradients its closed form.
+        _, want_dz = OPS.hs_nll(x, w, b, t, off, nodes, codes, depth, False)
+        if not torch.equal(dz, want_dz):
+            return None
+        return flat_nll_grads(g, x, w, b, t, off, nodes, codes, depth)
     raise KeyError(op)
 
 def same(got, want):
+    if want is None:  # a value no reference defines (a dz the forward did not produce): any finite shape-right answer
+        return True
+    if isinstance(want, tuple):
+        return all(same(g, w) for g, w in zip(got, want) if w is not None)
     if isinstance(want, list):
         rows, cols, complete = got
         return bool(complete) and sorted(zip(rows.tolist(), cols.tolist())) == want
     if isinstance(got, (tuple, list)):
         got = got[0]
-    return got.shape == want.shape and torch.allclose(got.double(), want.double(), rtol=1e-9, atol=1e-9, equal_nan=True)
+    tol = 1e-9 if got.dtype == torch.float64 or not got.is_floating_point() else 1e-5  # float32 kernels
+    return got.shape == want.shape and torch.allclose(got.double(), want.double(), rtol=tol, atol=tol, equal_nan=True)
 
 bad = 0
 accepted = refused = 0
 for case in range({cases}):
     args, names = base(OP)
     i = rng.randrange(len(names))
-    kind, args[i] = corrupt(args[i])
+    kind, args[i] = corrupt(args[i], names[i])
     try:
         got = getattr(OPS, OP)(*args)
     except (ValueError, TypeError, MemoryError) as e:
@@ -179,6 +231,8 @@ FUZZED = [
     "softmax_block_lse",
     "hs_log_prob",
     "hs_nll",
+    "hs_log_prob_backward",
+    "hs_nll_backward",
 ]
 
 
@@ -199,7 +253,7 @@ def test_frequency_estimate_refuses_wrong_cells_by_name():
         OPS.frequency_estimate(torch.randn(3, 5), ids, torch.tensor(5), True)
     with pytest.raises(TypeError, match="ids must be"):
         OPS.frequency_estimate(torch.zeros(2, 4, 2, dtype=torch.float64), ids.float(), torch.tensor(5), True)
-    with pytest.raises(ValueError, match="step must be >= 0"):
+    with pytest.raises(ValueError, match=r"step must be in \[0, 2\*\*53\]"):
         OPS.frequency_estimate(torch.zeros(2, 4, 2, dtype=torch.float64), ids, torch.tensor(-1), True)
 
 
@@ -289,3 +343,50 @@ def test_compiled_op_refusals_equal_eager():
             fn(cells, ids, torch.tensor(1))
         errors.append(str(info.value))
     assert "cells must be 3-D" in errors[0] and "cells must be 3-D" in errors[1]
+
+
+@pytest.mark.parametrize(
+    "bad, error, match",
+    [
+        (lambda g: g.to(torch.complex128), TypeError, "grad_out must be float"),
+        (lambda g: g.long(), TypeError, "grad_out must be float"),
+        (lambda g: g[:, :3], ValueError, r"grad_out must have shape \(2, 9\)"),
+        (lambda g: g.to("meta"), ValueError, "grad_out is on meta"),
+    ],
+    ids=["complex", "int", "shape", "meta"],
+)
+def test_hs_log_prob_backward_checks_grad_out(bad, error, match):
+    # Before: complex and integer grad_out were cast silently, a meta one returned uninitialised memory.
+    off, nodes, codes, children, depth = _tree()
+    v = off.numel() - 1
+    scores, g = torch.randn(2, v - 1, dtype=torch.float64), torch.randn(2, v, dtype=torch.float64)
+    with pytest.raises(error, match=match):
+        OPS.hs_log_prob_backward(bad(g), scores, children, off, nodes, codes, depth)
+
+
+@pytest.mark.parametrize("which", ["grad_loss", "dz"])
+def test_hs_nll_backward_refuses_a_meta_tensor_beside_cpu(which):
+    off, nodes, codes, children, depth = _tree()
+    v = off.numel() - 1
+    x, w, t = torch.randn(4, 3, dtype=torch.float64), torch.randn(v - 1, 3, dtype=torch.float64), torch.arange(4)
+    _, dz = OPS.hs_nll(x, w, None, t, off, nodes, codes, depth, False)
+    args = {"grad_loss": torch.ones(4, dtype=torch.float64), "dz": dz}
+    args[which] = args[which].to("meta")
+    for op in (OPS.hs_nll_backward, OPS.hs_nll_backward_sparse):
+        with pytest.raises(ValueError, match=f"{which} is on meta"):
+            op(args["grad_loss"], x, w, None, t, args["dz"], off, nodes, codes, depth)
+
+
+def test_hs_log_prob_backward_reference_keeps_infinite_scores_finite():
+    """The reference kernel (every device but the CPU) equals the CPU kernel for infinite scores
+    (before: the padding's 0 * inf gave NaN gradients)."""
+    from pyneg._hsoftmax_reference import flat_log_prob_grad
+
+    off, nodes, codes, children, depth = _tree()
+    v = off.numel() - 1
+    scores = torch.randn(2, v - 1, dtype=torch.float64)
+    scores[0, :3], scores[1, 0] = torch.inf, -torch.inf
+    g = torch.randn(2, v, dtype=torch.float64)
+    got = flat_log_prob_grad(g, scores, off, nodes, codes, depth)
+    assert got.isfinite().all()
+    torch.testing.assert_close(got, OPS.hs_log_prob_backward(g, scores, children, off, nodes, codes, depth))

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <sstream>
 #include <stdexcept>
 #include <string>
 
@@ -57,6 +59,16 @@ void update_row(double* row, uint64_t k, uint64_t nb, double alpha, double t, co
   }
 }
 
+[[noreturn]] void throw_bad_cell(int64_t k, int64_t b, double last, double gap, int64_t step) {
+  std::ostringstream msg;
+  msg.precision(17);
+  msg << "cells[" << k << ", " << b << "] holds (last step, gap) = (" << last << ", " << gap
+      << "), not an estimator cell after step " << step
+      << ": the last step must be a whole number in [0, step] (0: never hit) and the gap "
+         "finite and > 0 once the cell was hit";
+  throw std::invalid_argument(msg.str());
+}
+
 }  // namespace
 
 int64_t frequency_bucket(int64_t id, int64_t k, int64_t num_buckets) {
@@ -102,12 +114,21 @@ void frequency_estimate(const FrequencyTable& table, int64_t step, const int64_t
   // A cell never hit reads as a gap of step + 1, more than any recorded gap
   // (B <= A <= step always), so an unseen id gets 1 / (step + 1).
   const double unseen = static_cast<double>(step) + 1.0;
+  const double last_max = static_cast<double>(step);
   for (int64_t i = 0; i < n; ++i) {
     double gap = 0.0;
     for (int64_t k = 0; k < table.num_hashes; ++k) {
       const uint64_t b = bucket_of(ids[i], static_cast<uint64_t>(k), nb);
       const double* cell = table.cells + 2 * (table.num_buckets * k + static_cast<int64_t>(b));
-      gap = std::max(gap, cell[0] == 0.0 ? unseen : cell[1]);
+      // Each value is loaded once: what is checked is what is used, whoever writes
+      // the caller's table meanwhile (the public op reads the caller's memory).
+      const double last = cell[0];
+      const double cell_gap = cell[1];
+      if (!(last >= 0.0 && last <= last_max && last == std::floor(last)) ||
+          (last != 0.0 && !(cell_gap > 0.0 && cell_gap <= std::numeric_limits<double>::max()))) {
+        throw_bad_cell(k, static_cast<int64_t>(b), last, cell_gap, step);
+      }
+      gap = std::max(gap, last == 0.0 ? unseen : cell_gap);
     }
     out[i] = static_cast<float>(log ? 0.0 - std::log(gap) : 1.0 / gap);  // 0 - x: +0 for gap 1
   }

@@ -54,7 +54,11 @@ void frequency_update(const FrequencyTable& table, double alpha, int64_t step,
                       const int64_t* ids, int64_t n, int num_threads);
 
 // out[i] = estimated probability (or its log when `log`) that ids[i] is in a
-// step's batch, after `step` updates. Throws for negative ids.
+// step's batch, after `step` updates. Throws std::invalid_argument for negative
+// ids, and for a cell read that no estimator can hold (naming it cells[k, b]): a
+// last step that is not a whole number in [0, step], or a hit cell (last step > 0)
+// whose gap is not finite and > 0. Only the cells the ids read are checked (a
+// whole-table scan would cost O(table) per lookup).
 void frequency_estimate(const FrequencyTable& table, int64_t step, const int64_t* ids,
                         int64_t n, bool log, float* out);
 

@@ -149,7 +149,15 @@ def refuse(like: torch.Tensor, kind: str, message: str) -> torch.Tensor:
 
 @refuse.register_fake
 def _refuse_fake(like: torch.Tensor, kind: str, message: str) -> torch.Tensor:
+    # Also the op's Meta kernel: a graph run on real meta tensors (a refused meta input) raises too.
+    if not is_fake(like):
+        raise _KINDS.get(kind, ValueError)(message)
     return like.new_empty(())
+
+
+# A refusal whose result the caller drops must still raise: kept by dead-code elimination
+# (Dynamo's, AOTAutograd's and Inductor's graphs) as an assert is.
+torch.fx.node.has_side_effect(torch.ops.pyneg.refuse.default)
 
 
 def refuses_alike_compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -169,10 +177,12 @@ def refuses_alike_compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., t
         try:
             return loss(*args, **kwargs)
         except (ValueError, TypeError) as e:
+            like = None
             for a in (*args, *kwargs.values()):  # a plain loop: Dynamo traces it (not a generator)
-                if isinstance(a, torch.Tensor):
-                    deferred: torch.Tensor = refuse(a, type(e).__name__, str(e))
-                    return deferred
-            raise
+                if isinstance(a, torch.Tensor) and like is None:
+                    like = a
+            # No tensor argument (ids given as a list): a CPU scalar carries the refusal.
+            deferred: torch.Tensor = refuse(torch.zeros(()) if like is None else like, type(e).__name__, str(e))
+            return deferred
 
     return wrapper

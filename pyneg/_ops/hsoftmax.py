@@ -85,7 +85,8 @@ def _check_tree(path_offsets: torch.Tensor, path_nodes: torch.Tensor, path_codes
     v = path_offsets.shape[0] - 1
     if max_depth > max(v - 1, 0):  # no root-to-leaf path of a binary tree over V classes is longer
         raise ValueError(
-            f"max_depth={max_depth} exceeds V - 1 = {v - 1}, the longest path a tree of V = {v} classes has"
+            f"max_depth={max_depth} exceeds V - 1 = {v - 1}, the longest path a tree of V = {v} classes has "
+            f"(V + 1 = {v + 1} path_offsets)"
         )
     for name, t in zip(("path_offsets", "path_nodes", "path_codes"), (path_offsets, path_nodes, path_codes)):
         if t.layout != torch.strided:
@@ -233,6 +234,9 @@ def _check_backward(grad_loss, input, weight, bias, target, dz, path_offsets, pa
     width = _dz_width(input.device, max_depth)
     if tuple(dz.shape) != (input.shape[0], width) or dz.dtype != input.dtype:
         raise ValueError(f"dz must be hs_nll's ({input.shape[0]}, {width}) {input.dtype} output, got {tuple(dz.shape)}")
+    # Beside input: a meta grad_loss or dz among CPU tensors would otherwise send the call to
+    # the fake kernel, which returns uninitialised memory.
+    _checks.same_device("hs_nll_backward", [("input", input), ("grad_loss", grad_loss), ("dz", dz)])
 
 
 def _cpu_backward(
@@ -480,6 +484,16 @@ def _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_
     return v
 
 
+def _check_log_prob_backward(grad_out, scores, children, path_offsets, path_nodes, path_codes, max_depth) -> int:
+    """hs_log_prob_backward's arguments: hs_log_prob's, and ``grad_out`` a real (B, V) tensor beside ``scores``."""
+    v = _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
+    op = "hs_log_prob_backward"
+    _checks.check(op, grad_out, "grad_out", dtypes=_FLOATS + (torch.float16, torch.bfloat16))
+    _checks.check(op, grad_out, "grad_out", shape=(scores.shape[0], v))
+    _checks.same_device(op, [("grad_out", grad_out), ("scores", scores)])
+    return v
+
+
 def _checked_children(children, path_offsets, path_nodes, path_codes, max_depth) -> torch.Tensor:
     """A private copy of ``children``, checked to be the tree of the paths (what the CPU kernels then read)."""
     own = children.detach().clone()
@@ -534,13 +548,13 @@ def _hs_log_prob_backward_reference(
     max_depth: int,
 ) -> torch.Tensor:
     """Gradient of ``sum(grad_out * hs_log_prob(scores, ...))`` with respect to ``scores`` (the reference)."""
-    _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
+    _check_log_prob_backward(grad_out, scores, children, path_offsets, path_nodes, path_codes, max_depth)
     check_tree_values(children, path_offsets, path_nodes, path_codes, max_depth)
     return flat_log_prob_grad(grad_out, scores, path_offsets, path_nodes, path_codes, max_depth)
 
 
 def _hs_log_prob_backward_cpu(grad_out, scores, children, path_offsets, path_nodes, path_codes, max_depth):
-    _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
+    _check_log_prob_backward(grad_out, scores, children, path_offsets, path_nodes, path_codes, max_depth)
     children = _checked_children(children, path_offsets, path_nodes, path_codes, max_depth)
     grad = torch.empty(scores.shape, dtype=scores.dtype)
     _core.hs_log_prob_backward(_np(children), _np(scores), _np(grad_out.to(scores.dtype)), grad.numpy(), _threads())
@@ -548,7 +562,7 @@ def _hs_log_prob_backward_cpu(grad_out, scores, children, path_offsets, path_nod
 
 
 def _hs_log_prob_backward_fake(grad_out, scores, children, path_offsets, path_nodes, path_codes, max_depth):
-    _check_log_prob(scores, children, path_offsets, path_nodes, path_codes, max_depth)
+    _check_log_prob_backward(grad_out, scores, children, path_offsets, path_nodes, path_codes, max_depth)
     return torch.empty_like(scores)
 
 

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from pyneg import _core, _hits
 from pyneg._ops import _checks
+from pyneg._state import MAX_STEP
 from pyneg._validation import allocate, check_nbytes
 
 __all__ = ["frequency_estimate", "estimate", "bank_hit_mask", "hit_mask"]
@@ -87,13 +88,17 @@ def estimate(cells: Tensor, ids: Tensor, step: int, log: bool) -> Tensor:
 def frequency_estimate(cells: Tensor, ids: Tensor, step: Tensor, log: bool) -> Tensor:
     """Estimated probability (``log``: its log) that each id is in a step's batch.
 
-    ``cells``: the estimator's float64 (num_hashes, num_buckets, 2) table;
-    ``ids``: integer ids >= 0, any shape; ``step``: 0-dim int64 >= 0, updates so far.
+    ``cells``: the estimator's float64 (num_hashes, num_buckets, 2) table of
+    (last step, gap) cells; ``ids``: integer ids >= 0, any shape; ``step``: 0-dim
+    int64 in [0, 2**53], updates so far. Each cell an id reads must be one an
+    estimator can hold after ``step`` updates (a last step that is a whole number
+    in [0, step], 0 for a cell never hit; a finite gap > 0 once hit): ValueError
+    naming the cell otherwise.
     """
     check_estimate_args(cells, ids, step, log)
     s = int(step)
-    if s < 0:
-        raise ValueError(f"pyneg::frequency_estimate: step must be >= 0, got {s}")
+    if not 0 <= s <= MAX_STEP:
+        raise ValueError(f"pyneg::frequency_estimate: step must be in [0, 2**53] (updates so far), got {s}")
     return estimate(cells, ids, s, log)
 
 
