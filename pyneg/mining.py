@@ -178,6 +178,12 @@ def _check_exclude(exclude: Any, b: int, n: int) -> Optional[torch.Tensor]:
     """(B, P) int64 CPU copy, each row sorted ascending (-1 padding first), or None."""
     if exclude is None:
         return None
+    return torch.sort(_exclude_lists(exclude, b, n), dim=1).values.contiguous()  # the kernel's own copy
+
+
+def _exclude_lists(exclude: Any, b: int, n: Optional[int]) -> torch.Tensor:
+    """``exclude`` as a checked (B, P) int64 CPU copy of ids in [0, n) (any id >= 0 when
+    ``n`` is None) or -1 padding, one row per query row."""
     ex = as_index_tensor(exclude, "exclude", n, allow_padding=True)
     if ex.dim() == 1:
         ex = ex.unsqueeze(1)
@@ -185,7 +191,7 @@ def _check_exclude(exclude: Any, b: int, n: int) -> Optional[torch.Tensor]:
         raise ValueError(f"exclude must be (B,) or (B, P), got shape {shape_str(ex.shape)}")
     if ex.shape[0] != b:
         raise ValueError(f"exclude has {ex.shape[0]} rows but query has {b}")
-    return torch.sort(ex, dim=1).values.contiguous()  # a fresh tensor: the kernel's own copy
+    return ex
 
 
 class _CandidateIds:
@@ -195,7 +201,7 @@ class _CandidateIds:
     def __init__(self, candidate_ids: Any, n: int, name: str = "candidate_ids") -> None:
         ids = as_index_tensor(candidate_ids, name, None)  # owned int64 CPU copy, ids >= 0
         if ids.dim() != 1 or ids.shape[0] != n:
-            raise ValueError(f"{name} must hold one id per row of candidates ({n}), got shape {tuple(ids.shape)}")
+            raise ValueError(f"{name} must hold one id per row of candidates ({n}), got shape {shape_str(ids.shape)}")
         self.ids = ids
         self.sorted, self.order = torch.sort(ids)
         if n > 1:
@@ -214,14 +220,7 @@ class _CandidateIds:
         """``exclude`` of catalogue ids as :func:`_check_exclude` gives row lists."""
         if exclude is None:
             return None
-        ex = as_index_tensor(exclude, "exclude", None, allow_padding=True)
-        if ex.dim() == 1:
-            ex = ex.unsqueeze(1)
-        if ex.dim() != 2:
-            raise ValueError(f"exclude must be (B,) or (B, P), got shape {tuple(ex.shape)}")
-        if ex.shape[0] != b:
-            raise ValueError(f"exclude has {ex.shape[0]} rows but query has {b}")
-        return torch.sort(self.rows_of(ex), dim=1).values.contiguous()
+        return torch.sort(self.rows_of(_exclude_lists(exclude, b, None)), dim=1).values.contiguous()
 
     def ids_of_rows(self, rows: np.ndarray) -> np.ndarray:
         """Rows (-1 padding) to catalogue ids (-1 padding)."""

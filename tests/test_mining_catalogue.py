@@ -46,7 +46,7 @@ def test_candidate_ids_padding_and_refusals():
     for bad, err, match in [
         (torch.cat([ids[:-1], ids[:1]]), ValueError, "candidate_ids holds id .* twice"),
         (ids[:-1], ValueError, "candidate_ids must hold one id per row"),
-        (torch.cat([ids[:-1], torch.tensor([-3])]), ValueError, "candidate_ids holds id -3"),
+        (torch.cat([ids[:-1], torch.tensor([-3])]), ValueError, "candidate_ids holds negative id -3"),
         (ids.double(), TypeError, "candidate_ids must hold integer ids"),
     ]:
         with pytest.raises(err, match=match):
