@@ -389,7 +389,7 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
     RowSide rs;
     SmallSet seen;
     std::vector<int64_t> slots, pool;
-    std::vector<double> cdf;
+    std::vector<uint64_t> cdf;  // exact integer masses (V * 2^32 passes 2^53 past 2^21 nodes)
     std::vector<uint64_t> fenwick;
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t* row = req.rows + 3 * i;
