@@ -30,9 +30,14 @@ one draw of its row yields it: ``log P(side) + log q_side(id)`` where
 ``q_side`` is the draw distribution (uniform, or the node weights)
 renormalised over the ids the row allows on that side (the universe minus the
 row's own id, its known true values and, when excluded, the self-loop). With
-``unique=True`` (uniform draws only) it is the same per-draw marginal; the
-probability that an id is among the row's ``k`` draws is then ``k_side`` times
-it. With replacement the expected count of an id in the row is ``k`` times it.
+replacement the expected count of an id in the row is ``k`` times it. With
+``unique=True`` and uniform draws it is the same per-draw marginal, and the
+probability that an id is among the row's ``k_side`` draws is ``k_side`` times
+``q_side``. With ``unique=True`` and weights (successive sampling, without
+replacement) ``log_q`` is still ``log P(side) + log q_side(id)``, the law of
+the row's first draw; it is not the inclusion probability (which has no
+closed form for weighted draws without replacement, and is below ``k_side``
+times ``q_side`` for heavy ids).
 """
 
 from __future__ import annotations
@@ -256,9 +261,14 @@ def negative_edges(
         corrupt: ``"dst"`` (replace v), ``"src"`` (replace u), or ``"both"``
             (each draw replaces u or v with probability 1/2).
         weights: optional (num_nodes,) node weights, e.g. ``degree ** 0.75``;
-            draws follow them renormalised over the allowed nodes (with
-            replacement only). None: uniform.
-        unique: the k negatives of a row (per side) are distinct.
+            draws follow them renormalised over the allowed nodes. None: uniform.
+        unique: the k negatives of a row (per side) are distinct. With
+            ``weights``, successive sampling (as
+            ``torch.multinomial(replacement=False)``): each draw follows the
+            weights renormalised over the allowed nodes not drawn yet; a row
+            with fewer than k allowed nodes of weight > 0 is refused
+            (ValueError) before anything is drawn. ``log_q`` stays the
+            one-draw (first-draw) probability, not the inclusion probability.
         exclude_self_loops: never return ``u == v``.
         filtered: exclude the known edges (False: only the row's own positive).
         seed: row i draws from Philox stream ``offset + i`` of ``seed`` (taken
@@ -292,8 +302,6 @@ def negative_edges(
     unique = check_bool(unique, "unique")
     exclude_self_loops = check_bool(exclude_self_loops, "exclude_self_loops")
     filtered = check_bool(filtered, "filtered")
-    if weights is not None and unique:
-        raise ValueError("weights= draws with replacement only: pass unique=False")
     if corrupt != "dst" and edges.num_src_nodes != edges.num_dst_nodes and weights is not None:
         raise ValueError("weights= with corrupt='src' or 'both' needs a square graph")
     alias = _node_alias(weights, edges.num_dst_nodes, "weights")

@@ -245,3 +245,59 @@ def test_arbitrary_index_tensors_are_never_read_out_of_bounds(kg):
             torch.zeros(3, dtype=torch.int64),
         ]
         OPS.graph_filtered_ranks(torch.zeros(1, N), torch.tensor([0]), not_pow2, torch.tensor([0]), torch.tensor([0]))
+
+
+class _NegativesAndRanks(torch.nn.Module):
+    """A training / evaluation step as a module: Bernoulli corruption through
+    graph_corrupt, filtered tail ranks through graph_filtered_ranks; the index
+    tensors and the head probabilities are buffers."""
+
+    def __init__(self, known):
+        super().__init__()
+        for name, ts in (("h", known.index_tensors("head")), ("t", known.index_tensors("tail"))):
+            for j, x in enumerate(ts):
+                self.register_buffer(f"{name}{j}", x)
+        self.register_buffer("head_p", known.head_corruption_probs())
+
+    def forward(self, triples: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, scores: torch.Tensor):
+        idx_h = [self.h0, self.h1, self.h2]
+        idx_t = [self.t0, self.t1, self.t2]
+        hp = self.head_p[triples[:, 1]]
+        probs = torch.stack([hp, torch.zeros_like(hp), 1.0 - hp], 1)
+        ids, sides, lq = OPS.graph_corrupt(
+            triples, probs, 4, False, False, [N, R, N], idx_h, [], idx_t, [], [], seed, offset
+        )
+        opt, pes = OPS.graph_filtered_ranks(
+            scores, triples[:, 2].contiguous(), idx_t, triples[:, 1].contiguous(), triples[:, 0].contiguous()
+        )
+        return ids, sides, lq, opt, pes
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_export_round_trip_matches_eager(kg, dynamic):
+    tr, known = kg
+    m = _NegativesAndRanks(known)
+    g = torch.Generator().manual_seed(4)
+    scores = (torch.rand(tr.shape[0], N, generator=g) * 8).round() / 8
+    example = (tr[:64].contiguous(), t64(7), t64(0), scores[:64].contiguous())
+    shapes = None
+    if dynamic:
+        b = torch.export.Dim("b", min=2, max=4096)
+        shapes = ({0: b}, None, None, {0: b})
+    ep = torch.export.export(m, example, dynamic_shapes=shapes)
+    names = {n.target.name() for n in ep.graph.nodes if isinstance(n.target, torch._ops.OpOverload)}
+    assert {"pyneg::graph_corrupt", "pyneg::graph_filtered_ranks"} <= names
+    run = ep.module()
+    # new inputs: other rows, seeds and offsets (and, with a dynamic batch, another size)
+    lo, hi = (64, 128) if not dynamic else (100, 400)
+    cases = [example, (tr[lo:hi].contiguous(), t64(123), t64(lo), scores[lo:hi].contiguous())]
+    for args in cases:
+        got, want = run(*args), m(*args)
+        for x, y in zip(got, want):
+            assert torch.equal(x, y)
+        # and the eager library functions
+        batch = args[0]
+        eager = G.TripleCorruptor(known, corrupt="bernoulli").sample(batch, 4, seed=int(args[1]), offset=int(args[2]))
+        assert torch.equal(got[1].long(), eager.side) and torch.equal(got[2], eager.log_q)
+        ranks = G.filtered_ranks(args[3], batch, side="tail", filter=known, ties="optimistic")
+        assert torch.equal(got[3].double(), ranks)

@@ -299,6 +299,11 @@ struct SmallSet {  // open addressing over int64 >= 0, reused across rows
     used.clear();
     mask = size - 1;
   }
+  bool contains(int64_t x) const {
+    for (uint64_t p = mix64(static_cast<uint64_t>(x)) & mask; slots[p] >= 0; p = (p + 1) & mask)
+      if (slots[p] == x) return true;
+    return false;
+  }
   bool insert(int64_t x) {
     uint64_t p = mix64(static_cast<uint64_t>(x)) & mask;
     while (slots[p] >= 0) {
@@ -348,8 +353,6 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
   }
   if (k == 0 || B == 0) return;
   for (int s = 0; s < 3; ++s) {
-    if (req.side[s].weights != nullptr && req.unique)
-      throw std::invalid_argument("weighted draws are with replacement only (unique=False)");
     if (req.side[s].weights != nullptr && req.side[s].typed_offsets != nullptr)
       throw std::invalid_argument("weighted draws cannot be pseudo-typed");
   }
@@ -369,9 +372,14 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
         if (a < 1) throw std::invalid_argument(row_error(i, s, "any negative") + ": every candidate is excluded");
         if (req.side[s].weights != nullptr) {
           uint64_t fm;
-          if (positive_allowed(*req.side[s].weights, rs, &fm) < 1)
+          const int64_t pa = positive_allowed(*req.side[s].weights, rs, &fm);
+          if (pa < 1)
             throw std::invalid_argument(row_error(i, s, "a weighted negative") +
                                         ": every allowed candidate has weight 0");
+          if (req.unique && pa < k)
+            throw std::invalid_argument(row_error(i, s, std::to_string(k) + " distinct weighted negatives") +
+                                        ": only " + std::to_string(pa) +
+                                        " allowed candidates have weight > 0 (num_negatives, weights)");
         }
       }
     }
@@ -381,7 +389,8 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
     RowSide rs;
     SmallSet seen;
     std::vector<int64_t> slots, pool;
-    std::vector<double> cdf;
+    std::vector<uint64_t> cdf;  // exact integer masses (V * 2^32 passes 2^53 past 2^21 nodes)
+    std::vector<uint64_t> fenwick;
     for (int64_t i = lo; i < hi; ++i) {
       const int64_t* row = req.rows + 3 * i;
       const double* p = req.side_probs + 3 * i;
@@ -440,6 +449,84 @@ void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double
               out_lq[j] = lq;
               ++q;
             }
+          }
+          continue;
+        }
+        if (req.unique) {
+          // Weighted, distinct: successive sampling. Draw j is from the
+          // weights renormalised over the allowed ids not drawn yet (what
+          // torch.multinomial(replacement=False) does). While the mass left
+          // is >= 1/16 of the table's, alias draws that hit a forbidden or
+          // drawn id are rejected (each rejection costs one alias draw, and
+          // a draw is accepted with probability >= 1/16); below that, or
+          // (never in practice) after 4096 rejections in a row, the draw is
+          // made exactly from a Fenwick tree of the remaining integer
+          // masses, kept for the rest of the row. Either way the draw's law
+          // is the exact conditional one, and nothing spins. log q is the
+          // one-draw probability under the renormalised allowed
+          // distribution (the first draw's law), as for the with-replacement
+          // path: mass[id] / allowed mass.
+          uint64_t fm;
+          positive_allowed(*w, rs, &fm);
+          const int64_t n = w->size();
+          const uint64_t* entries = w->table.entries.data();
+          const uint64_t total = w->table.total_mass();
+          const uint64_t allowed_mass = total - fm;
+          const double log_mass = std::log(static_cast<double>(allowed_mass));
+          uint64_t remaining = allowed_mass;
+          seen.reset(ks);
+          pool.clear();  // the ids drawn so far
+          std::vector<uint64_t>& fen = fenwick;
+          bool have_fen = false;
+          int64_t top = 1;
+          while (top * 2 <= n) top *= 2;
+          auto build_fen = [&]() {
+            fen.assign(static_cast<size_t>(n) + 1, 0);
+            for (int64_t id = 0; id < n; ++id) fen[id + 1] = w->mass[id];
+            for (int64_t id : rs.forb)
+              if (id >= 0 && id < n) fen[id + 1] = 0;
+            for (int64_t id : pool) fen[id + 1] = 0;
+            for (int64_t x = 1; x <= n; ++x) {
+              const int64_t y = x + (x & -x);
+              if (y <= n) fen[y] += fen[x];
+            }
+            have_fen = true;
+          };
+          for (int64_t j : slots) {
+            int64_t id = -1;
+            if (!have_fen && remaining >= total / 16) {
+              for (uint32_t attempt = 0; attempt < 4096; ++attempt) {
+                const uint64_t x = random64(req.seed, pos, static_cast<uint32_t>(j),
+                                            kTagGraphWeighted + attempt * 4 + static_cast<uint32_t>(s));
+                const int64_t c = alias_pick(entries, static_cast<uint64_t>(n), x);
+                if (!std::binary_search(rs.forb.begin(), rs.forb.end(), c) && !seen.contains(c)) {
+                  id = c;
+                  break;
+                }
+              }
+            }
+            if (id < 0) {
+              if (!have_fen) build_fen();
+              // u uniform in [0, remaining): the first id whose cumulative
+              // remaining mass exceeds u (allowed, not drawn, mass > 0).
+              uint64_t u = reduce_range(random64(req.seed, pos, static_cast<uint32_t>(j), kTagGraphCdf + s), remaining);
+              int64_t at = 0;
+              for (int64_t step = top; step > 0; step /= 2) {
+                if (at + step <= n && fen[at + step] <= u) {
+                  at += step;
+                  u -= fen[at];
+                }
+              }
+              id = at;
+            }
+            seen.insert(id);
+            pool.push_back(id);
+            const uint64_t mi = w->mass[id];
+            remaining -= mi;
+            if (have_fen)
+              for (int64_t x = id + 1; x <= n; x += x & -x) fen[x] -= mi;
+            out_id[j] = id;
+            out_lq[j] = log_side + std::log(static_cast<double>(mi)) - log_mass;
           }
           continue;
         }

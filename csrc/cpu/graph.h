@@ -15,7 +15,9 @@
 // over the sorted forbidden positions, so every row terminates in O(k log m)
 // and is exactly uniform over what is allowed. Weighted draws use an alias
 // table with rejection and fall back to the row's exact CDF when the allowed
-// mass is small. Infeasible requests are refused before anything is written.
+// mass is small; distinct weighted draws (successive sampling) also reject
+// ids already drawn, and fall back to a Fenwick tree of the row's remaining
+// masses once the mass left is small. Infeasible requests are refused before anything is written.
 #pragma once
 
 #include <cstddef>
@@ -154,7 +156,11 @@ struct CorruptRequest {
 // renormalised over the row's allowed ids of that side. The row's own id and
 // the known values of that side (index) are never drawn. Throws
 // std::invalid_argument before writing anything when a row's request cannot
-// be met (a side with positive probability and too few allowed ids).
+// be met (a side with positive probability and too few allowed ids; with
+// weights, too few allowed ids of positive mass). Weighted and unique: draw
+// j of a row's side follows the masses renormalised over the allowed ids not
+// drawn yet (successive sampling); log_q is still the one-draw probability
+// under the renormalised allowed masses.
 void corrupt_rows(const CorruptRequest& req, int64_t* ids, int8_t* sides, double* log_q, int num_threads);
 
 // Global negatives: k pairs (u, v), u in [0, num_src), v in [0, num_dst),
