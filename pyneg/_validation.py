@@ -417,7 +417,10 @@ def check_size(size: SizeLike, name: str = "size", *, max_numel: int = MAX_NUMEL
             raise ValueError(f"{name} must not be negative, got {dims}")
         if d > MAX_NUMEL:
             raise ValueError(f"{name} has a dimension >= 2**63, got {dims}")
-    if math.prod(max(d, 1) for d in dims) > MAX_NUMEL:  # torch refuses these even when a dim is 0
+    nonzero = 1
+    for d in dims:  # a plain loop: Dynamo cannot trace math.prod over a generator
+        nonzero *= max(d, 1)
+    if nonzero > MAX_NUMEL:  # torch refuses these even when a dim is 0
         raise ValueError(f"{name} {dims}: the product of its dimensions does not fit in int64")
     numel = math.prod(dims)
     if numel > max_numel:

@@ -23,6 +23,7 @@ import torch
 
 from pyneg import _core, cuda
 from pyneg._ops import alias as _alias_ops
+from pyneg._ops._checks import refuses_alike_compiled_as
 from pyneg._state import pack_tensors, unpack_tensors
 from pyneg._validation import (
     MAX_ANALYTIC_CLASSES,
@@ -65,6 +66,14 @@ _REWIND_NUMEL = 1 << 24
 # anything else (uint64, floats, bools, arrays, lists) takes the eager checks.
 _OP_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 _OPS = torch.ops.pyneg
+
+# Refusals of the public methods inside torch.compile(fullgraph=True): raised when the graph
+# runs, as the eager call raises them (pyneg/_ops/_checks.py), with the dtype a caller expects.
+_refuses_as_draws = refuses_alike_compiled_as(lambda r: r.to(torch.int64))
+_refuses_as_float64 = refuses_alike_compiled_as(lambda r: r.to(torch.float64))
+_refuses_as_candidates = refuses_alike_compiled_as(
+    lambda r: CandidateSample(r.to(torch.int64), r.to(torch.float64), r.to(torch.float64), r.to(torch.int64))
+)
 
 
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:
@@ -340,6 +349,7 @@ class AliasSampler:
             return dense
         return dist.mass.to(torch.float64) / _total_mass(dist.num_classes)
 
+    @_refuses_as_float64
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
         """log P(one draw == id), float64, with the shape of ``ids`` (-inf for classes never drawn).
 
@@ -361,6 +371,7 @@ class AliasSampler:
             out = _OPS.alias_log_prob(dist.mass, idx)
         return out if dev is None else out.to(dev)
 
+    @_refuses_as_float64
     def probability(self, ids: ArrayLike) -> torch.Tensor:
         """P(one draw == id), float64, with the shape of ``ids`` (0 for classes never drawn).
 
@@ -372,6 +383,7 @@ class AliasSampler:
         return torch.exp(self.log_prob(ids))
 
     # ------------------------------------------------ sampled-softmax counts
+    @_refuses_as_float64
     def expected_count(
         self,
         ids: ArrayLike,
@@ -391,6 +403,7 @@ class AliasSampler:
         """
         return torch.exp(self.log_expected_count(ids, num_sampled, num_tries=num_tries))
 
+    @_refuses_as_float64
     def log_expected_count(
         self,
         ids: ArrayLike,
@@ -406,6 +419,7 @@ class AliasSampler:
         return _log_count(logp, num_sampled, _check_num_tries(num_tries, tuple(logp.shape)))
 
     # ---------------------------------------------------------------- drawing
+    @_refuses_as_draws
     def sample(
         self,
         size: SizeLike,
@@ -501,6 +515,7 @@ class AliasSampler:
         if dist.ids_np is not None:  # slots to catalogue ids, in place
             _core.sparse_gather(dist.ids_np, dist.num_classes, result.numpy(), threads)
 
+    @_refuses_as_candidates
     def sample_candidates(
         self,
         num_sampled: int,
@@ -1196,6 +1211,7 @@ class _AnalyticSampler(AliasSampler):
             )
         return torch.exp(_alias_ops.analytic_log_prob_impl(self._KIND, v, torch.arange(v)))
 
+    @_refuses_as_float64
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
         """log P(one draw == id), float64, with the shape of ``ids``: computed from V, no table.
 
