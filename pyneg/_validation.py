@@ -81,6 +81,9 @@ def as_tensor(data: ArrayLike, name: str) -> torch.Tensor:
             raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got {_RAGGED}")
         t = torch.as_tensor(data)
         return t.double() if t.is_floating_point() else t
+    if torch.compiler.is_compiling() and isinstance(data, np.ndarray):
+        # Dynamo traces an array as a tensor (it cannot read its dtype): the same dtype.
+        return torch.as_tensor(data)
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError, OverflowError) as exc:

@@ -43,6 +43,7 @@ from pyneg._validation import (
     check_size,
     check_tensor,
     owned_copy,
+    shape_str,
 )
 
 __all__ = [
@@ -98,7 +99,7 @@ def _check_seed_arg(value: Union[int, torch.Tensor], name: str, compiling: bool)
         if value.numel() != 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             raise TypeError(
                 f"{name} must be an int or a one-element integer tensor, got {value.dtype} of shape "
-                f"{tuple(value.shape)}"
+                f"{shape_str(value.shape)}"
             )
         if value.device.type == "meta":
             raise ValueError(f"{name} must hold a value, got a meta tensor")
@@ -479,8 +480,8 @@ class AliasSampler:
             and generator is None
             and device is None
             and out is None
-            and offset == 0
             and type(offset) is int
+            and offset == 0
             and (seed is None or (type(seed) is int and 0 <= seed < _POSITIONS))
         ):
             # The commonest call (a shape, maybe an int seed, no options), in one
@@ -549,7 +550,7 @@ class AliasSampler:
             else:  # checked before drawing: a refused call draws nothing
                 true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
             if true_classes.dim() > 2:
-                raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape {tuple(true_classes.shape)}")
+                raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape {shape_str(true_classes.shape)}")
         # One state for the draws and both expected counts, whatever a concurrent rebuild
         # (LearnedUnigramSampler) or load_state_dict installs meanwhile: never a mix.
         dist = self._dist
@@ -661,22 +662,23 @@ class AliasSampler:
     def _exclusion_lists(self, exclude: ArrayLike, shape: Tuple[int, ...], dev: torch.device) -> torch.Tensor:
         """``exclude`` as the (L, P) int64 tensor on ``dev`` the ops take (shape checks only:
         the ops check the ids' range)."""
+        if torch.compiler.is_compiling() and not isinstance(exclude, torch.Tensor):
+            # Dynamo cannot guard on the values as_index_tensor reads: torch builds the tensor
+            # NumPy would, and an integer one takes the op road (which checks the range).
+            exclude = as_tensor(exclude, "exclude")
         if isinstance(exclude, torch.Tensor) and exclude.dtype in _OP_INT_DTYPES:
             ex = check_tensor(exclude, "exclude").to(device=dev, dtype=torch.int64)
         elif isinstance(exclude, torch.Tensor) and (
             exclude.is_floating_point() or exclude.is_complex() or exclude.dtype == torch.bool
         ):
-            if not torch.compiler.is_compiling():
-                raise TypeError(f"exclude must hold integer ids, got {exclude.dtype}")
-            # Compiled: a raise here would be Dynamo's "Unsupported"; the op refuses it when it
-            # runs, with the same TypeError.
-            ex = check_tensor(exclude, "exclude").to(device=dev)
+            # Refused here on both roads (compiled, sample() turns it into pyneg::refuse).
+            raise TypeError(f"exclude must hold integer ids, got {exclude.dtype}")
         else:  # arrays, lists, uint64 and non-integer tensors: the eager checks
             ex = as_index_tensor(exclude, "exclude", self._dist.num_classes, allow_padding=True).to(dev)
         if ex.dim() == 1:
             ex = ex.unsqueeze(1)
         if ex.dim() != 2:
-            raise ValueError(f"exclude must be (B,) or (B, P), got shape {tuple(ex.shape)}")
+            raise ValueError(f"exclude must be (B,) or (B, P), got shape {shape_str(ex.shape)}")
         lead = shape[0] if shape else 1
         if ex.shape[0] != lead:
             raise ValueError(f"exclude has {ex.shape[0]} rows but size {shape} has {lead} in its first dimension")
@@ -1054,6 +1056,10 @@ def _total_mass(num_classes: int) -> float:
 def _log_prob_ids(ids: ArrayLike, num_classes: int) -> Tuple[torch.Tensor, Optional[torch.device]]:
     """``ids`` of log_prob as an int64 CPU tensor (the op checks the range of integer
     tensors; anything else takes the eager checks), and the device to return on."""
+    if torch.compiler.is_compiling() and not isinstance(ids, torch.Tensor):
+        # Dynamo cannot trace the NumPy conversion nor guard on the values as_index_tensor
+        # reads: torch builds the tensor NumPy would, and an integer one takes the op road.
+        ids = as_tensor(ids, "ids")
     if isinstance(ids, torch.Tensor) and ids.dtype in _OP_INT_DTYPES:
         check_tensor(ids, "ids")
         idx = ids if ids.dtype == torch.int64 and ids.device.type == "cpu" else ids.to(device="cpu", dtype=torch.int64)
@@ -1099,7 +1105,7 @@ def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> Union[float, tor
         if t.dim() > len(shape) or any(a not in (1, b) for a, b in zip(t.shape, lead)):
             raise ValueError(
                 f"num_tries must be a number or hold one value per leading index of ids "
-                f"(shape {shape}), got shape {tuple(t.shape)}"
+                f"(shape {shape_str(shape)}), got shape {shape_str(t.shape)}"
             )
         t = t.detach()
         return _alias_ops.check_tries_impl(t) if _alias_ops.direct_call_ok(t) else _OPS.alias_check_tries(t)
