@@ -662,9 +662,10 @@ class AliasSampler:
     def _exclusion_lists(self, exclude: ArrayLike, shape: Tuple[int, ...], dev: torch.device) -> torch.Tensor:
         """``exclude`` as the (L, P) int64 tensor on ``dev`` the ops take (shape checks only:
         the ops check the ids' range)."""
-        if torch.compiler.is_compiling() and not isinstance(exclude, torch.Tensor):
-            # Dynamo cannot guard on the values as_index_tensor reads: torch builds the tensor
-            # NumPy would, and an integer one takes the op road (which checks the range).
+        if not isinstance(exclude, torch.Tensor):
+            # One road, eager and compiled (Dynamo cannot guard on the values as_index_tensor
+            # reads): the tensor NumPy would build, and an integer one takes the op road, which
+            # checks the range; others (uint64, floats) the eager checks below.
             exclude = as_tensor(exclude, "exclude")
         if isinstance(exclude, torch.Tensor) and exclude.dtype in _OP_INT_DTYPES:
             ex = check_tensor(exclude, "exclude").to(device=dev, dtype=torch.int64)
@@ -1110,7 +1111,7 @@ def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> Union[float, tor
         t = t.detach()
         return _alias_ops.check_tries_impl(t) if _alias_ops.direct_call_ok(t) else _OPS.alias_check_tries(t)
     x = check_float(num_tries, "num_tries", minimum=1.0)
-    if x != round(x):
+    if x % 1 != 0:  # (not round(): Dynamo cannot trace it on a symbolic number)
         raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")
     return x
 
