@@ -539,6 +539,10 @@ class AliasSampler:
         num_sampled = check_int(num_sampled, "num_sampled", minimum=1, maximum=_MAX_DRAWS)
         check_bool(unique, "unique")
         if true_classes is not None:
+            if torch.compiler.is_compiling() and not isinstance(true_classes, torch.Tensor):
+                # Dynamo cannot guard on the values as_index_tensor reads: torch builds the
+                # tensor NumPy would, then the tensor road below.
+                true_classes = as_tensor(true_classes, "true_classes")
             if torch.compiler.is_compiling() and isinstance(true_classes, torch.Tensor):
                 # Compiled: static checks here, the range check in log_prob's op.
                 check_tensor(true_classes, "true_classes")
@@ -1111,7 +1115,9 @@ def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> Union[float, tor
         t = t.detach()
         return _alias_ops.check_tries_impl(t) if _alias_ops.direct_call_ok(t) else _OPS.alias_check_tries(t)
     x = check_float(num_tries, "num_tries", minimum=1.0)
-    if x % 1 != 0:  # (not round(): Dynamo cannot trace it on a symbolic number)
+    # math.floor, not round() (untraceable on a symbolic number) nor x % 1 (which Dynamo
+    # evaluates wrongly on a symbolic float under dynamic=True: 1.5 % 1 passed as 0)
+    if x != math.floor(x):
         raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")
     return x
 
