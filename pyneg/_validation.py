@@ -79,7 +79,7 @@ def as_tensor(data: ArrayLike, name: str) -> torch.Tensor:
         # would (float64 for Python floats), so compiled and eager calls check the same dtype.
         if isinstance(data, (list, tuple)) and _nested_shape(data) is None:
             raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got {_RAGGED}")
-        if type(data) is int and not -(2**63) <= data < 2**63:
+        if isinstance(data, int) and not isinstance(data, bool) and not -(2**63) <= data < 2**63:
             raise TypeError(
                 f"{name} must hold numbers that fit in 64 bits (got Python objects, e.g. an int "
                 f">= 2**64 or a ragged sequence)"

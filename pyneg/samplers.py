@@ -554,7 +554,8 @@ class AliasSampler:
             else:  # checked before drawing: a refused call draws nothing
                 true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
             if true_classes.dim() > 2:
-                raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape {shape_str(true_classes.shape)}")
+                shown = shape_str(true_classes.shape)
+                raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape {shown}")
         # One state for the draws and both expected counts, whatever a concurrent rebuild
         # (LearnedUnigramSampler) or load_state_dict installs meanwhile: never a mix.
         dist = self._dist

@@ -131,7 +131,7 @@ def test_sampler_garbage_compiled_as_eager(sampler, call, bad):
     if eager[0] != "ok":
         # the user's own argument names
         arg = call.split(".")[1]
-        assert arg in eager[1] or "ids" in eager[1] or arg == "unique" and "bool" in eager[1], eager
+        assert arg in eager[1] or "ids" in eager[1] or (arg == "unique" and "bool" in eager[1]), eager
 
 
 # ------------------------------------------------------------- valid calls, same draws
@@ -163,7 +163,8 @@ def test_scalar_num_tries_with_dynamic_shapes(num_tries):
     """Before: under dynamic=True a Python num_tries is symbolic; its whole-number check
     (x % 1) was evaluated wrongly by Dynamo and 1.5 passed compiled while eager refused it."""
     s = SAMPLERS["alias"]
-    eager, compiled = _both(lambda t: s.log_expected_count(torch.tensor([1, 2]), 3, num_tries=t), num_tries, dynamic=True)
+    ids = torch.tensor([1, 2])
+    eager, compiled = _both(lambda t: s.log_expected_count(ids, 3, num_tries=t), num_tries, dynamic=True)
     _assert_alike(eager, compiled)
 
 

@@ -15,7 +15,7 @@ the other tensors' device.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, TypeVar, cast
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
@@ -172,14 +172,17 @@ def refuses_alike_compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., t
     return _refusing(loss, None)
 
 
-def refuses_alike_compiled_as(result: Callable[[torch.Tensor], Any]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def refuses_alike_compiled_as(result: Callable[[torch.Tensor], Any]) -> Callable[[_F], _F]:
     """:func:`refuses_alike_compiled` for a call that returns ``result(r)`` of the refusal ``r``
     (a 0-dim tensor from ``pyneg::refuse``): the result's dtype or NamedTuple the caller's
     traced code expects (draws are int64, log-probabilities float64), every part of it
     depending on ``r``, so none can be used before the refusal has raised."""
 
-    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
-        return _refusing(fn, result)
+    def wrap(fn: _F) -> _F:
+        return cast(_F, _refusing(fn, result))
 
     return wrap
 
