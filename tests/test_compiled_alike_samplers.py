@@ -101,22 +101,24 @@ CALLS = {
 # Differences left (docs/reliability.md, "What compiled calls do not take"): a tensor or NumPy
 # array where an int goes (a size, num_sampled) is read with .item(), which a compiled graph
 # cannot specialise on (data-dependent).
+_DATA_DEPENDENT = "a tensor or array read as an int: data-dependent under compile"
 KNOWN = {
-    ("sample.size", "0d_t"),
-    ("sample.size", "np_int"),
-    ("sample.size", "np_float"),
-    ("log_expected_count.num_sampled", "0d_t"),
-    ("sample_candidates.num_sampled", "0d_t"),
+    ("sample.size", "0d_t"): _DATA_DEPENDENT,
+    ("sample.size", "np_int"): _DATA_DEPENDENT,
+    ("sample.size", "np_float"): _DATA_DEPENDENT,
+    ("log_expected_count.num_sampled", "0d_t"): _DATA_DEPENDENT,
+    ("sample_candidates.num_sampled", "0d_t"): _DATA_DEPENDENT,
     # a sparse catalogue's true class given as a negative Python int: the constant tensor it
     # becomes is range-checked while tracing (Dynamo's TorchRuntimeError wraps the ValueError)
-    ("sample_candidates.true_classes", "negative_int"),
+    ("sample_candidates.true_classes", "negative_int"): "sparse: a constant id refused while tracing",
 }
 
 
 def _cases():
     for call in CALLS:
         for bad in GARBAGE:
-            marks = [pytest.mark.xfail(strict=False, reason="data-dependent int")] if (call, bad) in KNOWN else []
+            why = KNOWN.get((call, bad))
+            marks = [pytest.mark.xfail(strict=False, reason=why)] if why else []
             yield pytest.param(call, bad, id=f"{call}-{bad}", marks=marks)
 
 
