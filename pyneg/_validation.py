@@ -79,8 +79,16 @@ def as_tensor(data: ArrayLike, name: str) -> torch.Tensor:
         # would (float64 for Python floats), so compiled and eager calls check the same dtype.
         if isinstance(data, (list, tuple)) and _nested_shape(data) is None:
             raise TypeError(f"{name} must be a tensor, array or sequence of numbers, got {_RAGGED}")
+        if isinstance(data, int) and not isinstance(data, bool) and not -(2**63) <= data < 2**63:
+            raise TypeError(
+                f"{name} must hold numbers that fit in 64 bits (got Python objects, e.g. an int "
+                f">= 2**64 or a ragged sequence)"
+            )
         t = torch.as_tensor(data)
         return t.double() if t.is_floating_point() else t
+    if torch.compiler.is_compiling() and isinstance(data, np.ndarray):
+        # Dynamo traces an array as a tensor (it cannot read its dtype): the same dtype.
+        return torch.as_tensor(data)
     try:
         arr = np.asarray(data)
     except (ValueError, TypeError, OverflowError) as exc:
@@ -385,7 +393,9 @@ def check_float(value: Any, name: str, *, minimum: Optional[float] = None, finit
         x = float(value)
     except OverflowError:
         raise ValueError(f"{name} is too large for a float64, got {value}") from None
-    if math.isnan(x) or (finite and math.isinf(x)):
+    # Comparisons, not math.isnan / isinf: under torch.compile(dynamic=True) a number passed
+    # in is symbolic, which Dynamo compares (NaN fails every comparison) but cannot hand to math.
+    if not x <= math.inf or (finite and not -math.inf < x < math.inf):
         raise ValueError(f"{name} must be finite, got {x}")
     if minimum is not None and not x >= minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {x}")
@@ -414,14 +424,17 @@ def check_size(size: SizeLike, name: str = "size", *, max_numel: int = MAX_NUMEL
         dims = (check_int(size, name),)
     for d in dims:
         if d < 0:
-            raise ValueError(f"{name} must not be negative, got {dims}")
+            raise ValueError(f"{name} must not be negative, got {shape_str(dims)}")
         if d > MAX_NUMEL:
-            raise ValueError(f"{name} has a dimension >= 2**63, got {dims}")
-    if math.prod(max(d, 1) for d in dims) > MAX_NUMEL:  # torch refuses these even when a dim is 0
-        raise ValueError(f"{name} {dims}: the product of its dimensions does not fit in int64")
+            raise ValueError(f"{name} has a dimension >= 2**63, got {shape_str(dims)}")
+    nonzero = 1
+    for d in dims:  # a plain loop: Dynamo cannot trace math.prod over a generator
+        nonzero *= max(d, 1)
+    if nonzero > MAX_NUMEL:  # torch refuses these even when a dim is 0
+        raise ValueError(f"{name} {shape_str(dims)}: the product of its dimensions does not fit in int64")
     numel = math.prod(dims)
     if numel > max_numel:
-        raise ValueError(f"{name} {dims} has {numel} elements, more than the {max_numel} supported")
+        raise ValueError(f"{name} {shape_str(dims)} has {numel} elements, more than the {max_numel} supported")
     return dims
 
 

@@ -23,6 +23,7 @@ import torch
 
 from pyneg import _core, cuda
 from pyneg._ops import alias as _alias_ops
+from pyneg._ops._checks import refuses_alike_compiled_as
 from pyneg._state import pack_tensors, unpack_tensors
 from pyneg._validation import (
     MAX_ANALYTIC_CLASSES,
@@ -42,6 +43,7 @@ from pyneg._validation import (
     check_size,
     check_tensor,
     owned_copy,
+    shape_str,
 )
 
 __all__ = [
@@ -66,6 +68,14 @@ _REWIND_NUMEL = 1 << 24
 _OP_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
 _OPS = torch.ops.pyneg
 
+# Refusals of the public methods inside torch.compile(fullgraph=True): raised when the graph
+# runs, as the eager call raises them (pyneg/_ops/_checks.py), with the dtype a caller expects.
+_refuses_as_draws = refuses_alike_compiled_as(lambda r: r.to(torch.int64))
+_refuses_as_float64 = refuses_alike_compiled_as(lambda r: r.to(torch.float64))
+_refuses_as_candidates = refuses_alike_compiled_as(
+    lambda r: CandidateSample(r.to(torch.int64), r.to(torch.float64), r.to(torch.float64), r.to(torch.int64))
+)
+
 
 def draw_seed(generator: Optional[torch.Generator] = None) -> int:
     """A 63-bit seed drawn from ``generator`` (torch's default generator when None).
@@ -89,7 +99,7 @@ def _check_seed_arg(value: Union[int, torch.Tensor], name: str, compiling: bool)
         if value.numel() != 1 or value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
             raise TypeError(
                 f"{name} must be an int or a one-element integer tensor, got {value.dtype} of shape "
-                f"{tuple(value.shape)}"
+                f"{shape_str(value.shape)}"
             )
         if value.device.type == "meta":
             raise ValueError(f"{name} must hold a value, got a meta tensor")
@@ -340,6 +350,7 @@ class AliasSampler:
             return dense
         return dist.mass.to(torch.float64) / _total_mass(dist.num_classes)
 
+    @_refuses_as_float64
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
         """log P(one draw == id), float64, with the shape of ``ids`` (-inf for classes never drawn).
 
@@ -361,6 +372,7 @@ class AliasSampler:
             out = _OPS.alias_log_prob(dist.mass, idx)
         return out if dev is None else out.to(dev)
 
+    @_refuses_as_float64
     def probability(self, ids: ArrayLike) -> torch.Tensor:
         """P(one draw == id), float64, with the shape of ``ids`` (0 for classes never drawn).
 
@@ -372,6 +384,7 @@ class AliasSampler:
         return torch.exp(self.log_prob(ids))
 
     # ------------------------------------------------ sampled-softmax counts
+    @_refuses_as_float64
     def expected_count(
         self,
         ids: ArrayLike,
@@ -391,6 +404,7 @@ class AliasSampler:
         """
         return torch.exp(self.log_expected_count(ids, num_sampled, num_tries=num_tries))
 
+    @_refuses_as_float64
     def log_expected_count(
         self,
         ids: ArrayLike,
@@ -406,6 +420,7 @@ class AliasSampler:
         return _log_count(logp, num_sampled, _check_num_tries(num_tries, tuple(logp.shape)))
 
     # ---------------------------------------------------------------- drawing
+    @_refuses_as_draws
     def sample(
         self,
         size: SizeLike,
@@ -465,8 +480,8 @@ class AliasSampler:
             and generator is None
             and device is None
             and out is None
-            and offset == 0
             and type(offset) is int
+            and offset == 0
             and (seed is None or (type(seed) is int and 0 <= seed < _POSITIONS))
         ):
             # The commonest call (a shape, maybe an int seed, no options), in one
@@ -501,6 +516,7 @@ class AliasSampler:
         if dist.ids_np is not None:  # slots to catalogue ids, in place
             _core.sparse_gather(dist.ids_np, dist.num_classes, result.numpy(), threads)
 
+    @_refuses_as_candidates
     def sample_candidates(
         self,
         num_sampled: int,
@@ -523,6 +539,10 @@ class AliasSampler:
         num_sampled = check_int(num_sampled, "num_sampled", minimum=1, maximum=_MAX_DRAWS)
         check_bool(unique, "unique")
         if true_classes is not None:
+            if torch.compiler.is_compiling() and not isinstance(true_classes, torch.Tensor):
+                # Dynamo cannot guard on the values as_index_tensor reads: torch builds the
+                # tensor NumPy would, then the tensor road below.
+                true_classes = as_tensor(true_classes, "true_classes")
             if torch.compiler.is_compiling() and isinstance(true_classes, torch.Tensor):
                 # Compiled: static checks here, the range check in log_prob's op.
                 check_tensor(true_classes, "true_classes")
@@ -534,7 +554,8 @@ class AliasSampler:
             else:  # checked before drawing: a refused call draws nothing
                 true_classes = as_index_tensor(true_classes, "true_classes", self.num_classes)
             if true_classes.dim() > 2:
-                raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape {tuple(true_classes.shape)}")
+                shown = shape_str(true_classes.shape)
+                raise ValueError(f"true_classes must be (B,) or (B, num_true), got shape {shown}")
         # One state for the draws and both expected counts, whatever a concurrent rebuild
         # (LearnedUnigramSampler) or load_state_dict installs meanwhile: never a mix.
         dist = self._dist
@@ -646,22 +667,24 @@ class AliasSampler:
     def _exclusion_lists(self, exclude: ArrayLike, shape: Tuple[int, ...], dev: torch.device) -> torch.Tensor:
         """``exclude`` as the (L, P) int64 tensor on ``dev`` the ops take (shape checks only:
         the ops check the ids' range)."""
+        if not isinstance(exclude, torch.Tensor):
+            # One road, eager and compiled (Dynamo cannot guard on the values as_index_tensor
+            # reads): the tensor NumPy would build, and an integer one takes the op road, which
+            # checks the range; others (uint64, floats) the eager checks below.
+            exclude = as_tensor(exclude, "exclude")
         if isinstance(exclude, torch.Tensor) and exclude.dtype in _OP_INT_DTYPES:
             ex = check_tensor(exclude, "exclude").to(device=dev, dtype=torch.int64)
         elif isinstance(exclude, torch.Tensor) and (
             exclude.is_floating_point() or exclude.is_complex() or exclude.dtype == torch.bool
         ):
-            if not torch.compiler.is_compiling():
-                raise TypeError(f"exclude must hold integer ids, got {exclude.dtype}")
-            # Compiled: a raise here would be Dynamo's "Unsupported"; the op refuses it when it
-            # runs, with the same TypeError.
-            ex = check_tensor(exclude, "exclude").to(device=dev)
+            # Refused here on both roads (compiled, sample() turns it into pyneg::refuse).
+            raise TypeError(f"exclude must hold integer ids, got {exclude.dtype}")
         else:  # arrays, lists, uint64 and non-integer tensors: the eager checks
             ex = as_index_tensor(exclude, "exclude", self._dist.num_classes, allow_padding=True).to(dev)
         if ex.dim() == 1:
             ex = ex.unsqueeze(1)
         if ex.dim() != 2:
-            raise ValueError(f"exclude must be (B,) or (B, P), got shape {tuple(ex.shape)}")
+            raise ValueError(f"exclude must be (B,) or (B, P), got shape {shape_str(ex.shape)}")
         lead = shape[0] if shape else 1
         if ex.shape[0] != lead:
             raise ValueError(f"exclude has {ex.shape[0]} rows but size {shape} has {lead} in its first dimension")
@@ -1039,6 +1062,10 @@ def _total_mass(num_classes: int) -> float:
 def _log_prob_ids(ids: ArrayLike, num_classes: int) -> Tuple[torch.Tensor, Optional[torch.device]]:
     """``ids`` of log_prob as an int64 CPU tensor (the op checks the range of integer
     tensors; anything else takes the eager checks), and the device to return on."""
+    if torch.compiler.is_compiling() and not isinstance(ids, torch.Tensor):
+        # Dynamo cannot trace the NumPy conversion nor guard on the values as_index_tensor
+        # reads: torch builds the tensor NumPy would, and an integer one takes the op road.
+        ids = as_tensor(ids, "ids")
     if isinstance(ids, torch.Tensor) and ids.dtype in _OP_INT_DTYPES:
         check_tensor(ids, "ids")
         idx = ids if ids.dtype == torch.int64 and ids.device.type == "cpu" else ids.to(device="cpu", dtype=torch.int64)
@@ -1084,12 +1111,14 @@ def _check_num_tries(num_tries: Any, shape: Tuple[int, ...]) -> Union[float, tor
         if t.dim() > len(shape) or any(a not in (1, b) for a, b in zip(t.shape, lead)):
             raise ValueError(
                 f"num_tries must be a number or hold one value per leading index of ids "
-                f"(shape {shape}), got shape {tuple(t.shape)}"
+                f"(shape {shape_str(shape)}), got shape {shape_str(t.shape)}"
             )
         t = t.detach()
         return _alias_ops.check_tries_impl(t) if _alias_ops.direct_call_ok(t) else _OPS.alias_check_tries(t)
     x = check_float(num_tries, "num_tries", minimum=1.0)
-    if x != round(x):
+    # math.floor, not round() (untraceable on a symbolic number) nor x % 1 (which Dynamo
+    # evaluates wrongly on a symbolic float under dynamic=True: 1.5 % 1 passed as 0)
+    if x != math.floor(x):
         raise ValueError("num_tries must hold whole numbers (how many draws a unique draw took)")
     return x
 
@@ -1196,6 +1225,7 @@ class _AnalyticSampler(AliasSampler):
             )
         return torch.exp(_alias_ops.analytic_log_prob_impl(self._KIND, v, torch.arange(v)))
 
+    @_refuses_as_float64
     def log_prob(self, ids: ArrayLike) -> torch.Tensor:
         """log P(one draw == id), float64, with the shape of ``ids``: computed from V, no table.
 

@@ -89,6 +89,13 @@ def base(op):
         return [torch.randint(0, 5, (6,)), torch.randint(0, 5, (4, 2)), -1], ["candidate_ids", "positive_ids"]
     if op == "softmax_check_ids":
         return [torch.randint(0, 9, (5,)), "ids", 10, "num_classes is 10", False], ["ids"]
+    if op == "softmax_check_real":
+        what = rng.choice(["log_q", "weight"])
+        x = torch.rand(5, dtype=rng.choice([torch.float32, torch.float64]))
+        return [x if what == "weight" else x.log(), "x", what], ["x"]
+    if op == "softmax_check_padding":
+        id_pad = torch.rand(6) < 0.4
+        return [id_pad, id_pad.clone(), "id_pad"], ["id_pad", "log_q_pad"]
     if op == "softmax_block_lse":
         b, n, d = 4, 6, 3
         return ([torch.randn(b, d, dtype=torch.float64), torch.randn(n, d, dtype=torch.float64),
@@ -147,6 +154,18 @@ def reference(op, a):
         return sorted(zip(rows.tolist(), cols.tolist()))
     if op == "softmax_check_ids":
         return a[0].to(torch.int64)
+    if op == "softmax_check_real":
+        # Accepted only for finite values (and >= 0 for weights); the answer is a copy.
+        x, _, what = a
+        if not bool(torch.isfinite(x).all()) or (what == "weight" and bool((x < 0).any())):
+            raise AssertionError(f"accepted {{what}} values {{x.tolist()}}")
+        return x
+    if op == "softmax_check_padding":
+        # Accepted only when ids (-1) and log q (-inf) mark the same entries; the answer is the mask.
+        id_pad, log_q_pad, _ = a
+        if not torch.equal(id_pad, log_q_pad):
+            raise AssertionError("accepted padding masks that differ")
+        return id_pad
     if op == "softmax_block_lse":
         qs, emb, shift, ids, row_ids, diag, chunk, nce = a
         s = qs @ emb.t() + (0 if shift is None else shift)
@@ -233,6 +252,8 @@ FUZZED = [
     "hs_nll",
     "hs_log_prob_backward",
     "hs_nll_backward",
+    "softmax_check_real",
+    "softmax_check_padding",
 ]
 
 

@@ -15,7 +15,7 @@ the other tensors' device.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Iterable, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, Optional, Sequence, Tuple, TypeVar, cast
 
 import torch
 from torch._subclasses.fake_tensor import is_fake
@@ -169,20 +169,38 @@ def refuses_alike_compiled(loss: Callable[..., torch.Tensor]) -> Callable[..., t
     becomes the op ``pyneg::refuse``, which raises the same error when the
     graph runs. Eager calls are untouched.
     """
+    return _refusing(loss, None)
 
-    @functools.wraps(loss)
-    def wrapper(*args: Any, **kwargs: Any) -> torch.Tensor:
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def refuses_alike_compiled_as(result: Callable[[torch.Tensor], Any]) -> Callable[[_F], _F]:
+    """:func:`refuses_alike_compiled` for a call that returns ``result(r)`` of the refusal ``r``
+    (a 0-dim tensor from ``pyneg::refuse``): the result's dtype or NamedTuple the caller's
+    traced code expects (draws are int64, log-probabilities float64), every part of it
+    depending on ``r``, so none can be used before the refusal has raised."""
+
+    def wrap(fn: _F) -> _F:
+        return cast(_F, _refusing(fn, result))
+
+    return wrap
+
+
+def _refusing(fn: Callable[..., Any], result: Optional[Callable[[torch.Tensor], Any]]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         if not torch.compiler.is_compiling():
-            return loss(*args, **kwargs)
+            return fn(*args, **kwargs)
         try:
-            return loss(*args, **kwargs)
-        except (ValueError, TypeError) as e:
+            return fn(*args, **kwargs)
+        except (ValueError, TypeError, MemoryError) as e:
             like = None
             for a in (*args, *kwargs.values()):  # a plain loop: Dynamo traces it (not a generator)
                 if isinstance(a, torch.Tensor) and like is None:
                     like = a
             # No tensor argument (ids given as a list): a CPU scalar carries the refusal.
             deferred: torch.Tensor = refuse(torch.zeros(()) if like is None else like, type(e).__name__, str(e))
-            return deferred
+            return deferred if result is None else result(deferred)
 
     return wrapper
