@@ -265,18 +265,11 @@ SkipGramPlan::SkipGramPlan(const SkipGramCorpus& c) {
 
 void SkipGramPlan::fill(int64_t* centres, int64_t* contexts) const {
   int64_t o = 0;
-  for (size_t s = 0; s + 1 < sent_start_.size(); ++s) {
-    const int64_t lo = sent_start_[s], hi = sent_start_[s + 1];
-    for (int64_t i = lo; i < hi; ++i) {
-      const int64_t first = std::max(lo, i - reach_[i]), last = std::min(hi - 1, i + reach_[i]);
-      for (int64_t j = first; j <= last; ++j) {
-        if (j == i) continue;
-        centres[o] = ids_[i];
-        contexts[o] = ids_[j];
-        ++o;
-      }
-    }
-  }
+  for_each_pair([&](int64_t centre, int64_t context) {
+    centres[o] = centre;
+    contexts[o] = context;
+    ++o;
+  });
 }
 
 // ------------------------------------------------------- negative sampling

@@ -58,6 +58,20 @@ class SkipGramPlan {
   int64_t num_kept() const { return static_cast<int64_t>(ids_.size()); }
   // Writes num_pairs() centres and contexts.
   void fill(int64_t* centres, int64_t* contexts) const;
+  // Calls emit(centre, context) for every pair, in fill()'s order.
+  template <class Emit>
+  void for_each_pair(Emit&& emit) const {
+    for (size_t s = 0; s + 1 < sent_start_.size(); ++s) {
+      const int64_t lo = sent_start_[s], hi = sent_start_[s + 1];
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t first = i - reach_[i] > lo ? i - reach_[i] : lo;
+        const int64_t last = i + reach_[i] < hi - 1 ? i + reach_[i] : hi - 1;
+        const int64_t centre = ids_[i];
+        for (int64_t j = first; j < i; ++j) emit(centre, ids_[j]);
+        for (int64_t j = i + 1; j <= last; ++j) emit(centre, ids_[j]);
+      }
+    }
+  }
 
  private:
   std::vector<int64_t> ids_;          // kept tokens in corpus order
