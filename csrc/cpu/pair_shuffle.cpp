@@ -1,5 +1,6 @@
 #include "cpu/pair_shuffle.h"
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -7,7 +8,12 @@
 
 #include "cpu/parallel.h"
 #include "cpu/philox.h"
+#include "cpu/philox_batch.h"
 #include "cpu/skipgram.h"
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#endif
 
 namespace pyneg {
 
@@ -15,21 +21,10 @@ namespace {
 
 constexpr int kMaxBucketBits = 8;
 
-Philox4x32 shuffle_block(uint64_t seed, uint64_t counter, uint32_t word) {
+inline Philox4x32 shuffle_block(uint64_t seed, uint64_t counter, uint32_t word) {
   return philox4x32_10(static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), word, kTagShuffle,
                        static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
 }
-
-// Bucket labels of records 16b .. 16b + 15: byte r of block (b, 0), masked.
-struct Labels {
-  uint64_t seed;
-  uint32_t mask;
-  Philox4x32 block{};
-  uint32_t label(int64_t i) {
-    if ((i & 15) == 0) block = shuffle_block(seed, static_cast<uint64_t>(i) >> 4, 0u);
-    return (block.v[(i >> 2) & 3] >> (8 * (i & 3))) & mask;
-  }
-};
 
 // Lemire's bounded integer, exactly uniform in [0, range): with x uniform on
 // [0, 2^32), m = x * range; x is accepted iff (m mod 2^32) >= 2^32 mod range,
@@ -62,18 +57,53 @@ PYNEG_HD_COLD uint64_t bounded64(uint64_t range, uint64_t seed, uint64_t slot) {
   }
 }
 
+// The scatter writes each bucket's values a cache line at a time with
+// non-temporal stores (x86-64): the 2 x buckets streams it writes cost no
+// reads of the lines they overwrite, and Fisher-Yates then reads each bucket
+// once, in order (slot g, then slots at most g: already in cache).
+struct alignas(64) LineBuffer {
+  int64_t v[8];
+  int k = 0;
+  // Value of slot o of a; writes the buffered run when slot o + 1 starts a line.
+  void put(int64_t* a, int64_t o, int64_t value) {
+    v[k++] = value;
+    if ((reinterpret_cast<uintptr_t>(a + o + 1) & 63) == 0) flush(a, o + 1);
+  }
+  // Writes the k buffered values of slots [end - k, end).
+  void flush(int64_t* a, int64_t end) {
+    int64_t* d = a + end - k;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    for (int j = 0; j < k; ++j) _mm_stream_si64(reinterpret_cast<long long*>(d + j), v[j]);
+#else
+    for (int j = 0; j < k; ++j) d[j] = v[j];
+#endif
+    k = 0;
+  }
+};
+
+inline void stream_fence() {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  _mm_sfence();
+#endif
+}
+
 // Fisher-Yates over slots [s, e) of both arrays: for t = 1 .. e - s - 1, swap
 // t and j uniform in [0, t] (after step t, slots s .. s + t are a uniform
 // permutation of the records that were there). Slot g = s + t draws word
-// g & 3 of block (g >> 2, 1).
-void shuffle_bucket(int64_t* c, int64_t* x, int64_t s, int64_t e, uint64_t seed) {
-  Philox4x32 block{};
+// g & 3 of block (g >> 2, 1); the bucket's blocks are drawn first, many at a
+// time (philox_batch.h), into buf.
+void shuffle_bucket(int64_t* c, int64_t* x, int64_t s, int64_t e, uint64_t seed, std::vector<uint64_t>& buf) {
+  if (e - s < 2) return;
+  const uint64_t first = static_cast<uint64_t>(s + 1) >> 2, last = static_cast<uint64_t>(e - 1) >> 2;
+  buf.resize(2 * (last - first + 1));
+  fill_philox_blocks(seed, first, static_cast<int64_t>(last - first + 1), 1u, kTagShuffle, buf.data());
+  const uint64_t* words = buf.data() - 2 * first;  // words[2 * block + half]
   for (int64_t g = s + 1; g < e; ++g) {
     const uint64_t t = static_cast<uint64_t>(g - s);
-    if (g == s + 1 || (g & 3) == 0) block = shuffle_block(seed, static_cast<uint64_t>(g) >> 2, 1u);
-    const uint64_t j = t + 1 < (uint64_t{1} << 32)
-                           ? bounded32(block.v[g & 3], static_cast<uint32_t>(t + 1), seed, static_cast<uint64_t>(g))
-                           : bounded64(t + 1, seed, static_cast<uint64_t>(g));
+    const uint64_t ug = static_cast<uint64_t>(g);
+    const uint32_t w = static_cast<uint32_t>(words[(ug >> 1)] >> (32 * (ug & 1)));
+    const uint64_t j = t + 1 < (uint64_t{1} << 32) ? bounded32(w, static_cast<uint32_t>(t + 1), seed, ug)
+                                                   : bounded64(t + 1, seed, ug);
     const int64_t k = s + static_cast<int64_t>(j);
     std::swap(c[g], c[k]);
     std::swap(x[g], x[k]);
@@ -101,20 +131,35 @@ void scatter_and_shuffle(int64_t n, uint64_t seed, int bits, Source&& source, in
     });
     start[1] = n;
   } else {
-    Labels count{seed, static_cast<uint32_t>(buckets - 1)};
-    for (int64_t i = 0; i < n; ++i) ++start[count.label(i) + 1];
+    // Label of record i: byte i & 15 of block (i >> 4, 0), i.e. byte i & 7 of
+    // 64-bit word i >> 3 of the blocks as fill_philox_blocks writes them.
+    const int64_t blocks = (n + 15) >> 4;
+    std::vector<uint64_t> labels(static_cast<size_t>(2 * blocks));
+    parallel_for(blocks, num_threads, 1 << 14, [&](int64_t lo, int64_t hi) {
+      fill_philox_blocks(seed, static_cast<uint64_t>(lo), hi - lo, 0u, kTagShuffle, labels.data() + 2 * lo);
+    });
+    const uint64_t mask = static_cast<uint64_t>(buckets - 1);
+    auto label = [&](int64_t i) { return (labels[static_cast<size_t>(i >> 3)] >> (8 * (i & 7))) & mask; };
+    for (int64_t i = 0; i < n; ++i) ++start[label(i) + 1];
     for (int64_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
     std::vector<int64_t> cursor(start.begin(), start.end() - 1);
-    Labels scatter{seed, static_cast<uint32_t>(buckets - 1)};
+    std::vector<LineBuffer> bc(static_cast<size_t>(buckets)), bx(static_cast<size_t>(buckets));
     int64_t i = 0;
     source([&](int64_t centre, int64_t context) {
-      const int64_t o = cursor[scatter.label(i++)]++;
-      c[o] = centre;
-      x[o] = context;
+      const uint64_t b = label(i++);
+      const int64_t o = cursor[b]++;
+      bc[b].put(c, o, centre);
+      bx[b].put(x, o, context);
     });
+    for (int64_t b = 0; b < buckets; ++b) {
+      bc[b].flush(c, cursor[b]);
+      bx[b].flush(x, cursor[b]);
+    }
+    stream_fence();
   }
   parallel_for(buckets, num_threads, 1, [&](int64_t lo, int64_t hi) {
-    for (int64_t b = lo; b < hi; ++b) shuffle_bucket(c, x, start[b], start[b + 1], seed);
+    std::vector<uint64_t> buf;
+    for (int64_t b = lo; b < hi; ++b) shuffle_bucket(c, x, start[b], start[b + 1], seed, buf);
   });
 }
 
