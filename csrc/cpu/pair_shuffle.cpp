@@ -1,5 +1,6 @@
 #include "cpu/pair_shuffle.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -11,15 +12,15 @@
 #include "cpu/philox_batch.h"
 #include "cpu/skipgram.h"
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include <immintrin.h>
-#endif
-
 namespace pyneg {
 
 namespace {
 
 constexpr int kMaxBucketBits = 8;
+// The default stays at 32 buckets (64 write streams): the scatter's plain
+// stores keep that many lines in L1; more streams measured slower on the
+// development machine (2-core AMD EPYC), more than a cache-sized bucket saves.
+constexpr int kDefaultMaxBucketBits = 5;
 
 inline Philox4x32 shuffle_block(uint64_t seed, uint64_t counter, uint32_t word) {
   return philox4x32_10(static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), word, kTagShuffle,
@@ -57,36 +58,6 @@ PYNEG_HD_COLD uint64_t bounded64(uint64_t range, uint64_t seed, uint64_t slot) {
   }
 }
 
-// The scatter writes each bucket's values a cache line at a time with
-// non-temporal stores (x86-64): the 2 x buckets streams it writes cost no
-// reads of the lines they overwrite, and Fisher-Yates then reads each bucket
-// once, in order (slot g, then slots at most g: already in cache).
-struct alignas(64) LineBuffer {
-  int64_t v[8];
-  int k = 0;
-  // Value of slot o of a; writes the buffered run when slot o + 1 starts a line.
-  void put(int64_t* a, int64_t o, int64_t value) {
-    v[k++] = value;
-    if ((reinterpret_cast<uintptr_t>(a + o + 1) & 63) == 0) flush(a, o + 1);
-  }
-  // Writes the k buffered values of slots [end - k, end).
-  void flush(int64_t* a, int64_t end) {
-    int64_t* d = a + end - k;
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-    for (int j = 0; j < k; ++j) _mm_stream_si64(reinterpret_cast<long long*>(d + j), v[j]);
-#else
-    for (int j = 0; j < k; ++j) d[j] = v[j];
-#endif
-    k = 0;
-  }
-};
-
-inline void stream_fence() {
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-  _mm_sfence();
-#endif
-}
-
 // Fisher-Yates over slots [s, e) of both arrays: for t = 1 .. e - s - 1, swap
 // t and j uniform in [0, t] (after step t, slots s .. s + t are a uniform
 // permutation of the records that were there). Slot g = s + t draws word
@@ -98,36 +69,55 @@ void shuffle_bucket(int64_t* c, int64_t* x, int64_t s, int64_t e, uint64_t seed,
   buf.resize(2 * (last - first + 1));
   fill_philox_blocks(seed, first, static_cast<int64_t>(last - first + 1), 1u, kTagShuffle, buf.data());
   const uint64_t* words = buf.data() - 2 * first;  // words[2 * block + half]
-  for (int64_t g = s + 1; g < e; ++g) {
-    const uint64_t t = static_cast<uint64_t>(g - s);
-    const uint64_t ug = static_cast<uint64_t>(g);
-    const uint32_t w = static_cast<uint32_t>(words[(ug >> 1)] >> (32 * (ug & 1)));
-    const uint64_t j = t + 1 < (uint64_t{1} << 32) ? bounded32(w, static_cast<uint32_t>(t + 1), seed, ug)
-                                                   : bounded64(t + 1, seed, ug);
-    const int64_t k = s + static_cast<int64_t>(j);
-    std::swap(c[g], c[k]);
-    std::swap(x[g], x[k]);
+  // Steps run kStep at a time: their swap partners first (a function of the
+  // random words alone), then the swaps, each prefetching the partner of the
+  // swap kAhead steps on.
+  constexpr int64_t kStep = 256, kAhead = 16;
+  int64_t partner[kStep];
+  for (int64_t g0 = s + 1; g0 < e; g0 += kStep) {
+    const int64_t m = std::min(kStep, e - g0);
+    for (int64_t q = 0; q < m; ++q) {
+      const uint64_t ug = static_cast<uint64_t>(g0 + q);
+      const uint64_t t = ug - static_cast<uint64_t>(s);
+      const uint32_t w = static_cast<uint32_t>(words[ug >> 1] >> (32 * (ug & 1)));
+      const uint64_t j = t + 1 < (uint64_t{1} << 32) ? bounded32(w, static_cast<uint32_t>(t + 1), seed, ug)
+                                                     : bounded64(t + 1, seed, ug);
+      partner[q] = s + static_cast<int64_t>(j);
+    }
+    for (int64_t q = 0; q < m; ++q) {
+      if (q + kAhead < m) {
+        __builtin_prefetch(c + partner[q + kAhead], 1);
+        __builtin_prefetch(x + partner[q + kAhead], 1);
+      }
+      const int64_t g = g0 + q, k = partner[q];
+      std::swap(c[g], c[k]);
+      std::swap(x[g], x[k]);
+    }
   }
 }
 
-// Scatters the records source(emit) produces (emit(centre, context), n of
-// them in order) into their buckets, then shuffles every bucket.
+// Scatters the records into their buckets, then shuffles every bucket.
+// Records [seg[k], seg[k + 1]) come from source(k, emit) (emit(centre,
+// context) for each, in order); segments scatter on several threads, each
+// into its own share of every bucket (bucket-major, segment-minor offsets).
+// A stable scatter has one result, so the segments (which follow the thread
+// count) change nothing in the output.
 template <class Source>
-void scatter_and_shuffle(int64_t n, uint64_t seed, int bits, Source&& source, int64_t* c, int64_t* x,
-                         int num_threads) {
-  if (bits < -1 || bits > kMaxBucketBits) {
-    throw std::invalid_argument("bucket_bits must be in [0, " + std::to_string(kMaxBucketBits) + "] or -1, got " +
-                                std::to_string(bits));
-  }
-  if (bits < 0) bits = pair_shuffle_bucket_bits(n);
+void scatter_and_shuffle(int64_t n, uint64_t seed, int bits, const std::vector<int64_t>& seg, Source&& source,
+                         int64_t* c, int64_t* x, int num_threads) {
+  const int64_t segments = static_cast<int64_t>(seg.size()) - 1;
   const int64_t buckets = int64_t{1} << bits;
   std::vector<int64_t> start(static_cast<size_t>(buckets) + 1, 0);
   if (bits == 0) {
-    int64_t o = 0;
-    source([&](int64_t centre, int64_t context) {
-      c[o] = centre;
-      x[o] = context;
-      ++o;
+    parallel_for(segments, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t k = lo; k < hi; ++k) {
+        int64_t o = seg[k];
+        source(k, [&](int64_t centre, int64_t context) {
+          c[o] = centre;
+          x[o] = context;
+          ++o;
+        });
+      }
     });
     start[1] = n;
   } else {
@@ -140,22 +130,35 @@ void scatter_and_shuffle(int64_t n, uint64_t seed, int bits, Source&& source, in
     });
     const uint64_t mask = static_cast<uint64_t>(buckets - 1);
     auto label = [&](int64_t i) { return (labels[static_cast<size_t>(i >> 3)] >> (8 * (i & 7))) & mask; };
-    for (int64_t i = 0; i < n; ++i) ++start[label(i) + 1];
-    for (int64_t b = 0; b < buckets; ++b) start[b + 1] += start[b];
-    std::vector<int64_t> cursor(start.begin(), start.end() - 1);
-    std::vector<LineBuffer> bc(static_cast<size_t>(buckets)), bx(static_cast<size_t>(buckets));
-    int64_t i = 0;
-    source([&](int64_t centre, int64_t context) {
-      const uint64_t b = label(i++);
-      const int64_t o = cursor[b]++;
-      bc[b].put(c, o, centre);
-      bx[b].put(x, o, context);
+    // cursor[k * buckets + b]: segment k's count of bucket b, then its first slot there.
+    std::vector<int64_t> cursor(static_cast<size_t>(segments * buckets), 0);
+    parallel_for(segments, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t k = lo; k < hi; ++k) {
+        int64_t* count = cursor.data() + k * buckets;
+        for (int64_t i = seg[k]; i < seg[k + 1]; ++i) ++count[label(i)];
+      }
     });
+    int64_t total = 0;
     for (int64_t b = 0; b < buckets; ++b) {
-      bc[b].flush(c, cursor[b]);
-      bx[b].flush(x, cursor[b]);
+      start[b] = total;
+      for (int64_t k = 0; k < segments; ++k) {
+        const int64_t m = cursor[k * buckets + b];
+        cursor[k * buckets + b] = total;
+        total += m;
+      }
     }
-    stream_fence();
+    start[buckets] = total;
+    parallel_for(segments, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t k = lo; k < hi; ++k) {
+        int64_t* cur = cursor.data() + k * buckets;
+        int64_t i = seg[k];
+        source(k, [&](int64_t centre, int64_t context) {
+          const int64_t o = cur[label(i++)]++;
+          c[o] = centre;
+          x[o] = context;
+        });
+      }
+    });
   }
   parallel_for(buckets, num_threads, 1, [&](int64_t lo, int64_t hi) {
     std::vector<uint64_t> buf;
@@ -163,27 +166,61 @@ void scatter_and_shuffle(int64_t n, uint64_t seed, int bits, Source&& source, in
   });
 }
 
+int checked_bits(int bits, int64_t n) {
+  if (bits < -1 || bits > kMaxBucketBits) {
+    throw std::invalid_argument("bucket_bits must be in [0, " + std::to_string(kMaxBucketBits) + "] or -1, got " +
+                                std::to_string(bits));
+  }
+  return bits < 0 ? pair_shuffle_bucket_bits(n) : bits;
+}
+
+// Segments per thread: enough records each to be worth a thread.
+int64_t segment_count(int64_t n, int num_threads) {
+  return std::max<int64_t>(1, std::min<int64_t>(std::max(num_threads, 1), n >> 16));
+}
+
 }  // namespace
 
 int pair_shuffle_bucket_bits(int64_t n) {
   int bits = 0;
-  while (bits < kMaxBucketBits && n > (int64_t{1} << (15 + bits))) ++bits;
+  while (bits < kDefaultMaxBucketBits && n > (int64_t{1} << (17 + bits))) ++bits;
   return bits;
 }
 
 void shuffle_pairs(const int64_t* centres, const int64_t* contexts, int64_t n, uint64_t seed, int bucket_bits,
                    int64_t* out_centres, int64_t* out_contexts, int num_threads) {
+  const int bits = checked_bits(bucket_bits, n);
+  const int64_t segments = segment_count(n, num_threads);
+  std::vector<int64_t> seg(static_cast<size_t>(segments) + 1);
+  for (int64_t k = 0; k <= segments; ++k) seg[k] = n / segments * k + std::min(k, n % segments);
   scatter_and_shuffle(
-      n, seed, bucket_bits,
-      [&](auto&& emit) {
-        for (int64_t i = 0; i < n; ++i) emit(centres[i], contexts[i]);
+      n, seed, bits, seg,
+      [&](int64_t k, auto&& emit) {
+        for (int64_t i = seg[k]; i < seg[k + 1]; ++i) emit(centres[i], contexts[i]);
       },
       out_centres, out_contexts, num_threads);
 }
 
 void fill_shuffled(const SkipGramPlan& plan, uint64_t seed, int64_t* centres, int64_t* contexts, int num_threads) {
+  // Segments cut at sentence starts: the first sentence whose pairs start at
+  // or after k / segments of all pairs.
+  const int64_t n = plan.num_pairs(), sentences = plan.num_sentences();
+  const int64_t segments = segment_count(n, num_threads);
+  std::vector<int64_t> first(static_cast<size_t>(segments) + 1, 0), seg(static_cast<size_t>(segments) + 1, 0);
+  for (int64_t k = 1; k <= segments; ++k) {
+    const int64_t target = k == segments ? n : n / segments * k;
+    int64_t lo = first[k - 1], hi = sentences;  // first sentence s with pairs_before(s) >= target
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (plan.pairs_before(mid) >= target) hi = mid; else lo = mid + 1;
+    }
+    first[k] = k == segments ? sentences : lo;
+    seg[k] = plan.pairs_before(first[k]);
+  }
   scatter_and_shuffle(
-      plan.num_pairs(), seed, -1, [&](auto&& emit) { plan.for_each_pair(emit); }, centres, contexts, num_threads);
+      n, seed, checked_bits(-1, n), seg,
+      [&](int64_t k, auto&& emit) { plan.for_each_pair(first[k], first[k + 1], emit); }, centres, contexts,
+      num_threads);
 }
 
 }  // namespace pyneg

@@ -18,11 +18,14 @@
 // uniform permutation. Ties and modulo bias cannot arise (no keys are compared;
 // every bounded integer is exact).
 //
-// The scatter keeps each bucket (about 16K records, 256 KB) in cache while
-// Fisher-Yates runs over it; buckets are independent, so they run on several
-// threads, and every random number is a function of (seed, slot) alone.
+// The scatter writes records straight to their buckets (the pair generator's
+// pairs never exist in corpus order); buckets are then shuffled independently
+// (on several threads: every random number is a function of (seed, record or
+// slot) alone), each small enough to stay in cache while it is shuffled.
+// Segments of the records scatter on several threads too, each into its own
+// share of every bucket: a stable scatter has one result whatever the split.
 // bucket_bits is part of the permutation's definition:
-// pair_shuffle_bucket_bits(n) (0 for n <= 2^15, up to 8) unless given.
+// pair_shuffle_bucket_bits(n) (0 up to 2^17 records, then up to 5) unless given.
 #pragma once
 
 #include <cstdint>
@@ -34,7 +37,7 @@ class SkipGramPlan;
 // The pair shuffle's random numbers use philox.h's stream tag kTagShuffle.
 
 // Default bucket bits for n records: 0 (one bucket: plain Fisher-Yates) up to
-// 2^15 records, then about 2^14 records a bucket, at most 2^8 buckets.
+// 2^17 records, then 2^16 to 2^17 records a bucket on average, at most 2^5 buckets.
 int pair_shuffle_bucket_bits(int64_t n);
 
 // Writes the n records (centres[i], contexts[i]) in shuffled order to
