@@ -152,8 +152,12 @@ def test_empty_and_single_pair_chunks():
     for tokens, want in (([3], []), ([3, 5], [(3, 5), (5, 3)])):
         ds = pyneg.SkipGramPairs(torch.tensor(tokens), 2, seed=1)
         batches = list(ds)
-        pairs = sorted(zip(torch.cat([b[0] for b in batches] or [torch.empty(0)]).tolist(),
-                           torch.cat([b[1] for b in batches] or [torch.empty(0)]).tolist()))
+        pairs = sorted(
+            zip(
+                torch.cat([b[0] for b in batches] or [torch.empty(0)]).tolist(),
+                torch.cat([b[1] for b in batches] or [torch.empty(0)]).tolist(),
+            )
+        )
         assert pairs == want
         c, x = ds.chunk_pairs(0, len(tokens), 0, 0)
         assert c.numel() == len(want)
