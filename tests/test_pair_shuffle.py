@@ -242,11 +242,26 @@ def _batches(loader):
     return sorted((c.numpy().tobytes(), x.numpy().tobytes()) for c, x in loader)
 
 
-@pytest.mark.parametrize(("context", "workers"), [("fork", 2), ("spawn", 1)])
-def test_dataloader_workers_yield_the_same_shuffled_batches(context, workers):
-    tokens, offsets, keep = _corpus(n=3_000, vocab=40)
-    ds = pyneg.SkipGramPairs(tokens, 3, offsets=offsets, keep=keep, batch_size=64, seed=6, chunk_tokens=700)
-    want = _batches(ds)  # epoch 0 without workers: whole batches, in their shuffled order
-    ds.set_epoch(0)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context=context)
-    assert _batches(loader) == want
+@pytest.mark.parametrize(
+    ("context", "workers", "tokens", "chunk"),
+    [("fork", 2, 3_000, 700), ("spawn", 1, 3_000, 700), ("fork", 2, 80_000, 40_000)],
+)
+def test_dataloader_workers_yield_the_same_shuffled_batches(context, workers, tokens, chunk):
+    # The last case: chunks of over 2**17 pairs (several buckets, scattered on several
+    # threads), the parent's thread pool started before the workers fork.
+    tokens, offsets, keep = _corpus(n=tokens, vocab=40)
+    batch = 64 if chunk < 1000 else 8192
+    ds = pyneg.SkipGramPairs(tokens, 5, offsets=offsets, batch_size=batch, seed=6, chunk_tokens=chunk)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if chunk > 1000:
+            lo, hi = next(iter(ds.chunks()))
+            assert ds.chunk_pairs(lo, hi, 0, 0)[0].numel() > 2**17
+        ds.set_epoch(0)
+        want = _batches(ds)  # epoch 0 without workers: whole batches, in their shuffled order
+        ds.set_epoch(0)
+        loader = torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, multiprocessing_context=context)
+        assert _batches(loader) == want
+    finally:
+        torch.set_num_threads(before)
