@@ -63,7 +63,7 @@ PYNEG_HD_COLD uint64_t bounded64(uint64_t range, uint64_t seed, uint64_t slot) {
 // permutation of the records that were there). Slot g = s + t draws word
 // g & 3 of block (g >> 2, 1); the bucket's blocks are drawn first, many at a
 // time (philox_batch.h), into buf.
-void shuffle_bucket(int64_t* c, int64_t* x, int64_t s, int64_t e, uint64_t seed, std::vector<uint64_t>& buf) {
+void shuffle_bucket(int64_t* __restrict c, int64_t* __restrict x, int64_t s, int64_t e, uint64_t seed, std::vector<uint64_t>& buf) {
   if (e - s < 2) return;
   const uint64_t first = static_cast<uint64_t>(s + 1) >> 2, last = static_cast<uint64_t>(e - 1) >> 2;
   buf.resize(2 * (last - first + 1));
@@ -133,9 +133,13 @@ void scatter_and_shuffle(int64_t n, uint64_t seed, int bits, const std::vector<i
     // cursor[k * buckets + b]: segment k's count of bucket b, then its first slot there.
     std::vector<int64_t> cursor(static_cast<size_t>(segments * buckets), 0);
     parallel_for(segments, num_threads, 1, [&](int64_t lo, int64_t hi) {
+      std::vector<int64_t> part(static_cast<size_t>(4 * buckets));  // four counters a bucket: no chain of increments
       for (int64_t k = lo; k < hi; ++k) {
-        int64_t* count = cursor.data() + k * buckets;
-        for (int64_t i = seg[k]; i < seg[k + 1]; ++i) ++count[label(i)];
+        std::fill(part.begin(), part.end(), 0);
+        for (int64_t i = seg[k]; i < seg[k + 1]; ++i) ++part[static_cast<size_t>((i & 3) * buckets) + label(i)];
+        for (int64_t b = 0; b < buckets; ++b) {
+          cursor[k * buckets + b] = part[b] + part[buckets + b] + part[2 * buckets + b] + part[3 * buckets + b];
+        }
       }
     });
     int64_t total = 0;
