@@ -17,9 +17,10 @@ namespace pyneg {
 namespace {
 
 constexpr int kMaxBucketBits = 8;
-// The default stays at 32 buckets (64 write streams): the scatter's plain
-// stores keep that many lines in L1; more streams measured slower on the
-// development machine (2-core AMD EPYC), more than a cache-sized bucket saves.
+// The default stays at 32 buckets (64 write streams for the scatter's plain
+// stores): on the development machine (2-core AMD EPYC) 16 or 64 buckets
+// measured a little slower, and 128-256 L2-sized buckets slower still (the
+// scatter's extra streams cost more than the cache-sized Fisher-Yates saved).
 constexpr int kDefaultMaxBucketBits = 5;
 
 inline Philox4x32 shuffle_block(uint64_t seed, uint64_t counter, uint32_t word) {
@@ -63,12 +64,13 @@ PYNEG_HD_COLD uint64_t bounded64(uint64_t range, uint64_t seed, uint64_t slot) {
 // permutation of the records that were there). Slot g = s + t draws word
 // g & 3 of block (g >> 2, 1); the bucket's blocks are drawn first, many at a
 // time (philox_batch.h), into buf.
-void shuffle_bucket(int64_t* __restrict c, int64_t* __restrict x, int64_t s, int64_t e, uint64_t seed, std::vector<uint64_t>& buf) {
+void shuffle_bucket(int64_t* __restrict c, int64_t* __restrict x, int64_t s, int64_t e, uint64_t seed,
+                    std::vector<uint64_t>& buf) {
   if (e - s < 2) return;
   const uint64_t first = static_cast<uint64_t>(s + 1) >> 2, last = static_cast<uint64_t>(e - 1) >> 2;
   buf.resize(2 * (last - first + 1));
   fill_philox_blocks(seed, first, static_cast<int64_t>(last - first + 1), 1u, kTagShuffle, buf.data());
-  const uint64_t* words = buf.data() - 2 * first;  // words[2 * block + half]
+  const uint64_t* words = buf.data();  // words[2 * (block - first) + half]
   // Steps run kStep at a time: their swap partners first (a function of the
   // random words alone), then the swaps, each prefetching the partner of the
   // swap kAhead steps on.
@@ -79,7 +81,7 @@ void shuffle_bucket(int64_t* __restrict c, int64_t* __restrict x, int64_t s, int
     for (int64_t q = 0; q < m; ++q) {
       const uint64_t ug = static_cast<uint64_t>(g0 + q);
       const uint64_t t = ug - static_cast<uint64_t>(s);
-      const uint32_t w = static_cast<uint32_t>(words[ug >> 1] >> (32 * (ug & 1)));
+      const uint32_t w = static_cast<uint32_t>(words[(ug >> 1) - 2 * first] >> (32 * (ug & 1)));
       const uint64_t j = t + 1 < (uint64_t{1} << 32) ? bounded32(w, static_cast<uint32_t>(t + 1), seed, ug)
                                                      : bounded64(t + 1, seed, ug);
       partner[q] = s + static_cast<int64_t>(j);
@@ -133,7 +135,8 @@ void scatter_and_shuffle(int64_t n, uint64_t seed, int bits, const std::vector<i
     // cursor[k * buckets + b]: segment k's count of bucket b, then its first slot there.
     std::vector<int64_t> cursor(static_cast<size_t>(segments * buckets), 0);
     parallel_for(segments, num_threads, 1, [&](int64_t lo, int64_t hi) {
-      std::vector<int64_t> part(static_cast<size_t>(4 * buckets));  // four counters a bucket: no chain of increments
+      // Four counters a bucket (record i & 3): no chain of increments on one counter.
+      std::vector<int64_t> part(static_cast<size_t>(4 * buckets));
       for (int64_t k = lo; k < hi; ++k) {
         std::fill(part.begin(), part.end(), 0);
         for (int64_t i = seg[k]; i < seg[k + 1]; ++i) ++part[static_cast<size_t>((i & 3) * buckets) + label(i)];

@@ -21,7 +21,8 @@
 // The scatter writes records straight to their buckets (the pair generator's
 // pairs never exist in corpus order); buckets are then shuffled independently
 // (on several threads: every random number is a function of (seed, record or
-// slot) alone), each small enough to stay in cache while it is shuffled.
+// slot) alone), each of 2^16-2^17 records by default (1-2 MB of the two
+// arrays), so its random swaps stay in cache.
 // Segments of the records scatter on several threads too, each into its own
 // share of every bucket: a stable scatter has one result whatever the split.
 // bucket_bits is part of the permutation's definition:

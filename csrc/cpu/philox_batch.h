@@ -1,5 +1,6 @@
 // Random numbers of consecutive plain-draw positions (or of any consecutive
-// Philox counters: fill_philox_blocks), many Philox blocks at a time. Bit-identical to draw_random64() in philox.h; on x86-64 CPUs with
+// Philox counters: fill_philox_blocks), many Philox blocks at a time.
+// Bit-identical to draw_random64() in philox.h; on x86-64 CPUs with
 // AVX-512F or AVX2 (checked at run time, the default build targets baseline
 // x86-64) sixteen or eight blocks run in the lanes of one vector register.
 #pragma once
