@@ -285,6 +285,15 @@ def skipgram_pairs(
     window: int,
     seed: int,
     position: int = 0,
+    shuffle_seed: int | None = None,
+    num_threads: int = 1,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
+def shuffle_pairs(
+    centres: npt.ArrayLike,
+    contexts: npt.ArrayLike,
+    seed: int,
+    bucket_bits: int = -1,
+    num_threads: int = 1,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]: ...
 def sgns_forward(
     input_weight: npt.ArrayLike,

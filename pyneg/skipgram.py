@@ -138,11 +138,38 @@ def skipgram_pairs(
     window = check_int(window, "window", minimum=1)
     offset = check_int(offset, "offset", minimum=0)
     seed = draw_seed(generator) if seed is None else check_seed(seed)
+    return _pairs(tokens, window, offsets, keep, seed, offset, None)
+
+
+def _pairs(
+    tokens: ArrayLike,
+    window: int,
+    offsets: Optional[ArrayLike],
+    keep: Optional[ArrayLike],
+    seed: int,
+    offset: int,
+    shuffle_seed: Optional[int],
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """skipgram_pairs's pairs, shuffled by :func:`_shuffle_pairs` (shuffle_seed) unless shuffle_seed is None."""
     tok = _as_ids(tokens, "tokens")
     keep_np = None if keep is None else _check_keep(as_float64_numpy(keep, "keep"))
     offs = None if offsets is None else _as_ids(offsets, "offsets").numpy()
-    centres, contexts = _core.skipgram_pairs(tok.numpy(), offs, keep_np, window, seed, offset)
+    centres, contexts = _core.skipgram_pairs(tok.numpy(), offs, keep_np, window, seed, offset, shuffle_seed, _threads())
     return torch.from_numpy(centres), torch.from_numpy(contexts)
+
+
+def _shuffle_pairs(centres: ArrayLike, contexts: ArrayLike, seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The (centre, context) pairs in a uniformly random order, a pure function of (seed, pairs).
+
+    Each pair moves as one record. The C++ shuffle (csrc/cpu/pair_shuffle.h):
+    Philox random bucket labels, a stable scatter into the buckets, then
+    Fisher-Yates with Lemire's unbiased bounded integers in each bucket;
+    exactly uniform, the same bits for any thread count.
+    """
+    c = _as_ids(centres, "centres")
+    x = _as_ids(contexts, "contexts")
+    out_c, out_x = _core.shuffle_pairs(c.numpy(), x.numpy(), check_seed(seed), -1, _threads())
+    return torch.from_numpy(out_c), torch.from_numpy(out_x)
 
 
 def _check_keep(keep: np.ndarray) -> np.ndarray:
@@ -173,8 +200,14 @@ class SkipGramPairs(torch.utils.data.IterableDataset):
     The stream is cut into chunks of ``chunk_tokens`` tokens (at sentence
     starts when ``offsets`` is given); each chunk's pairs come from
     :func:`skipgram_pairs` at the chunk's absolute position, shuffled within
-    the chunk when ``shuffle`` is set (a ``torch.randperm`` seeded by
-    ``(seed, epoch, chunk)``), and yielded ``batch_size`` at a time. Epoch ``e``
+    the chunk when ``shuffle`` is set, and yielded ``batch_size`` at a time.
+    The shuffle is exactly uniform over the chunk's orders and a pure function
+    of ``(seed, epoch, chunk)``, the same for any thread count: C++ Philox keyed
+    by ``(seed * 1_000_003 + epoch * 7919 + chunk) % 2**63`` labels each pair
+    with a random bucket, the pairs are written straight into their buckets,
+    and each bucket is shuffled by Fisher-Yates with unbiased bounded integers
+    (changed in this version: it was a ``torch.randperm``, so a seed now gives
+    another order than before). Epoch ``e``
     draws its subsampling and windows at positions ``e * N + p``, so epochs
     differ and every epoch is reproducible; call :meth:`set_epoch` (as with
     ``DistributedSampler``) or let iteration count epochs. Under a DataLoader
@@ -291,14 +324,9 @@ class SkipGramPairs(torch.utils.data.IterableDataset):
             offs = starts[a:b] - lo
             if offs.size == 0 or offs[0] != 0:  # a chunk that starts inside a sentence
                 offs = np.concatenate([[0], offs]).astype(np.int64)
-        centres, contexts = skipgram_pairs(
-            self.tokens[lo:hi], self.window, offsets=offs, keep=self.keep, seed=self.seed, offset=epoch * n + lo
-        )
-        if self.shuffle:
-            g = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch * 7919 + index) % (2**63))
-            perm = torch.randperm(centres.numel(), generator=g)
-            centres, contexts = centres[perm], contexts[perm]
-        return centres, contexts
+        shuffle_seed = (self.seed * 1_000_003 + epoch * 7919 + index) % (2**63) if self.shuffle else None
+        # Shuffled pairs are written straight to their shuffled places (C++, csrc/cpu/pair_shuffle.h).
+        return _pairs(self.tokens[lo:hi], self.window, offs, self.keep, self.seed, epoch * n + lo, shuffle_seed)
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         epoch, worker, workers = self._claim_epoch()

@@ -10,6 +10,7 @@
 
 #include "bindings/common.h"
 #include "cpu/huffman.h"
+#include "cpu/pair_shuffle.h"
 #include "cpu/skipgram.h"
 
 namespace pyneg::bindings {
@@ -221,7 +222,8 @@ void register_skipgram(py::module_& m) {
   m.def(
       "skipgram_pairs",
       [](const input_array<int64_t>& tokens, std::optional<input_array<int64_t>> offsets,
-         std::optional<input_array<double>> keep, int64_t window, uint64_t seed, uint64_t position) {
+         std::optional<input_array<double>> keep, int64_t window, uint64_t seed, uint64_t position,
+         std::optional<uint64_t> shuffle_seed, int num_threads) {
         require_ndim(tokens, 1, "tokens");
         SkipGramCorpus c;
         c.tokens = tokens.data();
@@ -249,14 +251,40 @@ void register_skipgram(py::module_& m) {
         int64_t* xp = contexts.mutable_data();
         {
           py::gil_scoped_release release;
-          plan->fill(cp, xp);
+          if (shuffle_seed) {
+            fill_shuffled(*plan, *shuffle_seed, cp, xp, num_threads);
+          } else {
+            plan->fill(cp, xp);
+          }
         }
         return std::make_pair(centres, contexts);
       },
       py::arg("tokens"), py::arg("offsets"), py::arg("keep"), py::arg("window"), py::arg("seed"),
-      py::arg("position") = 0,
+      py::arg("position") = 0, py::arg("shuffle_seed") = py::none(), py::arg("num_threads") = 1,
       "(centre, context) pairs of a token stream with subsampling (keep) and a reduced window, "
-      "a pure function of (seed, position + token index).");
+      "a pure function of (seed, position + token index); in corpus order, or shuffled by "
+      "shuffle_pairs(..., shuffle_seed) when shuffle_seed is given.");
+  m.def(
+      "shuffle_pairs",
+      [](const input_array<int64_t>& centres, const input_array<int64_t>& contexts, uint64_t seed,
+         int bucket_bits, int num_threads) {
+        require_ndim(centres, 1, "centres");
+        require_len(contexts, centres.shape(0), "contexts", "one per centre");
+        const std::vector<int64_t> c = owned_copy(centres), x = owned_copy(contexts);
+        const int64_t n = static_cast<int64_t>(c.size());
+        py::array_t<int64_t> out_c(n), out_x(n);
+        int64_t* cp = out_c.mutable_data();
+        int64_t* xp = out_x.mutable_data();
+        {
+          py::gil_scoped_release release;
+          shuffle_pairs(c.data(), x.data(), n, seed, bucket_bits, cp, xp, num_threads);
+        }
+        return std::make_pair(out_c, out_x);
+      },
+      py::arg("centres"), py::arg("contexts"), py::arg("seed"), py::arg("bucket_bits") = -1,
+      py::arg("num_threads") = 1,
+      "The (centre, context) records in a uniformly random order, a pure function of (seed, records): "
+      "the same bits for any num_threads. bucket_bits in [0, 8], -1: the default for their number.");
   bind_float<float>(m);
   bind_float<double>(m);
 }

@@ -68,6 +68,8 @@ enum StreamTag : uint32_t {
   kTagRace = 3,     // exponential keys of the Efraimidis-Spirakis race: (row base, id)
   kTagSkipGram = 16,  // skip-gram pairs: (token position, 0): keep test and reduced window
   kTagMine = 17,      // hard-negative windows: (row, slot): permutation keys and the systematic start
+  kTagShuffle = 18,   // pair shuffle (pair_shuffle.h): (record >> 4, 0) bucket labels, (slot >> 2, 1)
+                      // Fisher-Yates draws, (slot, 2 + attempt) their redraws
 };
 
 // One 64-bit random number for (seed, position, word, tag): the first half of

@@ -13,10 +13,13 @@ namespace pyneg {
 
 namespace {
 
-// Blocks [first, first + n) (two draws each) into r[0, 2n), one at a time.
-void blocks_scalar(uint64_t seed, uint64_t first, int64_t n, uint64_t* r) {
+// Blocks (first + i, word, tag) for i in [0, n) into r[2i] (words 1:0) and
+// r[2i + 1] (words 3:2), one at a time. Plain draws: word 0, kTagDraw.
+void blocks_scalar(uint64_t seed, uint64_t first, int64_t n, uint64_t* r, uint32_t word, uint32_t tag) {
   for (int64_t i = 0; i < n; ++i) {
-    const Philox4x32 x = draw_block(seed, first + static_cast<uint64_t>(i));
+    const uint64_t b = first + static_cast<uint64_t>(i);
+    const Philox4x32 x = philox4x32_10(static_cast<uint32_t>(b), static_cast<uint32_t>(b >> 32), word, tag,
+                                       static_cast<uint32_t>(seed), static_cast<uint32_t>(seed >> 32));
     r[2 * i] = block_half(x, 0);
     r[2 * i + 1] = block_half(x, 1);
   }
@@ -35,8 +38,8 @@ __attribute__((target("avx2"))) inline void mulhilo8(__m256i a, __m256i m, __m25
 }
 
 // Eight blocks per iteration; the tail goes through blocks_scalar.
-__attribute__((target("avx2"))) void blocks_avx2(uint64_t seed, uint64_t first, int64_t n,
-                                                 uint64_t* r) {
+__attribute__((target("avx2"))) void blocks_avx2(uint64_t seed, uint64_t first, int64_t n, uint64_t* r,
+                                                 uint32_t word, uint32_t tag) {
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(detail::kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(detail::kPhiloxM1));
   const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
@@ -51,8 +54,8 @@ __attribute__((target("avx2"))) void blocks_avx2(uint64_t seed, uint64_t first, 
         _mm256_xor_si256(c0, _mm256_set1_epi32(INT32_MIN)));  // unsigned c0 < lo_base
     __m256i c1 = _mm256_sub_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(b >> 32))),
                                   carry);
-    __m256i c2 = _mm256_setzero_si256();
-    __m256i c3 = _mm256_set1_epi32(static_cast<int>(kTagDraw));
+    __m256i c2 = _mm256_set1_epi32(static_cast<int>(word));
+    __m256i c3 = _mm256_set1_epi32(static_cast<int>(tag));
     uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
     for (int round = 0; round < 10; ++round) {
       __m256i hi0, lo0, hi1, lo1;
@@ -83,7 +86,7 @@ __attribute__((target("avx2"))) void blocks_avx2(uint64_t seed, uint64_t first, 
     _mm256_storeu_si256(out + 2, _mm256_permute2x128_si256(p0, p1, 0x31));  // b4 b5
     _mm256_storeu_si256(out + 3, _mm256_permute2x128_si256(p2, p3, 0x31));  // b6 b7
   }
-  blocks_scalar(seed, first + static_cast<uint64_t>(i), n - i, r + 2 * i);
+  blocks_scalar(seed, first + static_cast<uint64_t>(i), n - i, r + 2 * i, word, tag);
 }
 
 // The AVX-512 code uses full-mask (maskz) forms of the intrinsics: GCC 12's
@@ -111,8 +114,8 @@ __attribute__((target("avx512f"))) inline void mulhilo16(__m512i a, __m512i m, _
   lo = _mm512_mask_blend_epi32(0xAAAA, even, shl32_512(odd));
 }
 
-__attribute__((target("avx512f"))) void blocks_avx512(uint64_t seed, uint64_t first, int64_t n,
-                                                     uint64_t* r) {
+__attribute__((target("avx512f"))) void blocks_avx512(uint64_t seed, uint64_t first, int64_t n, uint64_t* r,
+                                                 uint32_t word, uint32_t tag) {
   const __m512i m0 = _mm512_set1_epi32(static_cast<int>(detail::kPhiloxM0));
   const __m512i m1 = _mm512_set1_epi32(static_cast<int>(detail::kPhiloxM1));
   const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -125,8 +128,8 @@ __attribute__((target("avx512f"))) void blocks_avx512(uint64_t seed, uint64_t fi
     const __mmask16 carry = _mm512_cmplt_epu32_mask(c0, lo_base);
     const __m512i hi_base = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(b >> 32)));
     __m512i c1 = _mm512_mask_add_epi32(hi_base, carry, hi_base, _mm512_set1_epi32(1));
-    __m512i c2 = _mm512_setzero_si512();
-    __m512i c3 = _mm512_set1_epi32(static_cast<int>(kTagDraw));
+    __m512i c2 = _mm512_set1_epi32(static_cast<int>(word));
+    __m512i c3 = _mm512_set1_epi32(static_cast<int>(tag));
     uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
     for (int round = 0; round < 10; ++round) {
       __m512i hi0, lo0, hi1, lo1;
@@ -160,7 +163,7 @@ __attribute__((target("avx512f"))) void blocks_avx512(uint64_t seed, uint64_t fi
     _mm512_storeu_si512(out + 2, _mm512_maskz_shuffle_i64x2(0xFF, t2, t3, 0x88));  // blocks 8-11
     _mm512_storeu_si512(out + 3, _mm512_maskz_shuffle_i64x2(0xFF, t2, t3, 0xDD));  // blocks 12-15
   }
-  blocks_scalar(seed, first + static_cast<uint64_t>(i), n - i, r + 2 * i);
+  blocks_scalar(seed, first + static_cast<uint64_t>(i), n - i, r + 2 * i, word, tag);
 }
 
 bool cpu_has_avx2() {
@@ -174,7 +177,7 @@ bool cpu_has_avx512() {
 }
 #endif
 
-using BlocksFn = void (*)(uint64_t, uint64_t, int64_t, uint64_t*);
+using BlocksFn = void (*)(uint64_t, uint64_t, int64_t, uint64_t*, uint32_t, uint32_t);
 
 // The widest implementation this CPU runs, and its name.
 struct Impl {
@@ -200,7 +203,7 @@ void fill_with(BlocksFn blocks, uint64_t seed, uint64_t pos, int64_t count, uint
   int64_t i = 0;
   if (pos & 1) r[i++] = draw_random64(seed, pos);
   const int64_t nblocks = (count - i) / 2;
-  blocks(seed, (pos + static_cast<uint64_t>(i)) >> 1, nblocks, r + i);
+  blocks(seed, (pos + static_cast<uint64_t>(i)) >> 1, nblocks, r + i, 0u, kTagDraw);
   i += 2 * nblocks;
   if (i < count) r[i] = draw_random64(seed, pos + static_cast<uint64_t>(i));
 }
@@ -221,6 +224,10 @@ bool fill_draw_randoms_isa(const char* isa, uint64_t seed, uint64_t pos, int64_t
   if (fn == nullptr) return false;
   fill_with(fn, seed, pos, count, r);
   return true;
+}
+
+void fill_philox_blocks(uint64_t seed, uint64_t first, int64_t count, uint32_t word, uint32_t tag, uint64_t* r) {
+  if (count > 0) best().fn(seed, first, count, r, word, tag);
 }
 
 const char* philox_batch_isa() { return best().isa; }

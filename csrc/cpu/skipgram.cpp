@@ -255,28 +255,24 @@ SkipGramPlan::SkipGramPlan(const SkipGramCorpus& c) {
     }
   }
   sent_start_.push_back(static_cast<int64_t>(ids_.size()));
+  sent_pairs_.reserve(sent_start_.size());
   for (size_t s = 0; s + 1 < sent_start_.size(); ++s) {
+    sent_pairs_.push_back(num_pairs_);
     const int64_t lo = sent_start_[s], hi = sent_start_[s + 1];
     for (int64_t i = lo; i < hi; ++i) {
       num_pairs_ += std::min<int64_t>(reach_[i], i - lo) + std::min<int64_t>(reach_[i], hi - 1 - i);
     }
   }
+  sent_pairs_.push_back(num_pairs_);
 }
 
 void SkipGramPlan::fill(int64_t* centres, int64_t* contexts) const {
   int64_t o = 0;
-  for (size_t s = 0; s + 1 < sent_start_.size(); ++s) {
-    const int64_t lo = sent_start_[s], hi = sent_start_[s + 1];
-    for (int64_t i = lo; i < hi; ++i) {
-      const int64_t first = std::max(lo, i - reach_[i]), last = std::min(hi - 1, i + reach_[i]);
-      for (int64_t j = first; j <= last; ++j) {
-        if (j == i) continue;
-        centres[o] = ids_[i];
-        contexts[o] = ids_[j];
-        ++o;
-      }
-    }
-  }
+  for_each_pair([&](int64_t centre, int64_t context) {
+    centres[o] = centre;
+    contexts[o] = context;
+    ++o;
+  });
 }
 
 // ------------------------------------------------------- negative sampling

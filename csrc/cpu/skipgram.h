@@ -58,11 +58,33 @@ class SkipGramPlan {
   int64_t num_kept() const { return static_cast<int64_t>(ids_.size()); }
   // Writes num_pairs() centres and contexts.
   void fill(int64_t* centres, int64_t* contexts) const;
+  // Sentences (with kept tokens or not) and the pairs of sentences [0, s).
+  int64_t num_sentences() const { return static_cast<int64_t>(sent_start_.size()) - 1; }
+  int64_t pairs_before(int64_t sentence) const { return sent_pairs_[static_cast<size_t>(sentence)]; }
+  // Calls emit(centre, context) for every pair of sentences [first, last), in fill()'s order.
+  template <class Emit>
+  void for_each_pair(int64_t first, int64_t last, Emit&& emit) const {
+    for (int64_t s = first; s < last; ++s) {
+      const int64_t lo = sent_start_[static_cast<size_t>(s)], hi = sent_start_[static_cast<size_t>(s) + 1];
+      for (int64_t i = lo; i < hi; ++i) {
+        const int64_t first_j = i - reach_[i] > lo ? i - reach_[i] : lo;
+        const int64_t last_j = i + reach_[i] < hi - 1 ? i + reach_[i] : hi - 1;
+        const int64_t centre = ids_[i];
+        for (int64_t j = first_j; j < i; ++j) emit(centre, ids_[j]);
+        for (int64_t j = i + 1; j <= last_j; ++j) emit(centre, ids_[j]);
+      }
+    }
+  }
+  template <class Emit>
+  void for_each_pair(Emit&& emit) const {
+    for_each_pair(0, num_sentences(), emit);
+  }
 
  private:
   std::vector<int64_t> ids_;          // kept tokens in corpus order
   std::vector<int32_t> reach_;        // reduced window of each kept token
   std::vector<int64_t> sent_start_;   // kept-token index where each sentence starts (+ end)
+  std::vector<int64_t> sent_pairs_;   // pairs of the sentences before each sentence (+ all)
   int64_t num_pairs_ = 0;
 };
 

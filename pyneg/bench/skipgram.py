@@ -366,8 +366,7 @@ def _hs_epoch(st: SimpleNamespace, *, hogwild: bool):
     c, x = sg.skipgram_pairs(st.ids, 5, offsets=st.offsets, keep=st.keep, seed=1)
     batch = 1 if hogwild else 1024
     if batch > 1:  # mini-batches mix sentences
-        perm = torch.randperm(c.numel(), generator=torch.Generator().manual_seed(1))
-        c, x = c[perm], x[perm]
+        c, x = sg._shuffle_pairs(c, x, 1)
     sg.hierarchical_softmax_sgd_(emb, hs, c, x, 0.025, lr_end=0.0001, batch_size=batch, hogwild=hogwild)
     return emb
 
