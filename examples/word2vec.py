@@ -19,8 +19,10 @@ subsampling and reduced window, reproducible by seed), negatives drawn for a
 slice of pairs in one call, and one fused C++ call per slice doing forward,
 backward and the SGD update of every mini-batch of ``--batch`` pairs in place
 with word2vec's linear learning-rate decay (deterministic for any thread
-count). ``--autograd`` trains the same model through autograd and
-``torch.optim.SGD`` on sparse gradients instead.
+count). Hierarchical softmax defaults to word2vec's per-pair steps in corpus
+order (``--batch 1``: deterministic, on one thread); ``--hogwild`` runs
+per-pair steps on every thread, lock-free. ``--autograd`` trains the same
+model through autograd and ``torch.optim.SGD`` on sparse gradients instead.
 
     python examples/word2vec.py                       # gensim's Lee corpus (~1 minute)
     python examples/word2vec.py --corpus text.txt     # any whitespace-tokenised text
@@ -159,7 +161,14 @@ def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray,
             else torch.optim.SGD(params, lr=base_lr)
         )
     keep = pyneg.skipgram.keep_probability(vocab.counts, args.sample)
-    batch = args.batch if args.batch is not None else (1 if args.hogwild and fused else 1024)
+    # Default: per-pair steps (word2vec's update, corpus order) for Hogwild and
+    # for hierarchical softmax; deterministic mini-batches of 1,024 for
+    # negative sampling. A deterministic HS mini-batch must shuffle its pairs
+    # (1,024 pairs in corpus order trained to WordSim-353 0.26 against 0.43
+    # shuffled), and shuffled pairs lose the cache locality of corpus order:
+    # the mini-batch path ran at about half the speed of per-pair steps on one
+    # thread, which are deterministic too (docs/skipgram.md).
+    batch = args.batch if args.batch is not None else (1 if fused and (args.hogwild or objective == "hs") else 1024)
     # Mini-batches should mix sentences (shuffled pairs); per-pair steps run in
     # corpus order as word2vec does, which also keeps a centre's row in cache.
     pairs = pyneg.SkipGramPairs(
@@ -342,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--batch",
         type=int,
         default=None,
-        help="pairs per SGD step (default: 1024; 1 with --hogwild, word2vec's per-pair steps)",
+        help="pairs per SGD step (default: 1024 for ns; 1, word2vec's per-pair steps, for hs and with --hogwild)",
     )
     p.add_argument(
         "--autograd",

@@ -532,6 +532,46 @@ def test_hogwild_per_pair_steps_train_and_equal_the_deterministic_path_on_one_th
     assert two[3] < 0.9 * two[2] and two[3] == pytest.approx(det[3], rel=0.05)  # it trains like the ordered run
 
 
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_hogwild_hierarchical_softmax_loses_no_update_of_the_shared_nodes(threads, bias):
+    # Hogwild HS threads step private copies of the inner nodes nearest the
+    # root and exchange their changes every few hundred pairs. At a learning
+    # rate small enough that the steps barely move the weights, the summed
+    # change is the per-pair run's whatever the interleaving, so every node
+    # (the root above all, on every path) must end where the ordered run puts
+    # it: an exchange that dropped one thread's changes would leave the root's
+    # change about 1 / threads of it.
+    g = torch.Generator().manual_seed(11)
+    v, d, p = 300, 24, 40000
+    counts = torch.randint(1, 1000, (v,), generator=g).double()
+    c, x = torch.randint(0, v, (p,), generator=g), torch.randint(0, v, (p,), generator=g)
+    w_in = torch.randn(v, d, generator=g, dtype=torch.float64) * 0.5  # float64: the changes are ~1e-6
+    w_node = torch.randn(v - 1, d, generator=g, dtype=torch.float64) * 0.5
+
+    def run(hogwild):
+        hs = pyneg.HierarchicalSoftmax(counts, d, bias=bias, dtype=torch.float64)
+        with torch.no_grad():
+            hs.weight.copy_(w_node)
+        a = w_in.clone()
+        sg.hierarchical_softmax_sgd_(a, hs, c, x, 1e-6, batch_size=1, hogwild=hogwild)
+        return a - w_in, hs.weight.detach() - w_node, (hs.bias.detach().clone() if bias else None)
+
+    det = with_threads(1, lambda: run(False))
+    got = with_threads(threads, lambda: run(True))
+
+    def rel(a, b):  # relative error of a change (second-order terms of the interleaving are ~1e-3)
+        return float((a - b).norm() / b.norm())
+
+    assert det[1][0].abs().sum() > 0  # the root moved
+    assert rel(got[1][0], det[1][0]) < 1e-2  # the root
+    assert rel(got[1], det[1]) < 1e-2 and rel(got[0], det[0]) < 1e-2
+    if bias:
+        assert det[2][0] != 0 and rel(got[2], det[2]) < 1e-2
+    # What the test catches: the root's change with one thread's share dropped.
+    assert rel(det[1][0] * (threads - 1) / threads, det[1][0]) > 0.3
+
+
 def test_refused_hogwild_and_batch_size_arguments_name_the_argument():
     w_in, w_out, c, x, n = make_batch()
     a, b = w_in.clone(), w_out.clone()

@@ -14,11 +14,13 @@ generator against what users write today.
 - (centre, context) pairs of 10^6 tokens against a vectorised NumPy version of
   the same rule (word2vec's reduced window, sentences respected);
 - hierarchical-softmax skip-gram epochs on a dictionary corpus (Debian's
-  dict-gcide when installed, else a Zipf stand-in): pyneg's deterministic
-  mini-batches and Hogwild per-pair steps against gensim's ``Word2Vec(sg=1,
-  hs=1)`` on the same tokens and threads (when gensim is installed), and the
-  deterministic epoch while a CPU-bound process started by the benchmark
-  competes for the cores, against the same epoch without it.
+  dict-gcide when installed, else a Zipf stand-in; 2M tokens, as
+  examples/word2vec.py trains): pyneg's deterministic per-pair steps in
+  corpus order (the example's default), deterministic mini-batches and
+  Hogwild per-pair steps against gensim's ``Word2Vec(sg=1, hs=1)`` on the
+  same tokens and threads (when gensim is installed), and both deterministic
+  epochs while a CPU-bound process started by the benchmark competes for the
+  cores, against the same epoch without it.
 """
 
 from __future__ import annotations
@@ -358,38 +360,51 @@ def _hs_setup(tokens: int):
     return setup
 
 
-def _hs_epoch(st: SimpleNamespace, *, hogwild: bool):
-    """One epoch as examples/word2vec.py trains it (pairs included), dim 100, window 5, lr 0.025 -> 0.0001."""
+def _hs_epoch(st: SimpleNamespace, mode: str):
+    """One epoch as examples/word2vec.py trains it (pairs included), dim 100, window 5, lr 0.025 -> 0.0001.
+
+    mode: "pairs" (the example's deterministic default: per-pair steps in
+    corpus order, one thread), "minibatch" (deterministic mini-batches of
+    1,024 shuffled pairs over torch's threads) or "hogwild" (per-pair steps,
+    lock-free over torch's threads).
+    """
     torch.manual_seed(0)
     emb = torch.empty(st.v, 100).uniform_(-0.005, 0.005)
     hs = pyneg.HierarchicalSoftmax(st.counts, 100)
     c, x = sg.skipgram_pairs(st.ids, 5, offsets=st.offsets, keep=st.keep, seed=1)
-    batch = 1 if hogwild else 1024
+    batch = 1024 if mode == "minibatch" else 1
     if batch > 1:  # mini-batches mix sentences
         c, x = sg._shuffle_pairs(c, x, 1)
-    sg.hierarchical_softmax_sgd_(emb, hs, c, x, 0.025, lr_end=0.0001, batch_size=batch, hogwild=hogwild)
+    sg.hierarchical_softmax_sgd_(emb, hs, c, x, 0.025, lr_end=0.0001, batch_size=batch, hogwild=mode == "hogwild")
     return emb
 
 
 def _hs_det(st: SimpleNamespace):
-    return _hs_epoch(st, hogwild=False)
+    return _hs_epoch(st, "pairs")
+
+
+def _hs_minibatch(st: SimpleNamespace):
+    return _hs_epoch(st, "minibatch")
 
 
 def _hs_hogwild(st: SimpleNamespace):
-    return _hs_epoch(st, hogwild=True)
+    return _hs_epoch(st, "hogwild")
 
 
-def _hs_det_competing(st: SimpleNamespace):
-    """The deterministic epoch while a CPU-bound process (started here, stopped after) competes for the cores."""
-    import subprocess
-    import sys
+def _competing(fn):
+    def run(st: SimpleNamespace):
+        """fn's epoch while a CPU-bound process (started here, stopped after) competes for the cores."""
+        import subprocess
+        import sys
 
-    rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
-        return _hs_epoch(st, hogwild=False)
-    finally:
-        rival.kill()
-        rival.wait()
+        rival = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        try:
+            return fn(st)
+        finally:
+            rival.kill()
+            rival.wait()
+
+    return run
 
 
 def _gensim_hs(st: SimpleNamespace):
@@ -474,40 +489,67 @@ WORKLOADS = [
     Workload(
         name="skipgram_hs_gcide_det",
         group="skipgram",
-        description="HS skip-gram epoch on 500K GCIDE tokens (pairs included), d = 100: deterministic mini-batches",
-        setup=_hs_setup(500_000),
+        description="HS skip-gram epoch on 2M GCIDE tokens (pairs included), d = 100: deterministic per-pair steps "
+        "in corpus order (the example's default)",
+        setup=_hs_setup(2_000_000),
         run=_hs_det,
         baselines=_gensim_baseline(),
         check=_check_hs,
         items=lambda st: st.n,
         targets=(Target("ratio", 1, GENSIM_HS),) if _gensim_baseline() else (),
-        target_size={"tokens": 500_000},
+        target_size={"tokens": 2_000_000},
+        size=lambda st: {"tokens": st.n},
+    ),
+    Workload(
+        name="skipgram_hs_gcide_minibatch",
+        group="skipgram",
+        description="HS skip-gram epoch on 2M GCIDE tokens (pairs included), d = 100: deterministic mini-batches "
+        "of 1,024 shuffled pairs",
+        setup=_hs_setup(2_000_000),
+        run=_hs_minibatch,
+        baselines=_gensim_baseline(),
+        check=_check_hs,
+        items=lambda st: st.n,
+        target_size={"tokens": 2_000_000},
         size=lambda st: {"tokens": st.n},
     ),
     Workload(
         name="skipgram_hs_gcide_hogwild",
         group="skipgram",
-        description="HS skip-gram epoch on 500K GCIDE tokens (pairs included), d = 100: Hogwild per-pair steps",
-        setup=_hs_setup(500_000),
+        description="HS skip-gram epoch on 2M GCIDE tokens (pairs included), d = 100: Hogwild per-pair steps",
+        setup=_hs_setup(2_000_000),
         run=_hs_hogwild,
         baselines=_gensim_baseline(),
         check=lambda st, r, b: None,
         items=lambda st: st.n,
         targets=(Target("ratio", 1, GENSIM_HS),) if _gensim_baseline() else (),
-        target_size={"tokens": 500_000},
+        target_size={"tokens": 2_000_000},
         size=lambda st: {"tokens": st.n},
     ),
     Workload(
         name="skipgram_hs_gcide_det_competing",
         group="skipgram",
         description="the deterministic HS epoch with a CPU-bound process competing (started by the benchmark)",
-        setup=_hs_setup(500_000),
-        run=_hs_det_competing,
+        setup=_hs_setup(2_000_000),
+        run=_competing(_hs_det),
         baselines={HS_IDLE: _hs_det},
         check=_check_hs,
         items=lambda st: st.n,
         targets=(Target("ratio", 1 / 1.5, HS_IDLE),),
-        target_size={"tokens": 500_000},
+        target_size={"tokens": 2_000_000},
+        size=lambda st: {"tokens": st.n},
+    ),
+    Workload(
+        name="skipgram_hs_gcide_minibatch_competing",
+        group="skipgram",
+        description="the deterministic mini-batch HS epoch with a CPU-bound process competing",
+        setup=_hs_setup(2_000_000),
+        run=_competing(_hs_minibatch),
+        baselines={HS_IDLE: _hs_minibatch},
+        check=_check_hs,
+        items=lambda st: st.n,
+        targets=(Target("ratio", 1 / 1.5, HS_IDLE),),
+        target_size={"tokens": 2_000_000},
         size=lambda st: {"tokens": st.n},
     ),
     Workload(
