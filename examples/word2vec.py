@@ -39,7 +39,8 @@ import os
 import string
 import time
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from concurrent.futures import ThreadPoolExecutor
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -125,6 +126,24 @@ def sentence_offsets(sent: np.ndarray) -> np.ndarray:
     return np.flatnonzero(np.r_[True, sent[1:] != sent[:-1]]).astype(np.int64)
 
 
+def chunks_ahead(pairs: pyneg.SkipGramPairs, epochs: int) -> Iterator[Tuple[int, int, int, torch.Tensor, torch.Tensor]]:
+    """(epoch, lo, hi, centres, contexts) of every chunk of every epoch, in order.
+
+    The next chunk's pairs are made on a second thread while the caller trains
+    on this one (pyneg's C++ calls release the GIL), so pair generation is
+    off the training loop's critical path.
+    """
+    jobs = [(epoch, c, lo, hi) for epoch in range(epochs) for c, (lo, hi) in enumerate(pairs.chunks())]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        make = lambda job: pool.submit(pairs.chunk_pairs, job[2], job[3], job[0], job[1])  # noqa: E731
+        ahead = make(jobs[0]) if jobs else None
+        for j, job in enumerate(jobs):
+            centres, contexts = ahead.result()
+            if j + 1 < len(jobs):
+                ahead = make(jobs[j + 1])
+            yield job[0], job[2], job[3], centres, contexts
+
+
 def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray, args) -> Tuple[np.ndarray, float]:
     """Trains skip-gram with ``objective`` in {"ns", "hs"}; returns (input vectors, seconds).
 
@@ -188,35 +207,31 @@ def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray,
         return max(base_lr * (1.0 - tokens / total_tokens), args.min_alpha)
 
     start = time.perf_counter()
-    for epoch in range(args.epochs):
-        for c, (lo, hi) in enumerate(pairs.chunks()):
-            centres, contexts = pairs.chunk_pairs(lo, hi, epoch, c)
-            n = centres.shape[0]
-            step = SLICE_PAIRS if fused else batch
-            for s in range(0, n, step):
-                cs, xs = centres[s : s + step], contexts[s : s + step]
-                t0 = done_tokens + (hi - lo) * s / max(n, 1)
-                t1 = done_tokens + (hi - lo) * (s + cs.shape[0]) / max(n, 1)
-                neg = None
-                if objective == "ns":
-                    neg = sampler.sample((cs.shape[0], args.negative), seed=args.seed, offset=drawn)
-                    drawn += neg.numel()
-                if fused and objective == "ns":
-                    model.sgd_step_(cs, xs, neg, lr_at(t0), lr_end=lr_at(t1), batch_size=batch, hogwild=args.hogwild)
-                elif fused:
-                    pyneg.skipgram.hierarchical_softmax_sgd_(
-                        emb.weight, hs, cs, xs, lr_at(t0), lr_end=lr_at(t1), batch_size=batch, hogwild=args.hogwild
-                    )
-                else:
-                    for group in opt.param_groups:
-                        group["lr"] = lr_at(t0)
-                    loss = (
-                        model(cs, xs, neg, reduction="sum") if objective == "ns" else hs(emb(cs), xs, reduction="sum")
-                    )
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-            done_tokens += hi - lo
+    for _epoch, lo, hi, centres, contexts in chunks_ahead(pairs, args.epochs):
+        n = centres.shape[0]
+        step = SLICE_PAIRS if fused else batch
+        for s in range(0, n, step):
+            cs, xs = centres[s : s + step], contexts[s : s + step]
+            t0 = done_tokens + (hi - lo) * s / max(n, 1)
+            t1 = done_tokens + (hi - lo) * (s + cs.shape[0]) / max(n, 1)
+            neg = None
+            if objective == "ns":
+                neg = sampler.sample((cs.shape[0], args.negative), seed=args.seed, offset=drawn)
+                drawn += neg.numel()
+            if fused and objective == "ns":
+                model.sgd_step_(cs, xs, neg, lr_at(t0), lr_end=lr_at(t1), batch_size=batch, hogwild=args.hogwild)
+            elif fused:
+                pyneg.skipgram.hierarchical_softmax_sgd_(
+                    emb.weight, hs, cs, xs, lr_at(t0), lr_end=lr_at(t1), batch_size=batch, hogwild=args.hogwild
+                )
+            else:
+                for group in opt.param_groups:
+                    group["lr"] = lr_at(t0)
+                loss = model(cs, xs, neg, reduction="sum") if objective == "ns" else hs(emb(cs), xs, reduction="sum")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        done_tokens += hi - lo
     return weight.detach().numpy().copy(), time.perf_counter() - start
 
 
