@@ -641,6 +641,14 @@ def hierarchical_softmax_sgd_(
     with label ``1 - code`` (word2vec's ``g = 1 - code - f``), so both
     objectives run the same fused mini-batch kernel.
 
+    With ``hogwild=True`` and ``batch_size=1`` on several threads, each thread
+    steps its own copies of the inner nodes nearest the root (the rows on
+    nearly every path) and adds its changes to the shared rows every 512
+    pairs, so those rows do not move between the cores' caches on every pair;
+    a thread sees the others' updates of them at most a few hundred pairs
+    late. ``batch_size=1`` without ``hogwild`` (deterministic, one thread) is
+    the fastest deterministic way when pairs are in corpus order.
+
     Returns:
         With ``compute_loss``, the summed NLL of all pairs, each taken before
         its mini-batch's update; else None.

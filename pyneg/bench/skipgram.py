@@ -443,6 +443,23 @@ def _check_hs(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
             assert torch.equal(result, other), "a competing process must not change the deterministic result"
 
 
+def _hs_competing(name: str, fn, what: str) -> Workload:
+    """fn's epoch with a CPU-bound process competing, against the same epoch alone (time within 1.5x)."""
+    return Workload(
+        name=name,
+        group="skipgram",
+        description=f"{what} with a CPU-bound process competing (started by the benchmark)",
+        setup=_hs_setup(2_000_000),
+        run=_competing(fn),
+        baselines={HS_IDLE: fn},
+        check=_check_hs,
+        items=lambda st: st.n,
+        targets=(Target("ratio", 1 / 1.5, HS_IDLE),),
+        target_size={"tokens": 2_000_000},
+        size=lambda st: {"tokens": st.n},
+    )
+
+
 WORKLOADS = [
     Workload(
         name="skipgram_ns_loss_sparse_V1e5",
@@ -526,32 +543,8 @@ WORKLOADS = [
         target_size={"tokens": 2_000_000},
         size=lambda st: {"tokens": st.n},
     ),
-    Workload(
-        name="skipgram_hs_gcide_det_competing",
-        group="skipgram",
-        description="the deterministic HS epoch with a CPU-bound process competing (started by the benchmark)",
-        setup=_hs_setup(2_000_000),
-        run=_competing(_hs_det),
-        baselines={HS_IDLE: _hs_det},
-        check=_check_hs,
-        items=lambda st: st.n,
-        targets=(Target("ratio", 1 / 1.5, HS_IDLE),),
-        target_size={"tokens": 2_000_000},
-        size=lambda st: {"tokens": st.n},
-    ),
-    Workload(
-        name="skipgram_hs_gcide_minibatch_competing",
-        group="skipgram",
-        description="the deterministic mini-batch HS epoch with a CPU-bound process competing",
-        setup=_hs_setup(2_000_000),
-        run=_competing(_hs_minibatch),
-        baselines={HS_IDLE: _hs_minibatch},
-        check=_check_hs,
-        items=lambda st: st.n,
-        targets=(Target("ratio", 1 / 1.5, HS_IDLE),),
-        target_size={"tokens": 2_000_000},
-        size=lambda st: {"tokens": st.n},
-    ),
+    _hs_competing("skipgram_hs_gcide_det_competing", _hs_det, "the deterministic per-pair HS epoch"),
+    _hs_competing("skipgram_hs_gcide_minibatch_competing", _hs_minibatch, "the deterministic mini-batch HS epoch"),
     Workload(
         name="skipgram_pairs_1e6",
         group="skipgram",
