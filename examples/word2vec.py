@@ -135,13 +135,17 @@ def chunks_ahead(pairs: pyneg.SkipGramPairs, epochs: int) -> Iterator[Tuple[int,
     """
     jobs = [(epoch, c, lo, hi) for epoch in range(epochs) for c, (lo, hi) in enumerate(pairs.chunks())]
     with ThreadPoolExecutor(max_workers=1) as pool:
-        make = lambda job: pool.submit(pairs.chunk_pairs, job[2], job[3], job[0], job[1])  # noqa: E731
-        ahead = make(jobs[0]) if jobs else None
-        for j, job in enumerate(jobs):
+
+        def submit(job: Tuple[int, int, int, int]):
+            epoch, c, lo, hi = job
+            return pool.submit(pairs.chunk_pairs, lo, hi, epoch, c)
+
+        ahead = submit(jobs[0]) if jobs else None
+        for j, (epoch, _c, lo, hi) in enumerate(jobs):
             centres, contexts = ahead.result()
             if j + 1 < len(jobs):
-                ahead = make(jobs[j + 1])
-            yield job[0], job[2], job[3], centres, contexts
+                ahead = submit(jobs[j + 1])
+            yield epoch, lo, hi, centres, contexts
 
 
 def train_pyneg(objective: str, vocab: Vocab, ids: np.ndarray, sent: np.ndarray, args) -> Tuple[np.ndarray, float]:

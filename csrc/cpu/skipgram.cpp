@@ -256,14 +256,15 @@ SkipGramPlan::SkipGramPlan(const SkipGramCorpus& c) {
   }
   sent_start_.push_back(static_cast<int64_t>(ids_.size()));
   sent_pairs_.reserve(sent_start_.size());
+  int64_t pairs = 0;
   for (size_t s = 0; s + 1 < sent_start_.size(); ++s) {
-    sent_pairs_.push_back(num_pairs_);
+    sent_pairs_.push_back(pairs);
     const int64_t lo = sent_start_[s], hi = sent_start_[s + 1];
     for (int64_t i = lo; i < hi; ++i) {
-      num_pairs_ += std::min<int64_t>(reach_[i], i - lo) + std::min<int64_t>(reach_[i], hi - 1 - i);
+      pairs += std::min<int64_t>(reach_[i], i - lo) + std::min<int64_t>(reach_[i], hi - 1 - i);
     }
   }
-  sent_pairs_.push_back(num_pairs_);
+  sent_pairs_.push_back(pairs);
 }
 
 void SkipGramPlan::fill(int64_t* centres, int64_t* contexts) const {

@@ -54,7 +54,7 @@ class SkipGramPlan {
   // Throws std::invalid_argument naming the argument for ids outside [0, vocab),
   // offsets not starting at 0, decreasing or past n, or window < 1.
   explicit SkipGramPlan(const SkipGramCorpus& corpus);
-  int64_t num_pairs() const { return num_pairs_; }
+  int64_t num_pairs() const { return sent_pairs_.back(); }
   int64_t num_kept() const { return static_cast<int64_t>(ids_.size()); }
   // Writes num_pairs() centres and contexts.
   void fill(int64_t* centres, int64_t* contexts) const;
@@ -85,7 +85,6 @@ class SkipGramPlan {
   std::vector<int32_t> reach_;        // reduced window of each kept token
   std::vector<int64_t> sent_start_;   // kept-token index where each sentence starts (+ end)
   std::vector<int64_t> sent_pairs_;   // pairs of the sentences before each sentence (+ all)
-  int64_t num_pairs_ = 0;
 };
 
 // ------------------------------------------------------- negative sampling

@@ -368,15 +368,18 @@ def _hs_epoch(st: SimpleNamespace, mode: str):
     1,024 shuffled pairs over torch's threads) or "hogwild" (per-pair steps,
     lock-free over torch's threads).
     """
-    torch.manual_seed(0)
-    emb = torch.empty(st.v, 100).uniform_(-0.005, 0.005)
+    emb = _hs_init(st)
     hs = pyneg.HierarchicalSoftmax(st.counts, 100)
-    c, x = sg.skipgram_pairs(st.ids, 5, offsets=st.offsets, keep=st.keep, seed=1)
     batch = 1024 if mode == "minibatch" else 1
-    if batch > 1:  # mini-batches mix sentences
-        c, x = sg._shuffle_pairs(c, x, 1)
+    # Mini-batches mix sentences: their pairs are written shuffled (seed 1), as SkipGramPairs does.
+    c, x = sg._pairs(st.ids, 5, st.offsets, st.keep, 1, 0, 1 if batch > 1 else None)
     sg.hierarchical_softmax_sgd_(emb, hs, c, x, 0.025, lr_end=0.0001, batch_size=batch, hogwild=mode == "hogwild")
     return emb
+
+
+def _hs_init(st: SimpleNamespace) -> torch.Tensor:
+    """word2vec's initial input vectors, the same for every run."""
+    return torch.empty(st.v, 100).uniform_(-0.005, 0.005, generator=torch.Generator().manual_seed(0))
 
 
 def _hs_det(st: SimpleNamespace):
@@ -437,7 +440,11 @@ def _gensim_baseline() -> Dict[str, Any]:
 
 
 def _check_hs(st: SimpleNamespace, result, baselines: Dict[str, Any]) -> None:
+    # The epoch trained: finite vectors that moved from the initial ones (the
+    # input rows of the words seen; word2vec's initial vectors lie in +-0.005).
     assert torch.isfinite(result).all()
+    moved = (result - _hs_init(st)).abs().amax(dim=1)
+    assert float(moved.max()) > 0.05 and float((moved > 0).float().mean()) > 0.5, "the epoch did not train"
     for name, other in baselines.items():
         if name == HS_IDLE:  # the same deterministic epoch: the same bits, competing process or not
             assert torch.equal(result, other), "a competing process must not change the deterministic result"
@@ -537,7 +544,7 @@ WORKLOADS = [
         setup=_hs_setup(2_000_000),
         run=_hs_hogwild,
         baselines=_gensim_baseline(),
-        check=lambda st, r, b: None,
+        check=_check_hs,
         items=lambda st: st.n,
         targets=(Target("ratio", 1, GENSIM_HS),) if _gensim_baseline() else (),
         target_size={"tokens": 2_000_000},
